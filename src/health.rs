@@ -1,0 +1,60 @@
+//! Readiness flags that each component sets and `/readyz` reads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the service needs before it can answer authorization requests correctly.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    nats_connected: AtomicBool,
+    subscribed: AtomicBool,
+    jwks_loaded: AtomicBool,
+    cache_synced: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Readiness {
+    /// Records whether the NATS connection is up.
+    pub fn set_nats_connected(&self, v: bool) {
+        self.nats_connected.store(v, Ordering::SeqCst);
+    }
+    /// Records whether the callout subscription is in place.
+    pub fn set_subscribed(&self, v: bool) {
+        self.subscribed.store(v, Ordering::SeqCst);
+    }
+    /// Records whether a key set has been loaded.
+    pub fn set_jwks_loaded(&self, v: bool) {
+        self.jwks_loaded.store(v, Ordering::SeqCst);
+    }
+    /// Records whether the ServiceAccount cache has completed a full list.
+    pub fn set_cache_synced(&self, v: bool) {
+        self.cache_synced.store(v, Ordering::SeqCst);
+    }
+    /// Records that shutdown has begun: the service stops being ready.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+    /// Whether the ServiceAccount cache has synced.
+    pub fn cache_synced(&self) -> bool {
+        self.cache_synced.load(Ordering::SeqCst)
+    }
+    /// Names of what is still missing; empty when ready.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.shutting_down.load(Ordering::SeqCst) {
+            out.push("shutting_down");
+        }
+        if !self.nats_connected.load(Ordering::SeqCst) {
+            out.push("nats_connected");
+        }
+        if !self.subscribed.load(Ordering::SeqCst) {
+            out.push("nats_subscribed");
+        }
+        if !self.jwks_loaded.load(Ordering::SeqCst) {
+            out.push("jwks_loaded");
+        }
+        if !self.cache_synced.load(Ordering::SeqCst) {
+            out.push("cache_synced");
+        }
+        out
+    }
+}

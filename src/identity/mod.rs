@@ -1,0 +1,1 @@
+//! Service-account token validation and the JWKS store.

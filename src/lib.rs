@@ -1,0 +1,16 @@
+//! nats-k8s-oidc-callout: a NATS auth callout service that authorizes Kubernetes workloads by their
+//! service-account tokens.
+//!
+//! The data path of one authorization follows the modules: [`callout`] takes the request off NATS,
+//! [`identity`] validates the service-account token, [`kube`] finds the ServiceAccount, [`policy`]
+//! turns it into NATS permissions, and [`authorizer`] makes the decision.
+//!
+//! Log messages never contain tokens, passwords, seeds or the credential part of URLs.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod health;
+pub mod identity;
+pub mod kube;
+pub mod metrics;

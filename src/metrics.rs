@@ -1,0 +1,180 @@
+//! Prometheus metrics of the service, registered once and shared by every thread.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of one authorization decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allow` or `deny`.
+    pub result: &'static str,
+    /// Why: `granted` for an allow, the deny reason otherwise.
+    pub reason: &'static str,
+}
+
+/// Labels of an annotation entry that was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DroppedEntryLabels {
+    /// `pub` or `sub`.
+    pub direction: &'static str,
+    /// `invalid` (not a NATS subject) or `reserved` (inbox, reply or `$SYS` subjects).
+    pub cause: &'static str,
+}
+
+/// Every metric the service exposes on `/metrics`.
+pub struct Metrics {
+    registry: Registry,
+    /// Decisions by result and reason.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Time from taking a request off the queue to publishing its answer.
+    pub decision_seconds: Histogram,
+    /// Requests waiting in the queue between the reader and the workers.
+    pub queue_depth: Gauge,
+    /// Requests dropped because the queue was full.
+    pub queue_rejected: Counter,
+    /// ServiceAccounts held in the cache.
+    pub cache_size: Gauge,
+    /// Full relists of the ServiceAccount collection.
+    pub cache_relists: Counter,
+    /// Watch streams that ended and were started again.
+    pub watch_restarts: Counter,
+    /// On-demand GETs of a single ServiceAccount after a cache miss.
+    pub cache_miss_lookups: Counter,
+    /// Successful JWKS loads.
+    pub jwks_refreshes: Counter,
+    /// Failed JWKS loads (the last good key set stays in use).
+    pub jwks_refresh_failures: Counter,
+    /// Keys in the JWKS in use.
+    pub jwks_keys: Gauge,
+    /// Times the NATS connection was re-established.
+    pub nats_reconnects: Counter,
+    /// Times the NATS connection was lost.
+    pub nats_disconnects: Counter,
+    /// Annotation entries dropped by the policy guard rails.
+    pub dropped_annotation_entries: Family<DroppedEntryLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("nats_callout");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Authorization decisions by result and reason",
+            decisions.clone(),
+        );
+        // 100 µs .. ~1.6 s: the decision itself is sub-millisecond, a JWKS refetch is not.
+        let decision_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 15),
+        );
+        registry.register(
+            "decision_duration_seconds",
+            "Time to decide and answer one authorization request",
+            decision_seconds.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Authorization requests waiting for a worker",
+            queue_depth.clone(),
+        );
+        let queue_rejected = Counter::default();
+        registry.register(
+            "queue_rejected",
+            "Authorization requests dropped because the queue was full",
+            queue_rejected.clone(),
+        );
+        let cache_size = Gauge::default();
+        registry.register(
+            "serviceaccounts",
+            "ServiceAccounts in the cache",
+            cache_size.clone(),
+        );
+        let cache_relists = Counter::default();
+        registry.register(
+            "cache_relists",
+            "Full lists of ServiceAccounts that replaced the cache",
+            cache_relists.clone(),
+        );
+        let watch_restarts = Counter::default();
+        registry.register(
+            "watch_restarts",
+            "ServiceAccount watch streams started again after they ended",
+            watch_restarts.clone(),
+        );
+        let cache_miss_lookups = Counter::default();
+        registry.register(
+            "cache_miss_lookups",
+            "Single ServiceAccount GETs after a cache miss",
+            cache_miss_lookups.clone(),
+        );
+        let jwks_refreshes = Counter::default();
+        registry.register(
+            "jwks_refreshes",
+            "Successful JWKS loads",
+            jwks_refreshes.clone(),
+        );
+        let jwks_refresh_failures = Counter::default();
+        registry.register(
+            "jwks_refresh_failures",
+            "Failed JWKS loads",
+            jwks_refresh_failures.clone(),
+        );
+        let jwks_keys = Gauge::default();
+        registry.register("jwks_keys", "Keys in the JWKS in use", jwks_keys.clone());
+        let nats_reconnects = Counter::default();
+        registry.register(
+            "nats_reconnects",
+            "NATS connection re-established",
+            nats_reconnects.clone(),
+        );
+        let nats_disconnects = Counter::default();
+        registry.register(
+            "nats_disconnects",
+            "NATS connection lost",
+            nats_disconnects.clone(),
+        );
+        let dropped_annotation_entries = Family::<DroppedEntryLabels, Counter>::default();
+        registry.register(
+            "dropped_annotation_entries",
+            "ServiceAccount annotation entries refused by the policy",
+            dropped_annotation_entries.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            decision_seconds,
+            queue_depth,
+            queue_rejected,
+            cache_size,
+            cache_relists,
+            watch_restarts,
+            cache_miss_lookups,
+            jwks_refreshes,
+            jwks_refresh_failures,
+            jwks_keys,
+            nats_reconnects,
+            nats_disconnects,
+            dropped_annotation_entries,
+        }
+    }
+
+    /// Renders every metric in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
