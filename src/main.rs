@@ -1,1 +1,111 @@
-fn main() {}
+//! The `nats-k8s-oidc-callout` binary: the service, plus helpers to generate keys and, for local
+//! development without a cluster, to sign service-account-shaped tokens.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use nats_k8s_oidc_callout::{app, devtools};
+
+/// NATS auth callout service for Kubernetes service-account tokens.
+///
+/// Without a subcommand it runs the service, configured from the environment (see README).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Generate the signing account key and the xkey, and print the nats-server auth_callout block.
+    Keys {
+        /// Directory to write `signing.nk` and `xkey.nk` into (mode 0600).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Do not generate an xkey (requests and responses travel unencrypted inside NATS).
+        #[arg(long)]
+        no_xkey: bool,
+        /// Name of the service's own NATS user in the auth_callout block.
+        #[arg(long, default_value = "auth-callout")]
+        auth_user: String,
+        /// Account the service's user lives in.
+        #[arg(long, default_value = "AUTH")]
+        auth_account: String,
+    },
+    /// A local token signer standing in for a cluster's, for development without Kubernetes.
+    DevSigner {
+        #[command(subcommand)]
+        command: DevSignerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevSignerCommand {
+    /// Create an ES256 signing key (`signer.key`) and its public key set (`jwks.json`).
+    Init {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print a service-account token signed with the local key.
+    Mint {
+        /// The signing key made by `init`.
+        #[arg(long)]
+        key: PathBuf,
+        /// Namespace of the service account.
+        #[arg(long)]
+        namespace: String,
+        /// Name of the service account.
+        #[arg(long)]
+        name: String,
+        /// Uid of the service account (must match the account's uid).
+        #[arg(long)]
+        uid: String,
+        /// Issuer (`iss`), as the service's JWT_ISSUER expects it.
+        #[arg(long, default_value = devtools::DEV_ISSUER)]
+        issuer: String,
+        /// Audience (`aud`).
+        #[arg(long, default_value = "nats")]
+        audience: String,
+        /// Lifetime in seconds; negative for an already expired token.
+        #[arg(long, default_value_t = 600, allow_hyphen_values = true)]
+        ttl: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None | Some(Command::Serve) => app::serve(),
+        Some(Command::Keys {
+            dir,
+            no_xkey,
+            auth_user,
+            auth_account,
+        }) => devtools::keys(&dir, !no_xkey, &auth_user, &auth_account),
+        Some(Command::DevSigner { command }) => match command {
+            DevSignerCommand::Init { dir } => devtools::dev_signer_init(&dir),
+            DevSignerCommand::Mint {
+                key,
+                namespace,
+                name,
+                uid,
+                issuer,
+                audience,
+                ttl,
+            } => devtools::dev_signer_mint(&key, &namespace, &name, &uid, &issuer, &audience, ttl),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nats-k8s-oidc-callout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

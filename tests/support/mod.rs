@@ -1,2 +1,8 @@
 //! Shared test support: a Kubernetes API emulator, token minting, and nats-server / service harnesses.
 #![allow(dead_code)]
+
+pub mod client;
+pub mod kube;
+pub mod nats;
+pub mod service;
+pub mod tokens;

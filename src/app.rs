@@ -1,0 +1,245 @@
+//! Wiring of the service: configuration -> components -> threads; signals; orderly shutdown.
+//!
+//! Threads, and why each exists:
+//! - `signals`: turns SIGTERM/SIGINT into the stop signal (dropping the one stop sender);
+//! - `http`: health and metrics;
+//! - `serviceaccounts`: list + watch (or the local file) keeping the ServiceAccount cache current;
+//! - `jwks`: loads and refreshes the token signing keys;
+//! - the main thread runs the callout loop: one NATS reader feeding a fixed pool of workers.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::bounded;
+use log::{error, info};
+
+use crate::authorizer::Authorizer;
+use crate::callout::request::RequestDecoder;
+use crate::callout::response::ResponseSigner;
+use crate::callout::service::{self, CalloutContext, CalloutSettings, NatsAuth};
+use crate::config::{AccountsSource, Config, JwksLocation};
+use crate::health::Readiness;
+use crate::http::HttpServer;
+use crate::identity::{
+    FetchedJwks, JwksFetcher, JwksSettings, JwksSource, JwksStore, PublicUrlFetcher, TokenSettings,
+    TokenValidator,
+};
+use crate::kube::cache::{
+    ApiDirectory, FileDirectory, LookupSettings, ServiceAccountCache, ServiceAccountDirectory,
+};
+use crate::kube::client::ApiClient;
+use crate::kube::{file, watch};
+use crate::metrics::Metrics;
+use crate::policy::PermissionCache;
+
+/// Path of the API server's key set.
+const API_JWKS_PATH: &str = "/openid/v1/jwks";
+/// Timeout of one key-set fetch.
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fetches the key set through the Kubernetes API client, with the cluster's CA and credentials.
+/// Only used for URLs on the API server's own origin.
+struct ApiServerJwks {
+    client: Arc<ApiClient>,
+    path: String,
+}
+
+impl JwksFetcher for ApiServerJwks {
+    fn fetch(&self) -> Result<FetchedJwks, String> {
+        let resp = self
+            .client
+            .get_raw(&self.path, JWKS_FETCH_TIMEOUT)
+            .map_err(|e| e.to_string())?;
+        if resp.status != 200 {
+            return Err(format!("HTTP {}", resp.status));
+        }
+        Ok(FetchedJwks {
+            body: resp.body,
+            max_age: resp
+                .cache_control
+                .as_deref()
+                .and_then(crate::identity::parse_max_age),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{}{}", self.client.base_url(), self.path)
+    }
+}
+
+fn init_logging(level: &str) {
+    let mut b = env_logger::Builder::new();
+    b.parse_filters(level);
+    // RUST_LOG, when set, refines LOG_LEVEL per module.
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    b.format_timestamp_millis();
+    let _ = b.try_init();
+}
+
+/// Spawns the thread that turns SIGTERM/SIGINT into the stop signal; a second signal exits at once.
+fn spawn_signal_thread(stop: crossbeam_channel::Sender<()>) -> Result<JoinHandle<()>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stop = Some(stop);
+            for sig in signals.forever() {
+                if stop.take().is_some() {
+                    info!("signal {sig} received: shutting down");
+                } else {
+                    error!("second signal {sig}: exiting now");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+/// Runs the service until SIGTERM or SIGINT; `Err` is a start-up failure.
+pub fn serve() -> Result<(), String> {
+    let config = Config::from_env()?;
+    init_logging(&config.log_level);
+    info!(
+        "nats-k8s-oidc-callout {} starting: {config:?}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let metrics = Arc::new(Metrics::new());
+    let readiness = Arc::new(Readiness::default());
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let _signals = spawn_signal_thread(stop_tx)?;
+    let http = HttpServer::start(config.port, readiness.clone(), metrics.clone())?;
+
+    let mut threads = Vec::new();
+    let cache = Arc::new(ServiceAccountCache::new(metrics.clone()));
+    let (directory, api): (Arc<dyn ServiceAccountDirectory>, Option<Arc<ApiClient>>) = match &config
+        .accounts
+    {
+        AccountsSource::File(path) => {
+            threads.push(file::spawn_file_source(
+                path.clone(),
+                cache.clone(),
+                readiness.clone(),
+                stop_rx.clone(),
+            ));
+            (Arc::new(FileDirectory::new(cache.clone())), None)
+        }
+        source => {
+            let client = Arc::new(
+                match source {
+                    AccountsSource::Kubeconfig(path) => ApiClient::from_kubeconfig(path.as_deref()),
+                    _ => ApiClient::in_cluster(),
+                }
+                .map_err(|e| format!("kubernetes client: {e}"))?,
+            );
+            info!("kubernetes api at {}", client.base_url());
+            let settings = watch::WatchSettings {
+                timeout_seconds: config.watch_timeout_secs,
+                ..watch::WatchSettings::default()
+            };
+            threads.push(watch::spawn_watcher(
+                client.clone(),
+                cache.clone(),
+                settings,
+                readiness.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            let dir = ApiDirectory::new(
+                cache.clone(),
+                client.clone(),
+                LookupSettings::default(),
+                metrics.clone(),
+            );
+            (Arc::new(dir), Some(client))
+        }
+    };
+
+    let source = match (&config.jwks, &api) {
+        (JwksLocation::Path(p), _) => JwksSource::File(p.clone()),
+        (JwksLocation::ApiServer, Some(client)) => JwksSource::Remote(Box::new(ApiServerJwks {
+            client: client.clone(),
+            path: API_JWKS_PATH.to_string(),
+        })),
+        // The cluster's credentials go to the API server only: any other origin (a cloud
+        // provider's public OIDC endpoint, say) is fetched without them.
+        (JwksLocation::Url(url), Some(client)) if client.is_same_origin(url) => {
+            let path = url
+                .splitn(4, '/')
+                .nth(3)
+                .map(|p| format!("/{p}"))
+                .unwrap_or_else(|| "/".into());
+            JwksSource::Remote(Box::new(ApiServerJwks {
+                client: client.clone(),
+                path,
+            }))
+        }
+        (JwksLocation::Url(url), _) => JwksSource::Remote(Box::new(PublicUrlFetcher::new(
+            url.clone(),
+            JWKS_FETCH_TIMEOUT,
+        ))),
+        (JwksLocation::ApiServer, None) => {
+            return Err("no JWKS source (set JWKS_PATH or JWKS_URL)".into())
+        }
+    };
+    let jwks_settings = JwksSettings {
+        min_refetch_interval: config.jwks_min_refetch,
+        ..JwksSettings::default()
+    };
+    let store = Arc::new(JwksStore::new(
+        source,
+        jwks_settings,
+        metrics.clone(),
+        readiness.clone(),
+    ));
+    threads.push(store.spawn_refresher(stop_rx.clone()));
+    let validator = TokenValidator::new(
+        store,
+        TokenSettings {
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            leeway: config.leeway,
+        },
+    );
+    let authorizer = Authorizer::new(
+        validator,
+        directory,
+        PermissionCache::new(metrics.clone(), 65_536),
+        config.max_lifetime,
+    );
+    let ctx = Arc::new(CalloutContext {
+        decoder: RequestDecoder::new(config.xkey.clone()),
+        signer: ResponseSigner::new(config.signing_key.clone(), config.nats_account.clone()),
+        authorizer,
+        metrics: metrics.clone(),
+    });
+    let auth = match (&config.nats_creds_file, &config.nats_token) {
+        (Some(p), _) => NatsAuth::CredsFile(p.clone()),
+        (None, Some(t)) => NatsAuth::Token(t.clone()),
+        (None, None) => NatsAuth::None,
+    };
+    let settings = CalloutSettings {
+        url: config.nats_url.clone(),
+        auth,
+        workers: config.workers,
+        queue_size: config.queue_size,
+        shutdown_timeout: config.shutdown_timeout,
+    };
+    info!(
+        "signing as account {}; clients go to account {}",
+        ctx.signer.issuer(),
+        config.nats_account
+    );
+    // Returns after the stop signal, or early with an error that ends the process.
+    service::run(settings, ctx, readiness.clone(), stop_rx.clone())?;
+    for t in threads {
+        let _ = t.join();
+    }
+    http.stop();
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,271 @@
+//! The NATS JWT codec: `base64url(header).base64url(claims).base64url(ed25519 signature)`.
+//!
+//! No JWT crate speaks the `ed25519-nkey` algorithm, so encoding and verification are built here
+//! on `serde_json`, `base64` and `nkeys`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use nkeys::KeyPair;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512_256};
+use std::fmt;
+
+use super::wire::{JWT_ALGORITHM, JWT_HEADER, MAX_JWT_BYTES};
+
+/// Why a NATS JWT could not be decoded or verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtError {
+    /// Larger than the decoder accepts.
+    TooLarge,
+    /// Not three dot-separated base64url parts.
+    NotThreeParts,
+    /// A part is not valid base64url.
+    BadBase64,
+    /// The header or claims are not the expected JSON.
+    BadJson(String),
+    /// The header names another algorithm.
+    WrongAlgorithm,
+    /// `iss` is not a usable public nkey.
+    BadIssuerKey,
+    /// The signature does not verify with the issuer's key.
+    BadSignature,
+    /// Signing failed (the key pair has no seed).
+    Signing,
+}
+
+impl fmt::Display for JwtError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwtError::TooLarge => write!(f, "jwt too large"),
+            JwtError::NotThreeParts => write!(f, "jwt does not have three parts"),
+            JwtError::BadBase64 => write!(f, "jwt part is not base64url"),
+            JwtError::BadJson(e) => write!(f, "jwt json: {e}"),
+            JwtError::WrongAlgorithm => write!(f, "jwt algorithm is not ed25519-nkey"),
+            JwtError::BadIssuerKey => write!(f, "jwt issuer is not a public nkey"),
+            JwtError::BadSignature => write!(f, "jwt signature does not verify"),
+            JwtError::Signing => write!(f, "jwt signing failed"),
+        }
+    }
+}
+
+impl std::error::Error for JwtError {}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+}
+
+#[derive(Deserialize)]
+struct IssuerOnly {
+    iss: String,
+}
+
+/// Signs `claims` (which must carry `iss` = the key's public key) into a NATS JWT.
+pub fn encode<T: Serialize>(claims: &T, key: &KeyPair) -> Result<String, JwtError> {
+    let body = serde_json::to_vec(claims).map_err(|e| JwtError::BadJson(e.to_string()))?;
+    let mut out = String::with_capacity(body.len() * 4 / 3 + 160);
+    URL_SAFE_NO_PAD.encode_string(JWT_HEADER, &mut out);
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(&body, &mut out);
+    let sig = key.sign(out.as_bytes()).map_err(|_| JwtError::Signing)?;
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(sig, &mut out);
+    Ok(out)
+}
+
+/// Decodes a NATS JWT and verifies its signature with the key named by its own `iss` claim.
+///
+/// The caller still has to check that `iss` is the key it expects.
+pub fn decode_verified<T: DeserializeOwned>(token: &str) -> Result<T, JwtError> {
+    if token.len() > MAX_JWT_BYTES {
+        return Err(JwtError::TooLarge);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::NotThreeParts);
+    };
+    let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| JwtError::BadBase64)?;
+    let header: Header =
+        serde_json::from_slice(&header).map_err(|e| JwtError::BadJson(e.to_string()))?;
+    if header.alg != JWT_ALGORITHM {
+        return Err(JwtError::WrongAlgorithm);
+    }
+    let claims = URL_SAFE_NO_PAD.decode(c).map_err(|_| JwtError::BadBase64)?;
+    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwtError::BadBase64)?;
+    let issuer: IssuerOnly =
+        serde_json::from_slice(&claims).map_err(|e| JwtError::BadJson(e.to_string()))?;
+    let key = KeyPair::from_public_key(&issuer.iss).map_err(|_| JwtError::BadIssuerKey)?;
+    // The signature covers the ASCII text `header.claims` exactly as received.
+    let signed = &token[..h.len() + 1 + c.len()];
+    key.verify(signed.as_bytes(), &sig)
+        .map_err(|_| JwtError::BadSignature)?;
+    serde_json::from_slice(&claims).map_err(|e| JwtError::BadJson(e.to_string()))
+}
+
+/// Registered claims that go into the `jti` hash, in the order nats-io/jwt hashes them.
+#[derive(Serialize)]
+struct HashedClaims<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    aud: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    exp: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    iat: i64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    iss: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    nbf: i64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sub: &'a str,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// Registered claims common to every NATS JWT this service issues.
+#[derive(Debug, Clone, Default)]
+pub struct Registered<'a> {
+    /// `aud`.
+    pub aud: &'a str,
+    /// `exp` (0 = none).
+    pub exp: i64,
+    /// `iat`.
+    pub iat: i64,
+    /// `iss`.
+    pub iss: &'a str,
+    /// `name`.
+    pub name: &'a str,
+    /// `sub`.
+    pub sub: &'a str,
+}
+
+/// The `jti` of a JWT: base32 (no padding) of SHA-512/256 over its registered claims.
+pub fn jti(r: &Registered<'_>) -> String {
+    let hashed = HashedClaims {
+        aud: r.aud,
+        exp: r.exp,
+        iat: r.iat,
+        iss: r.iss,
+        name: r.name,
+        nbf: 0,
+        sub: r.sub,
+    };
+    // Serializing plain strings and integers cannot fail.
+    let json = serde_json::to_vec(&hashed).unwrap_or_default();
+    let digest = Sha512_256::digest(&json);
+    data_encoding::BASE32_NOPAD.encode(&digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn round_trip_verifies_with_the_issuer_key() {
+        let account = KeyPair::new_account();
+        let claims = json!({"iss": account.public_key(), "sub": "x", "nats": {"type": "user", "version": 2}});
+        let token = encode(&claims, &account).unwrap();
+        let back: Value = decode_verified(&token).unwrap();
+        assert_eq!(back, claims);
+        let header = URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap();
+        assert_eq!(header, JWT_HEADER.as_bytes());
+    }
+
+    #[test]
+    fn claims_altered_after_signing_are_refused() {
+        let account = KeyPair::new_account();
+        let token = encode(&json!({"iss": account.public_key(), "sub": "a"}), &account).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged_claims =
+            URL_SAFE_NO_PAD.encode(json!({"iss": account.public_key(), "sub": "b"}).to_string());
+        let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
+        assert_eq!(
+            decode_verified::<Value>(&forged).unwrap_err(),
+            JwtError::BadSignature
+        );
+    }
+
+    #[test]
+    fn a_token_claiming_another_issuer_is_refused() {
+        let signer = KeyPair::new_account();
+        let other = KeyPair::new_account();
+        let token = encode(&json!({"iss": other.public_key()}), &signer).unwrap();
+        assert_eq!(
+            decode_verified::<Value>(&token).unwrap_err(),
+            JwtError::BadSignature
+        );
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_with_their_cause() {
+        assert_eq!(
+            decode_verified::<Value>("a.b").unwrap_err(),
+            JwtError::NotThreeParts
+        );
+        assert_eq!(
+            decode_verified::<Value>("a.b.c.d").unwrap_err(),
+            JwtError::NotThreeParts
+        );
+        assert_eq!(
+            decode_verified::<Value>("!!.b.c").unwrap_err(),
+            JwtError::BadBase64
+        );
+        let other_alg = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"HS256"}"#),
+            URL_SAFE_NO_PAD.encode("{}"),
+            URL_SAFE_NO_PAD.encode("sig")
+        );
+        assert_eq!(
+            decode_verified::<Value>(&other_alg).unwrap_err(),
+            JwtError::WrongAlgorithm
+        );
+        let user_iss = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(JWT_HEADER),
+            URL_SAFE_NO_PAD.encode(r#"{"iss":"not-a-key"}"#),
+            URL_SAFE_NO_PAD.encode("sig")
+        );
+        assert_eq!(
+            decode_verified::<Value>(&user_iss).unwrap_err(),
+            JwtError::BadIssuerKey
+        );
+        let huge = "a".repeat(MAX_JWT_BYTES + 1);
+        assert_eq!(
+            decode_verified::<Value>(&huge).unwrap_err(),
+            JwtError::TooLarge
+        );
+    }
+
+    #[test]
+    fn jti_is_base32_of_sha512_256_and_depends_on_every_registered_claim() {
+        let base = Registered {
+            aud: "APP",
+            exp: 10,
+            iat: 5,
+            iss: "AISS",
+            name: "n",
+            sub: "UX",
+        };
+        let a = jti(&base);
+        assert_eq!(a.len(), 52, "32 bytes in unpadded base32");
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c)));
+        let changed = Registered {
+            sub: "UY",
+            ..base.clone()
+        };
+        assert_ne!(a, jti(&changed));
+        assert_eq!(a, jti(&base));
+    }
+}

@@ -1,0 +1,8 @@
+//! The NATS side: the connection and worker pool, request decoding, response building and the
+//! NATS JWT codec.
+
+pub mod jwt;
+pub mod request;
+pub mod response;
+pub mod service;
+pub mod wire;

@@ -1,0 +1,463 @@
+//! Decoding and verifying the authorization requests nats-server sends.
+
+use std::fmt;
+
+use nkeys::{KeyPair, XKey};
+use serde::Deserialize;
+
+use super::jwt::{decode_verified, JwtError};
+use super::wire::{CLAIMS_VERSION, REQUEST_AUDIENCE, REQUEST_TYPE};
+
+/// Clock difference tolerated between nats-server and this service when checking `exp`.
+pub const REQUEST_CLOCK_SKEW_SECS: i64 = 5;
+
+/// Why an authorization request was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// The request is sealed but this service has no xkey seed to open it.
+    SealedWithoutXkey,
+    /// This service has an xkey and the request came in plain text.
+    NotSealed,
+    /// The `Nats-Server-Xkey` header is not a curve public key.
+    BadServerXkey,
+    /// The sealed payload does not open with our key and the server's.
+    CannotOpen,
+    /// The JWT is malformed or its signature does not verify.
+    Jwt(JwtError),
+    /// `iss` is not a server key or differs from `server_id.id`.
+    WrongIssuer,
+    /// `aud` is not the authorization request audience.
+    WrongAudience,
+    /// `exp` is missing or has passed.
+    Expired,
+    /// `nats.type` or `nats.version` is not an authorization request.
+    WrongType,
+    /// `nats.user_nkey` is not a user public key.
+    BadUserNkey,
+}
+
+impl RequestError {
+    /// The metric label of this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RequestError::SealedWithoutXkey => "request_sealed_without_xkey",
+            RequestError::NotSealed => "request_not_sealed",
+            RequestError::BadServerXkey | RequestError::CannotOpen => "request_cannot_open",
+            RequestError::Jwt(JwtError::BadSignature) => "request_bad_signature",
+            RequestError::Jwt(_) => "request_malformed",
+            RequestError::WrongIssuer => "request_wrong_issuer",
+            RequestError::WrongAudience => "request_wrong_audience",
+            RequestError::Expired => "request_expired",
+            RequestError::WrongType => "request_malformed",
+            RequestError::BadUserNkey => "request_malformed",
+        }
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::SealedWithoutXkey => {
+                write!(f, "request is sealed but NATS_XKEY_SEED_FILE is not set")
+            }
+            RequestError::NotSealed => write!(
+                f,
+                "request is not sealed although an xkey is configured (is `xkey` set in the server's auth_callout block?)"
+            ),
+            RequestError::BadServerXkey => write!(f, "request header Nats-Server-Xkey is not a curve key"),
+            RequestError::CannotOpen => write!(f, "sealed request does not open with the configured xkey"),
+            RequestError::Jwt(e) => write!(f, "request {e}"),
+            RequestError::WrongIssuer => write!(f, "request issuer is not the server id"),
+            RequestError::WrongAudience => write!(f, "request audience is not {REQUEST_AUDIENCE}"),
+            RequestError::Expired => write!(f, "request expired"),
+            RequestError::WrongType => write!(f, "request is not an authorization_request v2"),
+            RequestError::BadUserNkey => write!(f, "request user_nkey is not a user key"),
+        }
+    }
+}
+
+/// The server that sent a request.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServerId {
+    /// Server name.
+    #[serde(default)]
+    pub name: String,
+    /// Server public nkey (`N…`), new at every server start.
+    #[serde(default)]
+    pub id: String,
+    /// Server version.
+    #[serde(default)]
+    pub version: String,
+    /// Server curve key, when it encrypts requests.
+    #[serde(default)]
+    pub xkey: String,
+}
+
+/// The connecting client as the server describes it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ClientInfo {
+    /// Client address.
+    #[serde(default)]
+    pub host: String,
+    /// Client connection id on that server.
+    #[serde(default)]
+    pub id: u64,
+    /// Client-chosen connection name.
+    #[serde(default)]
+    pub name: String,
+    /// `Client` or `Leafnode`.
+    #[serde(default)]
+    pub kind: String,
+    /// `nats`, `websocket` or `mqtt`.
+    #[serde(default, rename = "type")]
+    pub client_type: String,
+}
+
+/// The client's CONNECT options. Holds credentials: never logged.
+#[derive(Clone, Default, Deserialize)]
+pub struct ConnectOpts {
+    /// `auth_token` from CONNECT.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// `user` from CONNECT.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `pass` from CONNECT (MQTT clients put their password here).
+    #[serde(default)]
+    pub pass: Option<String>,
+    /// Client library name.
+    #[serde(default)]
+    pub lang: Option<String>,
+    /// Client library version.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl fmt::Debug for ConnectOpts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOpts")
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("user", &self.user)
+            .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
+            .field("lang", &self.lang)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl ConnectOpts {
+    /// The service-account token the client presented: `auth_token`, else `pass`.
+    pub fn bearer_token(&self) -> Option<&str> {
+        self.auth_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or(self.pass.as_deref().filter(|t| !t.is_empty()))
+    }
+}
+
+#[derive(Deserialize)]
+struct RequestBody {
+    #[serde(default)]
+    server_id: ServerId,
+    #[serde(default)]
+    user_nkey: String,
+    #[serde(default)]
+    client_info: ClientInfo,
+    #[serde(default)]
+    connect_opts: ConnectOpts,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    version: i64,
+}
+
+#[derive(Deserialize)]
+struct RequestClaims {
+    iss: String,
+    #[serde(default)]
+    aud: Option<String>,
+    #[serde(default)]
+    exp: Option<i64>,
+    nats: RequestBody,
+}
+
+/// A verified authorization request.
+#[derive(Debug, Clone)]
+pub struct AuthRequest {
+    /// The server that asked; responses are addressed to `server.id`.
+    pub server: ServerId,
+    /// The user nkey the server generated for this connection; the user JWT's subject.
+    pub user_nkey: String,
+    /// The connecting client.
+    pub client: ClientInfo,
+    /// Its CONNECT options (credentials inside).
+    pub connect: ConnectOpts,
+    /// The server's curve key when the request was sealed: the response is sealed to it.
+    pub seal_to: Option<String>,
+}
+
+/// Opens and verifies authorization requests.
+pub struct RequestDecoder {
+    xkey: Option<XKey>,
+}
+
+impl RequestDecoder {
+    /// A decoder; with `xkey`, sealed requests are opened and plain ones refused.
+    pub fn new(xkey: Option<XKey>) -> RequestDecoder {
+        RequestDecoder { xkey }
+    }
+
+    /// The service's curve key, used to seal responses.
+    pub fn xkey(&self) -> Option<&XKey> {
+        self.xkey.as_ref()
+    }
+
+    /// Opens (when sealed), decodes and verifies one request payload at unix time `now`.
+    pub fn decode(
+        &self,
+        payload: &[u8],
+        server_xkey_header: Option<&str>,
+        now: i64,
+    ) -> Result<AuthRequest, RequestError> {
+        let opened;
+        let (jwt, seal_to) = match (server_xkey_header, &self.xkey) {
+            (Some(sender), Some(ours)) => {
+                let sender_key =
+                    XKey::from_public_key(sender).map_err(|_| RequestError::BadServerXkey)?;
+                opened = ours
+                    .open(payload, &sender_key)
+                    .map_err(|_| RequestError::CannotOpen)?;
+                (opened.as_slice(), Some(sender.to_string()))
+            }
+            (Some(_), None) => return Err(RequestError::SealedWithoutXkey),
+            // With an xkey configured the server seals every request; a plain one did not come
+            // from a server configured with our key.
+            (None, Some(_)) => return Err(RequestError::NotSealed),
+            (None, None) => (payload, None),
+        };
+        let jwt = std::str::from_utf8(jwt)
+            .map_err(|_| RequestError::Jwt(JwtError::NotThreeParts))?
+            .trim();
+        // Verifies the Ed25519 signature with the key the request names as its issuer.
+        let claims: RequestClaims = decode_verified(jwt).map_err(RequestError::Jwt)?;
+        // The issuer must be a server key and the very server the request says it comes from.
+        if !claims.iss.starts_with('N') || claims.iss != claims.nats.server_id.id {
+            return Err(RequestError::WrongIssuer);
+        }
+        if claims.aud.as_deref() != Some(REQUEST_AUDIENCE) {
+            return Err(RequestError::WrongAudience);
+        }
+        // exp = send time + auth timeout; an old request replayed later is refused.
+        match claims.exp {
+            Some(exp) if exp + REQUEST_CLOCK_SKEW_SECS >= now => {}
+            _ => return Err(RequestError::Expired),
+        }
+        if claims.nats.kind != REQUEST_TYPE || claims.nats.version != CLAIMS_VERSION {
+            return Err(RequestError::WrongType);
+        }
+        let user_key_ok = claims.nats.user_nkey.starts_with('U')
+            && KeyPair::from_public_key(&claims.nats.user_nkey).is_ok();
+        if !user_key_ok {
+            return Err(RequestError::BadUserNkey);
+        }
+        if let (Some(sender), false) = (&seal_to, claims.nats.server_id.xkey.is_empty()) {
+            // The header and the signed claims must name the same server curve key.
+            if *sender != claims.nats.server_id.xkey {
+                return Err(RequestError::BadServerXkey);
+            }
+        }
+        Ok(AuthRequest {
+            server: claims.nats.server_id,
+            user_nkey: claims.nats.user_nkey,
+            client: claims.nats.client_info,
+            connect: claims.nats.connect_opts,
+            seal_to,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::callout::jwt::encode;
+    use serde_json::{json, Value};
+
+    /// A request as nats-server builds it, signed by `server`.
+    pub(crate) fn server_request(
+        server: &KeyPair,
+        user: &str,
+        token: &str,
+        exp: i64,
+        xkey: &str,
+    ) -> Value {
+        json!({
+            "jti": "X", "iat": exp - 2, "exp": exp,
+            "iss": server.public_key(), "sub": server.public_key(),
+            "aud": REQUEST_AUDIENCE,
+            "nats": {
+                "server_id": {"name": "s1", "host": "127.0.0.1", "id": server.public_key(), "version": "2.15.1", "xkey": xkey},
+                "user_nkey": user,
+                "client_info": {"host": "127.0.0.1", "id": 7, "kind": "Client", "type": "nats"},
+                "connect_opts": {"auth_token": token, "lang": "rust", "version": "0.26", "protocol": 1},
+                "type": REQUEST_TYPE, "version": 2
+            }
+        })
+    }
+
+    fn now() -> i64 {
+        1_800_000_000
+    }
+
+    #[test]
+    fn a_plain_request_from_the_server_decodes() {
+        let server = KeyPair::new_server();
+        let user = KeyPair::new_user().public_key();
+        let jwt = encode(
+            &server_request(&server, &user, "tok", now() + 2, ""),
+            &server,
+        )
+        .unwrap();
+        let req = RequestDecoder::new(None)
+            .decode(jwt.as_bytes(), None, now())
+            .unwrap();
+        assert_eq!(req.user_nkey, user);
+        assert_eq!(req.server.id, server.public_key());
+        assert_eq!(req.connect.bearer_token(), Some("tok"));
+        assert_eq!(req.client.id, 7);
+        assert!(req.seal_to.is_none());
+    }
+
+    #[test]
+    fn a_sealed_request_opens_and_names_the_key_to_seal_to() {
+        let server = KeyPair::new_server();
+        let server_x = XKey::new();
+        let ours = XKey::new();
+        let user = KeyPair::new_user().public_key();
+        let jwt = encode(
+            &server_request(&server, &user, "tok", now() + 2, &server_x.public_key()),
+            &server,
+        )
+        .unwrap();
+        let sealed = server_x
+            .seal(
+                jwt.as_bytes(),
+                &XKey::from_public_key(&ours.public_key()).unwrap(),
+            )
+            .unwrap();
+        let dec = RequestDecoder::new(Some(ours.clone()));
+        let req = dec
+            .decode(&sealed, Some(&server_x.public_key()), now())
+            .unwrap();
+        assert_eq!(req.seal_to.as_deref(), Some(server_x.public_key().as_str()));
+        // Opening with another key fails.
+        let other = RequestDecoder::new(Some(XKey::new()));
+        assert_eq!(
+            other
+                .decode(&sealed, Some(&server_x.public_key()), now())
+                .unwrap_err(),
+            RequestError::CannotOpen
+        );
+        // Without a key we cannot open it at all.
+        assert_eq!(
+            RequestDecoder::new(None)
+                .decode(&sealed, Some(&server_x.public_key()), now())
+                .unwrap_err(),
+            RequestError::SealedWithoutXkey
+        );
+        // With a key, a plain request is refused: the configured server always seals.
+        assert_eq!(
+            dec.decode(jwt.as_bytes(), None, now()).unwrap_err(),
+            RequestError::NotSealed
+        );
+    }
+
+    #[test]
+    fn a_request_whose_issuer_is_not_the_server_id_is_refused() {
+        let server = KeyPair::new_server();
+        let user = KeyPair::new_user().public_key();
+        let mut claims = server_request(&server, &user, "t", now() + 2, "");
+        claims["nats"]["server_id"]["id"] = json!(KeyPair::new_server().public_key());
+        let jwt = encode(&claims, &server).unwrap();
+        assert_eq!(
+            RequestDecoder::new(None)
+                .decode(jwt.as_bytes(), None, now())
+                .unwrap_err(),
+            RequestError::WrongIssuer
+        );
+        // An account key is not a server key even when the ids agree.
+        let account = KeyPair::new_account();
+        let mut claims = server_request(&account, &user, "t", now() + 2, "");
+        claims["nats"]["server_id"]["id"] = json!(account.public_key());
+        let jwt = encode(&claims, &account).unwrap();
+        assert_eq!(
+            RequestDecoder::new(None)
+                .decode(jwt.as_bytes(), None, now())
+                .unwrap_err(),
+            RequestError::WrongIssuer
+        );
+    }
+
+    #[test]
+    fn wrong_audience_expiry_type_and_user_key_are_refused() {
+        let server = KeyPair::new_server();
+        let user = KeyPair::new_user().public_key();
+        let dec = RequestDecoder::new(None);
+        let check = |edit: &dyn Fn(&mut Value), want: RequestError| {
+            let mut claims = server_request(&server, &user, "t", now() + 2, "");
+            edit(&mut claims);
+            let jwt = encode(&claims, &server).unwrap();
+            assert_eq!(dec.decode(jwt.as_bytes(), None, now()).unwrap_err(), want);
+        };
+        check(
+            &|c| c["aud"] = json!("something-else"),
+            RequestError::WrongAudience,
+        );
+        check(
+            &|c| c["exp"] = json!(now() - REQUEST_CLOCK_SKEW_SECS - 1),
+            RequestError::Expired,
+        );
+        check(
+            &|c| {
+                c.as_object_mut()
+                    .unwrap()
+                    .remove("exp")
+                    .map(|_| ())
+                    .unwrap()
+            },
+            RequestError::Expired,
+        );
+        check(
+            &|c| c["nats"]["type"] = json!("user"),
+            RequestError::WrongType,
+        );
+        check(
+            &|c| c["nats"]["version"] = json!(1),
+            RequestError::WrongType,
+        );
+        check(
+            &|c| c["nats"]["user_nkey"] = json!(KeyPair::new_account().public_key()),
+            RequestError::BadUserNkey,
+        );
+        check(
+            &|c| c["nats"]["user_nkey"] = json!("Unot-a-key"),
+            RequestError::BadUserNkey,
+        );
+    }
+
+    #[test]
+    fn the_token_comes_from_auth_token_then_pass() {
+        let mut c = ConnectOpts::default();
+        assert_eq!(c.bearer_token(), None);
+        c.pass = Some("from-pass".into());
+        assert_eq!(c.bearer_token(), Some("from-pass"));
+        c.auth_token = Some(String::new());
+        assert_eq!(c.bearer_token(), Some("from-pass"));
+        c.auth_token = Some("from-token".into());
+        assert_eq!(c.bearer_token(), Some("from-token"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("from-token") && !shown.contains("from-pass"));
+    }
+}

@@ -1,0 +1,357 @@
+//! The callout loop: one NATS connection, a reader thread, a bounded queue and a fixed pool of
+//! workers that decide and answer.
+//!
+//! ```text
+//! nats-server --$SYS.REQ.USER.AUTH--> reader --bounded channel--> worker x N --respond--> nats-server
+//! ```
+#![allow(deprecated)] // the `nats` sync crate is deprecated upstream but speaks the current protocol
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
+use log::{debug, error, info, warn};
+
+use super::request::{AuthRequest, RequestDecoder};
+use super::response::{seal_if_needed, Grant, ResponseSigner};
+use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
+use crate::authorizer::{Authorizer, Decision};
+use crate::config::redact_urls;
+use crate::health::Readiness;
+use crate::metrics::{DecisionLabels, Metrics};
+
+/// How the service logs in to NATS.
+#[derive(Clone)]
+pub enum NatsAuth {
+    /// Nothing beyond what the URL carries (`user:pass@`).
+    None,
+    /// A creds file (user JWT + seed).
+    CredsFile(std::path::PathBuf),
+    /// A token. Never logged.
+    Token(String),
+}
+
+/// Settings of the callout loop.
+#[derive(Clone)]
+pub struct CalloutSettings {
+    /// Comma-separated server URLs (may embed `user:pass@`).
+    pub url: String,
+    /// The service's own login.
+    pub auth: NatsAuth,
+    /// Worker threads.
+    pub workers: usize,
+    /// Capacity of the queue between the reader and the workers.
+    pub queue_size: usize,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Everything a worker needs to answer a request.
+pub struct CalloutContext {
+    /// Opens and verifies requests.
+    pub decoder: RequestDecoder,
+    /// Signs answers.
+    pub signer: ResponseSigner,
+    /// Decides.
+    pub authorizer: Authorizer,
+    /// Counts.
+    pub metrics: Arc<Metrics>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The outcome of one request, as it is counted and answered.
+pub struct Outcome {
+    /// The bytes to publish on the reply subject (an empty body is a denial).
+    pub reply: Vec<u8>,
+    /// `allow` or `deny`.
+    pub result: &'static str,
+    /// The metric reason.
+    pub reason: &'static str,
+}
+
+impl CalloutContext {
+    /// Decides one request payload and builds the reply; never panics, never grants on error.
+    pub fn handle(&self, payload: &[u8], server_xkey: Option<&str>) -> Outcome {
+        let now = unix_now();
+        let req = match self.decoder.decode(payload, server_xkey, now) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("denied: {e}");
+                // Without a verified request there is no one to address a signed denial to; an
+                // empty reply makes a genuine server deny at once instead of waiting.
+                return Outcome {
+                    reply: Vec::new(),
+                    result: "deny",
+                    reason: e.reason(),
+                };
+            }
+        };
+        let decision = catch_unwind(AssertUnwindSafe(|| self.authorizer.authorize(&req, now)))
+            .unwrap_or_else(|_| Decision::internal_error());
+        match decision {
+            Decision::Allow(allowed) => {
+                let grant = Grant {
+                    name: allowed.user_name(),
+                    expires_at: allowed.expires_at,
+                    permissions: &allowed.permissions,
+                };
+                match self
+                    .signer
+                    .allow(&req, &grant, now)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| seal_if_needed(r, &req, self.decoder.xkey()))
+                {
+                    Ok(reply) => {
+                        info!(
+                            "allowed {}/{} (client {} on {}), expires in {}s",
+                            allowed.namespace,
+                            allowed.service_account,
+                            req.client.id,
+                            req.server.name,
+                            allowed.expires_at - now
+                        );
+                        Outcome {
+                            reply,
+                            result: "allow",
+                            reason: "granted",
+                        }
+                    }
+                    Err(e) => {
+                        error!("cannot sign the answer: {e}");
+                        self.denial(&req, now, "internal_error")
+                    }
+                }
+            }
+            Decision::Deny(deny) => {
+                warn!(
+                    "denied {} (client {} {} on {}): {}",
+                    deny.subject(),
+                    req.client.id,
+                    req.client.host,
+                    req.server.name,
+                    deny
+                );
+                self.denial(&req, now, deny.reason())
+            }
+        }
+    }
+
+    fn denial(&self, req: &AuthRequest, now: i64, reason: &'static str) -> Outcome {
+        let reply = self
+            .signer
+            .deny(req, now)
+            .map_err(|e| e.to_string())
+            .and_then(|r| seal_if_needed(r, req, self.decoder.xkey()))
+            .unwrap_or_default();
+        Outcome {
+            reply,
+            result: "deny",
+            reason,
+        }
+    }
+}
+
+struct Job {
+    msg: nats::Message,
+    queued: Instant,
+}
+
+fn connect(
+    settings: &CalloutSettings,
+    metrics: &Arc<Metrics>,
+    readiness: &Arc<Readiness>,
+    closing: &Arc<AtomicBool>,
+) -> std::io::Result<nats::Connection> {
+    let opts = match &settings.auth {
+        NatsAuth::None => nats::Options::new(),
+        NatsAuth::CredsFile(p) => nats::Options::with_credentials(p),
+        NatsAuth::Token(t) => nats::Options::with_token(t),
+    };
+    let (m1, r1, closing1) = (metrics.clone(), readiness.clone(), closing.clone());
+    let (m2, r2) = (metrics.clone(), readiness.clone());
+    let r3 = readiness.clone();
+    opts.with_name("nats-k8s-oidc-callout")
+        // The crate gives up after 60 reconnects by default; the service must never give up.
+        .max_reconnects(None)
+        .disconnect_callback(move || {
+            if closing1.load(Ordering::SeqCst) {
+                return;
+            }
+            warn!("nats connection lost; reconnecting");
+            m1.nats_disconnects.inc();
+            r1.set_nats_connected(false);
+        })
+        .reconnect_callback(move || {
+            info!("nats connection re-established");
+            m2.nats_reconnects.inc();
+            r2.set_nats_connected(true);
+        })
+        .close_callback(move || r3.set_nats_connected(false))
+        .error_callback(|e| warn!("nats error: {e}"))
+        .connect(settings.url.as_str())
+}
+
+/// Runs the callout loop until `stop` fires; returns once in-flight requests are answered or the
+/// shutdown deadline has passed.
+pub fn run(
+    settings: CalloutSettings,
+    ctx: Arc<CalloutContext>,
+    readiness: Arc<Readiness>,
+    stop: Receiver<()>,
+) -> Result<(), String> {
+    let metrics = ctx.metrics.clone();
+    let where_ = redact_urls(&settings.url);
+    let closing = Arc::new(AtomicBool::new(false));
+    // Connect, retrying with backoff until it works or shutdown is asked.
+    let mut delay = Duration::from_millis(250);
+    let nc = loop {
+        match connect(&settings, &metrics, &readiness, &closing) {
+            Ok(nc) => break nc,
+            Err(e) => {
+                warn!("cannot connect to nats at {where_}: {e}; retrying in {delay:?}");
+                match stop.recv_timeout(delay) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    readiness.set_nats_connected(true);
+    let sub = nc
+        .queue_subscribe(AUTH_REQUEST_SUBJECT, QUEUE_GROUP)
+        .map_err(|e| format!("cannot subscribe to {AUTH_REQUEST_SUBJECT}: {e}"))?;
+    readiness.set_subscribed(true);
+    info!(
+        "connected to nats at {where_}; answering {AUTH_REQUEST_SUBJECT} in queue group {QUEUE_GROUP} with {} workers",
+        settings.workers
+    );
+
+    let (tx, rx) = bounded::<Job>(settings.queue_size.max(1));
+    // Workers: each takes a request, runs the whole decision and answers. They end when the
+    // reader drops the sender and the queue is empty.
+    let workers: Vec<JoinHandle<()>> = (0..settings.workers.max(1))
+        .map(|i| {
+            let rx = rx.clone();
+            let ctx = ctx.clone();
+            thread::Builder::new()
+                .name(format!("callout-worker-{i}"))
+                .spawn(move || worker(rx, ctx))
+                .map_err(|e| format!("cannot start worker thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    drop(rx);
+
+    // The reader: moves messages from the subscription into the bounded queue, so a burst waits
+    // in a queue of known size rather than in the client library.
+    loop {
+        if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+            break;
+        }
+        let msg = match sub.next_timeout(Duration::from_millis(200)) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(e) => {
+                error!("callout subscription ended: {e}");
+                break;
+            }
+        };
+        match tx.try_send(Job {
+            msg,
+            queued: Instant::now(),
+        }) {
+            Ok(()) => {
+                metrics.queue_depth.inc();
+            }
+            Err(TrySendError::Full(job)) => {
+                // Overloaded: deny at once rather than let the client wait for the auth timeout.
+                metrics.queue_rejected.inc();
+                count(&metrics, "deny", "overloaded");
+                let _ = job.msg.respond(b"");
+            }
+            Err(TrySendError::Disconnected(_)) => break,
+        }
+    }
+
+    // Shutdown: stop taking requests, let the workers drain the queue within the deadline.
+    readiness.set_shutting_down();
+    info!("shutting down: no new requests; finishing those in flight");
+    let _ = sub.unsubscribe();
+    drop(tx);
+    let deadline = Instant::now() + settings.shutdown_timeout;
+    for w in workers {
+        while !w.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if w.is_finished() {
+            let _ = w.join();
+        } else {
+            warn!("shutdown deadline passed with requests still in flight");
+            break;
+        }
+    }
+    let _ = nc.flush_timeout(Duration::from_secs(1));
+    closing.store(true, Ordering::SeqCst);
+    nc.close();
+    Ok(())
+}
+
+fn count(metrics: &Metrics, result: &'static str, reason: &'static str) {
+    metrics
+        .decisions
+        .get_or_create(&DecisionLabels { result, reason })
+        .inc();
+}
+
+fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>) {
+    for job in rx.iter() {
+        ctx.metrics.queue_depth.dec();
+        let xkey = job
+            .msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(SERVER_XKEY_HEADER))
+            .map(String::as_str);
+        // A panic anywhere in the decision ends as a denial, never as a silent drop.
+        let outcome = catch_unwind(AssertUnwindSafe(|| ctx.handle(&job.msg.data, xkey)))
+            .unwrap_or_else(|_| {
+                error!("worker panicked while deciding; denying");
+                Outcome {
+                    reply: Vec::new(),
+                    result: "deny",
+                    reason: "internal_error",
+                }
+            });
+        if let Err(e) = job.msg.respond(&outcome.reply) {
+            warn!("cannot publish the answer: {e}");
+        }
+        count(&ctx.metrics, outcome.result, outcome.reason);
+        ctx.metrics
+            .decision_seconds
+            .observe(job.queued.elapsed().as_secs_f64());
+        debug!("answered in {:?}", job.queued.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_survive_url_redaction() {
+        assert_eq!(
+            redact_urls("nats://svc:s3cret@nats:4222, tls://a:b@c:1,nats://plain:4222"),
+            "nats://***@nats:4222,tls://***@c:1,nats://plain:4222"
+        );
+        assert!(!redact_urls("svc:s3cret@host").contains("s3cret"));
+    }
+}

@@ -1,0 +1,510 @@
+//! Every setting: its environment variable, default and validation.
+//!
+//! Read in two stages: the raw environment, then a validated [`Config`]. A bad setting stops
+//! start-up with one message naming every problem.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nkeys::{KeyPair, XKey};
+
+/// Where the service-account tokens' signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksLocation {
+    /// `JWKS_URL`: fetched over HTTPS (with cluster credentials only when it is the API server).
+    Url(String),
+    /// `JWKS_PATH`: a local file, re-read when it changes.
+    Path(PathBuf),
+    /// Neither set: the API server's `/openid/v1/jwks`, fetched with the cluster's credentials.
+    ApiServer,
+}
+
+/// Where ServiceAccounts come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountsSource {
+    /// The Kubernetes API, from inside the cluster.
+    InCluster,
+    /// The Kubernetes API, through a kubeconfig file (`None`: `KUBECONFIG` or `~/.kube/config`).
+    Kubeconfig(Option<PathBuf>),
+    /// `SERVICE_ACCOUNTS_PATH`: a local file, for development without a cluster.
+    File(PathBuf),
+}
+
+/// The validated configuration.
+pub struct Config {
+    /// `NATS_URL`: comma-separated server URLs.
+    pub nats_url: String,
+    /// `NATS_USER_CREDS_FILE` (alias `NATS_CREDS_FILE`).
+    pub nats_creds_file: Option<PathBuf>,
+    /// `NATS_TOKEN`. Never logged.
+    pub nats_token: Option<String>,
+    /// The account key pair read from `NATS_SIGNING_KEY_FILE`.
+    pub signing_key: KeyPair,
+    /// `NATS_ACCOUNT`: the account clients are placed in.
+    pub nats_account: String,
+    /// The curve key read from `NATS_XKEY_SEED_FILE`.
+    pub xkey: Option<XKey>,
+    /// `JWKS_URL` / `JWKS_PATH`.
+    pub jwks: JwksLocation,
+    /// `JWT_ISSUER`.
+    pub issuer: String,
+    /// `JWT_AUDIENCE`.
+    pub audience: String,
+    /// `JWT_LEEWAY`: clock skew allowed on `exp`/`nbf`/`iat`.
+    pub leeway: Duration,
+    /// `JWKS_MIN_REFETCH_INTERVAL`: least time between two key-set fetches for an unknown `kid`.
+    pub jwks_min_refetch: Duration,
+    /// `K8S_IN_CLUSTER` / `KUBECONFIG` / `SERVICE_ACCOUNTS_PATH`.
+    pub accounts: AccountsSource,
+    /// `WATCH_TIMEOUT_SECONDS`: server-side timeout of each watch request.
+    pub watch_timeout_secs: u64,
+    /// `PORT`: HTTP port for health and metrics.
+    pub port: u16,
+    /// `LOG_LEVEL`.
+    pub log_level: String,
+    /// `WORKERS`: threads deciding requests.
+    pub workers: usize,
+    /// `QUEUE_SIZE`: requests that may wait for a worker.
+    pub queue_size: usize,
+    /// `USER_JWT_MAX_LIFETIME`: longest a client stays connected before presenting a new token.
+    pub max_lifetime: Duration,
+    /// `SHUTDOWN_TIMEOUT`: time allowed to finish in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("nats_url", &redact_urls(&self.nats_url))
+            .field("nats_account", &self.nats_account)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("jwks", &self.jwks)
+            .field("accounts", &self.accounts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Strips `user:pass@` from every URL of a comma-separated list, for logs.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match (u.find("://"), u.rfind('@')) {
+                (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
+                (None, Some(at)) => format!("***@{}", &u[at + 1..]),
+                _ => u.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The in-cluster default issuer.
+pub const IN_CLUSTER_ISSUER: &str = "https://kubernetes.default.svc";
+
+/// Parses a duration: `90`, `90s`, `15m`, `1h`, `500ms`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// Reads an account seed (`SA…`) from a bare seed file or a creds-style file holding one.
+pub fn read_account_seed(text: &str) -> Result<KeyPair, String> {
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|l| {
+            l.starts_with('S') && l.len() == 58 && l.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+        .ok_or("holds no nkey seed")?;
+    match &seed[..2] {
+        "SA" => KeyPair::from_seed(seed).map_err(|_| "holds an invalid account seed".to_string()),
+        "SU" => Err("holds a user seed (SU…); auth callout responses must be signed by an account seed (SA…)".into()),
+        "SO" => Err("holds an operator seed (SO…); an account seed (SA…) is needed".into()),
+        "SX" => Err("holds a curve (xkey) seed (SX…); an account seed (SA…) is needed".into()),
+        _ => Err("holds a seed that is not an account seed (SA…)".into()),
+    }
+}
+
+/// Reads a curve seed (`SX…`) from a bare seed file or a block holding one.
+pub fn read_xkey_seed(text: &str) -> Result<XKey, String> {
+    let seed = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("SX"))
+        .ok_or("holds no curve seed (SX…)")?;
+    XKey::from_seed(seed).map_err(|_| "holds an invalid curve seed".to_string())
+}
+
+struct Reader<'a> {
+    env: &'a HashMap<String, String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.env
+            .get(name)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn or(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_string()
+    }
+
+    fn parsed<T: std::str::FromStr>(
+        &mut self,
+        name: &str,
+        default: T,
+        what: &str,
+        ok: impl Fn(&T) -> bool,
+    ) -> T {
+        match self.get(name) {
+            None => default,
+            Some(v) => match v.parse::<T>() {
+                Ok(x) if ok(&x) => x,
+                _ => {
+                    self.problems.push(format!("{name}={v:?} is not {what}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn duration(
+        &mut self,
+        name: &str,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        match self.get(name) {
+            None => default,
+            Some(v) => match parse_duration(v) {
+                Some(d) if d >= min && d <= max => d,
+                _ => {
+                    self.problems.push(format!(
+                        "{name}={v:?} is not a duration between {min:?} and {max:?} (e.g. 90s, 15m, 1h)"
+                    ));
+                    default
+                }
+            },
+        }
+    }
+
+    fn bool(&mut self, name: &str, default: bool) -> bool {
+        match self.get(name).map(str::to_ascii_lowercase).as_deref() {
+            None => default,
+            Some("true" | "1" | "yes") => true,
+            Some("false" | "0" | "no") => false,
+            Some(v) => {
+                self.problems
+                    .push(format!("{name}={v:?} is not true or false"));
+                default
+            }
+        }
+    }
+
+    fn file<T>(&mut self, name: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        let path = self.get(name)?.to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match parse(&text) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.problems.push(format!("{name}: {path} {e}"));
+                    None
+                }
+            },
+            Err(e) => {
+                self.problems
+                    .push(format!("{name}: cannot read {path}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, String> {
+        Config::from_map(&std::env::vars().collect())
+    }
+
+    /// Reads the configuration from `env`; the error names every problem found.
+    pub fn from_map(env: &HashMap<String, String>) -> Result<Config, String> {
+        let mut r = Reader {
+            env,
+            problems: Vec::new(),
+        };
+        let nats_url = r.or("NATS_URL", "nats://nats:4222");
+        let creds = r
+            .get("NATS_USER_CREDS_FILE")
+            .or(r.get("NATS_CREDS_FILE"))
+            .map(PathBuf::from);
+        let nats_token = r.get("NATS_TOKEN").map(str::to_string);
+        if creds.is_some() && nats_token.is_some() {
+            r.problems
+                .push("NATS_USER_CREDS_FILE and NATS_TOKEN are both set; use at most one".into());
+        }
+        if let Some(p) = &creds {
+            if !p.is_file() {
+                r.problems.push(format!(
+                    "NATS_USER_CREDS_FILE: {} is not a readable file",
+                    p.display()
+                ));
+            }
+        }
+        if r.get("NATS_SIGNING_KEY_FILE").is_none() {
+            r.problems.push(
+                "NATS_SIGNING_KEY_FILE is required (a file holding the account seed, SA…)".into(),
+            );
+        }
+        let signing_key = r.file("NATS_SIGNING_KEY_FILE", read_account_seed);
+        let nats_account = r.get("NATS_ACCOUNT").map(str::to_string);
+        if nats_account.is_none() {
+            r.problems
+                .push("NATS_ACCOUNT is required (the account clients are placed in)".into());
+        }
+        let xkey = r.file("NATS_XKEY_SEED_FILE", read_xkey_seed);
+
+        let accounts = if let Some(p) = r.get("SERVICE_ACCOUNTS_PATH") {
+            AccountsSource::File(PathBuf::from(p))
+        } else if r.bool("K8S_IN_CLUSTER", true) {
+            AccountsSource::InCluster
+        } else {
+            AccountsSource::Kubeconfig(r.get("KUBECONFIG").map(PathBuf::from))
+        };
+        let jwks_url = r.get("JWKS_URL").map(str::to_string);
+        let jwks_path = r.get("JWKS_PATH").map(str::to_string);
+        let jwks = match (jwks_url.as_deref(), jwks_path.as_deref()) {
+            (Some(_), Some(_)) => {
+                r.problems
+                    .push("JWKS_URL and JWKS_PATH are both set; use exactly one".into());
+                JwksLocation::ApiServer
+            }
+            (Some(u), None) => {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    r.problems
+                        .push(format!("JWKS_URL={u:?} is not an http(s) URL"));
+                }
+                JwksLocation::Url(u.to_string())
+            }
+            (None, Some(p)) => JwksLocation::Path(PathBuf::from(p)),
+            (None, None) => {
+                if matches!(accounts, AccountsSource::File(_)) {
+                    r.problems.push("SERVICE_ACCOUNTS_PATH needs JWKS_PATH or JWKS_URL (there is no API server to ask)".into());
+                }
+                JwksLocation::ApiServer
+            }
+        };
+        let issuer = match r.get("JWT_ISSUER") {
+            Some(i) => i.to_string(),
+            None if accounts == AccountsSource::InCluster => IN_CLUSTER_ISSUER.to_string(),
+            None => {
+                r.problems.push(
+                    "JWT_ISSUER is required outside the cluster (the exact `iss` of the tokens)"
+                        .into(),
+                );
+                String::new()
+            }
+        };
+        let audience = r.or("JWT_AUDIENCE", "nats");
+        let leeway = r.duration(
+            "JWT_LEEWAY",
+            Duration::from_secs(60),
+            Duration::ZERO,
+            Duration::from_secs(300),
+        );
+        let jwks_min_refetch = r.duration(
+            "JWKS_MIN_REFETCH_INTERVAL",
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
+        let watch_timeout_secs = r.parsed(
+            "WATCH_TIMEOUT_SECONDS",
+            290u64,
+            "a number of seconds from 10 to 3600",
+            |v| (10..=3600).contains(v),
+        );
+        let port = r.parsed("PORT", 8080u16, "a TCP port", |p| *p > 0);
+        let log_level = r.or("LOG_LEVEL", "info").to_ascii_lowercase();
+        if !["error", "warn", "info", "debug", "trace", "off"].contains(&log_level.as_str()) {
+            r.problems.push(format!(
+                "LOG_LEVEL={log_level:?} is not one of error, warn, info, debug, trace, off"
+            ));
+        }
+        let default_workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            * 2;
+        let workers = r.parsed("WORKERS", default_workers, "a number from 1 to 256", |v| {
+            (1..=256).contains(v)
+        });
+        let queue_size = r.parsed("QUEUE_SIZE", 1024usize, "a number from 1 to 1000000", |v| {
+            (1..=1_000_000).contains(v)
+        });
+        let max_lifetime = r.duration(
+            "USER_JWT_MAX_LIFETIME",
+            Duration::from_secs(3600),
+            Duration::from_secs(10),
+            Duration::from_secs(7 * 24 * 3600),
+        );
+        let shutdown_timeout = r.duration(
+            "SHUTDOWN_TIMEOUT",
+            Duration::from_secs(10),
+            Duration::ZERO,
+            Duration::from_secs(300),
+        );
+
+        match (signing_key, nats_account, r.problems.is_empty()) {
+            (Some(signing_key), Some(nats_account), true) => Ok(Config {
+                nats_url,
+                nats_creds_file: creds,
+                nats_token,
+                signing_key,
+                nats_account,
+                xkey,
+                jwks,
+                issuer,
+                audience,
+                leeway,
+                jwks_min_refetch,
+                accounts,
+                watch_timeout_secs,
+                port,
+                log_level,
+                workers,
+                queue_size,
+                max_lifetime,
+                shutdown_timeout,
+            }),
+            _ => Err(format!(
+                "invalid configuration:\n  - {}",
+                r.problems.join("\n  - ")
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn seed_file(seed: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "{seed}").unwrap();
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn in_cluster_defaults() {
+        let seed = KeyPair::new_account().seed().unwrap();
+        let f = seed_file(&seed);
+        let c = Config::from_map(&env(&[
+            ("NATS_SIGNING_KEY_FILE", f.path().to_str().unwrap()),
+            ("NATS_ACCOUNT", "APP"),
+        ]))
+        .unwrap();
+        assert_eq!(c.nats_url, "nats://nats:4222");
+        assert_eq!(c.issuer, IN_CLUSTER_ISSUER);
+        assert_eq!(c.audience, "nats");
+        assert_eq!(c.jwks, JwksLocation::ApiServer);
+        assert_eq!(c.accounts, AccountsSource::InCluster);
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.max_lifetime, Duration::from_secs(3600));
+        assert_eq!(
+            c.signing_key.public_key(),
+            KeyPair::from_seed(&seed).unwrap().public_key()
+        );
+        assert!(c.xkey.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_named_in_one_error() {
+        let user = seed_file(&KeyPair::new_user().seed().unwrap());
+        let err = Config::from_map(&env(&[
+            ("NATS_SIGNING_KEY_FILE", user.path().to_str().unwrap()),
+            ("JWKS_URL", "https://a/jwks"),
+            ("JWKS_PATH", "/tmp/x"),
+            ("K8S_IN_CLUSTER", "false"),
+            ("PORT", "http"),
+            ("NATS_TOKEN", "t"),
+            ("NATS_CREDS_FILE", "/nonexistent"),
+            ("USER_JWT_MAX_LIFETIME", "forever"),
+            ("LOG_LEVEL", "loud"),
+        ]))
+        .unwrap_err();
+        for needle in [
+            "user seed",
+            "NATS_ACCOUNT is required",
+            "JWKS_URL and JWKS_PATH",
+            "JWT_ISSUER is required",
+            "PORT=\"http\"",
+            "both set; use at most one",
+            "/nonexistent",
+            "USER_JWT_MAX_LIFETIME",
+            "LOG_LEVEL",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+        assert!(!err.contains("\"t\""), "the token must not be echoed");
+    }
+
+    #[test]
+    fn the_signing_seed_may_sit_in_a_creds_style_block() {
+        let seed = KeyPair::new_account().seed().unwrap();
+        let text = format!(
+            "-----BEGIN ACCOUNT NKEY SEED-----\n{seed}\n------END ACCOUNT NKEY SEED------\n"
+        );
+        assert!(read_account_seed(&text).is_ok());
+        assert!(read_account_seed("nothing here").is_err());
+        assert!(read_account_seed(&KeyPair::new_operator().seed().unwrap())
+            .unwrap_err()
+            .contains("operator"));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1d"), None);
+        assert_eq!(parse_duration("-1"), None);
+    }
+
+    #[test]
+    fn local_mode_needs_a_key_source_and_an_issuer() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let err = Config::from_map(&env(&[
+            ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+            ("NATS_ACCOUNT", "APP"),
+            ("SERVICE_ACCOUNTS_PATH", "/tmp/sa.yaml"),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("needs JWKS_PATH or JWKS_URL"));
+        assert!(err.contains("JWT_ISSUER is required"));
+    }
+}

@@ -1,0 +1,1345 @@
+//! List + watch of every ServiceAccount in the cluster, keeping the [`ServiceAccountCache`] current.
+//!
+//! The loop is a private state machine: `State` holds only what each phase needs and one
+//! `step` function moves it on, returning at most one `Output` for the driver to act on
+//! (replace the cache, apply a change, back off). The I/O sits behind the small `WatchApi`
+//! trait so the machine can be fed scripted sequences in tests. Backoff lives in the driver.
+//!
+//! - A paginated list (`limit`, `continue`) is buffered and swapped into the cache whole.
+//! - The watch starts from the list's resourceVersion, with bookmarks and `timeoutSeconds`.
+//! - A stream that ends (cleanly or not) is watched again from the last resourceVersion seen.
+//! - `410 Gone` on the watch (HTTP or in-stream `ERROR`) relists; on a list page it restarts the
+//!   list. The old cache keeps serving until the new list is complete.
+//! - Other errors back off: 800 ms doubling to 30 s with jitter, reset after 2 min without one,
+//!   never less than the server's `Retry-After`.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{debug, info, warn};
+use serde::Deserialize;
+
+use super::cache::{Change, ServiceAccountCache};
+use super::client::{ApiClient, ApiStatus, KubeError, LineStream};
+use super::{encode_query_value, stop_requested, wait_or_stop, RawObject, ServiceAccount};
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+
+/// The cluster-wide ServiceAccount collection.
+const COLLECTION_PATH: &str = "/api/v1/serviceaccounts";
+/// How long the driver waits for a stream item before it checks for stop.
+const STREAM_POLL: Duration = Duration::from_millis(500);
+/// Longest `Retry-After` honoured; a larger value is treated as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Events buffered between a watch stream's reader thread and the loop.
+const STREAM_BUFFER: usize = 64;
+
+/// Backoff between failed attempts (client-go's numbers by default).
+#[derive(Clone, Debug)]
+pub struct BackoffSettings {
+    /// First delay. Default: 800 ms.
+    pub initial: Duration,
+    /// Largest delay, jitter included. Default: 30 s.
+    pub max: Duration,
+    /// After this long without a failure the delay starts again at `initial`. Default: 120 s.
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        BackoffSettings {
+            initial: Duration::from_millis(800),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Settings of the list + watch loop.
+#[derive(Clone, Debug)]
+pub struct WatchSettings {
+    /// Items per list page (`limit`). Default: 500.
+    pub page_size: u32,
+    /// Server-side watch duration (`timeoutSeconds`). Default: 290.
+    pub timeout_seconds: u64,
+    /// Bound on one list page request. Default: 60 s.
+    pub list_timeout: Duration,
+    /// Added to `timeout_seconds` for the per-read timeout of a watch stream. Default: 15 s.
+    pub read_margin: Duration,
+    /// A watch that ends sooner than this with no event counts as a failure. Default: 1 s.
+    pub very_short_watch: Duration,
+    /// Backoff between failures.
+    pub backoff: BackoffSettings,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            page_size: 500,
+            timeout_seconds: 290,
+            list_timeout: Duration::from_secs(60),
+            read_margin: Duration::from_secs(15),
+            very_short_watch: Duration::from_secs(1),
+            backoff: BackoffSettings::default(),
+        }
+    }
+}
+
+impl WatchSettings {
+    /// Per-read timeout of a watch stream: longer than the server's own deadline.
+    fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds) + self.read_margin
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The I/O seam
+
+/// One page of a list.
+#[derive(Debug)]
+struct ListPage {
+    items: Vec<ServiceAccount>,
+    resource_version: String,
+    /// Empty or `None` on the last page.
+    continue_token: Option<String>,
+}
+
+/// One decoded watch event.
+#[derive(Debug)]
+enum WatchEvent {
+    /// ADDED, MODIFIED or DELETED.
+    Change {
+        change: Change,
+        resource_version: Option<String>,
+    },
+    /// BOOKMARK: only the resourceVersion moves.
+    Bookmark { resource_version: String },
+    /// An event whose object could not be read as a ServiceAccount (skipped).
+    Skipped { resource_version: Option<String> },
+    /// ERROR with a Status object.
+    Error(ApiStatus),
+}
+
+/// What reading a watch stream produced.
+#[derive(Debug)]
+enum StreamItem {
+    Event(WatchEvent),
+    /// Nothing arrived within the poll interval; the stream is still open.
+    Idle,
+    /// The server ended the stream.
+    Closed,
+    /// The stream broke (reset, read timeout, undecodable line).
+    Broken(KubeError),
+}
+
+/// An open watch stream.
+trait EventStream {
+    /// The next item; waits at most a short poll interval.
+    fn next_item(&mut self) -> StreamItem;
+}
+
+/// The API calls of the loop, and its clock.
+trait WatchApi {
+    type Stream: EventStream;
+    /// Lists one page, from the start (`None`) or from a continue token.
+    fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage, KubeError>;
+    /// Opens a watch from `resource_version`.
+    fn watch(&mut self, resource_version: &str) -> Result<Self::Stream, KubeError>;
+    /// The current time.
+    fn now(&self) -> Instant;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The state machine
+
+/// Where the loop is. Each variant holds only what that phase needs.
+enum State<S> {
+    /// Nothing listed (start, or after a 410): list from the beginning.
+    Empty,
+    /// A list is under way: the pages so far, and the token of the next one.
+    InitPage {
+        continue_token: String,
+        objects: Vec<ServiceAccount>,
+    },
+    /// Listed (or a watch ended): open a watch from this resourceVersion.
+    InitListed { resource_version: String },
+    /// A watch is open.
+    Watching {
+        resource_version: String,
+        stream: S,
+        opened: Instant,
+        events: u64,
+    },
+}
+
+/// Why the loop must wait before its next step.
+#[derive(Debug)]
+enum Failure {
+    /// A list page failed; the same page is retried.
+    List(KubeError),
+    /// The continue token expired (410); the list starts again.
+    ListExpired,
+    /// Opening the watch failed; it is opened again from the same resourceVersion.
+    WatchOpen(KubeError),
+    /// The resourceVersion is too old (410) or unknown to the server: relist.
+    Expired(Option<KubeError>),
+    /// The stream carried an ERROR other than 410; the watch is opened again.
+    WatchError(ApiStatus),
+    /// The watch ended at once with no event; opened again.
+    VeryShortWatch,
+    /// The stream carried something undecodable; opened again after a pause so a bad event
+    /// cannot make the loop spin.
+    WatchUndecodable(KubeError),
+}
+
+impl Failure {
+    /// The wait the server asked for, if any.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Failure::List(e) | Failure::WatchOpen(e) | Failure::WatchUndecodable(e) => {
+                e.retry_after()
+            }
+            Failure::Expired(Some(e)) => e.retry_after(),
+            Failure::WatchError(status) => status.retry_after(),
+            Failure::ListExpired | Failure::Expired(None) | Failure::VeryShortWatch => None,
+        }
+    }
+
+    /// Whether an open watch ended with this failure (and is started again).
+    fn ends_watch(&self) -> bool {
+        matches!(
+            self,
+            Failure::WatchError(_) | Failure::VeryShortWatch | Failure::WatchUndecodable(_)
+        )
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::List(e) => write!(f, "listing ServiceAccounts failed: {e}"),
+            Failure::ListExpired => write!(f, "list continue token expired; listing again"),
+            Failure::WatchOpen(e) => write!(f, "opening the ServiceAccount watch failed: {e}"),
+            Failure::Expired(Some(e)) => {
+                write!(f, "watch resourceVersion no longer valid ({e}); relisting")
+            }
+            Failure::Expired(None) => write!(f, "watch resourceVersion expired; relisting"),
+            Failure::WatchError(s) => write!(f, "ServiceAccount watch error: {s}"),
+            Failure::VeryShortWatch => {
+                write!(f, "ServiceAccount watch ended at once without events")
+            }
+            Failure::WatchUndecodable(e) => write!(f, "ServiceAccount watch stream: {e}"),
+        }
+    }
+}
+
+/// What a step asks the driver to do.
+#[derive(Debug)]
+enum Output {
+    /// A complete list: replace the cache with it.
+    Listed {
+        objects: Vec<ServiceAccount>,
+        resource_version: String,
+    },
+    /// One watch change: apply it.
+    Applied(Change),
+    /// The watch ended after a healthy life; it is opened again at once from the last RV.
+    WatchEnded(Option<KubeError>),
+    /// Something failed; wait before the next step.
+    Failed(Failure),
+}
+
+/// Moves the loop one step: at most one request or one stream item, at most one output.
+fn step<A: WatchApi>(
+    state: State<A::Stream>,
+    api: &mut A,
+    very_short_watch: Duration,
+) -> (State<A::Stream>, Option<Output>) {
+    match state {
+        State::Empty => match api.list_page(None) {
+            Ok(page) => after_page(Vec::new(), page),
+            Err(e) => (State::Empty, Some(Output::Failed(Failure::List(e)))),
+        },
+        State::InitPage {
+            continue_token,
+            objects,
+        } => match api.list_page(Some(&continue_token)) {
+            Ok(page) => after_page(objects, page),
+            // The continue token expired (about 5 min): the buffered pages are dropped and the
+            // list starts over; the cache keeps serving the previous complete list meanwhile.
+            Err(e) if e.is_gone() => (State::Empty, Some(Output::Failed(Failure::ListExpired))),
+            Err(e) => (
+                State::InitPage {
+                    continue_token,
+                    objects,
+                },
+                Some(Output::Failed(Failure::List(e))),
+            ),
+        },
+        State::InitListed { resource_version } => match api.watch(&resource_version) {
+            Ok(stream) => (
+                State::Watching {
+                    resource_version,
+                    stream,
+                    opened: api.now(),
+                    events: 0,
+                },
+                None,
+            ),
+            Err(e) if e.is_gone() || e.is_too_large_resource_version() => (
+                State::Empty,
+                Some(Output::Failed(Failure::Expired(Some(e)))),
+            ),
+            Err(e) => (
+                State::InitListed { resource_version },
+                Some(Output::Failed(Failure::WatchOpen(e))),
+            ),
+        },
+        State::Watching {
+            mut resource_version,
+            mut stream,
+            opened,
+            mut events,
+        } => {
+            let item = stream.next_item();
+            let output = match item {
+                StreamItem::Idle => None,
+                StreamItem::Event(WatchEvent::Error(status)) => {
+                    drop(stream);
+                    return if status.code == Some(410) {
+                        (State::Empty, Some(Output::Failed(Failure::Expired(None))))
+                    } else {
+                        (
+                            State::InitListed { resource_version },
+                            Some(Output::Failed(Failure::WatchError(status))),
+                        )
+                    };
+                }
+                StreamItem::Event(WatchEvent::Change {
+                    change,
+                    resource_version: rv,
+                }) => {
+                    events += 1;
+                    if let Some(rv) = rv.filter(|rv| !rv.is_empty()) {
+                        resource_version = rv;
+                    }
+                    Some(Output::Applied(change))
+                }
+                StreamItem::Event(WatchEvent::Bookmark {
+                    resource_version: rv,
+                }) => {
+                    // A bookmark only moves the resourceVersion.
+                    events += 1;
+                    if !rv.is_empty() {
+                        resource_version = rv;
+                    }
+                    None
+                }
+                StreamItem::Event(WatchEvent::Skipped {
+                    resource_version: rv,
+                }) => {
+                    events += 1;
+                    if let Some(rv) = rv.filter(|rv| !rv.is_empty()) {
+                        resource_version = rv;
+                    }
+                    None
+                }
+                StreamItem::Closed | StreamItem::Broken(_) => {
+                    drop(stream);
+                    let lived = api.now().saturating_duration_since(opened);
+                    let cause = match item {
+                        StreamItem::Broken(e) => Some(e),
+                        _ => None,
+                    };
+                    let output = match cause {
+                        Some(e @ (KubeError::Decode(_) | KubeError::BodyTooLarge { .. })) => {
+                            Output::Failed(Failure::WatchUndecodable(e))
+                        }
+                        cause if events == 0 && lived < very_short_watch => {
+                            if let Some(e) = &cause {
+                                debug!("very short ServiceAccount watch broke: {e}");
+                            }
+                            Output::Failed(Failure::VeryShortWatch)
+                        }
+                        cause => Output::WatchEnded(cause),
+                    };
+                    return (State::InitListed { resource_version }, Some(output));
+                }
+            };
+            (
+                State::Watching {
+                    resource_version,
+                    stream,
+                    opened,
+                    events,
+                },
+                output,
+            )
+        }
+    }
+}
+
+/// Adds a page to the buffered list; the last page completes it.
+fn after_page<S>(mut objects: Vec<ServiceAccount>, page: ListPage) -> (State<S>, Option<Output>) {
+    objects.extend(page.items);
+    match page.continue_token.filter(|t| !t.is_empty()) {
+        Some(continue_token) => (
+            State::InitPage {
+                continue_token,
+                objects,
+            },
+            None,
+        ),
+        None => (
+            State::InitListed {
+                resource_version: page.resource_version.clone(),
+            },
+            Some(Output::Listed {
+                objects,
+                resource_version: page.resource_version,
+            }),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backoff (outside the state machine)
+
+/// Exponential backoff with jitter, reset after a quiet period.
+struct Backoff {
+    settings: BackoffSettings,
+    next: Duration,
+    last_failure: Option<Instant>,
+}
+
+impl Backoff {
+    fn new(settings: BackoffSettings) -> Backoff {
+        Backoff {
+            next: settings.initial,
+            settings,
+            last_failure: None,
+        }
+    }
+
+    /// The wait after a failure at `now`; `jitter` in [0, 1) spreads clients apart.
+    fn delay(&mut self, now: Instant, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        if self
+            .last_failure
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.settings.reset_after)
+        {
+            self.next = self.settings.initial;
+        }
+        self.last_failure = Some(now);
+        let base = self.next.min(self.settings.max);
+        self.next = base.saturating_mul(2).min(self.settings.max);
+        let jittered = base
+            .mul_f64(1.0 + jitter.clamp(0.0, 1.0))
+            .min(self.settings.max);
+        match retry_after {
+            Some(server) => jittered.max(server.min(MAX_RETRY_AFTER)),
+            None => jittered,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver
+
+/// Runs the loop until stop: each step's output goes to the cache, the metrics and readiness.
+fn run<A: WatchApi>(
+    api: &mut A,
+    cache: &ServiceAccountCache,
+    readiness: &Readiness,
+    metrics: &Metrics,
+    settings: &WatchSettings,
+    stop: &Receiver<()>,
+) {
+    let mut backoff = Backoff::new(settings.backoff.clone());
+    let mut state = State::Empty;
+    loop {
+        if stop_requested(stop) {
+            debug!("ServiceAccount watch stopping");
+            return;
+        }
+        let (next, output) = step(state, api, settings.very_short_watch);
+        state = next;
+        match output {
+            None => {}
+            Some(Output::Listed {
+                objects,
+                resource_version,
+            }) => {
+                let count = objects.len();
+                cache.replace_all(objects);
+                metrics.cache_relists.inc();
+                // Ready after the first complete list; later relists keep it ready because the
+                // previous content served until this swap.
+                readiness.set_cache_synced(true);
+                info!("listed {count} ServiceAccounts at resourceVersion {resource_version}");
+            }
+            Some(Output::Applied(change)) => cache.apply(change),
+            Some(Output::WatchEnded(cause)) => {
+                metrics.watch_restarts.inc();
+                match cause {
+                    Some(e) => info!("ServiceAccount watch broke ({e}); watching again"),
+                    None => debug!("ServiceAccount watch ended; watching again"),
+                }
+            }
+            Some(Output::Failed(failure)) => {
+                if failure.ends_watch() {
+                    metrics.watch_restarts.inc();
+                }
+                let delay = backoff.delay(api.now(), failure.retry_after(), fastrand::f64());
+                match failure {
+                    Failure::ListExpired | Failure::Expired(_) => {
+                        info!("{failure}; next attempt in {delay:?}")
+                    }
+                    _ => warn!("{failure}; retrying in {delay:?}"),
+                }
+                if wait_or_stop(stop, delay) {
+                    debug!("ServiceAccount watch stopping");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Starts the thread that lists and watches ServiceAccounts into `cache` until `stop` receives a
+/// message or every sender of it is dropped. Readiness `cache_synced` is set after the first
+/// complete list. Stopping takes at most about half a second while watching, or the remainder
+/// of an in-flight list request. Relists and watch restarts are counted in `metrics`.
+pub fn spawn_watcher(
+    client: Arc<ApiClient>,
+    cache: Arc<ServiceAccountCache>,
+    settings: WatchSettings,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    stop: Receiver<()>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut api = ClientApi {
+            client,
+            settings: settings.clone(),
+        };
+        run(&mut api, &cache, &readiness, &metrics, &settings, &stop);
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real API
+
+/// [`WatchApi`] over an [`ApiClient`].
+struct ClientApi {
+    client: Arc<ApiClient>,
+    settings: WatchSettings,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListMeta {
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: Option<String>,
+    #[serde(default, rename = "continue")]
+    continue_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawList {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Option<Vec<RawObject>>,
+}
+
+impl RawList {
+    fn into_page(self) -> ListPage {
+        let mut items = Vec::new();
+        for raw in self.items.unwrap_or_default() {
+            match raw.into_service_account(None) {
+                Ok(sa) => items.push(sa),
+                Err(problem) => warn!("skipping a listed ServiceAccount: {}", problem.describe()),
+            }
+        }
+        ListPage {
+            items,
+            resource_version: self.metadata.resource_version.unwrap_or_default(),
+            continue_token: self.metadata.continue_token,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    object: serde_json::Value,
+}
+
+/// Decodes one line of a watch stream.
+fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
+    let event: RawEvent = serde_json::from_slice(line).map_err(KubeError::Decode)?;
+    match event.kind.as_str() {
+        "ERROR" => {
+            let status: ApiStatus =
+                serde_json::from_value(event.object).map_err(KubeError::Decode)?;
+            Ok(WatchEvent::Error(status))
+        }
+        "BOOKMARK" => {
+            let raw: RawObject = serde_json::from_value(event.object).map_err(KubeError::Decode)?;
+            Ok(WatchEvent::Bookmark {
+                resource_version: raw.resource_version().unwrap_or_default().to_owned(),
+            })
+        }
+        kind @ ("ADDED" | "MODIFIED" | "DELETED") => {
+            let raw: RawObject = serde_json::from_value(event.object).map_err(KubeError::Decode)?;
+            let resource_version = raw.resource_version().map(str::to_owned);
+            match raw.into_service_account(None) {
+                Ok(sa) => Ok(WatchEvent::Change {
+                    change: if kind == "DELETED" {
+                        Change::Delete(sa)
+                    } else {
+                        Change::Upsert(sa)
+                    },
+                    resource_version,
+                }),
+                Err(problem) => {
+                    warn!("skipping a {kind} event: {}", problem.describe());
+                    Ok(WatchEvent::Skipped { resource_version })
+                }
+            }
+        }
+        other => {
+            debug!("skipping a watch event of unknown type {other:?}");
+            Ok(WatchEvent::Skipped {
+                resource_version: None,
+            })
+        }
+    }
+}
+
+impl WatchApi for ClientApi {
+    type Stream = ChannelStream;
+
+    fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage, KubeError> {
+        let mut path = format!("{COLLECTION_PATH}?limit={}", self.settings.page_size);
+        if let Some(token) = continue_token {
+            path.push_str("&continue=");
+            path.push_str(&encode_query_value(token));
+        }
+        let list: RawList = self.client.get_json(&path, self.settings.list_timeout)?;
+        Ok(list.into_page())
+    }
+
+    fn watch(&mut self, resource_version: &str) -> Result<ChannelStream, KubeError> {
+        let path = format!(
+            "{COLLECTION_PATH}?watch=1&resourceVersion={}&allowWatchBookmarks=true&timeoutSeconds={}",
+            encode_query_value(resource_version),
+            self.settings.timeout_seconds
+        );
+        let lines = self.client.get_lines(&path, self.settings.read_timeout())?;
+        ChannelStream::spawn(lines)
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A watch stream read by its own thread, so the loop can wait on it with a short timeout and
+/// notice stop promptly. The thread ends when the stream ends or the loop drops this value
+/// (at its next line, or at the stream's read timeout at the latest).
+struct ChannelStream {
+    items: Receiver<StreamItem>,
+}
+
+impl ChannelStream {
+    fn spawn(mut lines: LineStream) -> Result<ChannelStream, KubeError> {
+        let (tx, rx) = crossbeam_channel::bounded(STREAM_BUFFER);
+        std::thread::Builder::new()
+            .name("kube-watch-stream".to_owned())
+            .spawn(move || loop {
+                let item = match lines.next_line() {
+                    Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                    Ok(Some(line)) => match parse_watch_line(&line) {
+                        Ok(event) => StreamItem::Event(event),
+                        Err(e) => StreamItem::Broken(e),
+                    },
+                    Ok(None) => StreamItem::Closed,
+                    Err(e) => StreamItem::Broken(e),
+                };
+                let last = !matches!(item, StreamItem::Event(_));
+                if tx.send(item).is_err() || last {
+                    return;
+                }
+            })
+            .map_err(KubeError::Local)?;
+        Ok(ChannelStream { items: rx })
+    }
+}
+
+impl EventStream for ChannelStream {
+    fn next_item(&mut self) -> StreamItem {
+        match self.items.recv_timeout(STREAM_POLL) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => StreamItem::Idle,
+            Err(RecvTimeoutError::Disconnected) => StreamItem::Closed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use std::collections::{BTreeMap, VecDeque};
+
+    fn sa(ns: &str, name: &str, uid: &str) -> ServiceAccount {
+        ServiceAccount {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: uid.into(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    fn page(
+        items: Vec<ServiceAccount>,
+        rv: &str,
+        cont: Option<&str>,
+    ) -> Result<ListPage, KubeError> {
+        Ok(ListPage {
+            items,
+            resource_version: rv.into(),
+            continue_token: cont.map(str::to_owned),
+        })
+    }
+
+    fn status(code: u16, retry_after: Option<u64>) -> KubeError {
+        KubeError::Status {
+            code,
+            reason: None,
+            message: None,
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    fn upsert(s: ServiceAccount, rv: &str) -> Script {
+        Script::Item(StreamItem::Event(WatchEvent::Change {
+            change: Change::Upsert(s),
+            resource_version: Some(rv.into()),
+        }))
+    }
+
+    fn delete(s: ServiceAccount, rv: &str) -> Script {
+        Script::Item(StreamItem::Event(WatchEvent::Change {
+            change: Change::Delete(s),
+            resource_version: Some(rv.into()),
+        }))
+    }
+
+    fn bookmark(rv: &str) -> Script {
+        Script::Item(StreamItem::Event(WatchEvent::Bookmark {
+            resource_version: rv.into(),
+        }))
+    }
+
+    fn stream_error(code: u16) -> Script {
+        Script::Item(StreamItem::Event(WatchEvent::Error(ApiStatus {
+            code: Some(code),
+            reason: Some("Expired".into()),
+            ..ApiStatus::default()
+        })))
+    }
+
+    /// One scripted stream step: an item, or time passing on the fake clock.
+    enum Script {
+        Item(StreamItem),
+        Sleep(Duration),
+    }
+
+    struct FakeStream {
+        script: VecDeque<Script>,
+        clock: Arc<Mutex<Instant>>,
+    }
+
+    impl EventStream for FakeStream {
+        fn next_item(&mut self) -> StreamItem {
+            loop {
+                match self.script.pop_front() {
+                    Some(Script::Sleep(d)) => *self.clock.lock() += d,
+                    Some(Script::Item(item)) => return item,
+                    None => return StreamItem::Closed,
+                }
+            }
+        }
+    }
+
+    /// A scripted API: answers list and watch calls in order and records what was asked.
+    struct FakeApi {
+        lists: VecDeque<Result<ListPage, KubeError>>,
+        watches: VecDeque<Result<Vec<Script>, KubeError>>,
+        clock: Arc<Mutex<Instant>>,
+        list_calls: Vec<Option<String>>,
+        watch_calls: Vec<String>,
+        /// Dropped when the script runs out, which stops the driver.
+        stop: Option<crossbeam_channel::Sender<()>>,
+    }
+
+    impl FakeApi {
+        fn new() -> FakeApi {
+            FakeApi {
+                lists: VecDeque::new(),
+                watches: VecDeque::new(),
+                clock: Arc::new(Mutex::new(Instant::now())),
+                list_calls: Vec::new(),
+                watch_calls: Vec::new(),
+                stop: None,
+            }
+        }
+        fn list(mut self, r: Result<ListPage, KubeError>) -> Self {
+            self.lists.push_back(r);
+            self
+        }
+        fn watch_ok(mut self, script: Vec<Script>) -> Self {
+            self.watches.push_back(Ok(script));
+            self
+        }
+        fn watch_err(mut self, e: KubeError) -> Self {
+            self.watches.push_back(Err(e));
+            self
+        }
+        fn exhausted(&mut self) -> KubeError {
+            self.stop = None;
+            status(599, None)
+        }
+    }
+
+    impl WatchApi for FakeApi {
+        type Stream = FakeStream;
+        fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage, KubeError> {
+            self.list_calls.push(continue_token.map(str::to_owned));
+            match self.lists.pop_front() {
+                Some(r) => r,
+                None => Err(self.exhausted()),
+            }
+        }
+        fn watch(&mut self, resource_version: &str) -> Result<FakeStream, KubeError> {
+            self.watch_calls.push(resource_version.to_owned());
+            match self.watches.pop_front() {
+                Some(Ok(script)) => Ok(FakeStream {
+                    script: script.into(),
+                    clock: self.clock.clone(),
+                }),
+                Some(Err(e)) => Err(e),
+                None => Err(self.exhausted()),
+            }
+        }
+        fn now(&self) -> Instant {
+            *self.clock.lock()
+        }
+    }
+
+    const SHORT: Duration = Duration::from_secs(1);
+    const HEALTHY: Script = Script::Sleep(Duration::from_secs(30));
+
+    /// Steps until an output appears (or `limit` steps pass).
+    fn next_output(
+        state: State<FakeStream>,
+        api: &mut FakeApi,
+    ) -> (State<FakeStream>, Option<Output>) {
+        let mut state = state;
+        for _ in 0..20 {
+            let (next, out) = step(state, api, SHORT);
+            state = next;
+            if out.is_some() {
+                return (state, out);
+            }
+        }
+        (state, None)
+    }
+
+    fn rv_of<S>(state: &State<S>) -> Option<&str> {
+        match state {
+            State::InitListed { resource_version }
+            | State::Watching {
+                resource_version, ..
+            } => Some(resource_version),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn list_pages_are_buffered_and_delivered_whole() {
+        let mut api = FakeApi::new()
+            .list(page(vec![sa("a", "1", "u1")], "100", Some("c1")))
+            .list(page(vec![sa("a", "2", "u2")], "100", Some("c2")))
+            .list(page(vec![sa("b", "3", "u3")], "100", None));
+        let (s, out) = step(State::Empty, &mut api, SHORT);
+        assert!(out.is_none(), "no output before the last page");
+        let (s, out) = step(s, &mut api, SHORT);
+        assert!(out.is_none());
+        let (s, out) = step(s, &mut api, SHORT);
+        match out {
+            Some(Output::Listed {
+                objects,
+                resource_version,
+            }) => {
+                assert_eq!(objects.len(), 3);
+                assert_eq!(resource_version, "100");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(rv_of(&s), Some("100"));
+        assert_eq!(
+            api.list_calls,
+            vec![None, Some("c1".to_owned()), Some("c2".to_owned())]
+        );
+    }
+
+    #[test]
+    fn expired_continue_token_restarts_the_list() {
+        let mut api = FakeApi::new()
+            .list(page(vec![sa("a", "1", "u1")], "100", Some("c1")))
+            .list(Err(status(410, None)))
+            .list(page(vec![sa("a", "2", "u2")], "200", None));
+        let (s, _) = step(State::Empty, &mut api, SHORT);
+        let (s, out) = step(s, &mut api, SHORT);
+        assert!(matches!(out, Some(Output::Failed(Failure::ListExpired))));
+        assert!(matches!(s, State::Empty));
+        let (_, out) = step(s, &mut api, SHORT);
+        match out {
+            Some(Output::Listed { objects, .. }) => {
+                assert_eq!(objects, vec![sa("a", "2", "u2")], "stale pages dropped")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(api.list_calls, vec![None, Some("c1".into()), None]);
+    }
+
+    #[test]
+    fn failed_page_is_retried_with_the_same_token() {
+        let mut api = FakeApi::new()
+            .list(page(vec![sa("a", "1", "u1")], "100", Some("c1")))
+            .list(Err(status(500, None)))
+            .list(page(vec![], "100", None));
+        let (s, _) = step(State::Empty, &mut api, SHORT);
+        let (s, out) = step(s, &mut api, SHORT);
+        assert!(matches!(out, Some(Output::Failed(Failure::List(_)))));
+        let (_, out) = step(s, &mut api, SHORT);
+        assert!(matches!(out, Some(Output::Listed { ref objects, .. }) if objects.len() == 1));
+        assert_eq!(api.list_calls[2].as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn watch_starts_from_the_list_rv_and_bookmarks_only_move_it() {
+        let mut api = FakeApi::new()
+            .list(page(vec![], "100", None))
+            .watch_ok(vec![
+                bookmark("150"),
+                upsert(sa("a", "x", "u"), "160"),
+                bookmark("170"),
+            ]);
+        let (s, _) = next_output(State::Empty, &mut api);
+        let (s, out) = next_output(s, &mut api);
+        assert!(matches!(out, Some(Output::Applied(Change::Upsert(ref x))) if x.name == "x"));
+        assert_eq!(rv_of(&s), Some("160"));
+        let (s, out) = step(s, &mut api, SHORT);
+        assert!(out.is_none(), "a bookmark changes nothing in the cache");
+        assert_eq!(rv_of(&s), Some("170"));
+        assert_eq!(api.watch_calls, vec!["100"]);
+    }
+
+    #[test]
+    fn stream_end_rewatches_from_the_last_rv() {
+        let mut api = FakeApi::new()
+            .list(page(vec![], "100", None))
+            .watch_ok(vec![
+                HEALTHY,
+                upsert(sa("a", "x", "u"), "120"),
+                Script::Item(StreamItem::Closed),
+            ])
+            .watch_ok(vec![
+                HEALTHY,
+                bookmark("130"),
+                Script::Item(StreamItem::Broken(KubeError::Timeout)),
+            ])
+            .watch_ok(vec![]);
+        let (s, _) = next_output(State::Empty, &mut api);
+        let (s, _) = next_output(s, &mut api);
+        let (s, out) = next_output(s, &mut api);
+        assert!(matches!(out, Some(Output::WatchEnded(None))), "{out:?}");
+        let (s, out) = next_output(s, &mut api);
+        assert!(
+            matches!(out, Some(Output::WatchEnded(Some(KubeError::Timeout)))),
+            "{out:?}"
+        );
+        let _ = step(s, &mut api, SHORT);
+        assert_eq!(api.watch_calls, vec!["100", "120", "130"]);
+        assert_eq!(api.list_calls.len(), 1, "no relist on a plain stream end");
+    }
+
+    #[test]
+    fn in_stream_410_relists() {
+        let mut api = FakeApi::new()
+            .list(page(vec![sa("a", "old", "u0")], "100", None))
+            .watch_ok(vec![HEALTHY, bookmark("140"), stream_error(410)])
+            .list(page(vec![sa("a", "new", "u1")], "500", None));
+        let (s, _) = next_output(State::Empty, &mut api);
+        let (s, out) = next_output(s, &mut api);
+        assert!(
+            matches!(out, Some(Output::Failed(Failure::Expired(None)))),
+            "{out:?}"
+        );
+        assert!(matches!(s, State::Empty));
+        let (s, out) = next_output(s, &mut api);
+        assert!(
+            matches!(out, Some(Output::Listed { ref resource_version, .. }) if resource_version == "500")
+        );
+        assert_eq!(rv_of(&s), Some("500"));
+    }
+
+    #[test]
+    fn http_410_on_watch_relists() {
+        let mut api = FakeApi::new()
+            .list(page(vec![], "100", None))
+            .watch_err(status(410, None))
+            .list(page(vec![], "300", None));
+        let (s, _) = next_output(State::Empty, &mut api);
+        let (s, out) = next_output(s, &mut api);
+        assert!(matches!(
+            out,
+            Some(Output::Failed(Failure::Expired(Some(_))))
+        ));
+        let (_, out) = next_output(s, &mut api);
+        assert!(matches!(out, Some(Output::Listed { .. })));
+        assert_eq!(api.list_calls.len(), 2);
+    }
+
+    #[test]
+    fn other_watch_errors_rewatch_from_the_same_rv() {
+        let mut api = FakeApi::new()
+            .list(page(vec![], "100", None))
+            .watch_err(status(429, Some(3)))
+            .watch_ok(vec![HEALTHY, bookmark("110"), stream_error(500)])
+            .watch_ok(vec![]);
+        let (s, _) = next_output(State::Empty, &mut api);
+        let (s, out) = next_output(s, &mut api);
+        match out {
+            Some(Output::Failed(f @ Failure::WatchOpen(_))) => {
+                assert_eq!(f.retry_after(), Some(Duration::from_secs(3)));
+                assert!(!f.ends_watch());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let (s, out) = next_output(s, &mut api);
+        assert!(
+            matches!(out, Some(Output::Failed(ref f @ Failure::WatchError(_))) if f.ends_watch())
+        );
+        let _ = step(s, &mut api, SHORT);
+        assert_eq!(api.watch_calls, vec!["100", "100", "110"]);
+        assert_eq!(api.list_calls.len(), 1);
+    }
+
+    #[test]
+    fn an_undecodable_event_rewatches_after_a_pause() {
+        let bad = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let mut api = FakeApi::new()
+            .list(page(vec![], "100", None))
+            .watch_ok(vec![
+                HEALTHY,
+                bookmark("105"),
+                Script::Item(StreamItem::Broken(KubeError::Decode(bad))),
+            ]);
+        let (s, _) = next_output(State::Empty, &mut api);
+        let (s, out) = next_output(s, &mut api);
+        assert!(
+            matches!(out, Some(Output::Failed(ref f @ Failure::WatchUndecodable(_))) if f.ends_watch()),
+            "{out:?}"
+        );
+        assert_eq!(rv_of(&s), Some("105"));
+    }
+
+    #[test]
+    fn a_very_short_watch_is_a_failure() {
+        let mut api = FakeApi::new()
+            .list(page(vec![], "100", None))
+            .watch_ok(vec![Script::Item(StreamItem::Closed)])
+            .watch_ok(vec![
+                Script::Sleep(Duration::from_millis(100)),
+                bookmark("101"),
+            ]);
+        let (s, _) = next_output(State::Empty, &mut api);
+        let (s, out) = next_output(s, &mut api);
+        assert!(
+            matches!(out, Some(Output::Failed(Failure::VeryShortWatch))),
+            "{out:?}"
+        );
+        // A short watch that did deliver an event is a normal end.
+        let (_, out) = next_output(s, &mut api);
+        assert!(matches!(out, Some(Output::WatchEnded(None))), "{out:?}");
+    }
+
+    #[test]
+    fn backoff_doubles_caps_honours_retry_after_and_resets() {
+        let mut b = Backoff::new(BackoffSettings::default());
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(b.delay(t, None, 0.0), ms(800));
+        assert_eq!(b.delay(t, None, 0.0), ms(1600));
+        assert_eq!(
+            b.delay(t, None, 0.5),
+            ms(4800),
+            "jitter adds up to one more delay"
+        );
+        for _ in 0..10 {
+            b.delay(t, None, 0.0);
+        }
+        assert_eq!(b.delay(t, None, 0.99), Duration::from_secs(30), "capped");
+        assert_eq!(
+            b.delay(t, Some(Duration::from_secs(45)), 0.0),
+            Duration::from_secs(45),
+            "Retry-After is a floor"
+        );
+        let later = t + Duration::from_secs(121);
+        assert_eq!(
+            b.delay(later, None, 0.0),
+            ms(800),
+            "reset after 2 min healthy"
+        );
+    }
+
+    /// Runs the driver against a fake API until its script runs out.
+    fn drive(mut api: FakeApi, cache: &ServiceAccountCache, readiness: &Readiness) -> FakeApi {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        api.stop = Some(tx);
+        let settings = WatchSettings {
+            backoff: BackoffSettings {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+                reset_after: Duration::from_secs(120),
+            },
+            ..WatchSettings::default()
+        };
+        run(&mut api, cache, readiness, cache.metrics(), &settings, &rx);
+        api
+    }
+
+    #[test]
+    fn driver_applies_lists_and_events_to_the_cache() {
+        let cache = ServiceAccountCache::new(Arc::new(Metrics::new()));
+        let readiness = Readiness::default();
+        let api = FakeApi::new()
+            .list(page(
+                vec![sa("a", "keep", "u1"), sa("a", "drop", "u2")],
+                "100",
+                None,
+            ))
+            .watch_ok(vec![
+                HEALTHY,
+                upsert(sa("a", "added", "u3"), "101"),
+                delete(sa("a", "keep", "u1"), "102"),
+                Script::Item(StreamItem::Closed),
+            ])
+            .watch_ok(vec![HEALTHY, bookmark("103"), stream_error(410)])
+            .list(page(vec![sa("b", "fresh", "u4")], "200", Some("c")))
+            .list(page(vec![sa("a", "added", "u3")], "200", None));
+        let api = drive(api, &cache, &readiness);
+        let m = cache.metrics();
+        assert!(readiness.cache_synced());
+        assert_eq!(cache.len(), 2, "relist replaced the cache atomically");
+        assert!(cache.get("a", "keep").is_none());
+        assert!(cache.get("a", "drop").is_none());
+        assert!(cache.get("b", "fresh").is_some());
+        assert!(cache.get("a", "added").is_some());
+        assert_eq!(m.cache_relists.get(), 2);
+        assert_eq!(m.watch_restarts.get(), 1);
+        assert_eq!(m.cache_size.get(), 2);
+        assert_eq!(api.watch_calls[..2], ["100".to_owned(), "102".to_owned()]);
+    }
+
+    #[test]
+    fn readiness_waits_for_the_first_complete_list_and_stays_through_relists() {
+        let cache = ServiceAccountCache::new(Arc::new(Metrics::new()));
+        let readiness = Readiness::default();
+        let api = FakeApi::new()
+            .list(page(vec![sa("a", "1", "u")], "100", Some("c")))
+            .list(Err(status(503, None)));
+        drive(api, &cache, &readiness);
+        assert!(!readiness.cache_synced(), "half a list is not a sync");
+        assert!(cache.is_empty());
+
+        let api = FakeApi::new()
+            .list(page(vec![sa("a", "1", "u")], "100", None))
+            .watch_err(status(410, None))
+            .list(Err(status(503, None)));
+        drive(api, &cache, &readiness);
+        assert!(
+            readiness.cache_synced(),
+            "a failing relist keeps the old cache serving"
+        );
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn driver_stops_promptly_when_asked() {
+        let cache = ServiceAccountCache::new(Arc::new(Metrics::new()));
+        let readiness = Readiness::default();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // A server that always fails: the driver sits in backoff and must wake for stop.
+        let mut api = FakeApi::new();
+        for _ in 0..5 {
+            api = api.list(Err(status(500, None)));
+        }
+        let settings = WatchSettings::default();
+        let handle = std::thread::spawn(move || {
+            let mut api = api;
+            let metrics = cache.metrics().clone();
+            run(&mut api, &cache, &readiness, &metrics, &settings, &rx);
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        tx.send(()).unwrap();
+        handle.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn watch_lines_are_decoded_without_kind_or_api_version() {
+        let ev = parse_watch_line(
+            br#"{"type":"ADDED","object":{"metadata":{"name":"app","namespace":"ns","uid":"u","resourceVersion":"5","annotations":{"a":"b"}}}}"#,
+        )
+        .unwrap();
+        match ev {
+            WatchEvent::Change {
+                change: Change::Upsert(s),
+                resource_version,
+            } => {
+                assert_eq!((s.namespace.as_str(), s.name.as_str()), ("ns", "app"));
+                assert_eq!(resource_version.as_deref(), Some("5"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let ev = parse_watch_line(
+            br#"{"type":"DELETED","object":{"kind":"ServiceAccount","metadata":{"name":"a","namespace":"n","uid":"u","resourceVersion":"6"}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            ev,
+            WatchEvent::Change {
+                change: Change::Delete(_),
+                ..
+            }
+        ));
+        let ev = parse_watch_line(
+            br#"{"type":"BOOKMARK","object":{"kind":"ServiceAccount","apiVersion":"v1","metadata":{"resourceVersion":"9"}}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(ev, WatchEvent::Bookmark { ref resource_version } if resource_version == "9")
+        );
+        let ev = parse_watch_line(
+            br#"{"type":"ERROR","object":{"kind":"Status","status":"Failure","reason":"Expired","code":410,"message":"too old resource version: 1 (2)"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            ev,
+            WatchEvent::Error(ApiStatus {
+                code: Some(410),
+                ..
+            })
+        ));
+        let ev =
+            parse_watch_line(br#"{"type":"ADDED","object":{"metadata":{"resourceVersion":"3"}}}"#)
+                .unwrap();
+        assert!(matches!(
+            ev,
+            WatchEvent::Skipped {
+                resource_version: Some(_)
+            }
+        ));
+        assert!(matches!(
+            parse_watch_line(b"{not json"),
+            Err(KubeError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn list_pages_are_decoded_without_kind() {
+        let list: RawList = serde_json::from_str(
+            r#"{"kind":"ServiceAccountList","apiVersion":"v1",
+                "metadata":{"resourceVersion":"10245","continue":"tok","remainingItemCount":1},
+                "items":[{"metadata":{"name":"a","namespace":"n","uid":"u"}},{"metadata":{}}]}"#,
+        )
+        .unwrap();
+        let p = list.into_page();
+        assert_eq!(p.items, vec![sa("n", "a", "u")]);
+        assert_eq!(p.resource_version, "10245");
+        assert_eq!(p.continue_token.as_deref(), Some("tok"));
+        let empty: RawList =
+            serde_json::from_str(r#"{"metadata":{"resourceVersion":"1"},"items":null}"#).unwrap();
+        assert!(empty.into_page().items.is_empty());
+    }
+
+    /// End to end over a socket: a hand-rolled server answers the list and one watch.
+    #[test]
+    fn spawn_watcher_lists_and_watches_over_http() {
+        use super::super::client::test_client;
+        use super::super::client::test_server::{response, start, Request};
+        let base = start(Arc::new(|req: &Request| {
+            if req.path.contains("watch=1") && req.path.contains("resourceVersion=10&") {
+                assert!(req.path.contains("allowWatchBookmarks=true"));
+                assert!(req.path.contains("timeoutSeconds=290"));
+                let body = concat!(
+                    r#"{"type":"ADDED","object":{"metadata":{"name":"b","namespace":"n","uid":"u2","resourceVersion":"11"}}}"#,
+                    "\n",
+                    r#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"12"}}}"#,
+                    "\n"
+                );
+                response("200 OK", &[], body)
+            } else if req.path.contains("watch=1") {
+                // Later watches hang a little and end with nothing new.
+                std::thread::sleep(Duration::from_millis(300));
+                response("200 OK", &[], "")
+            } else if req.path.contains("continue=c%2B1") {
+                response(
+                    "200 OK",
+                    &[],
+                    r#"{"metadata":{"resourceVersion":"10"},"items":[{"metadata":{"name":"a2","namespace":"n","uid":"u3"}}]}"#,
+                )
+            } else {
+                assert!(req.path.contains("limit=500"), "{}", req.path);
+                response(
+                    "200 OK",
+                    &[],
+                    r#"{"metadata":{"resourceVersion":"10","continue":"c+1"},"items":[{"metadata":{"name":"a","namespace":"n","uid":"u1"}}]}"#,
+                )
+            }
+        }));
+        let client = Arc::new(test_client(&base, Some("t")));
+        let cache = Arc::new(ServiceAccountCache::new(Arc::new(Metrics::new())));
+        let readiness = Arc::new(Readiness::default());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let handle = spawn_watcher(
+            client,
+            cache.clone(),
+            WatchSettings::default(),
+            readiness.clone(),
+            cache.metrics().clone(),
+            rx,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(readiness.cache_synced());
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get("n", "b").is_some());
+        let stopping = Instant::now();
+        drop(tx);
+        handle.join().unwrap();
+        assert!(stopping.elapsed() < Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,867 @@
+//! Tests of the test support itself: the Kubernetes API emulator behaves like a real API server
+//! (kubernetes-facts.md §4, §7) and tokens minted by `support::tokens` verify against the key set
+//! it serves. The client is `ureq`, as in the service; `kubectl` is used too when installed.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use support::kube::{KubeEmulator, KubeEmulatorBuilder, RequestKind, INITIAL_EVENTS_END};
+use support::tokens::{self, SigningKey, TokenBuilder};
+
+/// A client that returns 4xx/5xx as responses, with a bound on every call.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// A response reduced to what the tests look at.
+struct Answer {
+    status: u16,
+    content_type: String,
+    cache_control: String,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
+/// GET `path` with the emulator's current token.
+fn get(emu: &KubeEmulator, path: &str) -> Answer {
+    get_with(emu, path, Some(&emu.token()))
+}
+
+fn get_with(emu: &KubeEmulator, path: &str, token: Option<&str>) -> Answer {
+    let mut request = agent().get(format!("{}{path}", emu.url()));
+    if let Some(t) = token {
+        request = request.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp = request.call().expect("request reaches the emulator");
+    Answer {
+        status: resp.status().as_u16(),
+        content_type: header(&resp, "content-type").unwrap_or_default(),
+        cache_control: header(&resp, "cache-control").unwrap_or_default(),
+        retry_after: header(&resp, "retry-after"),
+        body: serde_json::from_str(&resp.body_mut().read_to_string().expect("a body"))
+            .expect("a JSON body"),
+    }
+}
+
+/// An open watch stream, read event by event.
+struct Watch {
+    lines: BufReader<ureq::BodyReader<'static>>,
+    opened: Instant,
+}
+
+impl Watch {
+    fn open(emu: &KubeEmulator, path: &str) -> Watch {
+        let resp = agent()
+            .get(format!("{}{path}", emu.url()))
+            .header("Authorization", format!("Bearer {}", emu.token()))
+            .call()
+            .expect("watch request");
+        assert_eq!(resp.status().as_u16(), 200, "watch status");
+        assert_eq!(
+            header(&resp, "content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(
+            header(&resp, "transfer-encoding").as_deref(),
+            Some("chunked")
+        );
+        Watch {
+            lines: BufReader::new(resp.into_body().into_reader()),
+            opened: Instant::now(),
+        }
+    }
+
+    /// The next event; `Ok(None)` when the server ended the stream cleanly.
+    fn next(&mut self) -> std::io::Result<Option<Value>> {
+        let mut line = String::new();
+        if self.lines.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            serde_json::from_str(&line).expect("one JSON event per line"),
+        ))
+    }
+
+    /// Every remaining event up to the clean end of the stream.
+    fn rest(&mut self) -> Vec<Value> {
+        let mut events = Vec::new();
+        while let Some(e) = self.next().expect("stream ends cleanly") {
+            events.push(e);
+        }
+        events
+    }
+}
+
+fn names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap_or("?"),
+                e["object"]["metadata"]["name"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+fn item_names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+fn assert_status(answer: &Answer, code: u16, reason: &str) {
+    assert_eq!(answer.status, code, "status of {}", answer.body);
+    assert_eq!(answer.body["kind"], "Status");
+    assert_eq!(answer.body["apiVersion"], "v1");
+    assert_eq!(answer.body["status"], "Failure");
+    assert_eq!(answer.body["code"], code);
+    assert_eq!(answer.body["reason"], reason);
+    assert!(answer.body["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+#[test]
+fn list_pages_keep_the_first_page_resource_version() {
+    let emu = KubeEmulator::start();
+    for name in ["a", "b", "c", "d", "e"] {
+        emu.create_service_account("team-a", name, &[]);
+    }
+    let first = get(&emu, "/api/v1/serviceaccounts?limit=2");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body["kind"], "ServiceAccountList");
+    assert_eq!(first.body["apiVersion"], "v1");
+    assert_eq!(item_names(&first.body), ["a", "b"]);
+    assert_eq!(first.body["metadata"]["remainingItemCount"], 3);
+    let item = &first.body["items"][0];
+    assert!(item.get("kind").is_none() && item.get("apiVersion").is_none());
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
+        assert!(item["metadata"][field].is_string(), "metadata.{field}");
+    }
+    let rv = first.body["metadata"]["resourceVersion"].clone();
+    assert_eq!(rv.as_str(), Some(emu.resource_version().as_str()));
+
+    // Writes between pages are not seen: the list is a snapshot at the first page's version.
+    emu.create_service_account("team-a", "bb", &[]);
+    emu.delete_service_account("team-a", "e");
+    let token = first.body["metadata"]["continue"]
+        .as_str()
+        .expect("continue");
+    let second = get(
+        &emu,
+        &format!("/api/v1/serviceaccounts?limit=2&continue={token}"),
+    );
+    assert_eq!(item_names(&second.body), ["c", "d"]);
+    assert_eq!(second.body["metadata"]["resourceVersion"], rv);
+    assert_eq!(second.body["metadata"]["remainingItemCount"], 1);
+    let token = second.body["metadata"]["continue"]
+        .as_str()
+        .expect("continue");
+    let last = get(
+        &emu,
+        &format!("/api/v1/serviceaccounts?limit=2&continue={token}"),
+    );
+    assert_eq!(item_names(&last.body), ["e"]);
+    assert_eq!(last.body["metadata"]["resourceVersion"], rv);
+    assert!(last.body["metadata"].get("continue").is_none());
+    assert!(last.body["metadata"].get("remainingItemCount").is_none());
+    assert_eq!(emu.list_requests(), 3);
+}
+
+#[test]
+fn expired_continue_token_is_410_expired() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account("ns", "a", &[]);
+    emu.create_service_account("ns", "b", &[]);
+    let first = get(&emu, "/api/v1/namespaces/ns/serviceaccounts?limit=1");
+    let token = first.body["metadata"]["continue"]
+        .as_str()
+        .expect("continue")
+        .to_string();
+    emu.expire_continue_tokens();
+    let stale = get(
+        &emu,
+        &format!("/api/v1/namespaces/ns/serviceaccounts?limit=1&continue={token}"),
+    );
+    assert_status(&stale, 410, "Expired");
+    let garbage = get(
+        &emu,
+        "/api/v1/serviceaccounts?limit=1&continue=bm90LWEtdG9rZW4",
+    );
+    assert_status(&garbage, 400, "BadRequest");
+}
+
+#[test]
+fn list_at_resource_version_zero_ignores_limit() {
+    let emu = KubeEmulator::start();
+    for name in ["a", "b", "c"] {
+        emu.create_service_account("ns", name, &[]);
+    }
+    let all = get(&emu, "/api/v1/serviceaccounts?limit=1&resourceVersion=0");
+    assert_eq!(item_names(&all.body), ["a", "b", "c"]);
+    assert!(all.body["metadata"].get("continue").is_none());
+}
+
+#[test]
+fn list_at_an_exact_resource_version_sees_the_past() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account("ns", "a", &[]);
+    let then = emu.resource_version();
+    emu.create_service_account("ns", "b", &[]);
+    emu.delete_service_account("ns", "a");
+    let past = get(
+        &emu,
+        &format!("/api/v1/serviceaccounts?resourceVersion={then}&resourceVersionMatch=Exact"),
+    );
+    assert_eq!(item_names(&past.body), ["a"]);
+    assert_eq!(past.body["metadata"]["resourceVersion"], then.as_str());
+    emu.compact_history();
+    let gone = get(
+        &emu,
+        &format!("/api/v1/serviceaccounts?resourceVersion={then}&resourceVersionMatch=Exact"),
+    );
+    assert_status(&gone, 410, "Expired");
+}
+
+#[test]
+fn namespaces_and_selectors_filter_lists() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account_with_labels("team-a", "app", &[], &[("tier", "web")]);
+    emu.create_service_account_with_labels("team-a", "db", &[], &[("tier", "data")]);
+    emu.create_service_account("team-b", "app", &[]);
+
+    let ns = get(&emu, "/api/v1/namespaces/team-a/serviceaccounts");
+    assert_eq!(item_names(&ns.body), ["app", "db"]);
+    let by_name = get(
+        &emu,
+        "/api/v1/serviceaccounts?fieldSelector=metadata.name%3Dapp",
+    );
+    assert_eq!(by_name.body["items"].as_array().map(Vec::len), Some(2));
+    let by_both = get(
+        &emu,
+        "/api/v1/serviceaccounts?fieldSelector=metadata.name%3Dapp,metadata.namespace%3Dteam-b",
+    );
+    assert_eq!(by_both.body["items"][0]["metadata"]["namespace"], "team-b");
+    assert_eq!(by_both.body["items"].as_array().map(Vec::len), Some(1));
+    let by_label = get(&emu, "/api/v1/serviceaccounts?labelSelector=tier%3Ddata");
+    assert_eq!(item_names(&by_label.body), ["db"]);
+    // With a selector the apiserver cannot count what remains, so it leaves the count out.
+    let paged = get(&emu, "/api/v1/serviceaccounts?labelSelector=tier&limit=1");
+    assert_eq!(item_names(&paged.body), ["app"]);
+    assert!(paged.body["metadata"]["continue"].is_string());
+    assert!(paged.body["metadata"].get("remainingItemCount").is_none());
+    let unknown = get(&emu, "/api/v1/serviceaccounts?fieldSelector=spec.x%3Dy");
+    assert_status(&unknown, 400, "BadRequest");
+}
+
+#[test]
+fn single_get_returns_the_typed_object_or_not_found() {
+    let emu = KubeEmulator::start();
+    let uid = emu.create_service_account("team-a", "app", &[("nats.io/allowed-pub", "a.>")]);
+    let found = get(&emu, "/api/v1/namespaces/team-a/serviceaccounts/app");
+    assert_eq!(found.status, 200);
+    assert_eq!(found.body["kind"], "ServiceAccount");
+    assert_eq!(found.body["metadata"]["uid"], uid.as_str());
+    assert_eq!(
+        found.body["metadata"]["annotations"]["nats.io/allowed-pub"],
+        "a.>"
+    );
+    let missing = get(&emu, "/api/v1/namespaces/team-a/serviceaccounts/nope");
+    assert_status(&missing, 404, "NotFound");
+    assert_eq!(emu.get_requests(), 2);
+    let elsewhere = get(&emu, "/api/v1/pods");
+    assert_status(&elsewhere, 404, "NotFound");
+}
+
+#[test]
+fn watch_replays_history_after_the_resource_version() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account("ns", "a", &[("k", "1")]);
+    let from = emu.resource_version();
+    emu.update_annotations("ns", "a", &[("k", "2")]);
+    emu.create_service_account("ns", "b", &[]);
+    let deleted_at = emu.delete_service_account("ns", "a");
+
+    let mut watch = Watch::open(
+        &emu,
+        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={from}&timeoutSeconds=1"),
+    );
+    let events = watch.rest();
+    assert_eq!(names(&events), ["MODIFIED a", "ADDED b", "DELETED a"]);
+    let deleted = &events[2]["object"];
+    assert_eq!(deleted["kind"], "ServiceAccount");
+    assert_eq!(deleted["metadata"]["annotations"]["k"], "2", "last state");
+    assert_eq!(deleted["metadata"]["resourceVersion"], deleted_at.as_str());
+    // timeoutSeconds ended the stream cleanly, and on time.
+    let elapsed = watch.opened.elapsed();
+    assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+
+    let recorded = emu.requests_of(RequestKind::Watch);
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].resource_version(), Some(from));
+    assert!(recorded[0].authorization_present);
+}
+
+#[test]
+fn watch_older_than_the_window_gets_an_in_stream_410() {
+    let emu = KubeEmulatorBuilder::new().history_window(2).build();
+    let from = emu.resource_version();
+    for name in ["a", "b", "c"] {
+        emu.create_service_account("ns", name, &[]);
+    }
+    let mut watch = Watch::open(
+        &emu,
+        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={from}"),
+    );
+    let events = watch.rest();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "ERROR");
+    let status = &events[0]["object"];
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["code"], 410);
+    assert_eq!(status["reason"], "Expired");
+    let message = status["message"].as_str().expect("message");
+    assert!(
+        message.starts_with(&format!("too old resource version: {from} (")),
+        "{message}"
+    );
+
+    // Still inside the window: replayed.
+    let inside: u64 = from.parse::<u64>().expect("rv") + 1;
+    let mut ok = Watch::open(
+        &emu,
+        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={inside}&timeoutSeconds=1"),
+    );
+    assert_eq!(names(&ok.rest()), ["ADDED b", "ADDED c"]);
+
+    // After compaction even the newest old version is gone; and the plain-HTTP variant.
+    emu.compact_history();
+    emu.set_expired_watch_as_http(true);
+    let plain = get(
+        &emu,
+        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={inside}"),
+    );
+    assert_status(&plain, 410, "Expired");
+}
+
+#[test]
+fn watch_from_zero_lists_then_follows_live_changes() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account("ns", "old", &[]);
+    let mut watch = Watch::open(
+        &emu,
+        "/api/v1/namespaces/ns/serviceaccounts?watch=true&resourceVersion=0&timeoutSeconds=2",
+    );
+    let first = watch.next().expect("read").expect("event");
+    assert_eq!(names(&[first]), ["ADDED old"]);
+    assert!(emu.wait_for_open_watches(1, Duration::from_secs(2)));
+    emu.create_service_account("other", "ignored", &[]);
+    emu.create_service_account("ns", "new", &[]);
+    emu.update_annotations("ns", "new", &[("x", "y")]);
+    let live = watch.rest();
+    assert_eq!(names(&live), ["ADDED new", "MODIFIED new"]);
+}
+
+#[test]
+fn bookmarks_arrive_periodically_and_before_the_deadline() {
+    let emu = KubeEmulatorBuilder::new()
+        .bookmark_interval(Duration::from_millis(300))
+        .build();
+    emu.create_service_account("ns", "a", &[]);
+    let rv = emu.resource_version();
+    let mut watch = Watch::open(
+        &emu,
+        &format!(
+            "/api/v1/serviceaccounts?watch=1&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=1"
+        ),
+    );
+    let events = watch.rest();
+    assert!(events.len() >= 2, "{events:?}");
+    for e in &events {
+        assert_eq!(e["type"], "BOOKMARK");
+        assert_eq!(e["object"]["kind"], "ServiceAccount");
+        assert_eq!(e["object"]["apiVersion"], "v1");
+        assert_eq!(e["object"]["metadata"]["resourceVersion"], rv.as_str());
+    }
+    // Without allowWatchBookmarks: none.
+    let mut quiet = Watch::open(
+        &emu,
+        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={rv}&timeoutSeconds=1"),
+    );
+    assert!(quiet.rest().is_empty());
+}
+
+#[test]
+fn without_periodic_bookmarks_one_comes_just_before_the_deadline() {
+    let emu = KubeEmulatorBuilder::new().no_periodic_bookmarks().build();
+    let mut watch = Watch::open(
+        &emu,
+        "/api/v1/serviceaccounts?watch=1&allowWatchBookmarks=true&timeoutSeconds=1",
+    );
+    let events = watch.rest();
+    assert_eq!(names(&events), ["BOOKMARK -"]);
+    assert_eq!(
+        events[0]["object"]["metadata"]["resourceVersion"],
+        emu.resource_version().as_str()
+    );
+}
+
+#[test]
+fn connections_are_kept_alive_between_requests() {
+    let emu = KubeEmulator::start();
+    let client = agent();
+    for _ in 0..3 {
+        let resp = client
+            .get(format!("{}/api/v1/serviceaccounts", emu.url()))
+            .header("Authorization", format!("Bearer {}", emu.token()))
+            .call()
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.into_body().read_to_string().expect("body");
+    }
+    assert_eq!(emu.total_requests(), 3);
+    assert_eq!(emu.connections_accepted(), 1);
+}
+
+#[test]
+fn streaming_list_ends_initial_events_with_an_annotated_bookmark() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account("ns", "a", &[]);
+    emu.create_service_account("ns", "b", &[]);
+    let rv = emu.resource_version();
+    let path = "/api/v1/serviceaccounts?watch=1&sendInitialEvents=true\
+                &resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true\
+                &resourceVersion=&timeoutSeconds=1";
+    let mut watch = Watch::open(&emu, path);
+    let mut initial = Vec::new();
+    loop {
+        let event = watch.next().expect("read").expect("event");
+        if event["type"] == "BOOKMARK" {
+            let meta = &event["object"]["metadata"];
+            assert_eq!(meta["annotations"][INITIAL_EVENTS_END], "true");
+            assert_eq!(meta["resourceVersion"], rv.as_str());
+            break;
+        }
+        initial.push(event);
+    }
+    assert_eq!(names(&initial), ["ADDED a", "ADDED b"]);
+
+    emu.set_watch_list_supported(false);
+    let refused = get(&emu, path);
+    assert_status(&refused, 422, "Invalid");
+    let message = refused.body["message"].as_str().expect("message");
+    assert!(
+        message.contains(
+            "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"
+        ),
+        "{message}"
+    );
+    let match_alone = get(
+        &emu,
+        "/api/v1/serviceaccounts?watch=1&resourceVersionMatch=NotOlderThan&resourceVersion=1",
+    );
+    assert_status(&match_alone, 422, "Invalid");
+}
+
+#[test]
+fn watch_selectors_filter_events() {
+    let emu = KubeEmulator::start();
+    let from = emu.resource_version();
+    emu.create_service_account("team-a", "app", &[]);
+    emu.create_service_account("team-a", "other", &[]);
+    emu.create_service_account("team-b", "app", &[]);
+    emu.update_annotations("team-a", "app", &[("a", "b")]);
+    let mut by_name = Watch::open(
+        &emu,
+        &format!(
+            "/api/v1/namespaces/team-a/serviceaccounts?watch=1&resourceVersion={from}\
+             &fieldSelector=metadata.name%3Dapp&timeoutSeconds=1"
+        ),
+    );
+    let events = by_name.rest();
+    assert_eq!(names(&events), ["ADDED app", "MODIFIED app"]);
+    assert!(events
+        .iter()
+        .all(|e| e["object"]["metadata"]["namespace"] == "team-a"));
+
+    // An object leaving a label selector is seen as DELETED.
+    let from = emu.resource_version();
+    emu.update_labels("team-b", "app", &[("tier", "web")]);
+    let left_at = emu.update_labels("team-b", "app", &[("tier", "db")]);
+    let mut by_label = Watch::open(
+        &emu,
+        &format!(
+            "/api/v1/serviceaccounts?watch=1&resourceVersion={from}\
+             &labelSelector=tier%3Dweb&timeoutSeconds=1"
+        ),
+    );
+    let events = by_label.rest();
+    assert_eq!(names(&events), ["ADDED app", "DELETED app"]);
+    let left = &events[1]["object"]["metadata"];
+    assert_eq!(left["labels"]["tier"], "web", "the state it last matched");
+    assert_eq!(left["resourceVersion"], left_at.as_str());
+}
+
+#[test]
+fn credentials_are_checked() {
+    let emu = KubeEmulatorBuilder::new().token("good").build();
+    assert_status(
+        &get_with(&emu, "/api/v1/serviceaccounts", Some("bad")),
+        401,
+        "Unauthorized",
+    );
+    assert_status(
+        &get_with(&emu, "/api/v1/serviceaccounts", None),
+        401,
+        "Unauthorized",
+    );
+    assert_eq!(
+        get_with(&emu, "/api/v1/serviceaccounts", Some("good")).status,
+        200
+    );
+    emu.set_tokens(&["new", "good"]);
+    assert_eq!(emu.token(), "new");
+    assert_eq!(
+        get_with(&emu, "/api/v1/serviceaccounts", Some("good")).status,
+        200
+    );
+    emu.set_token("newer");
+    assert_eq!(
+        get_with(&emu, "/api/v1/serviceaccounts", Some("good")).status,
+        401
+    );
+    let log = emu.requests();
+    assert!(!log[1].authorization_present && log[0].authorization_present);
+
+    // Discovery with anonymous access: no credentials pass, bad credentials still fail.
+    assert_eq!(get_with(&emu, "/openid/v1/jwks", None).status, 401);
+    emu.set_oidc_anonymous(true);
+    assert_eq!(get_with(&emu, "/openid/v1/jwks", None).status, 200);
+    assert_eq!(
+        get_with(&emu, "/.well-known/openid-configuration", None).status,
+        200
+    );
+    assert_eq!(get_with(&emu, "/openid/v1/jwks", Some("bad")).status, 401);
+    assert_status(
+        &get_with(&emu, "/api/v1/serviceaccounts", None),
+        403,
+        "Forbidden",
+    );
+}
+
+#[test]
+fn injected_429_carries_retry_after() {
+    let emu = KubeEmulator::start();
+    emu.fail_next(1, 429, Some(3), Some("/serviceaccounts"));
+    assert_eq!(get(&emu, "/openid/v1/jwks").status, 200, "path filter");
+    let limited = get(&emu, "/api/v1/serviceaccounts");
+    assert_status(&limited, 429, "TooManyRequests");
+    assert_eq!(limited.retry_after.as_deref(), Some("3"));
+    assert_eq!(limited.body["details"]["retryAfterSeconds"], 3);
+    assert_eq!(get(&emu, "/api/v1/serviceaccounts").status, 200);
+
+    emu.fail_next_of(RequestKind::Watch, 2, 503, None);
+    assert_eq!(get(&emu, "/api/v1/serviceaccounts").status, 200);
+    let unavailable = get(&emu, "/api/v1/serviceaccounts?watch=1");
+    assert_status(&unavailable, 503, "ServiceUnavailable");
+    emu.fail_next(1, 403, None, None);
+    assert_status(&get(&emu, "/api/v1/serviceaccounts"), 403, "Forbidden");
+    assert_status(
+        &get(&emu, "/api/v1/serviceaccounts?watch=1"),
+        503,
+        "ServiceUnavailable",
+    );
+    assert_eq!(emu.watch_requests(), 2);
+}
+
+#[test]
+fn closing_watch_streams_cuts_them_without_the_last_chunk() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account("ns", "a", &[]);
+    let mut watch = Watch::open(&emu, "/api/v1/serviceaccounts?watch=1&resourceVersion=0");
+    assert!(watch.next().expect("read").is_some());
+    assert!(emu.wait_for_open_watches(1, Duration::from_secs(2)));
+    emu.close_watch_streams();
+    assert!(
+        watch.next().is_err(),
+        "an abrupt close is an error, not a clean end"
+    );
+    assert!(emu.wait_for(Duration::from_secs(2), |e| e.open_watches() == 0));
+}
+
+#[test]
+fn hanging_watches_send_nothing_until_released() {
+    let emu = KubeEmulatorBuilder::new()
+        .bookmark_interval(Duration::from_millis(100))
+        .build();
+    emu.create_service_account("ns", "a", &[]);
+    emu.set_watch_hang(true);
+    let started = Instant::now();
+    let mut watch = Watch::open(
+        &emu,
+        "/api/v1/serviceaccounts?watch=1&resourceVersion=0&allowWatchBookmarks=true&timeoutSeconds=1",
+    );
+    emu.create_service_account("ns", "b", &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    emu.set_watch_hang(false);
+    // Nothing came while hanging, not even the initial events or bookmarks past the deadline.
+    let first = watch.next().expect("read").expect("event");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(names(&[first]), ["ADDED a"]);
+    let second = watch.next().expect("read").expect("event");
+    assert_eq!(names(&[second]), ["ADDED b"]);
+}
+
+#[test]
+fn a_down_server_accepts_and_closes_connections() {
+    let emu = KubeEmulator::start();
+    emu.set_down(true);
+    let failed = agent()
+        .get(format!("{}/api/v1/serviceaccounts", emu.url()))
+        .header("Authorization", format!("Bearer {}", emu.token()))
+        .call();
+    assert!(failed.is_err());
+    assert!(emu.connections_accepted() >= 1);
+    assert_eq!(emu.total_requests(), 0);
+    emu.set_down(false);
+    assert_eq!(get(&emu, "/api/v1/serviceaccounts").status, 200);
+}
+
+#[test]
+fn future_resource_version_times_out_with_504() {
+    let emu = KubeEmulator::start();
+    let future = emu.resource_version().parse::<u64>().expect("rv") + 10;
+    let answer = get(
+        &emu,
+        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={future}"),
+    );
+    assert_status(&answer, 504, "Timeout");
+}
+
+#[test]
+fn discovery_endpoints_have_the_apiserver_headers() {
+    let key = SigningKey::rs256();
+    let emu = KubeEmulatorBuilder::new()
+        .jwks(tokens::jwks(&[&key]))
+        .build();
+    let config = get(&emu, "/.well-known/openid-configuration");
+    assert_eq!(config.status, 200);
+    assert_eq!(config.content_type, "application/json");
+    assert_eq!(config.body["issuer"], tokens::DEFAULT_ISSUER);
+    assert_eq!(
+        config.body["jwks_uri"],
+        format!("{}/openid/v1/jwks", emu.url())
+    );
+    assert_eq!(config.body["response_types_supported"][0], "id_token");
+    assert_eq!(config.body["subject_types_supported"][0], "public");
+    assert_eq!(
+        config.body["id_token_signing_alg_values_supported"][0],
+        "RS256"
+    );
+
+    let keys = get(&emu, "/openid/v1/jwks");
+    assert_eq!(keys.content_type, "application/jwk-set+json");
+    assert_eq!(keys.cache_control, "public, max-age=3600");
+    assert_eq!(keys.body["keys"][0]["kid"], key.kid());
+    assert_eq!(keys.body["keys"][0]["use"], "sig");
+
+    // Rotation: add a key, later drop the old one.
+    let next = SigningKey::es256();
+    emu.set_jwks(tokens::jwks(&[&key, &next]));
+    emu.set_jwks_max_age(60);
+    let rotated = get(&emu, "/openid/v1/jwks");
+    assert_eq!(rotated.cache_control, "public, max-age=60");
+    assert_eq!(rotated.body["keys"].as_array().map(Vec::len), Some(2));
+    emu.set_jwks(tokens::jwks(&[&next]));
+    assert_eq!(
+        get(&emu, "/openid/v1/jwks").body["keys"][0]["kid"],
+        next.kid()
+    );
+    assert_eq!(emu.jwks_requests(), 3);
+    assert_eq!(emu.discovery_requests(), 1);
+}
+
+/// Verifies `token` the way a relying party does: pick the key by `kid` from the served set.
+fn verify_against(emu: &KubeEmulator, token: &str) -> jsonwebtoken::errors::Result<Value> {
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_value(get(emu, "/openid/v1/jwks").body).expect("a JWK set");
+    let header = jsonwebtoken::decode_header(token)?;
+    let kid = header.kid.expect("kid");
+    let jwk = set.find(&kid).expect("key by kid");
+    let alg: Algorithm = jwk
+        .common
+        .key_algorithm
+        .expect("alg")
+        .to_string()
+        .parse()
+        .expect("known alg");
+    let mut validation = Validation::new(alg);
+    validation.set_audience(&[tokens::DEFAULT_AUDIENCE]);
+    validation.set_issuer(&[tokens::DEFAULT_ISSUER]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    let data = jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &validation)?;
+    Ok(data.claims)
+}
+
+#[test]
+fn minted_tokens_verify_against_the_served_key_set() {
+    let rsa = SigningKey::rs256();
+    let ec = SigningKey::es256();
+    let ec384 = SigningKey::es384();
+    let emu = KubeEmulatorBuilder::new()
+        .jwks(tokens::jwks(&[&rsa, &ec, &ec384]))
+        .build();
+    let uid = emu.create_service_account("team-a", "app", &[]);
+    let builder = TokenBuilder::for_sa("team-a", "app", &uid).pod("app-7d9f", "pod-uid");
+    for key in [&rsa, &ec, &ec384] {
+        let token = builder.sign(key);
+        let header = tokens::header_of(&token);
+        assert_eq!(header["alg"], key.alg_name());
+        assert_eq!(header["kid"], key.kid());
+        assert!(header.get("typ").is_none(), "go-jose writes no typ");
+        let claims = verify_against(&emu, &token).expect("a valid token verifies");
+        assert_eq!(claims["sub"], "system:serviceaccount:team-a:app");
+        assert_eq!(claims["aud"][0], "nats");
+        assert_eq!(
+            claims["kubernetes.io"]["serviceaccount"]["uid"],
+            uid.as_str()
+        );
+        assert_eq!(claims["kubernetes.io"]["pod"]["name"], "app-7d9f");
+        assert_eq!(
+            claims["exp"].as_i64(),
+            claims["iat"].as_i64().map(|t| t + 600)
+        );
+        // Also against the PEM public key, as a key file would hold it.
+        let mut validation = Validation::new(key.algorithm());
+        validation.set_audience(&["nats"]);
+        assert!(jsonwebtoken::decode::<Value>(&token, &key.decoding_key(), &validation).is_ok());
+
+        assert!(verify_against(&emu, &tokens::tamper_payload(&token)).is_err());
+    }
+    let expired = builder.clone().expires_in(-120).sign(&rsa);
+    assert!(verify_against(&emu, &expired).is_err());
+    let mismatch = builder.sign_with_header_alg(&rsa, "RS384");
+    assert!(jsonwebtoken::decode::<Value>(
+        &mismatch,
+        &rsa.decoding_key(),
+        &Validation::new(Algorithm::RS384)
+    )
+    .is_err());
+    assert!(verify_against(&emu, &builder.clone().audience("other").sign(&ec)).is_err());
+}
+
+#[test]
+fn token_builder_shapes_match_kubernetes() {
+    let keys = [SigningKey::rs256_n(0), SigningKey::rs256_n(1)];
+    assert_ne!(keys[0].kid(), keys[1].kid());
+    assert_eq!(SigningKey::rs256().kid(), keys[0].kid(), "pooled");
+    assert_eq!(keys[0].kid().len(), 43, "base64url of a SHA-256");
+
+    let claims = TokenBuilder::for_sa("ns", "sa", "uid-1").claims();
+    assert_eq!(claims["iss"], tokens::DEFAULT_ISSUER);
+    assert!(claims["aud"].is_array());
+    assert_eq!(claims["iat"], claims["nbf"]);
+    assert_eq!(claims["jti"].as_str().map(str::len), Some(36));
+    assert_eq!(claims["kubernetes.io"]["namespace"], "ns");
+
+    let legacy = tokens::claims_of(
+        &TokenBuilder::for_sa("ns", "sa", "uid-1")
+            .legacy_secret_format()
+            .sign(&keys[0]),
+    );
+    assert_eq!(legacy["iss"], tokens::LEGACY_ISSUER);
+    assert_eq!(
+        legacy["kubernetes.io/serviceaccount/service-account.uid"],
+        "uid-1"
+    );
+    for absent in ["exp", "aud", "iat", "jti", "kubernetes.io"] {
+        assert!(legacy.get(absent).is_none(), "{absent}");
+    }
+    let single = TokenBuilder::for_sa("ns", "sa", "u")
+        .audience_string("x")
+        .claims();
+    assert_eq!(single["aud"], "x");
+
+    let none = TokenBuilder::for_sa("ns", "sa", "u").unsigned_alg_none();
+    assert!(none.ends_with('.'));
+    assert_eq!(tokens::header_of(&none)["alg"], "none");
+    let hs = TokenBuilder::for_sa("ns", "sa", "u").sign_hs256_with_public_key_of(&keys[0]);
+    assert_eq!(tokens::header_of(&hs)["alg"], "HS256");
+    let no_kid = TokenBuilder::for_sa("ns", "sa", "u")
+        .without_kid()
+        .sign(&keys[0]);
+    assert!(tokens::header_of(&no_kid).get("kid").is_none());
+}
+
+#[test]
+fn kubectl_can_read_from_the_emulator() {
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: kubectl is not on PATH");
+        return;
+    }
+    let emu = KubeEmulator::start();
+    emu.create_service_account("ns", "a", &[]);
+    emu.create_service_account("ns", "b", &[]);
+    let home = tempfile::tempdir().expect("tempdir");
+    let kubectl = || {
+        std::process::Command::new("kubectl")
+            .env("KUBECONFIG", home.path().join("none"))
+            .env("HOME", home.path())
+            .args(["--server", &emu.url(), "--token", &emu.token()])
+            .args(["get", "--raw", "/api/v1/serviceaccounts?limit=1"])
+            .output()
+            .expect("run kubectl")
+    };
+    // client-go never sends a bearer token over plain http, so kubectl meets the 401 first
+    // and must understand it as a real apiserver's.
+    let refused = kubectl();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("(Unauthorized)"), "{stderr}");
+
+    emu.set_auth_required(false);
+    let out = kubectl();
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}\nrequests seen: {:?}",
+        String::from_utf8_lossy(&out.stderr),
+        emu.requests()
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).expect("kubectl printed JSON");
+    assert_eq!(list["kind"], "ServiceAccountList");
+    assert_eq!(item_names(&list), ["a"]);
+    assert_eq!(list["metadata"]["remainingItemCount"], 1);
+    assert!(list["metadata"]["continue"].is_string());
+}

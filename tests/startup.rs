@@ -1,0 +1,137 @@
+//! Start-up, readiness and the local development mode, on the real binary.
+
+mod support;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use support::client::connect_token;
+use support::kube::{KubeEmulator, DEFAULT_ISSUER};
+use support::nats::{free_port, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
+use support::service::ServiceBuilder;
+use support::tokens::{jwks, SigningKey};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nats-k8s-oidc-callout");
+
+#[test]
+fn a_bad_configuration_stops_start_up_naming_every_problem() {
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("NATS_TOKEN", "very-secret-token")
+        .env("NATS_CREDS_FILE", "/nonexistent/creds")
+        .env("JWKS_URL", "ftp://x")
+        .env("PORT", "99999")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "NATS_SIGNING_KEY_FILE is required",
+        "NATS_ACCOUNT is required",
+        "both set",
+        "JWKS_URL",
+        "PORT",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+    assert!(!err.contains("very-secret-token"));
+}
+
+#[test]
+fn not_ready_until_the_cache_has_synced_then_ready() {
+    let key = SigningKey::rs256();
+    let api = KubeEmulator::builder().jwks(jwks(&[&key])).build();
+    api.set_down(true);
+    let keys = CalloutKeys::new(false);
+    let nats = NatsServer::start(&keys);
+    let service = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
+        .kube_api(&api.url(), &api.token())
+        .env("JWT_ISSUER", DEFAULT_ISSUER)
+        .spawn();
+    service.wait_for("http up", Duration::from_secs(10), || {
+        service.get("/healthz").is_some()
+    });
+    let (status, body) = service.get("/readyz").unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("cache_synced") && body.contains("jwks_loaded"),
+        "{body}"
+    );
+    assert_eq!(service.get("/health").unwrap().0, 200);
+    api.set_down(false);
+    service.wait_ready(Duration::from_secs(40));
+}
+
+#[test]
+fn the_keys_subcommand_prints_a_config_nats_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "--dir"])
+        .arg(dir.path())
+        .args(["--auth-user", "callout", "--auth-account", "AUTH"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let block = String::from_utf8(out.stdout).unwrap();
+    let port = free_port();
+    let config = format!(
+        "listen: \"127.0.0.1:{port}\"\naccounts {{\n  AUTH {{ users: [ {{ user: callout, password: pw }} ] }}\n  APP {{ }}\n}}\n{block}"
+    );
+    let _server = NatsServer::start_with_config(port, config);
+}
+
+#[test]
+fn local_mode_with_a_dev_signer_and_a_serviceaccount_file() {
+    let keys = CalloutKeys::new(true);
+    let nats = NatsServer::start(&keys);
+    let b = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT);
+    let dir = b.dir().to_path_buf();
+    let init = Command::new(BIN)
+        .args(["dev-signer", "init", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let accounts = dir.join("serviceaccounts.yaml");
+    fs::write(&accounts, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n  namespace: dev\n  uid: \"1111\"\n").unwrap();
+    let service = b
+        .env("SERVICE_ACCOUNTS_PATH", accounts.to_str().unwrap())
+        .env("JWKS_PATH", dir.join("jwks.json").to_str().unwrap())
+        .env("JWT_ISSUER", nats_k8s_oidc_callout::devtools::DEV_ISSUER)
+        .start();
+    let mint = |name: &str, uid: &str| {
+        let out = Command::new(BIN)
+            .args(["dev-signer", "mint", "--key"])
+            .arg(dir.join("signer.key"))
+            .args(["--namespace", "dev", "--name", name, "--uid", uid])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let c = connect_token(&nats.url(), &mint("app", "1111")).expect("local mode allows");
+    assert!(c.round_trip("dev.hello"));
+    assert!(connect_token(&nats.url(), &mint("other", "2222")).is_err());
+    // The file is re-read when it changes.
+    fs::write(
+        &accounts,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n  namespace: dev\n  uid: \"1111\"\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: other\n  namespace: dev\n  uid: \"2222\"\n",
+    )
+    .unwrap();
+    service.wait_for("file re-read", Duration::from_secs(10), || {
+        connect_token(&nats.url(), &mint("other", "2222")).is_ok()
+    });
+}

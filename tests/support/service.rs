@@ -1,0 +1,218 @@
+//! The service as its real binary, started with an environment built for one test.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use super::nats::{free_port, CalloutKeys};
+
+/// Builder of a service process.
+pub struct ServiceBuilder {
+    env: BTreeMap<String, String>,
+    dir: tempfile::TempDir,
+}
+
+/// A running service; killed when dropped.
+pub struct Service {
+    child: Option<Child>,
+    /// HTTP port of health and metrics.
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServiceBuilder {
+    /// A service signing with `keys`, placing clients in `account`, logging in through `nats_url`.
+    pub fn new(keys: &CalloutKeys, nats_url: &str, account: &str) -> ServiceBuilder {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = dir.path().join("signing.nk");
+        fs::write(&seed, keys.account.seed().expect("seed")).expect("write seed");
+        let mut b = ServiceBuilder {
+            env: BTreeMap::new(),
+            dir,
+        };
+        b = b
+            .env("NATS_URL", nats_url)
+            .env("NATS_ACCOUNT", account)
+            .env("NATS_SIGNING_KEY_FILE", seed.to_str().expect("utf8 path"))
+            .env("LOG_LEVEL", "debug")
+            .env("RUST_LOG", "info,nats_k8s_oidc_callout=debug")
+            .env("WORKERS", "2");
+        if let Some(x) = &keys.xkey {
+            let path = b.dir.path().join("xkey.nk");
+            fs::write(&path, x.seed().expect("xkey seed")).expect("write xkey");
+            b = b.env("NATS_XKEY_SEED_FILE", path.to_str().expect("utf8 path"));
+        }
+        b
+    }
+
+    /// Sets one environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> ServiceBuilder {
+        self.env.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    /// Points the service at a Kubernetes API (the emulator) through a kubeconfig with a token.
+    pub fn kube_api(self, server: &str, token: &str) -> ServiceBuilder {
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {server}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    token: {token}\n"
+            ),
+        )
+        .expect("write kubeconfig");
+        let path = kubeconfig.to_str().expect("utf8 path").to_string();
+        self.env("K8S_IN_CLUSTER", "false").env("KUBECONFIG", &path)
+    }
+
+    /// A scratch directory that lives as long as the service.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the binary without waiting for readiness.
+    pub fn spawn(self) -> Service {
+        let port = free_port();
+        let log = self.dir.path().join("service.log");
+        let out = fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_nats-k8s-oidc-callout"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .env("PORT", port.to_string())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("start the service binary");
+        Service {
+            child: Some(child),
+            port,
+            log,
+            _dir: self.dir,
+        }
+    }
+
+    /// Starts the binary and waits until `/readyz` answers 200.
+    pub fn start(self) -> Service {
+        let s = self.spawn();
+        s.wait_ready(Duration::from_secs(15));
+        s
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().ok()?;
+    Some((status, body))
+}
+
+impl Service {
+    /// GET on the service's HTTP port: (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    /// Waits for `/readyz` to answer 200, panicking with the log when it does not.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((200, _)) = self.get("/readyz") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service not ready; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The value of one metric sample (exact series text before the value), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics").unwrap_or_default();
+        body.lines()
+            .filter_map(|l| l.strip_prefix(series))
+            .filter_map(|rest| rest.strip_prefix(' '))
+            .filter_map(|v| v.split_whitespace().next())
+            .filter_map(|v| v.parse::<f64>().ok())
+            .next()
+            .unwrap_or(0.0)
+    }
+
+    /// Number of decisions with this result and reason.
+    pub fn decisions(&self, result: &str, reason: &str) -> f64 {
+        self.metric(&format!(
+            "nats_callout_decisions_total{{result=\"{result}\",reason=\"{reason}\"}}"
+        ))
+    }
+
+    /// Waits until `cond` holds, panicking with the log when it does not within `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The service's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
