@@ -10,14 +10,14 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod app;
+pub mod authorizer;
+pub mod callout;
+pub mod config;
+pub mod devtools;
 pub mod health;
+pub mod http;
 pub mod identity;
 pub mod kube;
 pub mod metrics;
-pub mod callout;
-pub mod config;
-pub mod http;
 pub mod policy;
-pub mod app;
-pub mod authorizer;
-pub mod devtools;

@@ -151,10 +151,15 @@ pub fn permissions_for(sa: &ServiceAccount, metrics: Option<&Metrics>) -> Permis
     }
 }
 
+/// `(namespace, name)` of a ServiceAccount.
+type AccountKey = (String, String);
+/// The object permissions were computed from, and the result.
+type Computed = (Arc<ServiceAccount>, Arc<Permissions>);
+
 /// Remembers the permissions computed for each ServiceAccount object, so annotations are parsed
 /// (and their warnings logged) once per version of the object rather than once per connection.
 pub struct PermissionCache {
-    entries: Mutex<HashMap<(String, String), (Arc<ServiceAccount>, Arc<Permissions>)>>,
+    entries: Mutex<HashMap<AccountKey, Computed>>,
     metrics: Arc<Metrics>,
     capacity: usize,
 }

@@ -24,11 +24,14 @@ struct Stack {
     service: Service,
 }
 
+/// namespace, name and annotations of a ServiceAccount present from the start.
+type AccountSpec = (String, String, Vec<(String, String)>);
+
 struct StackBuilder {
     xkey: bool,
     key: SigningKey,
     env: Vec<(String, String)>,
-    accounts: Vec<(String, String, Vec<(String, String)>)>,
+    accounts: Vec<AccountSpec>,
 }
 
 impl StackBuilder {
