@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
-use log::{error, info};
+use log::{error, info, warn};
 
 use crate::authorizer::Authorizer;
 use crate::callout::request::RequestDecoder;
@@ -35,6 +35,8 @@ use crate::policy::PermissionCache;
 
 /// Path of the API server's key set.
 const API_JWKS_PATH: &str = "/openid/v1/jwks";
+/// Path of the API server's OIDC discovery document.
+const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 /// Timeout of one key-set fetch.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,9 +70,34 @@ impl JwksFetcher for ApiServerJwks {
     }
 }
 
+/// The part of the OIDC discovery document the service reads.
+#[derive(serde::Deserialize)]
+struct Discovery {
+    issuer: String,
+}
+
+/// Reads the cluster's service-account issuer from `/.well-known/openid-configuration`: the
+/// exact `iss` differs between distributions (`https://kubernetes.default.svc.cluster.local` on
+/// kubeadm, kind and k3s; a cloud URL on EKS, GKE, AKS).
+fn discover_issuer(client: &ApiClient) -> Result<String, String> {
+    let doc: Discovery = client
+        .get_json(DISCOVERY_PATH, JWKS_FETCH_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    if doc.issuer.is_empty() {
+        return Err("empty issuer".into());
+    }
+    Ok(doc.issuer)
+}
+
 fn init_logging(level: &str) {
     let mut b = env_logger::Builder::new();
     b.parse_filters(level);
+    // At debug and trace, the HTTP and TLS libraries would drown the service's own lines.
+    if matches!(level, "debug" | "trace") {
+        for noisy in ["ureq", "ureq_proto", "rustls", "nats"] {
+            b.filter_module(noisy, log::LevelFilter::Info);
+        }
+    }
     // RUST_LOG, when set, refines LOG_LEVEL per module.
     if let Ok(spec) = std::env::var("RUST_LOG") {
         b.parse_filters(&spec);
@@ -197,10 +224,24 @@ pub fn serve() -> Result<(), String> {
         readiness.clone(),
     ));
     threads.push(store.spawn_refresher(stop_rx.clone()));
+    let issuer = match (&api, config.issuer_is_default) {
+        (Some(client), true) => discover_issuer(client).unwrap_or_else(|e| {
+            warn!(
+                "cannot read the issuer from the API server's discovery document ({e}); using {}; set JWT_ISSUER if tokens are refused as token_wrong_issuer",
+                config.issuer
+            );
+            config.issuer.clone()
+        }),
+        _ => config.issuer.clone(),
+    };
+    info!(
+        "accepting tokens from issuer {issuer:?} for audience {:?}",
+        config.audience
+    );
     let validator = TokenValidator::new(
         store,
         TokenSettings {
-            issuer: config.issuer.clone(),
+            issuer,
             audience: config.audience.clone(),
             leeway: config.leeway,
         },

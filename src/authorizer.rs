@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::callout::request::AuthRequest;
-use crate::identity::{Identity, TokenError, TokenValidator};
+use crate::identity::{claimed_service_account, Identity, TokenError, TokenValidator};
 use crate::kube::cache::{Lookup, ServiceAccountDirectory};
 use crate::policy::{PermissionCache, Permissions};
 
@@ -219,7 +219,13 @@ impl Authorizer {
             .validate(token, u64::try_from(now).unwrap_or(0))
         {
             Ok(i) => i,
-            Err(e) => return Decision::deny(DenyReason::Token(e), None),
+            Err(e) => {
+                // The claims of a refused token are unverified: logged as "claimed" only.
+                return Decision::Deny(Denial {
+                    reason: DenyReason::Token(e),
+                    account: claimed_service_account(token).map(|c| format!("{c} (claimed)")),
+                });
+            }
         };
         let lookup = self
             .directory

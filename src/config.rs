@@ -50,6 +50,9 @@ pub struct Config {
     pub jwks: JwksLocation,
     /// `JWT_ISSUER`.
     pub issuer: String,
+    /// Whether `issuer` is the in-cluster default rather than a setting: the service then reads the
+    /// real one from the API server's discovery document, falling back to the default.
+    pub issuer_is_default: bool,
     /// `JWT_AUDIENCE`.
     pub audience: String,
     /// `JWT_LEEWAY`: clock skew allowed on `exp`/`nbf`/`iat`.
@@ -310,6 +313,8 @@ impl Config {
                 JwksLocation::ApiServer
             }
         };
+        let issuer_is_default =
+            r.get("JWT_ISSUER").is_none() && accounts == AccountsSource::InCluster;
         let issuer = match r.get("JWT_ISSUER") {
             Some(i) => i.to_string(),
             None if accounts == AccountsSource::InCluster => IN_CLUSTER_ISSUER.to_string(),
@@ -380,6 +385,7 @@ impl Config {
                 xkey,
                 jwks,
                 issuer,
+                issuer_is_default,
                 audience,
                 leeway,
                 jwks_min_refetch,
