@@ -237,15 +237,31 @@ pub fn run(
     );
 
     let (tx, rx) = bounded::<Job>(settings.queue_size.max(1));
+    // The flusher: the client library writes buffered messages at most every 5 ms on its own;
+    // an explicit flush after each batch of answers sends them at once, and it runs here so no
+    // worker waits for the server's PONG. Ends when every worker has dropped its sender.
+    let (flush_tx, flush_rx) = bounded::<()>(1);
+    let flusher = {
+        let nc = nc.clone();
+        thread::Builder::new()
+            .name("callout-flusher".into())
+            .spawn(move || {
+                for () in flush_rx.iter() {
+                    let _ = nc.flush_timeout(Duration::from_secs(1));
+                }
+            })
+            .map_err(|e| format!("cannot start the flusher thread: {e}"))?
+    };
     // Workers: each takes a request, runs the whole decision and answers. They end when the
     // reader drops the sender and the queue is empty.
     let workers: Vec<JoinHandle<()>> = (0..settings.workers.max(1))
         .map(|i| {
             let rx = rx.clone();
             let ctx = ctx.clone();
+            let flush = flush_tx.clone();
             thread::Builder::new()
                 .name(format!("callout-worker-{i}"))
-                .spawn(move || worker(rx, ctx))
+                .spawn(move || worker(rx, ctx, flush))
                 .map_err(|e| format!("cannot start worker thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
@@ -253,6 +269,7 @@ pub fn run(
 
     // The reader: moves messages from the subscription into the bounded queue, so a burst waits
     // in a queue of known size rather than in the client library.
+    let mut failure = None;
     loop {
         if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
             break;
@@ -261,7 +278,8 @@ pub fn run(
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
             Err(e) => {
-                error!("callout subscription ended: {e}");
+                // Not expected with unlimited reconnects; end the process so it is restarted.
+                failure = Some(format!("callout subscription ended: {e}"));
                 break;
             }
         };
@@ -277,6 +295,7 @@ pub fn run(
                 metrics.queue_rejected.inc();
                 count(&metrics, "deny", "overloaded");
                 let _ = job.msg.respond(b"");
+                let _ = flush_tx.try_send(());
             }
             Err(TrySendError::Disconnected(_)) => break,
         }
@@ -287,7 +306,9 @@ pub fn run(
     info!("shutting down: no new requests; finishing those in flight");
     let _ = sub.unsubscribe();
     drop(tx);
+    drop(flush_tx);
     let deadline = Instant::now() + settings.shutdown_timeout;
+    let mut drained = true;
     for w in workers {
         while !w.is_finished() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
@@ -296,13 +317,18 @@ pub fn run(
             let _ = w.join();
         } else {
             warn!("shutdown deadline passed with requests still in flight");
+            drained = false;
             break;
         }
+    }
+    if drained {
+        // Every worker is gone, so the flusher has sent the last answers and ended.
+        let _ = flusher.join();
     }
     let _ = nc.flush_timeout(Duration::from_secs(1));
     closing.store(true, Ordering::SeqCst);
     nc.close();
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 fn count(metrics: &Metrics, result: &'static str, reason: &'static str) {
@@ -312,7 +338,7 @@ fn count(metrics: &Metrics, result: &'static str, reason: &'static str) {
         .inc();
 }
 
-fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>) {
+fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel::Sender<()>) {
     for job in rx.iter() {
         ctx.metrics.queue_depth.dec();
         let xkey = job
@@ -334,6 +360,8 @@ fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>) {
         if let Err(e) = job.msg.respond(&outcome.reply) {
             warn!("cannot publish the answer: {e}");
         }
+        // A full channel means a flush is already pending: it will carry this answer too.
+        let _ = flush.try_send(());
         count(&ctx.metrics, outcome.result, outcome.reason);
         ctx.metrics
             .decision_seconds

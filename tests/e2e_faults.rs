@@ -1,0 +1,729 @@
+//! End to end under API faults: a real nats-server with auth callout, the service binary, the
+//! Kubernetes API emulator and real service-account tokens, while the API misbehaves: the
+//! service's own credential rotates, the API answers 429 with `Retry-After`, a watch goes silent,
+//! the collection needs several pages, and a leafnode tries to log in with a workload's token.
+//! Each test asserts what an operator would see: metrics, the API's request log, client outcomes.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::client::connect_token;
+use support::kube::{KubeEmulator, RecordedRequest, RequestKind, DEFAULT_ISSUER};
+use support::nats::{free_port, server_config, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
+use support::service::{Service, ServiceBuilder};
+use support::tokens::{jwks, random_uuid, SigningKey, TokenBuilder};
+
+/// Generous bound for anything that should take a second or two on a quiet machine.
+const WAIT: Duration = Duration::from_secs(20);
+/// The service's list page size (`limit`), as documented in src/kube/watch.rs.
+const PAGE_SIZE: usize = 500;
+
+/// One cluster, one nats-server and one service.
+struct Stack {
+    api: KubeEmulator,
+    nats: NatsServer,
+    key: SigningKey,
+    service: Service,
+    /// The service's API token file, when the kubeconfig points at one.
+    token_file: Option<PathBuf>,
+    /// The hub's leafnode listener, when it has one.
+    leafnode_port: Option<u16>,
+}
+
+struct StackBuilder {
+    env: Vec<(String, String)>,
+    accounts: Vec<(String, String)>,
+    bulk: usize,
+    token_file: bool,
+    leafnodes: bool,
+}
+
+impl StackBuilder {
+    fn new() -> StackBuilder {
+        StackBuilder {
+            env: Vec::new(),
+            accounts: vec![("team-a".into(), "app".into())],
+            bulk: 0,
+            token_file: false,
+            leafnodes: false,
+        }
+    }
+
+    fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    fn account(mut self, ns: &str, name: &str) -> Self {
+        self.accounts.push((ns.into(), name.into()));
+        self
+    }
+
+    /// `n` more accounts `bulk/sa-0000` … created before the service starts.
+    fn bulk(mut self, n: usize) -> Self {
+        self.bulk = n;
+        self
+    }
+
+    /// The kubeconfig's user reads its token from a file (`tokenFile`) instead of inline.
+    fn token_file(mut self) -> Self {
+        self.token_file = true;
+        self
+    }
+
+    /// The nats-server also listens for leafnode connections.
+    fn leafnodes(mut self) -> Self {
+        self.leafnodes = true;
+        self
+    }
+
+    fn start(self) -> Stack {
+        let key = SigningKey::rs256();
+        let api = KubeEmulator::builder().jwks(jwks(&[&key])).build();
+        for (ns, name) in &self.accounts {
+            api.create_service_account(ns, name, &[]);
+        }
+        for i in 0..self.bulk {
+            api.create_service_account("bulk", &format!("sa-{i:04}"), &[]);
+        }
+        let keys = CalloutKeys::new(false);
+        let (nats, leafnode_port) = if self.leafnodes {
+            let port = free_port();
+            let leaf_port = free_port();
+            let config = format!(
+                "{}leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\n",
+                server_config(port, &keys, 2)
+            );
+            (NatsServer::start_with_config(port, config), Some(leaf_port))
+        } else {
+            (NatsServer::start(&keys), None)
+        };
+        let mut b = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
+            .env("JWT_ISSUER", DEFAULT_ISSUER);
+        let token_file = if self.token_file {
+            let token_path = b.dir().join("api-token");
+            let kubeconfig = b.dir().join("kubeconfig-token-file");
+            write_atomically(&token_path, &api.token());
+            fs::write(
+                &kubeconfig,
+                format!(
+                    "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    tokenFile: {}\n",
+                    api.url(),
+                    token_path.display()
+                ),
+            )
+            .expect("write kubeconfig");
+            b = b
+                .env("K8S_IN_CLUSTER", "false")
+                .env("KUBECONFIG", kubeconfig.to_str().expect("utf8 path"));
+            Some(token_path)
+        } else {
+            b = b.kube_api(&api.url(), &api.token());
+            None
+        };
+        for (k, v) in &self.env {
+            b = b.env(k, v);
+        }
+        let service = b.start();
+        Stack {
+            api,
+            nats,
+            key,
+            service,
+            token_file,
+            leafnode_port,
+        }
+    }
+}
+
+impl Stack {
+    /// A valid token for `ns/name` as the cluster would mint it.
+    fn token(&self, ns: &str, name: &str) -> String {
+        let uid = self
+            .api
+            .uid_of(ns, name)
+            .unwrap_or_else(|| "no-such-uid".into());
+        TokenBuilder::for_sa(ns, name, &uid).sign(&self.key)
+    }
+
+    fn url(&self) -> String {
+        self.nats.url()
+    }
+
+    /// The number of ServiceAccounts the service's cache holds.
+    fn cached(&self) -> f64 {
+        self.service.metric("nats_callout_serviceaccounts")
+    }
+
+    /// Waits until the cache holds at least `n` ServiceAccounts.
+    fn wait_cached(&self, what: &str, n: usize, timeout: Duration) {
+        self.service
+            .wait_for(what, timeout, || self.cached() >= n as f64);
+    }
+
+    /// Asserts that a client with `ns/name`'s token connects and can use its namespace.
+    fn assert_connects(&self, ns: &str, name: &str) {
+        let c = connect_token(&self.url(), &self.token(ns, name)).unwrap_or_else(|e| {
+            panic!(
+                "{ns}/{name} should connect: {e}\nservice log:\n{}",
+                self.service.log()
+            )
+        });
+        assert!(
+            c.round_trip(&format!("{ns}.check")),
+            "{ns}/{name} round trip"
+        );
+    }
+
+    /// Rotates the service's own API credential: the kubelet writes a new token to the file and
+    /// the API server accepts only the new one from then on.
+    fn rotate_api_token(&self) -> String {
+        let path = self.token_file.as_ref().expect("a token-file stack");
+        let token = format!("rotated-{}", random_uuid());
+        write_atomically(path, &token);
+        self.api.set_token(&token);
+        token
+    }
+}
+
+/// Writes `text` to a temporary file beside `path` and renames it over `path`, as the kubelet's
+/// atomic writer does, so a reader never sees a half-written token.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{text}\n")).expect("write token");
+    fs::rename(&tmp, path).expect("rename token");
+}
+
+/// A request as the test saw it appear in the emulator's log, stamped when it was first seen.
+type Seen = (Instant, RecordedRequest);
+
+/// Polls the emulator's request log every 10 ms from entry `from` on, stamping each new request,
+/// until `done` holds for what was seen; panics after `timeout` with everything seen.
+fn record_requests(
+    s: &Stack,
+    from: usize,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[Seen]) -> bool,
+) -> Vec<Seen> {
+    let deadline = Instant::now() + timeout;
+    let mut seen: Vec<Seen> = Vec::new();
+    loop {
+        let all = s.api.requests();
+        let now = Instant::now();
+        for r in all.into_iter().skip(from + seen.len()) {
+            seen.push((now, r));
+        }
+        if done(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; requests seen: {:#?}\nservice log:\n{}",
+            seen.iter().map(|(_, r)| describe(r)).collect::<Vec<_>>(),
+            s.service.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn describe(r: &RecordedRequest) -> String {
+    format!("{:?} {} {}?{}", r.kind, r.status, r.path, r.query)
+}
+
+/// Index of the first request of `kind` answered `status` at or after `from`.
+fn position(seen: &[Seen], from: usize, kind: RequestKind, status: u16) -> Option<usize> {
+    (from..seen.len()).find(|&i| seen[i].1.kind == kind && seen[i].1.status == status)
+}
+
+/// Index of the first request of `kind` (any status) after `after`.
+fn next_of(seen: &[Seen], after: usize, kind: RequestKind) -> Option<usize> {
+    (after + 1..seen.len()).find(|&i| seen[i].1.kind == kind)
+}
+
+/// Every request answered 401 must be followed by the same request answered with success: the
+/// service re-read its token file and retried once.
+fn assert_401s_retried(seen: &[RecordedRequest]) {
+    for (i, r) in seen.iter().enumerate() {
+        if r.status == 401 {
+            let retry = seen[i + 1..]
+                .iter()
+                .find(|n| n.path == r.path && n.query == r.query)
+                .unwrap_or_else(|| panic!("401 on {} was not retried", describe(r)));
+            assert_eq!(
+                retry.status,
+                200,
+                "the retry of {} used the rotated token",
+                describe(r)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_services_own_api_token_rotates_and_list_watch_keeps_working() {
+    let s = StackBuilder::new().token_file().start();
+    let original = s.api.token();
+    assert!(s.api.wait_for_open_watches(1, WAIT), "a watch is open");
+    let listed = s.api.requests_of(RequestKind::List);
+    assert!(
+        listed
+            .iter()
+            .all(|r| r.status == 200 && r.authorization_present),
+        "the first list used the file's token: {listed:?}"
+    );
+
+    // Rotation 1, noticed by the watch: the stream is cut, the service opens a new one with the
+    // token it read at start (the file is re-read at most once a minute), gets 401, re-reads the
+    // file at once and retries with the new token.
+    let mark = s.api.requests().len();
+    let first = s.rotate_api_token();
+    assert_ne!(first, original);
+    s.api.close_watch_streams();
+    let seen = record_requests(&s, mark, WAIT, "a watch with the rotated token", |seen| {
+        position(seen, 0, RequestKind::Watch, 200).is_some()
+    });
+    let unauthorized = position(&seen, 0, RequestKind::Watch, 401)
+        .expect("the first watch after the rotation still carried the old token");
+    let retried = position(&seen, unauthorized, RequestKind::Watch, 200).expect("retried");
+    assert_eq!(
+        seen[unauthorized].1.query, seen[retried].1.query,
+        "the retry is the same watch"
+    );
+    assert!(
+        !seen.iter().any(|(_, r)| r.kind == RequestKind::List),
+        "a rotated token does not cause a relist: {:?}",
+        seen.iter().map(|(_, r)| describe(r)).collect::<Vec<_>>()
+    );
+    let gets = s.api.get_requests();
+    s.api
+        .create_service_account("team-r", "after-rotation", &[]);
+    s.wait_cached("the account created after the rotation, by watch", 2, WAIT);
+    assert_eq!(s.api.get_requests(), gets, "it came by watch, not by a GET");
+    s.assert_connects("team-r", "after-rotation");
+
+    // Rotation 2, noticed by a cache-miss GET while the watch is silent.
+    s.api.set_watch_hang(true);
+    let mark = s.api.requests().len();
+    s.rotate_api_token();
+    s.api.create_service_account("team-r", "during-hang", &[]);
+    s.assert_connects("team-r", "during-hang");
+    let seen: Vec<RecordedRequest> = s.api.requests().into_iter().skip(mark).collect();
+    assert!(
+        seen.iter()
+            .any(|r| r.kind == RequestKind::Get && r.status == 401),
+        "the GET first carried the previous token: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|r| r.kind == RequestKind::Get && r.status == 200),
+        "the GET was retried with the new token: {seen:?}"
+    );
+    assert_401s_retried(&seen);
+    s.api.set_watch_hang(false);
+
+    // The re-read token is the one in use from now on: a new watch succeeds at the first try.
+    let mark = s.api.requests().len();
+    s.api.close_watch_streams();
+    let seen = record_requests(&s, mark, WAIT, "a watch after rotation 2", |seen| {
+        position(seen, 0, RequestKind::Watch, 200).is_some()
+    });
+    let seen: Vec<RecordedRequest> = seen.into_iter().map(|(_, r)| r).collect();
+    assert_401s_retried(&seen);
+    s.api
+        .create_service_account("team-r", "after-second-rotation", &[]);
+    s.wait_cached("the account created after rotation 2, by watch", 4, WAIT);
+    s.assert_connects("team-r", "after-second-rotation");
+    let after: Vec<RecordedRequest> = s.api.requests().into_iter().skip(mark).collect();
+    assert!(
+        after.iter().all(|r| r.status == 200),
+        "every request after the token was re-read succeeds: {:?}",
+        after.iter().map(describe).collect::<Vec<_>>()
+    );
+    assert!(s.service.decisions("allow", "granted") >= 3.0);
+}
+
+/// Starts a stack whose first watch has lived past the service's very-short-watch threshold, so
+/// the backoff is fresh: its first delay is 0.8-1.6 s, the second 1.6-3.2 s.
+fn settled_stack() -> Stack {
+    let s = StackBuilder::new().start();
+    assert!(s.api.wait_for_open_watches(1, WAIT), "a watch is open");
+    std::thread::sleep(Duration::from_millis(1500));
+    s
+}
+
+/// How long after the first 429 on `kind` the next request of that kind came, and that request.
+fn retry_gap(seen: &[Seen], kind: RequestKind) -> (Duration, RecordedRequest, RecordedRequest) {
+    let throttled = position(seen, 0, kind, 429).expect("a 429");
+    let next = next_of(seen, throttled, kind).expect("a retry");
+    (
+        seen[next].0 - seen[throttled].0,
+        seen[throttled].1.clone(),
+        seen[next].1.clone(),
+    )
+}
+
+/// The delay the service logged for its retry after a 429 (`…answered 429 …; retrying in 4s`).
+fn logged_retry_after_429(log: &str) -> Duration {
+    let line = log
+        .lines()
+        .find(|l| l.contains("answered 429") && l.contains("retrying in "))
+        .unwrap_or_else(|| panic!("no retry logged after the 429; log:\n{log}"));
+    let text = line
+        .rsplit("retrying in ")
+        .next()
+        .unwrap_or_default()
+        .trim();
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, ""));
+    let value: f64 = number.parse().unwrap_or_else(|_| panic!("a delay: {line}"));
+    match unit {
+        "s" => Duration::from_secs_f64(value),
+        "ms" => Duration::from_secs_f64(value / 1000.0),
+        _ => panic!("unexpected delay unit in {line}"),
+    }
+}
+
+#[test]
+fn a_429_on_the_watch_is_waited_out_and_changes_made_meanwhile_arrive() {
+    let s = settled_stack();
+    let gets = s.api.get_requests();
+    // The stream is cut and the next watch answered 429 with Retry-After: 4. Without the header
+    // the service's first backoff would be at most 1.6 s.
+    s.api.fail_next_of(RequestKind::Watch, 1, 429, Some(4));
+    let mark = s.api.requests().len();
+    s.api.close_watch_streams();
+    s.api
+        .create_service_account("team-e", "during-watch-backoff", &[]);
+    let seen = record_requests(&s, mark, WAIT, "watch recovery", |seen| {
+        position(seen, 0, RequestKind::Watch, 429)
+            .and_then(|i| position(seen, i, RequestKind::Watch, 200))
+            .is_some()
+    });
+    let (waited, throttled, retry) = retry_gap(&seen, RequestKind::Watch);
+    eprintln!("watch retried {waited:?} after its 429");
+    let logged = logged_retry_after_429(&s.service.log());
+    assert!(
+        logged >= Duration::from_secs(4),
+        "the service planned {logged:?} after a 429 asking for 4 s"
+    );
+    // Polled from the outside, so only roughly: well above the 1.6 s of the plain backoff.
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "the watch was retried {waited:?} after a 429 asking for 4 s"
+    );
+    assert_eq!(retry.status, 200, "one 429, then served");
+    assert_eq!(
+        retry.resource_version(),
+        throttled.resource_version(),
+        "the watch resumed where it was"
+    );
+    assert!(
+        !seen.iter().any(|(_, r)| r.kind == RequestKind::List),
+        "a 429 on the watch does not relist"
+    );
+    // The change made during the backoff is replayed by the resumed watch.
+    s.wait_cached("the account created during the watch backoff", 2, WAIT);
+    s.api
+        .create_service_account("team-e", "after-recovery", &[]);
+    s.wait_cached("the account created after recovery", 3, WAIT);
+    assert_eq!(s.api.get_requests(), gets, "no cache-miss GET was needed");
+    s.assert_connects("team-e", "during-watch-backoff");
+    s.assert_connects("team-e", "after-recovery");
+    assert_eq!(s.api.get_requests(), gets, "served from the cache");
+    assert!(s.service.metric("nats_callout_watch_restarts_total") >= 1.0);
+    assert_eq!(s.service.metric("nats_callout_cache_relists_total"), 1.0);
+}
+
+#[test]
+fn a_429_on_the_list_is_waited_out_and_changes_made_meanwhile_arrive() {
+    let s = settled_stack();
+    let gets = s.api.get_requests();
+    let relists = s.service.metric("nats_callout_cache_relists_total");
+    // A relist is forced: a change the service has not seen, the history compacted past it and
+    // the stream cut, so the resumed watch gets 410 (the first failure: 0.8-1.6 s). The list's
+    // first page is then answered 429 with Retry-After: 6; without the header the second
+    // backoff would be at most 3.2 s.
+    s.api.fail_next_of(RequestKind::List, 1, 429, Some(6));
+    s.api.set_watch_hang(true);
+    s.api.create_service_account("team-e", "missed", &[]);
+    s.api.compact_history();
+    let mark = s.api.requests().len();
+    s.api.close_watch_streams();
+    s.api.set_watch_hang(false);
+    s.api
+        .create_service_account("team-e", "during-list-backoff", &[]);
+    let seen = record_requests(&s, mark, Duration::from_secs(30), "list recovery", |seen| {
+        position(seen, 0, RequestKind::List, 429)
+            .and_then(|i| position(seen, i, RequestKind::List, 200))
+            .is_some()
+    });
+    let (waited, _, retry) = retry_gap(&seen, RequestKind::List);
+    eprintln!("list retried {waited:?} after its 429");
+    let logged = logged_retry_after_429(&s.service.log());
+    assert!(
+        logged >= Duration::from_secs(6),
+        "the service planned {logged:?} after a 429 asking for 6 s"
+    );
+    // Polled from the outside, so only roughly: well above the 3.2 s of the plain backoff.
+    assert!(
+        waited >= Duration::from_millis(4500),
+        "the list was retried {waited:?} after a 429 asking for 6 s"
+    );
+    assert_eq!(retry.status, 200, "one 429, then served");
+    assert!(retry.param("continue").is_none(), "a fresh list");
+    s.service.wait_for("the relist completed", WAIT, || {
+        s.service.metric("nats_callout_cache_relists_total") > relists
+    });
+    s.wait_cached(
+        "the accounts changed before and during the list backoff",
+        3,
+        WAIT,
+    );
+
+    // Watching again after the relist: a later change arrives by watch.
+    assert!(s.api.wait_for_open_watches(1, WAIT), "watching again");
+    s.api
+        .create_service_account("team-e", "after-recovery", &[]);
+    s.wait_cached("the account created after recovery", 4, WAIT);
+    assert_eq!(s.api.get_requests(), gets, "no cache-miss GET was needed");
+    for name in ["missed", "during-list-backoff", "after-recovery"] {
+        s.assert_connects("team-e", name);
+    }
+    assert_eq!(s.api.get_requests(), gets, "served from the cache");
+}
+
+#[test]
+fn a_watch_that_goes_silent_is_abandoned_and_events_arrive_afterwards() {
+    let s = StackBuilder::new()
+        .env("WATCH_TIMEOUT_SECONDS", "10")
+        .start();
+    assert!(s.api.wait_for_open_watches(1, WAIT), "a watch is open");
+    std::thread::sleep(Duration::from_millis(1500));
+    s.api.set_watch_hang(true);
+    let hung_at = Instant::now();
+    // A watch that ended just before the hang may be re-opened at once: let that settle.
+    std::thread::sleep(Duration::from_secs(1));
+    let watches = s.api.watch_requests();
+    let restarts = s.service.metric("nats_callout_watch_restarts_total");
+    let gets = s.api.get_requests();
+    s.api.create_service_account("team-h", "during-hang", &[]);
+
+    // The silent stream sends nothing, not even bookmarks, past its own timeoutSeconds: the
+    // service must give up on it and watch again (here: read timeout = 10 s + its margin).
+    s.service.wait_for(
+        "a new watch while the old one hangs",
+        Duration::from_secs(60),
+        || s.api.watch_requests() > watches,
+    );
+    let gave_up_after = hung_at.elapsed();
+    eprintln!("new watch {gave_up_after:?} after the hang began");
+    assert!(
+        gave_up_after >= Duration::from_secs(9),
+        "the service gave up after {gave_up_after:?}, before the watch's own 10 s timeout"
+    );
+    s.service.wait_for("the restart counted", WAIT, || {
+        s.service.metric("nats_callout_watch_restarts_total") > restarts
+    });
+    assert_eq!(s.cached(), 1.0, "nothing arrived while the API was silent");
+
+    // The API speaks again: the queued event arrives through the new watch, with no GET.
+    s.api.set_watch_hang(false);
+    s.wait_cached("the account created during the hang", 2, WAIT);
+    assert_eq!(
+        s.api.get_requests(),
+        gets,
+        "the account came by watch, not by a cache-miss GET"
+    );
+    s.api.create_service_account("team-h", "after-hang", &[]);
+    s.wait_cached("an account created after the hang", 3, WAIT);
+    s.assert_connects("team-h", "during-hang");
+    s.assert_connects("team-h", "after-hang");
+    assert_eq!(s.api.get_requests(), gets, "served from the cache");
+}
+
+#[test]
+fn list_and_watch_requests_carry_the_fields_the_api_expects() {
+    let s = StackBuilder::new()
+        .account("team-b", "one")
+        .account("team-b", "two")
+        .env("WATCH_TIMEOUT_SECONDS", "12")
+        .start();
+    // No write happens between here and the list: the list's collection resourceVersion.
+    let listed_rv = s.api.resource_version();
+    assert!(s.api.wait_for_open_watches(1, WAIT), "a watch is open");
+
+    let lists = s.api.requests_of(RequestKind::List);
+    assert!(!lists.is_empty());
+    for l in &lists {
+        assert_eq!(
+            l.param("limit").as_deref(),
+            Some("500"),
+            "paginated list: {}",
+            describe(l)
+        );
+        assert!(l.param("watch").is_none(), "{}", describe(l));
+    }
+    assert!(
+        lists[0].param("continue").is_none(),
+        "starts at the first page"
+    );
+    assert_eq!(s.cached(), 3.0);
+
+    let first = &s.api.requests_of(RequestKind::Watch)[0];
+    assert_eq!(
+        first.param("watch").as_deref(),
+        Some("1"),
+        "{}",
+        describe(first)
+    );
+    assert_eq!(
+        first.param("allowWatchBookmarks").as_deref(),
+        Some("true"),
+        "{}",
+        describe(first)
+    );
+    assert_eq!(
+        first.param("timeoutSeconds").as_deref(),
+        Some("12"),
+        "WATCH_TIMEOUT_SECONDS is passed on: {}",
+        describe(first)
+    );
+    assert_eq!(
+        first.resource_version(),
+        Some(listed_rv.clone()),
+        "the watch starts at the list's resourceVersion: {}",
+        describe(first)
+    );
+
+    // A change, then the server ends the watch at its timeoutSeconds (bookmarks in between, one
+    // just before the deadline): the next watch resumes from the latest resourceVersion seen,
+    // not from the list's, and nothing is relisted.
+    s.api.create_service_account("team-b", "three", &[]);
+    let latest_rv = s.api.resource_version();
+    s.wait_cached("the new account", 4, WAIT);
+    let lists_before = s.api.list_requests();
+    s.service.wait_for(
+        "the watch renewed after its timeout",
+        Duration::from_secs(40),
+        || s.api.requests_of(RequestKind::Watch).len() >= 2,
+    );
+    let watches = s.api.requests_of(RequestKind::Watch);
+    let second = &watches[1];
+    assert_eq!(
+        second.resource_version(),
+        Some(latest_rv.clone()),
+        "the renewed watch starts at the last event's / bookmark's resourceVersion: {}",
+        describe(second)
+    );
+    assert_eq!(second.param("allowWatchBookmarks").as_deref(), Some("true"));
+    assert_eq!(second.param("timeoutSeconds").as_deref(), Some("12"));
+    assert_eq!(s.api.list_requests(), lists_before, "no relist");
+    assert_eq!(
+        s.service.metric("nats_callout_cache_relists_total"),
+        1.0,
+        "one list at start, none since"
+    );
+
+    let (listed, latest): (u64, u64) = (listed_rv.parse().unwrap(), latest_rv.parse().unwrap());
+    for w in &watches {
+        let rv: u64 = w
+            .resource_version()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("a concrete resourceVersion: {}", describe(w)));
+        assert!(
+            (listed..=latest).contains(&rv),
+            "never older than the list, never invented: {}",
+            describe(w)
+        );
+        assert!(w.param("sendInitialEvents").is_none(), "{}", describe(w));
+        assert_eq!(w.status, 200, "{}", describe(w));
+    }
+}
+
+#[test]
+fn leafnode_connections_are_refused_even_with_a_valid_token() {
+    let s = StackBuilder::new().leafnodes().start();
+    let token = s.token("team-a", "app");
+    let leaf_port = s.leafnode_port.expect("a leafnode listener");
+    let port = free_port();
+    let leaf = NatsServer::start_with_config(
+        port,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\nserver_name: \"leaf-{port}\"\nleafnodes {{\n  reconnect: 1\n  remotes: [ {{ url: \"nats://{token}@127.0.0.1:{leaf_port}\" }} ]\n}}\n"
+        ),
+    );
+    s.service
+        .wait_for("a leafnode denial", Duration::from_secs(30), || {
+            s.service.decisions("deny", "connection_kind_not_allowed") >= 1.0
+        });
+    assert_eq!(
+        s.service.decisions("allow", "granted"),
+        0.0,
+        "the leafnode was never let in"
+    );
+    // Both servers tell the same story: the hub closed the leafnode as an authentication failure
+    // and the leaf was told Authorization Violation.
+    s.service.wait_for("the hub and leaf logs", WAIT, || {
+        leaf.log().contains("Authorization Violation")
+    });
+    let hub_log = s.nats.log();
+    assert!(
+        hub_log.contains("Leafnode connection closed: Authentication Failure"),
+        "hub log:\n{hub_log}"
+    );
+    // The service never logs the token it was shown.
+    assert!(!s.service.log().contains(&token[token.len() - 40..]));
+    // The same token is fine for a client: the refusal is about the connection kind.
+    s.assert_connects("team-a", "app");
+}
+
+#[test]
+fn more_service_accounts_than_one_list_page() {
+    const COUNT: usize = 1200;
+    let s = StackBuilder::new().bulk(COUNT).start();
+    let total = COUNT + 1;
+    let listed_rv = s.api.resource_version();
+    s.wait_cached("every account listed", total, WAIT);
+    assert_eq!(s.cached(), total as f64);
+
+    let lists = s.api.requests_of(RequestKind::List);
+    let pages = total.div_ceil(PAGE_SIZE);
+    assert_eq!(
+        lists.len(),
+        pages,
+        "{pages} pages: {:?}",
+        lists.iter().map(describe).collect::<Vec<_>>()
+    );
+    assert!(lists[0].param("continue").is_none());
+    for l in &lists[1..] {
+        assert!(
+            l.param("continue").is_some_and(|c| !c.is_empty()),
+            "later pages continue: {}",
+            describe(l)
+        );
+    }
+    for l in &lists {
+        assert_eq!(l.param("limit").as_deref(), Some("500"), "{}", describe(l));
+        assert_eq!(l.status, 200);
+    }
+    assert!(s.api.wait_for_open_watches(1, WAIT), "a watch is open");
+    let watch = &s.api.requests_of(RequestKind::Watch)[0];
+    assert_eq!(
+        watch.resource_version(),
+        Some(listed_rv),
+        "the watch starts at the collection's resourceVersion"
+    );
+
+    let gets = s.api.get_requests();
+    s.assert_connects("bulk", &format!("sa-{:04}", COUNT - 1));
+    s.assert_connects("bulk", "sa-0000");
+    s.assert_connects("team-a", "app");
+    assert_eq!(s.api.get_requests(), gets, "all served from the cache");
+    assert_eq!(s.service.decisions("allow", "granted"), 3.0);
+}
