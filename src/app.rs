@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
 use log::{error, info, warn};
@@ -32,11 +32,14 @@ use crate::kube::client::ApiClient;
 use crate::kube::{file, watch};
 use crate::metrics::Metrics;
 use crate::policy::PermissionCache;
+use crate::redact::redact_url;
 
 /// Path of the API server's key set.
 const API_JWKS_PATH: &str = "/openid/v1/jwks";
 /// Path of the API server's OIDC discovery document.
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+/// How long the background threads get to stop once the callout loop has finished.
+const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
 /// Timeout of one key-set fetch.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,6 +47,7 @@ const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Only used for URLs on the API server's own origin.
 struct ApiServerJwks {
     client: Arc<ApiClient>,
+    /// A path on the API server, or a full URL on its origin.
     path: String,
 }
 
@@ -66,7 +70,11 @@ impl JwksFetcher for ApiServerJwks {
     }
 
     fn describe(&self) -> String {
-        format!("{}{}", self.client.base_url(), self.path)
+        if self.path.contains("://") {
+            redact_url(&self.path)
+        } else {
+            format!("{}{}", self.client.base_url(), self.path)
+        }
     }
 }
 
@@ -194,15 +202,11 @@ pub fn serve() -> Result<(), String> {
         })),
         // The cluster's credentials go to the API server only: any other origin (a cloud
         // provider's public OIDC endpoint, say) is fetched without them.
+        // The client takes a full URL on its own origin as it is (an API path prefix included).
         (JwksLocation::Url(url), Some(client)) if client.is_same_origin(url) => {
-            let path = url
-                .splitn(4, '/')
-                .nth(3)
-                .map(|p| format!("/{p}"))
-                .unwrap_or_else(|| "/".into());
             JwksSource::Remote(Box::new(ApiServerJwks {
                 client: client.clone(),
-                path,
+                path: url.clone(),
             }))
         }
         (JwksLocation::Url(url), _) => JwksSource::Remote(Box::new(PublicUrlFetcher::new(
@@ -277,8 +281,15 @@ pub fn serve() -> Result<(), String> {
     );
     // Returns after the stop signal, or early with an error that ends the process.
     service::run(settings, ctx, readiness.clone(), stop_rx.clone())?;
+    // The background threads only read; one stuck in a slow request must not hold the exit.
+    let deadline = Instant::now() + THREAD_STOP_GRACE;
     for t in threads {
-        let _ = t.join();
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
     }
     http.stop();
     info!("stopped");

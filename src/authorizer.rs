@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::callout::request::AuthRequest;
 use crate::identity::{claimed_service_account, Identity, TokenError, TokenValidator};
 use crate::kube::cache::{Lookup, ServiceAccountDirectory};
+use crate::kube::{is_valid_namespace, is_valid_object_name};
 use crate::policy::{PermissionCache, Permissions};
 
 /// Why a client was denied. Only the log and the metrics see it; the client sees the generic text.
@@ -29,6 +30,9 @@ pub enum DenyReason {
     /// The ServiceAccount exists but is not the one the token was minted for (deleted and
     /// re-created under the same name).
     ServiceAccountUidMismatch,
+    /// The account's namespace or name is not a valid Kubernetes name (only a broken local
+    /// ServiceAccount file can produce one): its subjects could not be trusted.
+    InvalidAccountName,
     /// A bug: a panic while deciding.
     Internal,
 }
@@ -43,6 +47,7 @@ impl DenyReason {
             DenyReason::ServiceAccountNotFound => "serviceaccount_not_found",
             DenyReason::ServiceAccountLookupFailed => "serviceaccount_lookup_failed",
             DenyReason::ServiceAccountUidMismatch => "serviceaccount_uid_mismatch",
+            DenyReason::InvalidAccountName => "serviceaccount_invalid_name",
             DenyReason::Internal => "internal_error",
         }
     }
@@ -64,6 +69,10 @@ impl fmt::Display for DenyReason {
                     "serviceaccount uid differs from the token's (account re-created?)"
                 )
             }
+            DenyReason::InvalidAccountName => write!(
+                f,
+                "serviceaccount namespace or name is not a valid Kubernetes name"
+            ),
             DenyReason::Internal => write!(f, "internal error"),
         }
     }
@@ -166,8 +175,23 @@ pub fn decide(
     if sa.uid != identity.uid {
         return Decision::deny(DenyReason::ServiceAccountUidMismatch, Some(identity));
     }
+    // The namespace and name become subjects (`<ns>.>`, `_INBOX_<ns>_<name>`): a `*`, `>` or `.`
+    // in them would widen the grant.
+    if !is_valid_namespace(&sa.namespace) || !is_valid_object_name(&sa.name) {
+        return Decision::deny(DenyReason::InvalidAccountName, Some(identity));
+    }
     // A client never outlives its token, nor the configured maximum lifetime.
     let token_exp = i64::try_from(identity.expires_at).unwrap_or(i64::MAX);
+    // A token inside the validation leeway but past its `exp` would give a user JWT that is
+    // already expired: say so rather than count a grant the server then refuses.
+    if token_exp <= now {
+        return Decision::deny(
+            DenyReason::Token(TokenError::Expired {
+                expired_at: identity.expires_at,
+            }),
+            Some(identity),
+        );
+    }
     let cap = now.saturating_add(i64::try_from(max_lifetime.as_secs()).unwrap_or(i64::MAX));
     Decision::Allow(Allowed {
         namespace: sa.namespace.clone(),
@@ -231,5 +255,138 @@ impl Authorizer {
             .directory
             .lookup(&identity.namespace, &identity.service_account);
         decide(&identity, lookup, &self.permissions, self.max_lifetime, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::ServiceAccount;
+    use crate::metrics::Metrics;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn identity(uid: &str, expires_in: i64) -> Identity {
+        Identity {
+            namespace: "team-a".into(),
+            service_account: "app".into(),
+            uid: uid.into(),
+            expires_at: (NOW + expires_in) as u64,
+            pod_name: None,
+        }
+    }
+
+    fn found(ns: &str, name: &str, uid: &str) -> Lookup {
+        Lookup::Found(Arc::new(ServiceAccount {
+            namespace: ns.into(),
+            name: name.into(),
+            uid: uid.into(),
+            annotations: Default::default(),
+        }))
+    }
+
+    fn run(identity: &Identity, lookup: Lookup, max_lifetime: u64) -> Decision {
+        let cache = PermissionCache::new(Arc::new(Metrics::new()), 16);
+        decide(
+            identity,
+            lookup,
+            &cache,
+            Duration::from_secs(max_lifetime),
+            NOW,
+        )
+    }
+
+    fn denied(d: Decision) -> &'static str {
+        match d {
+            Decision::Deny(d) => d.reason(),
+            Decision::Allow(a) => panic!("allowed: {a:?}"),
+        }
+    }
+
+    #[test]
+    fn a_matching_account_is_allowed_with_its_namespace_permissions() {
+        match run(&identity("u1", 600), found("team-a", "app", "u1"), 3600) {
+            Decision::Allow(a) => {
+                assert_eq!(a.user_name(), "system:serviceaccount:team-a:app");
+                assert_eq!(a.permissions.pub_allow, vec!["team-a.>"]);
+                assert_eq!(a.expires_at, NOW + 600, "the token's exp when it is sooner");
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn the_grant_ends_at_the_maximum_lifetime_when_the_token_lives_longer() {
+        match run(
+            &identity("u1", 365 * 24 * 3600),
+            found("team-a", "app", "u1"),
+            3600,
+        ) {
+            Decision::Allow(a) => assert_eq!(a.expires_at, NOW + 3600),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn token_for_recreated_service_account_is_refused() {
+        let d = run(
+            &identity("old-uid", 600),
+            found("team-a", "app", "new-uid"),
+            3600,
+        );
+        assert_eq!(denied(d), "serviceaccount_uid_mismatch");
+    }
+
+    #[test]
+    fn missing_and_unreachable_accounts_are_refused_with_their_reasons() {
+        assert_eq!(
+            denied(run(&identity("u1", 600), Lookup::NotFound, 3600)),
+            "serviceaccount_not_found"
+        );
+        assert_eq!(
+            denied(run(&identity("u1", 600), Lookup::Unavailable, 3600)),
+            "serviceaccount_lookup_failed"
+        );
+    }
+
+    #[test]
+    fn an_account_whose_names_would_widen_the_subjects_is_refused() {
+        for (ns, name) in [
+            ("*", "app"),
+            (">", "app"),
+            ("team-a", "a*b"),
+            ("team.a", "app"),
+            ("team-a", ""),
+        ] {
+            let d = run(&identity("u1", 600), found(ns, name, "u1"), 3600);
+            assert_eq!(denied(d), "serviceaccount_invalid_name", "{ns}/{name}");
+        }
+    }
+
+    #[test]
+    fn a_token_past_exp_but_inside_the_leeway_is_refused_as_expired() {
+        assert_eq!(
+            denied(run(&identity("u1", 0), found("team-a", "app", "u1"), 3600)),
+            "token_expired"
+        );
+        assert_eq!(
+            denied(run(
+                &identity("u1", -30),
+                found("team-a", "app", "u1"),
+                3600
+            )),
+            "token_expired"
+        );
+    }
+
+    #[test]
+    fn the_log_names_the_account_of_a_denial() {
+        match run(&identity("x", 600), found("team-a", "app", "y"), 3600) {
+            Decision::Deny(d) => {
+                assert_eq!(d.subject(), "team-a/app");
+                assert!(d.to_string().contains("re-created"));
+            }
+            d => panic!("{d:?}"),
+        }
     }
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use nkeys::{KeyPair, XKey};
 
+use crate::redact::{redact_url, redact_urls};
+
 /// Where the service-account tokens' signing keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum JwksLocation {
     /// `JWKS_URL`: fetched over HTTPS (with cluster credentials only when it is the API server).
     Url(String),
@@ -19,6 +21,17 @@ pub enum JwksLocation {
     Path(PathBuf),
     /// Neither set: the API server's `/openid/v1/jwks`, fetched with the cluster's credentials.
     ApiServer,
+}
+
+impl fmt::Debug for JwksLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // A URL may carry credentials or a signed query: never shown whole.
+            JwksLocation::Url(u) => write!(f, "Url({:?})", redact_url(u)),
+            JwksLocation::Path(p) => write!(f, "Path({p:?})"),
+            JwksLocation::ApiServer => write!(f, "ApiServer"),
+        }
+    }
 }
 
 /// Where ServiceAccounts come from.
@@ -90,19 +103,21 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Strips `user:pass@` from every URL of a comma-separated list, for logs.
-pub fn redact_urls(urls: &str) -> String {
-    urls.split(',')
-        .map(|u| {
-            let u = u.trim();
-            match (u.find("://"), u.rfind('@')) {
-                (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
-                (None, Some(at)) => format!("***@{}", &u[at + 1..]),
-                _ => u.to_string(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+/// Whether `url` is plain http to this host (127.0.0.0/8, `localhost` or `[::1]`).
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The in-cluster default issuer.
@@ -299,9 +314,11 @@ impl Config {
                 JwksLocation::ApiServer
             }
             (Some(u), None) => {
-                if !(u.starts_with("https://") || u.starts_with("http://")) {
-                    r.problems
-                        .push(format!("JWKS_URL={u:?} is not an http(s) URL"));
+                if !(u.starts_with("https://") || is_loopback_http(u)) {
+                    r.problems.push(format!(
+                        "JWKS_URL={:?} is not an https URL (plain http is accepted for loopback addresses only: anyone on the path could swap the keys)",
+                        redact_url(u)
+                    ));
                 }
                 JwksLocation::Url(u.to_string())
             }
@@ -476,6 +493,34 @@ mod tests {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
         assert!(!err.contains("\"t\""), "the token must not be echoed");
+    }
+
+    #[test]
+    fn a_jwks_url_is_https_or_loopback_and_never_shown_with_credentials() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let with = |url: &str| {
+            Config::from_map(&env(&[
+                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+                ("NATS_ACCOUNT", "APP"),
+                ("JWKS_URL", url),
+            ]))
+        };
+        assert!(with("https://oidc.example.com/keys").is_ok());
+        assert!(with("http://127.0.0.1:8080/keys").is_ok());
+        assert!(with("http://localhost/keys").is_ok());
+        assert!(with("http://[::1]:9/keys").is_ok());
+        let err = with("http://user:secret@oidc.example.com/keys").unwrap_err();
+        assert!(
+            err.contains("not an https URL") && !err.contains("secret"),
+            "{err}"
+        );
+        assert!(with("http://127.0.0.1.evil.example/keys").is_err());
+        let c = with("https://user:secret@oidc.example.com/keys?sig=abc").unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("sig=abc"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -21,3 +21,4 @@ pub mod identity;
 pub mod kube;
 pub mod metrics;
 pub mod policy;
+pub mod redact;

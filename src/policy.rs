@@ -77,11 +77,16 @@ pub fn is_valid_subject(subject: &str) -> bool {
     })
 }
 
-/// Whether `subject` falls in a namespace only the defaults may grant: inboxes, replies and the
-/// system subjects.
+/// Whether `subject` could match a subject only the defaults may grant: inboxes, replies and the
+/// system subjects. A wildcard first token (`>`, `*.>`, `*.x`) matches them too, so it is
+/// reserved as well: granted, it would let one account read every other account's private inbox.
 fn is_reserved(subject: &str) -> bool {
     let first = subject.split('.').next().unwrap_or("");
-    first.starts_with("_INBOX") || first.starts_with("_REPLY") || first == "$SYS"
+    first.starts_with("_INBOX")
+        || first.starts_with("_REPLY")
+        || first == "$SYS"
+        || first == "*"
+        || first == ">"
 }
 
 /// Splits an annotation value into its valid entries, reporting each refused one.
@@ -124,7 +129,9 @@ pub fn permissions_for(sa: &ServiceAccount, metrics: Option<&Metrics>) -> Permis
                 entry,
                 match cause {
                     DropCause::Invalid => "not a valid NATS subject",
-                    DropCause::Reserved => "inbox, reply and $SYS subjects cannot be granted",
+                    DropCause::Reserved => {
+                        "inbox, reply and $SYS subjects, and wildcard first tokens that cover them, cannot be granted"
+                    }
                 }
             );
             if let Some(m) = metrics {
@@ -290,7 +297,7 @@ mod tests {
     fn inbox_reply_and_system_subjects_cannot_be_granted() {
         let m = Metrics::new();
         let reserved =
-            "_INBOX.>, _INBOX_other_app.>, _INBOX_x, _REPLY.a, $SYS.>, $SYS.REQ.USER.AUTH";
+            "_INBOX.>, _INBOX_other_app.>, _INBOX_x, _REPLY.a, $SYS.>, $SYS.REQ.USER.AUTH, >, *.>, *.events, *";
         let p = permissions_for(
             &sa(
                 "ns",
@@ -301,8 +308,8 @@ mod tests {
         );
         assert_eq!(p.pub_allow, vec!["ns.>"]);
         assert_eq!(p.sub_allow, vec!["ns.>", "_INBOX.>", "_INBOX_ns_svc.>"]);
-        assert_eq!(dropped(&m, "sub", "reserved"), 6);
-        assert_eq!(dropped(&m, "pub", "reserved"), 6);
+        assert_eq!(dropped(&m, "sub", "reserved"), 10);
+        assert_eq!(dropped(&m, "pub", "reserved"), 10);
     }
 
     #[test]

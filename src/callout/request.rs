@@ -252,7 +252,7 @@ impl RequestDecoder {
         }
         // exp = send time + auth timeout; an old request replayed later is refused.
         match claims.exp {
-            Some(exp) if exp + REQUEST_CLOCK_SKEW_SECS >= now => {}
+            Some(exp) if exp.saturating_add(REQUEST_CLOCK_SKEW_SECS) >= now => {}
             _ => return Err(RequestError::Expired),
         }
         if claims.nats.kind != REQUEST_TYPE || claims.nats.version != CLAIMS_VERSION {

@@ -19,9 +19,9 @@ use super::request::{AuthRequest, RequestDecoder};
 use super::response::{seal_if_needed, Grant, ResponseSigner};
 use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
 use crate::authorizer::{Authorizer, Decision};
-use crate::config::redact_urls;
 use crate::health::Readiness;
 use crate::metrics::{DecisionLabels, Metrics};
+use crate::redact::redact_urls;
 
 /// How the service logs in to NATS.
 #[derive(Clone)]
@@ -367,19 +367,5 @@ fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel:
             .decision_seconds
             .observe(job.queued.elapsed().as_secs_f64());
         debug!("answered in {:?}", job.queued.elapsed());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_never_survive_url_redaction() {
-        assert_eq!(
-            redact_urls("nats://svc:s3cret@nats:4222, tls://a:b@c:1,nats://plain:4222"),
-            "nats://***@nats:4222,tls://***@c:1,nats://plain:4222"
-        );
-        assert!(!redact_urls("svc:s3cret@host").contains("s3cret"));
     }
 }

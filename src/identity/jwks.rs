@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::redact::redact_url;
 
 /// Largest JWKS document accepted, from a file or over HTTP (1 MiB).
 pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;
@@ -504,7 +505,9 @@ impl Default for JwksSettings {
             min_refresh: Duration::from_secs(60),
             max_refresh: Duration::from_secs(24 * 3600),
             min_refetch_interval: Duration::from_secs(60),
-            refetch_wait: Duration::from_secs(10),
+            // Callers of an unknown-kid refetch are workers answering a server that waits at most
+            // its auth timeout (2 s by default): waiting longer only ties the worker up.
+            refetch_wait: Duration::from_secs(2),
             file_poll: Duration::from_secs(2),
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
@@ -978,34 +981,6 @@ pub fn parse_max_age(cache_control: &str) -> Option<Duration> {
     max_age
 }
 
-/// A URL fit for a log line: without user information, query or fragment.
-pub fn redact_url(url: &str) -> String {
-    let without_fragment = url.split('#').next().unwrap_or("");
-    let (base, had_query) = match without_fragment.split_once('?') {
-        Some((base, _)) => (base, true),
-        None => (without_fragment, false),
-    };
-    let redacted = match base.find("://") {
-        Some(i) => {
-            let (scheme, rest) = base.split_at(i + 3);
-            let (authority, path) = match rest.find('/') {
-                Some(j) => rest.split_at(j),
-                None => (rest, ""),
-            };
-            let host = authority
-                .rsplit_once('@')
-                .map_or(authority, |(_, host)| host);
-            format!("{scheme}{host}{path}")
-        }
-        None => base.to_string(),
-    };
-    if had_query {
-        format!("{redacted}?…")
-    } else {
-        redacted
-    }
-}
-
 /// Fetches a JWKS from a public URL (a cloud provider's OIDC endpoint) with no credentials,
 /// trusting the WebPKI roots.
 pub struct PublicUrlFetcher {
@@ -1026,6 +1001,8 @@ impl PublicUrlFetcher {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .max_redirects(3)
+            // An https key set must not be redirected to plain http, where it could be altered.
+            .https_only(url.starts_with("https://"))
             .http_status_as_error(false)
             .build()
             .new_agent();
@@ -1396,19 +1373,6 @@ mod tests {
             s.refresh_interval(Some(Duration::from_secs(u64::MAX))),
             Duration::from_secs(24 * 3600)
         );
-    }
-
-    #[test]
-    fn urls_in_logs_lose_credentials_and_query() {
-        assert_eq!(
-            redact_url("https://user:pw@oidc.example.com/keys?sig=abc#x"),
-            "https://oidc.example.com/keys?…"
-        );
-        assert_eq!(
-            redact_url("https://oidc.example.com/openid/v1/jwks"),
-            "https://oidc.example.com/openid/v1/jwks"
-        );
-        assert_eq!(redact_url("http://u@h:8080"), "http://h:8080");
     }
 
     #[test]

@@ -117,13 +117,13 @@ impl RawObject {
 
 /// Whether `s` is a valid namespace name (an RFC 1123 label). Checked before a name is put into
 /// an API path, so nothing a token says can steer the request elsewhere.
-pub(crate) fn is_valid_namespace(s: &str) -> bool {
+pub fn is_valid_namespace(s: &str) -> bool {
     s.len() <= 63 && is_dns_name(s, false)
 }
 
 /// Whether `s` is a valid ServiceAccount name (an RFC 1123 subdomain: labels joined by dots).
 /// Rejects `.`, `..`, slashes and anything else that could change the meaning of an API path.
-pub(crate) fn is_valid_object_name(s: &str) -> bool {
+pub fn is_valid_object_name(s: &str) -> bool {
     s.len() <= 253 && is_dns_name(s, true)
 }
 
