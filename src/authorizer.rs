@@ -111,6 +111,8 @@ pub struct Allowed {
     pub namespace: String,
     /// Name of its ServiceAccount.
     pub service_account: String,
+    /// The pod the token is bound to, when it is pod-bound (for the log).
+    pub pod: Option<String>,
     /// Unix time at which the client is disconnected.
     pub expires_at: i64,
     /// Its permissions.
@@ -196,6 +198,7 @@ pub fn decide(
     Decision::Allow(Allowed {
         namespace: sa.namespace.clone(),
         service_account: sa.name.clone(),
+        pod: identity.pod_name.clone(),
         expires_at: token_exp.min(cap),
         permissions: permissions.permissions(&sa),
     })

@@ -214,7 +214,7 @@ fn annotations_grant_more_subjects_and_guard_rails_drop_the_rest() {
                 ),
                 (
                     "nats.io/allowed-sub-subjects",
-                    "orders.responses.*, _INBOX_team-a_app.>, $SYS.>",
+                    "orders.responses.*, _INBOX_team-a_app.>, $SYS.>, *.>",
                 ),
             ],
         )
@@ -236,9 +236,13 @@ fn annotations_grant_more_subjects_and_guard_rails_drop_the_rest() {
         "dots become underscores"
     );
     assert!(
+        !fresh().can_subscribe("_INBOX_team-a_other.x"),
+        "a wildcard entry was dropped"
+    );
+    assert!(
         s.service.metric(
             "nats_callout_dropped_annotation_entries_total{direction=\"sub\",cause=\"reserved\"}"
-        ) >= 2.0
+        ) >= 3.0
     );
     assert!(
         s.service.metric(

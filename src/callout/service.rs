@@ -112,10 +112,16 @@ impl CalloutContext {
                 {
                     Ok(reply) => {
                         info!(
-                            "allowed {}/{} (client {} on {}), expires in {}s",
+                            "allowed {}/{}{} (client {} {} on {}), expires in {}s",
                             allowed.namespace,
                             allowed.service_account,
+                            allowed
+                                .pod
+                                .as_deref()
+                                .map(|p| format!(" pod {p}"))
+                                .unwrap_or_default(),
                             req.client.id,
+                            req.client.host,
                             req.server.name,
                             allowed.expires_at - now
                         );

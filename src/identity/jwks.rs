@@ -672,16 +672,6 @@ impl JwksStore {
         self.loaded.load(Ordering::SeqCst)
     }
 
-    /// The settings in use.
-    pub fn settings(&self) -> &JwksSettings {
-        &self.settings
-    }
-
-    /// Where the keys come from, for log lines.
-    pub fn describe_source(&self) -> String {
-        self.source.describe()
-    }
-
     /// Loads the key set from the source now (re-reading a file even if unchanged); returns the
     /// number of keys. A failure is counted and logged, and the last good set stays in use.
     pub fn reload(&self) -> Result<usize, JwksError> {

@@ -262,16 +262,6 @@ impl TokenValidator {
         }
     }
 
-    /// The settings in use.
-    pub fn settings(&self) -> &TokenSettings {
-        &self.settings
-    }
-
-    /// The key store in use.
-    pub fn store(&self) -> &Arc<JwksStore> {
-        &self.store
-    }
-
     /// Checks a token at time `now` (unix seconds) and returns whom it speaks for.
     pub fn validate(&self, token: &str, now: u64) -> Result<Identity, TokenError> {
         // Rule: oversize tokens are refused before any parsing, bounding the work an

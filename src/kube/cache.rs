@@ -102,7 +102,8 @@ impl ServiceAccountCache {
     }
 
     /// The metrics the cache and its sources report to.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    #[cfg(test)]
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

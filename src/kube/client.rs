@@ -685,16 +685,6 @@ impl ApiClient {
         })
     }
 
-    /// Builds an in-cluster client for an explicit host and port (tests, or a custom setup).
-    pub fn in_cluster_at(
-        host: &str,
-        port: &str,
-        paths: &InClusterPaths,
-        settings: &ClientSettings,
-    ) -> Result<ApiClient, ConfigError> {
-        ApiClient::from_endpoint(in_cluster_endpoint(host, port, paths)?, settings)
-    }
-
     fn from_endpoint(
         endpoint: Endpoint,
         settings: &ClientSettings,
