@@ -1495,26 +1495,4 @@ mod tests {
         );
         assert_eq!(claimed_service_account("garbage"), None);
     }
-
-    /// A rough cost of one validation; run by hand with
-    /// `cargo test --release --lib identity::token::tests::bench -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn bench_validate() {
-        let v = validator();
-        for (name, key) in [
-            ("RS256", &keys().0),
-            ("ES256", &keys().1),
-            ("ES384", &keys().2),
-        ] {
-            let token = app().sign(key);
-            let rounds = 2000;
-            let started = std::time::Instant::now();
-            for _ in 0..rounds {
-                v.validate(std::hint::black_box(&token), NOW).unwrap();
-            }
-            let per = started.elapsed() / rounds;
-            println!("{name}: {per:?} per validation");
-        }
-    }
 }
