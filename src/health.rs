@@ -33,6 +33,10 @@ impl Readiness {
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
+    /// Whether the service has what it needs to decide: a key set and a synced cache.
+    pub fn can_decide(&self) -> bool {
+        self.jwks_loaded.load(Ordering::SeqCst) && self.cache_synced.load(Ordering::SeqCst)
+    }
     /// Whether the ServiceAccount cache has synced.
     pub fn cache_synced(&self) -> bool {
         self.cache_synced.load(Ordering::SeqCst)

@@ -10,7 +10,7 @@ use support::client::connect_token;
 use support::kube::{KubeEmulator, DEFAULT_ISSUER};
 use support::nats::{free_port, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
 use support::service::ServiceBuilder;
-use support::tokens::{jwks, SigningKey};
+use support::tokens::{jwks, SigningKey, TokenBuilder};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-k8s-oidc-callout");
 
@@ -39,9 +39,11 @@ fn a_bad_configuration_stops_start_up_naming_every_problem() {
 }
 
 #[test]
-fn not_ready_until_the_cache_has_synced_then_ready() {
+fn not_ready_and_not_in_the_queue_group_until_keys_and_cache_are_loaded() {
     let key = SigningKey::rs256();
     let api = KubeEmulator::builder().jwks(jwks(&[&key])).build();
+    let uid = api.create_service_account("team-a", "app", &[]);
+    let token = TokenBuilder::for_sa("team-a", "app", &uid).sign(&key);
     api.set_down(true);
     let keys = CalloutKeys::new(false);
     let nats = NatsServer::start(&keys);
@@ -59,8 +61,17 @@ fn not_ready_until_the_cache_has_synced_then_ready() {
         "{body}"
     );
     assert_eq!(service.get("/health").unwrap().0, 200);
+    // Not subscribed yet: the request is left to another replica (here none, so the server's
+    // auth timeout refuses it) instead of being denied by one that cannot decide.
+    assert!(connect_token(&nats.url(), &token).is_err());
+    let (_, metrics) = service.get("/metrics").unwrap();
+    assert!(
+        !metrics.contains("decisions_total{"),
+        "no decision was made:\n{metrics}"
+    );
     api.set_down(false);
     service.wait_ready(Duration::from_secs(40));
+    assert!(connect_token(&nats.url(), &token).is_ok());
 }
 
 #[test]

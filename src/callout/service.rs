@@ -233,6 +233,24 @@ pub fn run(
         }
     };
     readiness.set_nats_connected(true);
+    // Join the queue group only once requests can be decided: a replica still loading keys or
+    // listing accounts would otherwise take its share of requests and deny them, while a ready
+    // replica could have answered.
+    let mut waiting_logged = false;
+    while !readiness.can_decide() {
+        if !waiting_logged {
+            info!("waiting for the key set and the ServiceAccount cache before taking requests");
+            waiting_logged = true;
+        }
+        match stop.recv_timeout(Duration::from_millis(100)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => {
+                closing.store(true, Ordering::SeqCst);
+                nc.close();
+                return Ok(());
+            }
+        }
+    }
     let sub = nc
         .queue_subscribe(AUTH_REQUEST_SUBJECT, QUEUE_GROUP)
         .map_err(|e| format!("cannot subscribe to {AUTH_REQUEST_SUBJECT}: {e}"))?;

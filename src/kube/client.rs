@@ -903,6 +903,10 @@ impl ApiClient {
             if response.status() == StatusCode::UNAUTHORIZED && !retried {
                 if let Credential::File(file) = &self.credential {
                     // The kubelet may have rotated the token since the last read.
+                    info!(
+                        "kubernetes api answered 401; re-reading the token file {} and retrying once",
+                        file.path.display()
+                    );
                     file.reload_now();
                     retried = true;
                     continue;
