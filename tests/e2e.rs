@@ -8,124 +8,13 @@ use std::time::Duration;
 use support::client::{
     connect_anonymous, connect_token, connect_user_pass, is_authorization_violation,
 };
-use support::kube::{KubeEmulator, DEFAULT_ISSUER};
-use support::nats::{CalloutKeys, NatsServer, CLIENT_ACCOUNT};
-use support::service::{Service, ServiceBuilder};
+use support::kube::DEFAULT_ISSUER;
+use support::nats::CLIENT_ACCOUNT;
+use support::service::ServiceBuilder;
+use support::stack::{Stack, StackBuilder};
 use support::tokens::{jwks, tamper_payload, SigningKey, TokenBuilder};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// One cluster, one nats-server and one service.
-struct Stack {
-    api: KubeEmulator,
-    nats: NatsServer,
-    keys: CalloutKeys,
-    key: SigningKey,
-    service: Service,
-}
-
-/// namespace, name and annotations of a ServiceAccount present from the start.
-type AccountSpec = (String, String, Vec<(String, String)>);
-
-struct StackBuilder {
-    xkey: bool,
-    key: SigningKey,
-    env: Vec<(String, String)>,
-    accounts: Vec<AccountSpec>,
-}
-
-impl StackBuilder {
-    fn new() -> StackBuilder {
-        StackBuilder {
-            xkey: false,
-            key: SigningKey::rs256(),
-            env: Vec::new(),
-            accounts: vec![("team-a".into(), "app".into(), Vec::new())],
-        }
-    }
-    fn xkey(mut self) -> Self {
-        self.xkey = true;
-        self
-    }
-    fn key(mut self, key: SigningKey) -> Self {
-        self.key = key;
-        self
-    }
-    fn env(mut self, k: &str, v: &str) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-    fn account(mut self, ns: &str, name: &str, annotations: &[(&str, &str)]) -> Self {
-        self.accounts.push((
-            ns.into(),
-            name.into(),
-            annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ));
-        self
-    }
-    fn start(self) -> Stack {
-        let api = KubeEmulator::builder().jwks(jwks(&[&self.key])).build();
-        for (ns, name, ann) in &self.accounts {
-            let ann: Vec<(&str, &str)> =
-                ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            api.create_service_account(ns, name, &ann);
-        }
-        let keys = CalloutKeys::new(self.xkey);
-        let nats = NatsServer::start(&keys);
-        let mut b = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
-            .kube_api(&api.url(), &api.token())
-            .env("JWT_ISSUER", DEFAULT_ISSUER);
-        for (k, v) in &self.env {
-            b = b.env(k, v);
-        }
-        let service = b.start();
-        Stack {
-            api,
-            nats,
-            keys,
-            key: self.key,
-            service,
-        }
-    }
-}
-
-impl Stack {
-    fn start() -> Stack {
-        StackBuilder::new().start()
-    }
-
-    /// A valid token for `ns/name` as the cluster would mint it.
-    fn token(&self, ns: &str, name: &str) -> String {
-        let uid = self
-            .api
-            .uid_of(ns, name)
-            .unwrap_or_else(|| "no-such-uid".into());
-        TokenBuilder::for_sa(ns, name, &uid).sign(&self.key)
-    }
-
-    fn url(&self) -> String {
-        self.nats.url()
-    }
-
-    /// Asserts that `token` is refused with `Authorization Violation` and counted under `reason`.
-    fn assert_denied(&self, token: &str, reason: &str) {
-        let before = self.service.decisions("deny", reason);
-        match connect_token(&self.url(), token) {
-            Ok(_) => panic!("a client with a bad token ({reason}) was let in"),
-            Err(e) => assert!(
-                is_authorization_violation(&e),
-                "unexpected error for {reason}: {e}"
-            ),
-        }
-        self.service
-            .wait_for(&format!("deny/{reason} counted"), WAIT, || {
-                self.service.decisions("deny", reason) > before
-            });
-    }
-}
 
 #[test]
 fn a_pod_token_grants_its_namespace_and_nothing_else() {

@@ -6,196 +6,16 @@
 
 mod support;
 
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::client::connect_token;
-use support::kube::{KubeEmulator, RecordedRequest, RequestKind, DEFAULT_ISSUER};
-use support::nats::{free_port, server_config, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
-use support::service::{Service, ServiceBuilder};
-use support::tokens::{jwks, random_uuid, SigningKey, TokenBuilder};
+use support::kube::{RecordedRequest, RequestKind};
+use support::nats::{free_port, NatsServer};
+use support::stack::{Stack, StackBuilder};
 
 /// Generous bound for anything that should take a second or two on a quiet machine.
 const WAIT: Duration = Duration::from_secs(20);
 /// The service's list page size (`limit`), as documented in src/kube/watch.rs.
 const PAGE_SIZE: usize = 500;
-
-/// One cluster, one nats-server and one service.
-struct Stack {
-    api: KubeEmulator,
-    nats: NatsServer,
-    key: SigningKey,
-    service: Service,
-    /// The service's API token file, when the kubeconfig points at one.
-    token_file: Option<PathBuf>,
-    /// The hub's leafnode listener, when it has one.
-    leafnode_port: Option<u16>,
-}
-
-struct StackBuilder {
-    env: Vec<(String, String)>,
-    accounts: Vec<(String, String)>,
-    bulk: usize,
-    token_file: bool,
-    leafnodes: bool,
-}
-
-impl StackBuilder {
-    fn new() -> StackBuilder {
-        StackBuilder {
-            env: Vec::new(),
-            accounts: vec![("team-a".into(), "app".into())],
-            bulk: 0,
-            token_file: false,
-            leafnodes: false,
-        }
-    }
-
-    fn env(mut self, k: &str, v: &str) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-
-    fn account(mut self, ns: &str, name: &str) -> Self {
-        self.accounts.push((ns.into(), name.into()));
-        self
-    }
-
-    /// `n` more accounts `bulk/sa-0000` … created before the service starts.
-    fn bulk(mut self, n: usize) -> Self {
-        self.bulk = n;
-        self
-    }
-
-    /// The kubeconfig's user reads its token from a file (`tokenFile`) instead of inline.
-    fn token_file(mut self) -> Self {
-        self.token_file = true;
-        self
-    }
-
-    /// The nats-server also listens for leafnode connections.
-    fn leafnodes(mut self) -> Self {
-        self.leafnodes = true;
-        self
-    }
-
-    fn start(self) -> Stack {
-        let key = SigningKey::rs256();
-        let api = KubeEmulator::builder().jwks(jwks(&[&key])).build();
-        for (ns, name) in &self.accounts {
-            api.create_service_account(ns, name, &[]);
-        }
-        for i in 0..self.bulk {
-            api.create_service_account("bulk", &format!("sa-{i:04}"), &[]);
-        }
-        let keys = CalloutKeys::new(false);
-        let (nats, leafnode_port) = if self.leafnodes {
-            let port = free_port();
-            let leaf_port = free_port();
-            let config = format!(
-                "{}leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\n",
-                server_config(port, &keys, 2)
-            );
-            (NatsServer::start_with_config(port, config), Some(leaf_port))
-        } else {
-            (NatsServer::start(&keys), None)
-        };
-        let mut b = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
-            .env("JWT_ISSUER", DEFAULT_ISSUER);
-        let token_file = if self.token_file {
-            let token_path = b.dir().join("api-token");
-            let kubeconfig = b.dir().join("kubeconfig-token-file");
-            write_atomically(&token_path, &api.token());
-            fs::write(
-                &kubeconfig,
-                format!(
-                    "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    tokenFile: {}\n",
-                    api.url(),
-                    token_path.display()
-                ),
-            )
-            .expect("write kubeconfig");
-            b = b
-                .env("K8S_IN_CLUSTER", "false")
-                .env("KUBECONFIG", kubeconfig.to_str().expect("utf8 path"));
-            Some(token_path)
-        } else {
-            b = b.kube_api(&api.url(), &api.token());
-            None
-        };
-        for (k, v) in &self.env {
-            b = b.env(k, v);
-        }
-        let service = b.start();
-        Stack {
-            api,
-            nats,
-            key,
-            service,
-            token_file,
-            leafnode_port,
-        }
-    }
-}
-
-impl Stack {
-    /// A valid token for `ns/name` as the cluster would mint it.
-    fn token(&self, ns: &str, name: &str) -> String {
-        let uid = self
-            .api
-            .uid_of(ns, name)
-            .unwrap_or_else(|| "no-such-uid".into());
-        TokenBuilder::for_sa(ns, name, &uid).sign(&self.key)
-    }
-
-    fn url(&self) -> String {
-        self.nats.url()
-    }
-
-    /// The number of ServiceAccounts the service's cache holds.
-    fn cached(&self) -> f64 {
-        self.service.metric("nats_callout_serviceaccounts")
-    }
-
-    /// Waits until the cache holds at least `n` ServiceAccounts.
-    fn wait_cached(&self, what: &str, n: usize, timeout: Duration) {
-        self.service
-            .wait_for(what, timeout, || self.cached() >= n as f64);
-    }
-
-    /// Asserts that a client with `ns/name`'s token connects and can use its namespace.
-    fn assert_connects(&self, ns: &str, name: &str) {
-        let c = connect_token(&self.url(), &self.token(ns, name)).unwrap_or_else(|e| {
-            panic!(
-                "{ns}/{name} should connect: {e}\nservice log:\n{}",
-                self.service.log()
-            )
-        });
-        assert!(
-            c.round_trip(&format!("{ns}.check")),
-            "{ns}/{name} round trip"
-        );
-    }
-
-    /// Rotates the service's own API credential: the kubelet writes a new token to the file and
-    /// the API server accepts only the new one from then on.
-    fn rotate_api_token(&self) -> String {
-        let path = self.token_file.as_ref().expect("a token-file stack");
-        let token = format!("rotated-{}", random_uuid());
-        write_atomically(path, &token);
-        self.api.set_token(&token);
-        token
-    }
-}
-
-/// Writes `text` to a temporary file beside `path` and renames it over `path`, as the kubelet's
-/// atomic writer does, so a reader never sees a half-written token.
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, format!("{text}\n")).expect("write token");
-    fs::rename(&tmp, path).expect("rename token");
-}
 
 /// A request as the test saw it appear in the emulator's log, stamped when it was first seen.
 type Seen = (Instant, RecordedRequest);
@@ -550,8 +370,8 @@ fn a_watch_that_goes_silent_is_abandoned_and_events_arrive_afterwards() {
 #[test]
 fn list_and_watch_requests_carry_the_fields_the_api_expects() {
     let s = StackBuilder::new()
-        .account("team-b", "one")
-        .account("team-b", "two")
+        .account("team-b", "one", &[])
+        .account("team-b", "two", &[])
         .env("WATCH_TIMEOUT_SECONDS", "12")
         .start();
     // No write happens between here and the list: the list's collection resourceVersion.

@@ -432,17 +432,7 @@ impl<F: ServiceAccountFetcher> ServiceAccountDirectory for ApiDirectory<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::sync::atomic::AtomicUsize;
-
-    fn sa(ns: &str, name: &str, uid: &str) -> ServiceAccount {
-        ServiceAccount {
-            namespace: ns.into(),
-            name: name.into(),
-            uid: uid.into(),
-            annotations: BTreeMap::new(),
-        }
-    }
 
     fn cache() -> Arc<ServiceAccountCache> {
         Arc::new(ServiceAccountCache::new(Arc::new(Metrics::new())))
@@ -511,14 +501,14 @@ mod tests {
         let c = cache();
         assert!(!c.is_synced());
         c.replace_all(vec![
-            sa("a", "x", "1"),
-            sa("a", "y", "2"),
-            sa("b", "x", "3"),
+            ServiceAccount::for_test("a", "x", "1"),
+            ServiceAccount::for_test("a", "y", "2"),
+            ServiceAccount::for_test("b", "x", "3"),
         ]);
         assert!(c.is_synced());
         assert_eq!(c.len(), 3);
         assert_eq!(c.metrics().cache_size.get(), 3);
-        c.replace_all(vec![sa("a", "y", "2b")]);
+        c.replace_all(vec![ServiceAccount::for_test("a", "y", "2b")]);
         assert_eq!(c.len(), 1);
         assert_eq!(
             c.get("a", "x"),
@@ -532,12 +522,12 @@ mod tests {
     #[test]
     fn apply_upserts_and_deletes() {
         let c = cache();
-        c.apply(Change::Upsert(sa("a", "x", "1")));
-        c.apply(Change::Upsert(sa("a", "x", "1")));
+        c.apply(Change::Upsert(ServiceAccount::for_test("a", "x", "1")));
+        c.apply(Change::Upsert(ServiceAccount::for_test("a", "x", "1")));
         assert_eq!(c.len(), 1);
-        c.apply(Change::Upsert(sa("a", "x.y", "2")));
+        c.apply(Change::Upsert(ServiceAccount::for_test("a", "x.y", "2")));
         assert_eq!(c.metrics().cache_size.get(), 2);
-        c.apply(Change::Delete(sa("a", "x", "1")));
+        c.apply(Change::Delete(ServiceAccount::for_test("a", "x", "1")));
         assert_eq!(c.get("a", "x"), None);
         assert_eq!(c.len(), 1);
         assert_eq!(c.metrics().cache_size.get(), 1);
@@ -546,20 +536,20 @@ mod tests {
     #[test]
     fn delete_of_an_older_uid_keeps_the_newer_object() {
         let c = cache();
-        c.apply(Change::Upsert(sa("a", "x", "new")));
-        c.apply(Change::Delete(sa("a", "x", "old")));
+        c.apply(Change::Upsert(ServiceAccount::for_test("a", "x", "new")));
+        c.apply(Change::Delete(ServiceAccount::for_test("a", "x", "old")));
         assert_eq!(c.get("a", "x").unwrap().uid, "new");
     }
 
     #[test]
     fn cache_hit_needs_no_get() {
         let c = cache();
-        c.replace_all(vec![sa("a", "x", "1")]);
+        c.replace_all(vec![ServiceAccount::for_test("a", "x", "1")]);
         let f = FakeFetcher::new(vec![]);
         let d = ApiDirectory::new(c.clone(), f.clone(), settings(), c.metrics().clone());
         assert_eq!(
             d.lookup("a", "x"),
-            Lookup::Found(Arc::new(sa("a", "x", "1")))
+            Lookup::Found(Arc::new(ServiceAccount::for_test("a", "x", "1")))
         );
         assert_eq!(f.calls(), 0);
     }
@@ -568,7 +558,7 @@ mod tests {
     fn miss_is_fetched_once_and_stored() {
         let c = cache();
         c.replace_all(vec![]);
-        let f = FakeFetcher::new(vec![sa("a", "new", "9")]);
+        let f = FakeFetcher::new(vec![ServiceAccount::for_test("a", "new", "9")]);
         let d = ApiDirectory::new(c.clone(), f.clone(), settings(), c.metrics().clone());
         assert!(matches!(d.lookup("a", "new"), Lookup::Found(s) if s.uid == "9"));
         assert!(matches!(d.lookup("a", "new"), Lookup::Found(_)));
@@ -628,7 +618,7 @@ mod tests {
         let c = cache();
         let d = FileDirectory::new(c.clone());
         assert_eq!(d.lookup("n", "a"), Lookup::Unavailable);
-        c.replace_all(vec![sa("n", "a", "u")]);
+        c.replace_all(vec![ServiceAccount::for_test("n", "a", "u")]);
         assert!(matches!(d.lookup("n", "a"), Lookup::Found(_)));
         assert_eq!(d.lookup("n", "b"), Lookup::NotFound);
     }
@@ -647,7 +637,7 @@ mod tests {
     #[test]
     fn api_failure_is_unavailable_and_not_negatively_cached() {
         let c = cache();
-        let f = FakeFetcher::new(vec![sa("a", "x", "1")]);
+        let f = FakeFetcher::new(vec![ServiceAccount::for_test("a", "x", "1")]);
         f.fail.store(true, Ordering::SeqCst);
         let d = ApiDirectory::new(c.clone(), f.clone(), settings(), c.metrics().clone());
         assert_eq!(d.lookup("a", "x"), Lookup::Unavailable);
@@ -658,10 +648,14 @@ mod tests {
     #[test]
     fn get_result_does_not_override_a_watch_write() {
         let c = cache();
-        let f = FakeFetcher::new(vec![sa("a", "x", "from-get")]);
+        let f = FakeFetcher::new(vec![ServiceAccount::for_test("a", "x", "from-get")]);
         let c2 = c.clone();
         *f.during.lock() = Some(Box::new(move || {
-            c2.apply(Change::Upsert(sa("a", "x", "from-watch")))
+            c2.apply(Change::Upsert(ServiceAccount::for_test(
+                "a",
+                "x",
+                "from-watch",
+            )))
         }));
         let d = ApiDirectory::new(c.clone(), f.clone(), settings(), c.metrics().clone());
         assert!(matches!(d.lookup("a", "x"), Lookup::Found(s) if s.uid == "from-watch"));
@@ -671,11 +665,11 @@ mod tests {
     #[test]
     fn get_result_does_not_resurrect_an_account_deleted_meanwhile() {
         let c = cache();
-        let f = FakeFetcher::new(vec![sa("a", "x", "1")]);
+        let f = FakeFetcher::new(vec![ServiceAccount::for_test("a", "x", "1")]);
         let c2 = c.clone();
         *f.during.lock() = Some(Box::new(move || {
-            c2.apply(Change::Upsert(sa("a", "x", "1")));
-            c2.apply(Change::Delete(sa("a", "x", "1")));
+            c2.apply(Change::Upsert(ServiceAccount::for_test("a", "x", "1")));
+            c2.apply(Change::Delete(ServiceAccount::for_test("a", "x", "1")));
         }));
         let d = ApiDirectory::new(c.clone(), f.clone(), settings(), c.metrics().clone());
         assert_eq!(d.lookup("a", "x"), Lookup::NotFound);
@@ -685,9 +679,11 @@ mod tests {
     #[test]
     fn get_result_does_not_survive_a_newer_list_without_it() {
         let c = cache();
-        let f = FakeFetcher::new(vec![sa("a", "x", "1")]);
+        let f = FakeFetcher::new(vec![ServiceAccount::for_test("a", "x", "1")]);
         let c2 = c.clone();
-        *f.during.lock() = Some(Box::new(move || c2.replace_all(vec![sa("a", "y", "2")])));
+        *f.during.lock() = Some(Box::new(move || {
+            c2.replace_all(vec![ServiceAccount::for_test("a", "y", "2")])
+        }));
         let d = ApiDirectory::new(c.clone(), f.clone(), settings(), c.metrics().clone());
         assert_eq!(d.lookup("a", "x"), Lookup::NotFound);
         assert_eq!(c.get("a", "x"), None);

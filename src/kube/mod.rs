@@ -40,6 +40,19 @@ pub struct ServiceAccount {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl ServiceAccount {
+    /// A ServiceAccount `namespace/name` with this `uid` and no annotations, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(namespace: &str, name: &str, uid: &str) -> ServiceAccount {
+        ServiceAccount {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
 /// The `metadata` of an object as the API (or a manifest file) writes it; other fields are ignored.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ObjectMeta {

@@ -694,16 +694,7 @@ impl EventStream for ChannelStream {
 mod tests {
     use super::*;
     use parking_lot::Mutex;
-    use std::collections::{BTreeMap, VecDeque};
-
-    fn sa(ns: &str, name: &str, uid: &str) -> ServiceAccount {
-        ServiceAccount {
-            namespace: ns.into(),
-            name: name.into(),
-            uid: uid.into(),
-            annotations: BTreeMap::new(),
-        }
-    }
+    use std::collections::VecDeque;
 
     fn page(
         items: Vec<ServiceAccount>,
@@ -874,9 +865,21 @@ mod tests {
     #[test]
     fn list_pages_are_buffered_and_delivered_whole() {
         let mut api = FakeApi::new()
-            .list(page(vec![sa("a", "1", "u1")], "100", Some("c1")))
-            .list(page(vec![sa("a", "2", "u2")], "100", Some("c2")))
-            .list(page(vec![sa("b", "3", "u3")], "100", None));
+            .list(page(
+                vec![ServiceAccount::for_test("a", "1", "u1")],
+                "100",
+                Some("c1"),
+            ))
+            .list(page(
+                vec![ServiceAccount::for_test("a", "2", "u2")],
+                "100",
+                Some("c2"),
+            ))
+            .list(page(
+                vec![ServiceAccount::for_test("b", "3", "u3")],
+                "100",
+                None,
+            ));
         let (s, out) = step(State::Empty, &mut api, SHORT);
         assert!(out.is_none(), "no output before the last page");
         let (s, out) = step(s, &mut api, SHORT);
@@ -902,9 +905,17 @@ mod tests {
     #[test]
     fn expired_continue_token_restarts_the_list() {
         let mut api = FakeApi::new()
-            .list(page(vec![sa("a", "1", "u1")], "100", Some("c1")))
+            .list(page(
+                vec![ServiceAccount::for_test("a", "1", "u1")],
+                "100",
+                Some("c1"),
+            ))
             .list(Err(status(410, None)))
-            .list(page(vec![sa("a", "2", "u2")], "200", None));
+            .list(page(
+                vec![ServiceAccount::for_test("a", "2", "u2")],
+                "200",
+                None,
+            ));
         let (s, _) = step(State::Empty, &mut api, SHORT);
         let (s, out) = step(s, &mut api, SHORT);
         assert!(matches!(out, Some(Output::Failed(Failure::ListExpired))));
@@ -912,7 +923,11 @@ mod tests {
         let (_, out) = step(s, &mut api, SHORT);
         match out {
             Some(Output::Listed { objects, .. }) => {
-                assert_eq!(objects, vec![sa("a", "2", "u2")], "stale pages dropped")
+                assert_eq!(
+                    objects,
+                    vec![ServiceAccount::for_test("a", "2", "u2")],
+                    "stale pages dropped"
+                )
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -922,7 +937,11 @@ mod tests {
     #[test]
     fn failed_page_is_retried_with_the_same_token() {
         let mut api = FakeApi::new()
-            .list(page(vec![sa("a", "1", "u1")], "100", Some("c1")))
+            .list(page(
+                vec![ServiceAccount::for_test("a", "1", "u1")],
+                "100",
+                Some("c1"),
+            ))
             .list(Err(status(500, None)))
             .list(page(vec![], "100", None));
         let (s, _) = step(State::Empty, &mut api, SHORT);
@@ -939,7 +958,7 @@ mod tests {
             .list(page(vec![], "100", None))
             .watch_ok(vec![
                 bookmark("150"),
-                upsert(sa("a", "x", "u"), "160"),
+                upsert(ServiceAccount::for_test("a", "x", "u"), "160"),
                 bookmark("170"),
             ]);
         let (s, _) = next_output(State::Empty, &mut api);
@@ -958,7 +977,7 @@ mod tests {
             .list(page(vec![], "100", None))
             .watch_ok(vec![
                 HEALTHY,
-                upsert(sa("a", "x", "u"), "120"),
+                upsert(ServiceAccount::for_test("a", "x", "u"), "120"),
                 Script::Item(StreamItem::Closed),
             ])
             .watch_ok(vec![
@@ -984,9 +1003,17 @@ mod tests {
     #[test]
     fn in_stream_410_relists() {
         let mut api = FakeApi::new()
-            .list(page(vec![sa("a", "old", "u0")], "100", None))
+            .list(page(
+                vec![ServiceAccount::for_test("a", "old", "u0")],
+                "100",
+                None,
+            ))
             .watch_ok(vec![HEALTHY, bookmark("140"), stream_error(410)])
-            .list(page(vec![sa("a", "new", "u1")], "500", None));
+            .list(page(
+                vec![ServiceAccount::for_test("a", "new", "u1")],
+                "500",
+                None,
+            ));
         let (s, _) = next_output(State::Empty, &mut api);
         let (s, out) = next_output(s, &mut api);
         assert!(
@@ -1133,19 +1160,30 @@ mod tests {
         let readiness = Readiness::default();
         let api = FakeApi::new()
             .list(page(
-                vec![sa("a", "keep", "u1"), sa("a", "drop", "u2")],
+                vec![
+                    ServiceAccount::for_test("a", "keep", "u1"),
+                    ServiceAccount::for_test("a", "drop", "u2"),
+                ],
                 "100",
                 None,
             ))
             .watch_ok(vec![
                 HEALTHY,
-                upsert(sa("a", "added", "u3"), "101"),
-                delete(sa("a", "keep", "u1"), "102"),
+                upsert(ServiceAccount::for_test("a", "added", "u3"), "101"),
+                delete(ServiceAccount::for_test("a", "keep", "u1"), "102"),
                 Script::Item(StreamItem::Closed),
             ])
             .watch_ok(vec![HEALTHY, bookmark("103"), stream_error(410)])
-            .list(page(vec![sa("b", "fresh", "u4")], "200", Some("c")))
-            .list(page(vec![sa("a", "added", "u3")], "200", None));
+            .list(page(
+                vec![ServiceAccount::for_test("b", "fresh", "u4")],
+                "200",
+                Some("c"),
+            ))
+            .list(page(
+                vec![ServiceAccount::for_test("a", "added", "u3")],
+                "200",
+                None,
+            ));
         let api = drive(api, &cache, &readiness);
         let m = cache.metrics();
         assert!(readiness.cache_synced());
@@ -1165,14 +1203,22 @@ mod tests {
         let cache = ServiceAccountCache::new(Arc::new(Metrics::new()));
         let readiness = Readiness::default();
         let api = FakeApi::new()
-            .list(page(vec![sa("a", "1", "u")], "100", Some("c")))
+            .list(page(
+                vec![ServiceAccount::for_test("a", "1", "u")],
+                "100",
+                Some("c"),
+            ))
             .list(Err(status(503, None)));
         drive(api, &cache, &readiness);
         assert!(!readiness.cache_synced(), "half a list is not a sync");
         assert!(cache.is_empty());
 
         let api = FakeApi::new()
-            .list(page(vec![sa("a", "1", "u")], "100", None))
+            .list(page(
+                vec![ServiceAccount::for_test("a", "1", "u")],
+                "100",
+                None,
+            ))
             .watch_err(status(410, None))
             .list(Err(status(503, None)));
         drive(api, &cache, &readiness);
@@ -1275,7 +1321,7 @@ mod tests {
         )
         .unwrap();
         let p = list.into_page();
-        assert_eq!(p.items, vec![sa("n", "a", "u")]);
+        assert_eq!(p.items, vec![ServiceAccount::for_test("n", "a", "u")]);
         assert_eq!(p.resource_version, "10245");
         assert_eq!(p.continue_token.as_deref(), Some("tok"));
         let empty: RawList =

@@ -5,4 +5,5 @@ pub mod client;
 pub mod kube;
 pub mod nats;
 pub mod service;
+pub mod stack;
 pub mod tokens;

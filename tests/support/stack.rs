@@ -1,0 +1,248 @@
+//! One cluster, one nats-server and one service: the Kubernetes API emulator with some
+//! ServiceAccounts, a real nats-server in config mode with auth callout, the service binary
+//! pointed at both, and tokens minted as the cluster would mint them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::client::{connect_token, is_authorization_violation};
+use super::kube::{KubeEmulator, DEFAULT_ISSUER};
+use super::nats::{free_port, server_config, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
+use super::service::{Service, ServiceBuilder};
+use super::tokens::{jwks, random_uuid, SigningKey, TokenBuilder};
+
+/// How long [`Stack::assert_denied`] waits for the denial to be counted.
+const DENIAL_COUNTED: Duration = Duration::from_secs(10);
+
+/// One cluster, one nats-server and one service.
+pub struct Stack {
+    pub api: KubeEmulator,
+    pub nats: NatsServer,
+    pub keys: CalloutKeys,
+    /// The key the cluster signs service-account tokens with.
+    pub key: SigningKey,
+    pub service: Service,
+    /// The service's API token file, when the kubeconfig points at one.
+    pub token_file: Option<PathBuf>,
+    /// The hub's leafnode listener, when it has one.
+    pub leafnode_port: Option<u16>,
+}
+
+/// namespace, name and annotations of a ServiceAccount present from the start.
+type AccountSpec = (String, String, Vec<(String, String)>);
+
+/// Builder of a [`Stack`]: by default RS256 tokens, no xkey, and one account `team-a/app`.
+pub struct StackBuilder {
+    xkey: bool,
+    key: SigningKey,
+    env: Vec<(String, String)>,
+    accounts: Vec<AccountSpec>,
+    bulk: usize,
+    token_file: bool,
+    leafnodes: bool,
+}
+
+impl StackBuilder {
+    pub fn new() -> StackBuilder {
+        StackBuilder {
+            xkey: false,
+            key: SigningKey::rs256(),
+            env: Vec::new(),
+            accounts: vec![("team-a".into(), "app".into(), Vec::new())],
+            bulk: 0,
+            token_file: false,
+            leafnodes: false,
+        }
+    }
+
+    /// Authorization requests are sealed with an xkey.
+    pub fn xkey(mut self) -> Self {
+        self.xkey = true;
+        self
+    }
+
+    /// The cluster signs tokens with `key` instead of a fresh RS256 key.
+    pub fn key(mut self, key: SigningKey) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Sets one environment variable of the service.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// One more account `ns/name` with these annotations, created before the service starts.
+    pub fn account(mut self, ns: &str, name: &str, annotations: &[(&str, &str)]) -> Self {
+        self.accounts.push((
+            ns.into(),
+            name.into(),
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ));
+        self
+    }
+
+    /// `n` more accounts `bulk/sa-0000` … created before the service starts.
+    pub fn bulk(mut self, n: usize) -> Self {
+        self.bulk = n;
+        self
+    }
+
+    /// The kubeconfig's user reads its token from a file (`tokenFile`) instead of inline.
+    pub fn token_file(mut self) -> Self {
+        self.token_file = true;
+        self
+    }
+
+    /// The nats-server also listens for leafnode connections.
+    pub fn leafnodes(mut self) -> Self {
+        self.leafnodes = true;
+        self
+    }
+
+    /// Starts the API emulator, the nats-server and the service, and waits until it is ready.
+    pub fn start(self) -> Stack {
+        let api = KubeEmulator::builder().jwks(jwks(&[&self.key])).build();
+        for (ns, name, ann) in &self.accounts {
+            let ann: Vec<(&str, &str)> =
+                ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            api.create_service_account(ns, name, &ann);
+        }
+        for i in 0..self.bulk {
+            api.create_service_account("bulk", &format!("sa-{i:04}"), &[]);
+        }
+        let keys = CalloutKeys::new(self.xkey);
+        let (nats, leafnode_port) = if self.leafnodes {
+            let port = free_port();
+            let leaf_port = free_port();
+            let config = format!(
+                "{}leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\n",
+                server_config(port, &keys, 2)
+            );
+            (NatsServer::start_with_config(port, config), Some(leaf_port))
+        } else {
+            (NatsServer::start(&keys), None)
+        };
+        let mut b = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
+            .env("JWT_ISSUER", DEFAULT_ISSUER);
+        let token_file = if self.token_file {
+            let token_path = b.dir().join("api-token");
+            let kubeconfig = b.dir().join("kubeconfig-token-file");
+            write_atomically(&token_path, &api.token());
+            fs::write(
+                &kubeconfig,
+                format!(
+                    "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    tokenFile: {}\n",
+                    api.url(),
+                    token_path.display()
+                ),
+            )
+            .expect("write kubeconfig");
+            b = b
+                .env("K8S_IN_CLUSTER", "false")
+                .env("KUBECONFIG", kubeconfig.to_str().expect("utf8 path"));
+            Some(token_path)
+        } else {
+            b = b.kube_api(&api.url(), &api.token());
+            None
+        };
+        for (k, v) in &self.env {
+            b = b.env(k, v);
+        }
+        let service = b.start();
+        Stack {
+            api,
+            nats,
+            keys,
+            key: self.key,
+            service,
+            token_file,
+            leafnode_port,
+        }
+    }
+}
+
+impl Stack {
+    /// A stack with the defaults of [`StackBuilder::new`].
+    pub fn start() -> Stack {
+        StackBuilder::new().start()
+    }
+
+    /// A valid token for `ns/name` as the cluster would mint it.
+    pub fn token(&self, ns: &str, name: &str) -> String {
+        let uid = self
+            .api
+            .uid_of(ns, name)
+            .unwrap_or_else(|| "no-such-uid".into());
+        TokenBuilder::for_sa(ns, name, &uid).sign(&self.key)
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        self.nats.url()
+    }
+
+    /// Asserts that `token` is refused with `Authorization Violation` and counted under `reason`.
+    pub fn assert_denied(&self, token: &str, reason: &str) {
+        let before = self.service.decisions("deny", reason);
+        match connect_token(&self.url(), token) {
+            Ok(_) => panic!("a client with a bad token ({reason}) was let in"),
+            Err(e) => assert!(
+                is_authorization_violation(&e),
+                "unexpected error for {reason}: {e}"
+            ),
+        }
+        self.service
+            .wait_for(&format!("deny/{reason} counted"), DENIAL_COUNTED, || {
+                self.service.decisions("deny", reason) > before
+            });
+    }
+
+    /// The number of ServiceAccounts the service's cache holds.
+    pub fn cached(&self) -> f64 {
+        self.service.metric("nats_callout_serviceaccounts")
+    }
+
+    /// Waits until the cache holds at least `n` ServiceAccounts.
+    pub fn wait_cached(&self, what: &str, n: usize, timeout: Duration) {
+        self.service
+            .wait_for(what, timeout, || self.cached() >= n as f64);
+    }
+
+    /// Asserts that a client with `ns/name`'s token connects and can use its namespace.
+    pub fn assert_connects(&self, ns: &str, name: &str) {
+        let c = connect_token(&self.url(), &self.token(ns, name)).unwrap_or_else(|e| {
+            panic!(
+                "{ns}/{name} should connect: {e}\nservice log:\n{}",
+                self.service.log()
+            )
+        });
+        assert!(
+            c.round_trip(&format!("{ns}.check")),
+            "{ns}/{name} round trip"
+        );
+    }
+
+    /// Rotates the service's own API credential: the kubelet writes a new token to the file and
+    /// the API server accepts only the new one from then on.
+    pub fn rotate_api_token(&self) -> String {
+        let path = self.token_file.as_ref().expect("a token-file stack");
+        let token = format!("rotated-{}", random_uuid());
+        write_atomically(path, &token);
+        self.api.set_token(&token);
+        token
+    }
+}
+
+/// Writes `text` to a temporary file beside `path` and renames it over `path`, as the kubelet's
+/// atomic writer does, so a reader never sees a half-written token.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{text}\n")).expect("write token");
+    fs::rename(&tmp, path).expect("rename token");
+}
