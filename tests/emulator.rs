@@ -1,6 +1,7 @@
 //! Tests of the test support itself: the Kubernetes API emulator behaves like a real API server
 //! (kubernetes-facts.md §4, §7) and tokens minted by `support::tokens` verify against the key set
 //! it serves. The client is `ureq`, as in the service; `kubectl` is used too when installed.
+//! The same behaviours hold over TLS (`KubeEmulatorBuilder::tls`), checked at the end.
 
 mod support;
 
@@ -10,16 +11,65 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use support::kube::{KubeEmulator, KubeEmulatorBuilder, RequestKind, INITIAL_EVENTS_END};
+use support::kube::{
+    KubeEmulator, KubeEmulatorBuilder, RequestKind, TlsOptions, INITIAL_EVENTS_END,
+};
 use support::tokens::{self, SigningKey, TokenBuilder};
 
 /// A client that returns 4xx/5xx as responses, with a bound on every call.
 fn agent() -> ureq::Agent {
+    agent_with(ureq::tls::TlsConfig::default())
+}
+
+fn agent_with(tls: ureq::tls::TlsConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
+        .tls_config(tls)
         .build()
         .into()
+}
+
+fn pem_certs(pem: &str) -> Vec<ureq::tls::Certificate<'static>> {
+    ureq::tls::parse_pem(pem.as_bytes())
+        .filter_map(|item| match item.expect("valid PEM") {
+            ureq::tls::PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A TLS client trusting `ca_pem`, presenting `identity` (certificate and key PEM) if given.
+fn tls_agent(ca_pem: &str, identity: Option<(&str, &str)>) -> ureq::Agent {
+    let mut tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&pem_certs(ca_pem)));
+    if let Some((cert, key)) = identity {
+        let key = ureq::tls::parse_pem(key.as_bytes())
+            .find_map(|item| match item.expect("valid PEM") {
+                ureq::tls::PemItem::PrivateKey(k) => Some(k),
+                _ => None,
+            })
+            .expect("a private key");
+        tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(
+            &pem_certs(cert),
+            key,
+        )));
+    }
+    agent_with(tls.build())
+}
+
+/// The client for `emu`: plain, or trusting its CA and presenting its client certificate when
+/// it has one.
+fn agent_for(emu: &KubeEmulator) -> ureq::Agent {
+    match emu.tls() {
+        None => agent(),
+        Some(tls) => tls_agent(
+            &tls.ca_pem,
+            tls.client_cert_pem
+                .as_deref()
+                .zip(tls.client_key_pem.as_deref()),
+        ),
+    }
 }
 
 /// A response reduced to what the tests look at.
@@ -44,7 +94,7 @@ fn get(emu: &KubeEmulator, path: &str) -> Answer {
 }
 
 fn get_with(emu: &KubeEmulator, path: &str, token: Option<&str>) -> Answer {
-    let mut request = agent().get(format!("{}{path}", emu.url()));
+    let mut request = agent_for(emu).get(format!("{}{path}", emu.url()));
     if let Some(t) = token {
         request = request.header("Authorization", format!("Bearer {t}"));
     }
@@ -67,7 +117,7 @@ struct Watch {
 
 impl Watch {
     fn open(emu: &KubeEmulator, path: &str) -> Watch {
-        let resp = agent()
+        let resp = agent_for(emu)
             .get(format!("{}{path}", emu.url()))
             .header("Authorization", format!("Bearer {}", emu.token()))
             .call()
@@ -864,4 +914,258 @@ fn kubectl_can_read_from_the_emulator() {
     assert_eq!(item_names(&list), ["a"]);
     assert_eq!(list["metadata"]["remainingItemCount"], 1);
     assert!(list["metadata"]["continue"].is_string());
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: the same emulator behind HTTPS, with generated certificates.
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn tls_serves_lists_watches_faults_and_keep_alive() {
+    let emu = KubeEmulatorBuilder::new().tls(TlsOptions::new()).build();
+    assert!(emu.url().starts_with("https://127.0.0.1:"), "{}", emu.url());
+    emu.create_service_account("ns", "a", &[]);
+    let client = agent_for(&emu);
+    for _ in 0..3 {
+        let resp = client
+            .get(format!("{}/api/v1/serviceaccounts", emu.url()))
+            .header("Authorization", format!("Bearer {}", emu.token()))
+            .call()
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.into_body().read_to_string().expect("body");
+    }
+    assert_eq!(emu.total_requests(), 3);
+    assert_eq!(
+        emu.connections_accepted(),
+        1,
+        "one TLS connection kept alive"
+    );
+
+    let mut watch = Watch::open(
+        &emu,
+        "/api/v1/namespaces/ns/serviceaccounts?watch=true&resourceVersion=0&timeoutSeconds=2",
+    );
+    let first = watch.next().expect("read").expect("event");
+    assert_eq!(names(&[first]), ["ADDED a"]);
+    assert!(emu.wait_for_open_watches(1, Duration::from_secs(2)));
+    emu.create_service_account("ns", "b", &[]);
+    emu.update_annotations("ns", "b", &[("x", "y")]);
+    assert_eq!(names(&watch.rest()), ["ADDED b", "MODIFIED b"]);
+
+    emu.fail_next(1, 429, Some(3), Some("/serviceaccounts"));
+    let limited = get(&emu, "/api/v1/serviceaccounts");
+    assert_status(&limited, 429, "TooManyRequests");
+    assert_eq!(limited.retry_after.as_deref(), Some("3"));
+    assert_eq!(get(&emu, "/api/v1/serviceaccounts").status, 200);
+
+    let discovery = get(&emu, "/.well-known/openid-configuration");
+    assert_eq!(
+        discovery.body["jwks_uri"],
+        format!("{}/openid/v1/jwks", emu.url())
+    );
+    assert_eq!(get(&emu, "/openid/v1/jwks").status, 200);
+    assert_eq!(emu.tls_handshake_failures(), 0, "{:?}", emu.tls_errors());
+}
+
+#[test]
+fn tls_watch_streams_end_on_abrupt_close_outage_and_client_exit() {
+    let emu = KubeEmulatorBuilder::new()
+        .tls(TlsOptions::new())
+        .no_periodic_bookmarks()
+        .build();
+    emu.create_service_account("ns", "a", &[]);
+    let mut watch = Watch::open(&emu, "/api/v1/serviceaccounts?watch=1&resourceVersion=0");
+    assert!(watch.next().expect("read").is_some());
+    assert!(emu.wait_for_open_watches(1, Duration::from_secs(2)));
+    emu.close_watch_streams();
+    assert!(
+        watch.next().is_err(),
+        "an abrupt close is an error, not a clean end"
+    );
+    assert!(emu.wait_for(Duration::from_secs(2), |e| e.open_watches() == 0));
+
+    // A client that goes away is noticed while the stream is idle (no events, no bookmarks).
+    let mut watch = Watch::open(&emu, "/api/v1/serviceaccounts?watch=1&resourceVersion=0");
+    assert!(watch.next().expect("read").is_some());
+    assert!(emu.wait_for_open_watches(1, Duration::from_secs(2)));
+    drop(watch);
+    assert!(emu.wait_for(Duration::from_secs(3), |e| e.open_watches() == 0));
+
+    emu.set_down(true);
+    let failed = agent_for(&emu)
+        .get(format!("{}/api/v1/serviceaccounts", emu.url()))
+        .header("Authorization", format!("Bearer {}", emu.token()))
+        .call();
+    assert!(failed.is_err());
+    emu.set_down(false);
+    assert_eq!(get(&emu, "/api/v1/serviceaccounts").status, 200);
+}
+
+#[test]
+fn tls_handshake_failures_are_counted_and_nothing_is_served() {
+    let emu = KubeEmulatorBuilder::new().tls(TlsOptions::new()).build();
+    let other = KubeEmulatorBuilder::new().tls(TlsOptions::new()).build();
+    let url = format!("{}/api/v1/serviceaccounts", emu.url());
+    // A client trusting another CA refuses the certificate before any request is sent.
+    let err = tls_agent(other.ca_pem(), None)
+        .get(&url)
+        .header("Authorization", format!("Bearer {}", emu.token()))
+        .call()
+        .expect_err("an untrusted certificate is refused")
+        .to_string();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(emu.wait_for(Duration::from_secs(2), |e| e.tls_handshake_failures() == 1));
+    // ureq hangs up without an alert; the emulator sees the handshake end early.
+    assert_eq!(emu.tls_errors().len(), 1);
+    // Plain HTTP on the TLS port.
+    let plain = agent()
+        .get(format!("http://{}/api/v1/serviceaccounts", emu.addr()))
+        .call();
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status().as_u16() >= 400));
+    assert!(emu.wait_for(Duration::from_secs(2), |e| e.tls_handshake_failures() == 2));
+    assert_eq!(emu.total_requests(), 0);
+    assert_eq!(get(&emu, "/api/v1/serviceaccounts").status, 200);
+}
+
+#[test]
+fn tls_required_client_certificates_authenticate_without_a_token() {
+    let emu = KubeEmulatorBuilder::new()
+        .tls(TlsOptions::new().require_client_cert())
+        .build();
+    let other = KubeEmulatorBuilder::new()
+        .tls(TlsOptions::new().require_client_cert())
+        .build();
+    let url = format!("{}/api/v1/serviceaccounts", emu.url());
+    let answer = get_with(&emu, "/api/v1/serviceaccounts", None);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = emu.requests();
+    assert!(seen[0].client_certificate && !seen[0].authorization_present);
+
+    // Without a certificate the handshake fails, whatever the token.
+    let no_cert = tls_agent(emu.ca_pem(), None)
+        .get(&url)
+        .header("Authorization", format!("Bearer {}", emu.token()))
+        .call();
+    assert!(no_cert.is_err());
+    // So it does with a certificate of another client CA.
+    let wrong = tls_agent(
+        emu.ca_pem(),
+        Some((other.client_cert_pem(), other.client_key_pem())),
+    )
+    .get(&url)
+    .call();
+    assert!(wrong.is_err());
+    assert!(emu.wait_for(Duration::from_secs(2), |e| e.tls_handshake_failures() == 2));
+    let errors = emu.tls_errors();
+    assert!(errors[0].contains("no certificates"), "{errors:?}");
+    assert!(errors[1].contains("UnknownIssuer"), "{errors:?}");
+    assert_eq!(emu.total_requests(), 1);
+}
+
+#[test]
+fn tls_optional_client_certificates_fall_back_to_tokens() {
+    let emu = KubeEmulatorBuilder::new()
+        .tls(TlsOptions::new().accept_client_cert())
+        .build();
+    let url = format!("{}/api/v1/serviceaccounts", emu.url());
+    let status = |agent: ureq::Agent, token: Option<String>| {
+        let mut request = agent.get(&url);
+        if let Some(t) = token {
+            request = request.header("Authorization", format!("Bearer {t}"));
+        }
+        request.call().expect("served").status().as_u16()
+    };
+    let with_cert = || {
+        tls_agent(
+            emu.ca_pem(),
+            Some((emu.client_cert_pem(), emu.client_key_pem())),
+        )
+    };
+    let without_cert = || tls_agent(emu.ca_pem(), None);
+    assert_eq!(status(with_cert(), None), 200);
+    assert_eq!(status(with_cert(), Some("wrong".into())), 200, "x509 first");
+    assert_eq!(status(without_cert(), Some(emu.token())), 200);
+    assert_eq!(status(without_cert(), None), 401);
+    let certs: Vec<bool> = emu
+        .requests()
+        .iter()
+        .map(|r| r.client_certificate)
+        .collect();
+    assert_eq!(certs, [true, true, false, false]);
+}
+
+#[test]
+fn kubectl_trusts_the_emulator_over_tls() {
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: kubectl is not on PATH");
+        return;
+    }
+    let emu = KubeEmulatorBuilder::new()
+        .tls(TlsOptions::new().accept_client_cert())
+        .build();
+    let other = KubeEmulatorBuilder::new().tls(TlsOptions::new()).build();
+    emu.create_service_account("ns", "a", &[]);
+    let home = tempfile::tempdir().expect("tempdir");
+    let kubectl = |cluster: String, user: String| {
+        let path = home.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster:\n    server: {}\n{cluster}contexts:\n- name: t\n  context:\n    cluster: t\n    user: u\nusers:\n- name: u\n  user:\n{user}",
+                emu.url()
+            ),
+        )
+        .expect("write kubeconfig");
+        std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &path)
+            .env("HOME", home.path())
+            .args(["get", "--raw", "/api/v1/serviceaccounts"])
+            .output()
+            .expect("run kubectl")
+    };
+    let ca = |pem: &str| format!("    certificate-authority-data: {}\n", b64(pem));
+    let token = format!("    token: {}\n", emu.token());
+    let cert = format!(
+        "    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64(emu.client_cert_pem()),
+        b64(emu.client_key_pem())
+    );
+    for (what, out) in [
+        ("CA + token", kubectl(ca(emu.ca_pem()), token.clone())),
+        ("CA + client certificate", kubectl(ca(emu.ca_pem()), cert)),
+    ] {
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: Value = serde_json::from_slice(&out.stdout).expect("kubectl printed JSON");
+        assert_eq!(item_names(&list), ["a"], "{what}");
+    }
+    // kubectl asks for /version before the list; either way, the token first, then the certificate.
+    assert_eq!(
+        emu.requests_of(RequestKind::List)
+            .iter()
+            .map(|r| (r.authorization_present, r.client_certificate))
+            .collect::<Vec<_>>(),
+        [(true, false), (false, true)],
+        "{:?}",
+        emu.requests()
+    );
+    let refused = kubectl(ca(other.ca_pem()), token);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("certificate signed by unknown authority"),
+        "{stderr}"
+    );
 }

@@ -159,6 +159,12 @@ pub enum ConfigError {
         /// The setting's name, e.g. `tls-server-name`.
         setting: &'static str,
     },
+    /// The cluster entry sets both a CA and `insecure-skip-tls-verify` (client-go refuses it too:
+    /// the operator meant verification, and would silently get none).
+    InsecureWithCa {
+        /// The cluster entry's name.
+        cluster: String,
+    },
     /// A `*-data` field is not valid base64.
     InvalidBase64 {
         /// The field's name.
@@ -213,6 +219,10 @@ impl fmt::Display for ConfigError {
             ConfigError::UnsupportedSetting { setting } => {
                 write!(f, "kubeconfig setting {setting} is not supported")
             }
+            ConfigError::InsecureWithCa { cluster } => write!(
+                f,
+                "kubeconfig cluster {cluster:?} sets both a certificate authority and insecure-skip-tls-verify; remove one (client-go refuses this too)"
+            ),
             ConfigError::InvalidBase64 { field } => write!(f, "{field} is not valid base64"),
             ConfigError::InvalidPem { what } => write!(f, "no usable PEM {what} found"),
             ConfigError::EmptyToken { path } => write!(f, "token file {} is empty", path.display()),
@@ -306,7 +316,7 @@ impl KubeError {
 impl fmt::Display for KubeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KubeError::Connect(e) => write!(f, "cannot reach the API server: {e}"),
+            KubeError::Connect(e) => write!(f, "connection to the API server failed: {e}"),
             KubeError::Timeout => write!(f, "API request timed out"),
             KubeError::Status {
                 code,
@@ -1260,6 +1270,11 @@ fn resolve_kubeconfig(
         }
         _ => None,
     };
+    if insecure && ca_pem.is_some() {
+        return Err(ConfigError::InsecureWithCa {
+            cluster: cluster_name,
+        });
+    }
 
     let mut credential = CredentialSpec::None;
     let mut identity = None;

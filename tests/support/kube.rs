@@ -4,10 +4,15 @@
 //! lists (WatchList), selectors, bearer-token checks, the OIDC discovery endpoints, and fault
 //! injection driven by the test.
 //!
-//! Thread layout: one accept thread; one thread per TCP connection, which reads requests
-//! (keep-alive supported), answers them, and for a watch stays in the streaming loop until the
-//! stream ends. All state sits in one `parking_lot` mutex; a condvar wakes watch streams on every
-//! write or fault switch. Dropping the emulator stops and joins every thread.
+//! Plain HTTP by default; [`KubeEmulatorBuilder::tls`] makes it serve HTTPS with freshly
+//! generated certificates (and optionally require client certificates), with every behaviour
+//! above unchanged: see [`tls`].
+//!
+//! Thread layout: one accept thread; one thread per TCP connection, which does the TLS handshake
+//! if any, reads requests (keep-alive supported), answers them, and for a watch stays in the
+//! streaming loop until the stream ends. All state sits in one `parking_lot` mutex; a condvar
+//! wakes watch streams on every write or fault switch. Dropping the emulator stops and joins
+//! every thread.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -24,6 +29,11 @@ use serde_json::{json, Map, Value};
 
 use super::tokens::random_uuid;
 
+pub mod tls;
+
+use tls::Conn;
+pub use tls::{TlsMaterial, TlsOptions};
+
 /// The resourceVersion of an empty emulator; the first write gets the next one.
 const FIRST_RESOURCE_VERSION: u64 = 1000;
 /// How many events a new watch can replay (the watch cache's default capacity is 100).
@@ -32,6 +42,8 @@ const DEFAULT_HISTORY_WINDOW: usize = 100;
 const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 /// The cache sends a bookmark this long before a watch's deadline.
 const PRE_DEADLINE_BOOKMARK_LEAD: Duration = Duration::from_secs(2);
+/// The TLS handshake errors kept for [`KubeEmulator::tls_errors`].
+const MAX_RECORDED_TLS_ERRORS: usize = 100;
 /// How long a request for a future resourceVersion waits before answering 504.
 const TOO_LARGE_RV_WAIT: Duration = Duration::from_secs(1);
 /// How long an issued continue token stays valid (etcd compaction runs about every 5 minutes).
@@ -85,6 +97,8 @@ pub struct RecordedRequest {
     pub kind: RequestKind,
     /// Whether an `Authorization` header was present.
     pub authorization_present: bool,
+    /// Whether the connection presented a client certificate the emulator verified (TLS only).
+    pub client_certificate: bool,
     /// Status code answered (200 for a watch stream, even one that carries an ERROR event).
     pub status: u16,
 }
@@ -174,6 +188,7 @@ pub struct KubeEmulatorBuilder {
     jwks_max_age: u64,
     watch_list_supported: bool,
     expired_watch_as_http: bool,
+    tls: Option<TlsOptions>,
 }
 
 impl Default for KubeEmulatorBuilder {
@@ -198,7 +213,18 @@ impl KubeEmulatorBuilder {
             jwks_max_age: DEFAULT_JWKS_MAX_AGE,
             watch_list_supported: true,
             expired_watch_as_http: false,
+            tls: None,
         }
+    }
+
+    /// Serve HTTPS instead of plain HTTP, with a CA and server certificate (for `127.0.0.1`,
+    /// `localhost` and `::1`) generated for this emulator, and client certificates as `options`
+    /// say. [`KubeEmulator::url`] is then `https://…`; the PEMs a client needs are on
+    /// [`KubeEmulator::ca_pem`], [`KubeEmulator::client_cert_pem`] and
+    /// [`KubeEmulator::client_key_pem`].
+    pub fn tls(mut self, options: TlsOptions) -> Self {
+        self.tls = Some(options);
+        self
     }
 
     /// How many past events a new watch can replay; older resourceVersions get 410.
@@ -272,6 +298,14 @@ impl KubeEmulatorBuilder {
     pub fn build(self) -> KubeEmulator {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the emulator");
         let addr = listener.local_addr().expect("emulator address");
+        let (tls_config, tls) = match &self.tls {
+            Some(options) => {
+                let (config, material) = tls::generate(options);
+                (Some(config), Some(material))
+            }
+            None => (None, None),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let state = State {
             rv: FIRST_RESOURCE_VERSION,
             objects: BTreeMap::new(),
@@ -293,6 +327,7 @@ impl KubeEmulatorBuilder {
             jwks: self.jwks,
             jwks_max_age: self.jwks_max_age,
             requests: VecDeque::new(),
+            tls_errors: VecDeque::new(),
             counters: Counters::default(),
         };
         let shared = Arc::new(Shared {
@@ -302,7 +337,8 @@ impl KubeEmulatorBuilder {
             conns: Mutex::new(Connections::default()),
             bookmark_interval: self.bookmark_interval,
             issuer: self.issuer,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
+            tls: tls_config,
         });
         let accept_shared = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
@@ -313,6 +349,7 @@ impl KubeEmulatorBuilder {
             shared,
             addr,
             accept: Some(accept),
+            tls,
         }
     }
 }
@@ -322,6 +359,7 @@ pub struct KubeEmulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     accept: Option<JoinHandle<()>>,
+    tls: Option<TlsMaterial>,
 }
 
 impl KubeEmulator {
@@ -335,9 +373,54 @@ impl KubeEmulator {
         KubeEmulatorBuilder::new()
     }
 
-    /// Base URL, e.g. `http://127.0.0.1:41234` (no trailing slash).
+    /// Base URL, e.g. `http://127.0.0.1:41234`, or `https://127.0.0.1:41234` with TLS (no
+    /// trailing slash).
     pub fn url(&self) -> String {
         self.shared.url.clone()
+    }
+
+    /// The generated certificates and keys, when the emulator serves TLS.
+    pub fn tls(&self) -> Option<&TlsMaterial> {
+        self.tls.as_ref()
+    }
+
+    /// The PEM of the CA a client must trust. Panics on a plain-HTTP emulator.
+    pub fn ca_pem(&self) -> &str {
+        &self.tls_material().ca_pem
+    }
+
+    /// The PEM of a client certificate the emulator accepts. Panics unless it asks for them.
+    pub fn client_cert_pem(&self) -> &str {
+        self.tls_material()
+            .client_cert_pem
+            .as_deref()
+            .expect("the emulator asks for client certificates (TlsOptions::require_client_cert)")
+    }
+
+    /// The PEM (PKCS#8) key of [`KubeEmulator::client_cert_pem`].
+    pub fn client_key_pem(&self) -> &str {
+        self.tls_material()
+            .client_key_pem
+            .as_deref()
+            .expect("the emulator asks for client certificates (TlsOptions::require_client_cert)")
+    }
+
+    fn tls_material(&self) -> &TlsMaterial {
+        self.tls
+            .as_ref()
+            .expect("the emulator serves TLS (KubeEmulatorBuilder::tls)")
+    }
+
+    /// Number of TLS handshakes that failed (the client refused the server certificate, sent
+    /// no or a wrong client certificate, or spoke plain HTTP).
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.lock().counters.tls_handshake_failures
+    }
+
+    /// The errors of failed TLS handshakes, oldest first (at most the last 100), e.g.
+    /// `received fatal alert: UnknownCA`.
+    pub fn tls_errors(&self) -> Vec<String> {
+        self.lock().tls_errors.iter().cloned().collect()
     }
 
     /// The listening address.
@@ -715,6 +798,8 @@ struct Shared {
     bookmark_interval: Option<Duration>,
     issuer: String,
     url: String,
+    /// The server configuration when serving TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Shared {
@@ -742,6 +827,7 @@ struct Counters {
     jwks: u64,
     total: u64,
     connections: u64,
+    tls_handshake_failures: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -835,6 +921,7 @@ struct State {
     jwks: Value,
     jwks_max_age: u64,
     requests: VecDeque<RecordedRequest>,
+    tls_errors: VecDeque<String>,
     counters: Counters,
 }
 
@@ -951,34 +1038,51 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 /// Serves requests on one connection until it closes, a response asks to close, or shutdown.
-fn serve_connection(shared: &Shared, mut stream: TcpStream) {
+fn serve_connection(shared: &Shared, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let Ok(read_half) = stream.try_clone() else {
-        return;
+    let (conn, client_certificate) = match &shared.tls {
+        None => (Conn::Plain(stream), false),
+        Some(config) => match Conn::accept_tls(config, stream) {
+            Ok((conn, handshake)) => (conn, handshake.client_certificate),
+            Err(error) => {
+                let mut st = shared.state.lock();
+                st.counters.tls_handshake_failures += 1;
+                if st.tls_errors.len() >= MAX_RECORDED_TLS_ERRORS {
+                    st.tls_errors.pop_front();
+                }
+                st.tls_errors.push_back(error);
+                return;
+            }
+        },
     };
-    let mut reader = BufReader::new(read_half);
+    // Requests are read through the buffer and answers written to the stream beneath it.
+    let mut reader = BufReader::new(conn);
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let _ = stream.set_read_timeout(Some(KEEP_ALIVE_IDLE));
-        let request = match read_request(&mut reader) {
+        let _ = reader
+            .get_ref()
+            .tcp()
+            .set_read_timeout(Some(KEEP_ALIVE_IDLE));
+        let mut request = match read_request(&mut reader) {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(RequestError::Malformed(msg)) => {
                 let body = status_body(400, "BadRequest", &msg, None);
-                let _ = write_json(&mut stream, 400, &body, &[], "application/json", false);
+                let _ = write_json(reader.get_mut(), 400, &body, &[], "application/json", false);
                 break;
             }
             Err(RequestError::Io) => break,
         };
-        match respond(shared, &request, &mut stream) {
+        request.client_certificate = client_certificate;
+        match respond(shared, &request, reader.get_mut()) {
             Ok(true) => continue,
             _ => break,
         }
     }
-    let _ = stream.shutdown(Shutdown::Both);
+    reader.get_mut().close();
 }
 
 struct Request {
@@ -988,6 +1092,8 @@ struct Request {
     params: Vec<(String, String)>,
     headers: Vec<(String, String)>,
     http11: bool,
+    /// The connection presented a verified client certificate.
+    client_certificate: bool,
 }
 
 impl Request {
@@ -1035,7 +1141,7 @@ enum RequestError {
     Malformed(String),
 }
 
-fn read_line(reader: &mut BufReader<TcpStream>) -> Result<Option<String>, RequestError> {
+fn read_line(reader: &mut BufReader<Conn>) -> Result<Option<String>, RequestError> {
     let mut line = String::new();
     let n = reader
         .by_ref()
@@ -1052,7 +1158,7 @@ fn read_line(reader: &mut BufReader<TcpStream>) -> Result<Option<String>, Reques
 }
 
 /// Reads one request; `Ok(None)` when the client closed the connection between requests.
-fn read_request(reader: &mut BufReader<TcpStream>) -> Result<Option<Request>, RequestError> {
+fn read_request(reader: &mut BufReader<Conn>) -> Result<Option<Request>, RequestError> {
     let request_line = loop {
         match read_line(reader)? {
             None => return Ok(None),
@@ -1092,6 +1198,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Result<Option<Request>, Re
         params: parse_query(query),
         headers,
         http11: version == "HTTP/1.1",
+        client_certificate: false,
     };
     if request
         .header("Transfer-Encoding")
@@ -1196,7 +1303,7 @@ impl Reply {
 }
 
 /// Answers one request; returns whether the connection may serve another one.
-fn respond(shared: &Shared, req: &Request, stream: &mut TcpStream) -> io::Result<bool> {
+fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::Result<bool> {
     let route = route(&req.path);
     let kind = match &route {
         Route::Collection { .. } if parse_bool(req.param("watch")) => RequestKind::Watch,
@@ -1218,6 +1325,7 @@ fn respond(shared: &Shared, req: &Request, stream: &mut TcpStream) -> io::Result
             query: req.query.clone(),
             kind,
             authorization_present: req.header("Authorization").is_some(),
+            client_certificate: req.client_certificate,
             status: reply.code(),
         });
         reply
@@ -1319,7 +1427,9 @@ fn authenticate(
     kind: RequestKind,
     public_info: bool,
 ) -> Result<(), Reply> {
-    if !st.auth_required {
+    // A verified client certificate authenticates the request, as the apiserver's x509
+    // authenticator does (it runs before the token authenticators; the first success wins).
+    if !st.auth_required || req.client_certificate {
         return Ok(());
     }
     let discovery = matches!(kind, RequestKind::Discovery | RequestKind::Jwks);
@@ -2065,7 +2175,7 @@ enum WatchStep {
 /// Streams one watch; returns whether the connection may serve another request.
 fn run_watch(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     plan: WatchPlan,
     keep_alive: bool,
 ) -> io::Result<bool> {
@@ -2094,7 +2204,7 @@ fn run_watch(
         let step = follower.step(&mut shared.state.lock());
         match step {
             WatchStep::Abort => {
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.abort();
                 return Ok(false);
             }
             WatchStep::Send(lines) => write_lines(stream, &lines)?,
@@ -2104,7 +2214,7 @@ fn run_watch(
                 return Ok(keep_alive);
             }
             WatchStep::Idle => {
-                if !client_connected(stream) {
+                if !stream.peer_connected() {
                     return Ok(false);
                 }
             }
@@ -2195,7 +2305,7 @@ impl<'a> WatchFollower<'a> {
     }
 }
 
-fn write_lines(stream: &mut TcpStream, lines: &[String]) -> io::Result<()> {
+fn write_lines(stream: &mut Conn, lines: &[String]) -> io::Result<()> {
     if lines.is_empty() {
         return Ok(());
     }
@@ -2208,21 +2318,6 @@ fn write_lines(stream: &mut TcpStream, lines: &[String]) -> io::Result<()> {
     }
     stream.write_all(&buf)?;
     stream.flush()
-}
-
-/// Whether the peer still has the connection open (non-blocking peek).
-fn client_connected(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let mut probe = [0u8; 1];
-    let alive = match stream.peek(&mut probe) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-    };
-    let _ = stream.set_nonblocking(false);
-    alive
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2265,7 +2360,7 @@ fn reason_phrase(code: u16) -> &'static str {
 }
 
 fn write_json(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     status: u16,
     body: &Value,
     headers: &[(String, String)],
