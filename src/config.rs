@@ -267,7 +267,14 @@ impl Config {
             env,
             problems: Vec::new(),
         };
-        let nats_url = r.or("NATS_URL", "nats://nats:4222");
+        // A comma-separated list; blanks around the commas are tolerated.
+        let nats_url = r
+            .or("NATS_URL", "nats://nats:4222")
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect::<Vec<_>>()
+            .join(",");
         let creds = r
             .get("NATS_USER_CREDS_FILE")
             .or(r.get("NATS_CREDS_FILE"))

@@ -369,3 +369,19 @@ fn a_client_never_outlives_the_maximum_lifetime() {
         "errors: {errors:?}"
     );
 }
+
+#[test]
+fn a_list_of_servers_is_tried_until_one_answers() {
+    let mut s = Stack::start();
+    s.service.kill();
+    let dead = support::nats::free_port();
+    let list = format!(
+        "nats://callout:callout-secret@127.0.0.1:{dead} , {}",
+        s.nats.service_url()
+    );
+    let _replacement = ServiceBuilder::new(&s.keys, &list, CLIENT_ACCOUNT)
+        .kube_api(&s.api.url(), &s.api.token())
+        .env("JWT_ISSUER", DEFAULT_ISSUER)
+        .start();
+    assert!(connect_token(&s.url(), &s.token("team-a", "app")).is_ok());
+}
