@@ -37,6 +37,10 @@ impl Readiness {
     pub fn can_decide(&self) -> bool {
         self.jwks_loaded.load(Ordering::SeqCst) && self.cache_synced.load(Ordering::SeqCst)
     }
+    /// Whether the NATS connection is up.
+    pub fn nats_connected(&self) -> bool {
+        self.nats_connected.load(Ordering::SeqCst)
+    }
     /// Whether the ServiceAccount cache has synced.
     pub fn cache_synced(&self) -> bool {
         self.cache_synced.load(Ordering::SeqCst)

@@ -385,3 +385,17 @@ fn a_list_of_servers_is_tried_until_one_answers() {
         .start();
     assert!(connect_token(&s.url(), &s.token("team-a", "app")).is_ok());
 }
+
+#[test]
+fn sigterm_exits_even_while_nats_is_unreachable() {
+    let mut s = Stack::start();
+    s.nats.stop();
+    s.service.wait_for("the disconnect noticed", WAIT, || {
+        s.service.metric("nats_callout_nats_disconnects_total") >= 1.0
+    });
+    let status = s
+        .service
+        .terminate(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", s.service.log()));
+    assert!(status.success(), "{status}");
+}

@@ -246,7 +246,7 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => {}
             _ => {
                 closing.store(true, Ordering::SeqCst);
-                nc.close();
+                close_within(nc, CLOSE_GRACE);
                 return Ok(());
             }
         }
@@ -267,11 +267,16 @@ pub fn run(
     let (flush_tx, flush_rx) = bounded::<()>(1);
     let flusher = {
         let nc = nc.clone();
+        let readiness = readiness.clone();
         thread::Builder::new()
             .name("callout-flusher".into())
             .spawn(move || {
                 for () in flush_rx.iter() {
-                    let _ = nc.flush_timeout(Duration::from_secs(1));
+                    // While disconnected the library buffers and sends on reconnect; a flush
+                    // then would wait for a PONG that only a reconnect brings.
+                    if readiness.nats_connected() {
+                        let _ = nc.flush_timeout(Duration::from_secs(1));
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the flusher thread: {e}"))?
@@ -332,27 +337,45 @@ pub fn run(
     drop(tx);
     drop(flush_tx);
     let deadline = Instant::now() + settings.shutdown_timeout;
-    let mut drained = true;
-    for w in workers {
-        while !w.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        if w.is_finished() {
-            let _ = w.join();
-        } else {
-            warn!("shutdown deadline passed with requests still in flight");
-            drained = false;
-            break;
-        }
+    if !workers.into_iter().all(|w| join_by(w, deadline)) {
+        warn!("shutdown deadline passed with requests still in flight");
     }
-    if drained {
-        // Every worker is gone, so the flusher has sent the last answers and ended.
-        let _ = flusher.join();
-    }
-    let _ = nc.flush_timeout(Duration::from_secs(1));
+    // With every worker gone the flusher sends the last answers and ends.
+    join_by(flusher, Instant::now() + CLOSE_GRACE);
     closing.store(true, Ordering::SeqCst);
-    nc.close();
+    close_within(nc, CLOSE_GRACE);
     failure.map_or(Ok(()), Err)
+}
+
+/// Joins `t` if it ends before `deadline`; reports whether it did.
+fn join_by(t: JoinHandle<()>, deadline: Instant) -> bool {
+    while !t.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let done = t.is_finished();
+    if done {
+        let _ = t.join();
+    }
+    done
+}
+
+/// How long closing the NATS connection may take at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Closes the connection, giving up after `grace`: while the server is unreachable the client
+/// library's close waits for its reconnect loop, which never ends with unlimited reconnects.
+fn close_within(nc: nats::Connection, grace: Duration) {
+    let Ok(closer) = thread::Builder::new()
+        .name("nats-close".into())
+        .spawn(move || nc.close())
+    else {
+        return;
+    };
+    if !join_by(closer, Instant::now() + grace) {
+        warn!(
+            "nats connection did not close within {grace:?} (server unreachable); exiting anyway"
+        );
+    }
 }
 
 fn count(metrics: &Metrics, result: &'static str, reason: &'static str) {
