@@ -64,6 +64,23 @@ impl Cluster {
             .env("JWT_ISSUER", &self.api.issuer())
     }
 
+    /// A service trusting the cluster's CA (inline data) and logging in with its token.
+    fn service_with_ca_data_and_token(&self) -> ServiceBuilder {
+        self.service(|dir| {
+            write_kubeconfig(
+                dir,
+                &kubeconfig(
+                    &self.api.url(),
+                    &[format!(
+                        "certificate-authority-data: {}",
+                        b64(self.api.ca_pem())
+                    )],
+                    &[format!("token: {}", self.api.token())],
+                ),
+            )
+        })
+    }
+
     /// A token for `ns/name` as the cluster would mint it.
     fn token(&self, ns: &str, name: &str) -> String {
         let uid = self.api.uid_of(ns, name).expect("the account exists");
@@ -169,21 +186,7 @@ fn assert_served_over_tls(api: &KubeEmulator) {
 #[test]
 fn ca_data_and_token_serve_lists_watches_and_keys_over_tls() {
     let c = Cluster::start(TlsOptions::new());
-    let service = c
-        .service(|dir| {
-            write_kubeconfig(
-                dir,
-                &kubeconfig(
-                    &c.api.url(),
-                    &[format!(
-                        "certificate-authority-data: {}",
-                        b64(c.api.ca_pem())
-                    )],
-                    &[format!("token: {}", c.api.token())],
-                ),
-            )
-        })
-        .spawn();
+    let service = c.service_with_ca_data_and_token().spawn();
     service.wait_ready(READY);
     c.assert_connects(&service, "team-a", "app");
     assert_served_over_tls(&c.api);
@@ -234,19 +237,7 @@ fn ca_file_relative_to_the_kubeconfig_and_a_host_name_work() {
 fn jwks_url_on_the_api_server_origin_uses_the_cluster_ca() {
     let c = Cluster::start(TlsOptions::new());
     let service = c
-        .service(|dir| {
-            write_kubeconfig(
-                dir,
-                &kubeconfig(
-                    &c.api.url(),
-                    &[format!(
-                        "certificate-authority-data: {}",
-                        b64(c.api.ca_pem())
-                    )],
-                    &[format!("token: {}", c.api.token())],
-                ),
-            )
-        })
+        .service_with_ca_data_and_token()
         .env("JWKS_URL", &format!("{}/openid/v1/jwks", c.api.url()))
         .spawn();
     service.wait_ready(READY);
