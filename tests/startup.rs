@@ -14,6 +14,17 @@ use support::tokens::{jwks, SigningKey, TokenBuilder};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-k8s-oidc-callout");
 
+/// Runs the binary with `args`, asserts it succeeded, and returns its standard output.
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn a_bad_configuration_stops_start_up_naming_every_problem() {
     let out = Command::new(BIN)
@@ -77,18 +88,16 @@ fn not_ready_and_not_in_the_queue_group_until_keys_and_cache_are_loaded() {
 #[test]
 fn the_keys_subcommand_prints_a_config_nats_server_accepts() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["keys", "--dir"])
-        .arg(dir.path())
-        .args(["--auth-user", "callout", "--auth-account", "AUTH"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let block = String::from_utf8(out.stdout).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let block = run_ok(&[
+        "keys",
+        "--dir",
+        dir_arg,
+        "--auth-user",
+        "callout",
+        "--auth-account",
+        "AUTH",
+    ]);
     let port = free_port();
     let config = format!(
         "listen: \"127.0.0.1:{port}\"\naccounts {{\n  AUTH {{ users: [ {{ user: callout, password: pw }} ] }}\n  APP {{ }}\n}}\n{block}"
@@ -102,16 +111,7 @@ fn local_mode_with_a_dev_signer_and_a_serviceaccount_file() {
     let nats = NatsServer::start(&keys);
     let b = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT);
     let dir = b.dir().to_path_buf();
-    let init = Command::new(BIN)
-        .args(["dev-signer", "init", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    run_ok(&["dev-signer", "init", "--dir", dir.to_str().unwrap()]);
     let accounts = dir.join("serviceaccounts.yaml");
     fs::write(&accounts, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n  namespace: dev\n  uid: \"1111\"\n").unwrap();
     let service = b
@@ -120,18 +120,22 @@ fn local_mode_with_a_dev_signer_and_a_serviceaccount_file() {
         .env("JWT_ISSUER", nats_k8s_oidc_callout::devtools::DEV_ISSUER)
         .start();
     let mint = |name: &str, uid: &str| {
-        let out = Command::new(BIN)
-            .args(["dev-signer", "mint", "--key"])
-            .arg(dir.join("signer.key"))
-            .args(["--namespace", "dev", "--name", name, "--uid", uid])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        let key = dir.join("signer.key");
+        let key = key.to_str().unwrap();
+        run_ok(&[
+            "dev-signer",
+            "mint",
+            "--key",
+            key,
+            "--namespace",
+            "dev",
+            "--name",
+            name,
+            "--uid",
+            uid,
+        ])
+        .trim()
+        .to_string()
     };
     let c = connect_token(&nats.url(), &mint("app", "1111")).expect("local mode allows");
     assert!(c.round_trip("dev.hello"));

@@ -229,7 +229,8 @@ impl DevSigner {
 }
 
 /// A random (version 4) UUID, as the API server puts in `jti`.
-fn random_uuid() -> Result<String, String> {
+/// A random version-4 UUID in its usual textual form (the `jti` of a minted token).
+pub fn random_uuid() -> Result<String, String> {
     let mut b = [0u8; 16];
     OsRng
         .try_fill_bytes(&mut b)

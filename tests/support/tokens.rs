@@ -220,21 +220,9 @@ pub fn jwks(keys: &[&SigningKey]) -> Value {
     json!({ "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>() })
 }
 
-/// A random version-4 UUID in its usual textual form.
+/// A random version-4 UUID in its usual textual form (the service's own generator).
 pub fn random_uuid() -> String {
-    let mut b = [0u8; 16];
-    OsRng.fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    nats_k8s_oidc_callout::identity::dev::random_uuid().expect("os randomness")
 }
 
 /// Seconds since the Unix epoch.
