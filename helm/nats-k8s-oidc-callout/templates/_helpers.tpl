@@ -1,0 +1,150 @@
+{{/*
+Chart name, overridable with nameOverride.
+*/}}
+{{- define "nats-k8s-oidc-callout.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: fullnameOverride, else release name (when it already holds the chart name) or
+release-chart; 63 characters at most (DNS label limit).
+*/}}
+{{- define "nats-k8s-oidc-callout.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "nats-k8s-oidc-callout.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nats-k8s-oidc-callout.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nats-k8s-oidc-callout.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nats-k8s-oidc-callout.labels" -}}
+helm.sh/chart: {{ include "nats-k8s-oidc-callout.chart" . }}
+{{ include "nats-k8s-oidc-callout.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "nats-k8s-oidc-callout.serviceAccountName" -}}
+{{- $sa := .Values.serviceAccount | default dict }}
+{{- if $sa.create }}
+{{- default (include "nats-k8s-oidc-callout.fullname" .) $sa.name }}
+{{- else }}
+{{- default "default" $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped names carry the namespace so two releases of the same name never collide. */}}
+{{- define "nats-k8s-oidc-callout.clusterRoleName" -}}
+{{- printf "%s-%s" (include "nats-k8s-oidc-callout.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "nats-k8s-oidc-callout.image" -}}
+{{- $img := .Values.image }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The file-type secrets (signing seed, xkey seed, creds): on, Secret name and key.
+Argument: dict "ctx" $ "v" <values object> "suffix" <name suffix of the chart's Secret> "file" <file name>.
+*/}}
+{{- define "nats-k8s-oidc-callout.fileSecretEnabled" -}}
+{{- $v := .v | default dict }}
+{{- if or $v.create $v.existingSecret }}true{{ end }}
+{{- end }}
+
+{{- define "nats-k8s-oidc-callout.fileSecretName" -}}
+{{- $v := .v | default dict }}
+{{- if $v.create }}
+{{- printf "%s-%s" (include "nats-k8s-oidc-callout.fullname" .ctx) .suffix }}
+{{- else }}
+{{- $v.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "nats-k8s-oidc-callout.fileSecretKey" -}}
+{{- $v := .v | default dict }}
+{{- if $v.create }}
+{{- .file }}
+{{- else }}
+{{- default .file $v.existingSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/* Checks one file-type secret value; .path names it in the messages. */}}
+{{- define "nats-k8s-oidc-callout.validateFileSecret" -}}
+{{- $v := .v | default dict }}
+{{- $p := .path }}
+{{- if and $v.create $v.existingSecret }}
+{{- fail (printf "%s: set either %s.create=true with %s.content, or %s.existingSecret, not both" $p $p $p $p) }}
+{{- end }}
+{{- if and $v.create (not $v.content) }}
+{{- fail (printf "%s.create is true but %s.content is empty: pass the file with --set-file %s.content=PATH, or use %s.existingSecret" $p $p $p $p) }}
+{{- end }}
+{{- if and (not $v.create) $v.content }}
+{{- fail (printf "%s.content is set but %s.create is false: set %s.create=true to store it in a Secret the chart creates" $p $p $p) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Every check on the values that the schema cannot express; rendered once, from the Deployment.
+Messages name the value to set and never echo a secret.
+*/}}
+{{- define "nats-k8s-oidc-callout.validate" -}}
+{{- $n := .Values.nats | default dict }}
+{{- $_ := required "nats.account is required: set it to the NATS account clients are placed in (e.g. --set nats.account=APP)" $n.account }}
+{{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.signingKey "path" "nats.signingKey") }}
+{{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.userCredentials "path" "nats.userCredentials") }}
+{{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.xkey "path" "nats.xkey") }}
+{{- if not (include "nats-k8s-oidc-callout.fileSecretEnabled" (dict "v" $n.signingKey)) }}
+{{- fail "a signing key is required: set nats.signingKey.existingSecret (a Secret holding the account seed SA...), or nats.signingKey.create=true with nats.signingKey.content (e.g. --set-file nats.signingKey.content=./keys/signing.nk)" }}
+{{- end }}
+{{- $tokenSecret := ($n.tokenSecret | default dict).existingSecret }}
+{{- if and $n.token $tokenSecret }}
+{{- fail "nats.token and nats.tokenSecret.existingSecret are both set: use one of them" }}
+{{- end }}
+{{- if and (include "nats-k8s-oidc-callout.fileSecretEnabled" (dict "v" $n.userCredentials)) (or $n.token $tokenSecret) }}
+{{- fail "nats.userCredentials and nats.token (or nats.tokenSecret) are both set: the service logs in to NATS with at most one of them" }}
+{{- end }}
+{{- $urlSecret := ($n.urlSecret | default dict).existingSecret }}
+{{- if and $n.url $urlSecret }}
+{{- fail "nats.url and nats.urlSecret.existingSecret are both set: use one of them" }}
+{{- end }}
+{{- if contains "@" ($n.url | default "") }}
+{{- fail "nats.url must not hold credentials (user:password@ or token@ would be readable by anyone who can read the Deployment): put the whole URL in a Secret and set nats.urlSecret.existingSecret (and nats.urlSecret.existingSecretKey) instead, leaving nats.url empty" }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget | default dict }}
+{{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
+{{- fail "podDisruptionBudget.enabled is true but neither podDisruptionBudget.maxUnavailable nor podDisruptionBudget.minAvailable is set" }}
+{{- end }}
+{{- end }}
+
+{{/* The chart-created secret contents, hashed into a pod annotation so a change rolls the pods. */}}
+{{- define "nats-k8s-oidc-callout.secretsChecksum" -}}
+{{- $n := .Values.nats | default dict }}
+{{- $d := dict }}
+{{- if ($n.signingKey | default dict).create }}{{ $_ := set $d "signingKey" $n.signingKey.content }}{{ end }}
+{{- if ($n.xkey | default dict).create }}{{ $_ := set $d "xkey" $n.xkey.content }}{{ end }}
+{{- if ($n.userCredentials | default dict).create }}{{ $_ := set $d "userCredentials" $n.userCredentials.content }}{{ end }}
+{{- if $n.token }}{{ $_ := set $d "token" $n.token }}{{ end }}
+{{- if .Values.secretEnv }}{{ $_ := set $d "secretEnv" .Values.secretEnv }}{{ end }}
+{{- if .Values.secretVolume }}{{ $_ := set $d "secretVolume" .Values.secretVolume }}{{ end }}
+{{- if $d }}{{ toJson $d | sha256sum }}{{ end }}
+{{- end }}

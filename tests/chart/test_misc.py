@@ -1,0 +1,91 @@
+"""RBAC, ServiceAccount, extraObjects and the pod passthroughs."""
+
+from conftest import FULLNAME, NAMESPACE
+
+SA_RULE = {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch"]}
+DISCOVERY_RULE = {"nonResourceURLs": ["/openid/v1/jwks", "/.well-known/openid-configuration"], "verbs": ["get"]}
+
+
+def test_rbac_on(render):
+    r = render()
+    role = r.one("ClusterRole")
+    assert role["rules"] == [SA_RULE]
+    binding = r.one("ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+
+
+def test_rbac_issuer_discovery(render):
+    assert render({"rbac": {"issuerDiscovery": True}}).one("ClusterRole")["rules"] == [SA_RULE, DISCOVERY_RULE]
+
+
+def test_rbac_off(render):
+    r = render({"rbac": {"create": False}})
+    assert r.all("ClusterRole") == [] and r.all("ClusterRoleBinding") == []
+    assert "rbac.create is false" in r.notes
+
+
+def test_service_account_not_created(render):
+    r = render({"serviceAccount": {"create": False, "name": "callout-sa"}})
+    assert r.all("ServiceAccount") == []
+    assert r.pod["serviceAccountName"] == "callout-sa"
+    assert r.pod["automountServiceAccountToken"] is False
+    assert r.one("ClusterRoleBinding")["subjects"][0]["name"] == "callout-sa"
+
+
+def test_service_account_name_and_annotations(render):
+    r = render({"serviceAccount": {"name": "custom", "annotations": {"eks.amazonaws.com/role-arn": "arn"}}})
+    sa = r.one("ServiceAccount")
+    assert sa["metadata"]["name"] == "custom"
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn"}
+    assert r.pod["serviceAccountName"] == "custom"
+
+
+def test_extra_objects_map_and_string_are_templated(render):
+    r = render(
+        {
+            "extraObjects": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "{{ .Release.Name }}-extra"}, "data": {"ns": "{{ .Release.Namespace }}"}},
+                'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ include "nats-k8s-oidc-callout.fullname" . }}-str\ndata:\n  account: {{ .Values.nats.account | quote }}\n',
+            ]
+        }
+    )
+    m = r.one("ConfigMap", "cb-extra")
+    assert m["data"] == {"ns": NAMESPACE}
+    s = r.one("ConfigMap", f"{FULLNAME}-str")
+    assert s["data"] == {"account": "APP"}
+
+
+def test_pod_passthroughs(render):
+    values = {
+        "extraEnv": [{"name": "RUST_LOG", "value": "nats_k8s_oidc_callout=debug"},
+                     {"name": "FROM_CM", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}],
+        "envFrom": [{"configMapRef": {"name": "more-env"}}],
+        "extraVolumes": [{"name": "tmp", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "imagePullSecrets": ["regcred", {"name": "other"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+        "priorityClassName": "system-cluster-critical",
+        "podLabels": {"team": "platform"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "terminationGracePeriodSeconds": 45,
+        "replicaCount": 3,
+    }
+    r = render(values)
+    env = r.env
+    assert env["RUST_LOG"]["value"] == "nats_k8s_oidc_callout=debug"
+    assert env["FROM_CM"]["valueFrom"] == {"configMapKeyRef": {"name": "cm", "key": "k"}}
+    assert r.container["envFrom"] == [{"configMapRef": {"name": "more-env"}}]
+    assert r.volume("tmp") == {"name": "tmp", "emptyDir": {}}
+    assert r.mount("tmp") == {"name": "tmp", "mountPath": "/tmp"}
+    # The built-in volumes stay.
+    assert r.volume("serviceaccount-token") and r.volume("signing-key")
+    assert r.pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+    assert r.pod["topologySpreadConstraints"] == values["topologySpreadConstraints"]
+    assert r.pod["priorityClassName"] == "system-cluster-critical"
+    assert r.deployment["spec"]["template"]["metadata"]["labels"]["team"] == "platform"
+    assert r.pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert r.pod["tolerations"] == values["tolerations"]
+    assert r.pod["terminationGracePeriodSeconds"] == 45
+    assert r.deployment["spec"]["replicas"] == 3
