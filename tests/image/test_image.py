@@ -1,0 +1,158 @@
+"""The container image, built from the Containerfile by scripts/build-image with buildah.
+
+The image is built once per session into a private buildah storage and checked in two ways:
+the exported OCI archive (what a registry receives: config, labels, the exact file list) and
+the binary run from the image alone with `buildah run` (static, starts, runs as 65532, no shell).
+"""
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = "/usr/local/bin/nats-k8s-oidc-callout"
+
+
+def crate_version() -> str:
+    for line in (ROOT / "Cargo.toml").read_text().splitlines():
+        if line.startswith("version = "):
+            return line.split('"')[1]
+    raise AssertionError("no version in Cargo.toml")
+
+
+@pytest.fixture(scope="session")
+def storage():
+    root = tempfile.mkdtemp(prefix="nats-callout-buildah.")
+    yield root
+    # vfs layers are plain directories; buildah's own cleanup keeps mounts tidy.
+    subprocess.run(buildah_cmd(root) + ["rm", "--all"], capture_output=True)
+    subprocess.run(buildah_cmd(root) + ["rmi", "--all", "--force"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def buildah_cmd(root):
+    return ["buildah", "--storage-driver", "vfs", "--root", root, "--runroot", root + "/run"]
+
+
+@pytest.fixture(scope="session")
+def image(storage):
+    if shutil.which("buildah") is None:
+        pytest.fail("buildah is not installed: scripts/test installs it (Debian package buildah)")
+    env = dict(os.environ, BUILDAH_STORAGE_ROOT=storage)
+    built = subprocess.run(
+        [str(ROOT / "scripts/build-image")], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert built.returncode == 0, f"scripts/build-image failed:\n{built.stderr[-4000:]}"
+    tag = built.stdout.strip().splitlines()[-1]
+    assert tag == f"nats-k8s-oidc-callout:{crate_version()}"
+    return tag
+
+
+@pytest.fixture(scope="session")
+def archive(image):
+    """The exported OCI archive: (config JSON, {path: TarInfo} of the single layer)."""
+    path = ROOT / "dist" / f"nats-k8s-oidc-callout-{crate_version()}-amd64.oci.tar"
+    with tarfile.open(path) as oci:
+        def blob(digest):
+            return oci.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read()
+
+        index = json.loads(oci.extractfile("index.json").read())
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        assert len(manifest["layers"]) == 1, manifest["layers"]
+        layer = blob(manifest["layers"][0]["digest"])
+        if layer[:2] == b"\x1f\x8b":
+            layer = gzip.decompress(layer)
+        with tarfile.open(fileobj=io.BytesIO(layer)) as t:
+            files = {m.name.lstrip("./").rstrip("/"): m for m in t.getmembers()}
+    return config, files
+
+
+def run_in_image(storage, image, *args):
+    cmd = buildah_cmd(storage)
+    container = subprocess.run(
+        cmd + ["from", "--quiet", image], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        return subprocess.run(
+            cmd + ["run", "--isolation", "chroot", container, "--"] + list(args),
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        subprocess.run(cmd + ["rm", container], capture_output=True)
+
+
+def test_config_runs_the_binary_as_non_root(archive):
+    config, _ = archive
+    c = config["config"]
+    assert c["User"] == "65532:65532"
+    assert c["Entrypoint"] == [BINARY]
+    assert not c.get("Cmd"), "arguments come from the pod spec, not the image"
+    assert "8080/tcp" in c.get("ExposedPorts", {})
+    assert "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" in c.get("Env", [])
+    assert config["architecture"] == "amd64" and config["os"] == "linux"
+
+
+def test_oci_labels(archive):
+    labels = archive[0]["config"]["Labels"]
+    assert labels["org.opencontainers.image.title"] == "nats-k8s-oidc-callout"
+    assert labels["org.opencontainers.image.version"] == crate_version()
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    revision = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    assert labels["org.opencontainers.image.revision"] == (revision or "unknown")
+    assert labels["org.opencontainers.image.created"].startswith("20")
+
+
+def test_contains_exactly_binary_ca_bundle_and_passwd(archive):
+    _, files = archive
+    regular = sorted(name for name, m in files.items() if m.isfile())
+    assert regular == [
+        "etc/group",
+        "etc/passwd",
+        "etc/ssl/certs/ca-certificates.crt",
+        "usr/local/bin/nats-k8s-oidc-callout",
+    ]
+    assert not [m for m in files.values() if m.issym() or m.islnk()], "no links, no shell"
+    assert files["usr/local/bin/nats-k8s-oidc-callout"].mode & 0o777 == 0o755
+    assert files["etc/ssl/certs/ca-certificates.crt"].size > 10_000
+
+
+def test_binary_is_static(archive):
+    rootfs = ROOT / "dist" / "rootfs-amd64" / BINARY.lstrip("/")
+    elf = rootfs.read_bytes()
+    assert elf[:4] == b"\x7fELF"
+    # A dynamically linked ELF names its loader in a PT_INTERP segment ("/lib/ld-...").
+    assert b"/lib/ld-" not in elf and b"ld-linux" not in elf, "binary is dynamically linked"
+
+
+def test_binary_starts_from_the_image_alone(storage, image):
+    out = run_in_image(storage, image, BINARY, "--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"nats-k8s-oidc-callout {crate_version()}"
+
+
+def test_missing_settings_are_reported_from_the_image(storage, image):
+    out = run_in_image(storage, image, BINARY)
+    assert out.returncode != 0
+    assert "NATS_SIGNING_KEY_FILE is required" in out.stderr
+    assert "NATS_ACCOUNT is required" in out.stderr
+
+
+def test_runs_as_uid_65532_without_a_shell(storage, image):
+    # As 65532 the image's / is not writable: the key helper's refusal proves the user.
+    out = run_in_image(storage, image, BINARY, "keys", "--dir", "/etc")
+    assert out.returncode != 0
+    assert "ermission denied" in out.stderr, out.stderr
+    shell = run_in_image(storage, image, "/bin/sh", "-c", "true")
+    assert shell.returncode != 0
