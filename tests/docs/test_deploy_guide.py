@@ -1,0 +1,297 @@
+"""docs/DEPLOY.md followed on this machine, as far as it goes without a cluster.
+
+The guide's own pieces are taken from the file, not repeated here: the `keys` command, the NATS
+chart values (merged into a real nats-server's configuration the way the NATS chart does it), the
+service chart values (rendered by Helm; the Deployment's environment, Secret references and
+volume mounts are then given to the real service binary, as the kubelet would), and the client
+ServiceAccount. Only the cluster is stood in for: ServiceAccounts come from a file and tokens from
+the service's dev-signer (same claims as the API server's). Then the guide's checks: a client
+publishes in its namespace, is refused in another one, and a token without the audience is
+refused with the reason the guide names.
+"""
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+import test_snippets as snip
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "docs" / "DEPLOY.md"
+BIN = ROOT / "target" / "debug" / "nats-k8s-oidc-callout"
+DEV_ISSUER = "https://dev-signer.nats-k8s-oidc-callout.local"
+
+
+def guide_blocks():
+    return snip.fenced_blocks(GUIDE)
+
+
+def block(lang, first_line_prefix=None, containing=None):
+    for l, _, text in guide_blocks():
+        if l != lang:
+            continue
+        if first_line_prefix and not text.lstrip().startswith(first_line_prefix):
+            continue
+        if containing and containing not in text:
+            continue
+        return text
+    raise AssertionError(f"DEPLOY.md has no {lang} block starting {first_line_prefix!r} / with {containing!r}")
+
+
+@pytest.fixture(scope="module")
+def binary():
+    built = subprocess.run(
+        ["cargo", "build", "--quiet", "--locked", "--bin", "nats-k8s-oidc-callout"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    return str(BIN)
+
+
+@pytest.fixture(scope="module")
+def work():
+    d = Path(tempfile.mkdtemp(prefix="nats-callout-deploy-guide."))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def run_guide_keys_command(binary, work):
+    """The guide's `keys` command, with the binary's path and the directory replaced."""
+    line = next(l for l in block("sh", containing=" keys --dir").splitlines() if " keys --dir" in l)
+    args = line.split()[1:]
+    assert args[:3] == ["keys", "--dir", "./callout-keys"], line
+    args[2] = str(work / "callout-keys")
+    out = subprocess.run([binary] + args, capture_output=True, text=True, check=True).stdout
+    issuer = re.search(r'issuer: "(A[A-Z0-9]{55})"', out).group(1)
+    xkey = re.search(r'xkey: "(X[A-Z0-9]{55})"', out).group(1)
+    return out, issuer, xkey
+
+
+def kubelet_env_and_files(deployment, secrets_by_name, root):
+    """The container's environment as the kubelet would give it, with the secret volumes
+    written under `root` and every path in the environment moved there."""
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    moved = {}
+    for mount in container.get("volumeMounts", []):
+        vol = volumes[mount["name"]]
+        if "secret" not in vol:
+            continue  # the projected API token: the stand-in has no API server
+        data = secrets_by_name[vol["secret"]["secretName"]]
+        target = root / mount["mountPath"].lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        for item in vol["secret"].get("items", [{"key": k, "path": k} for k in data]):
+            (target / item["path"]).write_text(data[item["key"]])
+        moved[mount["mountPath"]] = str(target)
+    env = {}
+    for e in container["env"]:
+        if "value" in e:
+            value = e["value"]
+            for mount_path, local in moved.items():
+                if value.startswith(mount_path + "/"):
+                    value = local + value[len(mount_path):]
+            env[e["name"]] = value
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secrets_by_name[ref["name"]][ref["key"]]
+    return env
+
+
+def wait_http(port, path, timeout=20):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+                return r.read().decode()
+        except Exception as e:  # not up yet, or 503 until ready
+            last = e
+            time.sleep(0.1)
+    raise AssertionError(f"{path} never answered 200: {last}")
+
+
+@pytest.fixture(scope="module")
+def deployed(binary, work):
+    import helm_python as h
+
+    keys_out, issuer, xkey = run_guide_keys_command(binary, work)
+    seeds = work / "callout-keys"
+    assert (seeds / "signing.nk").stat().st_mode & 0o777 == 0o600
+
+    # NATS from the guide's NATS chart values, with this run's keys in place of the examples.
+    nats_values = block("yaml", "# nats-values")
+    doc_issuer = re.search(r"issuer: (A[A-Z0-9]{55})", nats_values).group(1)
+    doc_xkey = re.search(r"xkey: (X[A-Z0-9]{55})", nats_values).group(1)
+    conf = snip.nats_chart_config(nats_values.replace(doc_issuer, issuer).replace(doc_xkey, xkey))
+    values = yaml.safe_load(nats_values)
+    password_env = next(iter(values["container"]["env"]))
+    password = secrets.token_hex(24)
+    server, port, log, server_dir = snip.start_server(conf, {password_env: password})
+    try:
+        snip.wait_ready(server, log)
+
+        # The Secrets of the guide's step 3, as the kubectl commands there create them.
+        step3 = block("sh", containing="create secret generic nats-callout-url")
+        url_template = re.search(r'url="([^"]+)"', step3).group(1)
+        secrets_by_name = {
+            "nats-callout-url": {
+                "url": url_template.replace("$CALLOUT_PASSWORD", password).replace(
+                    "nats.nats.svc.cluster.local:4222", f"127.0.0.1:{port}"
+                )
+            },
+            "nats-callout-keys": {
+                "signing.key": (seeds / "signing.nk").read_text(),
+                "xkey.seed": (seeds / "xkey.nk").read_text(),
+            },
+        }
+        assert "--from-file=signing.key=callout-keys/signing.nk" in step3
+        assert "--from-file=xkey.seed=callout-keys/xkey.nk" in step3
+
+        # The service from the guide's chart values, rendered by Helm.
+        chart_values = yaml.safe_load(block("yaml", "# callout-values"))
+        out = h.Chart.load(str(snip.CHART)).render(
+            chart_values, name="nats-k8s-oidc-callout", namespace="nats-auth", is_install=True
+        )
+        deployment = next(
+            d
+            for path, m in out.items()
+            if path.endswith(".yaml")
+            for d in yaml.safe_load_all(m)
+            if d and d.get("kind") == "Deployment"
+        )
+        env = kubelet_env_and_files(deployment, secrets_by_name, work / "pod")
+
+        # The stand-in cluster: the guide's client ServiceAccount, and a dev-signer for tokens.
+        sa = next(
+            d for d in yaml.safe_load_all(block("yaml", containing="kind: ServiceAccount")) if d
+        )
+        sa["metadata"]["uid"] = str(uuid.uuid4())
+        (work / "serviceaccounts.yaml").write_text(yaml.safe_dump(sa))
+        subprocess.run([binary, "dev-signer", "init", "--dir", str(work / "signer")],
+                       check=True, capture_output=True)
+        http_port = snip.free_port()
+        env.update(
+            SERVICE_ACCOUNTS_PATH=str(work / "serviceaccounts.yaml"),
+            JWKS_PATH=str(work / "signer" / "jwks.json"),
+            JWT_ISSUER=DEV_ISSUER,
+            PORT=str(http_port),
+            PATH=os.environ.get("PATH", ""),
+        )
+        service_log = work / "service.log"
+        with open(service_log, "w") as f:
+            service = subprocess.Popen([binary], env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            wait_http(http_port, "/readyz")
+            yield {
+                "binary": binary, "work": work, "sa": sa, "nats_port": port, "http_port": http_port,
+                "service_log": service_log, "env": env, "nats_log": log,
+            }
+        finally:
+            service.terminate()
+            service.wait(timeout=20)
+    finally:
+        snip.stop(server, server_dir)
+
+
+def mint(d, audience="nats", ttl=600):
+    meta = d["sa"]["metadata"]
+    return subprocess.run(
+        [d["binary"], "dev-signer", "mint", "--key", str(d["work"] / "signer" / "signer.key"),
+         "--namespace", meta["namespace"], "--name", meta["name"], "--uid", meta["uid"],
+         "--audience", audience, "--ttl", str(ttl)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+async def connect(port, token):
+    import nats
+
+    errors = []
+
+    async def on_error(e):
+        errors.append(str(e))
+
+    nc = await nats.connect(
+        f"nats://127.0.0.1:{port}", token=token, allow_reconnect=False,
+        connect_timeout=5, error_cb=on_error,
+    )
+    return nc, errors
+
+
+def test_the_chart_environment_is_what_the_binary_reads(deployed):
+    env = deployed["env"]
+    # Secrets arrive as files or secret references; the binary started on them (it is ready).
+    assert env["NATS_ACCOUNT"] == "APPS"
+    assert Path(env["NATS_SIGNING_KEY_FILE"]).read_text().startswith("SA")
+    assert Path(env["NATS_XKEY_SEED_FILE"]).read_text().startswith("SX")
+    assert env["NATS_URL"].startswith("nats://callout:")
+
+
+def test_client_publishes_in_its_namespace_and_is_refused_elsewhere(deployed):
+    ns = deployed["sa"]["metadata"]["namespace"]
+
+    async def scenario():
+        nc, errors = await connect(deployed["nats_port"], mint(deployed))
+        sub = await nc.subscribe(f"{ns}.hello")
+        await nc.publish(f"{ns}.hello", b"world")
+        msg = await sub.next_msg(timeout=5)
+        assert msg.data == b"world"
+        # The annotation of the guide's ServiceAccount grants this subject.
+        shared = await nc.subscribe("shared.events.>")
+        await nc.publish("shared.events.created", b"x")
+        assert (await shared.next_msg(timeout=5)).data == b"x"
+        await nc.publish("other-team.hello", b"world")
+        await nc.flush()
+        for _ in range(50):
+            if errors:
+                break
+            await asyncio.sleep(0.1)
+        await nc.close()
+        return errors
+
+    errors = asyncio.run(scenario())
+    # nats-py lower-cases the server's -ERR text.
+    assert any('permissions violation for publish to "other-team.hello"' in e.lower() for e in errors), errors
+    log = deployed["service_log"].read_text()
+    assert re.search(rf"allowed {ns}/my-nats-client \(client .* on N[A-Z0-9]+\), expires in (599|600)s", log), log
+    # The login password (in NATS_URL) and the seeds never reach the log.
+    password = deployed["env"]["NATS_URL"].split(":")[2].split("@")[0]
+    assert password not in log
+    seed = Path(deployed["env"]["NATS_SIGNING_KEY_FILE"]).read_text().strip()
+    assert seed not in log
+
+
+def test_token_without_the_audience_is_refused_with_the_logged_reason(deployed):
+    async def scenario():
+        try:
+            nc, _ = await connect(deployed["nats_port"], mint(deployed, audience="https://kubernetes.default.svc"))
+        except Exception as e:  # the connect itself fails
+            return str(e)
+        await nc.close()
+        return None
+
+    err = asyncio.run(scenario())
+    assert err is not None and "authorization violation" in err.lower(), err
+    ns = deployed["sa"]["metadata"]["namespace"]
+    expected = f"denied {ns}/my-nats-client (claimed) (client "
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        log = deployed["service_log"].read_text()
+        if expected in log and "token refused: audience not accepted" in log:
+            break
+        time.sleep(0.1)
+    assert expected in log and "token refused: audience not accepted" in log, log
+    metrics = wait_http(deployed["http_port"], "/metrics")
+    assert 'nats_callout_decisions_total{result="deny",reason="token_wrong_audience"} 1' in metrics
