@@ -85,7 +85,7 @@ impl CalloutContext {
         let req = match self.decoder.decode(payload, server_xkey, now) {
             Ok(r) => r,
             Err(e) => {
-                warn!("denied: {e}");
+                warn!("denied: {e} (reason={})", e.reason());
                 // Without a verified request there is no one to address a signed denial to; an
                 // empty reply makes a genuine server deny at once instead of waiting.
                 return Outcome {
@@ -139,12 +139,13 @@ impl CalloutContext {
             }
             Decision::Deny(deny) => {
                 warn!(
-                    "denied {} (client {} {} on {}): {}",
+                    "denied {} (client {} {} on {}): {} (reason={})",
                     deny.subject(),
                     req.client.id,
                     req.client.host,
                     req.server.name,
-                    deny
+                    deny,
+                    deny.reason()
                 );
                 self.denial(&req, now, deny.reason())
             }
