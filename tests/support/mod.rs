@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod examples;
 pub mod kube;
 pub mod nats;
 pub mod service;
