@@ -300,10 +300,12 @@ pub fn run(
     // The reader: moves messages from the subscription into the bounded queue, so a burst waits
     // in a queue of known size rather than in the client library.
     let mut failure = None;
+    let mut overload = OverloadLog::default();
     loop {
         if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
             break;
         }
+        overload.tick(Instant::now(), settings.queue_size);
         let msg = match sub.next_timeout(Duration::from_millis(200)) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
@@ -326,10 +328,13 @@ pub fn run(
                 count(&metrics, "deny", "overloaded");
                 let _ = job.msg.respond(b"");
                 let _ = flush_tx.try_send(());
+                overload.denied(Instant::now(), settings.queue_size);
             }
             Err(TrySendError::Disconnected(_)) => break,
         }
     }
+
+    overload.flush(settings.queue_size);
 
     // Shutdown: stop taking requests, let the workers drain the queue within the deadline.
     readiness.set_shutting_down();
@@ -415,5 +420,69 @@ fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel:
             .decision_seconds
             .observe(job.queued.elapsed().as_secs_f64());
         debug!("answered in {:?}", job.queued.elapsed());
+    }
+}
+
+/// Logs `overloaded` denials at most once per [`OverloadLog::EVERY`], with how many there were:
+/// a burst of thousands must not become thousands of log lines.
+#[derive(Default)]
+struct OverloadLog {
+    /// When the last line was written.
+    last: Option<Instant>,
+    /// Denials since then that no line has reported yet.
+    pending: u64,
+}
+
+impl OverloadLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts one denial; logs at once when no line was written in the last [`Self::EVERY`].
+    fn denied(&mut self, now: Instant, queue_size: usize) -> Option<u64> {
+        self.pending += 1;
+        self.tick(now, queue_size)
+    }
+
+    /// Logs the denials not yet reported once [`Self::EVERY`] has passed since the last line;
+    /// returns how many the line reported.
+    fn tick(&mut self, now: Instant, queue_size: usize) -> Option<u64> {
+        if self.pending == 0 || self.last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            return None;
+        }
+        self.last = Some(now);
+        self.flush(queue_size)
+    }
+
+    /// Logs whatever is pending now (at shutdown).
+    fn flush(&mut self, queue_size: usize) -> Option<u64> {
+        if self.pending == 0 {
+            return None;
+        }
+        warn!(
+            "denied {} request(s): the queue of {queue_size} was full; add replicas or WORKERS (reason=overloaded)",
+            self.pending
+        );
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+#[cfg(test)]
+mod overload_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_one_line_then_one_summary_per_interval() {
+        let t0 = Instant::now();
+        let mut log = OverloadLog::default();
+        assert_eq!(log.denied(t0, 8), Some(1), "the first denial is logged at once");
+        for i in 1..=500 {
+            assert_eq!(log.denied(t0 + Duration::from_millis(i), 8), None);
+        }
+        assert_eq!(log.tick(t0 + Duration::from_secs(5), 8), None);
+        assert_eq!(log.tick(t0 + OverloadLog::EVERY, 8), Some(500));
+        assert_eq!(log.tick(t0 + OverloadLog::EVERY * 3, 8), None, "nothing pending");
+        assert_eq!(log.denied(t0 + OverloadLog::EVERY * 3, 8), Some(1));
+        assert_eq!(log.denied(t0 + OverloadLog::EVERY * 3, 8), None);
+        assert_eq!(log.flush(8), Some(1), "shutdown reports the rest");
+        assert_eq!(log.flush(8), None);
     }
 }

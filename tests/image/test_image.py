@@ -156,3 +156,48 @@ def test_runs_as_uid_65532_without_a_shell(storage, image):
     assert "ermission denied" in out.stderr, out.stderr
     shell = run_in_image(storage, image, "/bin/sh", "-c", "true")
     assert shell.returncode != 0
+
+
+# Last: the multi-arch build replaces the single-arch image name with a manifest list.
+@pytest.fixture(scope="session")
+def multiarch(storage, image):
+    """amd64 + arm64 images under one manifest list, exported as one OCI archive."""
+    env = dict(os.environ, BUILDAH_STORAGE_ROOT=storage)
+    built = subprocess.run(
+        [str(ROOT / "scripts/build-image"), "amd64", "arm64"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert built.returncode == 0, f"scripts/build-image amd64 arm64 failed:\n{built.stderr[-4000:]}"
+    return ROOT / "dist" / f"nats-k8s-oidc-callout-{crate_version()}.oci.tar"
+
+
+def test_multi_arch_manifest_list_holds_amd64_and_arm64(multiarch):
+    with tarfile.open(multiarch) as oci:
+        def blob(digest):
+            return json.loads(oci.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read())
+
+        outer = json.loads(oci.extractfile("index.json").read())["manifests"]
+        assert len(outer) == 1
+        assert outer[0]["annotations"]["org.opencontainers.image.ref.name"] == (
+            f"nats-k8s-oidc-callout:{crate_version()}"
+        )
+        platforms = {}
+        for m in blob(outer[0]["digest"])["manifests"]:
+            config = blob(blob(m["digest"])["config"]["digest"])
+            assert config["architecture"] == m["platform"]["architecture"]
+            assert config["config"]["User"] == "65532:65532"
+            platforms[m["platform"]["architecture"]] = m["platform"]["os"]
+    assert platforms == {"amd64": "linux", "arm64": "linux"}
+
+
+def test_arm64_binary_is_static_and_starts(multiarch):
+    binary = ROOT / "dist" / "rootfs-arm64" / BINARY.lstrip("/")
+    elf = binary.read_bytes()
+    assert elf[:4] == b"\x7fELF" and elf[18:20] == (183).to_bytes(2, "little"), "not an aarch64 ELF"
+    assert b"/lib/ld-" not in elf, "binary is dynamically linked"
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if qemu is None:
+        pytest.fail("qemu-aarch64-static is not installed: scripts/ensure-test-tools installs it")
+    out = subprocess.run([qemu, str(binary), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"nats-k8s-oidc-callout {crate_version()}"
