@@ -445,7 +445,11 @@ impl OverloadLog {
     /// Logs the denials not yet reported once [`Self::EVERY`] has passed since the last line;
     /// returns how many the line reported.
     fn tick(&mut self, now: Instant, queue_size: usize) -> Option<u64> {
-        if self.pending == 0 || self.last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+        if self.pending == 0
+            || self
+                .last
+                .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
             return None;
         }
         self.last = Some(now);
@@ -473,13 +477,21 @@ mod overload_log_tests {
     fn a_burst_is_one_line_then_one_summary_per_interval() {
         let t0 = Instant::now();
         let mut log = OverloadLog::default();
-        assert_eq!(log.denied(t0, 8), Some(1), "the first denial is logged at once");
+        assert_eq!(
+            log.denied(t0, 8),
+            Some(1),
+            "the first denial is logged at once"
+        );
         for i in 1..=500 {
             assert_eq!(log.denied(t0 + Duration::from_millis(i), 8), None);
         }
         assert_eq!(log.tick(t0 + Duration::from_secs(5), 8), None);
         assert_eq!(log.tick(t0 + OverloadLog::EVERY, 8), Some(500));
-        assert_eq!(log.tick(t0 + OverloadLog::EVERY * 3, 8), None, "nothing pending");
+        assert_eq!(
+            log.tick(t0 + OverloadLog::EVERY * 3, 8),
+            None,
+            "nothing pending"
+        );
         assert_eq!(log.denied(t0 + OverloadLog::EVERY * 3, 8), Some(1));
         assert_eq!(log.denied(t0 + OverloadLog::EVERY * 3, 8), None);
         assert_eq!(log.flush(8), Some(1), "shutdown reports the rest");
