@@ -9,10 +9,14 @@ import gzip
 import io
 import json
 import os
+import re
+import shlex
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +205,57 @@ def test_arm64_binary_is_static_and_starts(multiarch):
     out = subprocess.run([qemu, str(binary), "--version"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"nats-k8s-oidc-callout {crate_version()}"
+
+
+def test_deploy_guides_push_command_reaches_a_registry(multiarch, tmp_path):
+    """docs/DEPLOY.md step 1 pushes the archive with skopeo: run that command against a local
+    registry (Debian's docker-registry, plain HTTP on loopback) and pull both platforms back."""
+    guide = (ROOT / "docs" / "DEPLOY.md").read_text()
+    command = re.search(r"^(skopeo copy .*?\n\s+docker://\S+)$", guide.replace("\\\n", "\n"), re.M)
+    assert command, "DEPLOY.md has no skopeo copy command"
+    args = shlex.split(command.group(1))
+    source = next(a for a in args if a.startswith("oci-archive:"))
+    assert source == f"oci-archive:dist/{multiarch.name}", "the guide pushes another file than the build makes"
+    for tool in ("skopeo", "docker-registry"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: scripts/ensure-test-tools installs it")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    registry = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the local registry did not start"
+                time.sleep(0.05)
+        dest = next(a for a in args if a.startswith("docker://"))
+        local = "docker://127.0.0.1:%d/%s" % (port, dest.split("/", 3)[3])
+        run = [a if a != dest else local for a in args] + ["--dest-tls-verify=false"]
+        pushed = subprocess.run(run, cwd=ROOT, capture_output=True, text=True)
+        assert pushed.returncode == 0, pushed.stderr
+        for arch in ("amd64", "arm64"):
+            out = subprocess.run(
+                ["skopeo", "inspect", "--tls-verify=false", "--override-arch", arch, local],
+                capture_output=True, text=True,
+            )
+            assert out.returncode == 0, out.stderr
+            info = json.loads(out.stdout)
+            assert info["Architecture"] == arch
+            assert info["Labels"]["org.opencontainers.image.version"] == crate_version()
+    finally:
+        registry.terminate()
+        registry.wait(timeout=10)
