@@ -13,8 +13,9 @@ RELEASE = "cb"
 NAMESPACE = "nats-auth"
 FULLNAME = f"{RELEASE}-nats-k8s-oidc-callout"
 
-# The least a user must give: the account and a signing key.
-MINIMAL = {"nats": {"account": "APP", "signingKey": {"existingSecret": "callout-keys"}}}
+# The least a user must give: the image, the account and a signing key.
+IMAGE = "registry.example.com/platform/nats-k8s-oidc-callout"
+MINIMAL = {"image": {"repository": IMAGE}, "nats": {"account": "APP", "signingKey": {"existingSecret": "callout-keys"}}}
 
 # Fake secrets (seed-shaped, never real keys) whose every occurrence the tests look for.
 SIGNING_SEED = "SAAFAKESIGNINGSEEDFORTHECHARTTESTSONLYXXXXXXXXXXXXXXXXXXX"

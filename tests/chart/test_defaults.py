@@ -2,7 +2,9 @@
 
 import helm_python as helm
 
-from conftest import CHART_DIR, FULLNAME, MINIMAL, NAMESPACE, RELEASE
+import pytest
+
+from conftest import CHART_DIR, FULLNAME, IMAGE, MINIMAL, NAMESPACE, RELEASE
 
 SELECTOR = {"app.kubernetes.io/name": "nats-k8s-oidc-callout", "app.kubernetes.io/instance": RELEASE}
 
@@ -80,7 +82,11 @@ def test_replicas_pdb_and_soft_anti_affinity(render):
     r = render()
     assert r.deployment["spec"]["replicas"] == 2
     pdb = r.one("PodDisruptionBudget")
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": SELECTOR}}
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": {"matchLabels": SELECTOR},
+    }
     anti = r.pod["affinity"]["podAntiAffinity"]
     assert "requiredDuringSchedulingIgnoredDuringExecution" not in anti
     (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
@@ -101,6 +107,15 @@ def test_pdb_min_available_wins_and_pdb_can_be_off(render):
     assert r.one("PodDisruptionBudget")["spec"]["minAvailable"] == "50%"
     assert "maxUnavailable" not in r.one("PodDisruptionBudget")["spec"]
     assert render({"podDisruptionBudget": {"enabled": False}}).all("PodDisruptionBudget") == []
+
+
+def test_pdb_unhealthy_pod_eviction_policy(render):
+    spec = render({"podDisruptionBudget": {"unhealthyPodEvictionPolicy": "IfHealthyBudget"}}).one("PodDisruptionBudget")["spec"]
+    assert spec["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
+    for unset in ("", None):
+        spec = render({"podDisruptionBudget": {"unhealthyPodEvictionPolicy": unset}}).one("PodDisruptionBudget")["spec"]
+        assert "unhealthyPodEvictionPolicy" not in spec
+        assert spec["maxUnavailable"] == 1
 
 
 def test_probes(render):
@@ -206,6 +221,33 @@ def test_jwt_and_config_only_when_set(render):
             assert name not in defaults
 
 
+def test_log_level_off(render):
+    assert render({"logLevel": "off"}).env["LOG_LEVEL"]["value"] == "off"
+
+
+@pytest.mark.parametrize(
+    "config, grace, env",
+    [
+        # The bounds themselves are accepted.
+        ({"jwtLeeway": "0", "userJwtMaxLifetime": "10s", "shutdownTimeout": "0s", "jwksMinRefetchInterval": "1000ms"}, 5,
+         {"JWT_LEEWAY": "0", "USER_JWT_MAX_LIFETIME": "10s", "SHUTDOWN_TIMEOUT": "0s", "JWKS_MIN_REFETCH_INTERVAL": "1000ms"}),
+        ({"jwtLeeway": "5m", "userJwtMaxLifetime": "168h", "shutdownTimeout": "300", "jwksMinRefetchInterval": "1h"}, 305,
+         {"JWT_LEEWAY": "5m", "USER_JWT_MAX_LIFETIME": "168h", "SHUTDOWN_TIMEOUT": "300", "JWKS_MIN_REFETCH_INTERVAL": "1h"}),
+        # Leading zeros count for nothing (as in the service).
+        ({"userJwtMaxLifetime": "00000000000000000060s"}, 30, {"USER_JWT_MAX_LIFETIME": "00000000000000000060s"}),
+        # Grace period exactly SHUTDOWN_TIMEOUT + 5s, default and explicit.
+        ({}, 15, {}),
+        ({"shutdownTimeout": "20s"}, 25, {"SHUTDOWN_TIMEOUT": "20s"}),
+        ({"shutdownTimeout": "500ms"}, 6, {"SHUTDOWN_TIMEOUT": "500ms"}),
+    ],
+)
+def test_durations_in_range(render, config, grace, env):
+    r = render({"config": config, "terminationGracePeriodSeconds": grace})
+    assert r.pod["terminationGracePeriodSeconds"] == grace
+    for name, value in env.items():
+        assert r.env[name]["value"] == value
+
+
 def test_service(render):
     svc = render({"service": {"annotations": {"a": "b"}}}).one("Service")
     assert svc["spec"]["type"] == "ClusterIP"
@@ -214,9 +256,9 @@ def test_service(render):
 
 
 def test_image_tag_and_digest(render):
-    assert render().container["image"] == "ghcr.io/nats-k8s-oidc-callout/nats-k8s-oidc-callout:0.1.0"
+    assert render().container["image"] == f"{IMAGE}:0.1.0"
     assert render().container["imagePullPolicy"] == "IfNotPresent"
     assert render({"image": {"tag": "0.2.0"}}).container["image"].endswith(":0.2.0")
     digest = "sha256:" + "ab" * 32
     img = render({"image": {"tag": "0.2.0", "digest": digest}}).container["image"]
-    assert img == f"ghcr.io/nats-k8s-oidc-callout/nats-k8s-oidc-callout@{digest}"
+    assert img == f"{IMAGE}@{digest}"

@@ -2,14 +2,87 @@
 
 import pytest
 
-from conftest import MINIMAL, TOKEN
+from conftest import IMAGE, MINIMAL, TOKEN
 
-NO_SIGNING = {"nats": {"account": "APP"}}
+NO_SIGNING = {"image": {"repository": IMAGE}, "nats": {"account": "APP"}}
+NO_ACCOUNT = {"image": {"repository": IMAGE}, "nats": {"signingKey": {"existingSecret": "keys"}}}
+IMAGE_MESSAGE = (
+    "image.repository is required: no public image is published; build one with "
+    "scripts/build-image and push it to your registry (docs/DEPLOY.md step 1)"
+)
 
 
 def test_missing_account(render_error):
-    msg = render_error(base={"nats": {"signingKey": {"existingSecret": "keys"}}})
+    msg = render_error(base=NO_ACCOUNT)
     assert "nats.account is required" in msg
+
+
+@pytest.mark.parametrize("account", ["", "   ", "\t \n"])
+def test_blank_account(render_error, account):
+    msg = render_error({"nats": {"account": account}})
+    assert "nats.account is required" in msg
+
+
+def test_missing_image_repository(render_error):
+    # The chart's own default: no repository.
+    assert IMAGE_MESSAGE in render_error(base={"nats": MINIMAL["nats"]})
+    for blank in ("", "  "):
+        assert IMAGE_MESSAGE in render_error({"image": {"repository": blank}})
+
+
+def test_existing_service_account_needs_a_name(render_error):
+    for values in ({"serviceAccount": {"create": False}}, {"serviceAccount": {"create": False, "name": ""}}):
+        msg = render_error(values)
+        assert "serviceAccount.create is false" in msg and "serviceAccount.name is empty" in msg
+    # Also without RBAC: the pods would still run as the namespace's default ServiceAccount.
+    msg = render_error({"serviceAccount": {"create": False}, "rbac": {"create": False}})
+    assert "serviceAccount.name is empty" in msg
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version", "helm.sh/chart"],
+)
+def test_pod_labels_must_not_set_chart_labels(render_error, key):
+    msg = render_error({"podLabels": {"team": "platform", key: "other"}})
+    assert f"podLabels must not set {key}" in msg
+
+
+@pytest.mark.parametrize(
+    "key, value, bound",
+    [
+        ("jwtLeeway", "301s", "JWT_LEEWAY from 0s to 5m"),
+        ("jwtLeeway", "6m", "JWT_LEEWAY from 0s to 5m"),
+        ("jwtLeeway", "1h", "JWT_LEEWAY from 0s to 5m"),
+        ("userJwtMaxLifetime", "9", "USER_JWT_MAX_LIFETIME from 10s to 7 days"),
+        ("userJwtMaxLifetime", "9999ms", "USER_JWT_MAX_LIFETIME from 10s to 7 days"),
+        ("userJwtMaxLifetime", "169h", "USER_JWT_MAX_LIFETIME from 10s to 7 days"),
+        ("shutdownTimeout", "301", "SHUTDOWN_TIMEOUT from 0s to 300s"),
+        ("jwksMinRefetchInterval", "500ms", "JWKS_MIN_REFETCH_INTERVAL from 1s to 1h"),
+        ("jwksMinRefetchInterval", "61m", "JWKS_MIN_REFETCH_INTERVAL from 1s to 1h"),
+        # Too many digits to be anything but out of range (and never an int64 overflow).
+        ("jwtLeeway", "99999999999999999999s", "JWT_LEEWAY from 0s to 5m"),
+        ("userJwtMaxLifetime", "1000000000000ms", "USER_JWT_MAX_LIFETIME from 10s to 7 days"),
+    ],
+)
+def test_duration_out_of_range(render_error, key, value, bound):
+    # A long grace period, so only the bound itself can fail.
+    msg = render_error({"config": {key: value}, "terminationGracePeriodSeconds": 3600})
+    assert f'config.{key}="{value}"' in msg
+    assert bound in msg
+
+
+@pytest.mark.parametrize(
+    "grace, shutdown, least",
+    [(14, None, 15), (0, None, 15), (24, "20s", 25), (60, "1m", 65), (5, "1ms", 6)],
+)
+def test_grace_period_shorter_than_shutdown(render_error, grace, shutdown, least):
+    values = {"terminationGracePeriodSeconds": grace}
+    if shutdown:
+        values["config"] = {"shutdownTimeout": shutdown}
+    msg = render_error(values)
+    assert f"terminationGracePeriodSeconds={grace} is too short for config.shutdownTimeout={shutdown or '10s (the service default)'}:" in msg
+    assert f"at least {least}" in msg
 
 
 def test_missing_signing_key(render_error):
@@ -79,9 +152,17 @@ def test_pdb_without_a_bound(render_error):
         ({"replicaCount": "two"}, "/replicaCount", "want integer"),
         ({"replicaCount": -1}, "/replicaCount", "minimum"),
         ({"logLevel": "verbose"}, "/logLevel", "must be one of"),
+        ({"logLevel": "OFF"}, "/logLevel", "must be one of"),
         ({"networkPolicy": {"enabled": "yes"}}, "/networkPolicy/enabled", "want boolean"),
         ({"networkPolicy": {"natsPort": 70000}}, "/networkPolicy/natsPort", "maximum"),
         ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}}, "/networkPolicy/apiServer/cidrs/0", "pattern"),
+        ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0/24"]}}}, "/networkPolicy/apiServer/cidrs/0", "pattern"),
+        ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1/33"]}}}, "/networkPolicy/apiServer/cidrs/0", "pattern"),
+        ({"networkPolicy": {"apiServer": {"cidrs": ["1.2.3.4.5/32"]}}}, "/networkPolicy/apiServer/cidrs/0", "pattern"),
+        ({"networkPolicy": {"apiServer": {"cidrs": ["fd00::1"]}}}, "/networkPolicy/apiServer/cidrs/0", "pattern"),
+        ({"networkPolicy": {"apiServer": {"cidrs": ["fd00::/129"]}}}, "/networkPolicy/apiServer/cidrs/0", "pattern"),
+        ({"networkPolicy": {"apiServer": {"cidrs": ["abcd/64"]}}}, "/networkPolicy/apiServer/cidrs/0", "pattern"),
+        ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.0/8", "api.example/32"]}}}, "/networkPolicy/apiServer/cidrs/1", "pattern"),
         ({"replicas": 2}, "", "'replicas' not allowed"),
         ({"nats": {"acount": "APP"}}, "/nats", "'acount' not allowed"),
         ({"nats": {"signingKey": {"existingSecretKeyy": "seed"}}}, "/nats/signingKey", "'existingSecretKeyy' not allowed"),
@@ -90,6 +171,13 @@ def test_pdb_without_a_bound(render_error):
         ({"nats": {"url": "http://nats:4222"}}, "/nats/url", "pattern"),
         ({"config": {"jwtLeeway": "1 minute"}}, "/config/jwtLeeway", "pattern"),
         ({"config": {"workers": 0}}, "/config/workers", "minimum"),
+        ({"config": {"workers": 257}}, "/config/workers", "maximum"),
+        ({"config": {"workers": 2.5}}, "/config/workers", "want null or integer"),
+        ({"config": {"queueSize": 0}}, "/config/queueSize", "minimum"),
+        ({"config": {"watchTimeoutSeconds": 9}}, "/config/watchTimeoutSeconds", "minimum"),
+        ({"config": {"watchTimeoutSeconds": 3601}}, "/config/watchTimeoutSeconds", "maximum"),
+        ({"config": {"shutdownTimeout": "1d"}}, "/config/shutdownTimeout", "pattern"),
+        ({"podDisruptionBudget": {"unhealthyPodEvictionPolicy": "Never"}}, "/podDisruptionBudget/unhealthyPodEvictionPolicy", "must be one of"),
         ({"config": {"unknown": 1}}, "/config", "'unknown' not allowed"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "must be one of"),
         ({"image": {"digest": "latest"}}, "/image/digest", "pattern"),

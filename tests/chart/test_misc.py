@@ -33,6 +33,12 @@ def test_service_account_not_created(render):
     assert r.one("ClusterRoleBinding")["subjects"][0]["name"] == "callout-sa"
 
 
+def test_service_account_not_created_without_rbac(render):
+    r = render({"serviceAccount": {"create": False, "name": "callout-sa"}, "rbac": {"create": False}})
+    assert r.pod["serviceAccountName"] == "callout-sa"
+    assert "ServiceAccount callout-sa yourself" in r.notes
+
+
 def test_service_account_name_and_annotations(render):
     r = render({"serviceAccount": {"name": "custom", "annotations": {"eks.amazonaws.com/role-arn": "arn"}}})
     sa = r.one("ServiceAccount")

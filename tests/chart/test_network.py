@@ -1,5 +1,7 @@
 """The NetworkPolicy: default ingress/egress rules, selectors, replacement, API server CIDRs."""
 
+import pytest
+
 from conftest import RELEASE
 
 SELECTOR = {"app.kubernetes.io/name": "nats-k8s-oidc-callout", "app.kubernetes.io/instance": RELEASE}
@@ -7,6 +9,7 @@ DNS_PEER = {
     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
 }
+NODE_LOCAL_DNS_PEER = {"ipBlock": {"cidr": "169.254.20.10/32"}}
 NATS_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}
 
 
@@ -33,7 +36,7 @@ def test_default_rules(render):
     assert len(egress) == 3
     dns = rule_with_port(egress, 53, "UDP")
     assert {"protocol": "TCP", "port": 53} in dns["ports"]
-    assert dns["to"] == [DNS_PEER]
+    assert dns["to"] == [DNS_PEER, NODE_LOCAL_DNS_PEER]
     nats = rule_with_port(egress, 4222)
     assert nats["to"] == [NATS_PEER]
     api = rule_with_port(egress, 443)
@@ -60,6 +63,23 @@ def test_selectors_ports_and_api_cidrs(render):
     assert api["ports"] == [{"protocol": "TCP", "port": 6443}]
     assert api["to"] == [{"ipBlock": {"cidr": "10.0.0.10/32"}}, {"ipBlock": {"cidr": "10.0.0.11/32"}}]
     assert not [r for r in egress if {"protocol": "TCP", "port": 4222} in r.get("ports", [])]
+
+
+def test_empty_dns_selector_allows_port_53_anywhere(render):
+    dns = rule_with_port(policy(render, {"dnsSelector": []})["egress"], 53, "UDP")
+    assert dns == {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.0/8", "192.168.1.10/32", "0.0.0.0/0", "fd00::1/128", "2001:db8::/32", "::/0", "::ffff:10.0.0.1/128"])
+def test_api_server_cidr_shapes_accepted(render, cidr):
+    api = rule_with_port(policy(render, {"apiServer": {"cidrs": [cidr]}})["egress"], 443)
+    assert api["to"] == [{"ipBlock": {"cidr": cidr}}]
+
+
+def test_notes_mention_dns_only_with_the_policy(render):
+    notes = render({"networkPolicy": {"enabled": True}}).notes
+    assert "DNS: the default networkPolicy.dnsSelector allows kube-dns and NodeLocal DNSCache (169.254.20.10)" in notes
+    assert "DNS:" not in render().notes
 
 
 def test_empty_nats_selector_allows_any_destination(render):

@@ -38,12 +38,13 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* With serviceAccount.create false the name is required (the validate helper checks it). */}}
 {{- define "nats-k8s-oidc-callout.serviceAccountName" -}}
 {{- $sa := .Values.serviceAccount | default dict }}
 {{- if $sa.create }}
 {{- default (include "nats-k8s-oidc-callout.fullname" .) $sa.name }}
 {{- else }}
-{{- default "default" $sa.name }}
+{{- $sa.name }}
 {{- end }}
 {{- end }}
 
@@ -104,12 +105,85 @@ Argument: dict "ctx" $ "v" <values object> "suffix" <name suffix of the chart's 
 {{- end }}
 
 {{/*
+A service duration (`90`, `90s`, `15m`, `1h`, `500ms`: the grammar of the service's
+parse_duration) in milliseconds. Argument: dict "path" <value name> "value" <the string>.
+A number of more than 12 digits (leading zeros aside) is above every bound of the service: it
+comes out as 10^18 ms instead of overflowing int64.
+*/}}
+{{- define "nats-k8s-oidc-callout.durationMs" -}}
+{{- $s := toString .value }}
+{{- if not (regexMatch "^[0-9]+(ms|s|m|h)?$" $s) }}
+{{- fail (printf "%s=%q is not a duration the service accepts: a number followed by ms, s, m or h, or a bare number of seconds (e.g. 90s, 15m, 1h)" .path $s) }}
+{{- end }}
+{{- $digits := regexFind "^[0-9]+" $s }}
+{{- $unit := trimPrefix $digits $s }}
+{{- $num := regexReplaceAll "^0+" $digits "" }}
+{{- if gt (len $num) 12 }}
+{{- "1000000000000000000" }}
+{{- else }}
+{{- $factor := get (dict "" 1000 "s" 1000 "ms" 1 "m" 60000 "h" 3600000) $unit }}
+{{- mul (int64 (atoi (default "0" $num))) $factor }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks a duration value against the service's bounds. Argument: dict "path" <value name>
+"value" <string> "min" <ms> "max" <ms> "range" <the bounds as text> "env" <variable>.
+*/}}
+{{- define "nats-k8s-oidc-callout.validateDuration" -}}
+{{- $ms := include "nats-k8s-oidc-callout.durationMs" . | int64 }}
+{{- if or (lt $ms (int64 .min)) (gt $ms (int64 .max)) }}
+{{- fail (printf "%s=%q is out of range: the service accepts %s %s (it would refuse to start)" .path (toString .value) .env .range) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Every check on the values that the schema cannot express; rendered once, from the Deployment.
 Messages name the value to set and never echo a secret.
 */}}
 {{- define "nats-k8s-oidc-callout.validate" -}}
+{{- $img := .Values.image | default dict }}
+{{- if not (trim (toString ($img.repository | default ""))) }}
+{{- fail "image.repository is required: no public image is published; build one with scripts/build-image and push it to your registry (docs/DEPLOY.md step 1)" }}
+{{- end }}
 {{- $n := .Values.nats | default dict }}
-{{- $_ := required "nats.account is required: set it to the NATS account clients are placed in (e.g. --set nats.account=APP)" $n.account }}
+{{- if not (trim (toString ($n.account | default ""))) }}
+{{- fail "nats.account is required: set it to the NATS account clients are placed in (e.g. --set nats.account=APP)" }}
+{{- end }}
+{{- $sa := .Values.serviceAccount | default dict }}
+{{- if and (not $sa.create) (not $sa.name) }}
+{{- fail "serviceAccount.create is false but serviceAccount.name is empty: set serviceAccount.name to the existing ServiceAccount the pods run as (the chart never falls back to the namespace's default ServiceAccount)" }}
+{{- end }}
+{{- $selectorKeys := list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "helm.sh/chart" }}
+{{- range $key, $_ := (.Values.podLabels | default dict) }}
+{{- if has $key $selectorKeys }}
+{{- fail (printf "podLabels must not set %s: the chart sets it on the pods (app.kubernetes.io/name and app.kubernetes.io/instance are the Deployment's selector; use nameOverride to change the name)" $key) }}
+{{- end }}
+{{- end }}
+{{- $cfg := .Values.config | default dict }}
+{{- $durations := list
+  (dict "key" "jwtLeeway" "env" "JWT_LEEWAY" "min" 0 "max" 300000 "range" "from 0s to 5m")
+  (dict "key" "userJwtMaxLifetime" "env" "USER_JWT_MAX_LIFETIME" "min" 10000 "max" 604800000 "range" "from 10s to 7 days (168h)")
+  (dict "key" "shutdownTimeout" "env" "SHUTDOWN_TIMEOUT" "min" 0 "max" 300000 "range" "from 0s to 300s")
+  (dict "key" "jwksMinRefetchInterval" "env" "JWKS_MIN_REFETCH_INTERVAL" "min" 1000 "max" 3600000 "range" "from 1s to 1h") }}
+{{- range $durations }}
+{{- $v := get $cfg .key }}
+{{- if not (or (kindIs "invalid" $v) (eq (toString $v) "")) }}
+{{- include "nats-k8s-oidc-callout.validateDuration" (merge (dict "path" (printf "config.%s" .key) "value" $v) .) }}
+{{- end }}
+{{- end }}
+{{- $shutdown := "10s" }}
+{{- $shutdownNote := " (the service default)" }}
+{{- if not (or (kindIs "invalid" $cfg.shutdownTimeout) (eq (toString $cfg.shutdownTimeout) "")) }}
+{{- $shutdown = toString $cfg.shutdownTimeout }}
+{{- $shutdownNote = "" }}
+{{- end }}
+{{- $shutdownMs := include "nats-k8s-oidc-callout.durationMs" (dict "path" "config.shutdownTimeout" "value" $shutdown) | int64 }}
+{{- $grace := .Values.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $grace }}{{ $grace = 30 }}{{ end }}
+{{- if lt (mul (int64 $grace) 1000) (add $shutdownMs 5000) }}
+{{- fail (printf "terminationGracePeriodSeconds=%d is too short for config.shutdownTimeout=%s%s: shutdown takes up to SHUTDOWN_TIMEOUT + 5s, so set terminationGracePeriodSeconds to at least %d or lower config.shutdownTimeout" (int64 $grace) $shutdown $shutdownNote (div (add $shutdownMs 5999) 1000)) }}
+{{- end }}
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.signingKey "path" "nats.signingKey") }}
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.userCredentials "path" "nats.userCredentials") }}
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.xkey "path" "nats.xkey") }}
