@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, Receiver};
 use log::{error, info, warn};
 
 use crate::authorizer::Authorizer;
@@ -28,7 +28,7 @@ use crate::identity::{
 use crate::kube::cache::{
     ApiDirectory, FileDirectory, LookupSettings, ServiceAccountCache, ServiceAccountDirectory,
 };
-use crate::kube::client::ApiClient;
+use crate::kube::client::{ApiClient, KubeError};
 use crate::kube::{file, watch};
 use crate::metrics::Metrics;
 use crate::policy::PermissionCache;
@@ -42,6 +42,10 @@ const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
 /// Timeout of one key-set fetch.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before asking for the discovery document again; it doubles up to the maximum.
+const DISCOVERY_FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between two discovery attempts.
+const DISCOVERY_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Fetches the key set through the Kubernetes API client, with the cluster's CA and credentials.
 /// Only used for URLs on the API server's own origin.
@@ -84,17 +88,60 @@ struct Discovery {
     issuer: String,
 }
 
+/// What became of reading the issuer from the API server.
+#[derive(Debug, PartialEq)]
+enum Discovered {
+    /// The discovery document's `issuer`.
+    Issuer(String),
+    /// The API server answered, but not with an issuer (no discovery endpoint, forbidden, no
+    /// `issuer` field): asking again would get the same answer.
+    Unavailable(String),
+    /// The stop signal came while waiting to ask again.
+    Stopped,
+}
+
+/// Whether a failed discovery request would fail the same way again: the server did answer.
+fn discovery_failure_is_final(e: &KubeError) -> bool {
+    matches!(e.status_code(), Some(403 | 404))
+        || matches!(
+            e,
+            KubeError::Decode(_) | KubeError::CrossOrigin | KubeError::Config(_)
+        )
+}
+
 /// Reads the cluster's service-account issuer from `/.well-known/openid-configuration`: the
 /// exact `iss` differs between distributions (`https://kubernetes.default.svc.cluster.local` on
-/// kubeadm, kind and k3s; a cloud URL on EKS, GKE, AKS).
-fn discover_issuer(client: &ApiClient) -> Result<String, String> {
-    let doc: Discovery = client
-        .get_json(DISCOVERY_PATH, JWKS_FETCH_TIMEOUT)
-        .map_err(|e| e.to_string())?;
-    if doc.issuer.is_empty() {
-        return Err("empty issuer".into());
+/// kubeadm, kind and k3s; a cloud URL on EKS, GKE, AKS). Failures that may pass (no connection,
+/// 5xx, 429, 401 while the token file is rotated) are retried with a backoff from 500 ms to 30 s
+/// (or the server's `Retry-After`) until `stop`: the service is not ready meanwhile, so a replica
+/// never starts deciding with a guessed issuer because the API server hiccuped once.
+fn discover_issuer(client: &ApiClient, stop: &Receiver<()>, first_delay: Duration) -> Discovered {
+    let mut delay = first_delay;
+    loop {
+        let e = match client.get_json::<Discovery>(DISCOVERY_PATH, JWKS_FETCH_TIMEOUT) {
+            Ok(doc) if !doc.issuer.is_empty() => return Discovered::Issuer(doc.issuer),
+            Ok(_) => return Discovered::Unavailable("the document has no issuer".into()),
+            Err(e) if discovery_failure_is_final(&e) => {
+                return Discovered::Unavailable(e.to_string())
+            }
+            Err(e) => e,
+        };
+        let wait = match &e {
+            KubeError::Status {
+                retry_after: Some(r),
+                ..
+            } => (*r).max(delay),
+            _ => delay,
+        };
+        warn!(
+            "cannot read the issuer from the API server's discovery document ({e}); retrying in {wait:?} (not ready until then)"
+        );
+        match stop.recv_timeout(wait) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return Discovered::Stopped,
+        }
+        delay = (delay * 2).min(DISCOVERY_MAX_BACKOFF);
     }
-    Ok(doc.issuer)
 }
 
 fn init_logging(level: &str) {
@@ -229,13 +276,21 @@ pub fn serve() -> Result<(), String> {
     ));
     threads.push(store.spawn_refresher(stop_rx.clone()));
     let issuer = match (&api, config.issuer_is_default) {
-        (Some(client), true) => discover_issuer(client).unwrap_or_else(|e| {
-            warn!(
-                "cannot read the issuer from the API server's discovery document ({e}); using {}; set JWT_ISSUER if tokens are refused as token_wrong_issuer",
-                config.issuer
-            );
-            config.issuer.clone()
-        }),
+        (Some(client), true) => match discover_issuer(client, &stop_rx, DISCOVERY_FIRST_BACKOFF) {
+            Discovered::Issuer(issuer) => issuer,
+            Discovered::Unavailable(why) => {
+                warn!(
+                    "the API server has no usable discovery document ({why}); using {}; set JWT_ISSUER if tokens are refused as token_wrong_issuer",
+                    config.issuer
+                );
+                config.issuer.clone()
+            }
+            Discovered::Stopped => {
+                info!("stopped before the issuer could be read");
+                http.stop();
+                return Ok(());
+            }
+        },
         _ => config.issuer.clone(),
     };
     info!(
