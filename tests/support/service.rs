@@ -13,6 +13,8 @@ use super::nats::{free_port, CalloutKeys};
 pub struct ServiceBuilder {
     env: BTreeMap<String, String>,
     dir: tempfile::TempDir,
+    /// A command the binary is started through (its path is appended as the last argument).
+    wrapper: Vec<String>,
 }
 
 /// A running service; killed when dropped.
@@ -33,6 +35,7 @@ impl ServiceBuilder {
         let mut b = ServiceBuilder {
             env: BTreeMap::new(),
             dir,
+            wrapper: Vec::new(),
         };
         b = b
             .env("NATS_URL", nats_url)
@@ -52,6 +55,22 @@ impl ServiceBuilder {
     /// Sets one environment variable.
     pub fn env(mut self, k: &str, v: &str) -> ServiceBuilder {
         self.env.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    /// Removes one environment variable set so far (e.g. a default of [`ServiceBuilder::new`]).
+    pub fn unset(mut self, k: &str) -> ServiceBuilder {
+        self.env.remove(k);
+        self
+    }
+
+    /// Starts the binary through `argv` (program and arguments), with the binary's path appended
+    /// as the last argument; the wrapper must end by exec'ing it, so that the process the test
+    /// holds (signals, kill on drop) is the service itself. The wrapper gets the same
+    /// environment as the service.
+    pub fn wrapper(mut self, argv: &[&str]) -> ServiceBuilder {
+        assert!(!argv.is_empty(), "a wrapper needs a program");
+        self.wrapper = argv.iter().map(|a| a.to_string()).collect();
         self
     }
 
@@ -79,7 +98,16 @@ impl ServiceBuilder {
         let port = free_port();
         let log = self.dir.path().join("service.log");
         let out = fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_nats-k8s-oidc-callout"))
+        let bin = env!("CARGO_BIN_EXE_nats-k8s-oidc-callout");
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.env)
