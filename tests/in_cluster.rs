@@ -40,18 +40,35 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Run by `sh -c` inside the new mount namespace with `$1` = the host directory laid out as the
 /// projected volume and the rest = the service binary. The tmpfs goes over `/var/run` (the path
 /// the binary reads; mount follows the `/var/run -> /run` symlink where there is one), then the
-/// volume is bind-mounted read-only at the fixed path, as the chart mounts it.
+/// volume is bind-mounted read-only at the fixed path, as the chart mounts it, and the command
+/// runs as the chart's user: uid and gid 65532 (runAsUser, runAsGroup, fsGroup), no root.
 const POD_MOUNTS: &str = r#"set -eu
 sa=/var/run/secrets/kubernetes.io/serviceaccount
 mount -t tmpfs -o mode=0755 tmpfs /var/run
 mkdir -p "$sa"
 mount --bind "$1" "$sa"
 mount -o remount,bind,ro "$sa"
-test -r "$sa/token"
-test -r "$sa/ca.crt"
 shift
-exec "$@"
+exec setpriv --reuid=65532 --regid=65532 --clear-groups --inh-caps=-all -- "$@"
 "#;
+
+/// The chart's runAsUser, runAsGroup and fsGroup.
+const POD_UID: u32 = 65532;
+
+/// Gives `path` and everything below it, but `except`, to the pod's user, as the kubelet does
+/// with fsGroup for the volumes it mounts (the seeds the chart mounts from Secrets, here the
+/// builder's directory). The projected volume keeps its own ownership (root, group fsGroup).
+fn give_to_pod_user(path: &Path, except: &Path) {
+    if path == except {
+        return;
+    }
+    std::os::unix::fs::chown(path, Some(POD_UID), Some(POD_UID)).expect("chown");
+    if path.is_dir() && !path.is_symlink() {
+        for entry in fs::read_dir(path).expect("read_dir") {
+            give_to_pod_user(&entry.expect("dir entry").path(), except);
+        }
+    }
+}
 
 /// The argv that runs a command in a private mount namespace with `volume` at [`SA_DIR`]; the
 /// command follows as the remaining arguments.
@@ -148,8 +165,10 @@ impl ProjectedVolume {
         ] {
             let path = data.join(file);
             fs::write(&path, text).expect("write a volume file");
-            // defaultMode 288 (0440), as the chart sets it.
+            // defaultMode 288 (0440) and group fsGroup, as the chart and the kubelet set them:
+            // the pod's user reads them through its group only.
             fs::set_permissions(&path, fs::Permissions::from_mode(0o440)).expect("chmod");
+            std::os::unix::fs::chown(&path, Some(0), Some(POD_UID)).expect("chown");
         }
         let tmp = self.dir.join("..data_tmp");
         symlink(&name, &tmp).expect("symlink ..data_tmp");
@@ -226,6 +245,7 @@ impl Pod {
         let argv = pod_mounts_argv(volume.dir());
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         before(&api);
+        give_to_pod_user(b.dir(), volume.dir());
         let service = b.wrapper(&argv).spawn();
         service.wait_ready(WAIT);
         Pod {
@@ -324,6 +344,23 @@ fn a_pod_discovers_its_issuer_and_keys_from_the_api_server_with_its_projected_to
     let started = Instant::now();
     let pod = Pod::start(&[]);
     eprintln!("ready after {:?}", started.elapsed());
+
+    // It runs as the chart's user, not root: uid and gid 65532 (real, effective, saved, fs).
+    let pid = pod.service.pid().expect("running");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(ids("Uid:"), vec!["65532"; 4], "{status}");
+    assert_eq!(ids("Gid:"), vec!["65532"; 4], "{status}");
+    assert!(
+        status.contains("nats-k8s-oidc-c"),
+        "the pid is the service itself: {status}"
+    );
 
     // The API server came from the kubelet's variables (https only), the issuer from discovery.
     let log = pod.service.log();

@@ -148,6 +148,11 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 impl Service {
+    /// Process id of the running service (of its wrapper's final exec, when it has one).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// GET on the service's HTTP port: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.port, path)
