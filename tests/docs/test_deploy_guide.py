@@ -67,7 +67,8 @@ def work():
 
 
 def run_guide_keys_command(binary, work):
-    """The guide's `keys` command, with the binary's path and the directory replaced."""
+    """The guide's `keys` command, with the binary's path and the directory replaced (the keys
+    go to `work`/callout-keys)."""
     line = next(l for l in block("sh", containing=" keys --dir").splitlines() if " keys --dir" in l)
     args = line.split()[1:]
     assert args[:3] == ["keys", "--dir", "./callout-keys"], line
@@ -228,6 +229,21 @@ async def connect(port, token):
         connect_timeout=5, error_cb=on_error,
     )
     return nc, errors
+
+
+def test_the_keys_output_shown_in_the_guide_is_what_the_command_prints(binary, work):
+    out, issuer, xkey = run_guide_keys_command(binary, work / "again")
+    shown = next(
+        text for lang, _, text in guide_blocks() if lang == "" and "auth_callout.issuer" in text
+    )
+    doc_issuer = re.search(r"(A[A-Z0-9]{55})", shown).group(1)
+    doc_xkey = re.search(r"(X[A-Z0-9]{55})", shown).group(1)
+    expected = (
+        shown.replace(doc_issuer, issuer)
+        .replace(doc_xkey, xkey)
+        .replace("./callout-keys/", str(work / "again" / "callout-keys") + "/")
+    )
+    assert out == expected
 
 
 def test_the_chart_environment_is_what_the_binary_reads(deployed):

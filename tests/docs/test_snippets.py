@@ -31,7 +31,8 @@ CHART = ROOT / "helm" / "nats-k8s-oidc-callout"
 
 def doc_files():
     files = [ROOT / "README.md", CHART / "README.md"]
-    files += sorted((ROOT / "docs").rglob("*.md"))
+    # The guides only: docs/examples/ may hold installed third-party packages (node_modules).
+    files += sorted((ROOT / "docs").glob("*.md"))
     return [f for f in files if f.exists()]
 
 
