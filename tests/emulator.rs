@@ -1169,3 +1169,487 @@ fn kubectl_trusts_the_emulator_over_tls() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The TokenRequest subresource (`kubectl create token`).
+
+/// POSTs a TokenRequest `body` for `ns/name` as JSON, with `token` as the bearer if given.
+fn post_token_request(
+    emu: &KubeEmulator,
+    ns: &str,
+    name: &str,
+    body: &Value,
+    token: Option<&str>,
+) -> Answer {
+    let url = format!(
+        "{}/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
+        emu.url()
+    );
+    let mut request = agent_for(emu)
+        .post(url)
+        .header("Content-Type", "application/json");
+    if let Some(t) = token {
+        request = request.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp = request
+        .send(body.to_string())
+        .expect("request reaches the emulator");
+    Answer {
+        status: resp.status().as_u16(),
+        content_type: header(&resp, "content-type").unwrap_or_default(),
+        cache_control: header(&resp, "cache-control").unwrap_or_default(),
+        retry_after: header(&resp, "retry-after"),
+        body: serde_json::from_str(&resp.body_mut().read_to_string().expect("a body"))
+            .expect("a JSON body"),
+    }
+}
+
+fn token_request(audiences: &[&str], expiration: Option<i64>) -> Value {
+    let mut spec = serde_json::json!({ "audiences": audiences });
+    if let Some(secs) = expiration {
+        spec["expirationSeconds"] = secs.into();
+    }
+    serde_json::json!({
+        "kind": "TokenRequest",
+        "apiVersion": "authentication.k8s.io/v1",
+        "spec": spec,
+    })
+}
+
+/// The seconds since the epoch of an RFC 3339 UTC timestamp with second precision.
+fn unix_of(rfc3339: &str) -> i64 {
+    let n = |range: std::ops::Range<usize>| -> i64 {
+        rfc3339[range].parse().expect("a numeric date field")
+    };
+    assert!(rfc3339.len() == 20 && rfc3339.ends_with('Z'), "{rfc3339}");
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from civil (Howard Hinnant), the inverse of the emulator's formatting.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+}
+
+#[test]
+fn token_request_issues_a_signed_token_with_the_claims_of_a_real_cluster() {
+    let key = SigningKey::es256();
+    let emu = KubeEmulatorBuilder::new().token_signer(key.clone()).build();
+    // The signer's public half is published even though no key set was given.
+    assert_eq!(
+        get(&emu, "/openid/v1/jwks").body["keys"][0]["kid"],
+        key.kid()
+    );
+    let uid = emu.create_service_account("my-app", "client", &[]);
+    let before = tokens::now_unix();
+    let answer = post_token_request(
+        &emu,
+        "my-app",
+        "client",
+        &token_request(&["nats"], Some(600)),
+        Some(&emu.token()),
+    );
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(answer.content_type, "application/json");
+    let body = &answer.body;
+    assert_eq!(body["kind"], "TokenRequest");
+    assert_eq!(body["apiVersion"], "authentication.k8s.io/v1");
+    assert_eq!(body["metadata"]["name"], "client");
+    assert_eq!(body["metadata"]["namespace"], "my-app");
+    assert_eq!(body["spec"]["audiences"], serde_json::json!(["nats"]));
+    assert_eq!(body["spec"]["expirationSeconds"], 600);
+    let token = body["status"]["token"].as_str().expect("status.token");
+    let claims = verify_against(&emu, token).expect("signed by a key of the served set");
+    assert_eq!(tokens::header_of(token)["kid"], key.kid());
+    assert_eq!(tokens::header_of(token)["alg"], "ES256");
+    assert_eq!(claims["iss"], emu.issuer());
+    assert_eq!(claims["sub"], "system:serviceaccount:my-app:client");
+    assert_eq!(claims["aud"], serde_json::json!(["nats"]));
+    let iat = claims["iat"].as_i64().expect("iat");
+    assert!(iat >= before && iat <= tokens::now_unix(), "iat {iat}");
+    assert_eq!(claims["nbf"], iat);
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 600));
+    assert!(claims["jti"].as_str().is_some_and(|j| j.len() == 36));
+    assert_eq!(
+        claims["kubernetes.io"],
+        serde_json::json!({
+            "namespace": "my-app",
+            "serviceaccount": { "name": "client", "uid": uid },
+        })
+    );
+    let expires = body["status"]["expirationTimestamp"]
+        .as_str()
+        .expect("status.expirationTimestamp");
+    assert_eq!(unix_of(expires), iat + 600, "{expires}");
+    assert_eq!(emu.token_requests(), 1);
+    let seen = emu.requests_of(RequestKind::TokenRequest);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (
+            seen[0].method.as_str(),
+            seen[0].path.as_str(),
+            seen[0].status
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/my-app/serviceaccounts/client/token",
+            201
+        )
+    );
+
+    // Bound to a pod: the pod appears in the claim; asked for 3607 s with the API audience, the
+    // token lives a year and warns after 3607 s, while the answer still says 3607 s.
+    let mut bound = token_request(&[], Some(3607));
+    bound["spec"]["boundObjectRef"] =
+        serde_json::json!({ "kind": "Pod", "apiVersion": "v1", "name": "web-0", "uid": "pod-uid" });
+    let answer = post_token_request(&emu, "my-app", "client", &bound, Some(&emu.token()));
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert_eq!(answer.body["spec"]["boundObjectRef"]["name"], "web-0");
+    let token = answer.body["status"]["token"].as_str().expect("token");
+    let claims = tokens::claims_of(token);
+    let iat = claims["iat"].as_i64().expect("iat");
+    assert_eq!(
+        claims["kubernetes.io"]["pod"],
+        serde_json::json!({ "name": "web-0", "uid": "pod-uid" })
+    );
+    assert_eq!(claims["kubernetes.io"]["warnafter"], iat + 3607);
+    assert_eq!(claims["exp"].as_i64(), Some(iat + 24 * 365 * 3600));
+    let expires = answer.body["status"]["expirationTimestamp"]
+        .as_str()
+        .expect("expirationTimestamp");
+    assert_eq!(unix_of(expires), iat + 3607);
+    // The same for a custom audience is not extended.
+    bound["spec"]["audiences"] = serde_json::json!(["nats"]);
+    let answer = post_token_request(&emu, "my-app", "client", &bound, Some(&emu.token()));
+    let claims = tokens::claims_of(answer.body["status"]["token"].as_str().expect("token"));
+    assert_eq!(
+        claims["exp"].as_i64(),
+        claims["iat"].as_i64().map(|i| i + 3607)
+    );
+    assert!(claims["kubernetes.io"].get("warnafter").is_none());
+    // Only Pods, Secrets and Nodes of the core group can be bound.
+    bound["spec"]["boundObjectRef"]["kind"] = "Deployment".into();
+    bound["spec"]["boundObjectRef"]["apiVersion"] = "apps/v1".into();
+    let refused = post_token_request(&emu, "my-app", "client", &bound, Some(&emu.token()));
+    assert_status(&refused, 400, "BadRequest");
+    assert_eq!(
+        refused.body["message"],
+        "cannot bind token to object of type apps/v1, Kind=Deployment"
+    );
+}
+
+#[test]
+fn token_request_defaults_to_the_api_audience_and_an_hour() {
+    let emu = KubeEmulatorBuilder::new()
+        .issuer("https://oidc.example.com/cluster-1")
+        .token_signer(SigningKey::rs256())
+        .build();
+    emu.create_service_account("ns", "sa", &[]);
+    for body in [
+        token_request(&[], None),
+        serde_json::json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest" }),
+    ] {
+        let answer = post_token_request(&emu, "ns", "sa", &body, Some(&emu.token()));
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        assert_eq!(
+            answer.body["spec"]["audiences"],
+            serde_json::json!(["https://oidc.example.com/cluster-1"])
+        );
+        assert_eq!(answer.body["spec"]["expirationSeconds"], 3600);
+        let claims = tokens::claims_of(answer.body["status"]["token"].as_str().expect("token"));
+        assert_eq!(
+            claims["aud"],
+            serde_json::json!(["https://oidc.example.com/cluster-1"])
+        );
+        assert_eq!(claims["iss"], "https://oidc.example.com/cluster-1");
+        assert_eq!(
+            claims["exp"].as_i64(),
+            claims["iat"].as_i64().map(|i| i + 3600)
+        );
+    }
+}
+
+#[test]
+fn token_request_refuses_what_the_api_server_refuses() {
+    let emu = KubeEmulatorBuilder::new()
+        .token("good")
+        .token_signer(SigningKey::rs256())
+        .build();
+    emu.create_service_account("ns", "sa", &[]);
+    let ok = token_request(&["nats"], Some(600));
+
+    let missing = post_token_request(&emu, "ns", "nope", &ok, Some("good"));
+    assert_status(&missing, 404, "NotFound");
+    assert_eq!(
+        missing.body["message"],
+        "serviceaccounts \"nope\" not found"
+    );
+    assert_eq!(
+        missing.body["details"],
+        serde_json::json!({ "name": "nope", "kind": "serviceaccounts" })
+    );
+    // Another namespace's account of the same name is not it.
+    assert_status(
+        &post_token_request(&emu, "other", "sa", &ok, Some("good")),
+        404,
+        "NotFound",
+    );
+
+    for (secs, detail) in [
+        (599, "may not specify a duration less than 10 minutes"),
+        (0, "may not specify a duration less than 10 minutes"),
+        (
+            (1 << 32) + 1,
+            "may not specify a duration larger than 2^32 seconds",
+        ),
+    ] {
+        let refused = post_token_request(
+            &emu,
+            "ns",
+            "sa",
+            &token_request(&["nats"], Some(secs)),
+            Some("good"),
+        );
+        assert_status(&refused, 422, "Invalid");
+        assert_eq!(
+            refused.body["message"],
+            format!(
+                "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: \
+                 Invalid value: {secs}: {detail}"
+            )
+        );
+        assert_eq!(
+            refused.body["details"]["causes"][0],
+            serde_json::json!({
+                "reason": "FieldValueInvalid",
+                "message": format!("Invalid value: {secs}: {detail}"),
+                "field": "spec.expirationSeconds",
+            })
+        );
+        assert_eq!(refused.body["details"]["kind"], "TokenRequest");
+        assert_eq!(refused.body["details"]["group"], "authentication.k8s.io");
+    }
+    // The lower bound itself is fine; an unknown account is reported before a bad lifetime.
+    assert_eq!(
+        post_token_request(&emu, "ns", "sa", &ok, Some("good")).status,
+        201
+    );
+    assert_status(
+        &post_token_request(
+            &emu,
+            "ns",
+            "nope",
+            &token_request(&[], Some(1)),
+            Some("good"),
+        ),
+        404,
+        "NotFound",
+    );
+    // The body's name must be the path's.
+    let mut renamed = ok.clone();
+    renamed["metadata"] = serde_json::json!({ "name": "other" });
+    let refused = post_token_request(&emu, "ns", "sa", &renamed, Some("good"));
+    assert_status(&refused, 422, "Invalid");
+    assert_eq!(
+        refused.body["details"]["causes"][0]["field"],
+        "metadata.name"
+    );
+
+    // Credentials are checked first, as everywhere.
+    assert_status(
+        &post_token_request(&emu, "ns", "sa", &ok, None),
+        401,
+        "Unauthorized",
+    );
+    assert_status(
+        &post_token_request(&emu, "ns", "sa", &ok, Some("bad")),
+        401,
+        "Unauthorized",
+    );
+    emu.set_oidc_anonymous(true);
+    let anonymous = post_token_request(&emu, "ns", "sa", &ok, None);
+    assert_status(&anonymous, 403, "Forbidden");
+    assert_eq!(
+        anonymous.body["message"],
+        "serviceaccounts \"sa\" is forbidden: User \"system:anonymous\" cannot create resource \
+         \"serviceaccounts/token\" in API group \"\" in the namespace \"ns\""
+    );
+    // Only create is implemented on the subresource.
+    assert_status(
+        &get_with(
+            &emu,
+            "/api/v1/namespaces/ns/serviceaccounts/sa/token",
+            Some("good"),
+        ),
+        405,
+        "MethodNotAllowed",
+    );
+    // Faults apply to it like to any request.
+    emu.fail_next_of(RequestKind::TokenRequest, 1, 503, Some(1));
+    assert_status(
+        &post_token_request(&emu, "ns", "sa", &ok, Some("good")),
+        503,
+        "ServiceUnavailable",
+    );
+    let statuses: Vec<u16> = emu
+        .requests_of(RequestKind::TokenRequest)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [404, 404, 422, 422, 422, 201, 404, 422, 401, 401, 403, 405, 503]
+    );
+
+    // An emulator nobody gave a signer cannot issue tokens and says why.
+    let unsigned = KubeEmulatorBuilder::new().token("good").build();
+    unsigned.create_service_account("ns", "sa", &[]);
+    let failed = post_token_request(&unsigned, "ns", "sa", &ok, Some("good"));
+    assert_status(&failed, 500, "InternalError");
+    assert!(failed.body["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("token_signer")));
+    unsigned.set_token_signer(SigningKey::rs256());
+    assert_eq!(
+        post_token_request(&unsigned, "ns", "sa", &ok, Some("good")).status,
+        201
+    );
+    assert_eq!(
+        get(&unsigned, "/openid/v1/jwks").body["keys"][0]["kid"],
+        SigningKey::rs256().kid()
+    );
+}
+
+#[test]
+fn kubectl_creates_tokens_over_tls() {
+    if std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: kubectl is not on PATH");
+        return;
+    }
+    let key = SigningKey::rs256();
+    let emu = KubeEmulatorBuilder::new()
+        .tls(TlsOptions::new())
+        .token_signer(key.clone())
+        .build();
+    let uid = emu.create_service_account("my-app", "client", &[]);
+    let home = tempfile::tempdir().expect("tempdir");
+    let path = home.path().join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: u\nusers:\n- name: u\n  user:\n    token: {}\n",
+            emu.url(),
+            b64(emu.ca_pem()),
+            emu.token()
+        ),
+    )
+    .expect("write kubeconfig");
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new("kubectl")
+            .env("HOME", home.path())
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    };
+    let out = kubectl(&[
+        "-n",
+        "my-app",
+        "create",
+        "token",
+        "client",
+        "--audience",
+        "nats",
+        "--duration",
+        "10m",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\nrequests: {:?}",
+        String::from_utf8_lossy(&out.stderr),
+        emu.requests()
+    );
+    // kubectl sends the TokenRequest (as protobuf) with its bearer token and asks for no API
+    // discovery (/api, /apis); the only other request is the `/version` probe of the
+    // google-cloud-sdk kubectl dispatcher installed here, which picks a kubectl by server version.
+    let seen = emu.requests();
+    let token_requests: Vec<_> = seen
+        .iter()
+        .filter(|r| r.kind == RequestKind::TokenRequest)
+        .collect();
+    assert_eq!(token_requests.len(), 1, "{seen:?}");
+    assert!(token_requests[0].authorization_present);
+    assert!(
+        seen.iter()
+            .all(|r| r.kind == RequestKind::TokenRequest || r.path == "/version"),
+        "{seen:?}"
+    );
+    let token = String::from_utf8(out.stdout).expect("utf8");
+    let token = token.trim_end();
+    let claims = verify_against(&emu, token).expect("verifies against the served key set");
+    assert_eq!(claims["kubernetes.io"]["serviceaccount"]["uid"], uid);
+    assert_eq!(
+        claims["exp"].as_i64(),
+        claims["iat"].as_i64().map(|i| i + 600)
+    );
+
+    let bound = kubectl(&[
+        "-n",
+        "my-app",
+        "create",
+        "token",
+        "client",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "web-0",
+        "--bound-object-uid",
+        "pod-uid",
+    ]);
+    assert!(
+        bound.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bound.stderr)
+    );
+    let claims = tokens::claims_of(String::from_utf8_lossy(&bound.stdout).trim_end());
+    assert_eq!(claims["aud"], serde_json::json!([emu.issuer()]));
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "web-0");
+    assert_eq!(
+        claims["exp"].as_i64(),
+        claims["iat"].as_i64().map(|i| i + 3600)
+    );
+
+    for (args, message) in [
+        (
+            vec![
+                "-n",
+                "my-app",
+                "create",
+                "token",
+                "client",
+                "--duration",
+                "5m",
+            ],
+            "error: failed to create token: TokenRequest.authentication.k8s.io \"\" is invalid: \
+             spec.expirationSeconds: Invalid value: 300: may not specify a duration less than 10 \
+             minutes",
+        ),
+        (
+            vec!["-n", "my-app", "create", "token", "nope"],
+            "error: failed to create token: serviceaccounts \"nope\" not found",
+        ),
+    ] {
+        let out = kubectl(&args);
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty());
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), message);
+    }
+}

@@ -1,8 +1,9 @@
 //! A Kubernetes API server emulator for ServiceAccounts and OIDC discovery, faithful to the
 //! behaviours in kubernetes-facts.md §4 and §7: paginated lists with continue tokens, a global
 //! resourceVersion, chunked watch streams with history replay, 410 expiry, bookmarks, streaming
-//! lists (WatchList), selectors, bearer-token checks, the OIDC discovery endpoints, and fault
-//! injection driven by the test.
+//! lists (WatchList), selectors, bearer-token checks, the OIDC discovery endpoints, the
+//! TokenRequest subresource (`kubectl create token`, see [`token_request`]), and fault injection
+//! driven by the test.
 //!
 //! Plain HTTP by default; [`KubeEmulatorBuilder::tls`] makes it serve HTTPS with freshly
 //! generated certificates (and optionally require client certificates), with every behaviour
@@ -27,9 +28,10 @@ use base64::Engine as _;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde_json::{json, Map, Value};
 
-use super::tokens::random_uuid;
+use super::tokens::{random_uuid, SigningKey};
 
 pub mod tls;
+mod token_request;
 
 use tls::Conn;
 pub use tls::{TlsMaterial, TlsOptions};
@@ -62,6 +64,8 @@ const MAX_RECORDED_REQUESTS: usize = 100_000;
 const MAX_LINE: u64 = 16 * 1024;
 /// Most header lines accepted in one request.
 const MAX_HEADERS: usize = 100;
+/// Largest request body kept for the handler; larger ones are read and discarded.
+const MAX_BODY: u64 = 1024 * 1024;
 /// The annotation on the bookmark that ends the initial events of a streaming list.
 pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 /// The issuer a kubeadm-style cluster reports.
@@ -80,6 +84,8 @@ pub enum RequestKind {
     Discovery,
     /// `/openid/v1/jwks`.
     Jwks,
+    /// `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` (any method on that path).
+    TokenRequest,
     /// Anything else (answered 404 or 405).
     Other,
 }
@@ -189,6 +195,7 @@ pub struct KubeEmulatorBuilder {
     watch_list_supported: bool,
     expired_watch_as_http: bool,
     tls: Option<TlsOptions>,
+    token_signer: Option<SigningKey>,
 }
 
 impl Default for KubeEmulatorBuilder {
@@ -214,6 +221,7 @@ impl KubeEmulatorBuilder {
             watch_list_supported: true,
             expired_watch_as_http: false,
             tls: None,
+            token_signer: None,
         }
     }
 
@@ -276,6 +284,15 @@ impl KubeEmulatorBuilder {
         self
     }
 
+    /// The key the TokenRequest subresource signs tokens with (`kubectl create token`). Its
+    /// public half is added to the served key set if [`KubeEmulatorBuilder::jwks`] lacks it, as a
+    /// real API server always publishes its signing key. Without a signer, TokenRequests are
+    /// answered 500.
+    pub fn token_signer(mut self, key: SigningKey) -> Self {
+        self.token_signer = Some(key);
+        self
+    }
+
     /// `Cache-Control: public, max-age=N` of the discovery endpoints.
     pub fn jwks_max_age(mut self, secs: u64) -> Self {
         self.jwks_max_age = secs;
@@ -306,6 +323,10 @@ impl KubeEmulatorBuilder {
             None => (None, None),
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut jwks = self.jwks;
+        if let Some(key) = &self.token_signer {
+            token_request::publish_key(&mut jwks, key);
+        }
         let state = State {
             rv: FIRST_RESOURCE_VERSION,
             objects: BTreeMap::new(),
@@ -324,8 +345,9 @@ impl KubeEmulatorBuilder {
             watch_hang: false,
             watch_list_supported: self.watch_list_supported,
             expired_watch_as_http: self.expired_watch_as_http,
-            jwks: self.jwks,
+            jwks,
             jwks_max_age: self.jwks_max_age,
+            token_signer: self.token_signer,
             requests: VecDeque::new(),
             tls_errors: VecDeque::new(),
             counters: Counters::default(),
@@ -681,6 +703,20 @@ impl KubeEmulator {
         self.lock().jwks_max_age = secs;
     }
 
+    /// Signs TokenRequest tokens with `key` from now on (see
+    /// [`KubeEmulatorBuilder::token_signer`]); adds its public half to the served key set if
+    /// missing.
+    pub fn set_token_signer(&self, key: SigningKey) {
+        let mut st = self.lock();
+        token_request::publish_key(&mut st.jwks, &key);
+        st.token_signer = Some(key);
+    }
+
+    /// Number of TokenRequests received (any method, including refused ones).
+    pub fn token_requests(&self) -> u64 {
+        self.lock().counters.token
+    }
+
     /// Number of ServiceAccount list requests received (including failed ones).
     pub fn list_requests(&self) -> u64 {
         self.lock().counters.list
@@ -825,6 +861,7 @@ struct Counters {
     get: u64,
     discovery: u64,
     jwks: u64,
+    token: u64,
     total: u64,
     connections: u64,
     tls_handshake_failures: u64,
@@ -920,6 +957,7 @@ struct State {
     expired_watch_as_http: bool,
     jwks: Value,
     jwks_max_age: u64,
+    token_signer: Option<SigningKey>,
     requests: VecDeque<RecordedRequest>,
     tls_errors: VecDeque<String>,
     counters: Counters,
@@ -1094,6 +1132,8 @@ struct Request {
     http11: bool,
     /// The connection presented a verified client certificate.
     client_certificate: bool,
+    /// The request body (empty when there was none or it exceeded [`MAX_BODY`]).
+    body: Vec<u8>,
 }
 
 impl Request {
@@ -1191,7 +1231,7 @@ fn read_request(reader: &mut BufReader<Conn>) -> Result<Option<Request>, Request
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let request = Request {
+    let mut request = Request {
         method: method.to_string(),
         path: percent_decode(path, false),
         query: query.to_string(),
@@ -1199,6 +1239,7 @@ fn read_request(reader: &mut BufReader<Conn>) -> Result<Option<Request>, Request
         headers,
         http11: version == "HTTP/1.1",
         client_certificate: false,
+        body: Vec::new(),
     };
     if request
         .header("Transfer-Encoding")
@@ -1208,16 +1249,25 @@ fn read_request(reader: &mut BufReader<Conn>) -> Result<Option<Request>, Request
             "chunked request bodies are not supported".into(),
         ));
     }
-    // Read and discard any body so the next request on the connection parses.
+    // Read any body (discarding an oversized one) so the next request on the connection parses.
     let length: u64 = match request.header("Content-Length") {
         Some(v) => v
             .parse()
             .map_err(|_| RequestError::Malformed("bad Content-Length".into()))?,
         None => 0,
     };
-    if length > 0 {
+    if length > MAX_BODY {
         io::copy(&mut reader.by_ref().take(length), &mut io::sink())
             .map_err(|_| RequestError::Io)?;
+    } else if length > 0 {
+        reader
+            .by_ref()
+            .take(length)
+            .read_to_end(&mut request.body)
+            .map_err(|_| RequestError::Io)?;
+        if request.body.len() as u64 != length {
+            return Err(RequestError::Io);
+        }
     }
     Ok(Some(request))
 }
@@ -1230,6 +1280,11 @@ enum Route {
         namespace: Option<String>,
     },
     Item {
+        namespace: String,
+        name: String,
+    },
+    /// The `token` subresource of one ServiceAccount.
+    TokenRequest {
         namespace: String,
         name: String,
     },
@@ -1254,6 +1309,14 @@ fn route(path: &str) -> Route {
             if !ns.is_empty() && !name.is_empty() =>
         {
             Route::Item {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }
+        }
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
+            if !ns.is_empty() && !name.is_empty() =>
+        {
+            Route::TokenRequest {
                 namespace: ns.to_string(),
                 name: name.to_string(),
             }
@@ -1311,6 +1374,7 @@ fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::Result<bool
         Route::Item { .. } => RequestKind::Get,
         Route::Discovery => RequestKind::Discovery,
         Route::Jwks => RequestKind::Jwks,
+        Route::TokenRequest { .. } => RequestKind::TokenRequest,
         Route::Version | Route::Unknown => RequestKind::Other,
     };
     let reply = {
@@ -1360,6 +1424,7 @@ fn decide(
         RequestKind::Get => st.counters.get += 1,
         RequestKind::Discovery => st.counters.discovery += 1,
         RequestKind::Jwks => st.counters.jwks += 1,
+        RequestKind::TokenRequest => st.counters.token += 1,
         RequestKind::Other => {}
     }
     let target = req.target();
@@ -1372,17 +1437,17 @@ fn decide(
     if let Err(denied) = authenticate(st, req, kind, matches!(route, Route::Version)) {
         return denied;
     }
+    if let Route::TokenRequest { namespace, name } = route {
+        // The subresource only implements create.
+        if req.method != "POST" {
+            return method_not_allowed(&req.method);
+        }
+        return token_request::create(shared, st, req, namespace, name);
+    }
     if req.method != "GET" {
         return match route {
             Route::Unknown => not_found_path(),
-            _ => Reply::status(
-                405,
-                "MethodNotAllowed",
-                &format!(
-                    "the server does not allow this method on the requested resource ({})",
-                    req.method
-                ),
-            ),
+            _ => method_not_allowed(&req.method),
         };
     }
     match route {
@@ -1415,8 +1480,16 @@ fn decide(
                 "platform": "linux/amd64",
             }),
         ),
-        Route::Unknown => not_found_path(),
+        Route::TokenRequest { .. } | Route::Unknown => not_found_path(),
     }
+}
+
+fn method_not_allowed(method: &str) -> Reply {
+    Reply::status(
+        405,
+        "MethodNotAllowed",
+        &format!("the server does not allow this method on the requested resource ({method})"),
+    )
 }
 
 /// Bearer-token authentication, then the anonymous-user rules of a real cluster: without
@@ -1469,6 +1542,7 @@ fn forbidden_message(user: &str, kind: RequestKind, path: &str) -> String {
     let verb = match kind {
         RequestKind::List => "list",
         RequestKind::Watch => "watch",
+        RequestKind::TokenRequest => "create",
         _ => "get",
     };
     match kind {
@@ -1482,6 +1556,13 @@ fn forbidden_message(user: &str, kind: RequestKind, path: &str) -> String {
                 }
                 _ => "at the cluster scope".to_string(),
             };
+            if kind == RequestKind::TokenRequest {
+                let name = path.split('/').nth(6).unwrap_or_default();
+                return format!(
+                    "serviceaccounts \"{name}\" is forbidden: User \"{user}\" cannot create \
+                     resource \"serviceaccounts/token\" in API group \"\" {scope}"
+                );
+            }
             format!(
                 "serviceaccounts is forbidden: User \"{user}\" cannot {verb} resource \
                  \"serviceaccounts\" in API group \"\" {scope}"
@@ -2342,6 +2423,7 @@ fn status_body(code: u16, reason: &str, message: &str, details: Option<Value>) -
 fn reason_phrase(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -2349,6 +2431,7 @@ fn reason_phrase(code: u16) -> &'static str {
         405 => "Method Not Allowed",
         409 => "Conflict",
         410 => "Gone",
+        415 => "Unsupported Media Type",
         422 => "Unprocessable Entity",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
@@ -2442,6 +2525,11 @@ fn rfc3339_now() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    rfc3339(secs)
+}
+
+/// `secs` since the Unix epoch as RFC 3339 in UTC with second precision.
+fn rfc3339(secs: u64) -> String {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;

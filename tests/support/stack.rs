@@ -107,7 +107,11 @@ impl StackBuilder {
 
     /// Starts the API emulator, the nats-server and the service, and waits until it is ready.
     pub fn start(self) -> Stack {
-        let api = KubeEmulator::builder().jwks(jwks(&[&self.key])).build();
+        let api = KubeEmulator::builder()
+            .jwks(jwks(&[&self.key]))
+            // `kubectl create token` gets tokens signed like the test's own.
+            .token_signer(self.key.clone())
+            .build();
         for (ns, name, ann) in &self.accounts {
             let ann: Vec<(&str, &str)> =
                 ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
