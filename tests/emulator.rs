@@ -14,6 +14,9 @@ use serde_json::Value;
 use support::kube::{
     KubeEmulator, KubeEmulatorBuilder, RequestKind, TlsOptions, INITIAL_EVENTS_END,
 };
+use support::kubeconfig::{
+    kubeconfig, kubectl as kubectl_command, kubectl_missing, write_kubeconfig,
+};
 use support::tokens::{self, SigningKey, TokenBuilder};
 
 /// A client that returns 4xx/5xx as responses, with a bound on every call.
@@ -873,11 +876,7 @@ fn token_builder_shapes_match_kubernetes() {
 
 #[test]
 fn kubectl_can_read_from_the_emulator() {
-    if std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_err()
-    {
+    if kubectl_missing() {
         eprintln!("skipped: kubectl is not on PATH");
         return;
     }
@@ -1101,11 +1100,7 @@ fn tls_optional_client_certificates_fall_back_to_tokens() {
 
 #[test]
 fn kubectl_trusts_the_emulator_over_tls() {
-    if std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_err()
-    {
+    if kubectl_missing() {
         eprintln!("skipped: kubectl is not on PATH");
         return;
     }
@@ -1115,30 +1110,20 @@ fn kubectl_trusts_the_emulator_over_tls() {
     let other = KubeEmulatorBuilder::new().tls(TlsOptions::new()).build();
     emu.create_service_account("ns", "a", &[]);
     let home = tempfile::tempdir().expect("tempdir");
-    let kubectl = |cluster: String, user: String| {
-        let path = home.path().join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster:\n    server: {}\n{cluster}contexts:\n- name: t\n  context:\n    cluster: t\n    user: u\nusers:\n- name: u\n  user:\n{user}",
-                emu.url()
-            ),
-        )
-        .expect("write kubeconfig");
-        std::process::Command::new("kubectl")
-            .env("KUBECONFIG", &path)
-            .env("HOME", home.path())
+    let kubectl = |cluster: Vec<String>, user: Vec<String>| {
+        let text = kubeconfig(&emu.url(), &cluster, &user);
+        let path = write_kubeconfig(home.path(), "kubeconfig", &text);
+        kubectl_command(home.path(), &path)
             .args(["get", "--raw", "/api/v1/serviceaccounts"])
             .output()
             .expect("run kubectl")
     };
-    let ca = |pem: &str| format!("    certificate-authority-data: {}\n", b64(pem));
-    let token = format!("    token: {}\n", emu.token());
-    let cert = format!(
-        "    client-certificate-data: {}\n    client-key-data: {}\n",
-        b64(emu.client_cert_pem()),
-        b64(emu.client_key_pem())
-    );
+    let ca = |pem: &str| vec![format!("certificate-authority-data: {}", b64(pem))];
+    let token = vec![format!("token: {}", emu.token())];
+    let cert = vec![
+        format!("client-certificate-data: {}", b64(emu.client_cert_pem())),
+        format!("client-key-data: {}", b64(emu.client_key_pem())),
+    ];
     for (what, out) in [
         ("CA + token", kubectl(ca(emu.ca_pem()), token.clone())),
         ("CA + client certificate", kubectl(ca(emu.ca_pem()), cert)),
@@ -1524,11 +1509,7 @@ fn token_request_refuses_what_the_api_server_refuses() {
 
 #[test]
 fn kubectl_creates_tokens_over_tls() {
-    if std::process::Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_err()
-    {
+    if kubectl_missing() {
         eprintln!("skipped: kubectl is not on PATH");
         return;
     }
@@ -1539,23 +1520,14 @@ fn kubectl_creates_tokens_over_tls() {
         .build();
     let uid = emu.create_service_account("my-app", "client", &[]);
     let home = tempfile::tempdir().expect("tempdir");
-    let path = home.path().join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: u\nusers:\n- name: u\n  user:\n    token: {}\n",
-            emu.url(),
-            b64(emu.ca_pem()),
-            emu.token()
-        ),
-    )
-    .expect("write kubeconfig");
+    let text = kubeconfig(
+        &emu.url(),
+        &[format!("certificate-authority-data: {}", b64(emu.ca_pem()))],
+        &[format!("token: {}", emu.token())],
+    );
+    let path = write_kubeconfig(home.path(), "kubeconfig", &text);
     let kubectl = |args: &[&str]| {
-        std::process::Command::new("kubectl")
-            .env("HOME", home.path())
-            .env_remove("KUBECONFIG")
-            .arg("--kubeconfig")
-            .arg(&path)
+        kubectl_command(home.path(), &path)
             .args(args)
             .output()
             .expect("run kubectl")

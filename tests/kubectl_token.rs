@@ -13,9 +13,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use support::client::connect_token;
+use support::kubeconfig::{kubeconfig, kubectl, kubectl_missing, write_kubeconfig};
 use support::stack::{Stack, StackBuilder};
 use support::tokens;
 
@@ -91,34 +92,15 @@ fn kubectl_args(command: &str) -> Vec<String> {
     words.map(String::from).collect()
 }
 
-fn kubectl_missing() -> bool {
-    Command::new("kubectl")
-        .args(["version", "--client"])
-        .output()
-        .is_err()
+/// A kubeconfig pointing at the stack's emulator (no credentials: see the module comment).
+fn write_emulator_kubeconfig(dir: &Path, server: &str) -> PathBuf {
+    write_kubeconfig(dir, "kubeconfig", &kubeconfig(server, &[], &[]))
 }
 
-/// A kubeconfig pointing at the stack's emulator, in `dir`.
-fn write_kubeconfig(dir: &Path, server: &str) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: emulator\nclusters:\n- name: emulator\n  cluster:\n    server: {server}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: admin\nusers:\n- name: admin\n  user: {{}}\n"
-        ),
-    )
-    .expect("write kubeconfig");
-    path
-}
-
-/// kubectl with `args` and `--kubeconfig`, isolated from the machine's own configuration.
+/// kubectl with `args`, isolated from the machine's own configuration.
 fn run_kubectl(home: &Path, kubeconfig: &Path, args: &[String]) -> Output {
-    Command::new("kubectl")
-        .env("HOME", home)
-        .env_remove("KUBECONFIG")
+    kubectl(home, kubeconfig)
         .args(args)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
         .output()
         .expect("run kubectl")
 }
@@ -172,7 +154,7 @@ fn the_guides_token_command_gets_a_token_the_service_accepts() {
     );
     let s = guide_stack(&step);
     let home = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = write_kubeconfig(home.path(), &s.api.url());
+    let kubeconfig = write_emulator_kubeconfig(home.path(), &s.api.url());
 
     let command = guide_token_command(&step);
     let out = run_kubectl(home.path(), &kubeconfig, &command);
@@ -240,7 +222,7 @@ fn tokens_without_the_audience_or_under_ten_minutes_are_refused() {
     );
     let s = guide_stack(&step);
     let home = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = write_kubeconfig(home.path(), &s.api.url());
+    let kubeconfig = write_emulator_kubeconfig(home.path(), &s.api.url());
 
     // Without --audience the API server's own audience (the issuer) goes in, for an hour.
     let out = run_kubectl(

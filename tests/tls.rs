@@ -18,6 +18,7 @@ use base64::Engine as _;
 
 use support::client::connect_token;
 use support::kube::{KubeEmulator, KubeEmulatorBuilder, RequestKind, TlsOptions};
+use support::kubeconfig::{kubeconfig, write_kubeconfig};
 use support::nats::{CalloutKeys, NatsServer, CLIENT_ACCOUNT};
 use support::service::{Service, ServiceBuilder};
 use support::tokens::{jwks, SigningKey, TokenBuilder};
@@ -69,6 +70,7 @@ impl Cluster {
         self.service(|dir| {
             write_kubeconfig(
                 dir,
+                "kubeconfig",
                 &kubeconfig(
                     &self.api.url(),
                     &[format!(
@@ -104,34 +106,6 @@ impl Cluster {
 
 fn b64(data: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-/// A one-context kubeconfig for `server`, with these lines (already indented by four spaces)
-/// under the cluster and the user.
-fn kubeconfig(server: &str, cluster: &[String], user: &[String]) -> String {
-    let mut text = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {server}\n"
-    );
-    for line in cluster {
-        text.push_str(&format!("    {line}\n"));
-    }
-    text.push_str(
-        "contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n",
-    );
-    if user.is_empty() {
-        text.push_str("    {}\n");
-    }
-    for line in user {
-        text.push_str(&format!("    {line}\n"));
-    }
-    text
-}
-
-/// Writes `text` as `dir/kubeconfig` and returns the path.
-fn write_kubeconfig(dir: &Path, text: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    fs::write(&path, text).expect("write kubeconfig");
-    path
 }
 
 /// Asserts that none of `secrets` shows in the service's log.
@@ -258,6 +232,7 @@ fn a_ca_that_does_not_match_keeps_the_service_unready_and_says_why() {
         .service(|dir| {
             write_kubeconfig(
                 dir,
+                "kubeconfig",
                 &kubeconfig(
                     &c.api.url(),
                     &[format!(
@@ -302,6 +277,7 @@ fn a_client_certificate_authenticates_without_a_token() {
         .service(|dir| {
             write_kubeconfig(
                 dir,
+                "kubeconfig",
                 &kubeconfig(
                     &c.api.url(),
                     &[format!(
@@ -346,6 +322,7 @@ fn a_client_certificate_of_another_ca_is_refused_by_the_server() {
         .service(|dir| {
             write_kubeconfig(
                 dir,
+                "kubeconfig",
                 &kubeconfig(
                     &c.api.url(),
                     &[format!(
@@ -385,6 +362,7 @@ fn insecure_skip_tls_verify_works_without_a_ca_and_warns() {
         .service(|dir| {
             write_kubeconfig(
                 dir,
+                "kubeconfig",
                 &kubeconfig(
                     &c.api.url(),
                     &["insecure-skip-tls-verify: true".to_string()],
@@ -418,6 +396,7 @@ fn insecure_together_with_a_ca_is_refused_like_client_go() {
         .service(|dir| {
             write_kubeconfig(
                 dir,
+                "kubeconfig",
                 &kubeconfig(
                     &c.api.url(),
                     &[

@@ -1624,16 +1624,21 @@ fn injected_failure(fault: &Fault, kind: RequestKind) -> Reply {
 fn get_one(st: &State, namespace: &str, name: &str) -> Reply {
     match st.objects.get(&(namespace.to_string(), name.to_string())) {
         Some(account) => Reply::json(200, account.to_json(true)),
-        None => Reply::json(
-            404,
-            status_body(
-                404,
-                "NotFound",
-                &format!("serviceaccounts \"{name}\" not found"),
-                Some(json!({ "name": name, "kind": "serviceaccounts" })),
-            ),
-        ),
+        None => service_account_not_found(name),
     }
+}
+
+/// The API server's 404 for a ServiceAccount that does not exist (GET, TokenRequest).
+fn service_account_not_found(name: &str) -> Reply {
+    Reply::json(
+        404,
+        status_body(
+            404,
+            "NotFound",
+            &format!("serviceaccounts \"{name}\" not found"),
+            Some(json!({ "name": name, "kind": "serviceaccounts" })),
+        ),
+    )
 }
 
 fn discovery(shared: &Shared, st: &State) -> Reply {

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod examples;
 pub mod kube;
+pub mod kubeconfig;
 pub mod nats;
 pub mod service;
 pub mod stack;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use super::kubeconfig::{kubeconfig, write_kubeconfig};
 use super::nats::{free_port, CalloutKeys};
 
 /// Builder of a service process.
@@ -76,14 +77,8 @@ impl ServiceBuilder {
 
     /// Points the service at a Kubernetes API (the emulator) through a kubeconfig with a token.
     pub fn kube_api(self, server: &str, token: &str) -> ServiceBuilder {
-        let kubeconfig = self.dir.path().join("kubeconfig");
-        fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {server}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    token: {token}\n"
-            ),
-        )
-        .expect("write kubeconfig");
+        let text = kubeconfig(server, &[], &[format!("token: {token}")]);
+        let kubeconfig = write_kubeconfig(self.dir.path(), "kubeconfig", &text);
         let path = kubeconfig.to_str().expect("utf8 path").to_string();
         self.env("K8S_IN_CLUSTER", "false").env("KUBECONFIG", &path)
     }

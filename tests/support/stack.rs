@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::client::{connect_token, is_authorization_violation};
 use super::kube::{KubeEmulator, DEFAULT_ISSUER};
+use super::kubeconfig::{kubeconfig, write_kubeconfig};
 use super::nats::{free_port, server_config, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
 use super::service::{Service, ServiceBuilder};
 use super::tokens::{jwks, random_uuid, SigningKey, TokenBuilder};
@@ -136,17 +137,13 @@ impl StackBuilder {
             .env("JWT_ISSUER", DEFAULT_ISSUER);
         let token_file = if self.token_file {
             let token_path = b.dir().join("api-token");
-            let kubeconfig = b.dir().join("kubeconfig-token-file");
             write_atomically(&token_path, &api.token());
-            fs::write(
-                &kubeconfig,
-                format!(
-                    "apiVersion: v1\nkind: Config\ncurrent-context: test\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\nusers:\n- name: test\n  user:\n    tokenFile: {}\n",
-                    api.url(),
-                    token_path.display()
-                ),
-            )
-            .expect("write kubeconfig");
+            let text = kubeconfig(
+                &api.url(),
+                &[],
+                &[format!("tokenFile: {}", token_path.display())],
+            );
+            let kubeconfig = write_kubeconfig(b.dir(), "kubeconfig-token-file", &text);
             b = b
                 .env("K8S_IN_CLUSTER", "false")
                 .env("KUBECONFIG", kubeconfig.to_str().expect("utf8 path"));

@@ -21,7 +21,7 @@
 use serde_json::{json, Value};
 
 use super::super::tokens::{now_unix, random_uuid, SigningKey, TokenBuilder};
-use super::{rfc3339, status_body, Reply, Request, Shared, State};
+use super::{rfc3339, service_account_not_found, status_body, Reply, Request, Shared, State};
 
 /// `expirationSeconds` when the request leaves it unset (`SetDefaults_TokenRequestSpec`).
 const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
@@ -83,15 +83,7 @@ pub(super) fn create(
         }
     }
     let Some(account) = st.objects.get(&(namespace.to_string(), name.to_string())) else {
-        return Reply::json(
-            404,
-            status_body(
-                404,
-                "NotFound",
-                &format!("serviceaccounts \"{name}\" not found"),
-                Some(json!({ "name": name, "kind": "serviceaccounts" })),
-            ),
-        );
+        return service_account_not_found(name);
     };
     let spec = &body["spec"];
     let mut audiences: Vec<String> = spec["audiences"]
