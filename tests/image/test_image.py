@@ -60,19 +60,21 @@ def image(storage):
     return tag
 
 
+def blob(oci, digest):
+    """The bytes of the blob `digest` (sha256:…) of an opened OCI archive."""
+    return oci.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read()
+
+
 @pytest.fixture(scope="session")
 def archive(image):
     """The exported OCI archive: (config JSON, {path: TarInfo} of the single layer)."""
     path = ROOT / "dist" / f"nats-k8s-oidc-callout-{crate_version()}-amd64.oci.tar"
     with tarfile.open(path) as oci:
-        def blob(digest):
-            return oci.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read()
-
         index = json.loads(oci.extractfile("index.json").read())
-        manifest = json.loads(blob(index["manifests"][0]["digest"]))
-        config = json.loads(blob(manifest["config"]["digest"]))
+        manifest = json.loads(blob(oci, index["manifests"][0]["digest"]))
+        config = json.loads(blob(oci, manifest["config"]["digest"]))
         assert len(manifest["layers"]) == 1, manifest["layers"]
-        layer = blob(manifest["layers"][0]["digest"])
+        layer = blob(oci, manifest["layers"][0]["digest"])
         if layer[:2] == b"\x1f\x8b":
             layer = gzip.decompress(layer)
         with tarfile.open(fileobj=io.BytesIO(layer)) as t:
@@ -177,8 +179,8 @@ def multiarch(storage, image):
 
 def test_multi_arch_manifest_list_holds_amd64_and_arm64(multiarch):
     with tarfile.open(multiarch) as oci:
-        def blob(digest):
-            return json.loads(oci.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read())
+        def doc(digest):
+            return json.loads(blob(oci, digest))
 
         outer = json.loads(oci.extractfile("index.json").read())["manifests"]
         assert len(outer) == 1
@@ -186,8 +188,8 @@ def test_multi_arch_manifest_list_holds_amd64_and_arm64(multiarch):
             f"nats-k8s-oidc-callout:{crate_version()}"
         )
         platforms = {}
-        for m in blob(outer[0]["digest"])["manifests"]:
-            config = blob(blob(m["digest"])["config"]["digest"])
+        for m in doc(outer[0]["digest"])["manifests"]:
+            config = doc(doc(m["digest"])["config"]["digest"])
             assert config["architecture"] == m["platform"]["architecture"]
             assert config["config"]["User"] == "65532:65532"
             platforms[m["platform"]["architecture"]] = m["platform"]["os"]
