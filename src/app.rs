@@ -15,6 +15,7 @@ use crossbeam_channel::{bounded, Receiver};
 use log::{error, info, warn};
 
 use crate::authorizer::Authorizer;
+use crate::backoff::{Backoff, BackoffSettings};
 use crate::callout::request::RequestDecoder;
 use crate::callout::response::ResponseSigner;
 use crate::callout::service::{self, CalloutContext, CalloutSettings, NatsAuth};
@@ -112,11 +113,14 @@ fn discovery_failure_is_final(e: &KubeError) -> bool {
 /// Reads the cluster's service-account issuer from `/.well-known/openid-configuration`: the
 /// exact `iss` differs between distributions (`https://kubernetes.default.svc.cluster.local` on
 /// kubeadm, kind and k3s; a cloud URL on EKS, GKE, AKS). Failures that may pass (no connection,
-/// 5xx, 429, 401 while the token file is rotated) are retried with a backoff from 500 ms to 30 s
-/// (or the server's `Retry-After`) until `stop`: the service is not ready meanwhile, so a replica
+/// 5xx, 429, 401 while the token file is rotated) are retried with a jittered backoff from
+/// 500 ms to 30 s (or the server's `Retry-After`) until `stop`: the service is not ready meanwhile, so a replica
 /// never starts deciding with a guessed issuer because the API server hiccuped once.
-fn discover_issuer(client: &ApiClient, stop: &Receiver<()>, first_delay: Duration) -> Discovered {
-    let mut delay = first_delay;
+fn discover_issuer(client: &ApiClient, stop: &Receiver<()>) -> Discovered {
+    let mut backoff = Backoff::new(BackoffSettings::doubling(
+        DISCOVERY_FIRST_BACKOFF,
+        DISCOVERY_MAX_BACKOFF,
+    ));
     loop {
         let e = match client.get_json::<Discovery>(DISCOVERY_PATH, JWKS_FETCH_TIMEOUT) {
             Ok(doc) if !doc.issuer.is_empty() => return Discovered::Issuer(doc.issuer),
@@ -126,13 +130,11 @@ fn discover_issuer(client: &ApiClient, stop: &Receiver<()>, first_delay: Duratio
             }
             Err(e) => e,
         };
-        let wait = match &e {
-            KubeError::Status {
-                retry_after: Some(r),
-                ..
-            } => (*r).max(delay),
-            _ => delay,
+        let retry_after = match &e {
+            KubeError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         };
+        let wait = backoff.next_delay(retry_after);
         warn!(
             "cannot read the issuer from the API server's discovery document ({e}); retrying in {wait:?} (not ready until then)"
         );
@@ -140,7 +142,6 @@ fn discover_issuer(client: &ApiClient, stop: &Receiver<()>, first_delay: Duratio
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return Discovered::Stopped,
         }
-        delay = (delay * 2).min(DISCOVERY_MAX_BACKOFF);
     }
 }
 
@@ -276,7 +277,7 @@ pub fn serve() -> Result<(), String> {
     ));
     threads.push(store.spawn_refresher(stop_rx.clone()));
     let issuer = match (&api, config.issuer_is_default) {
-        (Some(client), true) => match discover_issuer(client, &stop_rx, DISCOVERY_FIRST_BACKOFF) {
+        (Some(client), true) => match discover_issuer(client, &stop_rx) {
             Discovered::Issuer(issuer) => issuer,
             Discovered::Unavailable(why) => {
                 warn!(

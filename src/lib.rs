@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod authorizer;
+pub mod backoff;
 pub mod callout;
 pub mod config;
 pub mod devtools;

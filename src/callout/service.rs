@@ -19,6 +19,7 @@ use super::request::{AuthRequest, RequestDecoder};
 use super::response::{seal_if_needed, Grant, ResponseSigner};
 use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
 use crate::authorizer::{Authorizer, Decision};
+use crate::backoff::{Backoff, BackoffSettings};
 use crate::health::Readiness;
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::redact::redact_urls;
@@ -219,17 +220,20 @@ pub fn run(
     let where_ = redact_urls(&settings.url);
     let closing = Arc::new(AtomicBool::new(false));
     // Connect, retrying with backoff until it works or shutdown is asked.
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::new(BackoffSettings::doubling(
+        Duration::from_millis(250),
+        Duration::from_secs(10),
+    ));
     let nc = loop {
         match connect(&settings, &metrics, &readiness, &closing) {
             Ok(nc) => break nc,
             Err(e) => {
+                let delay = backoff.next_delay(None);
                 warn!("cannot connect to nats at {where_}: {e}; retrying in {delay:?}");
                 match stop.recv_timeout(delay) {
                     Err(RecvTimeoutError::Timeout) => {}
                     _ => return Ok(()),
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     };

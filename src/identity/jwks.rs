@@ -22,6 +22,7 @@ use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Deserialize;
 
+use crate::backoff::{Backoff, BackoffSettings};
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::redact::redact_url;
@@ -781,7 +782,9 @@ impl JwksStore {
                     now + every
                 };
             }
-            Err(_) => schedule.next_attempt = now + schedule.backoff.next_delay(),
+            Err(_) => {
+                schedule.next_attempt = now + schedule.backoff.delay(now, None, centred_jitter())
+            }
         }
         schedule.next_attempt.saturating_duration_since(now)
     }
@@ -894,6 +897,16 @@ impl Drop for RefetchFinished<'_> {
     }
 }
 
+/// The loader's backoff: doubling from `initial` to `max`, restarted by each success.
+fn jittered_backoff(initial: Duration, max: Duration) -> Backoff {
+    Backoff::new(BackoffSettings::doubling(initial, max))
+}
+
+/// A jitter in [-0.5, 0.5): each delay is the current step times a factor in [0.5, 1.5).
+fn centred_jitter() -> f64 {
+    fastrand::f64() - 0.5
+}
+
 /// When the refresher thread acts next.
 struct Schedule {
     /// The next step that does any work.
@@ -909,37 +922,8 @@ impl Schedule {
         Schedule {
             next_attempt: now,
             next_full_load: now,
-            backoff: Backoff::new(settings.initial_backoff, settings.max_backoff),
+            backoff: jittered_backoff(settings.initial_backoff, settings.max_backoff),
         }
-    }
-}
-
-/// Exponential backoff with jitter: each delay is the current step times a random factor in
-/// [0.5, 1.5), and the step doubles up to the cap.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    step: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max,
-            step: initial,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let step = self.step;
-        self.step = step.saturating_mul(2).min(self.max).max(self.initial);
-        let factor = 0.5 + fastrand::f64();
-        Duration::try_from_secs_f64(step.as_secs_f64() * factor).unwrap_or(step)
-    }
-
-    fn reset(&mut self) {
-        self.step = self.initial;
     }
 }
 
@@ -1675,11 +1659,12 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        let mut b = jittered_backoff(Duration::from_millis(500), Duration::from_secs(30));
+        let next_delay = |b: &mut Backoff| b.delay(Instant::now(), None, centred_jitter());
+        let delays: Vec<Duration> = (0..10).map(|_| next_delay(&mut b)).collect();
         assert!(delays[0] >= Duration::from_millis(250) && delays[0] < Duration::from_millis(750));
         assert!(delays[9] >= Duration::from_secs(15) && delays[9] < Duration::from_secs(45));
         b.reset();
-        assert!(b.next_delay() < Duration::from_millis(750));
+        assert!(next_delay(&mut b) < Duration::from_millis(750));
     }
 }

@@ -24,6 +24,8 @@ use serde::Deserialize;
 use super::cache::{Change, ServiceAccountCache};
 use super::client::{ApiClient, ApiStatus, KubeError, LineStream};
 use super::{encode_query_value, stop_requested, wait_or_stop, RawObject, ServiceAccount};
+use crate::backoff::Backoff;
+pub use crate::backoff::BackoffSettings;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 
@@ -31,31 +33,8 @@ use crate::metrics::Metrics;
 const COLLECTION_PATH: &str = "/api/v1/serviceaccounts";
 /// How long the driver waits for a stream item before it checks for stop.
 const STREAM_POLL: Duration = Duration::from_millis(500);
-/// Longest `Retry-After` honoured; a larger value is treated as this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Events buffered between a watch stream's reader thread and the loop.
 const STREAM_BUFFER: usize = 64;
-
-/// Backoff between failed attempts (client-go's numbers by default).
-#[derive(Clone, Debug)]
-pub struct BackoffSettings {
-    /// First delay. Default: 800 ms.
-    pub initial: Duration,
-    /// Largest delay, jitter included. Default: 30 s.
-    pub max: Duration,
-    /// After this long without a failure the delay starts again at `initial`. Default: 120 s.
-    pub reset_after: Duration,
-}
-
-impl Default for BackoffSettings {
-    fn default() -> Self {
-        BackoffSettings {
-            initial: Duration::from_millis(800),
-            max: Duration::from_secs(30),
-            reset_after: Duration::from_secs(120),
-        }
-    }
-}
 
 /// Settings of the list + watch loop.
 #[derive(Clone, Debug)]
@@ -401,46 +380,6 @@ fn after_page<S>(mut objects: Vec<ServiceAccount>, page: ListPage) -> (State<S>,
                 resource_version: page.resource_version,
             }),
         ),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Backoff (outside the state machine)
-
-/// Exponential backoff with jitter, reset after a quiet period.
-struct Backoff {
-    settings: BackoffSettings,
-    next: Duration,
-    last_failure: Option<Instant>,
-}
-
-impl Backoff {
-    fn new(settings: BackoffSettings) -> Backoff {
-        Backoff {
-            next: settings.initial,
-            settings,
-            last_failure: None,
-        }
-    }
-
-    /// The wait after a failure at `now`; `jitter` in [0, 1) spreads clients apart.
-    fn delay(&mut self, now: Instant, retry_after: Option<Duration>, jitter: f64) -> Duration {
-        if self
-            .last_failure
-            .is_some_and(|t| now.saturating_duration_since(t) >= self.settings.reset_after)
-        {
-            self.next = self.settings.initial;
-        }
-        self.last_failure = Some(now);
-        let base = self.next.min(self.settings.max);
-        self.next = base.saturating_mul(2).min(self.settings.max);
-        let jittered = base
-            .mul_f64(1.0 + jitter.clamp(0.0, 1.0))
-            .min(self.settings.max);
-        match retry_after {
-            Some(server) => jittered.max(server.min(MAX_RETRY_AFTER)),
-            None => jittered,
-        }
     }
 }
 
@@ -1107,35 +1046,6 @@ mod tests {
         // A short watch that did deliver an event is a normal end.
         let (_, out) = next_output(s, &mut api);
         assert!(matches!(out, Some(Output::WatchEnded(None))), "{out:?}");
-    }
-
-    #[test]
-    fn backoff_doubles_caps_honours_retry_after_and_resets() {
-        let mut b = Backoff::new(BackoffSettings::default());
-        let t = Instant::now();
-        let ms = Duration::from_millis;
-        assert_eq!(b.delay(t, None, 0.0), ms(800));
-        assert_eq!(b.delay(t, None, 0.0), ms(1600));
-        assert_eq!(
-            b.delay(t, None, 0.5),
-            ms(4800),
-            "jitter adds up to one more delay"
-        );
-        for _ in 0..10 {
-            b.delay(t, None, 0.0);
-        }
-        assert_eq!(b.delay(t, None, 0.99), Duration::from_secs(30), "capped");
-        assert_eq!(
-            b.delay(t, Some(Duration::from_secs(45)), 0.0),
-            Duration::from_secs(45),
-            "Retry-After is a floor"
-        );
-        let later = t + Duration::from_secs(121);
-        assert_eq!(
-            b.delay(later, None, 0.0),
-            ms(800),
-            "reset after 2 min healthy"
-        );
     }
 
     /// Runs the driver against a fake API until its script runs out.
