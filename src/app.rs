@@ -29,11 +29,11 @@ use crate::identity::{
 use crate::kube::cache::{
     ApiDirectory, FileDirectory, LookupSettings, ServiceAccountCache, ServiceAccountDirectory,
 };
-use crate::kube::client::{ApiClient, KubeError};
 use crate::kube::{file, watch};
+use crate::kube::{ApiClient, KubeError};
 use crate::metrics::Metrics;
 use crate::policy::PermissionCache;
-use crate::redact::redact_url;
+use crate::urls::redact_url;
 
 /// Path of the API server's key set.
 const API_JWKS_PATH: &str = "/openid/v1/jwks";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nkeys::{KeyPair, XKey};
 
-use crate::redact::{redact_url, redact_urls};
+use crate::urls::{parse_nats_address, redact_url, redact_urls, HttpUrl};
 
 /// Where the service-account tokens' signing keys come from.
 #[derive(Clone, PartialEq, Eq)]
@@ -101,23 +101,6 @@ impl fmt::Debug for Config {
             .field("accounts", &self.accounts)
             .finish_non_exhaustive()
     }
-}
-
-/// Whether `url` is plain http to this host (127.0.0.0/8, `localhost` or `[::1]`).
-fn is_loopback_http(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.split(':').next().unwrap_or(""),
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The in-cluster default issuer.
@@ -275,6 +258,22 @@ impl Config {
             .filter(|u| !u.is_empty())
             .collect::<Vec<_>>()
             .join(",");
+        // Parsed as the NATS client parses them: one that does not parse could never connect.
+        for (i, u) in nats_url.split(',').enumerate() {
+            match parse_nats_address(u) {
+                Ok((url, _)) if matches!(url.scheme(), "nats" | "tls") => {}
+                Ok((url, _)) => r.problems.push(format!(
+                    "NATS_URL entry {} ({}) has the scheme {:?}; use nats:// or tls://",
+                    i + 1,
+                    redact_url(u),
+                    url.scheme()
+                )),
+                Err(e) => r.problems.push(format!(
+                    "NATS_URL entry {} is not a valid URL ({e}); a / # or ? in a user name or password ends the host part",
+                    i + 1
+                )),
+            }
+        }
         let creds = r
             .get("NATS_USER_CREDS_FILE")
             .or(r.get("NATS_CREDS_FILE"))
@@ -320,15 +319,18 @@ impl Config {
                     .push("JWKS_URL and JWKS_PATH are both set; use exactly one".into());
                 JwksLocation::ApiServer
             }
-            (Some(u), None) => {
-                if !(u.starts_with("https://") || is_loopback_http(u)) {
+            (Some(u), None) => match HttpUrl::parse(u) {
+                Ok(url) if url.is_https() || url.is_loopback() => {
+                    JwksLocation::Url(url.as_str().to_owned())
+                }
+                _ => {
                     r.problems.push(format!(
                         "JWKS_URL={:?} is not an https URL (plain http is accepted for loopback addresses only: anyone on the path could swap the keys)",
                         redact_url(u)
                     ));
+                    JwksLocation::ApiServer
                 }
-                JwksLocation::Url(u.to_string())
-            }
+            },
             (None, Some(p)) => JwksLocation::Path(PathBuf::from(p)),
             (None, None) => {
                 if matches!(accounts, AccountsSource::File(_)) {
@@ -528,6 +530,30 @@ mod tests {
             !shown.contains("secret") && !shown.contains("sig=abc"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn nats_urls_that_could_never_connect_are_refused_without_their_passwords() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let with = |url: &str| {
+            Config::from_map(&env(&[
+                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+                ("NATS_ACCOUNT", "APP"),
+                ("NATS_URL", url),
+            ]))
+        };
+        assert!(with("nats://callout:S3cr%2Fet@nats:4222, tls://b:4222,c:4222").is_ok());
+        let err = with("nats://a:4222,nats://callout:S3cr/et@host").unwrap_err();
+        assert!(err.contains("NATS_URL entry 2 is not a valid URL"), "{err}");
+        assert!(!err.contains("S3cr"), "{err}");
+        let err = with("http://callout:S3cret@host:4222").unwrap_err();
+        assert!(
+            err.contains("NATS_URL entry 1 (http://host:4222) has the scheme \"http\""),
+            "{err}"
+        );
+        assert!(!err.contains("S3cret"), "{err}");
+        let c = with("nats://callout:S3cr%40et@nats:4222").unwrap();
+        assert!(!format!("{c:?}").contains("S3cr"));
     }
 
     #[test]

@@ -22,4 +22,4 @@ pub mod identity;
 pub mod kube;
 pub mod metrics;
 pub mod policy;
-pub mod redact;
+pub mod urls;

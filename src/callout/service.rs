@@ -22,7 +22,7 @@ use crate::authorizer::{Authorizer, Decision};
 use crate::backoff::{Backoff, BackoffSettings};
 use crate::health::Readiness;
 use crate::metrics::{DecisionLabels, Metrics};
-use crate::redact::redact_urls;
+use crate::urls::redact_urls;
 
 /// How the service logs in to NATS.
 #[derive(Clone)]

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::backoff::{Backoff, BackoffSettings};
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::redact::redact_url;
+use crate::urls::redact_url;
 
 /// Largest JWKS document accepted, from a file or over HTTP (1 MiB).
 pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;

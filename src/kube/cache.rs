@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use parking_lot::{Mutex, RwLock};
 
-use super::client::{ApiClient, KubeError};
 use super::{is_valid_namespace, is_valid_object_name, ServiceAccount};
+use super::{ApiClient, KubeError};
 use crate::metrics::Metrics;
 
 /// How long a deletion is remembered to stop a concurrent GET from resurrecting the account.

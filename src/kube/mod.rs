@@ -1,175 +1,40 @@
-//! The Kubernetes side: API client, ServiceAccount list + watch, and the ServiceAccount cache.
+//! The Kubernetes side: where the API server is, the client that talks to it, the ServiceAccount
+//! list + watch, and the ServiceAccount cache.
 //!
-//! - [`client`] talks to the API server (in-cluster or from a kubeconfig) with bounded waits;
+//! - [`config`]: in-cluster settings or a kubeconfig, resolved into one endpoint;
+//! - [`credential`]: the bearer token, re-read from its file when the kubelet rotates it;
+//! - [`client`]: the HTTP transport, with bounded waits; [`error`]: what can go wrong;
+//! - [`object`]: the ServiceAccount as kept, read from API objects;
 //! - [`watch`] keeps the [`cache`] current with a paginated list followed by a watch;
 //! - [`file`](mod@file) fills the same cache from a local file, for development without a cluster;
 //! - [`cache`] answers lookups, with a rate-limited GET on a miss when backed by the API.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use serde::Deserialize;
 
 pub mod cache;
 pub mod client;
+pub mod config;
+pub(crate) mod credential;
+pub mod error;
 pub mod file;
+pub mod object;
+#[cfg(test)]
+pub(crate) mod test_server;
 pub mod watch;
 
 pub use cache::{
     ApiDirectory, Change, FileDirectory, Lookup, LookupSettings, ServiceAccountCache,
     ServiceAccountDirectory, ServiceAccountFetcher,
 };
-pub use client::{
-    ApiClient, ApiStatus, ClientSettings, ConfigError, InClusterPaths, KubeConfigSource, KubeError,
-    RawResponse,
-};
+pub use client::{ApiClient, ClientSettings, LineStream, RawResponse};
+pub use config::{InClusterPaths, KubeConfigSource};
+pub use error::{ApiStatus, ConfigError, KubeError};
 pub use file::{load_file, spawn_file_source, FileError};
+pub(crate) use object::RawObject;
+pub use object::{is_valid_namespace, is_valid_object_name, ServiceAccount};
 pub use watch::{spawn_watcher, BackoffSettings, WatchSettings};
-
-/// The parts of a Kubernetes ServiceAccount the service uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceAccount {
-    /// Namespace of the account.
-    pub namespace: String,
-    /// Name of the account (may contain dots).
-    pub name: String,
-    /// The object's uid; a re-created account has a new one.
-    pub uid: String,
-    /// The object's annotations.
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl ServiceAccount {
-    /// A ServiceAccount `namespace/name` with this `uid` and no annotations, for unit tests.
-    #[cfg(test)]
-    pub(crate) fn for_test(namespace: &str, name: &str, uid: &str) -> ServiceAccount {
-        ServiceAccount {
-            namespace: namespace.into(),
-            name: name.into(),
-            uid: uid.into(),
-            annotations: BTreeMap::new(),
-        }
-    }
-}
-
-/// The `metadata` of an object as the API (or a manifest file) writes it; other fields are ignored.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct ObjectMeta {
-    #[serde(default)]
-    pub(crate) name: Option<String>,
-    #[serde(default)]
-    pub(crate) namespace: Option<String>,
-    #[serde(default)]
-    pub(crate) uid: Option<String>,
-    #[serde(default, rename = "resourceVersion")]
-    pub(crate) resource_version: Option<String>,
-    #[serde(default)]
-    pub(crate) annotations: Option<BTreeMap<String, String>>,
-}
-
-/// One object of any kind, reduced to its metadata. `kind` is optional: the API server leaves it
-/// off list items, so nothing here relies on it.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct RawObject {
-    #[serde(default)]
-    pub(crate) kind: Option<String>,
-    #[serde(default)]
-    pub(crate) metadata: ObjectMeta,
-}
-
-/// Why an object could not be read as a ServiceAccount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ObjectProblem {
-    /// `metadata.name` is missing or empty.
-    MissingName,
-    /// `metadata.namespace` is missing or empty and no default applies.
-    MissingNamespace,
-}
-
-impl ObjectProblem {
-    /// A short description for error messages.
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            ObjectProblem::MissingName => "metadata.name is missing",
-            ObjectProblem::MissingNamespace => "metadata.namespace is missing",
-        }
-    }
-}
-
-impl RawObject {
-    /// The object's resourceVersion, if it has one.
-    pub(crate) fn resource_version(&self) -> Option<&str> {
-        self.metadata.resource_version.as_deref()
-    }
-
-    /// Reads the object as a ServiceAccount; `default_namespace` fills a missing namespace.
-    pub(crate) fn into_service_account(
-        self,
-        default_namespace: Option<&str>,
-    ) -> Result<ServiceAccount, ObjectProblem> {
-        let meta = self.metadata;
-        let name = meta
-            .name
-            .filter(|n| !n.is_empty())
-            .ok_or(ObjectProblem::MissingName)?;
-        let namespace = match meta.namespace.filter(|n| !n.is_empty()) {
-            Some(ns) => ns,
-            None => default_namespace
-                .map(str::to_owned)
-                .ok_or(ObjectProblem::MissingNamespace)?,
-        };
-        Ok(ServiceAccount {
-            namespace,
-            name,
-            uid: meta.uid.unwrap_or_default(),
-            annotations: meta.annotations.unwrap_or_default(),
-        })
-    }
-}
-
-/// Whether `s` is a valid namespace name (an RFC 1123 label). Checked before a name is put into
-/// an API path, so nothing a token says can steer the request elsewhere.
-pub fn is_valid_namespace(s: &str) -> bool {
-    s.len() <= 63 && is_dns_name(s, false)
-}
-
-/// Whether `s` is a valid ServiceAccount name (an RFC 1123 subdomain: labels joined by dots).
-/// Rejects `.`, `..`, slashes and anything else that could change the meaning of an API path.
-pub fn is_valid_object_name(s: &str) -> bool {
-    s.len() <= 253 && is_dns_name(s, true)
-}
-
-fn is_dns_name(s: &str, dots_allowed: bool) -> bool {
-    let bytes = s.as_bytes();
-    let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
-        return false;
-    };
-    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    alnum(first)
-        && alnum(last)
-        && bytes
-            .iter()
-            .all(|b| alnum(b) || *b == b'-' || (dots_allowed && *b == b'.'))
-        && !(dots_allowed && s.contains(".."))
-}
-
-/// Percent-encodes a query parameter value (continue tokens and resourceVersions are opaque).
-pub(crate) fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
-}
-
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// Whether stop was requested: a message arrived or every sender is gone.
 pub(crate) fn stop_requested(stop: &Receiver<()>) -> bool {
@@ -179,61 +44,4 @@ pub(crate) fn stop_requested(stop: &Receiver<()>) -> bool {
 /// Waits `delay` unless stop is requested first; returns whether to stop.
 pub(crate) fn wait_or_stop(stop: &Receiver<()>, delay: Duration) -> bool {
     !matches!(stop.recv_timeout(delay), Err(RecvTimeoutError::Timeout))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_that_could_change_an_api_path_are_refused() {
-        assert!(is_valid_object_name("app"));
-        assert!(is_valid_object_name("my.app-1"));
-        assert!(!is_valid_object_name(""));
-        assert!(!is_valid_object_name("."));
-        assert!(!is_valid_object_name(".."));
-        assert!(!is_valid_object_name("a..b"));
-        assert!(!is_valid_object_name("a/b"));
-        assert!(!is_valid_object_name("a%2Fb"));
-        assert!(!is_valid_object_name("App"));
-        assert!(!is_valid_object_name("-a"));
-        assert!(is_valid_namespace("team-a"));
-        assert!(!is_valid_namespace("team.a"));
-        assert!(!is_valid_namespace(&"a".repeat(64)));
-    }
-
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(encode_query_value("abc-1_2.3~"), "abc-1_2.3~");
-        assert_eq!(encode_query_value("a+b/c=&"), "a%2Bb%2Fc%3D%26");
-    }
-
-    #[test]
-    fn objects_without_kind_are_read() {
-        let raw: RawObject = serde_json::from_str(
-            r#"{"metadata":{"name":"app","namespace":"team-a","uid":"u1","resourceVersion":"7",
-                "annotations":{"k":"v"}},"secrets":[]}"#,
-        )
-        .unwrap();
-        assert_eq!(raw.resource_version(), Some("7"));
-        let sa = raw.into_service_account(None).unwrap();
-        assert_eq!(sa.namespace, "team-a");
-        assert_eq!(sa.name, "app");
-        assert_eq!(sa.uid, "u1");
-        assert_eq!(sa.annotations.get("k").map(String::as_str), Some("v"));
-    }
-
-    #[test]
-    fn objects_without_name_are_refused() {
-        let raw: RawObject = serde_json::from_str(r#"{"metadata":{"namespace":"a"}}"#).unwrap();
-        assert_eq!(
-            raw.into_service_account(None),
-            Err(ObjectProblem::MissingName)
-        );
-        let raw: RawObject = serde_json::from_str(r#"{"metadata":{"name":"a"}}"#).unwrap();
-        assert_eq!(
-            raw.into_service_account(None),
-            Err(ObjectProblem::MissingNamespace)
-        );
-    }
 }

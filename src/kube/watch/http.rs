@@ -1,0 +1,333 @@
+//! The watch loop's API calls over HTTP: list pages and watch streams of the cluster-wide
+//! ServiceAccount collection, each watch stream read by its own thread.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{debug, warn};
+use serde::Deserialize;
+use url::form_urlencoded;
+
+use super::{
+    EventStream, ListPage, StreamItem, WatchApi, WatchEvent, WatchSettings, COLLECTION_PATH,
+    STREAM_BUFFER, STREAM_POLL,
+};
+use crate::kube::cache::Change;
+use crate::kube::{ApiClient, ApiStatus, KubeError, LineStream, RawObject};
+
+/// [`WatchApi`] over an [`ApiClient`].
+pub(super) struct ClientApi {
+    client: Arc<ApiClient>,
+    settings: WatchSettings,
+}
+
+impl ClientApi {
+    /// The calls of the loop, made through `client`.
+    pub(super) fn new(client: Arc<ApiClient>, settings: WatchSettings) -> ClientApi {
+        ClientApi { client, settings }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListMeta {
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: Option<String>,
+    #[serde(default, rename = "continue")]
+    continue_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawList {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Option<Vec<RawObject>>,
+}
+
+impl RawList {
+    fn into_page(self) -> ListPage {
+        let mut items = Vec::new();
+        for raw in self.items.unwrap_or_default() {
+            match raw.into_service_account(None) {
+                Ok(sa) => items.push(sa),
+                Err(problem) => warn!("skipping a listed ServiceAccount: {}", problem.describe()),
+            }
+        }
+        ListPage {
+            items,
+            resource_version: self.metadata.resource_version.unwrap_or_default(),
+            continue_token: self.metadata.continue_token,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    object: serde_json::Value,
+}
+
+/// Decodes one line of a watch stream.
+fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
+    let event: RawEvent = serde_json::from_slice(line).map_err(KubeError::Decode)?;
+    match event.kind.as_str() {
+        "ERROR" => {
+            let status: ApiStatus =
+                serde_json::from_value(event.object).map_err(KubeError::Decode)?;
+            Ok(WatchEvent::Error(status))
+        }
+        "BOOKMARK" => {
+            let raw: RawObject = serde_json::from_value(event.object).map_err(KubeError::Decode)?;
+            Ok(WatchEvent::Bookmark {
+                resource_version: raw.resource_version().unwrap_or_default().to_owned(),
+            })
+        }
+        kind @ ("ADDED" | "MODIFIED" | "DELETED") => {
+            let raw: RawObject = serde_json::from_value(event.object).map_err(KubeError::Decode)?;
+            let resource_version = raw.resource_version().map(str::to_owned);
+            match raw.into_service_account(None) {
+                Ok(sa) => Ok(WatchEvent::Change {
+                    change: if kind == "DELETED" {
+                        Change::Delete(sa)
+                    } else {
+                        Change::Upsert(sa)
+                    },
+                    resource_version,
+                }),
+                Err(problem) => {
+                    warn!("skipping a {kind} event: {}", problem.describe());
+                    Ok(WatchEvent::Skipped { resource_version })
+                }
+            }
+        }
+        other => {
+            debug!("skipping a watch event of unknown type {other:?}");
+            Ok(WatchEvent::Skipped {
+                resource_version: None,
+            })
+        }
+    }
+}
+
+impl WatchApi for ClientApi {
+    type Stream = ChannelStream;
+
+    fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage, KubeError> {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("limit", &self.settings.page_size.to_string());
+        if let Some(token) = continue_token {
+            query.append_pair("continue", token);
+        }
+        let path = format!("{COLLECTION_PATH}?{}", query.finish());
+        let list: RawList = self.client.get_json(&path, self.settings.list_timeout)?;
+        Ok(list.into_page())
+    }
+
+    fn watch(&mut self, resource_version: &str) -> Result<ChannelStream, KubeError> {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("watch", "1")
+            .append_pair("resourceVersion", resource_version)
+            .append_pair("allowWatchBookmarks", "true")
+            .append_pair("timeoutSeconds", &self.settings.timeout_seconds.to_string())
+            .finish();
+        let path = format!("{COLLECTION_PATH}?{query}");
+        let lines = self.client.get_lines(&path, self.settings.read_timeout())?;
+        ChannelStream::spawn(lines)
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A watch stream read by its own thread, so the loop can wait on it with a short timeout and
+/// notice stop promptly. The thread ends when the stream ends or the loop drops this value
+/// (at its next line, or at the stream's read timeout at the latest).
+pub(super) struct ChannelStream {
+    items: Receiver<StreamItem>,
+}
+
+impl ChannelStream {
+    fn spawn(mut lines: LineStream) -> Result<ChannelStream, KubeError> {
+        let (tx, rx) = crossbeam_channel::bounded(STREAM_BUFFER);
+        std::thread::Builder::new()
+            .name("kube-watch-stream".to_owned())
+            .spawn(move || loop {
+                let item = match lines.next_line() {
+                    Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                    Ok(Some(line)) => match parse_watch_line(&line) {
+                        Ok(event) => StreamItem::Event(event),
+                        Err(e) => StreamItem::Broken(e),
+                    },
+                    Ok(None) => StreamItem::Closed,
+                    Err(e) => StreamItem::Broken(e),
+                };
+                let last = !matches!(item, StreamItem::Event(_));
+                if tx.send(item).is_err() || last {
+                    return;
+                }
+            })
+            .map_err(KubeError::Local)?;
+        Ok(ChannelStream { items: rx })
+    }
+}
+
+impl EventStream for ChannelStream {
+    fn next_item(&mut self) -> StreamItem {
+        match self.items.recv_timeout(STREAM_POLL) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => StreamItem::Idle,
+            Err(RecvTimeoutError::Disconnected) => StreamItem::Closed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spawn_watcher;
+    use super::*;
+    use crate::health::Readiness;
+    use crate::kube::client::test_client;
+    use crate::kube::test_server::{response, start, Request};
+    use crate::kube::{ServiceAccount, ServiceAccountCache};
+    use crate::metrics::Metrics;
+    use std::time::Duration;
+
+    #[test]
+    fn watch_lines_are_decoded_without_kind_or_api_version() {
+        let ev = parse_watch_line(
+            br#"{"type":"ADDED","object":{"metadata":{"name":"app","namespace":"ns","uid":"u","resourceVersion":"5","annotations":{"a":"b"}}}}"#,
+        )
+        .unwrap();
+        match ev {
+            WatchEvent::Change {
+                change: Change::Upsert(s),
+                resource_version,
+            } => {
+                assert_eq!((s.namespace.as_str(), s.name.as_str()), ("ns", "app"));
+                assert_eq!(resource_version.as_deref(), Some("5"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let ev = parse_watch_line(
+            br#"{"type":"DELETED","object":{"kind":"ServiceAccount","metadata":{"name":"a","namespace":"n","uid":"u","resourceVersion":"6"}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            ev,
+            WatchEvent::Change {
+                change: Change::Delete(_),
+                ..
+            }
+        ));
+        let ev = parse_watch_line(
+            br#"{"type":"BOOKMARK","object":{"kind":"ServiceAccount","apiVersion":"v1","metadata":{"resourceVersion":"9"}}}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(ev, WatchEvent::Bookmark { ref resource_version } if resource_version == "9")
+        );
+        let ev = parse_watch_line(
+            br#"{"type":"ERROR","object":{"kind":"Status","status":"Failure","reason":"Expired","code":410,"message":"too old resource version: 1 (2)"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            ev,
+            WatchEvent::Error(ApiStatus {
+                code: Some(410),
+                ..
+            })
+        ));
+        let ev =
+            parse_watch_line(br#"{"type":"ADDED","object":{"metadata":{"resourceVersion":"3"}}}"#)
+                .unwrap();
+        assert!(matches!(
+            ev,
+            WatchEvent::Skipped {
+                resource_version: Some(_)
+            }
+        ));
+        assert!(matches!(
+            parse_watch_line(b"{not json"),
+            Err(KubeError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn list_pages_are_decoded_without_kind() {
+        let list: RawList = serde_json::from_str(
+            r#"{"kind":"ServiceAccountList","apiVersion":"v1",
+                "metadata":{"resourceVersion":"10245","continue":"tok","remainingItemCount":1},
+                "items":[{"metadata":{"name":"a","namespace":"n","uid":"u"}},{"metadata":{}}]}"#,
+        )
+        .unwrap();
+        let p = list.into_page();
+        assert_eq!(p.items, vec![ServiceAccount::for_test("n", "a", "u")]);
+        assert_eq!(p.resource_version, "10245");
+        assert_eq!(p.continue_token.as_deref(), Some("tok"));
+        let empty: RawList =
+            serde_json::from_str(r#"{"metadata":{"resourceVersion":"1"},"items":null}"#).unwrap();
+        assert!(empty.into_page().items.is_empty());
+    }
+
+    /// End to end over a socket: a hand-rolled server answers the list and one watch.
+    #[test]
+    fn spawn_watcher_lists_and_watches_over_http() {
+        let base = start(Arc::new(|req: &Request| {
+            if req.path.contains("watch=1") && req.path.contains("resourceVersion=10&") {
+                assert!(req.path.contains("allowWatchBookmarks=true"));
+                assert!(req.path.contains("timeoutSeconds=290"));
+                let body = concat!(
+                    r#"{"type":"ADDED","object":{"metadata":{"name":"b","namespace":"n","uid":"u2","resourceVersion":"11"}}}"#,
+                    "\n",
+                    r#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"12"}}}"#,
+                    "\n"
+                );
+                response("200 OK", &[], body)
+            } else if req.path.contains("watch=1") {
+                // Later watches hang a little and end with nothing new.
+                std::thread::sleep(Duration::from_millis(300));
+                response("200 OK", &[], "")
+            } else if req.path.contains("continue=c%2B1") {
+                response(
+                    "200 OK",
+                    &[],
+                    r#"{"metadata":{"resourceVersion":"10"},"items":[{"metadata":{"name":"a2","namespace":"n","uid":"u3"}}]}"#,
+                )
+            } else {
+                assert!(req.path.contains("limit=500"), "{}", req.path);
+                response(
+                    "200 OK",
+                    &[],
+                    r#"{"metadata":{"resourceVersion":"10","continue":"c+1"},"items":[{"metadata":{"name":"a","namespace":"n","uid":"u1"}}]}"#,
+                )
+            }
+        }));
+        let client = Arc::new(test_client(&base, Some("t")));
+        let cache = Arc::new(ServiceAccountCache::new(Arc::new(Metrics::new())));
+        let readiness = Arc::new(Readiness::default());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let handle = spawn_watcher(
+            client,
+            cache.clone(),
+            WatchSettings::default(),
+            readiness.clone(),
+            cache.metrics().clone(),
+            rx,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(readiness.cache_synced());
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get("n", "b").is_some());
+        let stopping = Instant::now();
+        drop(tx);
+        handle.join().unwrap();
+        assert!(stopping.elapsed() < Duration::from_secs(3));
+    }
+}
