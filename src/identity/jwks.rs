@@ -1657,6 +1657,113 @@ mod tests {
         ));
     }
 
+    // ---- log texts: operators and docs/TROUBLESHOOTING.md match these ----
+
+    #[test]
+    fn reasons_for_skipping_a_key_read_as_documented() {
+        let b64 = |bytes: &[u8]| serde_json::Value::from(URL_SAFE_NO_PAD.encode(bytes));
+        let rsa = TestKey::rsa("r").jwk();
+        let ec = TestKey::es256("e").jwk();
+        let with = |base: &serde_json::Value, field: &str, value: serde_json::Value| {
+            let mut jwk = base.clone();
+            jwk[field] = value;
+            jwk
+        };
+        let without = |base: &serde_json::Value, field: &str| {
+            let mut jwk = base.clone();
+            jwk.as_object_mut().unwrap().remove(field);
+            jwk
+        };
+        let mut weak = vec![0xC5u8; 128];
+        weak[127] |= 1;
+        let cases: Vec<(serde_json::Value, &str)> = vec![
+            (with(&ec, "use", "enc".into()), r#"use is "enc", not "sig""#),
+            (
+                with(&ec, "key_ops", serde_json::json!(["sign"])),
+                r#"key_ops does not include "verify""#,
+            ),
+            (without(&ec, "kty"), "no kty"),
+            (
+                with(&ec, "kty", "oct".into()),
+                r#"unsupported key type "oct""#,
+            ),
+            (
+                with(&rsa, "alg", "ES256".into()),
+                r#"alg "ES256" does not match a RSA key"#,
+            ),
+            (
+                with(&ec, "alg", "ES384".into()),
+                r#"alg "ES384" does not match a P-256 key"#,
+            ),
+            (without(&rsa, "n"), "no n"),
+            (with(&rsa, "e", "not base64!".into()), "e is not base64url"),
+            (
+                with(&rsa, "n", b64(&weak)),
+                "RSA modulus of 1024 bits is outside 2048..=4096",
+            ),
+            (with(&rsa, "e", b64(&[1; 9])), "RSA exponent is too large"),
+            (
+                with(&rsa, "e", "AQAA".into()),
+                "RSA exponent is not an odd number in 3..2^33",
+            ),
+            (without(&ec, "crv"), "no crv"),
+            (
+                with(&ec, "crv", "P-521".into()),
+                r#"unsupported curve "P-521""#,
+            ),
+            (
+                with(&ec, "x", b64(&[1; 31])),
+                "P-256 coordinates must be 32 bytes each",
+            ),
+            (with(&ec, "y", b64(&[7; 32])), "the point is not on P-256"),
+        ];
+        for (jwk, want) in cases {
+            let raw: RawJwk = serde_json::from_value(jwk).unwrap();
+            assert_eq!(parse_key(raw).unwrap_err().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn load_failures_read_as_documented() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let cases = [
+            (
+                JwksError::Fetch("HTTP 403".into()),
+                "fetch failed: HTTP 403".to_string(),
+            ),
+            (
+                JwksError::ReadFile {
+                    path: PathBuf::from("/keys/jwks.json"),
+                    error: std::io::Error::from(std::io::ErrorKind::NotFound),
+                },
+                format!("cannot read /keys/jwks.json: {missing}"),
+            ),
+            (
+                JwksError::TooLarge,
+                "key set is larger than 1048576 bytes".to_string(),
+            ),
+            (
+                KeySet::parse(b"{").unwrap_err(),
+                "not a JWKS document: unexpected end at line 1 column 1".to_string(),
+            ),
+            (
+                JwksError::NoUsableKeys { skipped: 3 },
+                "no usable key in the key set (3 skipped)".to_string(),
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(error.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn public_url_answering_other_than_200_fails_with_its_status() {
+        use crate::kube::client::test_server::{response, start};
+        let base = start(Arc::new(|_| response("404 Not Found", &[], "{}")));
+        let fetcher = PublicUrlFetcher::new(format!("{base}/keys"), Duration::from_secs(2));
+        assert_eq!(fetcher.fetch().unwrap_err(), "http status 404");
+    }
+
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {
         let mut b = jittered_backoff(Duration::from_millis(500), Duration::from_secs(30));

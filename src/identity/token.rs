@@ -1447,6 +1447,32 @@ mod tests {
     }
 
     #[test]
+    fn log_texts_read_as_documented() {
+        let texts: Vec<String> = every_error().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                "malformed token",
+                "token of 1 bytes exceeds 16384",
+                r#"unsupported signing algorithm "x""#,
+                "no key of a type that verifies RS256",
+                r#"unknown key id "k""#,
+                "bad signature",
+                "token expired at 1",
+                "token not valid before 1",
+                "token issued in the future at 1",
+                "wrong issuer",
+                "audience not accepted",
+                "token has no expiry",
+                "missing kubernetes.io service account claims",
+                "subject does not match service account",
+                "legacy secret-based token",
+                "no signing keys loaded",
+            ]
+        );
+    }
+
+    #[test]
     fn log_text_never_contains_the_token() {
         let tokens = [
             app().expires_in(-3600).sign(&keys().1),
