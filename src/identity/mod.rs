@@ -21,3 +21,9 @@ pub use token::{
     claimed_service_account, ClaimedServiceAccount, Identity, TokenError, TokenSettings,
     TokenValidator,
 };
+
+/// At most `max` characters of `s`, with control characters dropped: safe to put in a log line
+/// even when the string came from an unauthenticated client.
+pub(crate) fn printable(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}

@@ -16,7 +16,8 @@ use jsonwebtoken::Validation;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 
-use super::jwks::{printable, JwksStore, KeySet, SigningAlgorithm, VerificationKey};
+use super::jwks::{JwksStore, KeySet, SigningAlgorithm, VerificationKey};
+use super::printable;
 
 /// Tokens longer than this are refused before any parsing (real ones are about 1 KiB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

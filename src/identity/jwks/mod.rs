@@ -1,0 +1,114 @@
+//! The JWKS store: the public keys that sign service-account tokens, loaded from a file or a URL,
+//! refreshed in the background and refetched (rate-limited) when a token names an unknown key id.
+//!
+//! Keys are parsed once per load into ready-to-use [`jsonwebtoken::DecodingKey`]s and handed out as
+//! an [`Arc<KeySet>`](std::sync::Arc), so validating a token costs one read lock and one
+//! reference-count increment. A failed load never replaces a good key set: the last good set stays
+//! in use.
+//!
+//! - `keyset`: one JWKS document in, the usable keys out (each skipped key logged with why);
+//! - `source`: where the document comes from (a file, a URL) and its `Cache-Control: max-age`;
+//! - `store`: the key set in use, loads that install a new one, the unknown-kid refetch gate;
+//! - `refresh`: the thread that keeps the set current and its schedule.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+mod keyset;
+mod refresh;
+mod source;
+mod store;
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use keyset::{KeySet, KeyType, SigningAlgorithm, VerificationKey};
+pub use source::{
+    describe_http_error, parse_max_age, FetchedJwks, JwksFetcher, JwksSource, PublicUrlFetcher,
+};
+pub use store::{JwksSettings, JwksStore};
+
+/// Largest JWKS document accepted, from a file or over HTTP (1 MiB).
+pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;
+
+/// Why a key set could not be loaded.
+#[derive(Debug)]
+pub enum JwksError {
+    /// The fetcher failed; its message (never containing credentials).
+    Fetch(String),
+    /// The key file could not be read.
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        error: io::Error,
+    },
+    /// The document is larger than [`MAX_JWKS_BYTES`].
+    TooLarge,
+    /// The document is not a JSON object with a `keys` array.
+    NotAJwks {
+        /// Where parsing failed (no document content).
+        detail: String,
+    },
+    /// No key in the document is usable.
+    NoUsableKeys {
+        /// How many keys were skipped.
+        skipped: usize,
+    },
+}
+
+impl fmt::Display for JwksError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwksError::Fetch(msg) => write!(f, "fetch failed: {msg}"),
+            JwksError::ReadFile { path, error } => {
+                write!(f, "cannot read {}: {error}", path.display())
+            }
+            JwksError::TooLarge => write!(f, "key set is larger than {MAX_JWKS_BYTES} bytes"),
+            JwksError::NotAJwks { detail } => write!(f, "not a JWKS document: {detail}"),
+            JwksError::NoUsableKeys { skipped } => {
+                write!(f, "no usable key in the key set ({skipped} skipped)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for JwksError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_failures_read_as_documented() {
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let cases = [
+            (
+                JwksError::Fetch("HTTP 403".into()),
+                "fetch failed: HTTP 403".to_string(),
+            ),
+            (
+                JwksError::ReadFile {
+                    path: PathBuf::from("/keys/jwks.json"),
+                    error: std::io::Error::from(std::io::ErrorKind::NotFound),
+                },
+                format!("cannot read /keys/jwks.json: {missing}"),
+            ),
+            (
+                JwksError::TooLarge,
+                "key set is larger than 1048576 bytes".to_string(),
+            ),
+            (
+                KeySet::parse(b"{").unwrap_err(),
+                "not a JWKS document: unexpected end at line 1 column 1".to_string(),
+            ),
+            (
+                JwksError::NoUsableKeys { skipped: 3 },
+                "no usable key in the key set (3 skipped)".to_string(),
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(error.to_string(), want);
+        }
+    }
+}

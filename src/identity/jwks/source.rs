@@ -1,0 +1,266 @@
+//! Where a key set comes from: a file, a public URL, or a fetcher of the caller's; and how long
+//! a fetched one may be cached (`Cache-Control: max-age`).
+
+use std::fmt;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use log::warn;
+
+use super::{JwksError, MAX_JWKS_BYTES};
+use crate::redact::redact_url;
+
+/// A JWKS document as fetched, with how long the server says it may be cached.
+#[derive(Clone, Debug)]
+pub struct FetchedJwks {
+    /// The response body.
+    pub body: Vec<u8>,
+    /// The `Cache-Control: max-age`, if the response had one (see [`parse_max_age`]).
+    pub max_age: Option<Duration>,
+}
+
+/// Something that fetches a JWKS document over the network.
+pub trait JwksFetcher: Send + Sync {
+    /// Fetches the document once; the error message must not contain credentials.
+    fn fetch(&self) -> Result<FetchedJwks, String>;
+    /// Where the keys come from, for log lines: a URL without credentials.
+    fn describe(&self) -> String;
+}
+
+/// Where the key set comes from.
+pub enum JwksSource {
+    /// A file, re-read when its modification time, length or inode changes. The path is opened
+    /// and stat-ed anew each time, so a Kubernetes volume that swaps its `..data` symlink is followed.
+    File(PathBuf),
+    /// A network endpoint.
+    Remote(Box<dyn JwksFetcher>),
+    /// A fixed document given in memory (configuration or tests); never changes.
+    Inline(Vec<u8>),
+}
+
+impl JwksSource {
+    /// Where the keys come from, for log lines.
+    pub fn describe(&self) -> String {
+        match self {
+            JwksSource::File(path) => format!("file {}", path.display()),
+            JwksSource::Remote(fetcher) => fetcher.describe(),
+            JwksSource::Inline(_) => "inline key set".to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for JwksSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Identity of a file's content as far as `stat` can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    device: u64,
+    inode: u64,
+}
+
+pub(super) fn file_stamp(path: &Path) -> io::Result<FileStamp> {
+    // `metadata` follows symlinks, so after a `..data` swap this is the new file's inode.
+    let meta = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    let (device, inode) = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let (device, inode) = (0, 0);
+    Ok(FileStamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        device,
+        inode,
+    })
+}
+
+pub(super) fn read_limited(path: &Path) -> Result<Vec<u8>, JwksError> {
+    let read_error = |error| JwksError::ReadFile {
+        path: path.to_path_buf(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut body = Vec::new();
+    file.take(MAX_JWKS_BYTES + 1)
+        .read_to_end(&mut body)
+        .map_err(read_error)?;
+    if body.len() as u64 > MAX_JWKS_BYTES {
+        return Err(JwksError::TooLarge);
+    }
+    Ok(body)
+}
+
+/// Reads the `max-age` of a `Cache-Control` header value.
+///
+/// Directives are matched without regard to case and a quoted value is accepted. `no-store` or
+/// `no-cache` give zero ("refresh as often as allowed"; the store clamps it to its minimum
+/// period). A value too large to count saturates. A missing or malformed `max-age` gives `None`.
+pub fn parse_max_age(cache_control: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in cache_control.split(',') {
+        let (name, value) = match directive.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+            None => (directive.trim(), None),
+        };
+        if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
+            return Some(Duration::ZERO);
+        }
+        if max_age.is_some() || !name.eq_ignore_ascii_case("max-age") {
+            continue;
+        }
+        if let Some(value) = value {
+            if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+                let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+                max_age = Some(Duration::from_secs(secs));
+            }
+        }
+    }
+    max_age
+}
+
+/// Fetches a JWKS from a public URL (a cloud provider's OIDC endpoint) with no credentials,
+/// trusting the WebPKI roots.
+pub struct PublicUrlFetcher {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl PublicUrlFetcher {
+    /// A fetcher for this URL; `timeout` bounds each whole fetch (connect, request and body).
+    pub fn new(url: impl Into<String>, timeout: Duration) -> PublicUrlFetcher {
+        let url = url.into();
+        if !url.starts_with("https://") {
+            warn!(
+                "jwks: {} is not an https URL; the keys can be altered in transit",
+                redact_url(&url)
+            );
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .max_redirects(3)
+            // An https key set must not be redirected to plain http, where it could be altered.
+            .https_only(url.starts_with("https://"))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        PublicUrlFetcher { url, agent }
+    }
+}
+
+impl fmt::Debug for PublicUrlFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicUrlFetcher")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+impl JwksFetcher for PublicUrlFetcher {
+    fn fetch(&self) -> Result<FetchedJwks, String> {
+        let mut response = self
+            .agent
+            .get(self.url.as_str())
+            .header("Accept", "application/jwk-set+json, application/json")
+            .call()
+            .map_err(|e| describe_http_error(&e))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(format!("http status {status}"));
+        }
+        let max_age = response
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_max_age);
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_JWKS_BYTES)
+            .read_to_vec()
+            .map_err(|e| describe_http_error(&e))?;
+        Ok(FetchedJwks { body, max_age })
+    }
+
+    fn describe(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// An HTTP error message without the URL (which may hold credentials or a signed query).
+pub fn describe_http_error(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::StatusCode(code) => format!("http status {code}"),
+        ureq::Error::BadUri(_) => "invalid URL".to_string(),
+        ureq::Error::RequireHttpsOnly(_) => "https required".to_string(),
+        ureq::Error::ConnectProxyFailed(_) => "proxy connect failed".to_string(),
+        ureq::Error::InvalidProxyUrl => "invalid proxy URL".to_string(),
+        ureq::Error::BodyExceedsLimit(_) => format!("body larger than {MAX_JWKS_BYTES} bytes"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("public, max-age=3600", Some(3600)),
+            ("max-age=60", Some(60)),
+            ("Max-Age = 120 , public", Some(120)),
+            ("max-age=\"90\"", Some(90)),
+            ("private, s-maxage=10, max-age=30", Some(30)),
+            ("max-age=30, max-age=40", Some(30)),
+            ("public", None),
+            ("", None),
+            ("max-age=", None),
+            ("max-age=-5", None),
+            ("max-age=1h", None),
+            ("max-age", None),
+            ("no-store", Some(0)),
+            ("public, no-cache, max-age=600", Some(0)),
+            ("max-age=99999999999999999999999", Some(u64::MAX)),
+        ];
+        for (header, want) in cases {
+            assert_eq!(
+                parse_max_age(header),
+                want.map(Duration::from_secs),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreachable_url_fails_with_a_message_without_credentials() {
+        // Port 9 on localhost: nothing listens there, so this fails fast without a network.
+        let fetcher = PublicUrlFetcher::new(
+            "http://user:hunter2@127.0.0.1:9/keys?token=abc",
+            Duration::from_secs(2),
+        );
+        assert_eq!(fetcher.describe(), "http://127.0.0.1:9/keys?…");
+        let err = fetcher.fetch().unwrap_err();
+        assert!(
+            !err.contains("hunter2") && !err.contains("token=abc"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn public_url_answering_other_than_200_fails_with_its_status() {
+        use crate::kube::client::test_server::{response, start};
+        let base = start(Arc::new(|_| response("404 Not Found", &[], "{}")));
+        let fetcher = PublicUrlFetcher::new(format!("{base}/keys"), Duration::from_secs(2));
+        assert_eq!(fetcher.fetch().unwrap_err(), "http status 404");
+    }
+}
