@@ -23,8 +23,8 @@ use crate::config::{AccountsSource, Config, JwksLocation};
 use crate::health::Readiness;
 use crate::http::HttpServer;
 use crate::identity::{
-    FetchedJwks, JwksFetcher, JwksSettings, JwksSource, JwksStore, PublicUrlFetcher, TokenSettings,
-    TokenValidator,
+    ApiServerFetcher, JwksSettings, JwksSource, JwksStore, PublicUrlFetcher, TokenSettings,
+    TokenValidator, API_SERVER_JWKS_PATH,
 };
 use crate::kube::cache::{
     ApiDirectory, FileDirectory, LookupSettings, ServiceAccountCache, ServiceAccountDirectory,
@@ -33,10 +33,7 @@ use crate::kube::client::{ApiClient, KubeError};
 use crate::kube::{file, watch};
 use crate::metrics::Metrics;
 use crate::policy::PermissionCache;
-use crate::redact::redact_url;
 
-/// Path of the API server's key set.
-const API_JWKS_PATH: &str = "/openid/v1/jwks";
 /// Path of the API server's OIDC discovery document.
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 /// How long the background threads get to stop once the callout loop has finished.
@@ -47,41 +44,6 @@ const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const DISCOVERY_FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between two discovery attempts.
 const DISCOVERY_MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Fetches the key set through the Kubernetes API client, with the cluster's CA and credentials.
-/// Only used for URLs on the API server's own origin.
-struct ApiServerJwks {
-    client: Arc<ApiClient>,
-    /// A path on the API server, or a full URL on its origin.
-    path: String,
-}
-
-impl JwksFetcher for ApiServerJwks {
-    fn fetch(&self) -> Result<FetchedJwks, String> {
-        let resp = self
-            .client
-            .get_raw(&self.path, JWKS_FETCH_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        if resp.status != 200 {
-            return Err(format!("HTTP {}", resp.status));
-        }
-        Ok(FetchedJwks {
-            body: resp.body,
-            max_age: resp
-                .cache_control
-                .as_deref()
-                .and_then(crate::identity::parse_max_age),
-        })
-    }
-
-    fn describe(&self) -> String {
-        if self.path.contains("://") {
-            redact_url(&self.path)
-        } else {
-            format!("{}{}", self.client.base_url(), self.path)
-        }
-    }
-}
 
 /// The part of the OIDC discovery document the service reads.
 #[derive(serde::Deserialize)]
@@ -244,18 +206,18 @@ pub fn serve() -> Result<(), String> {
 
     let source = match (&config.jwks, &api) {
         (JwksLocation::Path(p), _) => JwksSource::File(p.clone()),
-        (JwksLocation::ApiServer, Some(client)) => JwksSource::Remote(Box::new(ApiServerJwks {
-            client: client.clone(),
-            path: API_JWKS_PATH.to_string(),
-        })),
+        (JwksLocation::ApiServer, Some(client)) => JwksSource::Remote(Box::new(
+            ApiServerFetcher::new(client.clone(), API_SERVER_JWKS_PATH, JWKS_FETCH_TIMEOUT),
+        )),
         // The cluster's credentials go to the API server only: any other origin (a cloud
         // provider's public OIDC endpoint, say) is fetched without them.
         // The client takes a full URL on its own origin as it is (an API path prefix included).
         (JwksLocation::Url(url), Some(client)) if client.is_same_origin(url) => {
-            JwksSource::Remote(Box::new(ApiServerJwks {
-                client: client.clone(),
-                path: url.clone(),
-            }))
+            JwksSource::Remote(Box::new(ApiServerFetcher::new(
+                client.clone(),
+                url.clone(),
+                JWKS_FETCH_TIMEOUT,
+            )))
         }
         (JwksLocation::Url(url), _) => JwksSource::Remote(Box::new(PublicUrlFetcher::new(
             url.clone(),

@@ -14,8 +14,9 @@ pub mod token;
 
 pub use dev::{generate_signer, DevSigner, MintRequest};
 pub use jwks::{
-    parse_max_age, FetchedJwks, JwksError, JwksFetcher, JwksSettings, JwksSource, JwksStore,
-    KeySet, KeyType, PublicUrlFetcher, SigningAlgorithm, VerificationKey,
+    parse_max_age, ApiServerFetcher, FetchedJwks, JwksError, JwksFetcher, JwksSettings, JwksSource,
+    JwksStore, KeySet, KeyType, PublicUrlFetcher, SigningAlgorithm, VerificationKey,
+    API_SERVER_JWKS_PATH,
 };
 pub use token::{
     claimed_service_account, ClaimedServiceAccount, Identity, TokenError, TokenSettings,

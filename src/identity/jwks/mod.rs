@@ -7,7 +7,7 @@
 //! in use.
 //!
 //! - `keyset`: one JWKS document in, the usable keys out (each skipped key logged with why);
-//! - `source`: where the document comes from (a file, a URL) and its `Cache-Control: max-age`;
+//! - `source`: where the document comes from (a file, the API server, a URL) and its `max-age`;
 //! - `store`: the key set in use, loads that install a new one, the unknown-kid refetch gate;
 //! - `refresh`: the thread that keeps the set current and its schedule.
 
@@ -24,7 +24,8 @@ pub(crate) mod testing;
 
 pub use keyset::{KeySet, KeyType, SigningAlgorithm, VerificationKey};
 pub use source::{
-    describe_http_error, parse_max_age, FetchedJwks, JwksFetcher, JwksSource, PublicUrlFetcher,
+    describe_http_error, parse_max_age, ApiServerFetcher, FetchedJwks, JwksFetcher, JwksSource,
+    PublicUrlFetcher, API_SERVER_JWKS_PATH,
 };
 pub use store::{JwksSettings, JwksStore};
 

@@ -1,15 +1,20 @@
-//! Where a key set comes from: a file, a public URL, or a fetcher of the caller's; and how long
-//! a fetched one may be cached (`Cache-Control: max-age`).
+//! Where a key set comes from: a file, the API server, a public URL, or a fetcher of the caller's;
+//! and how long a fetched one may be cached (`Cache-Control: max-age`).
 
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use log::warn;
 
 use super::{JwksError, MAX_JWKS_BYTES};
+use crate::kube::client::ApiClient;
 use crate::redact::redact_url;
+
+/// Path of the API server's key set.
+pub const API_SERVER_JWKS_PATH: &str = "/openid/v1/jwks";
 
 /// A JWKS document as fetched, with how long the server says it may be cached.
 #[derive(Clone, Debug)]
@@ -195,6 +200,51 @@ impl JwksFetcher for PublicUrlFetcher {
     }
 }
 
+/// Fetches the key set through the Kubernetes API client, with the cluster's CA and credentials.
+/// Only used for URLs on the API server's own origin.
+pub struct ApiServerFetcher {
+    client: Arc<ApiClient>,
+    /// A path on the API server, or a full URL on its origin.
+    path: String,
+    timeout: Duration,
+}
+
+impl ApiServerFetcher {
+    /// A fetcher of `path` (a path on the API server, or a full URL on its origin); `timeout`
+    /// bounds each whole fetch.
+    pub fn new(client: Arc<ApiClient>, path: impl Into<String>, timeout: Duration) -> Self {
+        ApiServerFetcher {
+            client,
+            path: path.into(),
+            timeout,
+        }
+    }
+}
+
+impl JwksFetcher for ApiServerFetcher {
+    fn fetch(&self) -> Result<FetchedJwks, String> {
+        let resp = self
+            .client
+            .get_raw(&self.path, self.timeout)
+            .map_err(|e| e.to_string())?;
+        if resp.status != 200 {
+            return Err(format!("HTTP {}", resp.status));
+        }
+        Ok(FetchedJwks {
+            body: resp.body,
+            max_age: resp.cache_control.as_deref().and_then(parse_max_age),
+        })
+    }
+
+    fn describe(&self) -> String {
+        if self.path.contains("://") {
+            redact_url(&self.path)
+        } else {
+            format!("{}{}", self.client.base_url(), self.path)
+        }
+    }
+}
+
 /// An HTTP error message without the URL (which may hold credentials or a signed query).
 pub fn describe_http_error(e: &ureq::Error) -> String {
     match e {
@@ -254,6 +304,31 @@ mod tests {
             !err.contains("hunter2") && !err.contains("token=abc"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn api_server_key_set_is_fetched_with_the_cluster_credentials_and_max_age() {
+        use crate::kube::client::test_client;
+        use crate::kube::client::test_server::{response, start};
+        let base = start(Arc::new(|request| match request.header("authorization") {
+            Some("Bearer cluster-token") if request.path == API_SERVER_JWKS_PATH => response(
+                "200 OK",
+                &[("Cache-Control", "public, max-age=120")],
+                r#"{"keys":[]}"#,
+            ),
+            _ => response("403 Forbidden", &[], "{}"),
+        }));
+        let client = Arc::new(test_client(&base, Some("cluster-token")));
+        let fetcher =
+            ApiServerFetcher::new(client.clone(), API_SERVER_JWKS_PATH, Duration::from_secs(2));
+        assert_eq!(fetcher.describe(), format!("{base}/openid/v1/jwks"));
+        let fetched = fetcher.fetch().unwrap();
+        assert_eq!(fetched.body, br#"{"keys":[]}"#);
+        assert_eq!(fetched.max_age, Some(Duration::from_secs(120)));
+
+        // docs/TROUBLESHOOTING.md tells operators what `HTTP 401`/`HTTP 403` here means.
+        let elsewhere = ApiServerFetcher::new(client, "/other", Duration::from_secs(2));
+        assert_eq!(elsewhere.fetch().unwrap_err(), "HTTP 403");
     }
 
     #[test]
