@@ -17,8 +17,8 @@ pub mod token;
 pub use dev::{generate_signer, DevSigner, MintRequest};
 pub use discovery::{discover_issuer, Discovered, IssuerUnavailable};
 pub use jwks::{
-    parse_max_age, ApiServerFetcher, FetchedJwks, JwksError, JwksFetcher, JwksSettings, JwksSource,
-    JwksStore, KeySet, KeyType, PublicUrlFetcher, SigningAlgorithm, VerificationKey,
+    parse_max_age, ApiServerFetcher, FetchError, FetchedJwks, JwksError, JwksFetcher, JwksSettings,
+    JwksSource, JwksStore, KeySet, KeyType, PublicUrlFetcher, SigningAlgorithm, VerificationKey,
     API_SERVER_JWKS_PATH,
 };
 pub use token::{

@@ -779,7 +779,7 @@ mod tests {
     use super::testkit::{jwks, TestKey, TokenBuilder, AUDIENCE, ISSUER, NOW, UID};
     use super::*;
     use crate::health::Readiness;
-    use crate::identity::jwks::{FetchedJwks, JwksFetcher, JwksSettings, JwksSource};
+    use crate::identity::jwks::{FetchError, FetchedJwks, JwksFetcher, JwksSettings, JwksSource};
     use crate::metrics::Metrics;
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -822,7 +822,7 @@ mod tests {
     }
 
     impl JwksFetcher for SwitchableFetcher {
-        fn fetch(&self) -> Result<FetchedJwks, String> {
+        fn fetch(&self) -> Result<FetchedJwks, FetchError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Ok(FetchedJwks {
                 body: self.body.lock().clone(),

@@ -24,7 +24,7 @@ pub(crate) mod testing;
 
 pub use keyset::{KeySet, KeyType, SigningAlgorithm, VerificationKey};
 pub use source::{
-    describe_http_error, parse_max_age, ApiServerFetcher, FetchedJwks, JwksFetcher, JwksSource,
+    parse_max_age, ApiServerFetcher, FetchError, FetchedJwks, JwksFetcher, JwksSource,
     PublicUrlFetcher, API_SERVER_JWKS_PATH,
 };
 pub use store::{JwksSettings, JwksStore};
@@ -35,8 +35,8 @@ pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;
 /// Why a key set could not be loaded.
 #[derive(Debug)]
 pub enum JwksError {
-    /// The fetcher failed; its message (never containing credentials).
-    Fetch(String),
+    /// The fetcher failed (the error never contains credentials).
+    Fetch(FetchError),
     /// The key file could not be read.
     ReadFile {
         /// The file.
@@ -61,7 +61,7 @@ pub enum JwksError {
 impl fmt::Display for JwksError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JwksError::Fetch(msg) => write!(f, "fetch failed: {msg}"),
+            JwksError::Fetch(e) => write!(f, "fetch failed: {e}"),
             JwksError::ReadFile { path, error } => {
                 write!(f, "cannot read {}: {error}", path.display())
             }
@@ -85,7 +85,7 @@ mod tests {
         let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
         let cases = [
             (
-                JwksError::Fetch("HTTP 403".into()),
+                JwksError::Fetch(FetchError::ApiServerStatus { code: 403 }),
                 "fetch failed: HTTP 403".to_string(),
             ),
             (

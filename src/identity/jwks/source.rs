@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use log::warn;
 
 use super::{JwksError, MAX_JWKS_BYTES};
-use crate::kube::client::ApiClient;
+use crate::kube::client::{ApiClient, KubeError};
 use crate::redact::redact_url;
 
 /// Path of the API server's key set.
@@ -27,10 +27,64 @@ pub struct FetchedJwks {
 
 /// Something that fetches a JWKS document over the network.
 pub trait JwksFetcher: Send + Sync {
-    /// Fetches the document once; the error message must not contain credentials.
-    fn fetch(&self) -> Result<FetchedJwks, String>;
+    /// Fetches the document once; the error must not contain credentials.
+    fn fetch(&self) -> Result<FetchedJwks, FetchError>;
     /// Where the keys come from, for log lines: a URL without credentials.
     fn describe(&self) -> String;
+}
+
+/// Why a key-set fetch failed. No variant holds a URL, a query or a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The key-set URL answered with a status other than 200.
+    #[error("http status {code}")]
+    HttpStatus {
+        /// The status code.
+        code: u16,
+    },
+    /// The API server answered the key-set request with a status other than 200.
+    #[error("HTTP {code}")]
+    ApiServerStatus {
+        /// The status code.
+        code: u16,
+    },
+    /// The request to the API server got no answer, or its body could not be read.
+    #[error(transparent)]
+    ApiServerRequest(KubeError),
+    /// The URL has no scheme or host.
+    #[error("invalid URL")]
+    InvalidUrl,
+    /// An https URL was redirected to plain http, where the keys could be altered.
+    #[error("https required")]
+    HttpsRequired,
+    /// The proxy refused to open a tunnel.
+    #[error("proxy connect failed")]
+    ProxyConnectFailed,
+    /// The proxy setting cannot be used.
+    #[error("invalid proxy URL")]
+    InvalidProxyUrl,
+    /// The body is larger than [`MAX_JWKS_BYTES`].
+    #[error("body larger than {MAX_JWKS_BYTES} bytes")]
+    BodyTooLarge,
+    /// No usable answer: name resolution, connection, TLS, a timeout, a broken response (in
+    /// the HTTP client's words, which name no URL).
+    #[error(transparent)]
+    Transport(ureq::Error),
+}
+
+impl From<ureq::Error> for FetchError {
+    /// Keeps the facts of an HTTP client error and drops the URL that some variants carry.
+    fn from(e: ureq::Error) -> FetchError {
+        match e {
+            ureq::Error::StatusCode(code) => FetchError::HttpStatus { code },
+            ureq::Error::BadUri(_) => FetchError::InvalidUrl,
+            ureq::Error::RequireHttpsOnly(_) => FetchError::HttpsRequired,
+            ureq::Error::ConnectProxyFailed(_) => FetchError::ProxyConnectFailed,
+            ureq::Error::InvalidProxyUrl => FetchError::InvalidProxyUrl,
+            ureq::Error::BodyExceedsLimit(_) => FetchError::BodyTooLarge,
+            other => FetchError::Transport(other),
+        }
+    }
 }
 
 /// Where the key set comes from.
@@ -170,16 +224,15 @@ impl fmt::Debug for PublicUrlFetcher {
 }
 
 impl JwksFetcher for PublicUrlFetcher {
-    fn fetch(&self) -> Result<FetchedJwks, String> {
+    fn fetch(&self) -> Result<FetchedJwks, FetchError> {
         let mut response = self
             .agent
             .get(self.url.as_str())
             .header("Accept", "application/jwk-set+json, application/json")
-            .call()
-            .map_err(|e| describe_http_error(&e))?;
+            .call()?;
         let status = response.status().as_u16();
         if status != 200 {
-            return Err(format!("http status {status}"));
+            return Err(FetchError::HttpStatus { code: status });
         }
         let max_age = response
             .headers()
@@ -190,8 +243,7 @@ impl JwksFetcher for PublicUrlFetcher {
             .body_mut()
             .with_config()
             .limit(MAX_JWKS_BYTES)
-            .read_to_vec()
-            .map_err(|e| describe_http_error(&e))?;
+            .read_to_vec()?;
         Ok(FetchedJwks { body, max_age })
     }
 
@@ -222,13 +274,13 @@ impl ApiServerFetcher {
 }
 
 impl JwksFetcher for ApiServerFetcher {
-    fn fetch(&self) -> Result<FetchedJwks, String> {
+    fn fetch(&self) -> Result<FetchedJwks, FetchError> {
         let resp = self
             .client
             .get_raw(&self.path, self.timeout)
-            .map_err(|e| e.to_string())?;
+            .map_err(FetchError::ApiServerRequest)?;
         if resp.status != 200 {
-            return Err(format!("HTTP {}", resp.status));
+            return Err(FetchError::ApiServerStatus { code: resp.status });
         }
         Ok(FetchedJwks {
             body: resp.body,
@@ -242,19 +294,6 @@ impl JwksFetcher for ApiServerFetcher {
         } else {
             format!("{}{}", self.client.base_url(), self.path)
         }
-    }
-}
-
-/// An HTTP error message without the URL (which may hold credentials or a signed query).
-pub fn describe_http_error(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::StatusCode(code) => format!("http status {code}"),
-        ureq::Error::BadUri(_) => "invalid URL".to_string(),
-        ureq::Error::RequireHttpsOnly(_) => "https required".to_string(),
-        ureq::Error::ConnectProxyFailed(_) => "proxy connect failed".to_string(),
-        ureq::Error::InvalidProxyUrl => "invalid proxy URL".to_string(),
-        ureq::Error::BodyExceedsLimit(_) => format!("body larger than {MAX_JWKS_BYTES} bytes"),
-        other => other.to_string(),
     }
 }
 
@@ -299,7 +338,7 @@ mod tests {
             Duration::from_secs(2),
         );
         assert_eq!(fetcher.describe(), "http://127.0.0.1:9/keys?…");
-        let err = fetcher.fetch().unwrap_err();
+        let err = fetcher.fetch().unwrap_err().to_string();
         assert!(
             !err.contains("hunter2") && !err.contains("token=abc"),
             "{err}"
@@ -328,7 +367,12 @@ mod tests {
 
         // docs/TROUBLESHOOTING.md tells operators what `HTTP 401`/`HTTP 403` here means.
         let elsewhere = ApiServerFetcher::new(client, "/other", Duration::from_secs(2));
-        assert_eq!(elsewhere.fetch().unwrap_err(), "HTTP 403");
+        let err = elsewhere.fetch().unwrap_err();
+        assert!(
+            matches!(err, FetchError::ApiServerStatus { code: 403 }),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "HTTP 403");
     }
 
     #[test]
@@ -336,6 +380,31 @@ mod tests {
         use crate::kube::client::test_server::{response, start};
         let base = start(Arc::new(|_| response("404 Not Found", &[], "{}")));
         let fetcher = PublicUrlFetcher::new(format!("{base}/keys"), Duration::from_secs(2));
-        assert_eq!(fetcher.fetch().unwrap_err(), "http status 404");
+        let err = fetcher.fetch().unwrap_err();
+        assert!(
+            matches!(err, FetchError::HttpStatus { code: 404 }),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "http status 404");
+    }
+
+    #[test]
+    fn http_client_errors_keep_their_facts_and_lose_the_url() {
+        let url = "https://user:hunter2@keys.example/jwks?sig=abc".to_string();
+        let cases = [
+            (ureq::Error::StatusCode(503), "http status 503"),
+            (ureq::Error::BadUri(url.clone()), "invalid URL"),
+            (ureq::Error::RequireHttpsOnly(url.clone()), "https required"),
+            (ureq::Error::ConnectProxyFailed(url), "proxy connect failed"),
+            (ureq::Error::InvalidProxyUrl, "invalid proxy URL"),
+            (
+                ureq::Error::BodyExceedsLimit(MAX_JWKS_BYTES),
+                "body larger than 1048576 bytes",
+            ),
+            (ureq::Error::HostNotFound, "host not found"),
+        ];
+        for (error, want) in cases {
+            assert_eq!(FetchError::from(error).to_string(), want);
+        }
     }
 }

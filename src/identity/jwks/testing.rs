@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use super::{FetchedJwks, JwksFetcher, JwksSettings, JwksSource, JwksStore};
+use super::{FetchError, FetchedJwks, JwksFetcher, JwksSettings, JwksSource, JwksStore};
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 
@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 pub(crate) struct FakeFetcher(Arc<FakeInner>);
 
 struct FakeInner {
-    answer: Mutex<Result<FetchedJwks, String>>,
+    /// The document, or the status code of a failed fetch.
+    answer: Mutex<Result<FetchedJwks, u16>>,
     calls: AtomicUsize,
     gate: Mutex<Option<Receiver<()>>>,
 }
@@ -36,7 +37,7 @@ impl FakeFetcher {
     }
     pub(crate) fn failing() -> FakeFetcher {
         let f = FakeFetcher::serving(Vec::new());
-        f.fail("connection refused");
+        f.fail(503);
         f
     }
     pub(crate) fn serve(&self, body: Vec<u8>) {
@@ -51,8 +52,9 @@ impl FakeFetcher {
             max_age: Some(max_age),
         });
     }
-    pub(crate) fn fail(&self, msg: &str) {
-        *self.0.answer.lock() = Err(msg.to_string());
+    /// Fetches fail from now on as if the server answered `status`.
+    pub(crate) fn fail(&self, status: u16) {
+        *self.0.answer.lock() = Err(status);
     }
     pub(crate) fn calls(&self) -> usize {
         self.0.calls.load(Ordering::SeqCst)
@@ -63,13 +65,17 @@ impl FakeFetcher {
 }
 
 impl JwksFetcher for FakeFetcher {
-    fn fetch(&self) -> Result<FetchedJwks, String> {
+    fn fetch(&self) -> Result<FetchedJwks, FetchError> {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
         let gate = self.0.gate.lock().clone();
         if let Some(release) = gate {
             let _ = release.recv_timeout(Duration::from_secs(5));
         }
-        self.0.answer.lock().clone()
+        self.0
+            .answer
+            .lock()
+            .clone()
+            .map_err(|code| FetchError::HttpStatus { code })
     }
     fn describe(&self) -> String {
         "fake".to_string()
