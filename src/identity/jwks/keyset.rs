@@ -85,6 +85,15 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// How log lines name this type: `RSA`, `P-256` or `P-384`.
+    fn name(self) -> &'static str {
+        match self {
+            KeyType::Rsa { .. } => "RSA",
+            KeyType::EcP256 => "P-256",
+            KeyType::EcP384 => "P-384",
+        }
+    }
+
     /// The only algorithm a key of this type verifies.
     pub fn algorithm(self) -> SigningAlgorithm {
         match self {
@@ -148,38 +157,31 @@ impl KeySet {
         let mut skipped = 0;
         for (index, value) in doc.keys.into_iter().enumerate() {
             let label = key_label(&value, index);
-            let raw: RawJwk = match serde_json::from_value(value) {
-                Ok(raw) => raw,
-                Err(_) => {
-                    warn!("jwks: skipping key {label}: a field has the wrong type");
-                    skipped += 1;
-                    continue;
-                }
-            };
-            match parse_key(raw) {
-                Ok(key) => {
-                    if let Some(kid) = &key.kid {
-                        if set.by_kid.contains_key(kid) {
-                            warn!(
-                                "jwks: skipping key {label}: its key id is used by an earlier key"
-                            );
-                            skipped += 1;
-                            continue;
-                        }
-                        set.by_kid.insert(kid.clone(), set.keys.len());
-                    }
-                    set.keys.push(key);
-                }
-                Err(why) => {
-                    warn!("jwks: skipping key {label}: {why}");
-                    skipped += 1;
-                }
+            if let Err(why) = set.add(value) {
+                warn!("jwks: skipping key {label}: {why}");
+                skipped += 1;
             }
         }
         if set.keys.is_empty() {
             return Err(JwksError::NoUsableKeys { skipped });
         }
         Ok(set)
+    }
+
+    /// Parses one JWK of the document and adds it, unless it is unusable or an earlier key has
+    /// its key id (the first one wins).
+    fn add(&mut self, jwk: serde_json::Value) -> Result<(), KeyRejection> {
+        let raw: RawJwk =
+            serde_json::from_value(jwk).map_err(|_| KeyRejection::FieldOfWrongType)?;
+        let key = parse_key(raw)?;
+        if let Some(kid) = &key.kid {
+            if self.by_kid.contains_key(kid) {
+                return Err(KeyRejection::DuplicateKid);
+            }
+            self.by_kid.insert(kid.clone(), self.keys.len());
+        }
+        self.keys.push(key);
+        Ok(())
     }
 
     /// The key with this id.
@@ -229,6 +231,54 @@ struct RawJwk {
     d: Option<serde::de::IgnoredAny>,
 }
 
+/// Why one key of a JWKS document is not used: the end of its `skipping key` log line.
+/// Attacker-supplied values in fields are shortened and printable.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum KeyRejection {
+    /// A member has a JSON type other than the JWK format gives it.
+    #[error("a field has the wrong type")]
+    FieldOfWrongType,
+    /// An earlier key in the document has the same key id.
+    #[error("its key id is used by an earlier key")]
+    DuplicateKid,
+    /// `use` is present and is not `sig`: the key is published for encryption.
+    #[error("use is {usage:?}, not \"sig\"")]
+    NotForSignatures { usage: String },
+    /// `key_ops` is present and does not allow verification.
+    #[error("key_ops does not include \"verify\"")]
+    NotForVerifying,
+    /// A member the key type needs is absent.
+    #[error("no {member}")]
+    MissingMember { member: &'static str },
+    /// A key component is not unpadded base64url.
+    #[error("{member} is not base64url")]
+    NotBase64Url { member: &'static str },
+    /// `kty` is neither RSA nor EC (symmetric keys, OKP, …).
+    #[error("unsupported key type {kty:?}")]
+    UnsupportedKeyType { kty: String },
+    /// `alg` names an algorithm other than the only one the key's type verifies.
+    #[error("alg {alg:?} does not match a {} key", .key_type.name())]
+    AlgorithmMismatch { alg: String, key_type: KeyType },
+    /// The RSA modulus is weaker or larger than accepted.
+    #[error("RSA modulus of {bits} bits is outside {MIN_RSA_BITS}..={MAX_RSA_BITS}")]
+    RsaModulusSize { bits: usize },
+    /// The RSA public exponent does not fit in 64 bits.
+    #[error("RSA exponent is too large")]
+    RsaExponentTooLarge,
+    /// The RSA public exponent is even, below 3 or above what the verifier accepts.
+    #[error("RSA exponent is not an odd number in 3..2^33")]
+    RsaExponentOutOfRange,
+    /// `crv` is neither P-256 nor P-384.
+    #[error("unsupported curve {crv:?}")]
+    UnsupportedCurve { crv: String },
+    /// The EC coordinates are not the curve's size.
+    #[error("{} coordinates must be {len} bytes each", .curve.name())]
+    CoordinateLength { curve: KeyType, len: usize },
+    /// The EC point is not on its curve.
+    #[error("the point is not on {}", .curve.name())]
+    PointNotOnCurve { curve: KeyType },
+}
+
 /// How a key is named in log lines: its key id when it has a readable one, else its position.
 fn key_label(value: &serde_json::Value, index: usize) -> String {
     match value.get("kid").and_then(|k| k.as_str()) {
@@ -237,37 +287,45 @@ fn key_label(value: &serde_json::Value, index: usize) -> String {
     }
 }
 
-fn parse_key(raw: RawJwk) -> Result<VerificationKey, String> {
+fn parse_key(raw: RawJwk) -> Result<VerificationKey, KeyRejection> {
     // Only signature keys: a key published for encryption must not verify tokens.
     if let Some(usage) = raw.use_.as_deref() {
         if usage != "sig" {
-            return Err(format!("use is {:?}, not \"sig\"", printable(usage, 16)));
+            return Err(KeyRejection::NotForSignatures {
+                usage: printable(usage, 16),
+            });
         }
     }
     if let Some(ops) = &raw.key_ops {
         if !ops.iter().any(|op| op == "verify") {
-            return Err("key_ops does not include \"verify\"".to_string());
+            return Err(KeyRejection::NotForVerifying);
         }
     }
     if raw.d.is_some() {
         // Not refused (the public part is all we use), but the publisher is leaking a private key.
         warn!("jwks: a key in the set contains private key material; only its public part is used");
     }
-    let kty = raw.kty.as_deref().ok_or("no kty")?;
+    let kty = raw
+        .kty
+        .as_deref()
+        .ok_or(KeyRejection::MissingMember { member: "kty" })?;
     let (key_type, decoding) = match kty {
         "RSA" => parse_rsa(&raw)?,
         "EC" => parse_ec(&raw)?,
-        other => return Err(format!("unsupported key type {:?}", printable(other, 16))),
+        other => {
+            return Err(KeyRejection::UnsupportedKeyType {
+                kty: printable(other, 16),
+            })
+        }
     };
     // A JWK that names an algorithm must name the one its type verifies: an RSA JWK claiming
     // ES256 (or a P-256 key claiming ES384) is inconsistent and is not used at all.
     if let Some(alg) = raw.alg.as_deref() {
         if alg != key_type.algorithm().name() {
-            return Err(format!(
-                "alg {:?} does not match a {} key",
-                printable(alg, 16),
-                key_type_name(key_type)
-            ));
+            return Err(KeyRejection::AlgorithmMismatch {
+                alg: printable(alg, 16),
+                key_type,
+            });
         }
     }
     Ok(VerificationKey {
@@ -277,19 +335,12 @@ fn parse_key(raw: RawJwk) -> Result<VerificationKey, String> {
     })
 }
 
-fn key_type_name(key_type: KeyType) -> &'static str {
-    match key_type {
-        KeyType::Rsa { .. } => "RSA",
-        KeyType::EcP256 => "P-256",
-        KeyType::EcP384 => "P-384",
-    }
-}
-
-fn decode_component(value: Option<&String>, name: &str) -> Result<Vec<u8>, String> {
-    let value = value.ok_or_else(|| format!("no {name}"))?;
+/// The bytes of a base64url key component (`n`, `e`, `x`, `y`).
+fn decode_component(value: Option<&String>, member: &'static str) -> Result<Vec<u8>, KeyRejection> {
+    let value = value.ok_or(KeyRejection::MissingMember { member })?;
     URL_SAFE_NO_PAD
         .decode(value)
-        .map_err(|_| format!("{name} is not base64url"))
+        .map_err(|_| KeyRejection::NotBase64Url { member })
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
@@ -297,7 +348,7 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     &bytes[start..]
 }
 
-fn parse_rsa(raw: &RawJwk) -> Result<(KeyType, DecodingKey), String> {
+fn parse_rsa(raw: &RawJwk) -> Result<(KeyType, DecodingKey), KeyRejection> {
     let n = decode_component(raw.n.as_ref(), "n")?;
     let e = decode_component(raw.e.as_ref(), "e")?;
     let modulus = strip_leading_zeros(&n);
@@ -306,19 +357,17 @@ fn parse_rsa(raw: &RawJwk) -> Result<(KeyType, DecodingKey), String> {
         None => 0,
     };
     if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
-        return Err(format!(
-            "RSA modulus of {bits} bits is outside {MIN_RSA_BITS}..={MAX_RSA_BITS}"
-        ));
+        return Err(KeyRejection::RsaModulusSize { bits });
     }
     let exponent = strip_leading_zeros(&e);
     if exponent.len() > 8 {
-        return Err("RSA exponent is too large".to_string());
+        return Err(KeyRejection::RsaExponentTooLarge);
     }
     let exponent_value = exponent
         .iter()
         .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
     if exponent_value < 3 || exponent_value % 2 == 0 || exponent_value > MAX_RSA_EXPONENT {
-        return Err("RSA exponent is not an odd number in 3..2^33".to_string());
+        return Err(KeyRejection::RsaExponentOutOfRange);
     }
     Ok((
         KeyType::Rsa { bits },
@@ -326,19 +375,27 @@ fn parse_rsa(raw: &RawJwk) -> Result<(KeyType, DecodingKey), String> {
     ))
 }
 
-fn parse_ec(raw: &RawJwk) -> Result<(KeyType, DecodingKey), String> {
-    let crv = raw.crv.as_deref().ok_or("no crv")?;
+fn parse_ec(raw: &RawJwk) -> Result<(KeyType, DecodingKey), KeyRejection> {
+    let crv = raw
+        .crv
+        .as_deref()
+        .ok_or(KeyRejection::MissingMember { member: "crv" })?;
     let (key_type, coordinate_len) = match crv {
         "P-256" => (KeyType::EcP256, 32),
         "P-384" => (KeyType::EcP384, 48),
-        other => return Err(format!("unsupported curve {:?}", printable(other, 16))),
+        other => {
+            return Err(KeyRejection::UnsupportedCurve {
+                crv: printable(other, 16),
+            })
+        }
     };
     let x = decode_component(raw.x.as_ref(), "x")?;
     let y = decode_component(raw.y.as_ref(), "y")?;
     if x.len() != coordinate_len || y.len() != coordinate_len {
-        return Err(format!(
-            "{crv} coordinates must be {coordinate_len} bytes each"
-        ));
+        return Err(KeyRejection::CoordinateLength {
+            curve: key_type,
+            len: coordinate_len,
+        });
     }
     let mut point = Vec::with_capacity(1 + 2 * coordinate_len);
     point.push(0x04); // SEC1 uncompressed point: 0x04 || x || y
@@ -349,7 +406,7 @@ fn parse_ec(raw: &RawJwk) -> Result<(KeyType, DecodingKey), String> {
     // Build the verifier once now: it refuses a point that is not on the curve, so such a key is
     // reported here instead of failing every signature check later.
     if jsonwebtoken::crypto::verify("", b"", &decoding, key_type.algorithm().to_jwt()).is_err() {
-        return Err(format!("the point is not on {crv}"));
+        return Err(KeyRejection::PointNotOnCurve { curve: key_type });
     }
     Ok((key_type, decoding))
 }
@@ -578,6 +635,15 @@ mod tests {
         for (jwk, want) in cases {
             let raw: RawJwk = serde_json::from_value(jwk).unwrap();
             assert_eq!(parse_key(raw).unwrap_err().to_string(), want);
+        }
+        let mut set = KeySet::empty();
+        set.add(ec.clone()).unwrap();
+        let cases = [
+            (serde_json::json!({"kty": 1}), "a field has the wrong type"),
+            (ec, "its key id is used by an earlier key"),
+        ];
+        for (jwk, want) in cases {
+            assert_eq!(set.add(jwk).unwrap_err().to_string(), want);
         }
     }
 }
