@@ -66,60 +66,76 @@ pub struct Identity {
 }
 
 /// Why a token was refused. Variants are named as facts about the token.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// Not a compact JWS of base64url JSON parts, or a claim of the wrong type.
+    #[error("malformed token")]
     Malformed,
     /// Longer than [`MAX_TOKEN_BYTES`]; not parsed.
+    #[error("token of {len} bytes exceeds {MAX_TOKEN_BYTES}")]
     TooLarge {
         /// Length in bytes.
         len: usize,
     },
     /// The header's `alg` is not RS256, ES256 or ES384.
+    #[error("unsupported signing algorithm {alg:?}")]
     UnsupportedAlgorithm {
         /// The `alg` value (shortened, printable).
         alg: String,
     },
     /// The key the token names is of a type that does not verify the token's algorithm.
+    #[error("no key of a type that verifies {alg}")]
     KeyAlgorithmMismatch {
         /// The token's algorithm.
         alg: SigningAlgorithm,
     },
     /// No key with the token's key id, even after a refetch.
+    #[error("unknown key id {kid:?}")]
     UnknownKey {
         /// The key id (shortened, printable).
         kid: String,
     },
     /// The signature does not verify.
+    #[error("bad signature")]
     BadSignature,
     /// `exp` is past, beyond the leeway.
+    #[error("token expired at {expired_at}")]
     Expired {
         /// The token's `exp`.
         expired_at: u64,
     },
     /// `nbf` is in the future, beyond the leeway.
+    #[error("token not valid before {not_before}")]
     NotYetValid {
         /// The token's `nbf`.
         not_before: u64,
     },
     /// `iat` is in the future, beyond the leeway.
+    #[error("token issued in the future at {issued_at}")]
     IssuedInFuture {
         /// The token's `iat`.
         issued_at: u64,
     },
     /// `iss` is missing or not exactly the configured issuer.
+    #[error("wrong issuer")]
     WrongIssuer,
     /// `aud` is missing or does not contain the configured audience.
+    #[error("audience not accepted")]
     WrongAudience,
     /// No `exp`: the token would never expire.
+    #[error("token has no expiry")]
     MissingExpiry,
     /// The `kubernetes.io` claim lacks the namespace, service account name or UID.
+    #[error("missing kubernetes.io service account claims")]
     MissingKubernetesClaims,
     /// `sub` is not `system:serviceaccount:<namespace>:<name>` of the `kubernetes.io` claim.
+    #[error("subject does not match service account")]
     SubjectMismatch,
     /// A legacy secret-based token: no expiry, no audience, revocable only by deleting a Secret.
+    #[error("legacy secret-based token")]
     LegacyToken,
     /// No key set has been loaded yet.
+    #[error("no signing keys loaded")]
     KeysUnavailable,
 }
 
@@ -146,43 +162,6 @@ impl TokenError {
         }
     }
 }
-
-impl fmt::Display for TokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenError::Malformed => f.write_str("malformed token"),
-            TokenError::TooLarge { len } => {
-                write!(f, "token of {len} bytes exceeds {MAX_TOKEN_BYTES}")
-            }
-            TokenError::UnsupportedAlgorithm { alg } => {
-                write!(f, "unsupported signing algorithm {alg:?}")
-            }
-            TokenError::KeyAlgorithmMismatch { alg } => {
-                write!(f, "no key of a type that verifies {alg}")
-            }
-            TokenError::UnknownKey { kid } => write!(f, "unknown key id {kid:?}"),
-            TokenError::BadSignature => f.write_str("bad signature"),
-            TokenError::Expired { expired_at } => write!(f, "token expired at {expired_at}"),
-            TokenError::NotYetValid { not_before } => {
-                write!(f, "token not valid before {not_before}")
-            }
-            TokenError::IssuedInFuture { issued_at } => {
-                write!(f, "token issued in the future at {issued_at}")
-            }
-            TokenError::WrongIssuer => f.write_str("wrong issuer"),
-            TokenError::WrongAudience => f.write_str("audience not accepted"),
-            TokenError::MissingExpiry => f.write_str("token has no expiry"),
-            TokenError::MissingKubernetesClaims => {
-                f.write_str("missing kubernetes.io service account claims")
-            }
-            TokenError::SubjectMismatch => f.write_str("subject does not match service account"),
-            TokenError::LegacyToken => f.write_str("legacy secret-based token"),
-            TokenError::KeysUnavailable => f.write_str("no signing keys loaded"),
-        }
-    }
-}
-
-impl std::error::Error for TokenError {}
 
 /// The service account a token claims, read without any verification: only for log lines about
 /// a refused token.

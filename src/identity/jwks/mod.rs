@@ -11,7 +11,6 @@
 //! - `store`: the key set in use, loads that install a new one, the unknown-kid refetch gate;
 //! - `refresh`: the thread that keeps the set current and its schedule.
 
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
@@ -33,48 +32,36 @@ pub use store::{JwksSettings, JwksStore};
 pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;
 
 /// Why a key set could not be loaded.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum JwksError {
     /// The fetcher failed (the error never contains credentials).
-    Fetch(FetchError),
+    #[error("fetch failed: {0}")]
+    Fetch(#[from] FetchError),
     /// The key file could not be read.
+    #[error("cannot read {}: {error}", .path.display())]
     ReadFile {
         /// The file.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         error: io::Error,
     },
     /// The document is larger than [`MAX_JWKS_BYTES`].
+    #[error("key set is larger than {MAX_JWKS_BYTES} bytes")]
     TooLarge,
     /// The document is not a JSON object with a `keys` array.
+    #[error("not a JWKS document: {detail}")]
     NotAJwks {
         /// Where parsing failed (no document content).
         detail: String,
     },
     /// No key in the document is usable.
+    #[error("no usable key in the key set ({skipped} skipped)")]
     NoUsableKeys {
         /// How many keys were skipped.
         skipped: usize,
     },
 }
-
-impl fmt::Display for JwksError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JwksError::Fetch(e) => write!(f, "fetch failed: {e}"),
-            JwksError::ReadFile { path, error } => {
-                write!(f, "cannot read {}: {error}", path.display())
-            }
-            JwksError::TooLarge => write!(f, "key set is larger than {MAX_JWKS_BYTES} bytes"),
-            JwksError::NotAJwks { detail } => write!(f, "not a JWKS document: {detail}"),
-            JwksError::NoUsableKeys { skipped } => {
-                write!(f, "no usable key in the key set ({skipped} skipped)")
-            }
-        }
-    }
-}
-
-impl std::error::Error for JwksError {}
 
 #[cfg(test)]
 mod tests {

@@ -256,7 +256,7 @@ impl JwksStore {
                 (read_limited(path)?, None)
             }
             JwksSource::Remote(fetcher) => {
-                let fetched = fetcher.fetch().map_err(JwksError::Fetch)?;
+                let fetched = fetcher.fetch()?;
                 if fetched.body.len() as u64 > MAX_JWKS_BYTES {
                     return Err(JwksError::TooLarge);
                 }
