@@ -758,10 +758,10 @@ mod tests {
     use super::testkit::{jwks, TestKey, TokenBuilder, AUDIENCE, ISSUER, NOW, UID};
     use super::*;
     use crate::health::Readiness;
-    use crate::identity::jwks::{FetchError, FetchedJwks, JwksFetcher, JwksSettings, JwksSource};
+    use crate::identity::jwks::testing::{remote_store, FakeFetcher};
+    use crate::identity::jwks::{JwksSettings, JwksSource};
     use crate::metrics::Metrics;
     use serde_json::json;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
 
     /// The keys most tests use: the RSA key "rsa", a P-256 key "ec" and a P-384 key "ec384".
@@ -794,49 +794,13 @@ mod tests {
         validator().validate(token, NOW).unwrap_err()
     }
 
-    /// A fetcher serving a key set the test can change, counting fetches.
-    struct SwitchableFetcher {
-        body: Arc<parking_lot::Mutex<Vec<u8>>>,
-        calls: Arc<AtomicUsize>,
-    }
-
-    impl JwksFetcher for SwitchableFetcher {
-        fn fetch(&self) -> Result<FetchedJwks, FetchError> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(FetchedJwks {
-                body: self.body.lock().clone(),
-                max_age: None,
-            })
-        }
-        fn describe(&self) -> String {
-            "test".into()
-        }
-    }
-
-    fn remote_validator(
-        initial: Vec<u8>,
-    ) -> (
-        TokenValidator,
-        Arc<parking_lot::Mutex<Vec<u8>>>,
-        Arc<AtomicUsize>,
-    ) {
-        let body = Arc::new(parking_lot::Mutex::new(initial));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let store = Arc::new(JwksStore::new(
-            JwksSource::Remote(Box::new(SwitchableFetcher {
-                body: Arc::clone(&body),
-                calls: Arc::clone(&calls),
-            })),
-            JwksSettings::default(),
-            Arc::new(Metrics::default()),
-            Arc::new(Readiness::default()),
-        ));
+    /// A validator over a store that fetched `initial` from a fake fetcher the test can change.
+    fn remote_validator(initial: Vec<u8>) -> (TokenValidator, FakeFetcher) {
+        let fetcher = FakeFetcher::serving(initial);
+        let store = remote_store(&fetcher, JwksSettings::default());
         store.reload().unwrap();
-        (
-            TokenValidator::new(store, TokenSettings::new(ISSUER, AUDIENCE)),
-            body,
-            calls,
-        )
+        let validator = TokenValidator::new(store, TokenSettings::new(ISSUER, AUDIENCE));
+        (validator, fetcher)
     }
 
     // ---- accepted tokens ----
@@ -1006,7 +970,7 @@ mod tests {
         jwk["alg"] = "ES256".into();
         jwk["kid"] = "liar".into();
         let body = serde_json::to_vec(&json!({"keys": [jwk, keys().1.jwk()]})).unwrap();
-        let (v, _, _) = remote_validator(body);
+        let (v, _) = remote_validator(body);
         let token = app().with_fake_signature("ES256", "liar");
         assert_eq!(
             v.validate(&token, NOW).unwrap_err().reason(),
@@ -1036,7 +1000,7 @@ mod tests {
 
     #[test]
     fn unknown_kid_refetches_once_then_fails_as_unknown_key() {
-        let (v, _, calls) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
         let stranger = TestKey::es256("stranger");
         let token = app().sign(&stranger);
         assert_eq!(
@@ -1045,45 +1009,41 @@ mod tests {
                 kid: "stranger".into()
             }
         );
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            2,
-            "initial load + one refetch"
-        );
+        assert_eq!(fetcher.calls(), 2, "initial load + one refetch");
         // Within the rate-limit interval, another unknown kid does not fetch again.
         let token = app().sign(&TestKey::es256("another"));
         assert_eq!(
             v.validate(&token, NOW).unwrap_err().reason(),
             "token_unknown_key"
         );
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fetcher.calls(), 2);
     }
 
     #[test]
     fn rotated_key_is_found_by_refetch_on_unknown_kid() {
-        let (v, body, calls) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
         let rotated = TestKey::es256("rotated");
-        *body.lock() = jwks(&[&keys().1, &rotated]);
+        fetcher.serve(jwks(&[&keys().1, &rotated]));
         let token = app().sign(&rotated);
         assert!(v.validate(&token, NOW).is_ok());
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fetcher.calls(), 2);
         // The key is now known: no further fetch.
         assert!(v.validate(&token, NOW).is_ok());
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fetcher.calls(), 2);
     }
 
     #[test]
     fn known_kid_never_fetches() {
-        let (v, _, calls) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
         for _ in 0..3 {
             v.validate(&app().sign(&keys().1), NOW).unwrap();
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fetcher.calls(), 1);
     }
 
     #[test]
     fn token_of_another_issuer_does_not_trigger_a_refetch() {
-        let (v, _, calls) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
         let token = app()
             .claim("iss", json!("https://other-cluster.example"))
             .sign(&TestKey::es256("theirs"));
@@ -1091,7 +1051,7 @@ mod tests {
             v.validate(&token, NOW).unwrap_err(),
             TokenError::WrongIssuer
         );
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fetcher.calls(), 1);
     }
 
     #[test]

@@ -21,7 +21,8 @@ struct FakeInner {
     /// The document, or the status code of a failed fetch.
     answer: Mutex<Result<FetchedJwks, u16>>,
     calls: AtomicUsize,
-    gate: Mutex<Option<Receiver<()>>>,
+    /// While set, each fetch waits (up to 5 s) until this channel is released.
+    release: Mutex<Option<Receiver<()>>>,
 }
 
 impl FakeFetcher {
@@ -32,7 +33,7 @@ impl FakeFetcher {
                 max_age: None,
             })),
             calls: AtomicUsize::new(0),
-            gate: Mutex::new(None),
+            release: Mutex::new(None),
         }))
     }
     pub(crate) fn failing() -> FakeFetcher {
@@ -60,15 +61,15 @@ impl FakeFetcher {
         self.0.calls.load(Ordering::SeqCst)
     }
     pub(crate) fn block_until(&self, release: Receiver<()>) {
-        *self.0.gate.lock() = Some(release);
+        *self.0.release.lock() = Some(release);
     }
 }
 
 impl JwksFetcher for FakeFetcher {
     fn fetch(&self) -> Result<FetchedJwks, FetchError> {
         self.0.calls.fetch_add(1, Ordering::SeqCst);
-        let gate = self.0.gate.lock().clone();
-        if let Some(release) = gate {
+        let release = self.0.release.lock().clone();
+        if let Some(release) = release {
             let _ = release.recv_timeout(Duration::from_secs(5));
         }
         self.0
