@@ -288,7 +288,8 @@ impl TokenValidator {
         self.check_claims(claims, now)
     }
 
-    fn jwt_validation(&self, alg: SigningAlgorithm) -> &Validation {
+    /// The prebuilt `jsonwebtoken` checks for this algorithm.
+    fn validation_for(&self, alg: SigningAlgorithm) -> &Validation {
         match alg {
             SigningAlgorithm::Rs256 => &self.rs256,
             SigningAlgorithm::Es256 => &self.es256,
@@ -303,7 +304,7 @@ impl TokenValidator {
         kid: Option<&str>,
         keys: Arc<KeySet>,
     ) -> Result<(), TokenError> {
-        let validation = self.jwt_validation(alg);
+        let validation = self.validation_for(alg);
         let Some(kid) = kid else {
             // Rule: a token without a key id is tried against every key of a type that verifies
             // its algorithm, as the API server does.

@@ -64,7 +64,7 @@ impl JwksStore {
         match result {
             Ok(LoadOutcome::Unchanged) => schedule.next_attempt = now + self.settings.file_poll,
             Ok(LoadOutcome::Loaded { max_age }) => {
-                schedule.backoff.reset();
+                schedule.retry_backoff.reset();
                 let every = self.settings.refresh_interval(max_age);
                 schedule.next_full_load = now + every;
                 schedule.next_attempt = if is_file {
@@ -73,17 +73,10 @@ impl JwksStore {
                     now + every
                 };
             }
-            Err(_) => {
-                schedule.next_attempt = now + schedule.backoff.delay(now, None, centred_jitter())
-            }
+            Err(_) => schedule.next_attempt = now + schedule.retry_delay(now),
         }
         schedule.next_attempt.saturating_duration_since(now)
     }
-}
-
-/// The loader's backoff: doubling from `initial` to `max`, restarted by each success.
-fn jittered_backoff(initial: Duration, max: Duration) -> Backoff {
-    Backoff::new(BackoffSettings::doubling(initial, max))
 }
 
 /// A jitter in [-0.5, 0.5): each delay is the current step times a factor in [0.5, 1.5).
@@ -97,7 +90,9 @@ struct Schedule {
     next_attempt: Instant,
     /// When a key file is re-read even if its stamp is unchanged (a safety net).
     next_full_load: Instant,
-    backoff: Backoff,
+    /// Waits after failed loads: doubling from `initial_backoff` to `max_backoff`, restarted by
+    /// each success.
+    retry_backoff: Backoff,
 }
 
 impl Schedule {
@@ -106,8 +101,17 @@ impl Schedule {
         Schedule {
             next_attempt: now,
             next_full_load: now,
-            backoff: jittered_backoff(settings.initial_backoff, settings.max_backoff),
+            retry_backoff: Backoff::new(BackoffSettings::doubling(
+                settings.initial_backoff,
+                settings.max_backoff,
+            )),
         }
+    }
+
+    /// The wait after a load failed at `now`: the backoff's current step times a random factor
+    /// in [0.5, 1.5).
+    fn retry_delay(&mut self, now: Instant) -> Duration {
+        self.retry_backoff.delay(now, None, centred_jitter())
     }
 }
 
@@ -248,12 +252,17 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {
-        let mut b = jittered_backoff(Duration::from_millis(500), Duration::from_secs(30));
-        let next_delay = |b: &mut Backoff| b.delay(Instant::now(), None, centred_jitter());
-        let delays: Vec<Duration> = (0..10).map(|_| next_delay(&mut b)).collect();
+        let mut schedule = Schedule::new(&JwksSettings {
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            ..JwksSettings::default()
+        });
+        let delays: Vec<Duration> = (0..10)
+            .map(|_| schedule.retry_delay(Instant::now()))
+            .collect();
         assert!(delays[0] >= Duration::from_millis(250) && delays[0] < Duration::from_millis(750));
         assert!(delays[9] >= Duration::from_secs(15) && delays[9] < Duration::from_secs(45));
-        b.reset();
-        assert!(next_delay(&mut b) < Duration::from_millis(750));
+        schedule.retry_backoff.reset();
+        assert!(schedule.retry_delay(Instant::now()) < Duration::from_millis(750));
     }
 }

@@ -26,7 +26,7 @@ pub struct JwksSettings {
     pub max_refresh: Duration,
     /// At most one refetch for an unknown key id per this interval (default 60 s).
     pub min_refetch_interval: Duration,
-    /// How long a validation waits for a refetch another caller started (default 10 s).
+    /// How long a validation waits for a refetch another caller started (default 2 s).
     pub refetch_wait: Duration,
     /// How often a key file is stat-ed for changes (default 2 s).
     pub file_poll: Duration,
@@ -96,7 +96,7 @@ pub struct JwksStore {
     current: RwLock<Arc<KeySet>>,
     loaded: AtomicBool,
     load_state: Mutex<LoadState>,
-    refetch: Mutex<RefetchGate>,
+    refetch_gate: Mutex<RefetchGate>,
     refetch_done: Condvar,
     pub(super) metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -126,7 +126,7 @@ impl JwksStore {
             current: RwLock::new(Arc::new(KeySet::empty())),
             loaded: AtomicBool::new(false),
             load_state: Mutex::new(LoadState::default()),
-            refetch: Mutex::new(RefetchGate::default()),
+            refetch_gate: Mutex::new(RefetchGate::default()),
             refetch_done: Condvar::new(),
             metrics,
             readiness,
@@ -173,7 +173,7 @@ impl JwksStore {
             return current;
         }
         drop(current);
-        let mut gate = self.refetch.lock();
+        let mut gate = self.refetch_gate.lock();
         if gate.in_flight {
             // Someone is already refetching: wait for that result rather than fetching again.
             let seen = gate.completed;
@@ -205,7 +205,7 @@ impl JwksStore {
         gate.last_started = Some(Instant::now());
         drop(gate);
         // Clears `in_flight` and wakes the waiters even if the load panics.
-        let _finish = RefetchFinished { store: self };
+        let _in_flight = RefetchInFlight { store: self };
         info!(
             "jwks: token names unknown key id {:?}; refetching the key set from {}",
             printable(kid, 80),
@@ -309,14 +309,15 @@ impl JwksStore {
     }
 }
 
-/// Ends a refetch: clears the in-flight mark and wakes the callers waiting for it.
-struct RefetchFinished<'a> {
+/// Held while a refetch runs; dropping it ends the refetch: clears the in-flight mark and wakes
+/// the callers waiting for it.
+struct RefetchInFlight<'a> {
     store: &'a JwksStore,
 }
 
-impl Drop for RefetchFinished<'_> {
+impl Drop for RefetchInFlight<'_> {
     fn drop(&mut self) {
-        let mut gate = self.store.refetch.lock();
+        let mut gate = self.store.refetch_gate.lock();
         gate.in_flight = false;
         gate.completed = gate.completed.wrapping_add(1);
         drop(gate);
