@@ -1,5 +1,6 @@
-//! A local token signer for development without a cluster: it plays the API server's part,
-//! holding an ES256 key, publishing its JWKS and minting tokens shaped exactly like projected
+//! A local token signer for development without a cluster: it plays the API server's part.
+//!
+//! It holds an ES256 key, publishes its JWKS and mints tokens shaped exactly like projected
 //! service-account tokens.
 //!
 //! Use: `generate_signer(dir)` once writes `signer.key` (PKCS#8 PEM, mode 0600) and `jwks.json`;

@@ -1,5 +1,7 @@
-//! Validation of Kubernetes service-account tokens: signature against the JWKS, algorithm
-//! allow-list, issuer, audience, time and the `kubernetes.io` claims, into an [`Identity`].
+//! Validation of Kubernetes service-account tokens into an [`Identity`] or a [`TokenError`].
+//!
+//! Checked: the signature against the JWKS, the algorithm allow-list, issuer, audience, time and
+//! the `kubernetes.io` claims.
 //!
 //! Every rule is commented where it is enforced and has a test named for it. A refused token
 //! yields a [`TokenError`] whose [`TokenError::reason`] is the metric label and whose `Display` is

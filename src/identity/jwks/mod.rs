@@ -1,5 +1,7 @@
-//! The JWKS store: the public keys that sign service-account tokens, loaded from a file or a URL,
-//! refreshed in the background and refetched (rate-limited) when a token names an unknown key id.
+//! The JWKS store: the public keys that verify service-account tokens, and keeping them current.
+//!
+//! The keys are loaded from a file, the API server or a URL, refreshed in the background and
+//! refetched (rate-limited) when a token names an unknown key id.
 //!
 //! Keys are parsed once per load into ready-to-use [`jsonwebtoken::DecodingKey`]s and handed out as
 //! an [`Arc<KeySet>`](std::sync::Arc), so validating a token costs one read lock and one

@@ -1,5 +1,7 @@
-//! The refresher thread: the first load retried until it succeeds, then refreshes at the
-//! source's `max-age` (clamped), and a key file polled for changes.
+//! The refresher thread and its schedule: when the key set is loaded, retried and re-read.
+//!
+//! The first load is retried until it succeeds; then the set is refreshed at the source's
+//! `max-age` (clamped), and a key file is polled for changes.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

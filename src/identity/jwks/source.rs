@@ -1,5 +1,6 @@
-//! Where a key set comes from: a file, the API server, a public URL, or a fetcher of the caller's;
-//! and how long a fetched one may be cached (`Cache-Control: max-age`).
+//! Where a key set comes from: a file, the API server, a public URL or a caller's fetcher.
+//!
+//! A fetched set also says how long it may be cached (`Cache-Control: max-age`).
 
 use std::fmt;
 use std::io::{self, Read};

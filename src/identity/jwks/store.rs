@@ -1,5 +1,4 @@
-//! The key set in use: loads that install a new one whole, and the rate-limited refetch when a
-//! token names an unknown key id.
+//! The key set in use: whole-set loads and the rate-limited refetch for an unknown key id.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
