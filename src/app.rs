@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::bounded;
 use log::{error, info, warn};
 
 use crate::authorizer::Authorizer;
-use crate::backoff::{Backoff, BackoffSettings};
 use crate::callout::request::RequestDecoder;
 use crate::callout::response::ResponseSigner;
 use crate::callout::service::{self, CalloutContext, CalloutSettings, NatsAuth};
@@ -23,127 +22,20 @@ use crate::config::{AccountsSource, Config, JwksLocation};
 use crate::health::Readiness;
 use crate::http::HttpServer;
 use crate::identity::{
-    FetchedJwks, JwksFetcher, JwksSettings, JwksSource, JwksStore, PublicUrlFetcher, TokenSettings,
-    TokenValidator,
+    discover_issuer, ApiServerFetcher, Discovered, JwksSettings, JwksSource, JwksStore,
+    PublicUrlFetcher, TokenSettings, TokenValidator, API_SERVER_JWKS_PATH,
 };
 use crate::kube::cache::{
     ApiDirectory, FileDirectory, LookupSettings, ServiceAccountCache, ServiceAccountDirectory,
 };
-use crate::kube::{file, watch};
-use crate::kube::{ApiClient, KubeError};
+use crate::kube::{file, watch, ApiClient};
 use crate::metrics::Metrics;
 use crate::policy::PermissionCache;
-use crate::urls::redact_url;
 
-/// Path of the API server's key set.
-const API_JWKS_PATH: &str = "/openid/v1/jwks";
-/// Path of the API server's OIDC discovery document.
-const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 /// How long the background threads get to stop once the callout loop has finished.
 const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
 /// Timeout of one key-set fetch.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// First wait before asking for the discovery document again; it doubles up to the maximum.
-const DISCOVERY_FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest wait between two discovery attempts.
-const DISCOVERY_MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Fetches the key set through the Kubernetes API client, with the cluster's CA and credentials.
-/// Only used for URLs on the API server's own origin.
-struct ApiServerJwks {
-    client: Arc<ApiClient>,
-    /// A path on the API server, or a full URL on its origin.
-    path: String,
-}
-
-impl JwksFetcher for ApiServerJwks {
-    fn fetch(&self) -> Result<FetchedJwks, String> {
-        let resp = self
-            .client
-            .get_raw(&self.path, JWKS_FETCH_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        if resp.status != 200 {
-            return Err(format!("HTTP {}", resp.status));
-        }
-        Ok(FetchedJwks {
-            body: resp.body,
-            max_age: resp
-                .cache_control
-                .as_deref()
-                .and_then(crate::identity::parse_max_age),
-        })
-    }
-
-    fn describe(&self) -> String {
-        if self.path.contains("://") {
-            redact_url(&self.path)
-        } else {
-            format!("{}{}", self.client.base_url(), self.path)
-        }
-    }
-}
-
-/// The part of the OIDC discovery document the service reads.
-#[derive(serde::Deserialize)]
-struct Discovery {
-    issuer: String,
-}
-
-/// What became of reading the issuer from the API server.
-#[derive(Debug, PartialEq)]
-enum Discovered {
-    /// The discovery document's `issuer`.
-    Issuer(String),
-    /// The API server answered, but not with an issuer (no discovery endpoint, forbidden, no
-    /// `issuer` field): asking again would get the same answer.
-    Unavailable(String),
-    /// The stop signal came while waiting to ask again.
-    Stopped,
-}
-
-/// Whether a failed discovery request would fail the same way again: the server did answer.
-fn discovery_failure_is_final(e: &KubeError) -> bool {
-    matches!(e.status_code(), Some(403 | 404))
-        || matches!(
-            e,
-            KubeError::Decode(_) | KubeError::CrossOrigin | KubeError::Config(_)
-        )
-}
-
-/// Reads the cluster's service-account issuer from `/.well-known/openid-configuration`: the
-/// exact `iss` differs between distributions (`https://kubernetes.default.svc.cluster.local` on
-/// kubeadm, kind and k3s; a cloud URL on EKS, GKE, AKS). Failures that may pass (no connection,
-/// 5xx, 429, 401 while the token file is rotated) are retried with a jittered backoff from
-/// 500 ms to 30 s (or the server's `Retry-After`) until `stop`: the service is not ready meanwhile, so a replica
-/// never starts deciding with a guessed issuer because the API server hiccuped once.
-fn discover_issuer(client: &ApiClient, stop: &Receiver<()>) -> Discovered {
-    let mut backoff = Backoff::new(BackoffSettings::doubling(
-        DISCOVERY_FIRST_BACKOFF,
-        DISCOVERY_MAX_BACKOFF,
-    ));
-    loop {
-        let e = match client.get_json::<Discovery>(DISCOVERY_PATH, JWKS_FETCH_TIMEOUT) {
-            Ok(doc) if !doc.issuer.is_empty() => return Discovered::Issuer(doc.issuer),
-            Ok(_) => return Discovered::Unavailable("the document has no issuer".into()),
-            Err(e) if discovery_failure_is_final(&e) => {
-                return Discovered::Unavailable(e.to_string())
-            }
-            Err(e) => e,
-        };
-        let retry_after = match &e {
-            KubeError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        };
-        let wait = backoff.next_delay(retry_after);
-        warn!(
-            "cannot read the issuer from the API server's discovery document ({e}); retrying in {wait:?} (not ready until then)"
-        );
-        match stop.recv_timeout(wait) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            _ => return Discovered::Stopped,
-        }
-    }
-}
 
 fn init_logging(level: &str) {
     let mut b = env_logger::Builder::new();
@@ -244,18 +136,18 @@ pub fn serve() -> Result<(), String> {
 
     let source = match (&config.jwks, &api) {
         (JwksLocation::Path(p), _) => JwksSource::File(p.clone()),
-        (JwksLocation::ApiServer, Some(client)) => JwksSource::Remote(Box::new(ApiServerJwks {
-            client: client.clone(),
-            path: API_JWKS_PATH.to_string(),
-        })),
+        (JwksLocation::ApiServer, Some(client)) => JwksSource::Remote(Box::new(
+            ApiServerFetcher::new(client.clone(), API_SERVER_JWKS_PATH, JWKS_FETCH_TIMEOUT),
+        )),
         // The cluster's credentials go to the API server only: any other origin (a cloud
         // provider's public OIDC endpoint, say) is fetched without them.
         // The client takes a full URL on its own origin as it is (an API path prefix included).
         (JwksLocation::Url(url), Some(client)) if client.is_same_origin(url) => {
-            JwksSource::Remote(Box::new(ApiServerJwks {
-                client: client.clone(),
-                path: url.clone(),
-            }))
+            JwksSource::Remote(Box::new(ApiServerFetcher::new(
+                client.clone(),
+                url.clone(),
+                JWKS_FETCH_TIMEOUT,
+            )))
         }
         (JwksLocation::Url(url), _) => JwksSource::Remote(Box::new(PublicUrlFetcher::new(
             url.clone(),

@@ -1,5 +1,6 @@
-//! A local token signer for development without a cluster: it plays the API server's part,
-//! holding an ES256 key, publishing its JWKS and minting tokens shaped exactly like projected
+//! A local token signer for development without a cluster: it plays the API server's part.
+//!
+//! It holds an ES256 key, publishes its JWKS and mints tokens shaped exactly like projected
 //! service-account tokens.
 //!
 //! Use: `generate_signer(dir)` once writes `signer.key` (PKCS#8 PEM, mode 0600) and `jwks.json`;
@@ -53,7 +54,8 @@ pub struct MintRequest {
 pub struct DevSigner {
     kid: String,
     encoding: EncodingKey,
-    jwks: String,
+    /// The public key set as a JWKS document.
+    jwks_json: String,
 }
 
 impl fmt::Debug for DevSigner {
@@ -144,7 +146,7 @@ impl DevSigner {
         let (Some(x), Some(y)) = (point.x(), point.y()) else {
             return Err("cannot encode the public key".to_string());
         };
-        let jwks = json!({"keys": [{
+        let jwks_json = json!({"keys": [{
             "use": "sig",
             "kty": "EC",
             "kid": kid,
@@ -160,7 +162,7 @@ impl DevSigner {
         Ok(DevSigner {
             kid,
             encoding: EncodingKey::from_ec_der(der.as_bytes()),
-            jwks,
+            jwks_json,
         })
     }
 
@@ -171,7 +173,7 @@ impl DevSigner {
 
     /// The public key set, as written to `jwks.json`.
     pub fn jwks_json(&self) -> String {
-        self.jwks.clone()
+        self.jwks_json.clone()
     }
 
     /// Mints a token issued now.
@@ -228,7 +230,6 @@ impl DevSigner {
     }
 }
 
-/// A random (version 4) UUID, as the API server puts in `jti`.
 /// A random version-4 UUID in its usual textual form (the `jti` of a minted token).
 pub fn random_uuid() -> Result<String, String> {
     let mut b = [0u8; 16];

@@ -1,5 +1,7 @@
-//! Validation of Kubernetes service-account tokens: signature against the JWKS, algorithm
-//! allow-list, issuer, audience, time and the `kubernetes.io` claims, into an [`Identity`].
+//! Validation of Kubernetes service-account tokens into an [`Identity`] or a [`TokenError`].
+//!
+//! Checked: the signature against the JWKS, the algorithm allow-list, issuer, audience, time and
+//! the `kubernetes.io` claims.
 //!
 //! Every rule is commented where it is enforced and has a test named for it. A refused token
 //! yields a [`TokenError`] whose [`TokenError::reason`] is the metric label and whose `Display` is
@@ -16,7 +18,8 @@ use jsonwebtoken::Validation;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 
-use super::jwks::{printable, JwksStore, KeySet, SigningAlgorithm, VerificationKey};
+use super::jwks::{JwksStore, KeySet, SigningAlgorithm, VerificationKey};
+use super::printable;
 
 /// Tokens longer than this are refused before any parsing (real ones are about 1 KiB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -65,60 +68,76 @@ pub struct Identity {
 }
 
 /// Why a token was refused. Variants are named as facts about the token.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// Not a compact JWS of base64url JSON parts, or a claim of the wrong type.
+    #[error("malformed token")]
     Malformed,
     /// Longer than [`MAX_TOKEN_BYTES`]; not parsed.
+    #[error("token of {len} bytes exceeds {MAX_TOKEN_BYTES}")]
     TooLarge {
         /// Length in bytes.
         len: usize,
     },
     /// The header's `alg` is not RS256, ES256 or ES384.
+    #[error("unsupported signing algorithm {alg:?}")]
     UnsupportedAlgorithm {
         /// The `alg` value (shortened, printable).
         alg: String,
     },
     /// The key the token names is of a type that does not verify the token's algorithm.
+    #[error("no key of a type that verifies {alg}")]
     KeyAlgorithmMismatch {
         /// The token's algorithm.
         alg: SigningAlgorithm,
     },
     /// No key with the token's key id, even after a refetch.
+    #[error("unknown key id {kid:?}")]
     UnknownKey {
         /// The key id (shortened, printable).
         kid: String,
     },
     /// The signature does not verify.
+    #[error("bad signature")]
     BadSignature,
     /// `exp` is past, beyond the leeway.
+    #[error("token expired at {expired_at}")]
     Expired {
         /// The token's `exp`.
         expired_at: u64,
     },
     /// `nbf` is in the future, beyond the leeway.
+    #[error("token not valid before {not_before}")]
     NotYetValid {
         /// The token's `nbf`.
         not_before: u64,
     },
     /// `iat` is in the future, beyond the leeway.
+    #[error("token issued in the future at {issued_at}")]
     IssuedInFuture {
         /// The token's `iat`.
         issued_at: u64,
     },
     /// `iss` is missing or not exactly the configured issuer.
+    #[error("wrong issuer")]
     WrongIssuer,
     /// `aud` is missing or does not contain the configured audience.
+    #[error("audience not accepted")]
     WrongAudience,
     /// No `exp`: the token would never expire.
+    #[error("token has no expiry")]
     MissingExpiry,
     /// The `kubernetes.io` claim lacks the namespace, service account name or UID.
+    #[error("missing kubernetes.io service account claims")]
     MissingKubernetesClaims,
     /// `sub` is not `system:serviceaccount:<namespace>:<name>` of the `kubernetes.io` claim.
+    #[error("subject does not match service account")]
     SubjectMismatch,
     /// A legacy secret-based token: no expiry, no audience, revocable only by deleting a Secret.
+    #[error("legacy secret-based token")]
     LegacyToken,
     /// No key set has been loaded yet.
+    #[error("no signing keys loaded")]
     KeysUnavailable,
 }
 
@@ -145,43 +164,6 @@ impl TokenError {
         }
     }
 }
-
-impl fmt::Display for TokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenError::Malformed => f.write_str("malformed token"),
-            TokenError::TooLarge { len } => {
-                write!(f, "token of {len} bytes exceeds {MAX_TOKEN_BYTES}")
-            }
-            TokenError::UnsupportedAlgorithm { alg } => {
-                write!(f, "unsupported signing algorithm {alg:?}")
-            }
-            TokenError::KeyAlgorithmMismatch { alg } => {
-                write!(f, "no key of a type that verifies {alg}")
-            }
-            TokenError::UnknownKey { kid } => write!(f, "unknown key id {kid:?}"),
-            TokenError::BadSignature => f.write_str("bad signature"),
-            TokenError::Expired { expired_at } => write!(f, "token expired at {expired_at}"),
-            TokenError::NotYetValid { not_before } => {
-                write!(f, "token not valid before {not_before}")
-            }
-            TokenError::IssuedInFuture { issued_at } => {
-                write!(f, "token issued in the future at {issued_at}")
-            }
-            TokenError::WrongIssuer => f.write_str("wrong issuer"),
-            TokenError::WrongAudience => f.write_str("audience not accepted"),
-            TokenError::MissingExpiry => f.write_str("token has no expiry"),
-            TokenError::MissingKubernetesClaims => {
-                f.write_str("missing kubernetes.io service account claims")
-            }
-            TokenError::SubjectMismatch => f.write_str("subject does not match service account"),
-            TokenError::LegacyToken => f.write_str("legacy secret-based token"),
-            TokenError::KeysUnavailable => f.write_str("no signing keys loaded"),
-        }
-    }
-}
-
-impl std::error::Error for TokenError {}
 
 /// The service account a token claims, read without any verification: only for log lines about
 /// a refused token.
@@ -308,7 +290,8 @@ impl TokenValidator {
         self.check_claims(claims, now)
     }
 
-    fn jwt_validation(&self, alg: SigningAlgorithm) -> &Validation {
+    /// The prebuilt `jsonwebtoken` checks for this algorithm.
+    fn validation_for(&self, alg: SigningAlgorithm) -> &Validation {
         match alg {
             SigningAlgorithm::Rs256 => &self.rs256,
             SigningAlgorithm::Es256 => &self.es256,
@@ -323,7 +306,7 @@ impl TokenValidator {
         kid: Option<&str>,
         keys: Arc<KeySet>,
     ) -> Result<(), TokenError> {
-        let validation = self.jwt_validation(alg);
+        let validation = self.validation_for(alg);
         let Some(kid) = kid else {
             // Rule: a token without a key id is tried against every key of a type that verifies
             // its algorithm, as the API server does.
@@ -778,10 +761,10 @@ mod tests {
     use super::testkit::{jwks, TestKey, TokenBuilder, AUDIENCE, ISSUER, NOW, UID};
     use super::*;
     use crate::health::Readiness;
-    use crate::identity::jwks::{FetchedJwks, JwksFetcher, JwksSettings, JwksSource};
+    use crate::identity::jwks::testing::{remote_store, FakeFetcher};
+    use crate::identity::jwks::{JwksSettings, JwksSource};
     use crate::metrics::Metrics;
     use serde_json::json;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
 
     /// The keys most tests use: the RSA key "rsa", a P-256 key "ec" and a P-384 key "ec384".
@@ -814,49 +797,13 @@ mod tests {
         validator().validate(token, NOW).unwrap_err()
     }
 
-    /// A fetcher serving a key set the test can change, counting fetches.
-    struct SwitchableFetcher {
-        body: Arc<parking_lot::Mutex<Vec<u8>>>,
-        calls: Arc<AtomicUsize>,
-    }
-
-    impl JwksFetcher for SwitchableFetcher {
-        fn fetch(&self) -> Result<FetchedJwks, String> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Ok(FetchedJwks {
-                body: self.body.lock().clone(),
-                max_age: None,
-            })
-        }
-        fn describe(&self) -> String {
-            "test".into()
-        }
-    }
-
-    fn remote_validator(
-        initial: Vec<u8>,
-    ) -> (
-        TokenValidator,
-        Arc<parking_lot::Mutex<Vec<u8>>>,
-        Arc<AtomicUsize>,
-    ) {
-        let body = Arc::new(parking_lot::Mutex::new(initial));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let store = Arc::new(JwksStore::new(
-            JwksSource::Remote(Box::new(SwitchableFetcher {
-                body: Arc::clone(&body),
-                calls: Arc::clone(&calls),
-            })),
-            JwksSettings::default(),
-            Arc::new(Metrics::default()),
-            Arc::new(Readiness::default()),
-        ));
+    /// A validator over a store that fetched `initial` from a fake fetcher the test can change.
+    fn remote_validator(initial: Vec<u8>) -> (TokenValidator, FakeFetcher) {
+        let fetcher = FakeFetcher::serving(initial);
+        let store = remote_store(&fetcher, JwksSettings::default());
         store.reload().unwrap();
-        (
-            TokenValidator::new(store, TokenSettings::new(ISSUER, AUDIENCE)),
-            body,
-            calls,
-        )
+        let validator = TokenValidator::new(store, TokenSettings::new(ISSUER, AUDIENCE));
+        (validator, fetcher)
     }
 
     // ---- accepted tokens ----
@@ -1026,7 +973,7 @@ mod tests {
         jwk["alg"] = "ES256".into();
         jwk["kid"] = "liar".into();
         let body = serde_json::to_vec(&json!({"keys": [jwk, keys().1.jwk()]})).unwrap();
-        let (v, _, _) = remote_validator(body);
+        let (v, _) = remote_validator(body);
         let token = app().with_fake_signature("ES256", "liar");
         assert_eq!(
             v.validate(&token, NOW).unwrap_err().reason(),
@@ -1056,7 +1003,7 @@ mod tests {
 
     #[test]
     fn unknown_kid_refetches_once_then_fails_as_unknown_key() {
-        let (v, _, calls) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
         let stranger = TestKey::es256("stranger");
         let token = app().sign(&stranger);
         assert_eq!(
@@ -1065,45 +1012,41 @@ mod tests {
                 kid: "stranger".into()
             }
         );
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            2,
-            "initial load + one refetch"
-        );
+        assert_eq!(fetcher.calls(), 2, "initial load + one refetch");
         // Within the rate-limit interval, another unknown kid does not fetch again.
         let token = app().sign(&TestKey::es256("another"));
         assert_eq!(
             v.validate(&token, NOW).unwrap_err().reason(),
             "token_unknown_key"
         );
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fetcher.calls(), 2);
     }
 
     #[test]
     fn rotated_key_is_found_by_refetch_on_unknown_kid() {
-        let (v, body, calls) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
         let rotated = TestKey::es256("rotated");
-        *body.lock() = jwks(&[&keys().1, &rotated]);
+        fetcher.serve(jwks(&[&keys().1, &rotated]));
         let token = app().sign(&rotated);
         assert!(v.validate(&token, NOW).is_ok());
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fetcher.calls(), 2);
         // The key is now known: no further fetch.
         assert!(v.validate(&token, NOW).is_ok());
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(fetcher.calls(), 2);
     }
 
     #[test]
     fn known_kid_never_fetches() {
-        let (v, _, calls) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
         for _ in 0..3 {
             v.validate(&app().sign(&keys().1), NOW).unwrap();
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fetcher.calls(), 1);
     }
 
     #[test]
     fn token_of_another_issuer_does_not_trigger_a_refetch() {
-        let (v, _, calls) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
         let token = app()
             .claim("iss", json!("https://other-cluster.example"))
             .sign(&TestKey::es256("theirs"));
@@ -1111,7 +1054,7 @@ mod tests {
             v.validate(&token, NOW).unwrap_err(),
             TokenError::WrongIssuer
         );
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(fetcher.calls(), 1);
     }
 
     #[test]
@@ -1444,6 +1387,32 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn log_texts_read_as_documented() {
+        let texts: Vec<String> = every_error().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                "malformed token",
+                "token of 1 bytes exceeds 16384",
+                r#"unsupported signing algorithm "x""#,
+                "no key of a type that verifies RS256",
+                r#"unknown key id "k""#,
+                "bad signature",
+                "token expired at 1",
+                "token not valid before 1",
+                "token issued in the future at 1",
+                "wrong issuer",
+                "audience not accepted",
+                "token has no expiry",
+                "missing kubernetes.io service account claims",
+                "subject does not match service account",
+                "legacy secret-based token",
+                "no signing keys loaded",
+            ]
+        );
     }
 
     #[test]
