@@ -1,6 +1,6 @@
 //! Tests of the test support itself: the Kubernetes API emulator behaves like a real API server
 //! (kubernetes-facts.md §4, §7) and tokens minted by `support::tokens` verify against the key set
-//! it serves. The client is `ureq`, as in the service; `kubectl` is used too when installed.
+//! it serves. The client is `ureq`, as in the service; a real `kubectl` is one too.
 //! The same behaviours hold over TLS (`KubeEmulatorBuilder::tls`), checked at the end.
 
 mod support;
@@ -15,7 +15,7 @@ use support::kube::{
     KubeEmulator, KubeEmulatorBuilder, RequestKind, TlsOptions, INITIAL_EVENTS_END,
 };
 use support::kubeconfig::{
-    kubeconfig, kubectl as kubectl_command, kubectl_missing, write_kubeconfig,
+    kubeconfig, kubectl as kubectl_command, require_kubectl, write_kubeconfig,
 };
 use support::tokens::{self, SigningKey, TokenBuilder};
 
@@ -876,10 +876,7 @@ fn token_builder_shapes_match_kubernetes() {
 
 #[test]
 fn kubectl_can_read_from_the_emulator() {
-    if kubectl_missing() {
-        eprintln!("skipped: kubectl is not on PATH");
-        return;
-    }
+    require_kubectl();
     let emu = KubeEmulator::start();
     emu.create_service_account("ns", "a", &[]);
     emu.create_service_account("ns", "b", &[]);
@@ -1100,10 +1097,7 @@ fn tls_optional_client_certificates_fall_back_to_tokens() {
 
 #[test]
 fn kubectl_trusts_the_emulator_over_tls() {
-    if kubectl_missing() {
-        eprintln!("skipped: kubectl is not on PATH");
-        return;
-    }
+    require_kubectl();
     let emu = KubeEmulatorBuilder::new()
         .tls(TlsOptions::new().accept_client_cert())
         .build();
@@ -1509,10 +1503,7 @@ fn token_request_refuses_what_the_api_server_refuses() {
 
 #[test]
 fn kubectl_creates_tokens_over_tls() {
-    if kubectl_missing() {
-        eprintln!("skipped: kubectl is not on PATH");
-        return;
-    }
+    require_kubectl();
     let key = SigningKey::rs256();
     let emu = KubeEmulatorBuilder::new()
         .tls(TlsOptions::new())
