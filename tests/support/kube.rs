@@ -1,9 +1,13 @@
 //! A Kubernetes API server emulator for ServiceAccounts and OIDC discovery, faithful to the
-//! behaviours in kubernetes-facts.md §4 and §7: paginated lists with continue tokens, a global
-//! resourceVersion, chunked watch streams with history replay, 410 expiry, bookmarks, streaming
-//! lists (WatchList), selectors, bearer-token checks, the OIDC discovery endpoints, the
-//! TokenRequest subresource (`kubectl create token`, see [`token_request`]), and fault injection
-//! driven by the test.
+//! behaviours in kubernetes-facts.md §4 and §7 that the service relies on: paginated lists with
+//! continue tokens, a global resourceVersion, chunked watch streams with history replay, 410
+//! expiry, bookmarks, bearer-token checks, the OIDC discovery endpoints, the TokenRequest
+//! subresource (`kubectl create token`, see [`token_request`]), and fault injection driven by the
+//! test.
+//!
+//! Not emulated, because the service never asks for them: label and field selectors (answered 400
+//! BadRequest saying so, rather than ignored) and streaming lists (`sendInitialEvents`, answered
+//! 422 Invalid as by an API server with the WatchList feature gate off).
 //!
 //! Plain HTTP by default; [`KubeEmulatorBuilder::tls`] makes it serve HTTPS with freshly
 //! generated certificates (and optionally require client certificates), with every behaviour
@@ -66,8 +70,6 @@ const MAX_LINE: u64 = 16 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Largest request body kept for the handler; larger ones are read and discarded.
 const MAX_BODY: u64 = 1024 * 1024;
-/// The annotation on the bookmark that ends the initial events of a streaming list.
-pub const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 /// The issuer a kubeadm-style cluster reports.
 pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
@@ -76,7 +78,7 @@ pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 pub enum RequestKind {
     /// A ServiceAccount list (cluster-wide or in one namespace).
     List,
-    /// A ServiceAccount watch (including streaming lists).
+    /// A ServiceAccount watch.
     Watch,
     /// A single ServiceAccount GET.
     Get,
@@ -192,7 +194,6 @@ pub struct KubeEmulatorBuilder {
     issuer: String,
     jwks: Value,
     jwks_max_age: u64,
-    watch_list_supported: bool,
     expired_watch_as_http: bool,
     tls: Option<TlsOptions>,
     token_signer: Option<SigningKey>,
@@ -206,8 +207,8 @@ impl Default for KubeEmulatorBuilder {
 
 impl KubeEmulatorBuilder {
     /// Defaults: window 100, bookmarks every second, one random accepted token, auth required
-    /// everywhere, issuer [`DEFAULT_ISSUER`], an empty key set with max-age 3600, WatchList on,
-    /// too-old watches answered with an in-stream ERROR event.
+    /// everywhere, issuer [`DEFAULT_ISSUER`], an empty key set with max-age 3600, too-old
+    /// watches answered with an in-stream ERROR event.
     pub fn new() -> Self {
         KubeEmulatorBuilder {
             history_window: DEFAULT_HISTORY_WINDOW,
@@ -218,7 +219,6 @@ impl KubeEmulatorBuilder {
             issuer: DEFAULT_ISSUER.to_string(),
             jwks: json!({ "keys": [] }),
             jwks_max_age: DEFAULT_JWKS_MAX_AGE,
-            watch_list_supported: true,
             expired_watch_as_http: false,
             tls: None,
             token_signer: None,
@@ -247,7 +247,7 @@ impl KubeEmulatorBuilder {
         self
     }
 
-    /// Only the bookmark just before a watch's deadline (and the initial-events-end one).
+    /// Only the bookmark just before a watch's deadline.
     pub fn no_periodic_bookmarks(mut self) -> Self {
         self.bookmark_interval = None;
         self
@@ -299,12 +299,6 @@ impl KubeEmulatorBuilder {
         self
     }
 
-    /// Whether streaming lists are supported (otherwise 422 Invalid, like the gate off).
-    pub fn watch_list_supported(mut self, supported: bool) -> Self {
-        self.watch_list_supported = supported;
-        self
-    }
-
     /// Answer too-old watches with a plain HTTP 410 instead of an in-stream ERROR event.
     pub fn expired_watch_as_http(mut self, plain: bool) -> Self {
         self.expired_watch_as_http = plain;
@@ -343,7 +337,6 @@ impl KubeEmulatorBuilder {
             faults: Vec::new(),
             down: false,
             watch_hang: false,
-            watch_list_supported: self.watch_list_supported,
             expired_watch_as_http: self.expired_watch_as_http,
             jwks,
             jwks_max_age: self.jwks_max_age,
@@ -535,12 +528,6 @@ impl KubeEmulator {
         self.modify(namespace, name, move |a| a.annotations = annotations)
     }
 
-    /// Replaces the labels of `namespace/name` (a MODIFIED event); returns the new resourceVersion.
-    pub fn update_labels(&self, namespace: &str, name: &str, labels: &[(&str, &str)]) -> String {
-        let labels = to_map(labels);
-        self.modify(namespace, name, move |a| a.labels = labels)
-    }
-
     fn modify(&self, namespace: &str, name: &str, edit: impl FnOnce(&mut StoredAccount)) -> String {
         let mut st = self.lock();
         let key = (namespace.to_string(), name.to_string());
@@ -681,11 +668,6 @@ impl KubeEmulator {
     pub fn set_watch_hang(&self, hang: bool) {
         self.lock().watch_hang = hang;
         self.shared.wake.notify_all();
-    }
-
-    /// Whether streaming lists are supported (otherwise 422 Invalid, like the gate off).
-    pub fn set_watch_list_supported(&self, supported: bool) {
-        self.lock().watch_list_supported = supported;
     }
 
     /// Answer too-old watches with a plain HTTP 410 instead of an in-stream ERROR event.
@@ -908,6 +890,11 @@ impl StoredAccount {
     fn key(&self) -> (String, String) {
         (self.namespace.clone(), self.name.clone())
     }
+
+    /// Whether a list or watch of `namespace` (all namespaces if none) sees this object.
+    fn in_scope(&self, namespace: Option<&str>) -> bool {
+        namespace.is_none_or(|ns| ns == self.namespace)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -915,6 +902,17 @@ enum ChangeKind {
     Added,
     Modified,
     Deleted,
+}
+
+impl ChangeKind {
+    /// The watch event type that reports this change.
+    fn event_type(self) -> &'static str {
+        match self {
+            ChangeKind::Added => "ADDED",
+            ChangeKind::Modified => "MODIFIED",
+            ChangeKind::Deleted => "DELETED",
+        }
+    }
 }
 
 /// One write, as the watch cache remembers it.
@@ -953,7 +951,6 @@ struct State {
     faults: Vec<Fault>,
     down: bool,
     watch_hang: bool,
-    watch_list_supported: bool,
     expired_watch_as_http: bool,
     jwks: Value,
     jwks_max_age: u64,
@@ -1666,125 +1663,6 @@ fn discovery(shared: &Shared, st: &State) -> Reply {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Selectors
-
-#[derive(Clone, Debug)]
-enum Requirement {
-    Equals(String, String),
-    NotEquals(String, String),
-    Exists(String),
-    NotExists(String),
-}
-
-impl Requirement {
-    fn holds(&self, value_of: impl Fn(&str) -> Option<String>) -> bool {
-        match self {
-            Requirement::Equals(k, v) => value_of(k).as_deref() == Some(v.as_str()),
-            Requirement::NotEquals(k, v) => value_of(k).as_deref() != Some(v.as_str()),
-            Requirement::Exists(k) => value_of(k).is_some(),
-            Requirement::NotExists(k) => value_of(k).is_none(),
-        }
-    }
-}
-
-/// Which objects a list or watch sees: the path's namespace plus field and label selectors.
-#[derive(Clone, Debug, Default)]
-struct Selector {
-    namespace: Option<String>,
-    fields: Vec<Requirement>,
-    labels: Vec<Requirement>,
-}
-
-impl Selector {
-    fn parse(namespace: Option<&str>, req: &Request) -> Result<Self, Reply> {
-        let bad = |msg: String| Reply::status(400, "BadRequest", &msg);
-        let mut fields = Vec::new();
-        for term in split_terms(req.param("fieldSelector")) {
-            let requirement = parse_term(term, false).map_err(bad)?;
-            let (Requirement::Equals(key, _) | Requirement::NotEquals(key, _)) = &requirement
-            else {
-                return Err(bad(format!("invalid field selector: {term}")));
-            };
-            if key != "metadata.name" && key != "metadata.namespace" {
-                return Err(bad(format!(
-                    "\"{key}\" is not a known field selector: only \"metadata.name\", \
-                     \"metadata.namespace\""
-                )));
-            }
-            fields.push(requirement);
-        }
-        let mut labels = Vec::new();
-        for term in split_terms(req.param("labelSelector")) {
-            labels.push(parse_term(term, true).map_err(bad)?);
-        }
-        Ok(Selector {
-            namespace: namespace.map(String::from),
-            fields,
-            labels,
-        })
-    }
-
-    fn filters_by_selector(&self) -> bool {
-        !self.fields.is_empty() || !self.labels.is_empty()
-    }
-
-    fn matches(&self, a: &StoredAccount) -> bool {
-        self.namespace.as_ref().is_none_or(|ns| *ns == a.namespace)
-            && self.fields.iter().all(|r| {
-                r.holds(|k| match k {
-                    "metadata.name" => Some(a.name.clone()),
-                    "metadata.namespace" => Some(a.namespace.clone()),
-                    _ => None,
-                })
-            })
-            && self
-                .labels
-                .iter()
-                .all(|r| r.holds(|k| a.labels.get(k).cloned()))
-    }
-}
-
-fn split_terms(selector: Option<&str>) -> impl Iterator<Item = &str> {
-    selector
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// One `k=v`, `k==v`, `k!=v` term, or for labels also `k` and `!k` (no set-based syntax).
-fn parse_term(term: &str, label: bool) -> Result<Requirement, String> {
-    let invalid = || format!("unable to parse requirement: {term:?}");
-    if term.contains('(') || term.contains(' ') {
-        return Err(invalid());
-    }
-    let requirement = if let Some((k, v)) = term.split_once("!=") {
-        Requirement::NotEquals(k.to_string(), v.to_string())
-    } else if let Some((k, v)) = term.split_once("==") {
-        Requirement::Equals(k.to_string(), v.to_string())
-    } else if let Some((k, v)) = term.split_once('=') {
-        Requirement::Equals(k.to_string(), v.to_string())
-    } else if !label {
-        return Err(invalid());
-    } else if let Some(k) = term.strip_prefix('!') {
-        Requirement::NotExists(k.to_string())
-    } else {
-        Requirement::Exists(term.to_string())
-    };
-    let key_ok = match &requirement {
-        Requirement::Equals(k, _)
-        | Requirement::NotEquals(k, _)
-        | Requirement::Exists(k)
-        | Requirement::NotExists(k) => !k.is_empty() && !k.contains(['=', '!']),
-    };
-    if key_ok {
-        Ok(requirement)
-    } else {
-        Err(invalid())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Lists
 
 /// The continue token format of the apiserver: base64 of `{"v","rv","start"}`.
@@ -1809,10 +1687,9 @@ fn list(
     req: &Request,
     namespace: Option<&str>,
 ) -> Reply {
-    let selector = match Selector::parse(namespace, req) {
-        Ok(s) => s,
-        Err(reply) => return reply,
-    };
+    if let Some(refused) = refuse_selectors(req) {
+        return refused;
+    }
     let limit = match req.param("limit").filter(|l| !l.is_empty()) {
         None => None,
         Some(l) => match l.parse::<i64>() {
@@ -1855,7 +1732,7 @@ fn list(
         let rest = objects
             .values()
             .filter(|a| format!("{}/{}\u{0}", a.namespace, a.name) > start);
-        return list_page(&mut st.continues, &selector, rv, rest, limit);
+        return list_page(&mut st.continues, namespace, rv, rest, limit);
     }
 
     if rv_param.is_empty() && !rv_match.is_empty() {
@@ -1873,7 +1750,7 @@ fn list(
         );
     }
     if rv_param.is_empty() {
-        return list_current(st, &selector, limit);
+        return list_current(st, namespace, limit);
     }
     let Ok(requested) = rv_param.parse::<u64>() else {
         return invalid_rv(rv_param);
@@ -1886,14 +1763,14 @@ fn list(
             );
         }
         // Served from the watch cache: the whole list, limit ignored.
-        return list_current(st, &selector, None);
+        return list_current(st, namespace, None);
     }
     if !wait_for_rv(shared, st, requested) {
         return too_large_rv(st, requested);
     }
     let exact = rv_match == "Exact" || (rv_match.is_empty() && limit.is_some());
     if !exact {
-        return list_current(st, &selector, limit);
+        return list_current(st, namespace, limit);
     }
     if st.too_old(requested) {
         let message = st.too_old_message(rv_param);
@@ -1902,7 +1779,7 @@ fn list(
     let objects = st.objects_at(requested);
     list_page(
         &mut st.continues,
-        &selector,
+        namespace,
         requested,
         objects.values(),
         limit,
@@ -1910,20 +1787,20 @@ fn list(
 }
 
 /// A list of the current state.
-fn list_current(st: &mut State, selector: &Selector, limit: Option<usize>) -> Reply {
+fn list_current(st: &mut State, namespace: Option<&str>, limit: Option<usize>) -> Reply {
     let rv = st.rv;
-    list_page(&mut st.continues, selector, rv, st.objects.values(), limit)
+    list_page(&mut st.continues, namespace, rv, st.objects.values(), limit)
 }
 
 /// One page of a list at `rv`, with a continue token when more items remain.
 fn list_page<'a>(
     continues: &mut HashMap<String, IssuedContinue>,
-    selector: &Selector,
+    namespace: Option<&str>,
     rv: u64,
     candidates: impl Iterator<Item = &'a StoredAccount>,
     limit: Option<usize>,
 ) -> Reply {
-    let matching: Vec<&StoredAccount> = candidates.filter(|a| selector.matches(a)).collect();
+    let matching: Vec<&StoredAccount> = candidates.filter(|a| a.in_scope(namespace)).collect();
     let take = limit.unwrap_or(usize::MAX).min(matching.len());
     let items: Vec<Value> = matching[..take].iter().map(|a| a.to_json(false)).collect();
     let mut meta = Map::new();
@@ -1939,10 +1816,7 @@ fn list_page<'a>(
             },
         );
         meta.insert("continue".into(), json!(token));
-        // The apiserver cannot count what a selector would keep, so it leaves the count out.
-        if !selector.filters_by_selector() {
-            meta.insert("remainingItemCount".into(), json!(remaining));
-        }
+        meta.insert("remainingItemCount".into(), json!(remaining));
     }
     Reply::json(
         200,
@@ -1953,6 +1827,19 @@ fn list_page<'a>(
             "items": items,
         }),
     )
+}
+
+/// The 400 for a label or field selector, which the emulator does not implement: refused rather
+/// than ignored, so that a test relying on one fails instead of seeing unfiltered objects.
+fn refuse_selectors(req: &Request) -> Option<Reply> {
+    let selector = ["labelSelector", "fieldSelector"]
+        .into_iter()
+        .find(|name| req.param(name).is_some_and(|v| !v.is_empty()))?;
+    Some(Reply::status(
+        400,
+        "BadRequest",
+        &format!("{selector} is not implemented by the emulator (tests/support/kube)"),
+    ))
 }
 
 fn invalid_list_options(field: &str, detail: &str) -> Reply {
@@ -2046,7 +1933,8 @@ struct WatchPlan {
     /// Registered in `watch_cursors` under this id while following.
     id: u64,
     cursor: u64,
-    selector: Selector,
+    /// The namespace watched, or none for all.
+    namespace: Option<String>,
     bookmarks: bool,
     deadline: Instant,
     generation: u64,
@@ -2056,50 +1944,71 @@ fn event_line(kind: &str, object: &Value) -> String {
     json!({ "type": kind, "object": object }).to_string()
 }
 
-fn bookmark_line(rv: u64, initial_events_end: bool) -> String {
+fn bookmark_line(rv: u64) -> String {
     // A typed bookmark: metadata carries only the resourceVersion (and the zero
     // creationTimestamp Go serializes as null).
-    let mut meta = Map::new();
-    meta.insert("resourceVersion".into(), json!(rv.to_string()));
-    meta.insert("creationTimestamp".into(), Value::Null);
-    if initial_events_end {
-        meta.insert("annotations".into(), json!({ INITIAL_EVENTS_END: "true" }));
-    }
+    let meta = json!({ "resourceVersion": rv.to_string(), "creationTimestamp": null });
     event_line(
         "BOOKMARK",
         &json!({ "kind": "ServiceAccount", "apiVersion": "v1", "metadata": meta }),
     )
 }
 
-/// How a change looks through a selector: objects moving in or out of it are ADDED or DELETED.
-fn view_change(change: &Change, selector: &Selector) -> Option<String> {
-    let now = selector.matches(&change.object);
-    let before = change
-        .previous
-        .as_ref()
-        .is_some_and(|p| selector.matches(p));
-    let (kind, object) = match change.kind {
-        ChangeKind::Added if now => ("ADDED", change.object.clone()),
-        ChangeKind::Modified if now && before => ("MODIFIED", change.object.clone()),
-        ChangeKind::Modified if now => ("ADDED", change.object.clone()),
-        // Like the cacher: the state the watcher last matched, at the event's resourceVersion.
-        ChangeKind::Modified if before => {
-            let mut left = change.previous.clone()?;
-            left.resource_version = change.rv;
-            ("DELETED", left)
-        }
-        ChangeKind::Deleted if before => ("DELETED", change.object.clone()),
-        _ => return None,
-    };
-    Some(event_line(kind, &object.to_json(true)))
+/// A change as a watch of `namespace` sees it, if it sees it at all. A deletion carries the
+/// object's last state at the deletion's resourceVersion.
+fn view_change(change: &Change, namespace: Option<&str>) -> Option<String> {
+    change
+        .object
+        .in_scope(namespace)
+        .then(|| event_line(change.kind.event_type(), &change.object.to_json(true)))
 }
 
-fn synthetic_added(st: &State, selector: &Selector) -> Vec<String> {
+/// The current objects as ADDED events, for a watch from resourceVersion "" or "0".
+fn synthetic_added(st: &State, namespace: Option<&str>) -> Vec<String> {
     st.objects
         .values()
-        .filter(|a| selector.matches(a))
+        .filter(|a| a.in_scope(namespace))
         .map(|a| event_line("ADDED", &a.to_json(true)))
         .collect()
+}
+
+/// Streaming lists are not emulated: a watch asking for one (`sendInitialEvents`, which needs
+/// `resourceVersionMatch=NotOlderThan`) gets the 422 of an API server with the WatchList feature
+/// gate off, with the causes its watch-option validation lists, in its order.
+fn refuse_streaming_list(req: &Request) -> Option<Reply> {
+    let send_initial = req.param("sendInitialEvents").is_some();
+    let rv_match = req.param("resourceVersionMatch").unwrap_or("");
+    let mut errors = Vec::new();
+    let mut forbid = |field: &str, detail: String| errors.push((field.to_string(), detail));
+    if send_initial {
+        if rv_match != "NotOlderThan" {
+            forbid(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+            );
+        }
+        forbid(
+            "sendInitialEvents",
+            "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"
+                .into(),
+        );
+    }
+    if !rv_match.is_empty() {
+        if !send_initial {
+            forbid(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+                    .into(),
+            );
+        }
+        if rv_match != "NotOlderThan" {
+            forbid(
+                "resourceVersionMatch",
+                format!("Unsupported value: \"{rv_match}\": supported values: \"NotOlderThan\""),
+            );
+        }
+    }
+    (!errors.is_empty()).then(|| invalid_list_options_all(&errors))
 }
 
 fn start_watch(
@@ -2108,48 +2017,11 @@ fn start_watch(
     req: &Request,
     namespace: Option<&str>,
 ) -> Reply {
-    let selector = match Selector::parse(namespace, req) {
-        Ok(s) => s,
-        Err(reply) => return reply,
-    };
-    let send_initial = req.param("sendInitialEvents");
-    let rv_match = req.param("resourceVersionMatch").unwrap_or("");
-    // The apiserver's validateWatchOptions, in its order.
-    let mut errors = Vec::new();
-    if send_initial.is_some() {
-        if rv_match != "NotOlderThan" {
-            errors.push((
-                "resourceVersionMatch".to_string(),
-                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
-                    .to_string(),
-            ));
-        }
-        if !st.watch_list_supported {
-            errors.push((
-                "sendInitialEvents".to_string(),
-                "sendInitialEvents is forbidden for watch unless the WatchList feature gate is \
-                 enabled"
-                    .to_string(),
-            ));
-        }
+    if let Some(refused) = refuse_selectors(req) {
+        return refused;
     }
-    if !rv_match.is_empty() {
-        if send_initial.is_none() {
-            errors.push((
-                "resourceVersionMatch".to_string(),
-                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
-                    .to_string(),
-            ));
-        }
-        if rv_match != "NotOlderThan" {
-            errors.push((
-                "resourceVersionMatch".to_string(),
-                format!("Unsupported value: \"{rv_match}\": supported values: \"NotOlderThan\""),
-            ));
-        }
-    }
-    if !errors.is_empty() {
-        return invalid_list_options_all(&errors);
+    if let Some(refused) = refuse_streaming_list(req) {
+        return refused;
     }
     let timeout = match req
         .param("timeoutSeconds")
@@ -2179,42 +2051,31 @@ fn start_watch(
         }
     }
 
-    let initial = if parse_bool(send_initial) {
-        // Streaming list: the current state, then the bookmark that ends the initial events.
-        let mut initial = synthetic_added(st, &selector);
-        if bookmarks {
-            initial.push(bookmark_line(st.rv, true));
-        }
-        initial
-    } else {
-        match requested {
-            // sendInitialEvents=false: start at the requested (or most recent) version, no state.
-            None | Some(0) if send_initial.is_some() => Vec::new(),
-            None | Some(0) => synthetic_added(st, &selector),
-            Some(rv) if st.too_old(rv) => {
-                let message = st.too_old_message(rv_param);
-                if st.expired_watch_as_http {
-                    return Reply::status(410, "Expired", &message);
-                }
-                let error = status_body(410, "Expired", &message, None);
-                return Reply::Watch(Box::new(WatchPlan {
-                    initial: vec![event_line("ERROR", &error)],
-                    end_after_initial: true,
-                    id: 0,
-                    cursor: st.rv,
-                    selector,
-                    bookmarks: false,
-                    deadline: Instant::now(),
-                    generation: st.watch_generation,
-                }));
+    let initial = match requested {
+        None | Some(0) => synthetic_added(st, namespace),
+        Some(rv) if st.too_old(rv) => {
+            let message = st.too_old_message(rv_param);
+            if st.expired_watch_as_http {
+                return Reply::status(410, "Expired", &message);
             }
-            Some(rv) => st
-                .log
-                .iter()
-                .filter(|c| c.rv > rv)
-                .filter_map(|c| view_change(c, &selector))
-                .collect(),
+            let error = status_body(410, "Expired", &message, None);
+            return Reply::Watch(Box::new(WatchPlan {
+                initial: vec![event_line("ERROR", &error)],
+                end_after_initial: true,
+                id: 0,
+                cursor: st.rv,
+                namespace: namespace.map(String::from),
+                bookmarks: false,
+                deadline: Instant::now(),
+                generation: st.watch_generation,
+            }));
         }
+        Some(rv) => st
+            .log
+            .iter()
+            .filter(|c| c.rv > rv)
+            .filter_map(|c| view_change(c, namespace))
+            .collect(),
     };
     let id = st.next_watch_id;
     st.next_watch_id += 1;
@@ -2225,7 +2086,7 @@ fn start_watch(
         end_after_initial: false,
         id,
         cursor,
-        selector,
+        namespace: namespace.map(String::from),
         bookmarks,
         deadline: Instant::now() + timeout,
         generation: st.watch_generation,
@@ -2356,7 +2217,7 @@ impl<'a> WatchFollower<'a> {
             st.log
                 .iter()
                 .filter(|c| c.rv > self.cursor)
-                .filter_map(|c| view_change(c, &self.plan.selector)),
+                .filter_map(|c| view_change(c, self.plan.namespace.as_deref())),
         );
         self.cursor = st.rv;
         st.watch_cursors.insert(self.plan.id, self.cursor);
@@ -2365,7 +2226,7 @@ impl<'a> WatchFollower<'a> {
         }
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
         if due(self.next_bookmark) || due(self.pre_deadline_bookmark) {
-            lines.push(bookmark_line(self.cursor, false));
+            lines.push(bookmark_line(self.cursor));
             if due(self.pre_deadline_bookmark) {
                 self.pre_deadline_bookmark = None;
             }
