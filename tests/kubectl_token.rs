@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use support::client::connect_token;
-use support::kubeconfig::{kubeconfig, kubectl, kubectl_missing, write_kubeconfig};
+use support::kubeconfig::{kubeconfig, kubectl, require_kubectl, write_kubeconfig};
 use support::stack::{Stack, StackBuilder};
 use support::tokens;
 
@@ -136,10 +136,7 @@ fn guide_stack(step: &str) -> Stack {
 
 #[test]
 fn the_guides_token_command_gets_a_token_the_service_accepts() {
-    if kubectl_missing() {
-        eprintln!("skipped: kubectl is not on PATH");
-        return;
-    }
+    require_kubectl();
     let step = guide_step_6();
     let annotations = guide_annotations(&step);
     assert_eq!(
@@ -211,10 +208,7 @@ fn the_guides_token_command_gets_a_token_the_service_accepts() {
 
 #[test]
 fn tokens_without_the_audience_or_under_ten_minutes_are_refused() {
-    if kubectl_missing() {
-        eprintln!("skipped: kubectl is not on PATH");
-        return;
-    }
+    require_kubectl();
     let step = guide_step_6();
     assert!(
         step.contains("reason=token_wrong_audience"),

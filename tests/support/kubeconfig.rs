@@ -33,12 +33,16 @@ pub fn write_kubeconfig(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// Whether kubectl cannot be run here (the tests that drive it then say they are skipped).
-pub fn kubectl_missing() -> bool {
-    Command::new("kubectl")
+/// Fails the calling test unless kubectl can be run here (scripts/ensure-test-tools installs it).
+pub fn require_kubectl() {
+    let runs = Command::new("kubectl")
         .args(["version", "--client"])
         .output()
-        .is_err()
+        .is_ok_and(|out| out.status.success());
+    assert!(
+        runs,
+        "kubectl is not on PATH: run scripts/ensure-test-tools (scripts/ensure-kubectl installs it)"
+    );
 }
 
 /// kubectl with `--kubeconfig kubeconfig` and `home` as its HOME, so neither `KUBECONFIG` nor

@@ -21,7 +21,9 @@
 use serde_json::{json, Value};
 
 use super::super::tokens::{now_unix, random_uuid, SigningKey, TokenBuilder};
-use super::{rfc3339, service_account_not_found, status_body, Reply, Request, Shared, State};
+use super::http::Request;
+use super::routing::{service_account_not_found, status_body, Reply};
+use super::state::{rfc3339, Shared, State};
 
 /// `expirationSeconds` when the request leaves it unset (`SetDefaults_TokenRequestSpec`).
 const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;

@@ -1,0 +1,528 @@
+//! What each request gets: routing by path, the faults a test injected, authentication (bearer
+//! tokens, client certificates, the anonymous user), the single-object GET and `/version`
+//! replies, the request log, and the `kind: Status` body every failure carries.
+
+use std::io;
+
+use parking_lot::MutexGuard;
+use serde_json::{json, Map, Value};
+
+use super::discovery::{discovery, jwks};
+use super::http::{parse_bool, parse_query, write_json, Request};
+use super::list::list;
+use super::state::{Shared, State};
+use super::tls::Conn;
+use super::token_request;
+use super::watch::{run_watch, start_watch, WatchPlan};
+
+/// The request log keeps at most this many entries (oldest dropped first).
+const MAX_RECORDED_REQUESTS: usize = 100_000;
+
+/// What a request was, as the emulator routed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A ServiceAccount list (cluster-wide or in one namespace).
+    List,
+    /// A ServiceAccount watch.
+    Watch,
+    /// A single ServiceAccount GET.
+    Get,
+    /// `/.well-known/openid-configuration`.
+    Discovery,
+    /// `/openid/v1/jwks`.
+    Jwks,
+    /// `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` (any method on that path).
+    TokenRequest,
+    /// Anything else (answered 404 or 405).
+    Other,
+}
+
+/// One request as the emulator saw it. The token itself is never stored.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// Raw query string (without `?`), still percent-encoded.
+    pub query: String,
+    /// How the request was routed.
+    pub kind: RequestKind,
+    /// Whether an `Authorization` header was present.
+    pub authorization_present: bool,
+    /// Whether the connection presented a client certificate the emulator verified (TLS only).
+    pub client_certificate: bool,
+    /// Status code answered (200 for a watch stream, even one that carries an ERROR event).
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    /// The decoded value of query parameter `name`, if present.
+    pub fn param(&self, name: &str) -> Option<String> {
+        parse_query(&self.query)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The `resourceVersion` parameter, if present.
+    pub fn resource_version(&self) -> Option<String> {
+        self.param("resourceVersion")
+    }
+}
+
+/// An injected failure: the next `times` matching requests are answered with `status` and a
+/// proper Status body instead of being served.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    status: u16,
+    times: usize,
+    retry_after: Option<u64>,
+    target_contains: Option<String>,
+    only: Option<RequestKind>,
+}
+
+impl Fault {
+    /// Answer one request with `status`.
+    pub fn status(status: u16) -> Self {
+        Fault {
+            status,
+            times: 1,
+            retry_after: None,
+            target_contains: None,
+            only: None,
+        }
+    }
+
+    /// Answer `n` requests instead of one.
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = n;
+        self
+    }
+
+    /// Send `Retry-After: secs` (and `details.retryAfterSeconds`).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// Only requests whose path-and-query contains `needle` (raw, still percent-encoded).
+    pub fn target_containing(mut self, needle: &str) -> Self {
+        self.target_contains = Some(needle.to_string());
+        self
+    }
+
+    /// Only requests of this kind.
+    pub fn only(mut self, kind: RequestKind) -> Self {
+        self.only = Some(kind);
+        self
+    }
+
+    fn matches(&self, kind: RequestKind, target: &str) -> bool {
+        self.times > 0
+            && self.only.is_none_or(|k| k == kind)
+            && self
+                .target_contains
+                .as_deref()
+                .is_none_or(|n| target.contains(n))
+    }
+}
+
+/// What a path names.
+enum Route {
+    Collection {
+        namespace: Option<String>,
+    },
+    Item {
+        namespace: String,
+        name: String,
+    },
+    /// The `token` subresource of one ServiceAccount.
+    TokenRequest {
+        namespace: String,
+        name: String,
+    },
+    Discovery,
+    Jwks,
+    /// `/version`, which `system:public-info-viewer` opens to everyone.
+    Version,
+    Unknown,
+}
+
+/// Routes a (decoded) path.
+fn route(path: &str) -> Route {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segments.as_slice() {
+        [".well-known", "openid-configuration"] => Route::Discovery,
+        ["openid", "v1", "jwks"] => Route::Jwks,
+        ["version"] => Route::Version,
+        ["api", "v1", "serviceaccounts"] => Route::Collection { namespace: None },
+        ["api", "v1", "namespaces", ns, "serviceaccounts"] if !ns.is_empty() => Route::Collection {
+            namespace: Some(ns.to_string()),
+        },
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name]
+            if !ns.is_empty() && !name.is_empty() =>
+        {
+            Route::Item {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }
+        }
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
+            if !ns.is_empty() && !name.is_empty() =>
+        {
+            Route::TokenRequest {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            }
+        }
+        _ => Route::Unknown,
+    }
+}
+
+/// What to send back for one request.
+pub(super) enum Reply {
+    Json {
+        status: u16,
+        body: Value,
+        content_type: &'static str,
+        headers: Vec<(String, String)>,
+    },
+    Watch(Box<WatchPlan>),
+}
+
+impl Reply {
+    pub(super) fn json(status: u16, body: Value) -> Self {
+        Reply::Json {
+            status,
+            body,
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
+
+    pub(super) fn status(code: u16, reason: &str, message: &str) -> Self {
+        Reply::json(code, status_body(code, reason, message, None))
+    }
+
+    pub(super) fn with_header(mut self, name: &str, value: String) -> Self {
+        if let Reply::Json { headers, .. } = &mut self {
+            headers.push((name.to_string(), value));
+        }
+        self
+    }
+
+    fn code(&self) -> u16 {
+        match self {
+            Reply::Json { status, .. } => *status,
+            Reply::Watch(_) => 200,
+        }
+    }
+}
+
+/// Answers one request; returns whether the connection may serve another one.
+pub(super) fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::Result<bool> {
+    let route = route(&req.path);
+    let kind = match &route {
+        Route::Collection { .. } if parse_bool(req.param("watch")) => RequestKind::Watch,
+        Route::Collection { .. } => RequestKind::List,
+        Route::Item { .. } => RequestKind::Get,
+        Route::Discovery => RequestKind::Discovery,
+        Route::Jwks => RequestKind::Jwks,
+        Route::TokenRequest { .. } => RequestKind::TokenRequest,
+        Route::Version | Route::Unknown => RequestKind::Other,
+    };
+    let reply = {
+        let mut st = shared.state.lock();
+        let reply = decide(shared, &mut st, req, &route, kind);
+        if st.requests.len() >= MAX_RECORDED_REQUESTS {
+            st.requests.pop_front();
+        }
+        st.requests.push_back(RecordedRequest {
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            kind,
+            authorization_present: req.header("Authorization").is_some(),
+            client_certificate: req.client_certificate,
+            status: reply.code(),
+        });
+        reply
+    };
+    let keep_alive = req.keep_alive();
+    match reply {
+        Reply::Json {
+            status,
+            body,
+            content_type,
+            headers,
+        } => {
+            write_json(stream, status, &body, &headers, content_type, keep_alive)?;
+            Ok(keep_alive)
+        }
+        Reply::Watch(plan) => run_watch(shared, stream, *plan, keep_alive),
+    }
+}
+
+/// Everything that happens before a request is served: counting, faults, authentication.
+fn decide(
+    shared: &Shared,
+    st: &mut MutexGuard<'_, State>,
+    req: &Request,
+    route: &Route,
+    kind: RequestKind,
+) -> Reply {
+    st.counters.total += 1;
+    match kind {
+        RequestKind::List => st.counters.list += 1,
+        RequestKind::Watch => st.counters.watch += 1,
+        RequestKind::Get => st.counters.get += 1,
+        RequestKind::Discovery => st.counters.discovery += 1,
+        RequestKind::Jwks => st.counters.jwks += 1,
+        RequestKind::TokenRequest => st.counters.token += 1,
+        RequestKind::Other => {}
+    }
+    let target = req.target();
+    if let Some(fault) = st.faults.iter_mut().find(|f| f.matches(kind, &target)) {
+        fault.times -= 1;
+        let fault = fault.clone();
+        st.faults.retain(|f| f.times > 0);
+        return injected_failure(&fault, kind);
+    }
+    if let Err(denied) = authenticate(st, req, kind, matches!(route, Route::Version)) {
+        return denied;
+    }
+    if let Route::TokenRequest { namespace, name } = route {
+        // The subresource only implements create.
+        if req.method != "POST" {
+            return method_not_allowed(&req.method);
+        }
+        return token_request::create(shared, st, req, namespace, name);
+    }
+    if req.method != "GET" {
+        return match route {
+            Route::Unknown => not_found_path(),
+            _ => method_not_allowed(&req.method),
+        };
+    }
+    match route {
+        Route::Collection { namespace } => match refuse_selectors(req) {
+            Some(refused) => refused,
+            None if kind == RequestKind::Watch => {
+                start_watch(shared, st, req, namespace.as_deref())
+            }
+            None => list(shared, st, req, namespace.as_deref()),
+        },
+        Route::Item { namespace, name } => get_one(st, namespace, name),
+        Route::Discovery => discovery(shared, st),
+        Route::Jwks => jwks(st),
+        Route::Version => Reply::json(
+            200,
+            json!({
+                "major": "1",
+                "minor": "34",
+                "gitVersion": "v1.34.0",
+                "gitCommit": "0000000000000000000000000000000000000000",
+                "gitTreeState": "clean",
+                "buildDate": "2025-08-27T00:00:00Z",
+                "goVersion": "go1.24.6",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }),
+        ),
+        Route::TokenRequest { .. } | Route::Unknown => not_found_path(),
+    }
+}
+
+/// The 405 for a method a resource does not support.
+fn method_not_allowed(method: &str) -> Reply {
+    Reply::status(
+        405,
+        "MethodNotAllowed",
+        &format!("the server does not allow this method on the requested resource ({method})"),
+    )
+}
+
+/// Bearer-token authentication, then the anonymous-user rules of a real cluster: without
+/// credentials a request is anonymous, which is only allowed for discovery when enabled.
+fn authenticate(
+    st: &State,
+    req: &Request,
+    kind: RequestKind,
+    public_info: bool,
+) -> Result<(), Reply> {
+    // A verified client certificate authenticates the request, as the apiserver's x509
+    // authenticator does (it runs before the token authenticators; the first success wins).
+    if !st.auth_required || req.client_certificate {
+        return Ok(());
+    }
+    let discovery = matches!(kind, RequestKind::Discovery | RequestKind::Jwks);
+    match (req.header("Authorization"), req.bearer()) {
+        (_, Some(token)) if st.tokens.iter().any(|t| t == token) => Ok(()),
+        // Wrong or unusable credentials fail authentication even where anonymous would pass.
+        (Some(_), _) => Err(unauthorized()),
+        // kubeadm clusters let anonymous requests read /version (kubectl's wrapper asks first).
+        (None, _) if public_info => Ok(()),
+        (None, _) if st.oidc_anonymous && discovery => Ok(()),
+        (None, _) if st.oidc_anonymous => Err(Reply::status(
+            403,
+            "Forbidden",
+            &forbidden_message("system:anonymous", kind, &req.path),
+        )),
+        (None, _) => Err(unauthorized()),
+    }
+}
+
+/// The 401 for missing or unaccepted credentials.
+fn unauthorized() -> Reply {
+    Reply::status(401, "Unauthorized", "Unauthorized")
+}
+
+/// The 404 for a path the emulator does not serve.
+fn not_found_path() -> Reply {
+    Reply::json(
+        404,
+        status_body(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            Some(json!({})),
+        ),
+    )
+}
+
+/// The RBAC denial message the API server gives `user` for this request.
+fn forbidden_message(user: &str, kind: RequestKind, path: &str) -> String {
+    let verb = match kind {
+        RequestKind::List => "list",
+        RequestKind::Watch => "watch",
+        RequestKind::TokenRequest => "create",
+        _ => "get",
+    };
+    match kind {
+        RequestKind::Discovery | RequestKind::Jwks | RequestKind::Other => {
+            format!("forbidden: User \"{user}\" cannot {verb} path \"{path}\"")
+        }
+        _ => {
+            let scope = match path.split('/').nth(4) {
+                Some(ns) if path.starts_with("/api/v1/namespaces/") => {
+                    format!("in the namespace \"{ns}\"")
+                }
+                _ => "at the cluster scope".to_string(),
+            };
+            if kind == RequestKind::TokenRequest {
+                let name = path.split('/').nth(6).unwrap_or_default();
+                return format!(
+                    "serviceaccounts \"{name}\" is forbidden: User \"{user}\" cannot create \
+                     resource \"serviceaccounts/token\" in API group \"\" {scope}"
+                );
+            }
+            format!(
+                "serviceaccounts is forbidden: User \"{user}\" cannot {verb} resource \
+                 \"serviceaccounts\" in API group \"\" {scope}"
+            )
+        }
+    }
+}
+
+/// The answer to a request a fault rule caught: its status with the matching Status reason.
+fn injected_failure(fault: &Fault, kind: RequestKind) -> Reply {
+    let (reason, message) = match fault.status {
+        400 => ("BadRequest", "bad request".to_string()),
+        401 => ("Unauthorized", "Unauthorized".to_string()),
+        403 => (
+            "Forbidden",
+            forbidden_message(
+                "system:serviceaccount:nats:nats-k8s-oidc-callout",
+                kind,
+                "/",
+            ),
+        ),
+        404 => (
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        ),
+        409 => ("Conflict", "the object has been modified".into()),
+        410 => ("Expired", "too old resource version".into()),
+        422 => ("Invalid", "the request is invalid".into()),
+        429 => (
+            "TooManyRequests",
+            "Too many requests, please try again later.".into(),
+        ),
+        500 => (
+            "InternalError",
+            "Internal error occurred: injected fault".into(),
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".into(),
+        ),
+        504 => (
+            "Timeout",
+            "Timeout: request did not complete within the allowed duration".into(),
+        ),
+        _ => ("", "injected fault".into()),
+    };
+    let details = fault
+        .retry_after
+        .map(|secs| json!({ "retryAfterSeconds": secs }));
+    let reply = Reply::json(
+        fault.status,
+        status_body(fault.status, reason, &message, details),
+    );
+    match fault.retry_after {
+        Some(secs) => reply.with_header("Retry-After", secs.to_string()),
+        None => reply,
+    }
+}
+
+/// The 400 for a label or field selector on a list or watch, which the emulator does not
+/// implement: refused rather than ignored, so that a test relying on one fails instead of seeing
+/// unfiltered objects.
+fn refuse_selectors(req: &Request) -> Option<Reply> {
+    let selector = ["labelSelector", "fieldSelector"]
+        .into_iter()
+        .find(|name| req.param(name).is_some_and(|v| !v.is_empty()))?;
+    Some(Reply::status(
+        400,
+        "BadRequest",
+        &format!("{selector} is not implemented by the emulator (tests/support/kube)"),
+    ))
+}
+
+/// A single ServiceAccount GET.
+fn get_one(st: &State, namespace: &str, name: &str) -> Reply {
+    match st.objects.get(&(namespace.to_string(), name.to_string())) {
+        Some(account) => Reply::json(200, account.to_json(true)),
+        None => service_account_not_found(name),
+    }
+}
+
+/// The API server's 404 for a ServiceAccount that does not exist (GET, TokenRequest).
+pub(super) fn service_account_not_found(name: &str) -> Reply {
+    Reply::json(
+        404,
+        status_body(
+            404,
+            "NotFound",
+            &format!("serviceaccounts \"{name}\" not found"),
+            Some(json!({ "name": name, "kind": "serviceaccounts" })),
+        ),
+    )
+}
+
+/// A `kind: Status` failure body.
+pub(super) fn status_body(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
+    let mut body = Map::new();
+    body.insert("kind".into(), json!("Status"));
+    body.insert("apiVersion".into(), json!("v1"));
+    body.insert("metadata".into(), json!({}));
+    body.insert("status".into(), json!("Failure"));
+    body.insert("message".into(), json!(message));
+    body.insert("reason".into(), json!(reason));
+    if let Some(d) = details {
+        body.insert("details".into(), d);
+    }
+    body.insert("code".into(), json!(code));
+    Value::Object(body)
+}
