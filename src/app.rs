@@ -19,7 +19,6 @@ use crate::callout::request::RequestDecoder;
 use crate::callout::response::ResponseSigner;
 use crate::callout::service::{self, CalloutContext, CalloutSettings, NatsAuth};
 use crate::config::{AccountsSource, Config, JwksLocation};
-use crate::health::Readiness;
 use crate::http::HttpServer;
 use crate::identity::{
     discover_issuer, ApiServerFetcher, Discovered, JwksSettings, JwksSource, JwksStore,
@@ -31,6 +30,7 @@ use crate::kube::cache::{
 use crate::kube::{file, watch, ApiClient};
 use crate::metrics::Metrics;
 use crate::policy::PermissionCache;
+use crate::readiness::Readiness;
 
 /// How long the background threads get to stop once the callout loop has finished.
 const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);

@@ -1,17 +1,18 @@
 //! The decision: a validated identity and its ServiceAccount become permissions, or a denial with
 //! a specific reason.
 //!
-//! [`decide`] is pure (no I/O, time passed in) so every rule is tested without servers;
-//! [`Authorizer::authorize`] wires it to token validation and the ServiceAccount directory.
+//! [`decide`] is pure (no I/O, no logging, no metrics, time passed in) so every rule is tested
+//! without servers; [`Authorizer::authorize`] wires it to token validation, the ServiceAccount
+//! directory and the permission cache. The decision knows nothing of the NATS wire format: the
+//! callout layer hands it a [`ConnectAttempt`].
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::callout::request::AuthRequest;
 use crate::identity::{claimed_service_account, Identity, TokenError, TokenValidator};
 use crate::kube::cache::{Lookup, ServiceAccountDirectory};
-use crate::kube::{is_valid_namespace, is_valid_object_name};
+use crate::kube::{is_valid_namespace, is_valid_object_name, ServiceAccount};
 use crate::policy::{PermissionCache, Permissions};
 
 /// Why a client was denied. Only the log and the metrics see it; the client sees the generic text.
@@ -92,9 +93,17 @@ impl Denial {
     pub fn reason(&self) -> &'static str {
         self.reason.reason()
     }
-    /// Who was denied, for the log.
-    pub fn subject(&self) -> &str {
+    /// The ServiceAccount denied, for the log: `namespace/name` (marked `(claimed)` when the
+    /// token failed verification), or `unknown account`.
+    pub fn account_label(&self) -> &str {
         self.account.as_deref().unwrap_or("unknown account")
+    }
+
+    fn new(reason: DenyReason, identity: Option<&Identity>) -> Denial {
+        Denial {
+            reason,
+            account: identity.map(|i| format!("{}/{}", i.namespace, i.service_account)),
+        }
     }
 }
 
@@ -148,59 +157,82 @@ impl Decision {
     }
 
     fn deny(reason: DenyReason, identity: Option<&Identity>) -> Decision {
-        Decision::Deny(Denial {
-            reason,
-            account: identity.map(|i| format!("{}/{}", i.namespace, i.service_account)),
-        })
+        Decision::Deny(Denial::new(reason, identity))
     }
 }
 
-/// The pure decision for a validated identity and the result of looking its account up.
+/// What a connecting client presented, as the callout layer read it from the request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectAttempt<'a> {
+    /// The connection kind the server reported (`Client`, `Leafnode` …; empty when unknown).
+    pub kind: &'a str,
+    /// The service-account token the client presented, if any.
+    pub token: Option<&'a str>,
+}
+
+/// A client [`decide`] lets in: its ServiceAccount and until when. What it may do is the
+/// policy's part, computed from the account afterwards.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The ServiceAccount object the token was checked against.
+    pub account: Arc<ServiceAccount>,
+    /// The pod the token is bound to, when it is pod-bound (for the log).
+    pub pod: Option<String>,
+    /// Unix time at which the client is disconnected.
+    pub expires_at: i64,
+}
+
+impl Admission {
+    /// The grant: this admission with the permissions the policy gives its account.
+    pub fn into_allowed(self, permissions: Arc<Permissions>) -> Allowed {
+        Allowed {
+            namespace: self.account.namespace.clone(),
+            service_account: self.account.name.clone(),
+            pod: self.pod,
+            expires_at: self.expires_at,
+            permissions,
+        }
+    }
+}
+
+/// The pure decision for a validated identity and the result of looking its account up: it
+/// reads only its arguments and touches nothing (no metrics, no log).
 pub fn decide(
     identity: &Identity,
     lookup: Lookup,
-    permissions: &PermissionCache,
     max_lifetime: Duration,
     now: i64,
-) -> Decision {
+) -> Result<Admission, Denial> {
+    let deny = |reason| Err(Denial::new(reason, Some(identity)));
     let sa = match lookup {
         Lookup::Found(sa) => sa,
-        Lookup::NotFound => {
-            return Decision::deny(DenyReason::ServiceAccountNotFound, Some(identity))
-        }
-        Lookup::Unavailable => {
-            return Decision::deny(DenyReason::ServiceAccountLookupFailed, Some(identity))
-        }
+        Lookup::NotFound => return deny(DenyReason::ServiceAccountNotFound),
+        Lookup::Unavailable => return deny(DenyReason::ServiceAccountLookupFailed),
     };
     // A token minted for an account that was deleted and re-created under the same name names
     // the old uid: it must not inherit the new account's permissions.
     if sa.uid != identity.uid {
-        return Decision::deny(DenyReason::ServiceAccountUidMismatch, Some(identity));
+        return deny(DenyReason::ServiceAccountUidMismatch);
     }
     // The namespace and name become subjects (`<ns>.>`, `_INBOX_<ns>_<name>`): a `*`, `>` or `.`
     // in them would widen the grant.
     if !is_valid_namespace(&sa.namespace) || !is_valid_object_name(&sa.name) {
-        return Decision::deny(DenyReason::InvalidAccountName, Some(identity));
+        return deny(DenyReason::InvalidAccountName);
     }
     // A client never outlives its token, nor the configured maximum lifetime.
     let token_exp = i64::try_from(identity.expires_at).unwrap_or(i64::MAX);
     // A token inside the validation leeway but past its `exp` would give a user JWT that is
     // already expired: say so rather than count a grant the server then refuses.
     if token_exp <= now {
-        return Decision::deny(
-            DenyReason::Token(TokenError::Expired {
-                expired_at: identity.expires_at,
-            }),
-            Some(identity),
-        );
+        return deny(DenyReason::Token(TokenError::Expired {
+            expired_at: identity.expires_at,
+        }));
     }
     let cap = now.saturating_add(i64::try_from(max_lifetime.as_secs()).unwrap_or(i64::MAX));
-    Decision::Allow(Allowed {
-        namespace: sa.namespace.clone(),
-        service_account: sa.name.clone(),
+    Ok(Admission {
+        account: sa,
         pod: identity.pod_name.clone(),
         expires_at: token_exp.min(cap),
-        permissions: permissions.permissions(&sa),
     })
 }
 
@@ -228,17 +260,19 @@ impl Authorizer {
         }
     }
 
-    /// Decides one verified request at unix time `now`.
-    pub fn authorize(&self, req: &AuthRequest, now: i64) -> Decision {
+    /// Decides one connect attempt (from a verified request) at unix time `now`. Computing
+    /// the permissions of an account version not seen before counts and logs the annotation
+    /// entries it drops (see [`PermissionCache`]).
+    pub fn authorize(&self, attempt: ConnectAttempt<'_>, now: i64) -> Decision {
         // Leafnode connections carry a remote server's credentials, not a workload's: never
         // authorize them with a service-account token.
-        if !req.client.kind.is_empty() && req.client.kind != "Client" {
+        if !attempt.kind.is_empty() && attempt.kind != "Client" {
             return Decision::deny(
-                DenyReason::ConnectionKindNotAllowed(req.client.kind.clone()),
+                DenyReason::ConnectionKindNotAllowed(attempt.kind.to_owned()),
                 None,
             );
         }
-        let Some(token) = req.connect.bearer_token() else {
+        let Some(token) = attempt.token else {
             return Decision::deny(DenyReason::NoToken, None);
         };
         let identity = match self
@@ -257,15 +291,20 @@ impl Authorizer {
         let lookup = self
             .directory
             .lookup(&identity.namespace, &identity.service_account);
-        decide(&identity, lookup, &self.permissions, self.max_lifetime, now)
+        match decide(&identity, lookup, self.max_lifetime, now) {
+            Ok(admitted) => {
+                let permissions = self.permissions.permissions(&admitted.account);
+                Decision::Allow(admitted.into_allowed(permissions))
+            }
+            Err(denial) => Decision::Deny(denial),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::ServiceAccount;
-    use crate::metrics::Metrics;
+    use crate::policy::permissions_for;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -289,14 +328,13 @@ mod tests {
     }
 
     fn run(identity: &Identity, lookup: Lookup, max_lifetime: u64) -> Decision {
-        let cache = PermissionCache::new(Arc::new(Metrics::new()), 16);
-        decide(
-            identity,
-            lookup,
-            &cache,
-            Duration::from_secs(max_lifetime),
-            NOW,
-        )
+        match decide(identity, lookup, Duration::from_secs(max_lifetime), NOW) {
+            Ok(admitted) => {
+                let permissions = Arc::new(permissions_for(&admitted.account, None));
+                Decision::Allow(admitted.into_allowed(permissions))
+            }
+            Err(denial) => Decision::Deny(denial),
+        }
     }
 
     fn denied(d: Decision) -> &'static str {
@@ -386,7 +424,7 @@ mod tests {
     fn the_log_names_the_account_of_a_denial() {
         match run(&identity("x", 600), found("team-a", "app", "y"), 3600) {
             Decision::Deny(d) => {
-                assert_eq!(d.subject(), "team-a/app");
+                assert_eq!(d.account_label(), "team-a/app");
                 assert!(d.to_string().contains("re-created"));
             }
             d => panic!("{d:?}"),

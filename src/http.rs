@@ -9,8 +9,8 @@ use std::time::Duration;
 use log::{info, warn};
 use tiny_http::{Header, Response, Server};
 
-use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// A running HTTP server; stops when [`HttpServer::stop`] is called.
 pub struct HttpServer {

@@ -18,10 +18,10 @@ use log::{debug, error, info, warn};
 use super::request::{AuthRequest, RequestDecoder};
 use super::response::{seal_if_needed, Grant, ResponseSigner};
 use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
-use crate::authorizer::{Authorizer, Decision};
+use crate::authorizer::{Authorizer, ConnectAttempt, Decision};
 use crate::backoff::{Backoff, BackoffSettings};
-use crate::health::Readiness;
 use crate::metrics::{DecisionLabels, Metrics};
+use crate::readiness::Readiness;
 use crate::urls::redact_urls;
 
 /// How the service logs in to NATS.
@@ -96,7 +96,11 @@ impl CalloutContext {
                 };
             }
         };
-        let decision = catch_unwind(AssertUnwindSafe(|| self.authorizer.authorize(&req, now)))
+        let attempt = ConnectAttempt {
+            kind: &req.client.kind,
+            token: req.connect.bearer_token(),
+        };
+        let decision = catch_unwind(AssertUnwindSafe(|| self.authorizer.authorize(attempt, now)))
             .unwrap_or_else(|_| Decision::internal_error());
         match decision {
             Decision::Allow(allowed) => {
@@ -141,7 +145,7 @@ impl CalloutContext {
             Decision::Deny(deny) => {
                 warn!(
                     "denied {} (client {} {} on {}): {} (reason={})",
-                    deny.subject(),
+                    deny.account_label(),
                     req.client.id,
                     req.client.host,
                     req.server.name,

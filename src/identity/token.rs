@@ -760,10 +760,10 @@ qoPIZMm24QXIJwrQNgyVYB8eTfos4rz1dPWUgleiFsY4LspXOf5F4PQ=
 mod tests {
     use super::testkit::{jwks, TestKey, TokenBuilder, AUDIENCE, ISSUER, NOW, UID};
     use super::*;
-    use crate::health::Readiness;
     use crate::identity::jwks::testing::{remote_store, FakeFetcher};
     use crate::identity::jwks::{JwksSettings, JwksSource};
     use crate::metrics::Metrics;
+    use crate::readiness::Readiness;
     use serde_json::json;
     use std::sync::OnceLock;
 

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::cache::ServiceAccountCache;
 use super::{wait_or_stop, RawObject, ServiceAccount};
-use crate::health::Readiness;
+use crate::readiness::Readiness;
 
 /// How often the file is checked for changes.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);

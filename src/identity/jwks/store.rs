@@ -10,9 +10,9 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::source::{file_stamp, read_limited, FileStamp};
 use super::{JwksError, JwksSource, KeySet, MAX_JWKS_BYTES};
-use crate::health::Readiness;
 use crate::identity::printable;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// Timing of loads, refreshes and refetches.
 #[derive(Clone, Debug)]

@@ -9,8 +9,8 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 use super::{FetchError, FetchedJwks, JwksFetcher, JwksSettings, JwksSource, JwksStore};
-use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// A fetcher whose answer the test changes, counting its calls; optionally blocking until
 /// released so that concurrent refetches can be observed.

@@ -189,11 +189,11 @@ impl EventStream for ChannelStream {
 mod tests {
     use super::super::spawn_watcher;
     use super::*;
-    use crate::health::Readiness;
     use crate::kube::client::test_client;
     use crate::kube::test_server::{response, start, Request};
     use crate::kube::{ServiceAccount, ServiceAccountCache};
     use crate::metrics::Metrics;
+    use crate::readiness::Readiness;
     use std::time::Duration;
 
     #[test]

@@ -25,8 +25,8 @@ use super::cache::{Change, ServiceAccountCache};
 use super::{stop_requested, wait_or_stop, ApiClient, ApiStatus, KubeError, ServiceAccount};
 use crate::backoff::Backoff;
 pub use crate::backoff::BackoffSettings;
-use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 mod http;
 
