@@ -150,3 +150,50 @@ fn local_mode_with_a_dev_signer_and_a_serviceaccount_file() {
         connect_token(&nats.url(), &mint("other", "2222")).is_ok()
     });
 }
+
+/// NATS_URL passwords holding the characters that end a URL's host part (or a numeric start
+/// that reads as a port) must not reach the log at any level, at start-up or on reconnects.
+#[test]
+fn no_part_of_a_nats_url_password_reaches_the_log_even_at_trace() {
+    let keys = CalloutKeys::new(false);
+    // Unparseable: refused at start-up, naming the entry but not its text.
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("NATS_URL", "nats://callout:S3cr/et@127.0.0.1:4222")
+        .env("NATS_ACCOUNT", CLIENT_ACCOUNT)
+        .env("LOG_LEVEL", "trace")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NATS_URL entry 1 is not a valid URL"), "{err}");
+    assert!(!err.contains("S3cr") && !err.contains("et@"), "{err}");
+
+    // Parseable, with an @ and a : in the password, against a port nothing listens on: the
+    // start-up line and every reconnect warning show the host only.
+    let port = free_port();
+    let b = ServiceBuilder::new(
+        &keys,
+        &format!("nats://callout:Tr4ce:P@ss@127.0.0.1:{port}"),
+        CLIENT_ACCOUNT,
+    );
+    let dir = b.dir().to_path_buf();
+    run_ok(&["dev-signer", "init", "--dir", dir.to_str().unwrap()]);
+    let accounts = dir.join("serviceaccounts.yaml");
+    fs::write(&accounts, "items: []\n").unwrap();
+    let service = b
+        .env("SERVICE_ACCOUNTS_PATH", accounts.to_str().unwrap())
+        .env("JWKS_PATH", dir.join("jwks.json").to_str().unwrap())
+        .env("JWT_ISSUER", nats_k8s_oidc_callout::devtools::DEV_ISSUER)
+        .env("LOG_LEVEL", "trace")
+        .env("RUST_LOG", "trace")
+        .spawn();
+    let shown = format!("cannot connect to nats at nats://127.0.0.1:{port}");
+    service.wait_for("two connect attempts", Duration::from_secs(15), || {
+        service.log().matches(&shown).count() >= 2
+    });
+    let log = service.log();
+    for part in ["Tr4ce", "P@ss", "P%40ss", "ss@127"] {
+        assert!(!log.contains(part), "{part} in the log:\n{log}");
+    }
+}
