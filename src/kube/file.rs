@@ -7,7 +7,6 @@
 //! cache whole, a bad one is reported (naming the file) and the last good content stays.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,6 +18,7 @@ use serde::Deserialize;
 
 use super::cache::ServiceAccountCache;
 use super::{wait_or_stop, RawObject, ServiceAccount};
+use crate::files::{read_bounded, ReadError};
 use crate::readiness::Readiness;
 
 /// How often the file is checked for changes.
@@ -162,22 +162,16 @@ pub fn load_file(path: &Path) -> Result<Vec<ServiceAccount>, FileError> {
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, FileError> {
-    let read_err = |source| FileError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
-        return Err(FileError::TooLarge {
+    read_bounded(path, MAX_FILE_BYTES).map_err(|e| match e {
+        ReadError::Io(source) => FileError::Read {
             path: path.to_owned(),
-            limit: MAX_FILE_BYTES,
-        });
-    }
-    Ok(bytes)
+            source,
+        },
+        ReadError::TooLarge { limit } => FileError::TooLarge {
+            path: path.to_owned(),
+            limit,
+        },
+    })
 }
 
 /// Parses file content; `path` names the file in errors and picks JSON for `.json`.

@@ -3,14 +3,13 @@
 //! A fetched set also says how long it may be cached (`Cache-Control: max-age`).
 
 use std::fmt;
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use log::warn;
 
-use super::{JwksError, MAX_JWKS_BYTES};
+use super::MAX_JWKS_BYTES;
 use crate::kube::{ApiClient, KubeError};
 use crate::urls::{redact_url, HttpUrl};
 
@@ -114,49 +113,6 @@ impl fmt::Debug for JwksSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe())
     }
-}
-
-/// Identity of a file's content as far as `stat` can tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    device: u64,
-    inode: u64,
-}
-
-pub(super) fn file_stamp(path: &Path) -> io::Result<FileStamp> {
-    // `metadata` follows symlinks, so after a `..data` swap this is the new file's inode.
-    let meta = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    let (device, inode) = {
-        use std::os::unix::fs::MetadataExt;
-        (meta.dev(), meta.ino())
-    };
-    #[cfg(not(unix))]
-    let (device, inode) = (0, 0);
-    Ok(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        device,
-        inode,
-    })
-}
-
-pub(super) fn read_limited(path: &Path) -> Result<Vec<u8>, JwksError> {
-    let read_error = |error| JwksError::ReadFile {
-        path: path.to_path_buf(),
-        error,
-    };
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    let mut body = Vec::new();
-    file.take(MAX_JWKS_BYTES + 1)
-        .read_to_end(&mut body)
-        .map_err(read_error)?;
-    if body.len() as u64 > MAX_JWKS_BYTES {
-        return Err(JwksError::TooLarge);
-    }
-    Ok(body)
 }
 
 /// Reads the `max-age` of a `Cache-Control` header value.

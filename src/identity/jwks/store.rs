@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::source::{file_stamp, read_limited, FileStamp};
 use super::{JwksError, JwksSource, KeySet, MAX_JWKS_BYTES};
+use crate::files::{read_bounded, FileStamp, ReadError};
 use crate::identity::printable;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -241,10 +241,11 @@ impl JwksStore {
     fn load_locked(&self, kind: LoadKind, state: &mut LoadState) -> Result<LoadOutcome, JwksError> {
         let (body, max_age) = match &self.source {
             JwksSource::File(path) => {
-                let stamp = file_stamp(path).map_err(|error| JwksError::ReadFile {
+                let read_error = |error| JwksError::ReadFile {
                     path: path.clone(),
                     error,
-                })?;
+                };
+                let stamp = FileStamp::of(path).map_err(read_error)?;
                 if kind == LoadKind::IfChanged && state.file_stamp == Some(stamp) {
                     return Ok(LoadOutcome::Unchanged);
                 }
@@ -252,7 +253,11 @@ impl JwksStore {
                 // stamp and reads again. The stamp is kept even if parsing fails, so a broken
                 // file is reported once per change rather than on every poll.
                 state.file_stamp = Some(stamp);
-                (read_limited(path)?, None)
+                let body = read_bounded(path, MAX_JWKS_BYTES).map_err(|e| match e {
+                    ReadError::Io(error) => read_error(error),
+                    ReadError::TooLarge { .. } => JwksError::TooLarge,
+                })?;
+                (body, None)
             }
             JwksSource::Remote(fetcher) => {
                 let fetched = fetcher.fetch()?;
