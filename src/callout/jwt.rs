@@ -247,6 +247,29 @@ mod tests {
     }
 
     #[test]
+    fn each_error_names_its_cause_in_the_log() {
+        let cases = [
+            (JwtError::TooLarge, "jwt too large"),
+            (JwtError::NotThreeParts, "jwt does not have three parts"),
+            (JwtError::BadBase64, "jwt part is not base64url"),
+            (
+                JwtError::BadJson("missing field `iss`".into()),
+                "jwt json: missing field `iss`",
+            ),
+            (
+                JwtError::WrongAlgorithm,
+                "jwt algorithm is not ed25519-nkey",
+            ),
+            (JwtError::BadIssuerKey, "jwt issuer is not a public nkey"),
+            (JwtError::BadSignature, "jwt signature does not verify"),
+            (JwtError::Signing, "jwt signing failed"),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message, "{error:?}");
+        }
+    }
+
+    #[test]
     fn jti_is_base32_of_sha512_256_and_depends_on_every_registered_claim() {
         let base = Registered {
             aud: "APP",
