@@ -448,6 +448,53 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn each_error_names_its_cause_in_the_log() {
+        let cases = [
+            (
+                RequestError::SealedWithoutXkey,
+                "request is sealed but NATS_XKEY_SEED_FILE is not set",
+            ),
+            (
+                RequestError::NotSealed,
+                "request is not sealed although an xkey is configured \
+                 (is `xkey` set in the server's auth_callout block?)",
+            ),
+            (
+                RequestError::BadServerXkey,
+                "request header Nats-Server-Xkey is not a curve key",
+            ),
+            (
+                RequestError::CannotOpen,
+                "sealed request does not open with the configured xkey",
+            ),
+            (
+                RequestError::Jwt(JwtError::BadSignature),
+                "request jwt signature does not verify",
+            ),
+            (
+                RequestError::WrongIssuer,
+                "request issuer is not the server id",
+            ),
+            (
+                RequestError::WrongAudience,
+                "request audience is not nats-authorization-request",
+            ),
+            (RequestError::Expired, "request expired"),
+            (
+                RequestError::WrongType,
+                "request is not an authorization_request v2",
+            ),
+            (
+                RequestError::BadUserNkey,
+                "request user_nkey is not a user key",
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message, "{error:?}");
+        }
+    }
+
+    #[test]
     fn the_token_comes_from_auth_token_then_pass() {
         let mut c = ConnectOpts::default();
         assert_eq!(c.bearer_token(), None);
