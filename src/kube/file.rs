@@ -476,6 +476,86 @@ mod tests {
     }
 
     #[test]
+    fn each_error_names_the_file_and_its_cause_in_the_log() {
+        let path = || PathBuf::from("/etc/sa/accounts.yaml");
+        let json = || serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let yaml = || serde_yaml_ng::from_str::<serde_json::Value>("[").unwrap_err();
+        let cases = [
+            (
+                FileError::Read {
+                    path: path(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+                },
+                "cannot read ServiceAccount file /etc/sa/accounts.yaml: gone".to_owned(),
+            ),
+            (
+                FileError::TooLarge {
+                    path: path(),
+                    limit: 16,
+                },
+                "ServiceAccount file /etc/sa/accounts.yaml is larger than 16 bytes".to_owned(),
+            ),
+            (
+                FileError::Empty { path: path() },
+                "ServiceAccount file /etc/sa/accounts.yaml is empty \
+                 (write `items: []` for no accounts)"
+                    .to_owned(),
+            ),
+            (
+                FileError::Json {
+                    path: path(),
+                    source: json(),
+                },
+                format!(
+                    "ServiceAccount file /etc/sa/accounts.yaml is not valid JSON: {}",
+                    json()
+                ),
+            ),
+            (
+                FileError::Yaml {
+                    path: path(),
+                    source: yaml(),
+                },
+                format!(
+                    "ServiceAccount file /etc/sa/accounts.yaml is not valid YAML: {}",
+                    yaml()
+                ),
+            ),
+            (
+                FileError::Shape {
+                    path: path(),
+                    document: 2,
+                },
+                "ServiceAccount file /etc/sa/accounts.yaml document 2 is not a ServiceAccount, \
+                 a list with items, or a sequence"
+                    .to_owned(),
+            ),
+            (
+                FileError::Item {
+                    path: path(),
+                    document: 0,
+                    item: 3,
+                    problem: "not a mapping".into(),
+                },
+                "ServiceAccount file /etc/sa/accounts.yaml document 0 item 3: not a mapping"
+                    .to_owned(),
+            ),
+            (
+                FileError::Duplicate {
+                    path: path(),
+                    namespace: "team-a".into(),
+                    name: "app".into(),
+                },
+                "ServiceAccount file /etc/sa/accounts.yaml lists team-a/app more than once"
+                    .to_owned(),
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message, "{error:?}");
+        }
+    }
+
+    #[test]
     fn load_file_reads_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sa.yaml");
