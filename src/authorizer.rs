@@ -421,6 +421,46 @@ mod tests {
     }
 
     #[test]
+    fn each_deny_reason_names_its_cause_in_the_log() {
+        let cases = [
+            (DenyReason::NoToken, "no token in auth_token or pass"),
+            (
+                DenyReason::ConnectionKindNotAllowed("Leafnode".into()),
+                "connection kind \"Leafnode\" is not allowed",
+            ),
+            (
+                DenyReason::Token(TokenError::WrongAudience),
+                "token refused: audience not accepted",
+            ),
+            (
+                DenyReason::ServiceAccountNotFound,
+                "serviceaccount not found",
+            ),
+            (
+                DenyReason::ServiceAccountLookupFailed,
+                "serviceaccount lookup failed",
+            ),
+            (
+                DenyReason::ServiceAccountUidMismatch,
+                "serviceaccount uid differs from the token's (account re-created?)",
+            ),
+            (
+                DenyReason::InvalidAccountName,
+                "serviceaccount namespace or name is not a valid Kubernetes name",
+            ),
+            (DenyReason::Internal, "internal error"),
+        ];
+        for (reason, message) in cases {
+            assert_eq!(reason.to_string(), message, "{reason:?}");
+            let denial = Denial {
+                reason,
+                account: Some("team-a/app".into()),
+            };
+            assert_eq!(denial.to_string(), message, "a denial shows its reason");
+        }
+    }
+
+    #[test]
     fn the_log_names_the_account_of_a_denial() {
         match run(&identity("x", 600), found("team-a", "app", "y"), 3600) {
             Decision::Deny(d) => {
