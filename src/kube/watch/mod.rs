@@ -884,6 +884,52 @@ mod tests {
         assert!(matches!(out, Some(Output::WatchEnded(None))), "{out:?}");
     }
 
+    #[test]
+    fn each_failure_names_its_cause_in_the_log() {
+        let cases = [
+            (
+                Failure::List(KubeError::Timeout),
+                "listing ServiceAccounts failed: API request timed out",
+            ),
+            (
+                Failure::ListExpired,
+                "list continue token expired; listing again",
+            ),
+            (
+                Failure::WatchOpen(status(503, None)),
+                "opening the ServiceAccount watch failed: API server answered 503",
+            ),
+            (
+                Failure::Expired(Some(status(410, None))),
+                "watch resourceVersion no longer valid (API server answered 410); relisting",
+            ),
+            (
+                Failure::Expired(None),
+                "watch resourceVersion expired; relisting",
+            ),
+            (
+                Failure::WatchError(ApiStatus {
+                    code: Some(500),
+                    reason: Some("InternalError".into()),
+                    message: Some("etcd unavailable".into()),
+                    details: None,
+                }),
+                "ServiceAccount watch error: status 500 InternalError: etcd unavailable",
+            ),
+            (
+                Failure::VeryShortWatch,
+                "ServiceAccount watch ended at once without events",
+            ),
+            (
+                Failure::WatchUndecodable(KubeError::BodyTooLarge { limit: 1024 }),
+                "ServiceAccount watch stream: API response larger than 1024 bytes",
+            ),
+        ];
+        for (failure, message) in cases {
+            assert_eq!(failure.to_string(), message, "{failure:?}");
+        }
+    }
+
     /// Runs the driver against a fake API until its script runs out.
     fn drive(mut api: FakeApi, cache: &ServiceAccountCache, readiness: &Readiness) -> FakeApi {
         let (tx, rx) = crossbeam_channel::unbounded();
