@@ -325,6 +325,19 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_that_cannot_be_sealed_says_why() {
+        let ours = XKey::new();
+        let (mut req, _) = request(Some(&ours));
+        req.seal_to = Some("not-a-curve-key".into());
+        let signer = ResponseSigner::new(KeyPair::new_account(), "APP".into());
+        let plain = signer.deny(&req, 1_800_000_000).unwrap();
+        let refused = seal_if_needed(plain, &req, Some(&ours)).unwrap_err();
+        // The worker logs the key's own error, as it did when this was a string.
+        let cause = XKey::from_public_key("not-a-curve-key").unwrap_err();
+        assert_eq!(refused.to_string(), cause.to_string());
+    }
+
+    #[test]
     fn the_answer_to_a_sealed_request_is_sealed_to_the_server() {
         let ours = XKey::new();
         let (req, server_x) = request(Some(&ours));
