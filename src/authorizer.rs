@@ -16,25 +16,33 @@ use crate::kube::{is_valid_namespace, is_valid_object_name, ServiceAccount};
 use crate::policy::{PermissionCache, Permissions};
 
 /// Why a client was denied. Only the log and the metrics see it; the client sees the generic text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DenyReason {
     /// Neither `auth_token` nor `pass` carried a token.
+    #[error("no token in auth_token or pass")]
     NoToken,
     /// The connection is of a kind the service does not authorize (a leafnode, say).
+    #[error("connection kind {0:?} is not allowed")]
     ConnectionKindNotAllowed(String),
     /// The service-account token was refused.
-    Token(TokenError),
+    #[error("token refused: {0}")]
+    Token(#[source] TokenError),
     /// The token's ServiceAccount does not exist.
+    #[error("serviceaccount not found")]
     ServiceAccountNotFound,
     /// The ServiceAccount could not be looked up (API unreachable, lookups rate-limited).
+    #[error("serviceaccount lookup failed")]
     ServiceAccountLookupFailed,
     /// The ServiceAccount exists but is not the one the token was minted for (deleted and
     /// re-created under the same name).
+    #[error("serviceaccount uid differs from the token's (account re-created?)")]
     ServiceAccountUidMismatch,
     /// The account's namespace or name is not a valid Kubernetes name (only a broken local
     /// ServiceAccount file can produce one): its subjects could not be trusted.
+    #[error("serviceaccount namespace or name is not a valid Kubernetes name")]
     InvalidAccountName,
     /// A bug: a panic while deciding.
+    #[error("internal error")]
     Internal,
 }
 
@@ -50,31 +58,6 @@ impl DenyReason {
             DenyReason::ServiceAccountUidMismatch => "serviceaccount_uid_mismatch",
             DenyReason::InvalidAccountName => "serviceaccount_invalid_name",
             DenyReason::Internal => "internal_error",
-        }
-    }
-}
-
-impl fmt::Display for DenyReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DenyReason::NoToken => write!(f, "no token in auth_token or pass"),
-            DenyReason::ConnectionKindNotAllowed(k) => {
-                write!(f, "connection kind {k:?} is not allowed")
-            }
-            DenyReason::Token(e) => write!(f, "token refused: {e}"),
-            DenyReason::ServiceAccountNotFound => write!(f, "serviceaccount not found"),
-            DenyReason::ServiceAccountLookupFailed => write!(f, "serviceaccount lookup failed"),
-            DenyReason::ServiceAccountUidMismatch => {
-                write!(
-                    f,
-                    "serviceaccount uid differs from the token's (account re-created?)"
-                )
-            }
-            DenyReason::InvalidAccountName => write!(
-                f,
-                "serviceaccount namespace or name is not a valid Kubernetes name"
-            ),
-            DenyReason::Internal => write!(f, "internal error"),
         }
     }
 }
@@ -418,6 +401,46 @@ mod tests {
             )),
             "token_expired"
         );
+    }
+
+    #[test]
+    fn each_deny_reason_names_its_cause_in_the_log() {
+        let cases = [
+            (DenyReason::NoToken, "no token in auth_token or pass"),
+            (
+                DenyReason::ConnectionKindNotAllowed("Leafnode".into()),
+                "connection kind \"Leafnode\" is not allowed",
+            ),
+            (
+                DenyReason::Token(TokenError::WrongAudience),
+                "token refused: audience not accepted",
+            ),
+            (
+                DenyReason::ServiceAccountNotFound,
+                "serviceaccount not found",
+            ),
+            (
+                DenyReason::ServiceAccountLookupFailed,
+                "serviceaccount lookup failed",
+            ),
+            (
+                DenyReason::ServiceAccountUidMismatch,
+                "serviceaccount uid differs from the token's (account re-created?)",
+            ),
+            (
+                DenyReason::InvalidAccountName,
+                "serviceaccount namespace or name is not a valid Kubernetes name",
+            ),
+            (DenyReason::Internal, "internal error"),
+        ];
+        for (reason, message) in cases {
+            assert_eq!(reason.to_string(), message, "{reason:?}");
+            let denial = Denial {
+                reason,
+                account: Some("team-a/app".into()),
+            };
+            assert_eq!(denial.to_string(), message, "a denial shows its reason");
+        }
     }
 
     #[test]

@@ -9,47 +9,37 @@ use nkeys::KeyPair;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512_256};
-use std::fmt;
 
 use super::wire::{JWT_ALGORITHM, JWT_HEADER, MAX_JWT_BYTES};
 
 /// Why a NATS JWT could not be decoded or verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
     /// Larger than the decoder accepts.
+    #[error("jwt too large")]
     TooLarge,
     /// Not three dot-separated base64url parts.
+    #[error("jwt does not have three parts")]
     NotThreeParts,
     /// A part is not valid base64url.
+    #[error("jwt part is not base64url")]
     BadBase64,
     /// The header or claims are not the expected JSON.
+    #[error("jwt json: {0}")]
     BadJson(String),
     /// The header names another algorithm.
+    #[error("jwt algorithm is not ed25519-nkey")]
     WrongAlgorithm,
     /// `iss` is not a usable public nkey.
+    #[error("jwt issuer is not a public nkey")]
     BadIssuerKey,
     /// The signature does not verify with the issuer's key.
+    #[error("jwt signature does not verify")]
     BadSignature,
     /// Signing failed (the key pair has no seed).
+    #[error("jwt signing failed")]
     Signing,
 }
-
-impl fmt::Display for JwtError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JwtError::TooLarge => write!(f, "jwt too large"),
-            JwtError::NotThreeParts => write!(f, "jwt does not have three parts"),
-            JwtError::BadBase64 => write!(f, "jwt part is not base64url"),
-            JwtError::BadJson(e) => write!(f, "jwt json: {e}"),
-            JwtError::WrongAlgorithm => write!(f, "jwt algorithm is not ed25519-nkey"),
-            JwtError::BadIssuerKey => write!(f, "jwt issuer is not a public nkey"),
-            JwtError::BadSignature => write!(f, "jwt signature does not verify"),
-            JwtError::Signing => write!(f, "jwt signing failed"),
-        }
-    }
-}
-
-impl std::error::Error for JwtError {}
 
 #[derive(Deserialize)]
 struct Header {
@@ -244,6 +234,29 @@ mod tests {
             decode_verified::<Value>(&huge).unwrap_err(),
             JwtError::TooLarge
         );
+    }
+
+    #[test]
+    fn each_error_names_its_cause_in_the_log() {
+        let cases = [
+            (JwtError::TooLarge, "jwt too large"),
+            (JwtError::NotThreeParts, "jwt does not have three parts"),
+            (JwtError::BadBase64, "jwt part is not base64url"),
+            (
+                JwtError::BadJson("missing field `iss`".into()),
+                "jwt json: missing field `iss`",
+            ),
+            (
+                JwtError::WrongAlgorithm,
+                "jwt algorithm is not ed25519-nkey",
+            ),
+            (JwtError::BadIssuerKey, "jwt issuer is not a public nkey"),
+            (JwtError::BadSignature, "jwt signature does not verify"),
+            (JwtError::Signing, "jwt signing failed"),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message, "{error:?}");
+        }
     }
 
     #[test]

@@ -12,27 +12,40 @@ use super::wire::{CLAIMS_VERSION, REQUEST_AUDIENCE, REQUEST_TYPE};
 pub const REQUEST_CLOCK_SKEW_SECS: i64 = 5;
 
 /// Why an authorization request was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     /// The request is sealed but this service has no xkey seed to open it.
+    #[error("request is sealed but NATS_XKEY_SEED_FILE is not set")]
     SealedWithoutXkey,
     /// This service has an xkey and the request came in plain text.
+    #[error(
+        "request is not sealed although an xkey is configured \
+         (is `xkey` set in the server's auth_callout block?)"
+    )]
     NotSealed,
     /// The `Nats-Server-Xkey` header is not a curve public key.
+    #[error("request header Nats-Server-Xkey is not a curve key")]
     BadServerXkey,
     /// The sealed payload does not open with our key and the server's.
+    #[error("sealed request does not open with the configured xkey")]
     CannotOpen,
     /// The JWT is malformed or its signature does not verify.
-    Jwt(JwtError),
+    #[error("request {0}")]
+    Jwt(#[source] JwtError),
     /// `iss` is not a server key or differs from `server_id.id`.
+    #[error("request issuer is not the server id")]
     WrongIssuer,
     /// `aud` is not the authorization request audience.
+    #[error("request audience is not {REQUEST_AUDIENCE}")]
     WrongAudience,
     /// `exp` is missing or has passed.
+    #[error("request expired")]
     Expired,
     /// `nats.type` or `nats.version` is not an authorization request.
+    #[error("request is not an authorization_request v2")]
     WrongType,
     /// `nats.user_nkey` is not a user public key.
+    #[error("request user_nkey is not a user key")]
     BadUserNkey,
 }
 
@@ -50,28 +63,6 @@ impl RequestError {
             RequestError::Expired => "request_expired",
             RequestError::WrongType => "request_malformed",
             RequestError::BadUserNkey => "request_malformed",
-        }
-    }
-}
-
-impl fmt::Display for RequestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RequestError::SealedWithoutXkey => {
-                write!(f, "request is sealed but NATS_XKEY_SEED_FILE is not set")
-            }
-            RequestError::NotSealed => write!(
-                f,
-                "request is not sealed although an xkey is configured (is `xkey` set in the server's auth_callout block?)"
-            ),
-            RequestError::BadServerXkey => write!(f, "request header Nats-Server-Xkey is not a curve key"),
-            RequestError::CannotOpen => write!(f, "sealed request does not open with the configured xkey"),
-            RequestError::Jwt(e) => write!(f, "request {e}"),
-            RequestError::WrongIssuer => write!(f, "request issuer is not the server id"),
-            RequestError::WrongAudience => write!(f, "request audience is not {REQUEST_AUDIENCE}"),
-            RequestError::Expired => write!(f, "request expired"),
-            RequestError::WrongType => write!(f, "request is not an authorization_request v2"),
-            RequestError::BadUserNkey => write!(f, "request user_nkey is not a user key"),
         }
     }
 }
@@ -445,6 +436,60 @@ pub(crate) mod tests {
             &|c| c["nats"]["user_nkey"] = json!("Unot-a-key"),
             RequestError::BadUserNkey,
         );
+    }
+
+    #[test]
+    fn each_error_names_its_cause_in_the_log() {
+        let cases = [
+            (
+                RequestError::SealedWithoutXkey,
+                "request is sealed but NATS_XKEY_SEED_FILE is not set",
+            ),
+            (
+                RequestError::NotSealed,
+                "request is not sealed although an xkey is configured \
+                 (is `xkey` set in the server's auth_callout block?)",
+            ),
+            (
+                RequestError::BadServerXkey,
+                "request header Nats-Server-Xkey is not a curve key",
+            ),
+            (
+                RequestError::CannotOpen,
+                "sealed request does not open with the configured xkey",
+            ),
+            (
+                RequestError::Jwt(JwtError::BadSignature),
+                "request jwt signature does not verify",
+            ),
+            (
+                RequestError::WrongIssuer,
+                "request issuer is not the server id",
+            ),
+            (
+                RequestError::WrongAudience,
+                "request audience is not nats-authorization-request",
+            ),
+            (RequestError::Expired, "request expired"),
+            (
+                RequestError::WrongType,
+                "request is not an authorization_request v2",
+            ),
+            (
+                RequestError::BadUserNkey,
+                "request user_nkey is not a user key",
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_jwt_error_is_the_source_of_its_request_error() {
+        let e = RequestError::Jwt(JwtError::BadSignature);
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("jwt signature does not verify"));
     }
 
     #[test]

@@ -205,17 +205,31 @@ impl ResponseSigner {
     }
 }
 
+/// Why an answer could not be built for a verified request.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// The user JWT or the response could not be signed.
+    #[error("{0}")]
+    SigningFailed(#[from] JwtError),
+    /// The server curve key the request was sealed with is not a usable public xkey.
+    #[error("{0}")]
+    ServerXkeyInvalid(#[source] nkeys::error::Error),
+    /// Sealing the response to the server's curve key failed.
+    #[error("{0}")]
+    SealingFailed(#[source] nkeys::error::Error),
+}
+
 /// Seals `response` to the server's curve key when the request was sealed.
 pub fn seal_if_needed(
     response: String,
     req: &AuthRequest,
     ours: Option<&XKey>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, ResponseError> {
     match (&req.seal_to, ours) {
         (Some(server), Some(ours)) => {
-            let server = XKey::from_public_key(server).map_err(|e| e.to_string())?;
+            let server = XKey::from_public_key(server).map_err(ResponseError::ServerXkeyInvalid)?;
             ours.seal(response.as_bytes(), &server)
-                .map_err(|e| e.to_string())
+                .map_err(ResponseError::SealingFailed)
         }
         _ => Ok(response.into_bytes()),
     }
@@ -322,6 +336,38 @@ mod tests {
         let claims: Value = decode_verified(&signer.deny(&req, 1_800_000_000).unwrap()).unwrap();
         assert_eq!(claims["nats"]["error"], GENERIC_DENIAL);
         assert!(claims["nats"].get("jwt").is_none());
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_signed_says_why() {
+        // A key pair without its seed cannot sign.
+        let public_only = KeyPair::from_public_key(&KeyPair::new_account().public_key()).unwrap();
+        let signer = ResponseSigner::new(public_only, "APP".into());
+        let (req, _) = request(None);
+        let refused = ResponseError::from(signer.deny(&req, 1_800_000_000).unwrap_err());
+        assert!(
+            matches!(refused, ResponseError::SigningFailed(JwtError::Signing)),
+            "{refused:?}"
+        );
+        // The worker logs the JWT error's own text after "cannot sign the answer: ".
+        assert_eq!(refused.to_string(), "jwt signing failed");
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_sealed_says_why() {
+        let ours = XKey::new();
+        let (mut req, _) = request(Some(&ours));
+        req.seal_to = Some("not-a-curve-key".into());
+        let signer = ResponseSigner::new(KeyPair::new_account(), "APP".into());
+        let plain = signer.deny(&req, 1_800_000_000).unwrap();
+        let refused = seal_if_needed(plain, &req, Some(&ours)).unwrap_err();
+        assert!(
+            matches!(refused, ResponseError::ServerXkeyInvalid(_)),
+            "{refused:?}"
+        );
+        // The worker logs the key's own error, as it did when this was a string.
+        let cause = XKey::from_public_key("not-a-curve-key").unwrap_err();
+        assert_eq!(refused.to_string(), cause.to_string());
     }
 
     #[test]

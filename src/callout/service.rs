@@ -15,8 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, warn};
 
+use super::jwt::JwtError;
 use super::request::{AuthRequest, RequestDecoder};
-use super::response::{seal_if_needed, Grant, ResponseSigner};
+use super::response::{seal_if_needed, Grant, ResponseError, ResponseSigner};
 use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
 use crate::authorizer::{Authorizer, ConnectAttempt, Decision};
 use crate::backoff::{Backoff, BackoffSettings};
@@ -109,12 +110,7 @@ impl CalloutContext {
                     expires_at: allowed.expires_at,
                     permissions: &allowed.permissions,
                 };
-                match self
-                    .signer
-                    .allow(&req, &grant, now)
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| seal_if_needed(r, &req, self.decoder.xkey()))
-                {
+                match self.seal(&req, self.signer.allow(&req, &grant, now)) {
                     Ok(reply) => {
                         info!(
                             "allowed {}/{}{} (client {} {} on {}), expires in {}s",
@@ -137,7 +133,10 @@ impl CalloutContext {
                         }
                     }
                     Err(e) => {
-                        error!("cannot sign the answer: {e}");
+                        error!(
+                            "cannot build the answer for client {}: {e}; denying",
+                            req.client.id
+                        );
                         self.denial(&req, now, "internal_error")
                     }
                 }
@@ -158,17 +157,30 @@ impl CalloutContext {
     }
 
     fn denial(&self, req: &AuthRequest, now: i64, reason: &'static str) -> Outcome {
+        // An empty reply also makes the server deny at once; the failure is still worth a line.
         let reply = self
-            .signer
-            .deny(req, now)
-            .map_err(|e| e.to_string())
-            .and_then(|r| seal_if_needed(r, req, self.decoder.xkey()))
-            .unwrap_or_default();
+            .seal(req, self.signer.deny(req, now))
+            .unwrap_or_else(|e| {
+                error!(
+                    "cannot build the denial for client {}: {e}; answering empty",
+                    req.client.id
+                );
+                Vec::new()
+            });
         Outcome {
             reply,
             result: "deny",
             reason,
         }
+    }
+
+    /// The bytes of a signed answer to `req`, sealed to the server when the request was sealed.
+    fn seal(
+        &self,
+        req: &AuthRequest,
+        signed: Result<String, JwtError>,
+    ) -> Result<Vec<u8>, ResponseError> {
+        seal_if_needed(signed?, req, self.decoder.xkey())
     }
 }
 

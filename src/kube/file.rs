@@ -6,7 +6,6 @@
 //! `annotations` are read. The file is polled about once a second; a good version replaces the
 //! cache whole, a bad one is reported (naming the file) and the last good content stays.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -29,10 +28,11 @@ const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 const DEFAULT_NAMESPACE: &str = "default";
 
 /// Why a ServiceAccount file could not be used.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FileError {
     /// The file could not be read.
+    #[error("cannot read ServiceAccount file {}: {source}", .path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -40,6 +40,7 @@ pub enum FileError {
         source: std::io::Error,
     },
     /// The file is larger than the limit.
+    #[error("ServiceAccount file {} is larger than {limit} bytes", .path.display())]
     TooLarge {
         /// The file.
         path: PathBuf,
@@ -47,11 +48,16 @@ pub enum FileError {
         limit: u64,
     },
     /// The file holds nothing but whitespace (an empty list is written `items: []` or `[]`).
+    #[error(
+        "ServiceAccount file {} is empty (write `items: []` for no accounts)",
+        .path.display()
+    )]
     Empty {
         /// The file.
         path: PathBuf,
     },
     /// The file is not valid JSON.
+    #[error("ServiceAccount file {} is not valid JSON: {source}", .path.display())]
     Json {
         /// The file.
         path: PathBuf,
@@ -59,6 +65,7 @@ pub enum FileError {
         source: serde_json::Error,
     },
     /// The file is not valid YAML.
+    #[error("ServiceAccount file {} is not valid YAML: {source}", .path.display())]
     Yaml {
         /// The file.
         path: PathBuf,
@@ -66,6 +73,11 @@ pub enum FileError {
         source: serde_yaml_ng::Error,
     },
     /// A document is neither a ServiceAccount, a list with `items`, nor a sequence.
+    #[error(
+        "ServiceAccount file {} document {document} is not a ServiceAccount, \
+         a list with items, or a sequence",
+        .path.display()
+    )]
     Shape {
         /// The file.
         path: PathBuf,
@@ -73,6 +85,10 @@ pub enum FileError {
         document: usize,
     },
     /// An item could not be read as a ServiceAccount.
+    #[error(
+        "ServiceAccount file {} document {document} item {item}: {problem}",
+        .path.display()
+    )]
     Item {
         /// The file.
         path: PathBuf,
@@ -84,6 +100,10 @@ pub enum FileError {
         problem: String,
     },
     /// Two items name the same namespace and name.
+    #[error(
+        "ServiceAccount file {} lists {namespace}/{name} more than once",
+        .path.display()
+    )]
     Duplicate {
         /// The file.
         path: PathBuf,
@@ -92,67 +112,6 @@ pub enum FileError {
         /// The name.
         name: String,
     },
-}
-
-impl fmt::Display for FileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FileError::Read { path, source } => {
-                write!(f, "cannot read ServiceAccount file {}: {source}", path.display())
-            }
-            FileError::TooLarge { path, limit } => write!(
-                f,
-                "ServiceAccount file {} is larger than {limit} bytes",
-                path.display()
-            ),
-            FileError::Empty { path } => write!(
-                f,
-                "ServiceAccount file {} is empty (write `items: []` for no accounts)",
-                path.display()
-            ),
-            FileError::Json { path, source } => {
-                write!(f, "ServiceAccount file {} is not valid JSON: {source}", path.display())
-            }
-            FileError::Yaml { path, source } => {
-                write!(f, "ServiceAccount file {} is not valid YAML: {source}", path.display())
-            }
-            FileError::Shape { path, document } => write!(
-                f,
-                "ServiceAccount file {} document {document} is not a ServiceAccount, a list with items, or a sequence",
-                path.display()
-            ),
-            FileError::Item {
-                path,
-                document,
-                item,
-                problem,
-            } => write!(
-                f,
-                "ServiceAccount file {} document {document} item {item}: {problem}",
-                path.display()
-            ),
-            FileError::Duplicate {
-                path,
-                namespace,
-                name,
-            } => write!(
-                f,
-                "ServiceAccount file {} lists {namespace}/{name} more than once",
-                path.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for FileError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            FileError::Read { source, .. } => Some(source),
-            FileError::Json { source, .. } => Some(source),
-            FileError::Yaml { source, .. } => Some(source),
-            _ => None,
-        }
-    }
 }
 
 /// Reads and parses the ServiceAccount file at `path`.
@@ -467,6 +426,103 @@ mod tests {
             assert!(err.contains(name), "{err}");
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn each_error_names_the_file_and_its_cause_in_the_log() {
+        let path = || PathBuf::from("/etc/sa/accounts.yaml");
+        let json = || serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let yaml = || serde_yaml_ng::from_str::<serde_json::Value>("[").unwrap_err();
+        let cases = [
+            (
+                FileError::Read {
+                    path: path(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+                },
+                "cannot read ServiceAccount file /etc/sa/accounts.yaml: gone".to_owned(),
+            ),
+            (
+                FileError::TooLarge {
+                    path: path(),
+                    limit: 16,
+                },
+                "ServiceAccount file /etc/sa/accounts.yaml is larger than 16 bytes".to_owned(),
+            ),
+            (
+                FileError::Empty { path: path() },
+                "ServiceAccount file /etc/sa/accounts.yaml is empty \
+                 (write `items: []` for no accounts)"
+                    .to_owned(),
+            ),
+            (
+                FileError::Json {
+                    path: path(),
+                    source: json(),
+                },
+                format!(
+                    "ServiceAccount file /etc/sa/accounts.yaml is not valid JSON: {}",
+                    json()
+                ),
+            ),
+            (
+                FileError::Yaml {
+                    path: path(),
+                    source: yaml(),
+                },
+                format!(
+                    "ServiceAccount file /etc/sa/accounts.yaml is not valid YAML: {}",
+                    yaml()
+                ),
+            ),
+            (
+                FileError::Shape {
+                    path: path(),
+                    document: 2,
+                },
+                "ServiceAccount file /etc/sa/accounts.yaml document 2 is not a ServiceAccount, \
+                 a list with items, or a sequence"
+                    .to_owned(),
+            ),
+            (
+                FileError::Item {
+                    path: path(),
+                    document: 0,
+                    item: 3,
+                    problem: "not a mapping".into(),
+                },
+                "ServiceAccount file /etc/sa/accounts.yaml document 0 item 3: not a mapping"
+                    .to_owned(),
+            ),
+            (
+                FileError::Duplicate {
+                    path: path(),
+                    namespace: "team-a".into(),
+                    name: "app".into(),
+                },
+                "ServiceAccount file /etc/sa/accounts.yaml lists team-a/app more than once"
+                    .to_owned(),
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn read_and_parse_errors_keep_their_cause_as_source() {
+        use std::error::Error;
+        let read = FileError::Read {
+            path: PathBuf::from("sa.yaml"),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        };
+        let cause = read.source().map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("gone"));
+        assert!(parse("bad.json", "{").unwrap_err().source().is_some());
+        assert!(parse("bad.yaml", "items: [\n")
+            .unwrap_err()
+            .source()
+            .is_some());
+        assert!(parse("sa.yaml", "  \n").unwrap_err().source().is_none());
     }
 
     #[test]

@@ -155,35 +155,46 @@ enum State<S> {
 }
 
 /// Why the loop must wait before its next step.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum Failure {
     /// A list page failed; the same page is retried.
-    List(KubeError),
+    #[error("listing ServiceAccounts failed: {0}")]
+    List(#[source] KubeError),
     /// The continue token expired (410); the list starts again.
+    #[error("list continue token expired; listing again")]
     ListExpired,
     /// Opening the watch failed; it is opened again from the same resourceVersion.
-    WatchOpen(KubeError),
-    /// The resourceVersion is too old (410) or unknown to the server: relist.
-    Expired(Option<KubeError>),
+    #[error("opening the ServiceAccount watch failed: {0}")]
+    WatchOpen(#[source] KubeError),
+    /// Opening the watch was refused because the resourceVersion is too old (410) or unknown to
+    /// the server: relist.
+    #[error("watch resourceVersion no longer valid ({0}); relisting")]
+    ResourceVersionRefused(#[source] KubeError),
+    /// The stream carried an ERROR 410: the resourceVersion is too old; relist.
+    #[error("watch resourceVersion expired; relisting")]
+    Expired,
     /// The stream carried an ERROR other than 410; the watch is opened again.
+    #[error("ServiceAccount watch error: {0}")]
     WatchError(ApiStatus),
     /// The watch ended at once with no event; opened again.
+    #[error("ServiceAccount watch ended at once without events")]
     VeryShortWatch,
     /// The stream carried something undecodable; opened again after a pause so a bad event
     /// cannot make the loop spin.
-    WatchUndecodable(KubeError),
+    #[error("ServiceAccount watch stream: {0}")]
+    WatchUndecodable(#[source] KubeError),
 }
 
 impl Failure {
     /// The wait the server asked for, if any.
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Failure::List(e) | Failure::WatchOpen(e) | Failure::WatchUndecodable(e) => {
-                e.retry_after()
-            }
-            Failure::Expired(Some(e)) => e.retry_after(),
+            Failure::List(e)
+            | Failure::WatchOpen(e)
+            | Failure::ResourceVersionRefused(e)
+            | Failure::WatchUndecodable(e) => e.retry_after(),
             Failure::WatchError(status) => status.retry_after(),
-            Failure::ListExpired | Failure::Expired(None) | Failure::VeryShortWatch => None,
+            Failure::ListExpired | Failure::Expired | Failure::VeryShortWatch => None,
         }
     }
 
@@ -193,25 +204,6 @@ impl Failure {
             self,
             Failure::WatchError(_) | Failure::VeryShortWatch | Failure::WatchUndecodable(_)
         )
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::List(e) => write!(f, "listing ServiceAccounts failed: {e}"),
-            Failure::ListExpired => write!(f, "list continue token expired; listing again"),
-            Failure::WatchOpen(e) => write!(f, "opening the ServiceAccount watch failed: {e}"),
-            Failure::Expired(Some(e)) => {
-                write!(f, "watch resourceVersion no longer valid ({e}); relisting")
-            }
-            Failure::Expired(None) => write!(f, "watch resourceVersion expired; relisting"),
-            Failure::WatchError(s) => write!(f, "ServiceAccount watch error: {s}"),
-            Failure::VeryShortWatch => {
-                write!(f, "ServiceAccount watch ended at once without events")
-            }
-            Failure::WatchUndecodable(e) => write!(f, "ServiceAccount watch stream: {e}"),
-        }
     }
 }
 
@@ -270,7 +262,7 @@ fn step<A: WatchApi>(
             ),
             Err(e) if e.is_gone() || e.is_too_large_resource_version() => (
                 State::Empty,
-                Some(Output::Failed(Failure::Expired(Some(e)))),
+                Some(Output::Failed(Failure::ResourceVersionRefused(e))),
             ),
             Err(e) => (
                 State::InitListed { resource_version },
@@ -289,7 +281,7 @@ fn step<A: WatchApi>(
                 StreamItem::Event(WatchEvent::Error(status)) => {
                     drop(stream);
                     return if status.code == Some(410) {
-                        (State::Empty, Some(Output::Failed(Failure::Expired(None))))
+                        (State::Empty, Some(Output::Failed(Failure::Expired)))
                     } else {
                         (
                             State::InitListed { resource_version },
@@ -433,7 +425,9 @@ fn run<A: WatchApi>(
                 }
                 let delay = backoff.delay(api.now(), failure.retry_after(), fastrand::f64());
                 match failure {
-                    Failure::ListExpired | Failure::Expired(_) => {
+                    Failure::ListExpired
+                    | Failure::Expired
+                    | Failure::ResourceVersionRefused(_) => {
                         info!("{failure}; next attempt in {delay:?}")
                     }
                     _ => warn!("{failure}; retrying in {delay:?}"),
@@ -792,7 +786,7 @@ mod tests {
         let (s, _) = next_output(State::Empty, &mut api);
         let (s, out) = next_output(s, &mut api);
         assert!(
-            matches!(out, Some(Output::Failed(Failure::Expired(None)))),
+            matches!(out, Some(Output::Failed(Failure::Expired))),
             "{out:?}"
         );
         assert!(matches!(s, State::Empty));
@@ -813,7 +807,7 @@ mod tests {
         let (s, out) = next_output(s, &mut api);
         assert!(matches!(
             out,
-            Some(Output::Failed(Failure::Expired(Some(_))))
+            Some(Output::Failed(Failure::ResourceVersionRefused(_)))
         ));
         let (_, out) = next_output(s, &mut api);
         assert!(matches!(out, Some(Output::Listed { .. })));
@@ -882,6 +876,49 @@ mod tests {
         // A short watch that did deliver an event is a normal end.
         let (_, out) = next_output(s, &mut api);
         assert!(matches!(out, Some(Output::WatchEnded(None))), "{out:?}");
+    }
+
+    #[test]
+    fn each_failure_names_its_cause_in_the_log() {
+        let cases = [
+            (
+                Failure::List(KubeError::Timeout),
+                "listing ServiceAccounts failed: API request timed out",
+            ),
+            (
+                Failure::ListExpired,
+                "list continue token expired; listing again",
+            ),
+            (
+                Failure::WatchOpen(status(503, None)),
+                "opening the ServiceAccount watch failed: API server answered 503",
+            ),
+            (
+                Failure::ResourceVersionRefused(status(410, None)),
+                "watch resourceVersion no longer valid (API server answered 410); relisting",
+            ),
+            (Failure::Expired, "watch resourceVersion expired; relisting"),
+            (
+                Failure::WatchError(ApiStatus {
+                    code: Some(500),
+                    reason: Some("InternalError".into()),
+                    message: Some("etcd unavailable".into()),
+                    details: None,
+                }),
+                "ServiceAccount watch error: status 500 InternalError: etcd unavailable",
+            ),
+            (
+                Failure::VeryShortWatch,
+                "ServiceAccount watch ended at once without events",
+            ),
+            (
+                Failure::WatchUndecodable(KubeError::BodyTooLarge { limit: 1024 }),
+                "ServiceAccount watch stream: API response larger than 1024 bytes",
+            ),
+        ];
+        for (failure, message) in cases {
+            assert_eq!(failure.to_string(), message, "{failure:?}");
+        }
     }
 
     /// Runs the driver against a fake API until its script runs out.
