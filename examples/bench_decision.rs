@@ -27,7 +27,7 @@ use nats_k8s_oidc_callout::identity::{JwksStore, TokenSettings, TokenValidator};
 use nats_k8s_oidc_callout::kube::cache::{FileDirectory, ServiceAccountCache};
 use nats_k8s_oidc_callout::kube::ServiceAccount;
 use nats_k8s_oidc_callout::metrics::Metrics;
-use nats_k8s_oidc_callout::policy::PermissionCache;
+use nats_k8s_oidc_callout::policy::{AdminPolicy, InboxMode, PermissionCache, PolicyStore};
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
@@ -107,7 +107,8 @@ fn context(keys: &Keys, xkey: Option<XKey>) -> CalloutContext {
     let authorizer = Authorizer::new(
         validator,
         Arc::new(FileDirectory::new(cache)),
-        PermissionCache::new(metrics.clone(), 1024),
+        Arc::new(PolicyStore::new(AdminPolicy::unrestricted(), None)),
+        PermissionCache::new(metrics.clone(), 1024, InboxMode::Shared),
         Duration::from_secs(3600),
     );
     CalloutContext {

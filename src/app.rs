@@ -29,7 +29,7 @@ use crate::kube::cache::{
 };
 use crate::kube::{file, watch, ApiClient};
 use crate::metrics::Metrics;
-use crate::policy::PermissionCache;
+use crate::policy::{InboxMode, PermissionCache, PolicyStore};
 use crate::readiness::Readiness;
 
 /// How long the background threads get to stop once the callout loop has finished.
@@ -73,6 +73,35 @@ fn spawn_signal_thread(stop: crossbeam_channel::Sender<()>) -> Result<JoinHandle
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+/// Says at start what decides clients' permissions, and warns about the choices that let a
+/// client or a namespace editor widen them.
+fn log_permission_model(config: &Config) {
+    match config.inbox_mode {
+        InboxMode::Shared => info!(
+            "INBOX_MODE=shared: clients publish and subscribe {{namespace}}.> and _INBOX.>, without the response permission"
+        ),
+        InboxMode::Private => info!(
+            "INBOX_MODE=private: clients subscribe only their own _INBOX.<namespace>.<name>.> (set it as the client's inbox prefix), without the response permission"
+        ),
+        InboxMode::Responses => warn!(
+            "INBOX_MODE=responses grants the response permission: a client may publish once to the reply subject of every message it receives, its own included, so one with publish and subscribe on a subject can publish to any subject (other namespaces, $SYS, $JS.API) outside its deny list; use shared or private unless clients cannot change their inbox handling yet"
+        ),
+    }
+    match &config.policy_file {
+        None => warn!(
+            "no POLICY_FILE: every namespace is served, and anyone who can edit a ServiceAccount (Kubernetes' edit role can, in its namespace) decides its NATS permissions through annotations, within the reserved subjects only"
+        ),
+        Some(path) => {
+            let accounts: Vec<&str> = config.policy.accounts().collect();
+            info!(
+                "policy {}: annotations granted only within its patterns; accounts named by rules: {}",
+                path.display(),
+                if accounts.is_empty() { "none".to_owned() } else { accounts.join(", ") }
+            );
+        }
+    }
 }
 
 /// Runs the service until SIGTERM or SIGINT; `Err` is a start-up failure.
@@ -198,10 +227,17 @@ pub fn serve() -> Result<(), String> {
             leeway: config.leeway,
         },
     );
+    let policy = Arc::new(PolicyStore::new(
+        config.policy.clone(),
+        config.policy_file.clone(),
+    ));
+    threads.extend(policy.spawn_watcher(metrics.clone(), stop_rx.clone()));
+    log_permission_model(&config);
     let authorizer = Authorizer::new(
         validator,
         directory,
-        PermissionCache::new(metrics.clone(), 65_536),
+        policy,
+        PermissionCache::new(metrics.clone(), 65_536, config.inbox_mode),
         config.max_lifetime,
     );
     let ctx = Arc::new(CalloutContext {

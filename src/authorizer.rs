@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::identity::{claimed_service_account, Identity, TokenError, TokenValidator};
 use crate::kube::cache::{Lookup, ServiceAccountDirectory};
 use crate::kube::{is_valid_namespace, is_valid_object_name, ServiceAccount};
-use crate::policy::{PermissionCache, Permissions};
+use crate::policy::{Evaluation, NotServed, PermissionCache, Permissions, PolicyStore};
 
 /// Why a client was denied. Only the log and the metrics see it; the client sees the generic text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +41,9 @@ pub enum DenyReason {
     /// ServiceAccount file can produce one): its subjects could not be trusted.
     #[error("serviceaccount namespace or name is not a valid Kubernetes name")]
     InvalidAccountName,
+    /// The admin policy does not serve the token's namespace.
+    #[error("namespace is not served by the policy: {0}")]
+    NamespaceNotAllowed(NotServed),
     /// A bug: a panic while deciding.
     #[error("internal error")]
     Internal,
@@ -57,6 +60,7 @@ impl DenyReason {
             DenyReason::ServiceAccountLookupFailed => "serviceaccount_lookup_failed",
             DenyReason::ServiceAccountUidMismatch => "serviceaccount_uid_mismatch",
             DenyReason::InvalidAccountName => "serviceaccount_invalid_name",
+            DenyReason::NamespaceNotAllowed(_) => "namespace_not_allowed",
             DenyReason::Internal => "internal_error",
         }
     }
@@ -107,6 +111,8 @@ pub struct Allowed {
     pub pod: Option<String>,
     /// Unix time at which the client is disconnected.
     pub expires_at: i64,
+    /// The account it is placed in; `None`: the default account.
+    pub account: Option<String>,
     /// Its permissions.
     pub permissions: Arc<Permissions>,
 }
@@ -166,14 +172,15 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// The grant: this admission with the permissions the policy gives its account.
-    pub fn into_allowed(self, permissions: Arc<Permissions>) -> Allowed {
+    /// The grant: this admission with the account and permissions the policy gives it.
+    pub fn into_allowed(self, evaluation: &Evaluation) -> Allowed {
         Allowed {
             namespace: self.account.namespace.clone(),
             service_account: self.account.name.clone(),
             pod: self.pod,
             expires_at: self.expires_at,
-            permissions,
+            account: evaluation.account.clone(),
+            permissions: evaluation.permissions.clone(),
         }
     }
 }
@@ -223,6 +230,7 @@ pub fn decide(
 pub struct Authorizer {
     validator: TokenValidator,
     directory: Arc<dyn ServiceAccountDirectory>,
+    policy: Arc<PolicyStore>,
     permissions: PermissionCache,
     max_lifetime: Duration,
 }
@@ -232,12 +240,14 @@ impl Authorizer {
     pub fn new(
         validator: TokenValidator,
         directory: Arc<dyn ServiceAccountDirectory>,
+        policy: Arc<PolicyStore>,
         permissions: PermissionCache,
         max_lifetime: Duration,
     ) -> Authorizer {
         Authorizer {
             validator,
             directory,
+            policy,
             permissions,
             max_lifetime,
         }
@@ -271,15 +281,24 @@ impl Authorizer {
                 });
             }
         };
+        // One policy version for the whole decision. A namespace it does not serve is refused
+        // before anything is looked up for it.
+        let policy = self.policy.current();
+        if let Err(not_served) = policy.policy.place(&identity.namespace) {
+            return Decision::deny(DenyReason::NamespaceNotAllowed(not_served), Some(&identity));
+        }
         let lookup = self
             .directory
             .lookup(&identity.namespace, &identity.service_account);
-        match decide(&identity, lookup, self.max_lifetime, now) {
-            Ok(admitted) => {
-                let permissions = self.permissions.permissions(&admitted.account);
-                Decision::Allow(admitted.into_allowed(permissions))
+        let admitted = match decide(&identity, lookup, self.max_lifetime, now) {
+            Ok(admitted) => admitted,
+            Err(denial) => return Decision::Deny(denial),
+        };
+        match self.permissions.evaluation(&admitted.account, &policy) {
+            Ok(evaluation) => Decision::Allow(admitted.into_allowed(&evaluation)),
+            Err(not_served) => {
+                Decision::deny(DenyReason::NamespaceNotAllowed(not_served), Some(&identity))
             }
-            Err(denial) => Decision::Deny(denial),
         }
     }
 }
@@ -287,7 +306,7 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::permissions_for;
+    use crate::policy::{evaluate, AdminPolicy, InboxMode};
 
     const NOW: i64 = 1_800_000_000;
 
@@ -313,8 +332,13 @@ mod tests {
     fn run(identity: &Identity, lookup: Lookup, max_lifetime: u64) -> Decision {
         match decide(identity, lookup, Duration::from_secs(max_lifetime), NOW) {
             Ok(admitted) => {
-                let permissions = Arc::new(permissions_for(&admitted.account, None));
-                Decision::Allow(admitted.into_allowed(permissions))
+                let evaluation = evaluate(
+                    &admitted.account,
+                    &AdminPolicy::unrestricted(),
+                    InboxMode::Responses,
+                )
+                .unwrap();
+                Decision::Allow(admitted.into_allowed(&evaluation))
             }
             Err(denial) => Decision::Deny(denial),
         }
@@ -430,6 +454,10 @@ mod tests {
             (
                 DenyReason::InvalidAccountName,
                 "serviceaccount namespace or name is not a valid Kubernetes name",
+            ),
+            (
+                DenyReason::NamespaceNotAllowed(NotServed::Excluded("kube-*".into())),
+                "namespace is not served by the policy: namespaces.exclude pattern \"kube-*\" matches it",
             ),
             (DenyReason::Internal, "internal error"),
         ];

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nkeys::{KeyPair, XKey};
 
+use crate::policy::{AdminPolicy, InboxMode};
 use crate::urls::{parse_nats_address, redact_url, redact_urls, HttpUrl};
 
 /// Where the service-account tokens' signing keys come from.
@@ -88,6 +89,12 @@ pub struct Config {
     pub max_lifetime: Duration,
     /// `SHUTDOWN_TIMEOUT`: time allowed to finish in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// `INBOX_MODE`: how clients receive replies.
+    pub inbox_mode: InboxMode,
+    /// `POLICY_FILE`: the admin policy's file, re-read when it changes.
+    pub policy_file: Option<PathBuf>,
+    /// The admin policy read from `POLICY_FILE` (unrestricted without one).
+    pub policy: AdminPolicy,
 }
 
 impl fmt::Debug for Config {
@@ -99,6 +106,8 @@ impl fmt::Debug for Config {
             .field("audience", &self.audience)
             .field("jwks", &self.jwks)
             .field("accounts", &self.accounts)
+            .field("inbox_mode", &self.inbox_mode)
+            .field("policy_file", &self.policy_file)
             .finish_non_exhaustive()
     }
 }
@@ -401,6 +410,24 @@ impl Config {
             Duration::from_secs(300),
         );
 
+        let inbox_mode = match r.get("INBOX_MODE").map(str::to_ascii_lowercase) {
+            None => InboxMode::Shared,
+            Some(v) => InboxMode::parse(&v).unwrap_or_else(|| {
+                r.problems.push(format!(
+                    "INBOX_MODE={v:?} is not one of shared, private, responses"
+                ));
+                InboxMode::Shared
+            }),
+        };
+        let policy_file = r.get("POLICY_FILE").map(PathBuf::from);
+        let policy = match &policy_file {
+            None => AdminPolicy::unrestricted(),
+            Some(path) => AdminPolicy::load(path).unwrap_or_else(|e| {
+                r.problems.push(format!("POLICY_FILE: {e}"));
+                AdminPolicy::unrestricted()
+            }),
+        };
+
         match (signing_key, nats_account, r.problems.is_empty()) {
             (Some(signing_key), Some(nats_account), true) => Ok(Config {
                 nats_url,
@@ -423,6 +450,9 @@ impl Config {
                 queue_size,
                 max_lifetime,
                 shutdown_timeout,
+                inbox_mode,
+                policy_file,
+                policy,
             }),
             _ => Err(format!(
                 "invalid configuration:\n  - {}",
@@ -471,6 +501,44 @@ mod tests {
             KeyPair::from_seed(&seed).unwrap().public_key()
         );
         assert!(c.xkey.is_none());
+        assert_eq!(c.inbox_mode, InboxMode::Shared);
+        assert!(c.policy_file.is_none() && c.policy.is_unrestricted());
+    }
+
+    #[test]
+    fn the_inbox_mode_and_the_policy_file_are_checked_at_start() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(
+            &policy,
+            "namespaces:\n  exclude: [\"Kube\"]\nrules:\n  - namespaces: []\n",
+        )
+        .unwrap();
+        let err = Config::from_map(&env(&[
+            ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+            ("NATS_ACCOUNT", "APP"),
+            ("INBOX_MODE", "public"),
+            ("POLICY_FILE", policy.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        for needle in [
+            "INBOX_MODE=\"public\" is not one of shared, private, responses",
+            "namespaces.exclude[0] \"Kube\"",
+            "rules[0].namespaces is empty",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+        std::fs::write(&policy, "namespaces:\n  exclude: [kube-system]\n").unwrap();
+        let c = Config::from_map(&env(&[
+            ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+            ("NATS_ACCOUNT", "APP"),
+            ("INBOX_MODE", "Private"),
+            ("POLICY_FILE", policy.to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert_eq!(c.inbox_mode, InboxMode::Private);
+        assert!(c.policy.place("kube-system").is_err());
     }
 
     #[test]

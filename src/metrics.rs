@@ -21,8 +21,16 @@ pub struct DecisionLabels {
 pub struct DroppedEntryLabels {
     /// `pub` or `sub`.
     pub direction: &'static str,
-    /// `invalid` (not a NATS subject) or `reserved` (inbox, reply or `$SYS` subjects).
+    /// `invalid` (not a NATS subject), `reserved` (inbox, reply or `$SYS` subjects) or
+    /// `not_allowed_by_policy` (outside what the admin policy lets annotations grant).
     pub cause: &'static str,
+}
+
+/// Labels of one reading of the policy file.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyReloadLabels {
+    /// `success` (the new policy is in use) or `failure` (the last good one stays).
+    pub result: &'static str,
 }
 
 /// Every metric the service exposes on `/metrics`.
@@ -56,6 +64,8 @@ pub struct Metrics {
     pub nats_disconnects: Counter,
     /// Annotation entries dropped by the policy guard rails.
     pub dropped_annotation_entries: Family<DroppedEntryLabels, Counter>,
+    /// Re-readings of the policy file after it changed, by result.
+    pub policy_reloads: Family<PolicyReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -145,6 +155,12 @@ impl Metrics {
             "ServiceAccount annotation entries refused by the policy",
             dropped_annotation_entries.clone(),
         );
+        let policy_reloads = Family::<PolicyReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Re-readings of the policy file after it changed, by result",
+            policy_reloads.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -161,6 +177,7 @@ impl Metrics {
             nats_reconnects,
             nats_disconnects,
             dropped_annotation_entries,
+            policy_reloads,
         }
     }
 

@@ -76,6 +76,7 @@ fn answer_with(
         let grant = Grant {
             name: "probe".into(),
             expires_at: now() + 60,
+            account: None,
             permissions: &p,
         };
         let body = if allow {
@@ -145,6 +146,7 @@ fn an_answer_signed_by_another_account_is_ignored_by_the_server() {
         let grant = Grant {
             name: "x".into(),
             expires_at: now() + 60,
+            account: None,
             permissions: &p,
         };
         Some(signer.allow(&req, &grant, now()).unwrap().into_bytes())

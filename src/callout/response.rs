@@ -16,6 +16,8 @@ pub struct Grant<'a> {
     pub name: String,
     /// Unix time at which the client is disconnected.
     pub expires_at: i64,
+    /// The account it is placed in; `None`: the signer's default account.
+    pub account: Option<&'a str>,
     /// Its permissions.
     pub permissions: &'a Permissions,
 }
@@ -87,17 +89,18 @@ struct ResponseClaims<'a> {
 pub struct ResponseSigner {
     account: KeyPair,
     account_public: String,
-    target_account: String,
+    default_account: String,
 }
 
 impl ResponseSigner {
-    /// A signer for `account` (an account key pair with its seed) placing clients in `target_account`.
-    pub fn new(account: KeyPair, target_account: String) -> ResponseSigner {
+    /// A signer for `account` (an account key pair with its seed) placing clients in
+    /// `default_account` unless a grant names another.
+    pub fn new(account: KeyPair, default_account: String) -> ResponseSigner {
         let account_public = account.public_key();
         ResponseSigner {
             account,
             account_public,
-            target_account,
+            default_account,
         }
     }
 
@@ -114,8 +117,9 @@ impl ResponseSigner {
         now: i64,
     ) -> Result<String, JwtError> {
         let p = grant.permissions;
+        let target_account = grant.account.unwrap_or(&self.default_account);
         let registered = Registered {
-            aud: &self.target_account,
+            aud: target_account,
             exp: grant.expires_at,
             iat: now,
             iss: &self.account_public,
@@ -130,7 +134,7 @@ impl ResponseSigner {
             // The JWT is bound to the nkey the server generated for this very connection.
             sub: &req.user_nkey,
             // Config mode: `aud` names the account the client is placed in.
-            aud: &self.target_account,
+            aud: target_account,
             // A client never outlives its service-account token.
             exp: grant.expires_at,
             nats: UserBody {
@@ -276,15 +280,16 @@ mod tests {
     }
 
     fn perms() -> Permissions {
-        crate::policy::permissions_for(
-            &crate::kube::ServiceAccount {
-                namespace: "ns".into(),
-                name: "app".into(),
-                uid: "u".into(),
-                annotations: Default::default(),
-            },
-            None,
-        )
+        let sa = crate::kube::ServiceAccount {
+            namespace: "ns".into(),
+            name: "app".into(),
+            uid: "u".into(),
+            annotations: Default::default(),
+        };
+        let policy = crate::policy::AdminPolicy::unrestricted();
+        let evaluation =
+            crate::policy::evaluate(&sa, &policy, crate::policy::InboxMode::Responses).unwrap();
+        Permissions::clone(&evaluation.permissions)
     }
 
     #[test]
@@ -296,6 +301,7 @@ mod tests {
         let grant = Grant {
             name: "system:serviceaccount:ns:app".into(),
             expires_at: 1_800_000_600,
+            account: None,
             permissions: &p,
         };
         let resp = signer.allow(&req, &grant, 1_800_000_000).unwrap();
@@ -325,6 +331,38 @@ mod tests {
         );
         assert!(
             user.get("issuer_account").is_none() && user["nats"].get("issuer_account").is_none()
+        );
+    }
+
+    #[test]
+    fn a_grant_names_its_account_and_a_shared_inbox_grant_has_no_response_permission() {
+        let account = KeyPair::new_account();
+        let signer = ResponseSigner::new(account, "APP".into());
+        let (req, _) = request(None);
+        let sa = crate::kube::ServiceAccount {
+            namespace: "ns".into(),
+            name: "app".into(),
+            uid: "u".into(),
+            annotations: Default::default(),
+        };
+        let policy = crate::policy::AdminPolicy::unrestricted();
+        let p = crate::policy::evaluate(&sa, &policy, crate::policy::InboxMode::Shared)
+            .unwrap()
+            .permissions;
+        let grant = Grant {
+            name: "system:serviceaccount:ns:app".into(),
+            expires_at: 1_800_000_600,
+            account: Some("PAYMENTS"),
+            permissions: &p,
+        };
+        let resp = signer.allow(&req, &grant, 1_800_000_000).unwrap();
+        let claims: Value = decode_verified(&resp).unwrap();
+        let user: Value = decode_verified(claims["nats"]["jwt"].as_str().unwrap()).unwrap();
+        assert_eq!(user["aud"], "PAYMENTS");
+        assert!(user["nats"].get("resp").is_none(), "{user}");
+        assert_eq!(
+            user["nats"]["pub"]["allow"],
+            serde_json::json!(["ns.>", "_INBOX.>"])
         );
     }
 

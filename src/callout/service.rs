@@ -108,6 +108,7 @@ impl CalloutContext {
                 let grant = Grant {
                     name: allowed.user_name(),
                     expires_at: allowed.expires_at,
+                    account: allowed.account.as_deref(),
                     permissions: &allowed.permissions,
                 };
                 match self.seal(&req, self.signer.allow(&req, &grant, now)) {

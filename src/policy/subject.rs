@@ -1,0 +1,177 @@
+//! NATS subjects as permissions see them: validity, the subjects only the defaults may grant,
+//! whether one subject pattern lies within another, and the namespace globs of the admin policy.
+
+/// Longest subject accepted in a permission.
+const MAX_SUBJECT_LEN: usize = 512;
+
+/// Checks that `subject` is a valid NATS subject for a permission: non-empty tokens without
+/// whitespace, `*` only as a whole token, `>` only as the whole last token.
+pub fn is_valid_subject(subject: &str) -> bool {
+    if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
+        return false;
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let last = tokens.len() - 1;
+    tokens.iter().enumerate().all(|(i, t)| {
+        !t.is_empty()
+            && !t.chars().any(|c| c.is_whitespace() || c.is_control())
+            && (*t == "*" || !t.contains('*'))
+            && (*t == ">" && i == last || !t.contains('>'))
+    })
+}
+
+/// Whether `subject` could match a subject only the defaults may grant: inboxes, replies and the
+/// system subjects. A wildcard first token (`>`, `*.>`, `*.x`) matches them too, so it is
+/// reserved as well: granted, it would let one account read every other account's inbox.
+pub fn is_reserved(subject: &str) -> bool {
+    let first = subject.split('.').next().unwrap_or("");
+    first.starts_with("_INBOX")
+        || first.starts_with("_REPLY")
+        || first == "$SYS"
+        || first == "*"
+        || first == ">"
+}
+
+/// Whether every subject that `inner` matches is also matched by `outer` (both valid subjects):
+/// `orders.eu.*` lies within `orders.>` and within `orders.*.*`; `orders.*` does not lie within
+/// `orders.eu.>`, nor `orders.>` within `orders.*.>` (it matches `orders.x`).
+pub fn lies_within(inner: &str, outer: &str) -> bool {
+    let mut inner = inner.split('.');
+    let mut outer = outer.split('.');
+    loop {
+        match (inner.next(), outer.next()) {
+            // `>` matches one or more tokens, whatever they are (wildcards included).
+            (Some(_), Some(">")) => return true,
+            // Only `>` covers `>`: any other token matches exactly one.
+            (Some(">"), Some(_)) => return false,
+            (Some("*"), Some(o)) => {
+                if o != "*" {
+                    return false;
+                }
+            }
+            (Some(i), Some(o)) => {
+                if o != "*" && o != i {
+                    return false;
+                }
+            }
+            (None, None) => return true,
+            // One has more tokens than the other: the shorter cannot match the longer's subjects.
+            (Some(_), None) | (None, Some(_)) => return false,
+        }
+    }
+}
+
+/// Whether `name` matches the glob `pattern`: `*` is any run of characters (none included),
+/// `?` exactly one, everything else itself.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    // Iterative matching with one backtrack point: the last `*` and where it started matching.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_are_valid_only_as_whole_tokens() {
+        for ok in [
+            "a",
+            "a.b",
+            "a.*",
+            "*.b",
+            "a.>",
+            ">",
+            "*",
+            "a.*.>",
+            "$JS.API.>",
+            "a-b_c.d",
+        ] {
+            assert!(is_valid_subject(ok), "{ok}");
+        }
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "a.>.b", ">.a", "a>", "a*", "*a", "a b", "a\nb",
+        ] {
+            assert!(!is_valid_subject(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_pattern_lies_within_another_only_when_it_matches_nothing_more() {
+        for (inner, outer) in [
+            ("orders.eu.*", "orders.>"),
+            ("orders.eu.*", "orders.*.*"),
+            ("orders.eu.new", "orders.eu.new"),
+            ("orders.>", "orders.>"),
+            ("orders.*.>", "orders.>"),
+            ("orders.eu.>", "orders.*.>"),
+            ("a.b.c.d", ">"),
+            ("*", "*"),
+            ("$JS.API.STREAM.INFO.orders", "$JS.API.>"),
+        ] {
+            assert!(lies_within(inner, outer), "{inner} within {outer}");
+        }
+        for (inner, outer) in [
+            ("orders.*", "orders.eu.>"),
+            ("orders.>", "orders.*.>"),
+            ("orders.>", "orders.*"),
+            ("orders", "orders.>"),
+            ("orders.eu", "orders.eu.new"),
+            ("orders.eu.new", "orders.eu"),
+            ("*.orders", "team-a.>"),
+            (">", "team-a.>"),
+            ("orders.*", "orders.eu"),
+            ("ordersx.a", "orders.>"),
+        ] {
+            assert!(!lies_within(inner, outer), "{inner} not within {outer}");
+        }
+    }
+
+    #[test]
+    fn namespace_globs_match_whole_names() {
+        for (p, n) in [
+            ("*", "anything"),
+            ("*", ""),
+            ("shop-*", "shop-eu"),
+            ("shop-*", "shop-"),
+            ("team-?", "team-a"),
+            ("*-prod", "payments-prod"),
+            ("a*b*c", "axxbyyc"),
+            ("kube-system", "kube-system"),
+        ] {
+            assert!(glob_matches(p, n), "{p} matches {n}");
+        }
+        for (p, n) in [
+            ("shop-*", "shop"),
+            ("shop-*", "myshop-eu"),
+            ("team-?", "team-ab"),
+            ("kube-system", "kube-systems"),
+            ("a*b*c", "axxbyy"),
+            ("", "a"),
+        ] {
+            assert!(!glob_matches(p, n), "{p} does not match {n}");
+        }
+    }
+}
