@@ -16,9 +16,11 @@ use support::tokens::{jwks, tamper_payload, SigningKey, TokenBuilder};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The earlier permissions, kept as `INBOX_MODE=responses` (tests/permissions.rs covers the
+/// default and private modes, and the escalation this mode allows).
 #[test]
 fn a_pod_token_grants_its_namespace_and_nothing_else() {
-    let s = Stack::start();
+    let s = StackBuilder::new().env("INBOX_MODE", "responses").start();
     let token = s.token("team-a", "app");
     let c = connect_token(&s.url(), &token).unwrap_or_else(|e| {
         panic!(
@@ -93,6 +95,7 @@ fn sealed_requests_with_xkey_and_es256_tokens_work() {
 #[test]
 fn annotations_grant_more_subjects_and_guard_rails_drop_the_rest() {
     let s = StackBuilder::new()
+        .env("INBOX_MODE", "responses")
         .account(
             "team-b",
             "svc.v2",

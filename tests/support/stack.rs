@@ -28,6 +28,8 @@ pub struct Stack {
     pub token_file: Option<PathBuf>,
     /// The hub's leafnode listener, when it has one.
     pub leafnode_port: Option<u16>,
+    /// The admin policy's file, when the service has one.
+    pub policy_file: Option<PathBuf>,
 }
 
 /// namespace, name and annotations of a ServiceAccount present from the start.
@@ -42,6 +44,8 @@ pub struct StackBuilder {
     bulk: usize,
     token_file: bool,
     leafnodes: bool,
+    nats_accounts: Vec<String>,
+    policy: Option<String>,
 }
 
 impl StackBuilder {
@@ -54,7 +58,21 @@ impl StackBuilder {
             bulk: 0,
             token_file: false,
             leafnodes: false,
+            nats_accounts: Vec::new(),
+            policy: None,
         }
+    }
+
+    /// The nats-server also has this (empty) account, for clients the policy places there.
+    pub fn nats_account(mut self, name: &str) -> Self {
+        self.nats_accounts.push(name.to_owned());
+        self
+    }
+
+    /// The service reads this admin policy from a file (`POLICY_FILE`, see [`Stack::policy_file`]).
+    pub fn policy(mut self, yaml: &str) -> Self {
+        self.policy = Some(yaml.to_owned());
+        self
     }
 
     /// Authorization requests are sealed with an xkey.
@@ -122,17 +140,18 @@ impl StackBuilder {
             api.create_service_account("bulk", &format!("sa-{i:04}"), &[]);
         }
         let keys = CalloutKeys::new(self.xkey);
-        let (nats, leafnode_port) = if self.leafnodes {
-            let port = free_port();
-            let leaf_port = free_port();
-            let config = format!(
-                "{}leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\n",
-                server_config(port, &keys, 2)
-            );
-            (NatsServer::start_with_config(port, config), Some(leaf_port))
-        } else {
-            (NatsServer::start(&keys), None)
-        };
+        let port = free_port();
+        let mut config = server_config(port, &keys, 2);
+        for account in &self.nats_accounts {
+            config = config.replace("accounts {\n", &format!("accounts {{\n  {account} {{ }}\n"));
+        }
+        let leafnode_port = self.leafnodes.then(free_port);
+        if let Some(leaf_port) = leafnode_port {
+            config.push_str(&format!(
+                "leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\n"
+            ));
+        }
+        let nats = NatsServer::start_with_config(port, config);
         let mut b = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
             .env("JWT_ISSUER", DEFAULT_ISSUER);
         let token_file = if self.token_file {
@@ -152,6 +171,14 @@ impl StackBuilder {
             b = b.kube_api(&api.url(), &api.token());
             None
         };
+        let policy_file = self.policy.map(|yaml| {
+            let path = b.dir().join("policy.yaml");
+            write_atomically(&path, &yaml);
+            path
+        });
+        if let Some(path) = &policy_file {
+            b = b.env("POLICY_FILE", path.to_str().expect("utf8 path"));
+        }
         for (k, v) in &self.env {
             b = b.env(k, v);
         }
@@ -164,6 +191,7 @@ impl StackBuilder {
             service,
             token_file,
             leafnode_port,
+            policy_file,
         }
     }
 }
@@ -226,6 +254,14 @@ impl Stack {
         assert!(
             c.round_trip(&format!("{ns}.check")),
             "{ns}/{name} round trip"
+        );
+    }
+
+    /// Replaces the admin policy's file as a ConfigMap update does (written aside, renamed over).
+    pub fn replace_policy(&self, yaml: &str) {
+        write_atomically(
+            self.policy_file.as_ref().expect("a stack with a policy"),
+            yaml,
         );
     }
 
