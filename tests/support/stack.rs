@@ -30,6 +30,8 @@ pub struct Stack {
     pub leafnode_port: Option<u16>,
     /// The admin policy's file, when the service has one.
     pub policy_file: Option<PathBuf>,
+    /// Where a JetStream server keeps its streams (removed with the stack).
+    _jetstream_store: tempfile::TempDir,
 }
 
 /// namespace, name and annotations of a ServiceAccount present from the start.
@@ -46,7 +48,14 @@ pub struct StackBuilder {
     leafnodes: bool,
     nats_accounts: Vec<String>,
     policy: Option<String>,
+    jetstream: bool,
 }
+
+/// The JetStream administrator of the client account (JetStream stacks only): a user that
+/// bypasses the callout, to create streams, consumers and buckets for a test.
+pub const JS_ADMIN_USER: &str = "js-admin";
+/// Its password.
+pub const JS_ADMIN_PASS: &str = "js-admin-secret";
 
 impl StackBuilder {
     pub fn new() -> StackBuilder {
@@ -60,7 +69,15 @@ impl StackBuilder {
             leafnodes: false,
             nats_accounts: Vec::new(),
             policy: None,
+            jetstream: false,
         }
+    }
+
+    /// The nats-server runs JetStream, enabled for the client account, which also gets the
+    /// administrator [`JS_ADMIN_USER`] (a callout `auth_users` entry, so not via the service).
+    pub fn jetstream(mut self) -> Self {
+        self.jetstream = true;
+        self
     }
 
     /// The nats-server also has this (empty) account, for clients the policy places there.
@@ -145,6 +162,21 @@ impl StackBuilder {
         for account in &self.nats_accounts {
             config = config.replace("accounts {\n", &format!("accounts {{\n  {account} {{ }}\n"));
         }
+        let store = tempfile::tempdir().expect("JetStream store dir");
+        if self.jetstream {
+            config = config
+                .replace(
+                    &format!("  {CLIENT_ACCOUNT} {{ }}\n"),
+                    &format!(
+                        "  {CLIENT_ACCOUNT} {{ jetstream: enabled, users: [ {{ user: \"{JS_ADMIN_USER}\", password: \"{JS_ADMIN_PASS}\" }} ] }}\n"
+                    ),
+                )
+                .replace("auth_users: [ ", &format!("auth_users: [ \"{JS_ADMIN_USER}\", "));
+            config.push_str(&format!(
+                "jetstream {{\n  store_dir: \"{}\"\n}}\n",
+                store.path().display()
+            ));
+        }
         let leafnode_port = self.leafnodes.then(free_port);
         if let Some(leaf_port) = leafnode_port {
             config.push_str(&format!(
@@ -192,6 +224,7 @@ impl StackBuilder {
             token_file,
             leafnode_port,
             policy_file,
+            _jetstream_store: store,
         }
     }
 }
