@@ -307,13 +307,31 @@ impl Exposition {
 /// The real `/metrics` of a service that has allowed a client, denied one and dropped an
 /// annotation entry, so every labelled family has samples.
 fn scrape_exercised_service() -> String {
+    let policy = "annotations:\n  publish: [\"shared.>\"]\n";
     let s = StackBuilder::new()
+        .policy(policy)
         .account(
             "team-b",
             "worker",
             &[("nats.io/allowed-pub-subjects", "shared.>, bad subject")],
         )
         .start();
+    // One good and one broken new version of the policy file.
+    let reloads = |result: &str| {
+        s.service.metric(&format!(
+            "nats_callout_policy_reloads_total{{result=\"{result}\"}}"
+        ))
+    };
+    s.replace_policy(&format!("{policy}namespaces:\n  exclude: [kube-system]\n"));
+    s.service
+        .wait_for("policy re-read", Duration::from_secs(10), || {
+            reloads("success") >= 1.0
+        });
+    s.replace_policy("rules: oops\n");
+    s.service
+        .wait_for("broken policy counted", Duration::from_secs(10), || {
+            reloads("failure") >= 1.0
+        });
     s.assert_connects("team-a", "app");
     s.assert_connects("team-b", "worker");
     s.assert_denied(
@@ -437,6 +455,8 @@ tests:
         values: '1x60'
       - series: 'nats_callout_dropped_annotation_entries_total{{instance="a",direction="pub",cause="invalid"}}'
         values: '0x60'
+      - series: 'nats_callout_policy_reloads_total{{instance="a",result="success"}}'
+        values: '0 0 0 0 0 0 0 0 0 0 1x50'
     promql_expr_test:
       - expr: ALERTS{{alertstate="firing"}}
         eval_time: 60m
@@ -478,6 +498,8 @@ tests:
         values: '0+1x40'
       - series: 'nats_callout_dropped_annotation_entries_total{{instance="b",direction="sub",cause="reserved"}}'
         values: '0+1x40'
+      - series: 'nats_callout_policy_reloads_total{{instance="b",result="failure"}}'
+        values: '0x30 1x10'
     promql_expr_test:
       - expr: count by (alertname) (ALERTS{{alertstate="firing"}})
         eval_time: 40m
@@ -495,6 +517,7 @@ tests:
           - {{labels: '{{alertname="NatsCalloutWatchRestartStorm"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutRelistStorm"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutDroppedAnnotationEntries"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutPolicyReloadFailing"}}', value: 1}}
       - expr: ALERTS{{alertstate="firing",alertname=~"NatsCalloutDenyRatioHigh|NatsCalloutClusterSideDenials"}}
         eval_time: 40m
         exp_samples:
