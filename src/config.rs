@@ -530,6 +530,13 @@ mod tests {
             !shown.contains("secret") && !shown.contains("sig=abc"),
             "{shown}"
         );
+        // A / in the password ends the host: the rest reads as a path, and is not shown.
+        let c = with("https://user:1234/secret@oidc.example.com/keys").unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("1234"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -554,6 +561,10 @@ mod tests {
         assert!(!err.contains("S3cret"), "{err}");
         let c = with("nats://callout:S3cr%40et@nats:4222").unwrap();
         assert!(!format!("{c:?}").contains("S3cr"));
+        // A numeric start of a password reads as a port, its rest after a / as a path.
+        let err = with("http://callout:1234/S3cret@host:4222").unwrap_err();
+        assert!(err.contains("NATS_URL entry 1"), "{err}");
+        assert!(!err.contains("S3cret") && !err.contains("1234"), "{err}");
     }
 
     #[test]

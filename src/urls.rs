@@ -14,7 +14,8 @@ const NATS_DEFAULT_SCHEME: &str = "nats://";
 /// What a log line shows for something that is not a URL.
 const UNPARSEABLE: &str = "<not a valid URL>";
 /// What a log line shows for a URL with an `@` after its host: the start of a password with a
-/// `/`, `?` or `#` in it would otherwise read as a host and port.
+/// `/`, `?` or `#` (or, in a web URL, a `\`) in it would otherwise read as a host and port, and
+/// its rest as a path.
 const AMBIGUOUS: &str = "<URL not shown: it has an @ after the host>";
 
 /// Why a string is not an acceptable `http(s)://` URL.
@@ -55,6 +56,12 @@ impl HttpUrl {
     /// Whether the URL carries a user name or a password.
     pub fn has_credentials(&self) -> bool {
         has_credentials(&self.0)
+    }
+
+    /// Whether an `@` follows the host (in the path, query or fragment): the sign of user
+    /// information cut short by a `/`, `\`, `?` or `#`, which redaction cannot tell apart.
+    pub fn has_at_after_host(&self) -> bool {
+        has_at_after_host(&self.0)
     }
 
     /// Whether the URL carries a query or a fragment.
@@ -143,14 +150,14 @@ pub fn redact_url(s: &str) -> String {
     }
 }
 
-/// Whether an `@` follows the host: in the query or fragment of any URL, or in the path of a
-/// non-web URL (NATS addresses have no use for a path). `nats://u:1234/et@h` parses as host `u`
-/// and port `1234`, which is the start of a password.
+/// Whether an `@` follows the host, in the path, query or fragment. `nats://u:1234/et@h` parses
+/// as host `u` and port `1234`, which is the start of a password. Web URLs are no exception: a
+/// `/` or `\` in user information ends the host too (`https://CORP\svc:pw@h` reads as host
+/// `corp` and path `/svc:pw@h`), and a key-set or API path has no use for an `@`.
 fn has_at_after_host(url: &Url) -> bool {
-    let web = matches!(url.scheme(), "http" | "https");
-    url.query().is_some_and(|q| q.contains('@'))
+    url.path().contains('@')
+        || url.query().is_some_and(|q| q.contains('@'))
         || url.fragment().is_some_and(|f| f.contains('@'))
-        || (!web && url.path().contains('@'))
 }
 
 /// Every URL of a comma-separated list (as `NATS_URL` takes them), redacted.
@@ -207,8 +214,8 @@ mod tests {
         assert_eq!(redact_url("http://u@h:8080"), "http://h:8080");
         assert_eq!(
             redact_url("https://h/x@y"),
-            "https://h/x@y",
-            "an @ in the path is not userinfo"
+            "https://<URL not shown: it has an @ after the host>",
+            "an @ in the path may end user information cut short by a / or \\"
         );
         assert_eq!(redact_url("svc:s3cret@host:4222"), "host:4222");
         assert_eq!(redact_url("https://h/#frag"), "https://h");
@@ -238,6 +245,10 @@ mod tests {
             ("https://u:S3cr/et@h/p", "S3cr"),
             ("https://u:S3cr?et@h/p", "S3cr"),
             ("https://u:S3cr#et@h/p", "S3cr"),
+            // A backslash ends the host of a web URL: the rest reads as a path.
+            ("https://CORP\\svc:S3cr@h/p", "S3cr"),
+            ("http://CORP\\svc:S3cr@h:4222", "S3cr"),
+            ("https://te/am:S3cr@h/p", "S3cr"),
         ] {
             let shown = redact_url(url);
             assert!(
@@ -266,6 +277,8 @@ mod tests {
             "nats://callout:1234?et@host",
             "https://u:1234?et@h/p",
             "https://u:1234#et@h/p",
+            "https://u:1234/et@h/p",
+            "http://u:1234\\et@h:4222",
         ] {
             let shown = redact_url(url);
             assert!(!shown.contains("1234"), "{url} came out as {shown}");

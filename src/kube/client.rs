@@ -156,7 +156,10 @@ impl ApiClient {
             url: crate::urls::redact_url(&endpoint.server),
         };
         let server = HttpUrl::parse(&endpoint.server).map_err(|_| invalid_server())?;
-        if server.has_credentials() || server.has_query_or_fragment() {
+        // An `@` after the host is user information cut short by a `/` or `\`: the base URL,
+        // which the log shows, would hold the rest of it.
+        if server.has_credentials() || server.has_query_or_fragment() || server.has_at_after_host()
+        {
             return Err(invalid_server());
         }
         let base_url = server.base();
@@ -523,6 +526,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    /// A `/` in a password (or in a user name) ends the host: the rest reads as a path, which
+    /// the start-up lines print as part of the server's base URL. An API path prefix never
+    /// holds an `@`, so such a server is refused without being shown.
+    #[test]
+    fn a_server_with_an_at_in_its_path_is_refused_unshown() {
+        for server in [
+            "https://svc:1234/S3cret@10.0.0.1:6443",
+            "https://te/am:S3cret@10.0.0.1:6443",
+            "https://10.0.0.1:6443/prefix@x",
+        ] {
+            let endpoint = Endpoint {
+                server: server.to_owned(),
+                ca_pem: None,
+                insecure: false,
+                credential: CredentialSpec::Token(Secret("t".into())),
+                identity: None,
+                description: String::new(),
+            };
+            let err = ApiClient::from_endpoint(endpoint, &ClientSettings::default()).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidServer { .. }),
+                "{server}: {err}"
+            );
+            let shown = err.to_string();
+            assert!(
+                !shown.contains("S3cret") && !shown.contains("1234"),
+                "{server}: {shown}"
+            );
+        }
     }
 
     #[test]
