@@ -27,6 +27,12 @@ pub enum UrlError {
     /// The scheme is neither `http` nor `https`.
     #[error("not an http or https URL")]
     NotHttp,
+    /// Written in a form that URL parsers read apart (see [`HttpUrl::parse`]).
+    #[error(
+        "written in a form URL parsers read differently (a backslash, a tab or line break, \
+         or other than two slashes after the scheme)"
+    )]
+    Irregular,
 }
 
 /// An `http://` or `https://` URL, parsed once.
@@ -34,13 +40,23 @@ pub enum UrlError {
 pub struct HttpUrl(Url);
 
 impl HttpUrl {
-    /// Parses `s`; only the `http` and `https` schemes are accepted.
+    /// Parses `s`; only the `http` and `https` schemes are accepted, written `scheme://host…`.
+    ///
+    /// What the WHATWG parser would silently rewrite is refused: a backslash (read as `/`, so
+    /// `https://CORP\apiserver` reaches host `corp`), a tab or line break (dropped), missing or
+    /// extra slashes after the scheme (mended, so `https:///h` reaches `h`). kubectl's Go parser
+    /// and the HTTP client's `http::Uri` refuse these or find another host, so a kubeconfig
+    /// `server` or a `JWKS_URL` written so would not mean the same here as elsewhere.
     pub fn parse(s: &str) -> Result<HttpUrl, UrlError> {
-        let url = Url::parse(s.trim()).map_err(UrlError::Invalid)?;
-        match url.scheme() {
-            "http" | "https" => Ok(HttpUrl(url)),
-            _ => Err(UrlError::NotHttp),
+        let s = s.trim();
+        let url = Url::parse(s).map_err(UrlError::Invalid)?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(UrlError::NotHttp);
         }
+        if !written_plainly(s, url.scheme()) {
+            return Err(UrlError::Irregular);
+        }
+        Ok(HttpUrl(url))
     }
 
     /// The URL in normalized form (lower-case scheme and host, default port left out).
@@ -111,6 +127,16 @@ impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
+}
+
+/// Whether `s` is `scheme://` (any case) then the host, with no backslash, tab or line break.
+fn written_plainly(s: &str, scheme: &str) -> bool {
+    let Some((written_scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    written_scheme.eq_ignore_ascii_case(scheme)
+        && !rest.starts_with('/')
+        && !s.contains(['\\', '\t', '\n', '\r'])
 }
 
 fn has_credentials(url: &Url) -> bool {
@@ -313,6 +339,33 @@ mod tests {
             HttpUrl::parse("not a url"),
             Err(UrlError::Invalid(_))
         ));
+    }
+
+    /// The WHATWG parser rewrites these silently (a backslash becomes `/`, tabs and line breaks
+    /// are dropped, missing or extra slashes after the scheme are mended); kubectl's Go parser
+    /// and the HTTP client's `http::Uri` refuse them or find another host.
+    #[test]
+    fn http_urls_that_parsers_read_apart_are_refused() {
+        for s in [
+            "https://CORP\\apiserver:6443",
+            "https://10.0.0.1:6443\\@evil.example/",
+            "http://127.0.0.1\\@evil.example/keys",
+            "https://keys.example/a\\b",
+            "https://keys.example/jwks?x=a\\b",
+            "https:keys.example/jwks",
+            "https:/keys.example/jwks",
+            "https:///keys.example/jwks",
+            "https:\\\\keys.example/jwks",
+            "https:/\\keys.example/jwks",
+            "https://keys.exa\nmple/jwks",
+            "https://keys.example/jw\tks",
+            "https://keys.example:64\r43/jwks",
+        ] {
+            assert_eq!(HttpUrl::parse(s), Err(UrlError::Irregular), "{s:?}");
+        }
+        for s in ["HTTPS://Keys.Example/jwks", " https://keys.example/jwks\n"] {
+            assert!(HttpUrl::parse(s).is_ok(), "{s:?}");
+        }
     }
 
     #[test]

@@ -241,3 +241,30 @@ fn a_url_password_cut_short_by_a_slash_stays_out_of_the_log() {
     );
     not_shown_in(api_server.log());
 }
+
+/// kubectl refuses a `server` with a backslash, a control character or extra slashes after the
+/// scheme (or finds another host in one without them); the WHATWG parser mends them all into a
+/// host. Such a server is refused, and the cluster token is sent nowhere.
+#[test]
+fn a_server_that_kubectl_reads_apart_gets_no_token() {
+    let api = KubeEmulator::start();
+    let keys = CalloutKeys::new(false);
+    let nats_url = format!("nats://127.0.0.1:{}", free_port());
+    let base = api.url();
+    let host_port = base.trim_start_matches("http://");
+    for server in [
+        format!("'{base}\\api'"),
+        format!("http:///{host_port}"),
+        format!("http:{host_port}"),
+        format!("\"http://{host_port}/\\tapi\""),
+    ] {
+        let service = ServiceBuilder::new(&keys, &nats_url, CLIENT_ACCOUNT)
+            .kube_api(&server, &api.token())
+            .env("JWT_ISSUER", DEFAULT_ISSUER)
+            .spawn();
+        service.wait_for("the server refused", Duration::from_secs(15), || {
+            service.log().contains("invalid API server URL")
+        });
+        assert_eq!(api.total_requests(), 0, "{server}: {}", service.log());
+    }
+}

@@ -528,6 +528,27 @@ mod tests {
         assert!(!err.to_string().contains("secret"), "{err}");
     }
 
+    /// kubectl refuses a server with a backslash (Go's parser finds no valid host); the WHATWG
+    /// parser reads it as a `/` and would send the token to `corp`.
+    #[test]
+    fn a_server_that_kubectl_reads_apart_is_refused() {
+        for server in ["https://CORP\\apiserver:6443", "https:///10.0.0.1:6443"] {
+            let endpoint = Endpoint {
+                server: server.to_owned(),
+                ca_pem: None,
+                insecure: false,
+                credential: CredentialSpec::Token(Secret("t".into())),
+                identity: None,
+                description: String::new(),
+            };
+            let err = ApiClient::from_endpoint(endpoint, &ClientSettings::default()).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidServer { .. }),
+                "{server}: {err}"
+            );
+        }
+    }
+
     /// A `/` in a password (or in a user name) ends the host: the rest reads as a path, which
     /// the start-up lines print as part of the server's base URL. An API path prefix never
     /// holds an `@`, so such a server is refused without being shown.
