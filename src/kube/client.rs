@@ -580,6 +580,31 @@ mod tests {
         }
     }
 
+    /// A redirect is never followed: the bearer token goes to the configured server only, and
+    /// the 3xx comes back as the answer.
+    #[test]
+    fn redirects_are_not_followed_and_the_token_stays_home() {
+        let elsewhere_calls = Arc::new(AtomicUsize::new(0));
+        let counted = elsewhere_calls.clone();
+        let elsewhere = start(Arc::new(move |_req: &Request| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            response("200 OK", &[], r#"{"keys":[]}"#)
+        }));
+        let location = format!("{elsewhere}/stolen");
+        let base = start(Arc::new(move |_req: &Request| {
+            response("302 Found", &[("Location", location.as_str())], "{}")
+        }));
+        let c = test_client(&base, Some("cluster-token"));
+        let t = Duration::from_secs(2);
+        assert_eq!(c.get_raw("/openid/v1/jwks", t).unwrap().status, 302);
+        assert!(matches!(
+            c.get_json::<serde_json::Value>("/api/v1/serviceaccounts", t),
+            Err(KubeError::Status { code: 302, .. })
+        ));
+        assert!(c.get_lines("/api/v1/serviceaccounts?watch=1", t).is_err());
+        assert_eq!(elsewhere_calls.load(Ordering::SeqCst), 0);
+    }
+
     #[test]
     fn secrets_do_not_show_in_debug_output() {
         let c = test_client("http://127.0.0.1:1", Some("very-secret"));
