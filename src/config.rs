@@ -11,7 +11,7 @@ use std::time::Duration;
 use nkeys::{KeyPair, XKey};
 
 use crate::policy::{AdminPolicy, InboxMode};
-use crate::urls::{parse_nats_address, redact_url, redact_urls, HttpUrl};
+use crate::urls::{parse_nats_address, redact_url, redact_urls, HttpUrl, UrlError};
 
 /// Where the service-account tokens' signing keys come from.
 #[derive(Clone, PartialEq, Eq)]
@@ -332,6 +332,11 @@ impl Config {
                 Ok(url) if url.is_https() || url.is_loopback() => {
                     JwksLocation::Url(url.as_str().to_owned())
                 }
+                Err(e @ UrlError::Irregular) => {
+                    r.problems
+                        .push(format!("JWKS_URL={:?} is {e}", redact_url(u)));
+                    JwksLocation::ApiServer
+                }
                 _ => {
                     r.problems.push(format!(
                         "JWKS_URL={:?} is not an https URL (plain http is accepted for loopback addresses only: anyone on the path could swap the keys)",
@@ -598,6 +603,22 @@ mod tests {
             !shown.contains("secret") && !shown.contains("sig=abc"),
             "{shown}"
         );
+        // The host of these reads as 127.0.0.1 to the WHATWG parser, as evil.example (or as
+        // nothing) to others: refused, and said why.
+        for url in [
+            "http://127.0.0.1\\@evil.example/keys",
+            "http:///127.0.0.1/keys",
+        ] {
+            let err = with(url).unwrap_err();
+            assert!(err.contains("parsers read differently"), "{err}");
+        }
+        // A / in the password ends the host: the rest reads as a path, and is not shown.
+        let c = with("https://user:1234/secret@oidc.example.com/keys").unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("1234"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -622,6 +643,10 @@ mod tests {
         assert!(!err.contains("S3cret"), "{err}");
         let c = with("nats://callout:S3cr%40et@nats:4222").unwrap();
         assert!(!format!("{c:?}").contains("S3cr"));
+        // A numeric start of a password reads as a port, its rest after a / as a path.
+        let err = with("http://callout:1234/S3cret@host:4222").unwrap_err();
+        assert!(err.contains("NATS_URL entry 1"), "{err}");
+        assert!(!err.contains("S3cret") && !err.contains("1234"), "{err}");
     }
 
     #[test]

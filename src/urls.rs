@@ -14,7 +14,8 @@ const NATS_DEFAULT_SCHEME: &str = "nats://";
 /// What a log line shows for something that is not a URL.
 const UNPARSEABLE: &str = "<not a valid URL>";
 /// What a log line shows for a URL with an `@` after its host: the start of a password with a
-/// `/`, `?` or `#` in it would otherwise read as a host and port.
+/// `/`, `?` or `#` (or, in a web URL, a `\`) in it would otherwise read as a host and port, and
+/// its rest as a path.
 const AMBIGUOUS: &str = "<URL not shown: it has an @ after the host>";
 
 /// Why a string is not an acceptable `http(s)://` URL.
@@ -26,6 +27,12 @@ pub enum UrlError {
     /// The scheme is neither `http` nor `https`.
     #[error("not an http or https URL")]
     NotHttp,
+    /// Written in a form that URL parsers read apart (see [`HttpUrl::parse`]).
+    #[error(
+        "written in a form URL parsers read differently (a backslash, a tab or line break, \
+         or other than two slashes after the scheme)"
+    )]
+    Irregular,
 }
 
 /// An `http://` or `https://` URL, parsed once.
@@ -33,13 +40,23 @@ pub enum UrlError {
 pub struct HttpUrl(Url);
 
 impl HttpUrl {
-    /// Parses `s`; only the `http` and `https` schemes are accepted.
+    /// Parses `s`; only the `http` and `https` schemes are accepted, written `scheme://host…`.
+    ///
+    /// What the WHATWG parser would silently rewrite is refused: a backslash (read as `/`, so
+    /// `https://CORP\apiserver` reaches host `corp`), a tab or line break (dropped), missing or
+    /// extra slashes after the scheme (mended, so `https:///h` reaches `h`). kubectl's Go parser
+    /// and the HTTP client's `http::Uri` refuse these or find another host, so a kubeconfig
+    /// `server` or a `JWKS_URL` written so would not mean the same here as elsewhere.
     pub fn parse(s: &str) -> Result<HttpUrl, UrlError> {
-        let url = Url::parse(s.trim()).map_err(UrlError::Invalid)?;
-        match url.scheme() {
-            "http" | "https" => Ok(HttpUrl(url)),
-            _ => Err(UrlError::NotHttp),
+        let s = s.trim();
+        let url = Url::parse(s).map_err(UrlError::Invalid)?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(UrlError::NotHttp);
         }
+        if !written_plainly(s, url.scheme()) {
+            return Err(UrlError::Irregular);
+        }
+        Ok(HttpUrl(url))
     }
 
     /// The URL in normalized form (lower-case scheme and host, default port left out).
@@ -55,6 +72,12 @@ impl HttpUrl {
     /// Whether the URL carries a user name or a password.
     pub fn has_credentials(&self) -> bool {
         has_credentials(&self.0)
+    }
+
+    /// Whether an `@` follows the host (in the path, query or fragment): the sign of user
+    /// information cut short by a `/`, `\`, `?` or `#`, which redaction cannot tell apart.
+    pub fn has_at_after_host(&self) -> bool {
+        has_at_after_host(&self.0)
     }
 
     /// Whether the URL carries a query or a fragment.
@@ -106,6 +129,16 @@ impl fmt::Display for HttpUrl {
     }
 }
 
+/// Whether `s` is `scheme://` (any case) then the host, with no backslash, tab or line break.
+fn written_plainly(s: &str, scheme: &str) -> bool {
+    let Some((written_scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    written_scheme.eq_ignore_ascii_case(scheme)
+        && !rest.starts_with('/')
+        && !s.contains(['\\', '\t', '\n', '\r'])
+}
+
 fn has_credentials(url: &Url) -> bool {
     !url.username().is_empty() || url.password().is_some()
 }
@@ -143,14 +176,14 @@ pub fn redact_url(s: &str) -> String {
     }
 }
 
-/// Whether an `@` follows the host: in the query or fragment of any URL, or in the path of a
-/// non-web URL (NATS addresses have no use for a path). `nats://u:1234/et@h` parses as host `u`
-/// and port `1234`, which is the start of a password.
+/// Whether an `@` follows the host, in the path, query or fragment. `nats://u:1234/et@h` parses
+/// as host `u` and port `1234`, which is the start of a password. Web URLs are no exception: a
+/// `/` or `\` in user information ends the host too (`https://CORP\svc:pw@h` reads as host
+/// `corp` and path `/svc:pw@h`), and a key-set or API path has no use for an `@`.
 fn has_at_after_host(url: &Url) -> bool {
-    let web = matches!(url.scheme(), "http" | "https");
-    url.query().is_some_and(|q| q.contains('@'))
+    url.path().contains('@')
+        || url.query().is_some_and(|q| q.contains('@'))
         || url.fragment().is_some_and(|f| f.contains('@'))
-        || (!web && url.path().contains('@'))
 }
 
 /// Every URL of a comma-separated list (as `NATS_URL` takes them), redacted.
@@ -207,8 +240,8 @@ mod tests {
         assert_eq!(redact_url("http://u@h:8080"), "http://h:8080");
         assert_eq!(
             redact_url("https://h/x@y"),
-            "https://h/x@y",
-            "an @ in the path is not userinfo"
+            "https://<URL not shown: it has an @ after the host>",
+            "an @ in the path may end user information cut short by a / or \\"
         );
         assert_eq!(redact_url("svc:s3cret@host:4222"), "host:4222");
         assert_eq!(redact_url("https://h/#frag"), "https://h");
@@ -238,6 +271,10 @@ mod tests {
             ("https://u:S3cr/et@h/p", "S3cr"),
             ("https://u:S3cr?et@h/p", "S3cr"),
             ("https://u:S3cr#et@h/p", "S3cr"),
+            // A backslash ends the host of a web URL: the rest reads as a path.
+            ("https://CORP\\svc:S3cr@h/p", "S3cr"),
+            ("http://CORP\\svc:S3cr@h:4222", "S3cr"),
+            ("https://te/am:S3cr@h/p", "S3cr"),
         ] {
             let shown = redact_url(url);
             assert!(
@@ -266,6 +303,8 @@ mod tests {
             "nats://callout:1234?et@host",
             "https://u:1234?et@h/p",
             "https://u:1234#et@h/p",
+            "https://u:1234/et@h/p",
+            "http://u:1234\\et@h:4222",
         ] {
             let shown = redact_url(url);
             assert!(!shown.contains("1234"), "{url} came out as {shown}");
@@ -300,6 +339,33 @@ mod tests {
             HttpUrl::parse("not a url"),
             Err(UrlError::Invalid(_))
         ));
+    }
+
+    /// The WHATWG parser rewrites these silently (a backslash becomes `/`, tabs and line breaks
+    /// are dropped, missing or extra slashes after the scheme are mended); kubectl's Go parser
+    /// and the HTTP client's `http::Uri` refuse them or find another host.
+    #[test]
+    fn http_urls_that_parsers_read_apart_are_refused() {
+        for s in [
+            "https://CORP\\apiserver:6443",
+            "https://10.0.0.1:6443\\@evil.example/",
+            "http://127.0.0.1\\@evil.example/keys",
+            "https://keys.example/a\\b",
+            "https://keys.example/jwks?x=a\\b",
+            "https:keys.example/jwks",
+            "https:/keys.example/jwks",
+            "https:///keys.example/jwks",
+            "https:\\\\keys.example/jwks",
+            "https:/\\keys.example/jwks",
+            "https://keys.exa\nmple/jwks",
+            "https://keys.example/jw\tks",
+            "https://keys.example:64\r43/jwks",
+        ] {
+            assert_eq!(HttpUrl::parse(s), Err(UrlError::Irregular), "{s:?}");
+        }
+        for s in ["HTTPS://Keys.Example/jwks", " https://keys.example/jwks\n"] {
+            assert!(HttpUrl::parse(s).is_ok(), "{s:?}");
+        }
     }
 
     #[test]

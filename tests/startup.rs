@@ -197,3 +197,74 @@ fn no_part_of_a_nats_url_password_reaches_the_log_even_at_trace() {
         assert!(!log.contains(part), "{part} in the log:\n{log}");
     }
 }
+
+/// A `/` in a URL's password ends the host (`https://u:1234/Pa55word@h` reads as host `u`,
+/// port `1234` and path `/Pa55word@h`): no part of such a password reaches the log, whether the
+/// URL is accepted (a key-set URL) or refused (an API server URL).
+#[test]
+fn a_url_password_cut_short_by_a_slash_stays_out_of_the_log() {
+    let keys = CalloutKeys::new(false);
+    let nats_url = format!("nats://127.0.0.1:{}", free_port());
+    let b = ServiceBuilder::new(&keys, &nats_url, CLIENT_ACCOUNT);
+    let accounts = b.dir().join("serviceaccounts.yaml");
+    fs::write(&accounts, "items: []\n").unwrap();
+    let key_set = b
+        .env("SERVICE_ACCOUNTS_PATH", accounts.to_str().unwrap())
+        .env(
+            "JWKS_URL",
+            "https://jwks.invalid:1234/Pa55word@keys.example/openid/v1/jwks",
+        )
+        .env("JWT_ISSUER", DEFAULT_ISSUER)
+        .env("LOG_LEVEL", "trace")
+        .unset("RUST_LOG")
+        .spawn();
+    key_set.wait_for("a failed key-set fetch", Duration::from_secs(15), || {
+        key_set.log().contains("loading keys from")
+    });
+    let not_shown_in = |log: String| {
+        for part in ["Pa55word", "invalid:1234", "svc:1234"] {
+            assert!(!log.contains(part), "{part} in the log:\n{log}");
+        }
+    };
+    not_shown_in(key_set.log());
+
+    let api_server = ServiceBuilder::new(&keys, &nats_url, CLIENT_ACCOUNT)
+        .kube_api("https://svc:1234/Pa55word@127.0.0.1:6443", "cluster-token")
+        .env("JWT_ISSUER", DEFAULT_ISSUER)
+        .env("LOG_LEVEL", "trace")
+        .unset("RUST_LOG")
+        .spawn();
+    api_server.wait_for(
+        "the API server URL refused",
+        Duration::from_secs(15),
+        || api_server.log().contains("invalid API server URL"),
+    );
+    not_shown_in(api_server.log());
+}
+
+/// kubectl refuses a `server` with a backslash, a control character or extra slashes after the
+/// scheme (or finds another host in one without them); the WHATWG parser mends them all into a
+/// host. Such a server is refused, and the cluster token is sent nowhere.
+#[test]
+fn a_server_that_kubectl_reads_apart_gets_no_token() {
+    let api = KubeEmulator::start();
+    let keys = CalloutKeys::new(false);
+    let nats_url = format!("nats://127.0.0.1:{}", free_port());
+    let base = api.url();
+    let host_port = base.trim_start_matches("http://");
+    for server in [
+        format!("'{base}\\api'"),
+        format!("http:///{host_port}"),
+        format!("http:{host_port}"),
+        format!("\"http://{host_port}/\\tapi\""),
+    ] {
+        let service = ServiceBuilder::new(&keys, &nats_url, CLIENT_ACCOUNT)
+            .kube_api(&server, &api.token())
+            .env("JWT_ISSUER", DEFAULT_ISSUER)
+            .spawn();
+        service.wait_for("the server refused", Duration::from_secs(15), || {
+            service.log().contains("invalid API server URL")
+        });
+        assert_eq!(api.total_requests(), 0, "{server}: {}", service.log());
+    }
+}

@@ -156,7 +156,10 @@ impl ApiClient {
             url: crate::urls::redact_url(&endpoint.server),
         };
         let server = HttpUrl::parse(&endpoint.server).map_err(|_| invalid_server())?;
-        if server.has_credentials() || server.has_query_or_fragment() {
+        // An `@` after the host is user information cut short by a `/` or `\`: the base URL,
+        // which the log shows, would hold the rest of it.
+        if server.has_credentials() || server.has_query_or_fragment() || server.has_at_after_host()
+        {
             return Err(invalid_server());
         }
         let base_url = server.base();
@@ -523,6 +526,83 @@ mod tests {
         )
         .unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    /// kubectl refuses a server with a backslash (Go's parser finds no valid host); the WHATWG
+    /// parser reads it as a `/` and would send the token to `corp`.
+    #[test]
+    fn a_server_that_kubectl_reads_apart_is_refused() {
+        for server in ["https://CORP\\apiserver:6443", "https:///10.0.0.1:6443"] {
+            let endpoint = Endpoint {
+                server: server.to_owned(),
+                ca_pem: None,
+                insecure: false,
+                credential: CredentialSpec::Token(Secret("t".into())),
+                identity: None,
+                description: String::new(),
+            };
+            let err = ApiClient::from_endpoint(endpoint, &ClientSettings::default()).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidServer { .. }),
+                "{server}: {err}"
+            );
+        }
+    }
+
+    /// A `/` in a password (or in a user name) ends the host: the rest reads as a path, which
+    /// the start-up lines print as part of the server's base URL. An API path prefix never
+    /// holds an `@`, so such a server is refused without being shown.
+    #[test]
+    fn a_server_with_an_at_in_its_path_is_refused_unshown() {
+        for server in [
+            "https://svc:1234/S3cret@10.0.0.1:6443",
+            "https://te/am:S3cret@10.0.0.1:6443",
+            "https://10.0.0.1:6443/prefix@x",
+        ] {
+            let endpoint = Endpoint {
+                server: server.to_owned(),
+                ca_pem: None,
+                insecure: false,
+                credential: CredentialSpec::Token(Secret("t".into())),
+                identity: None,
+                description: String::new(),
+            };
+            let err = ApiClient::from_endpoint(endpoint, &ClientSettings::default()).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidServer { .. }),
+                "{server}: {err}"
+            );
+            let shown = err.to_string();
+            assert!(
+                !shown.contains("S3cret") && !shown.contains("1234"),
+                "{server}: {shown}"
+            );
+        }
+    }
+
+    /// A redirect is never followed: the bearer token goes to the configured server only, and
+    /// the 3xx comes back as the answer.
+    #[test]
+    fn redirects_are_not_followed_and_the_token_stays_home() {
+        let elsewhere_calls = Arc::new(AtomicUsize::new(0));
+        let counted = elsewhere_calls.clone();
+        let elsewhere = start(Arc::new(move |_req: &Request| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            response("200 OK", &[], r#"{"keys":[]}"#)
+        }));
+        let location = format!("{elsewhere}/stolen");
+        let base = start(Arc::new(move |_req: &Request| {
+            response("302 Found", &[("Location", location.as_str())], "{}")
+        }));
+        let c = test_client(&base, Some("cluster-token"));
+        let t = Duration::from_secs(2);
+        assert_eq!(c.get_raw("/openid/v1/jwks", t).unwrap().status, 302);
+        assert!(matches!(
+            c.get_json::<serde_json::Value>("/api/v1/serviceaccounts", t),
+            Err(KubeError::Status { code: 302, .. })
+        ));
+        assert!(c.get_lines("/api/v1/serviceaccounts?watch=1", t).is_err());
+        assert_eq!(elsewhere_calls.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -273,6 +273,45 @@ mod tests {
         assert!(empty.into_page().items.is_empty());
     }
 
+    /// Continue tokens and resourceVersions are opaque: whatever characters the server puts in
+    /// them come back to it unchanged once its query string is decoded.
+    #[test]
+    fn opaque_tokens_round_trip_through_the_query_string() {
+        const ODD: &str = "a+b/c=d&e f%g?h#i;j\u{e9}\n";
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let base = start(Arc::new(move |req: &Request| {
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            seen2.lock().push(pairs);
+            response(
+                "200 OK",
+                &[],
+                &serde_json::json!({"metadata": {"resourceVersion": "1", "continue": ODD}, "items": []})
+                    .to_string(),
+            )
+        }));
+        let client = Arc::new(test_client(&base, None));
+        let mut api = ClientApi::new(client, WatchSettings::default());
+        let page = api.list_page(Some(ODD)).unwrap();
+        assert_eq!(page.continue_token.as_deref(), Some(ODD));
+        let _ = api.watch(ODD);
+        let seen = seen.lock();
+        let value = |i: usize, name: &str| {
+            seen[i]
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value(0, "continue").as_deref(), Some(ODD));
+        assert_eq!(value(0, "limit").as_deref(), Some("500"));
+        assert_eq!(seen[0].len(), 2, "{:?}", seen[0]);
+        assert_eq!(value(1, "resourceVersion").as_deref(), Some(ODD));
+        assert_eq!(seen[1].len(), 4, "{:?}", seen[1]);
+    }
+
     /// End to end over a socket: a hand-rolled server answers the list and one watch.
     #[test]
     fn spawn_watcher_lists_and_watches_over_http() {
