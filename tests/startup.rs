@@ -268,3 +268,38 @@ fn a_server_that_kubectl_reads_apart_gets_no_token() {
         assert_eq!(api.total_requests(), 0, "{server}: {}", service.log());
     }
 }
+
+/// An invalid policy file stops start-up with one message naming every problem, and nothing is
+/// served meanwhile: no replica decides with a policy other than the one written.
+#[test]
+fn an_invalid_policy_file_stops_start_up_naming_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("signing.nk");
+    fs::write(&seed, CalloutKeys::new(false).account.seed().unwrap()).unwrap();
+    let policy = dir.path().join("policy.yaml");
+    fs::write(
+        &policy,
+        "namespaces:\n  include: [\"Team-A\"]\nannotations:\n  publish: [\"{namespace}..x\"]\nrules:\n  - namespaces: []\n    account: \"two words\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("NATS_SIGNING_KEY_FILE", &seed)
+        .env("NATS_ACCOUNT", CLIENT_ACCOUNT)
+        .env("POLICY_FILE", &policy)
+        .env("INBOX_MODE", "everyone")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "INBOX_MODE=\"everyone\" is not one of shared, private, responses",
+        &format!("POLICY_FILE: invalid policy {}:", policy.display()),
+        "namespaces.include[0] \"Team-A\" is not a namespace pattern",
+        "annotations.publish[0] \"{namespace}..x\" is not a valid NATS subject",
+        "rules[0].namespaces is empty",
+        "rules[0].account \"two words\" is not an account name",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from: {err}");
+    }
+}
