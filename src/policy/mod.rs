@@ -30,6 +30,13 @@ pub const PUB_ANNOTATION: &str = "nats.io/allowed-pub-subjects";
 /// Annotation listing extra subjects the account may subscribe to (comma-separated).
 pub const SUB_ANNOTATION: &str = "nats.io/allowed-sub-subjects";
 
+/// Entries of one annotation that are evaluated; the rest are ignored (counted, `too_many`).
+/// An annotation may hold 256 KiB: tens of thousands of entries, each compared with every grant
+/// before it, would let whoever edits a ServiceAccount pin a worker for minutes at each connect.
+pub const MAX_ENTRIES_PER_ANNOTATION: usize = 256;
+/// Dropped entries logged one by one per evaluation; the rest are summed in one line.
+const MAX_DROP_LINES: usize = 20;
+
 /// Subjects no client of this service may be granted through either direction.
 const ALWAYS_DENIED: &str = "$SYS.>";
 /// The reply space of clients' default inbox prefix.
@@ -123,6 +130,8 @@ pub enum DropCause {
     Reserved,
     /// Not within any pattern the admin policy lets annotations grant here.
     NotAllowedByPolicy,
+    /// Beyond the first [`MAX_ENTRIES_PER_ANNOTATION`] entries of its annotation: not read.
+    TooMany,
 }
 
 impl DropCause {
@@ -132,6 +141,7 @@ impl DropCause {
             DropCause::Invalid => "invalid",
             DropCause::Reserved => "reserved",
             DropCause::NotAllowedByPolicy => "not_allowed_by_policy",
+            DropCause::TooMany => "too_many",
         }
     }
 }
@@ -144,6 +154,7 @@ impl fmt::Display for DropCause {
                 "inbox, reply and $SYS subjects, and wildcard first tokens that cover them, cannot be granted"
             }
             DropCause::NotAllowedByPolicy => "not within what the admin policy lets annotations grant",
+            DropCause::TooMany => "beyond the first 256 entries of the annotation",
         })
     }
 }
@@ -182,8 +193,10 @@ pub struct Evaluation {
     pub governance: Governance,
     /// Its permissions.
     pub permissions: Arc<Permissions>,
-    /// Every annotation entry, in order, with what became of it.
+    /// Every annotation entry read, in order, with what became of it.
     pub entries: Vec<EntryVerdict>,
+    /// Per direction, how many entries beyond [`MAX_ENTRIES_PER_ANNOTATION`] were not read.
+    pub ignored: Vec<(Direction, usize)>,
 }
 
 impl Evaluation {
@@ -246,6 +259,7 @@ pub fn evaluate(
         ),
     };
     let mut entries = Vec::new();
+    let mut ignored = Vec::new();
     for (direction, target) in [
         (Direction::Publish, &mut pub_allow),
         (Direction::Subscribe, &mut sub_allow),
@@ -265,7 +279,8 @@ pub fn evaluate(
                 .collect(),
             ),
         };
-        for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut listed = value.split(',').map(str::trim).filter(|e| !e.is_empty());
+        for entry in listed.by_ref().take(MAX_ENTRIES_PER_ANNOTATION) {
             let outcome = if !is_valid_subject(entry) {
                 EntryOutcome::Dropped(DropCause::Invalid)
             } else if subject::is_reserved(entry) {
@@ -298,6 +313,10 @@ pub fn evaluate(
                 outcome,
             });
         }
+        let rest = listed.count();
+        if rest > 0 {
+            ignored.push((direction, rest));
+        }
     }
     Ok(Evaluation {
         account: placement.account.map(str::to_owned),
@@ -310,7 +329,64 @@ pub fn evaluate(
             resp_max,
         }),
         entries,
+        ignored,
     })
+}
+
+impl PermissionCache {
+    /// Logs (the first few one by one, the rest summed) and counts the entries `evaluation`
+    /// dropped: annotations are written by whoever may edit the ServiceAccount, so neither the
+    /// log nor the time spent may grow with what they write.
+    fn report_drops(&self, sa: &ServiceAccount, evaluation: &Evaluation) {
+        let count = |direction: Direction, cause: DropCause, n: u64| {
+            self.metrics
+                .dropped_annotation_entries
+                .get_or_create(&DroppedEntryLabels {
+                    direction: direction.label(),
+                    cause: cause.label(),
+                })
+                .inc_by(n);
+        };
+        let mut unlogged = 0usize;
+        for (i, (verdict, cause)) in evaluation.dropped().enumerate() {
+            count(verdict.direction, cause, 1);
+            if i >= MAX_DROP_LINES {
+                unlogged += 1;
+                continue;
+            }
+            warn!(
+                "serviceaccount {}/{}: annotation {} entry {:?} dropped ({}{})",
+                sa.namespace,
+                sa.name,
+                verdict.direction.annotation(),
+                verdict.entry,
+                cause,
+                match cause {
+                    DropCause::NotAllowedByPolicy => format!(": {}", evaluation.governance),
+                    _ => String::new(),
+                }
+            );
+        }
+        if unlogged > 0 {
+            warn!(
+                "serviceaccount {}/{}: {unlogged} more annotation entries dropped (not logged one by one)",
+                sa.namespace, sa.name
+            );
+        }
+        for &(direction, n) in &evaluation.ignored {
+            count(
+                direction,
+                DropCause::TooMany,
+                u64::try_from(n).unwrap_or(u64::MAX),
+            );
+            warn!(
+                "serviceaccount {}/{}: annotation {} has {n} entries beyond the first {MAX_ENTRIES_PER_ANNOTATION}; they are not read",
+                sa.namespace,
+                sa.name,
+                direction.annotation()
+            );
+        }
+    }
 }
 
 /// `(namespace, name)` of a ServiceAccount.
@@ -361,27 +437,7 @@ impl PermissionCache {
             }
         }
         let evaluation = Arc::new(evaluate(sa, &policy.policy, self.mode)?);
-        for (verdict, cause) in evaluation.dropped() {
-            warn!(
-                "serviceaccount {}/{}: annotation {} entry {:?} dropped ({}{})",
-                sa.namespace,
-                sa.name,
-                verdict.direction.annotation(),
-                verdict.entry,
-                cause,
-                match cause {
-                    DropCause::NotAllowedByPolicy => format!(": {}", evaluation.governance),
-                    _ => String::new(),
-                }
-            );
-            self.metrics
-                .dropped_annotation_entries
-                .get_or_create(&DroppedEntryLabels {
-                    direction: verdict.direction.label(),
-                    cause: cause.label(),
-                })
-                .inc();
-        }
+        self.report_drops(sa, &evaluation);
         let mut entries = self.entries.lock();
         if entries.len() >= self.capacity {
             entries.clear();
@@ -640,6 +696,46 @@ mod tests {
             ]
         );
         assert_eq!(dropped(&m, "pub", "reserved"), 2);
+    }
+
+    #[test]
+    fn only_the_first_entries_of_an_annotation_are_read() {
+        let m = Arc::new(Metrics::new());
+        let value = (0..10_000)
+            .map(|i| format!("ns.s{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let other = (0..300)
+            .map(|i| format!("x{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = counted(
+            sa(
+                "ns",
+                "svc",
+                &[(PUB_ANNOTATION, &value), (SUB_ANNOTATION, &other)],
+            ),
+            &AdminPolicy::unrestricted(),
+            &m,
+        );
+        let read = |d: Direction| e.entries.iter().filter(|v| v.direction == d).count();
+        assert_eq!(read(Direction::Publish), MAX_ENTRIES_PER_ANNOTATION);
+        assert_eq!(read(Direction::Subscribe), MAX_ENTRIES_PER_ANNOTATION);
+        assert_eq!(
+            e.ignored,
+            vec![
+                (Direction::Publish, 10_000 - MAX_ENTRIES_PER_ANNOTATION),
+                (Direction::Subscribe, 300 - MAX_ENTRIES_PER_ANNOTATION)
+            ]
+        );
+        assert_eq!(dropped(&m, "pub", "too_many"), 9_744);
+        assert_eq!(dropped(&m, "sub", "too_many"), 44);
+        // Within the namespace grant: nothing added to the JWT.
+        assert_eq!(e.permissions.pub_allow, vec!["ns.>"]);
+        assert_eq!(
+            e.permissions.sub_allow.len(),
+            3 + MAX_ENTRIES_PER_ANNOTATION
+        );
     }
 
     #[test]
