@@ -36,6 +36,7 @@ def test_lint_strict_clean_with_everything_on():
         "rbac": {"issuerDiscovery": True},
         "inboxMode": "private",
         "policy": {"namespaces": {"exclude": ["kube-*"]}, "rules": [{"namespaces": ["payments"], "account": "PAY"}]},
+        "admissionPolicy": {"enabled": True, "allowedGroups": ["platform-admins"]},
     }
     errors, bad = _lint_problems(values)
     assert errors == [] and bad == []
