@@ -34,6 +34,9 @@ def test_lint_strict_clean_with_everything_on():
         "secretEnv": {"A": "b"},
         "secretVolume": {"f.txt": "aGk="},
         "rbac": {"issuerDiscovery": True},
+        "inboxMode": "private",
+        "policy": {"namespaces": {"exclude": ["kube-*"]}, "rules": [{"namespaces": ["payments"], "account": "PAY"}]},
+        "admissionPolicy": {"enabled": True, "allowedGroups": ["platform-admins"]},
     }
     errors, bad = _lint_problems(values)
     assert errors == [] and bad == []
@@ -169,11 +172,15 @@ def test_env_names_and_values(render):
         "NATS_URL",
         "NATS_ACCOUNT",
         "NATS_SIGNING_KEY_FILE",
+        "INBOX_MODE",
+        "SERVICEACCOUNT_EVENTS",
         "LOG_LEVEL",
         "PORT",
         "K8S_IN_CLUSTER",
     ]
     assert env["NATS_URL"]["value"] == "nats://nats:4222"
+    assert env["INBOX_MODE"]["value"] == "shared"
+    assert env["SERVICEACCOUNT_EVENTS"]["value"] == "true"
     assert env["NATS_ACCOUNT"]["value"] == "APP"
     assert env["LOG_LEVEL"]["value"] == "info"
     assert env["PORT"]["value"] == "8080"

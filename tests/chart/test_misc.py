@@ -4,25 +4,33 @@ from conftest import FULLNAME, NAMESPACE
 
 SA_RULE = {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch"]}
 DISCOVERY_RULE = {"nonResourceURLs": ["/openid/v1/jwks", "/.well-known/openid-configuration"], "verbs": ["get"]}
+# Events go to every ServiceAccount's namespace: cluster-wide, and create only.
+EVENTS_RULE = {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}
 
 
 def test_rbac_on(render):
     r = render()
     role = r.one("ClusterRole")
-    assert role["rules"] == [SA_RULE]
+    assert role["rules"] == [SA_RULE, EVENTS_RULE]
     binding = r.one("ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
 
 
 def test_rbac_issuer_discovery(render):
-    assert render({"rbac": {"issuerDiscovery": True}}).one("ClusterRole")["rules"] == [SA_RULE, DISCOVERY_RULE]
+    assert render({"rbac": {"issuerDiscovery": True}}).one("ClusterRole")["rules"] == [SA_RULE, EVENTS_RULE, DISCOVERY_RULE]
+
+
+def test_rbac_without_events(render):
+    assert render({"events": {"enabled": False}}).one("ClusterRole")["rules"] == [SA_RULE]
 
 
 def test_rbac_off(render):
     r = render({"rbac": {"create": False}})
     assert r.all("ClusterRole") == [] and r.all("ClusterRoleBinding") == []
     assert "rbac.create is false" in r.notes
+    assert "create on events" in r.notes
+    assert "create on events" not in render({"rbac": {"create": False}, "events": {"enabled": False}}).notes
 
 
 def test_service_account_not_created(render):

@@ -4,10 +4,11 @@ The guide's own pieces are taken from the file, not repeated here: the `keys` co
 chart values (merged into a real nats-server's configuration the way the NATS chart does it), the
 service chart values (rendered by Helm; the Deployment's environment, Secret references and
 volume mounts are then given to the real service binary, as the kubelet would), and the client
-ServiceAccount. Only the cluster is stood in for: ServiceAccounts come from a file and tokens from
+ServiceAccounts. Only the cluster is stood in for: ServiceAccounts come from a file and tokens from
 the service's dev-signer (same claims as the API server's). Then the guide's checks: a client
 publishes in its namespace, is refused in another one, and a token without the audience is
-refused with the reason the guide names.
+refused with the reason the guide names; the guide's policy refuses a namespace it excludes and
+places the payments namespace's client in its own account.
 """
 
 import asyncio
@@ -16,6 +17,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -28,8 +30,11 @@ import yaml
 import test_snippets as snip
 
 ROOT = Path(__file__).resolve().parents[2]
+# The chart's pod as the kubelet starts it: shared with tests/chart.
+sys.path.insert(0, str(ROOT / "tests" / "chart"))
+import kubelet  # noqa: E402
+
 GUIDE = ROOT / "docs" / "DEPLOY.md"
-BIN = ROOT / "target" / "debug" / "nats-k8s-oidc-callout"
 DEV_ISSUER = "https://dev-signer.nats-k8s-oidc-callout.local"
 
 
@@ -51,12 +56,7 @@ def block(lang, first_line_prefix=None, containing=None):
 
 @pytest.fixture(scope="module")
 def binary():
-    built = subprocess.run(
-        ["cargo", "build", "--quiet", "--locked", "--bin", "nats-k8s-oidc-callout"],
-        cwd=ROOT, capture_output=True, text=True,
-    )
-    assert built.returncode == 0, built.stderr
-    return str(BIN)
+    return kubelet.build_binary()
 
 
 @pytest.fixture(scope="module")
@@ -79,37 +79,6 @@ def run_guide_keys_command(binary, work):
     return out, issuer, xkey
 
 
-def kubelet_env_and_files(deployment, secrets_by_name, root):
-    """The container's environment as the kubelet would give it, with the secret volumes
-    written under `root` and every path in the environment moved there."""
-    pod = deployment["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    moved = {}
-    for mount in container.get("volumeMounts", []):
-        vol = volumes[mount["name"]]
-        if "secret" not in vol:
-            continue  # the projected API token: the stand-in has no API server
-        data = secrets_by_name[vol["secret"]["secretName"]]
-        target = root / mount["mountPath"].lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
-        for item in vol["secret"].get("items", [{"key": k, "path": k} for k in data]):
-            (target / item["path"]).write_text(data[item["key"]])
-        moved[mount["mountPath"]] = str(target)
-    env = {}
-    for e in container["env"]:
-        if "value" in e:
-            value = e["value"]
-            for mount_path, local in moved.items():
-                if value.startswith(mount_path + "/"):
-                    value = local + value[len(mount_path):]
-            env[e["name"]] = value
-        else:
-            ref = e["valueFrom"]["secretKeyRef"]
-            env[e["name"]] = secrets_by_name[ref["name"]][ref["key"]]
-    return env
-
-
 def wait_http(port, path, timeout=20):
     deadline = time.monotonic() + timeout
     last = None
@@ -123,9 +92,38 @@ def wait_http(port, path, timeout=20):
     raise AssertionError(f"{path} never answered 200: {last}")
 
 
+def guide_objects(values):
+    """The objects the chart renders for these values, as the guide installs it."""
+    import helm_python as h
+
+    out = h.Chart.load(str(snip.CHART)).render(
+        values, name="nats-k8s-oidc-callout", namespace="nats-auth", is_install=True
+    )
+    return [d for path, m in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(m) if d]
+
+
+def guide_service_accounts():
+    """Every ServiceAccount manifest of the guide, with a uid as the API server gives one."""
+    found = []
+    for lang, _, text in guide_blocks():
+        if lang == "yaml" and "kind: ServiceAccount" in text:
+            found += [d for d in yaml.safe_load_all(text) if d and d["kind"] == "ServiceAccount"]
+    for sa in found:
+        sa["metadata"]["uid"] = str(uuid.uuid4())
+    return found
+
+
+def guide_token_command(namespace):
+    """(namespace, name) of the guide's `kubectl -n NAMESPACE create token NAME --audience nats`."""
+    for lang, _, text in guide_blocks():
+        m = re.search(rf"kubectl -n ({re.escape(namespace)}) create token (\S+) --audience nats", text)
+        if lang == "sh" and m:
+            return m.group(1), m.group(2)
+    raise AssertionError(f"DEPLOY.md has no token command for namespace {namespace}")
+
+
 @pytest.fixture(scope="module")
 def deployed(binary, work):
-    import helm_python as h
 
     keys_out, issuer, xkey = run_guide_keys_command(binary, work)
     seeds = work / "callout-keys"
@@ -160,26 +158,23 @@ def deployed(binary, work):
         assert "--from-file=signing.key=callout-keys/signing.nk" in step3
         assert "--from-file=xkey.seed=callout-keys/xkey.nk" in step3
 
-        # The service from the guide's chart values, rendered by Helm.
-        chart_values = yaml.safe_load(block("yaml", "# callout-values"))
-        out = h.Chart.load(str(snip.CHART)).render(
-            chart_values, name="nats-k8s-oidc-callout", namespace="nats-auth", is_install=True
-        )
-        deployment = next(
-            d
-            for path, m in out.items()
-            if path.endswith(".yaml")
-            for d in yaml.safe_load_all(m)
-            if d and d.get("kind") == "Deployment"
-        )
-        env = kubelet_env_and_files(deployment, secrets_by_name, work / "pod")
+        # The service from the guide's chart values, rendered by Helm; the policy ConfigMap and
+        # the Secrets become files as the kubelet writes them.
+        objects = guide_objects(yaml.safe_load(block("yaml", "# callout-values")))
+        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        config_maps = {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
+        env = kubelet.kubelet_env_and_files(deployment, work / "pod", secrets_by_name, config_maps)
 
-        # The stand-in cluster: the guide's client ServiceAccount, and a dev-signer for tokens.
-        sa = next(
-            d for d in yaml.safe_load_all(block("yaml", containing="kind: ServiceAccount")) if d
-        )
-        sa["metadata"]["uid"] = str(uuid.uuid4())
-        (work / "serviceaccounts.yaml").write_text(yaml.safe_dump(sa))
+        # The stand-in cluster: the guide's ServiceAccounts, the kube-system one it takes a token
+        # of, and a dev-signer for tokens.
+        accounts = {(a["metadata"]["namespace"], a["metadata"]["name"]): a for a in guide_service_accounts()}
+        excluded = guide_token_command("kube-system")
+        accounts[excluded] = {
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"namespace": excluded[0], "name": excluded[1], "uid": str(uuid.uuid4())},
+        }
+        (work / "serviceaccounts.yaml").write_text(yaml.safe_dump({"items": list(accounts.values())}))
+        sa = accounts[("my-app", "my-nats-client")]
         subprocess.run([binary, "dev-signer", "init", "--dir", str(work / "signer")],
                        check=True, capture_output=True)
         http_port = snip.free_port()
@@ -196,8 +191,8 @@ def deployed(binary, work):
         try:
             wait_http(http_port, "/readyz")
             yield {
-                "binary": binary, "work": work, "sa": sa, "nats_port": port, "http_port": http_port,
-                "service_log": service_log, "env": env, "nats_log": log,
+                "binary": binary, "work": work, "sa": sa, "accounts": accounts, "nats_port": port,
+                "http_port": http_port, "service_log": service_log, "env": env, "nats_log": log,
             }
         finally:
             service.terminate()
@@ -206,8 +201,8 @@ def deployed(binary, work):
         snip.stop(server, server_dir)
 
 
-def mint(d, audience="nats", ttl=600):
-    meta = d["sa"]["metadata"]
+def mint(d, audience="nats", ttl=600, sa=None):
+    meta = (sa or d["sa"])["metadata"]
     return subprocess.run(
         [d["binary"], "dev-signer", "mint", "--key", str(d["work"] / "signer" / "signer.key"),
          "--namespace", meta["namespace"], "--name", meta["name"], "--uid", meta["uid"],
@@ -311,3 +306,85 @@ def test_token_without_the_audience_is_refused_with_the_logged_reason(deployed):
     assert expected in log and "audience not accepted (reason=token_wrong_audience)" in log, log
     metrics = wait_http(deployed["http_port"], "/metrics")
     assert 'nats_callout_decisions_total{result="deny",reason="token_wrong_audience"} 1' in metrics
+
+
+def wait_log(d, *needles, timeout=5):
+    deadline = time.monotonic() + timeout
+    while True:
+        log = d["service_log"].read_text()
+        if all(n in log for n in needles) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.1)
+
+
+def test_the_guide_policy_and_inbox_mode_reach_the_service(deployed):
+    env = deployed["env"]
+    assert env["INBOX_MODE"] == "shared"
+    # The policy file as the kubelet lays out a ConfigMap volume, read at start.
+    assert Path(env["POLICY_FILE"]).is_symlink()
+    log = wait_log(deployed, "accounts named by rules: PAYMENTS")
+    assert f"policy {env['POLICY_FILE']}: annotations granted only within its patterns; accounts named by rules: PAYMENTS" in log
+    assert "INBOX_MODE=shared" in log
+
+
+def test_a_namespace_the_policy_excludes_is_refused(deployed):
+    sa = deployed["accounts"][guide_token_command("kube-system")]
+
+    async def scenario():
+        try:
+            nc, _ = await connect(deployed["nats_port"], mint(deployed, sa=sa))
+        except Exception as e:  # the connect itself fails
+            return str(e)
+        await nc.close()
+        return None
+
+    err = asyncio.run(scenario())
+    assert err is not None and "authorization violation" in err.lower(), err
+    expected = (
+        f"denied kube-system/{sa['metadata']['name']} (client ",
+        'namespace is not served by the policy: namespaces.exclude pattern "kube-*" matches it (reason=namespace_not_allowed)',
+    )
+    log = wait_log(deployed, *expected)
+    assert all(e in log for e in expected), log
+    metrics = wait_http(deployed["http_port"], "/metrics")
+    assert 'nats_callout_decisions_total{result="deny",reason="namespace_not_allowed"} 1' in metrics
+
+
+def test_the_payments_rule_places_its_client_in_its_own_account(deployed):
+    ledger = deployed["accounts"][guide_token_command("payments-ledger")]
+
+    async def scenario():
+        app, _ = await connect(deployed["nats_port"], mint(deployed))
+        pay, pay_errors = await connect(deployed["nats_port"], mint(deployed, sa=ledger))
+        # Both may use _INBOX.> (shared mode), each in its own account.
+        app_inbox = await app.subscribe("_INBOX.deploy-guide.>")
+        pay_inbox = await pay.subscribe("_INBOX.deploy-guide.>")
+        # The rule's bounds let the ledger's annotations grant payments.>.
+        payments = await pay.subscribe("payments.>")
+        await pay.flush()
+        await app.publish("_INBOX.deploy-guide.1", b"from my-app")
+        await pay.publish("payments.settled", b"42")
+        await app.flush()
+        await pay.flush()
+        assert (await app_inbox.next_msg(timeout=5)).data == b"from my-app"
+        assert (await payments.next_msg(timeout=5)).data == b"42"
+        with pytest.raises(Exception):  # nats-py's timeout: nothing crossed the accounts
+            await pay_inbox.next_msg(timeout=1)
+        await app.close()
+        await pay.close()
+        return pay_errors
+
+    assert asyncio.run(scenario()) == []
+    log = wait_log(deployed, "allowed payments-ledger/ledger (client ")
+    assert "allowed payments-ledger/ledger (client " in log
+
+
+def test_the_guide_admission_values_render_with_the_service_values():
+    values = yaml.safe_load(block("yaml", "# callout-values"))
+    admission = yaml.safe_load(block("yaml", "# admission-values"))
+    objects = guide_objects({**values, **admission})
+    (policy,) = [o for o in objects if o["kind"] == "ValidatingAdmissionPolicy"]
+    assert any(
+        '"platform-admins"' in v["expression"] and '"system:masters"' in v["expression"]
+        for v in policy["spec"]["variables"]
+    )

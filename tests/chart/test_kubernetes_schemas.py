@@ -1,0 +1,117 @@
+"""Every object the chart renders, validated against the Kubernetes OpenAPI schemas shipped by
+kubernetes-validate (strict: unknown fields are errors).
+
+Versions: 1.30, the first whose schemas have admissionregistration.k8s.io/v1
+ValidatingAdmissionPolicy (admissionPolicy needs it), and the newest the pinned package ships.
+The Prometheus Operator and Grafana Agent kinds are CRDs that no Kubernetes version has schemas
+for: they are the only ones left out, by name.
+"""
+
+import kubernetes_validate
+import pytest
+
+from conftest import SIGNING_SEED, TOKEN, XKEY_SEED
+
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.grafana.com/v1alpha1", "PodLogs"),
+}
+
+POLICY = {
+    "namespaces": {"include": ["*"], "exclude": ["kube-*"]},
+    "annotations": {"publish": ["shared.>"], "subscribe": ["shared.>", "{namespace}.{name}.>"]},
+    "rules": [{"namespaces": ["payments"], "account": "PAYMENTS", "annotations": {"publish": ["orders.>"]}}],
+}
+
+EVERYTHING = {
+    "imagePullSecrets": ["regcred", {"name": "other"}],
+    "nats": {
+        "url": "tls://a:4222,tls://b:4222",
+        "signingKey": {"create": True, "content": SIGNING_SEED, "existingSecret": ""},
+        "xkey": {"create": True, "content": XKEY_SEED},
+        "token": TOKEN,
+    },
+    "jwt": {"issuer": "https://issuer.example", "audience": "nats-prod", "jwksUrl": "https://keys.example/jwks"},
+    "config": {"userJwtMaxLifetime": "15m", "workers": 4, "queueSize": 100, "watchTimeoutSeconds": 120},
+    "inboxMode": "private",
+    "policy": POLICY,
+    "admissionPolicy": {
+        "enabled": True,
+        "allowedGroups": ["platform-admins"],
+        "validationActions": ["Warn", "Audit"],
+        "failurePolicy": "Ignore",
+        "namespaceSelector": {"matchLabels": {"nats.io/clients": "true"}},
+    },
+    "extraEnv": [{"name": "RUST_LOG", "value": "info"}],
+    "secretEnv": {"A": "b"},
+    "secretVolume": {"f.txt": "aGk="},
+    "rbac": {"issuerDiscovery": True},
+    "podDisruptionBudget": {"minAvailable": "50%"},
+    "priorityClassName": "platform-critical",
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "nats-k8s-oidc-callout"}}}
+    ],
+    "networkPolicy": {
+        "enabled": True,
+        "apiServer": {"cidrs": ["10.0.0.1/32", "fd00::1/128"]},
+        "extraEgress": [{"ports": [{"port": 443, "protocol": "TCP"}]}],
+    },
+    "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+    "logs": {"podLogs": {"enabled": True}},
+    "extraObjects": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extra"}, "data": {"a": "b"}}],
+}
+
+# The other branches: a creds file, no RBAC, an existing ServiceAccount, events and the PDB off.
+ALTERNATIVE = {
+    "nats": {"userCredentials": {"create": True, "content": "creds"}, "urlSecret": {"existingSecret": "nats-url"}},
+    "rbac": {"create": False},
+    "serviceAccount": {"create": False, "name": "existing"},
+    "events": {"enabled": False},
+    "podDisruptionBudget": {"enabled": False},
+    "policy": {},
+    "inboxMode": "responses",
+}
+
+RENDERS = {"minimal": {}, "everything": EVERYTHING, "alternative": ALTERNATIVE}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", list(RENDERS))
+def test_every_object_matches_the_kubernetes_schema(render, name, version):
+    skipped = set()
+    for obj in render(RENDERS[name]).objects:
+        key = (obj["apiVersion"], obj["kind"])
+        if key in CRD_KINDS:
+            skipped.add(key)
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']} at {list(e.path)}: {e.message}")
+    if name == "everything":
+        assert skipped == CRD_KINDS
+
+
+def test_the_everything_render_has_every_kind(render):
+    kinds = set(render(EVERYTHING).kinds())
+    assert {
+        "ConfigMap", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "NetworkPolicy",
+        "Secret", "Deployment", "ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget",
+        "Service", "ServiceAccount",
+    } <= kinds
+
+
+def test_a_wrong_field_is_caught():
+    # The validation really looks at the fields (strict: unknown ones are errors).
+    vap = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "x"},
+        "spec": {"failurePolicy": "Fail", "validation": []},
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(vap, "1.30.0", strict=True)
+
