@@ -405,13 +405,11 @@ mod tests {
 
     fn sa(ns: &str, name: &str, annotations: &[(&str, &str)]) -> ServiceAccount {
         ServiceAccount {
-            namespace: ns.into(),
-            name: name.into(),
-            uid: "uid-1".into(),
             annotations: annotations
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            ..ServiceAccount::for_test(ns, name, "uid-1")
         }
     }
 
