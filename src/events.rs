@@ -96,14 +96,15 @@ pub fn event_message(evaluation: &Evaluation) -> String {
         "{total} annotation {} not granted: ",
         if total == 1 { "entry" } else { "entries" }
     );
+    let more =
+        |n: usize, separator: &str| format!("{separator}and {n} more (see the service's log)");
     for (i, part) in dropped.iter().enumerate() {
-        let rest = total - i;
         let separator = if i == 0 { "" } else { "; " };
-        let more = format!("{separator}and {rest} more (see the service's log)");
-        // The last entry needs no room for the "and N more" ending.
-        let reserve = if rest == 1 { 0 } else { more.len() };
+        // Room for the ending that would follow this entry, unless it is the last.
+        let left = total - i - 1;
+        let reserve = if left == 0 { 0 } else { more(left, "; ").len() };
         if message.len() + separator.len() + part.len() + reserve > MAX_MESSAGE {
-            message.push_str(&more);
+            message.push_str(&more(total - i, separator));
             break;
         }
         message.push_str(separator);
@@ -459,6 +460,22 @@ mod tests {
             rest,
             format!("{} more (see the service's log)", 101 - shown)
         );
+        // Whatever the count, the message fits and accounts for every entry.
+        for n in 1..=60 {
+            let value: Vec<String> = (0..n).map(|i| format!("bad..subject.{i:04}")).collect();
+            let r = report(
+                &[(SUB_ANNOTATION, &value.join(","))],
+                &AdminPolicy::unrestricted(),
+            );
+            let message = event_message(&r.evaluation);
+            assert!(message.len() <= MAX_MESSAGE, "{n}: {} bytes", message.len());
+            let shown = message.matches(" entry \"").count();
+            let more = message
+                .rsplit_once("and ")
+                .and_then(|(_, m)| m.strip_suffix(" more (see the service's log)"))
+                .map_or(0, |m| m.parse::<usize>().unwrap());
+            assert_eq!(shown + more, n, "{message}");
+        }
     }
 
     #[test]
@@ -517,6 +534,14 @@ mod tests {
         (recorder, metrics, seen)
     }
 
+    /// A refusal with this status line and a Status body of this reason.
+    fn refusal(status: &str, reason: &str) -> Vec<u8> {
+        let code = &status[..3];
+        let body =
+            format!(r#"{{"kind":"Status","status":"Failure","reason":"{reason}","code":{code}}}"#);
+        response(status, &[], &body)
+    }
+
     #[test]
     fn created_already_reported_and_refused_events_are_counted() {
         let (mut recorder, metrics, seen) = recorder_against(|_| {
@@ -541,23 +566,13 @@ mod tests {
         );
         assert_eq!(body["reportingInstance"], "pod-1");
 
-        let (mut recorder, metrics, _) = recorder_against(|_| {
-            response(
-                "409 Conflict",
-                &[],
-                r#"{"kind":"Status","status":"Failure","reason":"AlreadyExists","code":409}"#,
-            )
-        });
+        let (mut recorder, metrics, _) =
+            recorder_against(|_| refusal("409 Conflict", "AlreadyExists"));
         recorder.record(&r);
         assert_eq!(events(&metrics, "exists"), 1);
 
-        let (mut recorder, metrics, _) = recorder_against(|_| {
-            response(
-                "403 Forbidden",
-                &[],
-                r#"{"kind":"Status","status":"Failure","reason":"Forbidden","code":403}"#,
-            )
-        });
+        let (mut recorder, metrics, _) =
+            recorder_against(|_| refusal("403 Forbidden", "Forbidden"));
         recorder.record(&r);
         recorder.record(&r);
         assert_eq!(events(&metrics, "failed"), 2);
