@@ -102,6 +102,7 @@ fn context(keys: &Keys, xkey: Option<XKey>) -> CalloutContext {
         namespace: "team-a".into(),
         name: "app".into(),
         uid: "uid-1".into(),
+        resource_version: "1".into(),
         annotations,
     }]);
     let authorizer = Authorizer::new(

@@ -5,6 +5,9 @@
 //! - `http`: health and metrics;
 //! - `serviceaccounts`: list + watch (or the local file) keeping the ServiceAccount cache current;
 //! - `jwks`: loads and refreshes the token signing keys;
+//! - `policy`: re-reads the admin policy file when it changes;
+//! - `events`: creates the Warning Events about dropped annotation entries, so that a round trip
+//!   to the API server never delays a decision (the workers only offer reports to its queue);
 //! - the main thread runs the callout loop: one NATS reader feeding a fixed pool of workers.
 
 use std::sync::Arc;
@@ -12,13 +15,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::authorizer::Authorizer;
 use crate::callout::request::RequestDecoder;
 use crate::callout::response::ResponseSigner;
 use crate::callout::service::{self, CalloutContext, CalloutSettings, NatsAuth};
 use crate::config::{AccountsSource, Config, JwksLocation};
+use crate::events::{self, EventRecorder};
 use crate::http::HttpServer;
 use crate::identity::{
     discover_issuer, ApiServerFetcher, Discovered, JwksSettings, JwksSource, JwksStore,
@@ -233,11 +237,30 @@ pub fn serve() -> Result<(), String> {
     ));
     threads.extend(policy.spawn_watcher(metrics.clone(), stop_rx.clone()));
     log_permission_model(&config);
+    let mut permissions = PermissionCache::new(metrics.clone(), 65_536, config.inbox_mode);
+    match (&api, config.serviceaccount_events) {
+        (Some(client), true) => {
+            let (reports_tx, reports_rx) = bounded(events::QUEUE_CAPACITY);
+            let recorder =
+                EventRecorder::new(client.clone(), metrics.clone(), config.instance.clone());
+            if let Some(t) = events::spawn_event_recorder(recorder, reports_rx, stop_rx.clone()) {
+                threads.push(t);
+                permissions = permissions.report_drops_to(reports_tx);
+            }
+        }
+        // A local ServiceAccount file has no API server to hold Events.
+        (None, true) => {
+            debug!("no Events about dropped annotation entries without the Kubernetes API")
+        }
+        (_, false) => info!(
+            "SERVICEACCOUNT_EVENTS=false: dropped annotation entries are only logged and counted"
+        ),
+    }
     let authorizer = Authorizer::new(
         validator,
         directory,
         policy,
-        PermissionCache::new(metrics.clone(), 65_536, config.inbox_mode),
+        permissions,
         config.max_lifetime,
     );
     let ctx = Arc::new(CalloutContext {

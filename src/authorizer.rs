@@ -321,12 +321,7 @@ mod tests {
     }
 
     fn found(ns: &str, name: &str, uid: &str) -> Lookup {
-        Lookup::Found(Arc::new(ServiceAccount {
-            namespace: ns.into(),
-            name: name.into(),
-            uid: uid.into(),
-            annotations: Default::default(),
-        }))
+        Lookup::Found(Arc::new(ServiceAccount::for_test(ns, name, uid)))
     }
 
     fn run(identity: &Identity, lookup: Lookup, max_lifetime: u64) -> Decision {

@@ -95,6 +95,12 @@ pub struct Config {
     pub policy_file: Option<PathBuf>,
     /// The admin policy read from `POLICY_FILE` (unrestricted without one).
     pub policy: AdminPolicy,
+    /// `SERVICEACCOUNT_EVENTS` (default `true`): a Warning Event on a ServiceAccount whose
+    /// annotation entries were dropped. Needs ServiceAccounts from the API (ignored with
+    /// `SERVICE_ACCOUNTS_PATH`) and RBAC `create` on `events`.
+    pub serviceaccount_events: bool,
+    /// `HOSTNAME` (the pod's name in a cluster): the Events' `reportingInstance`.
+    pub instance: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -108,6 +114,7 @@ impl fmt::Debug for Config {
             .field("accounts", &self.accounts)
             .field("inbox_mode", &self.inbox_mode)
             .field("policy_file", &self.policy_file)
+            .field("serviceaccount_events", &self.serviceaccount_events)
             .finish_non_exhaustive()
     }
 }
@@ -433,6 +440,9 @@ impl Config {
             }),
         };
 
+        let serviceaccount_events = r.bool("SERVICEACCOUNT_EVENTS", true);
+        let instance = r.get("HOSTNAME").map(str::to_owned);
+
         match (signing_key, nats_account, r.problems.is_empty()) {
             (Some(signing_key), Some(nats_account), true) => Ok(Config {
                 nats_url,
@@ -458,6 +468,8 @@ impl Config {
                 inbox_mode,
                 policy_file,
                 policy,
+                serviceaccount_events,
+                instance,
             }),
             _ => Err(format!(
                 "invalid configuration:\n  - {}",
@@ -508,6 +520,30 @@ mod tests {
         assert!(c.xkey.is_none());
         assert_eq!(c.inbox_mode, InboxMode::Shared);
         assert!(c.policy_file.is_none() && c.policy.is_unrestricted());
+        assert!(c.serviceaccount_events);
+        assert_eq!(c.instance, None);
+    }
+
+    #[test]
+    fn serviceaccount_events_are_a_boolean_and_the_pod_name_reports_them() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let with = |value: &str| {
+            Config::from_map(&env(&[
+                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+                ("NATS_ACCOUNT", "APP"),
+                ("SERVICEACCOUNT_EVENTS", value),
+                ("HOSTNAME", "callout-7d9f-abcde"),
+            ]))
+        };
+        let c = with("false").unwrap();
+        assert!(!c.serviceaccount_events);
+        assert_eq!(c.instance.as_deref(), Some("callout-7d9f-abcde"));
+        assert!(with("TRUE").unwrap().serviceaccount_events);
+        let err = with("sometimes").unwrap_err();
+        assert!(
+            err.contains("SERVICEACCOUNT_EVENTS=\"sometimes\" is not true or false"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! The data path of one authorization follows the modules: [`callout`] takes the request off NATS,
 //! [`identity`] validates the service-account token, [`kube`] finds the ServiceAccount, [`policy`]
-//! turns it into NATS permissions, and [`authorizer`] makes the decision.
+//! turns it into NATS permissions, and [`authorizer`] makes the decision; [`events`] tells the
+//! writers of annotations what the policy dropped, off the request path.
 //!
 //! Log messages never contain tokens, passwords, seeds or the credential part of URLs.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod callout;
 pub mod config;
 pub mod devtools;
+pub mod events;
 pub mod files;
 pub mod http;
 pub mod identity;

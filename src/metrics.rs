@@ -26,6 +26,15 @@ pub struct DroppedEntryLabels {
     pub cause: &'static str,
 }
 
+/// Labels of one Warning Event about dropped annotation entries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `created`, `exists` (another replica or an earlier run reported it), `failed` (refused,
+    /// say for lack of RBAC, or the API server was unreachable) or `dropped` (the queue to the
+    /// recording thread was full).
+    pub result: &'static str,
+}
+
 /// Labels of one reading of the policy file.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyReloadLabels {
@@ -66,6 +75,8 @@ pub struct Metrics {
     pub dropped_annotation_entries: Family<DroppedEntryLabels, Counter>,
     /// Re-readings of the policy file after it changed, by result.
     pub policy_reloads: Family<PolicyReloadLabels, Counter>,
+    /// Warning Events about dropped annotation entries, by result.
+    pub events: Family<EventLabels, Counter>,
 }
 
 impl Metrics {
@@ -161,6 +172,12 @@ impl Metrics {
             "Re-readings of the policy file after it changed, by result",
             policy_reloads.clone(),
         );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Warning Events on ServiceAccounts about dropped annotation entries, by result",
+            events.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -178,6 +195,7 @@ impl Metrics {
             nats_disconnects,
             dropped_annotation_entries,
             policy_reloads,
+            events,
         }
     }
 

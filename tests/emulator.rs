@@ -99,14 +99,30 @@ fn get_with(emu: &KubeEmulator, path: &str, token: Option<&str>) -> Answer {
     if let Some(t) = token {
         request = request.header("Authorization", format!("Bearer {t}"));
     }
-    let mut resp = request.call().expect("request reaches the emulator");
-    Answer {
-        status: resp.status().as_u16(),
-        content_type: header(&resp, "content-type").unwrap_or_default(),
-        cache_control: header(&resp, "cache-control").unwrap_or_default(),
-        retry_after: header(&resp, "retry-after"),
-        body: serde_json::from_str(&resp.body_mut().read_to_string().expect("a body"))
-            .expect("a JSON body"),
+    Answer::read(request.call().expect("request reaches the emulator"))
+}
+
+/// POSTs `body` to `path` as JSON, with `token` as the bearer if given.
+fn post(emu: &KubeEmulator, path: &str, body: &str, token: Option<&str>) -> Answer {
+    let mut request = agent_for(emu)
+        .post(format!("{}{path}", emu.url()))
+        .header("Content-Type", "application/json");
+    if let Some(t) = token {
+        request = request.header("Authorization", format!("Bearer {t}"));
+    }
+    Answer::read(request.send(body).expect("request reaches the emulator"))
+}
+
+impl Answer {
+    fn read(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
+        Answer {
+            status: resp.status().as_u16(),
+            content_type: header(&resp, "content-type").unwrap_or_default(),
+            cache_control: header(&resp, "cache-control").unwrap_or_default(),
+            retry_after: header(&resp, "retry-after"),
+            body: serde_json::from_str(&resp.body_mut().read_to_string().expect("a body"))
+                .expect("a JSON body"),
+        }
     }
 }
 
@@ -1112,27 +1128,8 @@ fn post_token_request(
     body: &Value,
     token: Option<&str>,
 ) -> Answer {
-    let url = format!(
-        "{}/api/v1/namespaces/{ns}/serviceaccounts/{name}/token",
-        emu.url()
-    );
-    let mut request = agent_for(emu)
-        .post(url)
-        .header("Content-Type", "application/json");
-    if let Some(t) = token {
-        request = request.header("Authorization", format!("Bearer {t}"));
-    }
-    let mut resp = request
-        .send(body.to_string())
-        .expect("request reaches the emulator");
-    Answer {
-        status: resp.status().as_u16(),
-        content_type: header(&resp, "content-type").unwrap_or_default(),
-        cache_control: header(&resp, "cache-control").unwrap_or_default(),
-        retry_after: header(&resp, "retry-after"),
-        body: serde_json::from_str(&resp.body_mut().read_to_string().expect("a body"))
-            .expect("a JSON body"),
-    }
+    let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/{name}/token");
+    post(emu, &path, &body.to_string(), token)
 }
 
 fn token_request(audiences: &[&str], expiration: Option<i64>) -> Value {
@@ -1567,4 +1564,215 @@ fn kubectl_creates_tokens_over_tls() {
         assert!(out.stdout.is_empty());
         assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), message);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events (`POST /api/v1/namespaces/{ns}/events`).
+
+/// A core/v1 Event `name` in `ns` about the ServiceAccount `ns/sa`, as client-go's recorder
+/// writes one.
+fn event_about(ns: &str, sa: &str, name: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": { "name": name, "namespace": ns },
+        "involvedObject": {
+            "apiVersion": "v1", "kind": "ServiceAccount", "namespace": ns, "name": sa,
+            "uid": "u1", "resourceVersion": "7",
+        },
+        "type": "Warning",
+        "reason": "Test",
+        "message": "something about it",
+        "source": { "component": "test" },
+        "count": 1,
+    })
+}
+
+/// POSTs `body` to the Events of `ns` with the emulator's token.
+fn post_event(emu: &KubeEmulator, ns: &str, body: &Value) -> Answer {
+    post_event_raw(emu, ns, &body.to_string())
+}
+
+fn post_event_raw(emu: &KubeEmulator, ns: &str, body: &str) -> Answer {
+    post(
+        emu,
+        &format!("/api/v1/namespaces/{ns}/events"),
+        body,
+        Some(&emu.token()),
+    )
+}
+
+#[test]
+fn an_event_is_created_once_by_name_and_kept_for_the_test() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account("team-a", "app", &[]);
+    let rv: u64 = emu.resource_version().parse().unwrap();
+    let created = post_event(&emu, "team-a", &event_about("team-a", "app", "app.1"));
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.content_type, "application/json");
+    assert_eq!(created.body["kind"], "Event");
+    assert_eq!(created.body["apiVersion"], "v1");
+    let meta = &created.body["metadata"];
+    assert_eq!(meta["name"], "app.1");
+    assert_eq!(meta["namespace"], "team-a");
+    assert!(meta["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(meta["creationTimestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    // One resourceVersion sequence for every object.
+    assert_eq!(meta["resourceVersion"], (rv + 1).to_string());
+    assert_eq!(emu.resource_version(), (rv + 1).to_string());
+    assert_eq!(created.body["message"], "something about it");
+    assert_eq!(created.body["involvedObject"]["uid"], "u1");
+
+    // The same name again: 409 AlreadyExists, the first one stays.
+    let mut again = event_about("team-a", "app", "app.1");
+    again["message"] = "another text".into();
+    let refused = post_event(&emu, "team-a", &again);
+    assert_status(&refused, 409, "AlreadyExists");
+    assert_eq!(refused.body["message"], "events \"app.1\" already exists");
+    assert_eq!(
+        refused.body["details"],
+        serde_json::json!({ "name": "app.1", "kind": "events" })
+    );
+    // The same name in another namespace is another Event.
+    let other = post_event(&emu, "team-b", &event_about("team-b", "app", "app.1"));
+    assert_eq!(other.status, 201);
+    // generateName gets five random characters; the namespace comes from the path.
+    let mut generated = event_about("team-a", "app", "");
+    generated["metadata"] = serde_json::json!({ "generateName": "app." });
+    let answer = post_event(&emu, "team-a", &generated);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let name = answer.body["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(name.starts_with("app.") && name.len() == 9, "{name}");
+    assert_eq!(answer.body["metadata"]["namespace"], "team-a");
+
+    assert_eq!(emu.events().len(), 3);
+    let about: Vec<Value> = emu
+        .events_about("team-a", "app")
+        .iter()
+        .map(|e| e["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(about, [Value::from("app.1"), Value::from(name)]);
+    assert_eq!(
+        emu.events_about("team-a", "app")[0]["message"],
+        "something about it"
+    );
+    assert_eq!(emu.event_requests(), 4);
+    assert_eq!(emu.requests_of(RequestKind::Events).len(), 4);
+}
+
+#[test]
+fn events_are_refused_as_the_api_server_refuses_them() {
+    let emu = KubeEmulator::start();
+    let ok = event_about("team-a", "app", "e1");
+    let refused = |ns: &str, body: &Value, code: u16, reason: &str| {
+        let answer = post_event(&emu, ns, body);
+        assert_status(&answer, code, reason);
+        answer.body
+    };
+
+    // The object's namespace must be the path's.
+    let body = refused("team-b", &ok, 400, "BadRequest");
+    assert_eq!(
+        body["message"],
+        "the namespace of the provided object does not match the namespace sent on the request"
+    );
+    // Without one it is the path's, and the involvedObject must then be there too.
+    let mut elsewhere = ok.clone();
+    elsewhere["metadata"]["namespace"] = "".into();
+    let body = refused("team-b", &elsewhere, 422, "Invalid");
+    assert_eq!(
+        body["message"],
+        "Event \"e1\" is invalid: involvedObject.namespace: Invalid value: \"team-a\": does not match event.namespace"
+    );
+    assert_eq!(
+        body["details"],
+        serde_json::json!({
+            "name": "e1",
+            "kind": "Event",
+            "causes": [{
+                "reason": "FieldValueInvalid",
+                "message": "Invalid value: \"team-a\": does not match event.namespace",
+                "field": "involvedObject.namespace",
+            }],
+        })
+    );
+    // No involvedObject: it has no namespace, which only an Event in "" or "default" may have.
+    let mut bare = ok.clone();
+    bare.as_object_mut().unwrap().remove("involvedObject");
+    let body = refused("team-a", &bare, 422, "Invalid");
+    assert!(body["message"].as_str().unwrap().ends_with(
+        "involvedObject.namespace: Invalid value: \"\": does not match event.namespace"
+    ));
+    // A name or generateName is required, and a name must be a path segment.
+    let mut nameless = ok.clone();
+    nameless["metadata"] = serde_json::json!({ "namespace": "team-a" });
+    let body = refused("team-a", &nameless, 422, "Invalid");
+    assert_eq!(
+        body["message"],
+        "Event \"\" is invalid: metadata.name: Required value: name or generateName is required"
+    );
+    let mut slash = ok.clone();
+    slash["metadata"]["name"] = "a/b".into();
+    let body = refused("team-a", &slash, 422, "Invalid");
+    assert_eq!(
+        body["message"],
+        "Event \"a/b\" is invalid: metadata.name: Invalid value: \"a/b\": may not contain '/'"
+    );
+    // With an eventTime the reporting fields are required too (all errors in one answer).
+    let mut timed = ok.clone();
+    timed["eventTime"] = "2025-01-01T00:00:00.000000Z".into();
+    let body = refused("team-a", &timed, 422, "Invalid");
+    assert_eq!(
+        body["message"],
+        "Event \"e1\" is invalid: [reportingController: Required value, reportingInstance: Required value, action: Required value]"
+    );
+    // Not an Event, not JSON.
+    let mut pod = ok.clone();
+    pod["kind"] = "Pod".into();
+    refused("team-a", &pod, 400, "BadRequest");
+    let answer = post_event_raw(&emu, "team-a", "{not json");
+    assert_status(&answer, 400, "BadRequest");
+    assert!(answer.body["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Event in version \"v1\" cannot be handled as a Event: "));
+    assert!(emu.events().is_empty(), "nothing refused is stored");
+    // Only create is emulated.
+    assert_status(
+        &get(&emu, "/api/v1/namespaces/team-a/events"),
+        405,
+        "MethodNotAllowed",
+    );
+}
+
+#[test]
+fn creating_events_can_be_forbidden_as_without_the_rbac_rule() {
+    let emu = KubeEmulator::start();
+    let event = event_about("team-a", "app", "e1");
+    emu.set_create_events_allowed(false);
+    let answer = post_event(&emu, "team-a", &event);
+    assert_status(&answer, 403, "Forbidden");
+    assert_eq!(
+        answer.body["message"],
+        "events is forbidden: User \"system:serviceaccount:nats:nats-k8s-oidc-callout\" \
+         cannot create resource \"events\" in API group \"\" in the namespace \"team-a\""
+    );
+    // Authentication comes first.
+    let path = "/api/v1/namespaces/team-a/events";
+    let unauthenticated = post(&emu, path, &event.to_string(), Some("wrong"));
+    assert_status(&unauthenticated, 401, "Unauthorized");
+    emu.set_create_events_allowed(true);
+    assert_eq!(post_event(&emu, "team-a", &event).status, 201);
+    let statuses: Vec<u16> = emu
+        .requests_of(RequestKind::Events)
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [403, 401, 201]);
+    assert_eq!(emu.events().len(), 1);
 }

@@ -457,6 +457,10 @@ tests:
         values: '0x60'
       - series: 'nats_callout_policy_reloads_total{{instance="a",result="success"}}'
         values: '0 0 0 0 0 0 0 0 0 0 1x50'
+      - series: 'nats_callout_events_total{{instance="a",result="created"}}'
+        values: '0 0 0 1x57'
+      - series: 'nats_callout_events_total{{instance="a",result="exists"}}'
+        values: '0 0 0 0 1x56'
     promql_expr_test:
       - expr: ALERTS{{alertstate="firing"}}
         eval_time: 60m
@@ -500,6 +504,8 @@ tests:
         values: '0+1x40'
       - series: 'nats_callout_policy_reloads_total{{instance="b",result="failure"}}'
         values: '0x30 1x10'
+      - series: 'nats_callout_events_total{{instance="b",result="failed"}}'
+        values: '0+1x40'
     promql_expr_test:
       - expr: count by (alertname) (ALERTS{{alertstate="firing"}})
         eval_time: 40m
@@ -518,6 +524,7 @@ tests:
           - {{labels: '{{alertname="NatsCalloutRelistStorm"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutDroppedAnnotationEntries"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutPolicyReloadFailing"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutEventsFailing"}}', value: 1}}
       - expr: ALERTS{{alertstate="firing",alertname=~"NatsCalloutDenyRatioHigh|NatsCalloutClusterSideDenials"}}
         eval_time: 40m
         exp_samples:

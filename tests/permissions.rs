@@ -1,12 +1,15 @@
 //! The permission model on the real stack: the inbox modes (and the reply-subject escalation
 //! that only `INBOX_MODE=responses` allows), the admin policy (served namespaces, annotation
-//! bounds, accounts, reloads) as nats-server enforces what the service grants.
+//! bounds, accounts, reloads) as nats-server enforces what the service grants, and the Warning
+//! Events that tell annotation writers what was dropped.
 
 mod support;
 
 use std::time::Duration;
 
+use serde_json::Value;
 use support::client::{connect_token, Client};
+use support::service::Service;
 use support::stack::{Stack, StackBuilder};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -291,4 +294,175 @@ fn a_changed_policy_applies_to_new_connections_and_a_broken_one_is_refused() {
         .contains("annotations.publish[0] \"a..b\" is not a valid NATS subject"));
     s.assert_denied(&s.token("team-a", "app"), "namespace_not_allowed");
     assert!(!connect(&s, "team-b", "app").can_publish("orders.new"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warning Events about dropped annotation entries (SERVICEACCOUNT_EVENTS).
+
+const BOUNDED: &str =
+    "annotations:\n  publish: [\"{namespace}.>\"]\n  subscribe: [\"{namespace}.>\"]\n";
+const PUB: &str = "nats.io/allowed-pub-subjects";
+const SUB: &str = "nats.io/allowed-sub-subjects";
+/// `team-b/app` asks for one grantable entry and three the policy drops, each for another cause.
+const ASKED: [(&str, &str); 2] = [(PUB, "team-b.ok, orders.x, a..b"), (SUB, "_INBOX.x")];
+
+/// A stack whose policy bounds annotations to the own namespace, with `team-b/app` asking for
+/// [`ASKED`], reported as pod `callout-0`.
+fn annotated() -> StackBuilder {
+    StackBuilder::new()
+        .policy(BOUNDED)
+        .account("team-b", "app", &ASKED)
+        .env("HOSTNAME", "callout-0")
+}
+
+/// `nats_callout_events_total{result}` of one replica.
+fn events(service: &Service, result: &str) -> f64 {
+    service.metric(&format!("nats_callout_events_total{{result=\"{result}\"}}"))
+}
+
+#[test]
+fn dropped_entries_give_one_warning_event_whatever_the_connects_and_replicas() {
+    let s = annotated().start();
+    let second = s.replica().env("HOSTNAME", "callout-1").start();
+    let token = s.token("team-b", "app");
+    // Until both replicas have decided for team-b/app (the queue group picks one per request).
+    let granted = |r: &Service| r.decisions("allow", "granted");
+    s.service.wait_for("both replicas decide", WAIT, || {
+        connect(&s, "team-b", "app");
+        granted(&s.service) >= 1.0 && granted(&second) >= 1.0
+    });
+    for _ in 0..4 {
+        connect_token(&s.url(), &token).expect("connects");
+    }
+    // Each replica evaluated this version once and reported it once: one created, one found.
+    let reported = || {
+        let total = |result| events(&s.service, result) + events(&second, result);
+        (total("created"), total("exists"))
+    };
+    s.service
+        .wait_for("both replicas report", WAIT, || reported() == (1.0, 1.0));
+    assert_eq!(
+        events(&s.service, "failed") + events(&second, "failed"),
+        0.0
+    );
+    let about = s.api.events_about("team-b", "app");
+    assert_eq!(about.len(), 1, "{about:#?}");
+    let event = &about[0];
+    let account = s.api.service_account("team-b", "app").expect("exists");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "NatsAnnotationEntryDropped");
+    assert_eq!(event["count"], 1);
+    assert_eq!(event["metadata"]["namespace"], "team-b");
+    assert!(event["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("app.")));
+    let involved = &event["involvedObject"];
+    assert_eq!(involved["kind"], "ServiceAccount");
+    assert_eq!(involved["apiVersion"], "v1");
+    assert_eq!(involved["name"], "app");
+    assert_eq!(involved["uid"], account["metadata"]["uid"]);
+    assert_eq!(
+        involved["resourceVersion"],
+        account["metadata"]["resourceVersion"]
+    );
+    assert_eq!(event["source"]["component"], "nats-k8s-oidc-callout");
+    assert_eq!(event["reportingComponent"], "nats-k8s-oidc-callout");
+    assert!(
+        ["callout-0", "callout-1"].contains(&event["reportingInstance"].as_str().unwrap_or("")),
+        "{event}"
+    );
+    assert_eq!(event["firstTimestamp"], event["lastTimestamp"]);
+    let message = event["message"].as_str().expect("a message");
+    for part in [
+        "3 annotation entries not granted: ",
+        "nats.io/allowed-pub-subjects entry \"orders.x\": not within what the admin policy lets annotations grant: the policy's top-level annotations",
+        "nats.io/allowed-pub-subjects entry \"a..b\": not a valid NATS subject",
+        "nats.io/allowed-sub-subjects entry \"_INBOX.x\": inbox, reply and $SYS subjects",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from {message:?}");
+    }
+    assert!(
+        !message.contains("team-b.ok"),
+        "a granted entry is not named"
+    );
+    // An account without dropped entries gets no Event.
+    connect(&s, "team-a", "app");
+    assert_eq!(s.api.events().len(), 1);
+}
+
+#[test]
+fn a_new_version_of_the_annotations_is_reported_again() {
+    let s = annotated().start();
+    connect(&s, "team-b", "app");
+    s.service.wait_for("the first report", WAIT, || {
+        events(&s.service, "created") >= 1.0
+    });
+    s.api
+        .update_annotations("team-b", "app", &[(PUB, "team-b.ok, invoices.>")]);
+    // The watch brings the new version; the next connect after it evaluates and reports it.
+    s.service.wait_for("the second report", WAIT, || {
+        connect(&s, "team-b", "app");
+        events(&s.service, "created") >= 2.0
+    });
+    let about = s.api.events_about("team-b", "app");
+    assert_eq!(about.len(), 2, "{about:#?}");
+    let rv = |e: &Value| e["involvedObject"]["resourceVersion"].clone();
+    assert_ne!(rv(&about[0]), rv(&about[1]));
+    assert_ne!(about[0]["metadata"]["name"], about[1]["metadata"]["name"]);
+    assert_eq!(
+        about[1]["message"],
+        "1 annotation entry not granted: nats.io/allowed-pub-subjects entry \"invoices.>\": not within what the admin policy lets annotations grant: the policy's top-level annotations"
+    );
+}
+
+#[test]
+fn without_rbac_for_events_decisions_still_work_and_the_failure_is_logged_and_counted() {
+    let s = annotated()
+        .account("team-c", "app", &[(PUB, "team-c.ok, elsewhere.x")])
+        .start();
+    s.api.set_create_events_allowed(false);
+    let c = connect(&s, "team-b", "app");
+    assert!(
+        c.can_publish("team-b.ok"),
+        "what the policy allows is granted"
+    );
+    assert!(!c.can_publish("orders.x"), "what it drops is not");
+    s.service.wait_for("the refusal counted", WAIT, || {
+        events(&s.service, "failed") >= 1.0
+    });
+    connect(&s, "team-c", "app");
+    s.service.wait_for("the second refusal counted", WAIT, || {
+        events(&s.service, "failed") >= 2.0
+    });
+    let log = s.service.log();
+    let advice = "cannot create Events: grant create on events or set SERVICEACCOUNT_EVENTS=false";
+    assert_eq!(
+        log.matches(advice).count(),
+        1,
+        "logged once a minute at most:\n{log}"
+    );
+    assert!(log.contains("events is forbidden"), "{log}");
+    assert!(s.api.events().is_empty());
+    assert_eq!(events(&s.service, "created"), 0.0);
+}
+
+#[test]
+fn with_serviceaccount_events_false_nothing_is_sent() {
+    let s = annotated().env("SERVICEACCOUNT_EVENTS", "false").start();
+    connect(&s, "team-b", "app");
+    let dropped = || {
+        s.service.metric(
+            "nats_callout_dropped_annotation_entries_total{direction=\"pub\",cause=\"invalid\"}",
+        )
+    };
+    s.service
+        .wait_for("the drops counted", WAIT, || dropped() >= 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.api.event_requests(), 0);
+    for result in ["created", "exists", "failed", "dropped"] {
+        assert_eq!(events(&s.service, result), 0.0, "{result}");
+    }
+    assert!(s.service.log().contains(
+        "SERVICEACCOUNT_EVENTS=false: dropped annotation entries are only logged and counted"
+    ));
 }

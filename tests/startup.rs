@@ -113,7 +113,8 @@ fn local_mode_with_a_dev_signer_and_a_serviceaccount_file() {
     let dir = b.dir().to_path_buf();
     run_ok(&["dev-signer", "init", "--dir", dir.to_str().unwrap()]);
     let accounts = dir.join("serviceaccounts.yaml");
-    fs::write(&accounts, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n  namespace: dev\n  uid: \"1111\"\n").unwrap();
+    // An entry the guard rails drop: logged; no Events without an API server, and no error.
+    fs::write(&accounts, "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: app\n  namespace: dev\n  uid: \"1111\"\n  annotations:\n    nats.io/allowed-pub-subjects: \"a..b\"\n").unwrap();
     let service = b
         .env("SERVICE_ACCOUNTS_PATH", accounts.to_str().unwrap())
         .env("JWKS_PATH", dir.join("jwks.json").to_str().unwrap())
@@ -139,6 +140,13 @@ fn local_mode_with_a_dev_signer_and_a_serviceaccount_file() {
     };
     let c = connect_token(&nats.url(), &mint("app", "1111")).expect("local mode allows");
     assert!(c.round_trip("dev.hello"));
+    let log = service.log();
+    assert!(log.contains("entry \"a..b\" dropped"), "{log}");
+    assert!(
+        log.contains("no Events about dropped annotation entries without the Kubernetes API"),
+        "{log}"
+    );
+    assert!(!log.contains("cannot create"), "{log}");
     assert!(connect_token(&nats.url(), &mint("other", "2222")).is_err());
     // The file is re-read when it changes.
     fs::write(

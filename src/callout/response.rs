@@ -280,12 +280,7 @@ mod tests {
     }
 
     fn perms() -> Permissions {
-        let sa = crate::kube::ServiceAccount {
-            namespace: "ns".into(),
-            name: "app".into(),
-            uid: "u".into(),
-            annotations: Default::default(),
-        };
+        let sa = crate::kube::ServiceAccount::for_test("ns", "app", "u");
         let policy = crate::policy::AdminPolicy::unrestricted();
         let evaluation =
             crate::policy::evaluate(&sa, &policy, crate::policy::InboxMode::Responses).unwrap();
@@ -339,12 +334,7 @@ mod tests {
         let account = KeyPair::new_account();
         let signer = ResponseSigner::new(account, "APP".into());
         let (req, _) = request(None);
-        let sa = crate::kube::ServiceAccount {
-            namespace: "ns".into(),
-            name: "app".into(),
-            uid: "u".into(),
-            annotations: Default::default(),
-        };
+        let sa = crate::kube::ServiceAccount::for_test("ns", "app", "u");
         let policy = crate::policy::AdminPolicy::unrestricted();
         let p = crate::policy::evaluate(&sa, &policy, crate::policy::InboxMode::Shared)
             .unwrap()

@@ -1,8 +1,9 @@
 //! The blocking HTTP client for the Kubernetes API server: built from an [`Endpoint`] (TLS,
-//! credential), it sends GETs with bounded waits and maps failures to [`KubeError`].
+//! credential), it sends GETs (and the POSTs that create objects) with bounded waits and maps
+//! failures to [`KubeError`].
 //!
 //! Every request has a bound: a connect timeout, a total timeout (or, for watch streams, a
-//! response timeout plus a per-read timeout) and a body size limit. The bearer token is never
+//! response timeout plus a per-read timeout) and a body size limit each way. The bearer token is never
 //! logged; a token file is re-read at most once per reload period and right after a 401, after
 //! which the request is retried once. Credentials only ever go to the configured server's origin.
 
@@ -13,9 +14,10 @@ use std::time::Duration;
 
 use log::{info, warn};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use ureq::http::{Response, StatusCode};
 use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig};
-use ureq::{Agent, Body, BodyReader};
+use ureq::{Agent, Body, BodyReader, RequestBuilder};
 
 use super::config::{self, Endpoint, InClusterPaths, KubeConfigSource};
 use super::credential::Credential;
@@ -27,6 +29,8 @@ use crate::urls::HttpUrl;
 const STATUS_BODY_LIMIT: u64 = 64 * 1024;
 /// Largest single line of a watch stream (one event); etcd's object limit is about 1.5 MiB.
 const MAX_WATCH_LINE: usize = 16 * 1024 * 1024;
+/// Largest request body sent: the API server refuses larger ones (413) anyway.
+pub const MAX_REQUEST_BODY: u64 = 3 * 1024 * 1024;
 
 /// Settings of the API client.
 #[derive(Clone, Debug)]
@@ -224,7 +228,35 @@ impl ApiClient {
         timeout: Duration,
     ) -> Result<T, KubeError> {
         let url = self.url_for(path_and_query)?;
-        let mut response = self.send(&url, Wait::Total(timeout))?;
+        let response = self.send(&url, None, Wait::Total(timeout))?;
+        self.decode_json(response)
+    }
+
+    /// POSTs `body` as JSON to `path` (starting with `/`, as for a GET) and decodes the JSON
+    /// answer; non-2xx is a [`KubeError::Status`] whose reason tells `AlreadyExists` (409) and
+    /// `Forbidden` (403) from the rest. Same bounds, credentials and 401 retry as a GET.
+    pub fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<T, KubeError> {
+        let url = self.url_for(path)?;
+        let bytes = serde_json::to_vec(body).map_err(KubeError::Encode)?;
+        if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_REQUEST_BODY {
+            return Err(KubeError::RequestTooLarge {
+                limit: MAX_REQUEST_BODY,
+            });
+        }
+        let response = self.send(&url, Some(&bytes), Wait::Total(timeout))?;
+        self.decode_json(response)
+    }
+
+    /// The JSON body of a 2xx response (bounded); the Status error of any other.
+    fn decode_json<T: DeserializeOwned>(
+        &self,
+        mut response: Response<Body>,
+    ) -> Result<T, KubeError> {
         if !response.status().is_success() {
             return Err(status_error(&mut response));
         }
@@ -236,7 +268,7 @@ impl ApiClient {
     /// returns status, `Cache-Control` and body whatever the status.
     pub fn get_raw(&self, path: &str, timeout: Duration) -> Result<RawResponse, KubeError> {
         let url = self.url_for(path)?;
-        let mut response = self.send(&url, Wait::Total(timeout))?;
+        let mut response = self.send(&url, None, Wait::Total(timeout))?;
         let status = response.status().as_u16();
         let cache_control = response
             .headers()
@@ -261,6 +293,7 @@ impl ApiClient {
         let url = self.url_for(path_and_query)?;
         let mut response = self.send(
             &url,
+            None,
             Wait::Stream {
                 response: self.response_timeout,
                 read: read_timeout,
@@ -311,23 +344,24 @@ impl ApiClient {
         }
     }
 
-    /// Sends a GET with the bearer token; on a 401 with a token file, re-reads it and retries once.
-    fn send(&self, url: &str, wait: Wait) -> Result<Response<Body>, KubeError> {
+    /// Sends a GET, or a POST of the JSON `body`, with the bearer token; on a 401 with a token
+    /// file, re-reads it and retries once.
+    fn send(
+        &self,
+        url: &str,
+        body: Option<&[u8]>,
+        wait: Wait,
+    ) -> Result<Response<Body>, KubeError> {
         let mut retried = false;
         loop {
-            let mut request = self.agent.get(url);
-            if let Some(token) = self.credential.bearer() {
-                request = request.header("Authorization", format!("Bearer {}", token.0));
+            let response = match body {
+                None => self.prepare(self.agent.get(url), wait).call(),
+                Some(bytes) => self
+                    .prepare(self.agent.post(url), wait)
+                    .header("Content-Type", "application/json")
+                    .send(bytes),
             }
-            let request = match wait {
-                Wait::Total(total) => request.config().timeout_global(Some(total)).build(),
-                Wait::Stream { response, read } => request
-                    .config()
-                    .timeout_recv_response(Some(response))
-                    .timeout_per_read(Some(read))
-                    .build(),
-            };
-            let response = request.call().map_err(map_call_error)?;
+            .map_err(map_call_error)?;
             if response.status() == StatusCode::UNAUTHORIZED && !retried {
                 if let Credential::File(file) = &self.credential {
                     // The kubelet may have rotated the token since the last read.
@@ -341,6 +375,21 @@ impl ApiClient {
                 }
             }
             return Ok(response);
+        }
+    }
+
+    /// Adds the bearer token (read now, so a rotated one is used) and the time bounds.
+    fn prepare<B>(&self, mut request: RequestBuilder<B>, wait: Wait) -> RequestBuilder<B> {
+        if let Some(token) = self.credential.bearer() {
+            request = request.header("Authorization", format!("Bearer {}", token.0));
+        }
+        match wait {
+            Wait::Total(total) => request.config().timeout_global(Some(total)).build(),
+            Wait::Stream { response, read } => request
+                .config()
+                .timeout_recv_response(Some(response))
+                .timeout_per_read(Some(read))
+                .build(),
         }
     }
 }
@@ -647,11 +696,16 @@ mod tests {
         let token_path = write(dir.path(), "token", "old");
         let ca = write(dir.path(), "ca.crt", CA_PEM);
         let calls = Arc::new(AtomicUsize::new(0));
-        let accept_new = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (calls2, accept2) = (calls.clone(), accept_new.clone());
+        // The one token the server accepts (none: every request is refused).
+        let accepted = Arc::new(parking_lot::Mutex::new(Some("Bearer new")));
+        let (calls2, accepted2) = (calls.clone(), accepted.clone());
         let base = start(Arc::new(move |req: &Request| {
             calls2.fetch_add(1, Ordering::SeqCst);
-            if accept2.load(Ordering::SeqCst) && req.header("authorization") == Some("Bearer new") {
+            let accepted = *accepted2.lock();
+            if accepted.is_some() && req.header("authorization") == accepted {
+                if req.method == "POST" {
+                    return response("201 Created", &[], &String::from_utf8_lossy(&req.body));
+                }
                 response(
                     "200 OK",
                     &[("Cache-Control", "max-age=60")],
@@ -683,8 +737,18 @@ mod tests {
         assert_eq!(raw.body, br#"{"ok":true}"#);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
 
+        // A POST is retried the same way, its body sent again.
+        *accepted.lock() = Some("Bearer newer");
+        std::fs::write(&token_path, "newer\n").unwrap();
+        calls.store(0, Ordering::SeqCst);
+        let echoed: serde_json::Value = c
+            .post_json("/x", &serde_json::json!({"a": 1}), Duration::from_secs(2))
+            .unwrap();
+        assert_eq!(echoed, serde_json::json!({"a": 1}));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
         // A token that stays wrong: exactly one retry, then the 401 is returned.
-        accept_new.store(false, Ordering::SeqCst);
+        *accepted.lock() = None;
         std::fs::write(&token_path, "wrong").unwrap();
         calls.store(0, Ordering::SeqCst);
         let raw = c.get_raw("/x", Duration::from_secs(2)).unwrap();
@@ -698,6 +762,63 @@ mod tests {
             Credential::File(f) => assert_eq!(f.current().0, "wrong"),
             _ => panic!("file credential expected"),
         }
+    }
+
+    #[test]
+    fn post_sends_json_with_the_token_and_a_conflict_keeps_its_status_reason() {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let base = start(Arc::new(move |req: &Request| {
+            seen2.lock().push(req.clone());
+            if req.path.ends_with("/taken") {
+                return response(
+                    "409 Conflict",
+                    &[],
+                    r#"{"kind":"Status","status":"Failure","reason":"AlreadyExists","message":"events \"taken\" already exists","code":409}"#,
+                );
+            }
+            response(
+                "201 Created",
+                &[],
+                r#"{"metadata":{"name":"e","uid":"u9"}}"#,
+            )
+        }));
+        let c = test_client(&base, Some("t"));
+        let t = Duration::from_secs(2);
+        let body = serde_json::json!({"metadata": {"name": "e"}, "message": "m"});
+        let created: serde_json::Value = c
+            .post_json("/api/v1/namespaces/ns/events", &body, t)
+            .unwrap();
+        assert_eq!(created["metadata"]["uid"], "u9");
+        {
+            let seen = seen.lock();
+            let req = &seen[0];
+            assert_eq!(req.method, "POST");
+            assert_eq!(req.path, "/api/v1/namespaces/ns/events");
+            assert_eq!(req.header("content-type"), Some("application/json"));
+            assert_eq!(req.header("authorization"), Some("Bearer t"));
+            let sent: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+            assert_eq!(sent, body);
+        }
+        match c.post_json::<serde_json::Value>("/taken", &body, t) {
+            Err(KubeError::Status {
+                code: 409,
+                reason: Some(reason),
+                ..
+            }) => assert_eq!(reason, "AlreadyExists"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Refused before anything is sent: too large a body, another origin.
+        let big = "x".repeat(usize::try_from(MAX_REQUEST_BODY).unwrap());
+        assert!(matches!(
+            c.post_json::<serde_json::Value>("/x", &big, t),
+            Err(KubeError::RequestTooLarge { .. })
+        ));
+        assert!(matches!(
+            c.post_json::<serde_json::Value>("https://evil.example/x", &body, t),
+            Err(KubeError::CrossOrigin)
+        ));
+        assert_eq!(seen.lock().len(), 2);
     }
 
     #[test]

@@ -148,6 +148,15 @@ pub enum KubeError {
     /// The body is not the JSON expected.
     #[error("unexpected API response: {0}")]
     Decode(#[source] serde_json::Error),
+    /// A request body could not be written as JSON.
+    #[error("API request body could not be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A request body is larger than the API server accepts.
+    #[error("API request body larger than {limit} bytes")]
+    RequestTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A URL outside the API server's origin was refused (credentials are never sent elsewhere).
     #[error("URL is not on the API server's origin")]
     CrossOrigin,

@@ -200,9 +200,12 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<ServiceAccount>, FileErro
                 debug!("{}: skipping a {kind} object", path.display());
                 continue;
             }
-            let sa = raw
+            let mut sa = raw
                 .into_service_account(Some(DEFAULT_NAMESPACE))
                 .map_err(|p| item_err(p.describe().to_owned()))?;
+            // A manifest's resourceVersion (one exported with `kubectl get -o yaml`, say) names
+            // no version of a live object.
+            sa.resource_version.clear();
             if !seen.insert((sa.namespace.clone(), sa.name.clone())) {
                 return Err(FileError::Duplicate {
                     path: path.to_owned(),
@@ -330,13 +333,17 @@ mod tests {
         let v = parse(
             "sa.json",
             r#"{"kind":"ServiceAccountList","apiVersion":"v1","items":[
-                {"metadata":{"name":"a","namespace":"n1","uid":"u1","annotations":{"k":"v"}}},
+                {"metadata":{"name":"a","namespace":"n1","uid":"u1","resourceVersion":"42","annotations":{"k":"v"}}},
                 {"metadata":{"name":"b","namespace":"n2","uid":"u2"}}]}"#,
         )
         .unwrap();
         assert_eq!(names(&v), ["n1/a", "n2/b"]);
         assert_eq!(v[0].annotations.get("k").map(String::as_str), Some("v"));
         assert_eq!(v[0].uid, "u1");
+        assert_eq!(
+            v[0].resource_version, "",
+            "a file names no live object version"
+        );
     }
 
     #[test]

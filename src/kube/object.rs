@@ -14,6 +14,9 @@ pub struct ServiceAccount {
     pub name: String,
     /// The object's uid; a re-created account has a new one.
     pub uid: String,
+    /// The object's resourceVersion (opaque, compared only for equality): it changes with every
+    /// write. Empty when the account comes from a local file.
+    pub resource_version: String,
     /// The object's annotations.
     pub annotations: BTreeMap<String, String>,
 }
@@ -26,6 +29,7 @@ impl ServiceAccount {
             namespace: namespace.into(),
             name: name.into(),
             uid: uid.into(),
+            resource_version: String::new(),
             annotations: BTreeMap::new(),
         }
     }
@@ -101,6 +105,7 @@ impl RawObject {
             namespace,
             name,
             uid: meta.uid.unwrap_or_default(),
+            resource_version: meta.resource_version.unwrap_or_default(),
             annotations: meta.annotations.unwrap_or_default(),
         })
     }
@@ -165,6 +170,7 @@ mod tests {
         assert_eq!(sa.namespace, "team-a");
         assert_eq!(sa.name, "app");
         assert_eq!(sa.uid, "u1");
+        assert_eq!(sa.resource_version, "7");
         assert_eq!(sa.annotations.get("k").map(String::as_str), Some("v"));
     }
 

@@ -1,15 +1,18 @@
 //! A minimal HTTP/1.1 server on 127.0.0.1 for unit tests: it answers each request (one per
 //! connection) with the bytes a test's closure returns.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 
-/// One received request: its request line and headers (lower-cased names).
+/// One received request: its request line, headers (lower-cased names) and body.
 #[derive(Clone, Debug)]
 pub(crate) struct Request {
+    pub(crate) method: String,
     pub(crate) path: String,
     pub(crate) headers: Vec<(String, String)>,
+    /// The `Content-Length` bytes that followed the headers.
+    pub(crate) body: Vec<u8>,
 }
 
 impl Request {
@@ -38,7 +41,9 @@ pub(crate) fn start(respond: Arc<Responder>) -> String {
                 if reader.read_line(&mut line).is_err() {
                     return;
                 }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_owned();
+                let path = parts.next().unwrap_or("").to_owned();
                 let mut headers = Vec::new();
                 loop {
                     let mut h = String::new();
@@ -49,7 +54,24 @@ pub(crate) fn start(respond: Arc<Responder>) -> String {
                         headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
                     }
                 }
-                let out = respond(&Request { path, headers });
+                let mut request = Request {
+                    method,
+                    path,
+                    headers,
+                    body: Vec::new(),
+                };
+                let length = request
+                    .header("content-length")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if (&mut reader)
+                    .take(length)
+                    .read_to_end(&mut request.body)
+                    .is_err()
+                {
+                    return;
+                }
+                let out = respond(&request);
                 let _ = stream.write_all(&out);
                 let _ = stream.flush();
             });

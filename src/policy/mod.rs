@@ -5,17 +5,19 @@
 //! - [`subject`]: subject validity, reserved subjects, one pattern within another, globs;
 //! - [`admin`]: the admin policy file (served namespaces, accounts, annotation bounds);
 //! - [`store`]: the policy in use, re-read when its file changes;
-//! - [`evaluate`] (pure) and [`PermissionCache`] (once per object version and policy).
+//! - [`evaluate`] (pure) and [`PermissionCache`] (once per object version and policy), which
+//!   hands each evaluation that dropped entries on as a [`DropReport`] (see [`crate::events`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crossbeam_channel::{Sender, TrySendError};
 use log::warn;
 use parking_lot::Mutex;
 
 use crate::kube::ServiceAccount;
-use crate::metrics::{DroppedEntryLabels, Metrics};
+use crate::metrics::{DroppedEntryLabels, EventLabels, Metrics};
 
 pub mod admin;
 pub mod store;
@@ -207,6 +209,25 @@ impl Evaluation {
             _ => None,
         })
     }
+
+    /// Why `cause` dropped an entry here: its text, and for a policy drop the part of the
+    /// policy that bounded it.
+    pub fn explain(&self, cause: DropCause) -> String {
+        match cause {
+            DropCause::NotAllowedByPolicy => format!("{cause}: {}", self.governance),
+            _ => cause.to_string(),
+        }
+    }
+}
+
+/// An evaluation that dropped annotation entries, for the people who wrote them: the object
+/// version it was computed for and the evaluation itself (two pointers, cheap to hand over).
+#[derive(Debug, Clone)]
+pub struct DropReport {
+    /// The ServiceAccount object, at the version evaluated.
+    pub account: Arc<ServiceAccount>,
+    /// What the policy made of its annotations.
+    pub evaluation: Arc<Evaluation>,
 }
 
 /// The earlier private inbox prefix of a ServiceAccount (`INBOX_MODE=responses`):
@@ -355,16 +376,12 @@ impl PermissionCache {
                 continue;
             }
             warn!(
-                "serviceaccount {}/{}: annotation {} entry {:?} dropped ({}{})",
+                "serviceaccount {}/{}: annotation {} entry {:?} dropped ({})",
                 sa.namespace,
                 sa.name,
                 verdict.direction.annotation(),
                 verdict.entry,
-                cause,
-                match cause {
-                    DropCause::NotAllowedByPolicy => format!(": {}", evaluation.governance),
-                    _ => String::new(),
-                }
+                evaluation.explain(cause)
             );
         }
         if unlogged > 0 {
@@ -400,13 +417,14 @@ struct Computed {
 }
 
 /// Remembers the evaluation of each ServiceAccount object, so annotations are parsed (and their
-/// drops logged and counted) once per version of the object and of the policy rather than once
-/// per connection.
+/// drops logged, counted and reported) once per version of the object and of the policy rather
+/// than once per connection.
 pub struct PermissionCache {
     entries: Mutex<HashMap<AccountKey, Computed>>,
     metrics: Arc<Metrics>,
     capacity: usize,
     mode: InboxMode,
+    reports: Option<Sender<DropReport>>,
 }
 
 impl PermissionCache {
@@ -417,7 +435,16 @@ impl PermissionCache {
             metrics,
             capacity: capacity.max(1),
             mode,
+            reports: None,
         }
+    }
+
+    /// Hands every evaluation that drops entries to `reports` as well (the Event recorder's
+    /// bounded queue). The request path never waits for it: when the queue is full the report
+    /// is dropped and counted as `events_total{result="dropped"}`.
+    pub fn report_drops_to(mut self, reports: Sender<DropReport>) -> PermissionCache {
+        self.reports = Some(reports);
+        self
     }
 
     /// The evaluation of `sa` under `policy`, computed when this exact object or this policy
@@ -438,6 +465,9 @@ impl PermissionCache {
         }
         let evaluation = Arc::new(evaluate(sa, &policy.policy, self.mode)?);
         self.report_drops(sa, &evaluation);
+        if evaluation.dropped().next().is_some() || !evaluation.ignored.is_empty() {
+            self.report(sa, &evaluation);
+        }
         let mut entries = self.entries.lock();
         if entries.len() >= self.capacity {
             entries.clear();
@@ -452,6 +482,24 @@ impl PermissionCache {
         );
         Ok(evaluation)
     }
+
+    /// Offers the report without waiting; a full queue drops it (counted), a stopped recorder
+    /// takes nothing more.
+    fn report(&self, sa: &Arc<ServiceAccount>, evaluation: &Arc<Evaluation>) {
+        let Some(reports) = &self.reports else {
+            return;
+        };
+        let report = DropReport {
+            account: sa.clone(),
+            evaluation: evaluation.clone(),
+        };
+        if let Err(TrySendError::Full(_)) = reports.try_send(report) {
+            self.metrics
+                .events
+                .get_or_create(&EventLabels { result: "dropped" })
+                .inc();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -461,13 +509,11 @@ mod tests {
 
     fn sa(ns: &str, name: &str, annotations: &[(&str, &str)]) -> ServiceAccount {
         ServiceAccount {
-            namespace: ns.into(),
-            name: name.into(),
-            uid: "uid-1".into(),
             annotations: annotations
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            ..ServiceAccount::for_test(ns, name, "uid-1")
         }
     }
 
@@ -745,6 +791,40 @@ mod tests {
             evaluate(&sa("kube-system", "x", &[]), &policy, InboxMode::Shared),
             Err(NotServed::Excluded("kube-*".into()))
         );
+    }
+
+    #[test]
+    fn dropped_entries_are_reported_once_per_version_without_waiting_for_the_recorder() {
+        let m = Arc::new(Metrics::new());
+        // A queue of one that nobody reads: the second report finds it full.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cache = PermissionCache::new(m.clone(), 10, InboxMode::Shared).report_drops_to(tx);
+        let policy = LoadedPolicy {
+            policy: AdminPolicy::unrestricted(),
+            generation: 1,
+        };
+        let clean = Arc::new(sa("ns", "clean", &[(PUB_ANNOTATION, "a.b")]));
+        cache.evaluation(&clean, &policy).unwrap();
+        assert!(rx.is_empty(), "nothing to report without a dropped entry");
+        let v1 = Arc::new(sa("ns", "svc", &[(PUB_ANNOTATION, "a.b, bad..")]));
+        let e1 = cache.evaluation(&v1, &policy).unwrap();
+        cache.evaluation(&v1, &policy).unwrap();
+        assert_eq!(rx.len(), 1, "once per object version");
+        let v2 = Arc::new(ServiceAccount {
+            resource_version: "2".into(),
+            ..Arc::unwrap_or_clone(v1.clone())
+        });
+        cache.evaluation(&v2, &policy).unwrap();
+        let events = |result| m.events.get_or_create(&EventLabels { result }).get();
+        assert_eq!(events("dropped"), 1, "a full queue drops the report");
+        let report = rx.try_recv().unwrap();
+        assert!(Arc::ptr_eq(&report.account, &v1));
+        assert!(Arc::ptr_eq(&report.evaluation, &e1));
+        // Once the recorder is gone, reports go nowhere and nothing more is counted.
+        drop(rx);
+        let v3 = Arc::new(sa("ns", "other", &[(SUB_ANNOTATION, "x..")]));
+        cache.evaluation(&v3, &policy).unwrap();
+        assert_eq!(events("dropped"), 1);
     }
 
     #[test]

@@ -244,6 +244,18 @@ impl Stack {
         TokenBuilder::for_sa(ns, name, &uid).sign(&self.key)
     }
 
+    /// A builder for another replica of the service: the same keys, nats-server, Kubernetes API,
+    /// issuer and policy file (other settings of the first one are not copied).
+    pub fn replica(&self) -> ServiceBuilder {
+        let mut b = ServiceBuilder::new(&self.keys, &self.nats.service_url(), CLIENT_ACCOUNT)
+            .kube_api(&self.api.url(), &self.api.token())
+            .env("JWT_ISSUER", DEFAULT_ISSUER);
+        if let Some(path) = &self.policy_file {
+            b = b.env("POLICY_FILE", path.to_str().expect("utf8 path"));
+        }
+        b
+    }
+
     /// The URL clients connect to.
     pub fn url(&self) -> String {
         self.nats.url()

@@ -182,6 +182,13 @@ impl Request {
         }
     }
 
+    /// The media type of the body, lower-cased (JSON when the header is missing).
+    pub(super) fn content_type(&self) -> String {
+        self.header("Content-Type")
+            .unwrap_or("application/json")
+            .to_ascii_lowercase()
+    }
+
     /// The token of an `Authorization: Bearer` header.
     pub(super) fn bearer(&self) -> Option<&str> {
         let value = self.header("Authorization")?.trim();

@@ -2,11 +2,13 @@
 //! behaviours in kubernetes-facts.md §4 and §7 that the service relies on: paginated lists with
 //! continue tokens, a global resourceVersion, chunked watch streams with history replay, 410
 //! expiry, bookmarks, bearer-token checks, the OIDC discovery endpoints, the TokenRequest
-//! subresource (`kubectl create token`), and fault injection driven by the test.
+//! subresource (`kubectl create token`), Events (created, validated and kept for the test to
+//! read; `create` can be refused as by RBAC), and fault injection driven by the test.
 //!
 //! Not emulated, because the service never asks for them: label and field selectors (answered 400
 //! BadRequest saying so, rather than ignored) and streaming lists (`sendInitialEvents`, answered
-//! 422 Invalid as by an API server with the WatchList feature gate off).
+//! 422 Invalid as by an API server with the WatchList feature gate off); reading Events back
+//! through the API (answered 405: tests read them from the handle).
 //!
 //! Plain HTTP by default; [`KubeEmulatorBuilder::tls`] makes it serve HTTPS with freshly
 //! generated certificates (and optionally require client certificates), with every behaviour
@@ -20,8 +22,8 @@
 //!
 //! One request's path through the files: [`http`] accepts the connection ([`tls`] does the
 //! handshake) and parses the request; [`routing`] routes it, applies injected faults and
-//! authentication, and records it; then [`list`], [`watch`], [`discovery`] or [`token_request`]
-//! answers it from the store in [`state`]. This file is the test's side: the builder and the
+//! authentication, and records it; then [`list`], [`watch`], [`discovery`], [`token_request`] or
+//! [`events`] answers it from the store in [`state`]. This file is the test's side: the builder and the
 //! handle. It is a little over 600 lines because it is the emulator's whole public surface, one
 //! short documented method per setting, switch, write or counter.
 
@@ -37,6 +39,7 @@ use serde_json::{json, Value};
 use super::tokens::{random_uuid, SigningKey};
 
 mod discovery;
+mod events;
 mod http;
 mod list;
 mod routing;
@@ -504,6 +507,33 @@ impl KubeEmulator {
     /// Number of TokenRequests received (any method, including refused ones).
     pub fn token_requests(&self) -> u64 {
         self.lock().counters.token
+    }
+
+    /// Whether the service may create Events; `false` answers them 403 Forbidden, as an API
+    /// server does when the service's role lacks `create` on `events`.
+    pub fn set_create_events_allowed(&self, allowed: bool) {
+        self.lock().create_events_allowed = allowed;
+    }
+
+    /// Every Event created, oldest first, as the API server stored it.
+    pub fn events(&self) -> Vec<Value> {
+        self.lock().events.clone()
+    }
+
+    /// The Events whose involvedObject is the ServiceAccount `namespace/name`, oldest first.
+    pub fn events_about(&self, namespace: &str, name: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| {
+                let o = &e["involvedObject"];
+                o["kind"] == "ServiceAccount" && o["namespace"] == namespace && o["name"] == name
+            })
+            .collect()
+    }
+
+    /// Number of requests on an Events collection (any method, including refused ones).
+    pub fn event_requests(&self) -> u64 {
+        self.lock().counters.events
     }
 
     /// Number of ServiceAccount list requests received (including failed ones).

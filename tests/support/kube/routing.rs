@@ -1,6 +1,7 @@
 //! What each request gets: routing by path, the faults a test injected, authentication (bearer
-//! tokens, client certificates, the anonymous user), the single-object GET and `/version`
-//! replies, the request log, and the `kind: Status` body every failure carries.
+//! tokens, client certificates, the anonymous user), the one RBAC rule a test can take away
+//! (`create` on `events`), the single-object GET and `/version` replies, the request log, the
+//! decoding of create bodies, and the `kind: Status` body every failure carries.
 
 use std::io;
 
@@ -8,6 +9,7 @@ use parking_lot::MutexGuard;
 use serde_json::{json, Map, Value};
 
 use super::discovery::{discovery, jwks};
+use super::events;
 use super::http::{parse_bool, parse_query, write_json, Request};
 use super::list::list;
 use super::state::{Shared, State};
@@ -17,6 +19,8 @@ use super::watch::{run_watch, start_watch, WatchPlan};
 
 /// The request log keeps at most this many entries (oldest dropped first).
 const MAX_RECORDED_REQUESTS: usize = 100_000;
+/// The user the service authenticates as, named in its RBAC refusals.
+const SERVICE_USER: &str = "system:serviceaccount:nats:nats-k8s-oidc-callout";
 
 /// What a request was, as the emulator routed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub enum RequestKind {
     Jwks,
     /// `POST /api/v1/namespaces/{ns}/serviceaccounts/{name}/token` (any method on that path).
     TokenRequest,
+    /// `POST /api/v1/namespaces/{ns}/events` (any method on that path).
+    Events,
     /// Anything else (answered 404 or 405).
     Other,
 }
@@ -142,6 +148,10 @@ enum Route {
         namespace: String,
         name: String,
     },
+    /// The Events of one namespace.
+    Events {
+        namespace: String,
+    },
     Discovery,
     Jwks,
     /// `/version`, which `system:public-info-viewer` opens to everyone.
@@ -168,6 +178,9 @@ fn route(path: &str) -> Route {
                 name: name.to_string(),
             }
         }
+        ["api", "v1", "namespaces", ns, "events"] if !ns.is_empty() => Route::Events {
+            namespace: ns.to_string(),
+        },
         ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
             if !ns.is_empty() && !name.is_empty() =>
         {
@@ -230,6 +243,7 @@ pub(super) fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::
         Route::Discovery => RequestKind::Discovery,
         Route::Jwks => RequestKind::Jwks,
         Route::TokenRequest { .. } => RequestKind::TokenRequest,
+        Route::Events { .. } => RequestKind::Events,
         Route::Version | Route::Unknown => RequestKind::Other,
     };
     let reply = {
@@ -280,6 +294,7 @@ fn decide(
         RequestKind::Discovery => st.counters.discovery += 1,
         RequestKind::Jwks => st.counters.jwks += 1,
         RequestKind::TokenRequest => st.counters.token += 1,
+        RequestKind::Events => st.counters.events += 1,
         RequestKind::Other => {}
     }
     let target = req.target();
@@ -298,6 +313,20 @@ fn decide(
             return method_not_allowed(&req.method);
         }
         return token_request::create(shared, st, req, namespace, name);
+    }
+    if let Route::Events { namespace } = route {
+        // Only create is emulated: the service never reads Events.
+        if req.method != "POST" {
+            return method_not_allowed(&req.method);
+        }
+        if !st.create_events_allowed {
+            return Reply::status(
+                403,
+                "Forbidden",
+                &forbidden_message(SERVICE_USER, kind, &req.path),
+            );
+        }
+        return events::create(st, req, namespace);
     }
     if req.method != "GET" {
         return match route {
@@ -330,7 +359,7 @@ fn decide(
                 "platform": "linux/amd64",
             }),
         ),
-        Route::TokenRequest { .. } | Route::Unknown => not_found_path(),
+        Route::TokenRequest { .. } | Route::Events { .. } | Route::Unknown => not_found_path(),
     }
 }
 
@@ -396,7 +425,7 @@ fn forbidden_message(user: &str, kind: RequestKind, path: &str) -> String {
     let verb = match kind {
         RequestKind::List => "list",
         RequestKind::Watch => "watch",
-        RequestKind::TokenRequest => "create",
+        RequestKind::TokenRequest | RequestKind::Events => "create",
         _ => "get",
     };
     match kind {
@@ -410,6 +439,12 @@ fn forbidden_message(user: &str, kind: RequestKind, path: &str) -> String {
                 }
                 _ => "at the cluster scope".to_string(),
             };
+            if kind == RequestKind::Events {
+                return format!(
+                    "events is forbidden: User \"{user}\" cannot create resource \"events\" in \
+                     API group \"\" {scope}"
+                );
+            }
             if kind == RequestKind::TokenRequest {
                 let name = path.split('/').nth(6).unwrap_or_default();
                 return format!(
@@ -430,14 +465,7 @@ fn injected_failure(fault: &Fault, kind: RequestKind) -> Reply {
     let (reason, message) = match fault.status {
         400 => ("BadRequest", "bad request".to_string()),
         401 => ("Unauthorized", "Unauthorized".to_string()),
-        403 => (
-            "Forbidden",
-            forbidden_message(
-                "system:serviceaccount:nats:nats-k8s-oidc-callout",
-                kind,
-                "/",
-            ),
-        ),
+        403 => ("Forbidden", forbidden_message(SERVICE_USER, kind, "/")),
         404 => (
             "NotFound",
             "the server could not find the requested resource".into(),
@@ -509,6 +537,54 @@ pub(super) fn service_account_not_found(name: &str) -> Reply {
             Some(json!({ "name": name, "kind": "serviceaccounts" })),
         ),
     )
+}
+
+/// The body of a create request as a JSON object: 415 for a media type not in `accepted`, 400
+/// for anything but a JSON object, as the API server's decoder answers them.
+pub(super) fn json_object_body(req: &Request, kind: &str, accepted: &str) -> Result<Value, Reply> {
+    if !req.content_type().starts_with("application/json") {
+        return Err(Reply::status(
+            415,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types \
+                 include: {accepted}"
+            ),
+        ));
+    }
+    let body = match serde_json::from_slice(&req.body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(other) => {
+            return Err(undecodable(
+                kind,
+                &format!("expected an object, got {other}"),
+            ))
+        }
+        Err(e) => return Err(undecodable(kind, &e.to_string())),
+    };
+    expect_kind(&body, kind)?;
+    Ok(body)
+}
+
+/// The 400 for a body that is not a `kind` object.
+pub(super) fn undecodable(kind: &str, why: &str) -> Reply {
+    Reply::status(
+        400,
+        "BadRequest",
+        &format!("{kind} in version \"v1\" cannot be handled as a {kind}: {why}"),
+    )
+}
+
+/// The 400 for a body that says it is another kind of object (a missing `kind` is the path's).
+pub(super) fn expect_kind(body: &Value, kind: &str) -> Result<(), Reply> {
+    match body["kind"].as_str().filter(|k| *k != kind) {
+        Some(other) => Err(Reply::status(
+            400,
+            "BadRequest",
+            &format!("the body of the request is a {other}, not a {kind}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A `kind: Status` failure body.

@@ -55,6 +55,7 @@ pub(super) struct Counters {
     pub(super) discovery: u64,
     pub(super) jwks: u64,
     pub(super) token: u64,
+    pub(super) events: u64,
     pub(super) total: u64,
     pub(super) connections: u64,
     pub(super) tls_handshake_failures: u64,
@@ -173,6 +174,10 @@ pub(super) struct State {
     pub(super) jwks: Value,
     pub(super) jwks_max_age: u64,
     pub(super) token_signer: Option<SigningKey>,
+    /// Events created, oldest first (the emulator never expires them).
+    pub(super) events: Vec<Value>,
+    /// Whether the service's RBAC allows `create` on `events` (403 Forbidden otherwise).
+    pub(super) create_events_allowed: bool,
     pub(super) requests: VecDeque<RecordedRequest>,
     pub(super) tls_errors: VecDeque<String>,
     pub(super) counters: Counters,
@@ -202,6 +207,8 @@ impl State {
             jwks: Value::Null,
             jwks_max_age: 0,
             token_signer: None,
+            events: Vec::new(),
+            create_events_allowed: true,
             requests: VecDeque::new(),
             tls_errors: VecDeque::new(),
             counters: Counters::default(),
@@ -361,7 +368,7 @@ pub(super) fn to_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// The current time as RFC 3339 in UTC with second precision, like `metav1.Time`.
-fn rfc3339_now() -> String {
+pub(super) fn rfc3339_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 
 use super::super::tokens::{now_unix, random_uuid, SigningKey, TokenBuilder};
 use super::http::Request;
-use super::routing::{service_account_not_found, status_body, Reply};
+use super::routing::{
+    expect_kind, json_object_body, service_account_not_found, status_body, undecodable, Reply,
+};
 use super::state::{rfc3339, Shared, State};
 
 /// `expirationSeconds` when the request leaves it unset (`SetDefaults_TokenRequestSpec`).
@@ -60,10 +62,8 @@ pub(super) fn create(
         Ok(body) => body,
         Err(reply) => return reply,
     };
-    if let Some(kind) = body["kind"].as_str().filter(|k| *k != KIND) {
-        return bad_request(&format!(
-            "the body of the request is a {kind}, not a TokenRequest"
-        ));
+    if let Err(reply) = expect_kind(&body, KIND) {
+        return reply;
     }
     let meta = &body["metadata"];
     for (field, given, want, what) in [
@@ -230,33 +230,10 @@ fn invalid(name: &str, field: &str, value: &str, detail: &str) -> Reply {
 
 /// The request body as the JSON form of a TokenRequest, from JSON or Kubernetes protobuf.
 fn decode_body(req: &Request) -> Result<Value, Reply> {
-    let content_type = req
-        .header("Content-Type")
-        .unwrap_or("application/json")
-        .to_ascii_lowercase();
-    let cannot = |why: String| {
-        bad_request(&format!(
-            "TokenRequest in version \"v1\" cannot be handled as a TokenRequest: {why}"
-        ))
-    };
-    if content_type.starts_with(PROTOBUF) {
-        return protobuf::token_request(&req.body).map_err(cannot);
+    if req.content_type().starts_with(PROTOBUF) {
+        return protobuf::token_request(&req.body).map_err(|why| undecodable(KIND, &why));
     }
-    if !content_type.starts_with("application/json") {
-        return Err(Reply::status(
-            415,
-            "UnsupportedMediaType",
-            &format!(
-                "the body of the request was in an unknown format - accepted media types \
-                 include: application/json, {PROTOBUF}"
-            ),
-        ));
-    }
-    match serde_json::from_slice(&req.body) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(other) => Err(cannot(format!("expected an object, got {other}"))),
-        Err(e) => Err(cannot(e.to_string())),
-    }
+    json_object_body(req, KIND, &format!("application/json, {PROTOBUF}"))
 }
 
 /// The protobuf content type of the Kubernetes API.
