@@ -156,8 +156,13 @@ pub enum EntryOutcome {
         /// The (substituted) policy pattern.
         within: Option<String>,
     },
-    /// Already granted by the defaults or an earlier entry.
-    AlreadyGranted,
+    /// Already granted by the defaults or an earlier entry: nothing added.
+    AlreadyGranted {
+        /// The (substituted) policy pattern it lies within (`None` without a policy file).
+        within: Option<String>,
+        /// The grant that covers it.
+        covered_by: String,
+    },
     /// Refused.
     Dropped(DropCause),
 }
@@ -283,13 +288,16 @@ pub fn evaluate(
                 match within {
                     Err(cause) => EntryOutcome::Dropped(cause),
                     // Nothing to add when an earlier grant already covers it.
-                    Ok(_) if target.iter().any(|e| lies_within(entry, e)) => {
-                        EntryOutcome::AlreadyGranted
-                    }
-                    Ok(within) => {
-                        target.push(entry.to_owned());
-                        EntryOutcome::Granted { within }
-                    }
+                    Ok(within) => match target.iter().find(|e| lies_within(entry, e)) {
+                        Some(covering) => EntryOutcome::AlreadyGranted {
+                            within,
+                            covered_by: covering.clone(),
+                        },
+                        None => {
+                            target.push(entry.to_owned());
+                            EntryOutcome::Granted { within }
+                        }
+                    },
                 }
             };
             entries.push(EntryVerdict {
@@ -603,7 +611,13 @@ mod tests {
                 .map(|v| v.outcome.clone())
                 .unwrap()
         };
-        assert_eq!(verdict("team-a.x"), EntryOutcome::AlreadyGranted);
+        assert_eq!(
+            verdict("team-a.x"),
+            EntryOutcome::AlreadyGranted {
+                within: Some("team-a.>".into()),
+                covered_by: "team-a.>".into()
+            }
+        );
         assert_eq!(
             verdict("shared.svc_v2.events"),
             EntryOutcome::Granted {
