@@ -37,7 +37,8 @@ const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
 /// Timeout of one key-set fetch.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn init_logging(level: &str) {
+/// Logs to standard error at `level`; `RUST_LOG`, when set, refines it per module.
+pub(crate) fn init_logging(level: &str) {
     let mut b = env_logger::Builder::new();
     b.parse_filters(level);
     // At debug and trace, the HTTP and TLS libraries would drown the service's own lines.

@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod callout;
 pub mod config;
 pub mod devtools;
+pub mod explain;
 pub mod files;
 pub mod http;
 pub mod identity;
