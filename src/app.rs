@@ -21,7 +21,7 @@ use crate::authorizer::Authorizer;
 use crate::callout::request::RequestDecoder;
 use crate::callout::response::ResponseSigner;
 use crate::callout::service::{self, CalloutContext, CalloutSettings, NatsAuth};
-use crate::config::{AccountsSource, Config, JwksLocation};
+use crate::config::{AccountsBackend, Config, JwksLocation};
 use crate::events::{self, EventRecorder};
 use crate::http::HttpServer;
 use crate::identity::{
@@ -41,7 +41,8 @@ const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
 /// Timeout of one key-set fetch.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn init_logging(level: &str) {
+/// Logs to standard error at `level`; `RUST_LOG`, when set, refines it per module.
+pub(crate) fn init_logging(level: &str) {
     let mut b = env_logger::Builder::new();
     b.parse_filters(level);
     // At debug and trace, the HTTP and TLS libraries would drown the service's own lines.
@@ -124,26 +125,23 @@ pub fn serve() -> Result<(), String> {
 
     let mut threads = Vec::new();
     let cache = Arc::new(ServiceAccountCache::new(metrics.clone()));
-    let (directory, api): (Arc<dyn ServiceAccountDirectory>, Option<Arc<ApiClient>>) = match &config
+    let backend = config
         .accounts
+        .open()
+        .map_err(|e| format!("kubernetes client: {e}"))?;
+    let (directory, api): (Arc<dyn ServiceAccountDirectory>, Option<Arc<ApiClient>>) = match backend
     {
-        AccountsSource::File(path) => {
+        AccountsBackend::File(path) => {
             threads.push(file::spawn_file_source(
-                path.clone(),
+                path,
                 cache.clone(),
                 readiness.clone(),
                 stop_rx.clone(),
             ));
             (Arc::new(FileDirectory::new(cache.clone())), None)
         }
-        source => {
-            let client = Arc::new(
-                match source {
-                    AccountsSource::Kubeconfig(path) => ApiClient::from_kubeconfig(path.as_deref()),
-                    _ => ApiClient::in_cluster(),
-                }
-                .map_err(|e| format!("kubernetes client: {e}"))?,
-            );
+        AccountsBackend::Api(client) => {
+            let client = Arc::new(*client);
             info!("kubernetes api at {}", client.base_url());
             let settings = watch::WatchSettings {
                 timeout_seconds: config.watch_timeout_secs,

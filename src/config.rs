@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nkeys::{KeyPair, XKey};
 
+use crate::kube::{ApiClient, ConfigError};
 use crate::policy::{AdminPolicy, InboxMode};
 use crate::urls::{parse_nats_address, redact_url, redact_urls, HttpUrl, UrlError};
 
@@ -44,6 +45,44 @@ pub enum AccountsSource {
     Kubeconfig(Option<PathBuf>),
     /// `SERVICE_ACCOUNTS_PATH`: a local file, for development without a cluster.
     File(PathBuf),
+}
+
+/// An [`AccountsSource`] made ready to ask: the API client, or the file.
+#[derive(Debug)]
+pub enum AccountsBackend {
+    /// The Kubernetes API, through this client (in-cluster or from the kubeconfig).
+    Api(Box<ApiClient>),
+    /// The local ServiceAccount file.
+    File(PathBuf),
+}
+
+impl AccountsSource {
+    /// Builds the API client this source names (reading the in-cluster files or the
+    /// kubeconfig), or passes the file on.
+    pub fn open(&self) -> Result<AccountsBackend, ConfigError> {
+        match self {
+            AccountsSource::InCluster => ApiClient::in_cluster(),
+            AccountsSource::Kubeconfig(path) => ApiClient::from_kubeconfig(path.as_deref()),
+            AccountsSource::File(path) => return Ok(AccountsBackend::File(path.clone())),
+        }
+        .map(|client| AccountsBackend::Api(Box::new(client)))
+    }
+}
+
+/// The settings that decide where a ServiceAccount is found and what it is granted: read by one
+/// code path for the service ([`Config`]) and for `explain`, which needs nothing else.
+#[derive(Debug)]
+pub struct PermissionSettings {
+    /// `K8S_IN_CLUSTER` / `KUBECONFIG` / `SERVICE_ACCOUNTS_PATH`.
+    pub accounts: AccountsSource,
+    /// `NATS_ACCOUNT`: the account clients are placed in unless a policy rule names another.
+    pub nats_account: String,
+    /// `INBOX_MODE`: how clients receive replies.
+    pub inbox_mode: InboxMode,
+    /// `POLICY_FILE`: the admin policy's file.
+    pub policy_file: Option<PathBuf>,
+    /// The admin policy read from `POLICY_FILE` (unrestricted without one).
+    pub policy: AdminPolicy,
 }
 
 /// The validated configuration.
@@ -235,6 +274,13 @@ impl Reader<'_> {
         }
     }
 
+    /// Every problem found, as one error.
+    fn into_error(self) -> InvalidConfig {
+        InvalidConfig {
+            problems: self.problems,
+        }
+    }
+
     fn file<T>(&mut self, name: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
         let path = self.get(name)?.to_string();
         match std::fs::read_to_string(&path) {
@@ -250,6 +296,78 @@ impl Reader<'_> {
                     .push(format!("{name}: cannot read {path}: {e}"));
                 None
             }
+        }
+    }
+}
+
+/// Settings that cannot be used: every problem found, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct InvalidConfig {
+    /// One line per problem, naming the variable.
+    pub problems: Vec<String>,
+}
+
+impl PermissionSettings {
+    /// Reads these settings alone from the process environment.
+    pub fn from_env() -> Result<PermissionSettings, InvalidConfig> {
+        PermissionSettings::from_map(&std::env::vars().collect())
+    }
+
+    /// Reads these settings alone from `env`; the error names every problem found.
+    pub fn from_map(env: &HashMap<String, String>) -> Result<PermissionSettings, InvalidConfig> {
+        let mut r = Reader {
+            env,
+            problems: Vec::new(),
+        };
+        let settings = PermissionSettings::read(&mut r);
+        if r.problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(r.into_error())
+        }
+    }
+
+    /// Reads the settings, noting each problem in `r` (a missing `NATS_ACCOUNT` is left empty).
+    fn read(r: &mut Reader<'_>) -> PermissionSettings {
+        let nats_account = r
+            .get("NATS_ACCOUNT")
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                r.problems
+                    .push("NATS_ACCOUNT is required (the account clients are placed in)".into());
+                String::new()
+            });
+        let accounts = if let Some(p) = r.get("SERVICE_ACCOUNTS_PATH") {
+            AccountsSource::File(PathBuf::from(p))
+        } else if r.bool("K8S_IN_CLUSTER", true) {
+            AccountsSource::InCluster
+        } else {
+            AccountsSource::Kubeconfig(r.get("KUBECONFIG").map(PathBuf::from))
+        };
+        let inbox_mode = match r.get("INBOX_MODE").map(str::to_ascii_lowercase) {
+            None => InboxMode::Shared,
+            Some(v) => InboxMode::parse(&v).unwrap_or_else(|| {
+                r.problems.push(format!(
+                    "INBOX_MODE={v:?} is not one of shared, private, responses"
+                ));
+                InboxMode::Shared
+            }),
+        };
+        let policy_file = r.get("POLICY_FILE").map(PathBuf::from);
+        let policy = match &policy_file {
+            None => AdminPolicy::unrestricted(),
+            Some(path) => AdminPolicy::load(path).unwrap_or_else(|e| {
+                r.problems.push(format!("POLICY_FILE: {e}"));
+                AdminPolicy::unrestricted()
+            }),
+        };
+        PermissionSettings {
+            accounts,
+            nats_account,
+            inbox_mode,
+            policy_file,
+            policy,
         }
     }
 }
@@ -313,20 +431,15 @@ impl Config {
             );
         }
         let signing_key = r.file("NATS_SIGNING_KEY_FILE", read_account_seed);
-        let nats_account = r.get("NATS_ACCOUNT").map(str::to_string);
-        if nats_account.is_none() {
-            r.problems
-                .push("NATS_ACCOUNT is required (the account clients are placed in)".into());
-        }
+        let PermissionSettings {
+            accounts,
+            nats_account,
+            inbox_mode,
+            policy_file,
+            policy,
+        } = PermissionSettings::read(&mut r);
         let xkey = r.file("NATS_XKEY_SEED_FILE", read_xkey_seed);
 
-        let accounts = if let Some(p) = r.get("SERVICE_ACCOUNTS_PATH") {
-            AccountsSource::File(PathBuf::from(p))
-        } else if r.bool("K8S_IN_CLUSTER", true) {
-            AccountsSource::InCluster
-        } else {
-            AccountsSource::Kubeconfig(r.get("KUBECONFIG").map(PathBuf::from))
-        };
         let jwks_url = r.get("JWKS_URL").map(str::to_string);
         let jwks_path = r.get("JWKS_PATH").map(str::to_string);
         let jwks = match (jwks_url.as_deref(), jwks_path.as_deref()) {
@@ -422,29 +535,11 @@ impl Config {
             Duration::from_secs(300),
         );
 
-        let inbox_mode = match r.get("INBOX_MODE").map(str::to_ascii_lowercase) {
-            None => InboxMode::Shared,
-            Some(v) => InboxMode::parse(&v).unwrap_or_else(|| {
-                r.problems.push(format!(
-                    "INBOX_MODE={v:?} is not one of shared, private, responses"
-                ));
-                InboxMode::Shared
-            }),
-        };
-        let policy_file = r.get("POLICY_FILE").map(PathBuf::from);
-        let policy = match &policy_file {
-            None => AdminPolicy::unrestricted(),
-            Some(path) => AdminPolicy::load(path).unwrap_or_else(|e| {
-                r.problems.push(format!("POLICY_FILE: {e}"));
-                AdminPolicy::unrestricted()
-            }),
-        };
-
         let serviceaccount_events = r.bool("SERVICEACCOUNT_EVENTS", true);
         let instance = r.get("HOSTNAME").map(str::to_owned);
 
-        match (signing_key, nats_account, r.problems.is_empty()) {
-            (Some(signing_key), Some(nats_account), true) => Ok(Config {
+        match (signing_key, r.problems.is_empty()) {
+            (Some(signing_key), true) => Ok(Config {
                 nats_url,
                 nats_creds_file: creds,
                 nats_token,
@@ -471,10 +566,7 @@ impl Config {
                 serviceaccount_events,
                 instance,
             }),
-            _ => Err(format!(
-                "invalid configuration:\n  - {}",
-                r.problems.join("\n  - ")
-            )),
+            _ => Err(r.into_error().to_string()),
         }
     }
 }
@@ -580,6 +672,37 @@ mod tests {
         .unwrap();
         assert_eq!(c.inbox_mode, InboxMode::Private);
         assert!(c.policy.place("kube-system").is_err());
+    }
+
+    #[test]
+    fn the_permission_settings_alone_need_no_key_and_fail_as_the_service_does() {
+        let s = PermissionSettings::from_map(&env(&[
+            ("NATS_ACCOUNT", "APP"),
+            ("SERVICE_ACCOUNTS_PATH", "/tmp/sa.yaml"),
+            ("INBOX_MODE", "responses"),
+        ]))
+        .unwrap();
+        assert_eq!(s.accounts, AccountsSource::File("/tmp/sa.yaml".into()));
+        assert_eq!(s.inbox_mode, InboxMode::Responses);
+        assert!(s.policy_file.is_none() && s.policy.is_unrestricted());
+
+        let bad = [
+            ("INBOX_MODE", "public"),
+            ("POLICY_FILE", "/nonexistent/policy.yaml"),
+            ("K8S_IN_CLUSTER", "maybe"),
+        ];
+        let alone = PermissionSettings::from_map(&env(&bad)).unwrap_err();
+        let service = Config::from_map(&env(&bad)).unwrap_err();
+        assert_eq!(alone.problems.len(), 4, "{alone}");
+        for problem in &alone.problems {
+            assert!(
+                service.contains(problem.as_str()),
+                "{problem} missing from: {service}"
+            );
+        }
+        assert!(alone
+            .to_string()
+            .starts_with("invalid configuration:\n  - NATS_ACCOUNT is required"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod callout;
 pub mod config;
 pub mod devtools;
 pub mod events;
+pub mod explain;
 pub mod files;
 pub mod http;
 pub mod identity;

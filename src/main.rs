@@ -1,12 +1,14 @@
-//! The `nats-k8s-oidc-callout` binary: the service, plus helpers to generate keys and, for local
-//! development without a cluster, to sign service-account-shaped tokens.
+//! The `nats-k8s-oidc-callout` binary: the service, plus helpers to generate keys, to explain what
+//! one ServiceAccount would be granted and, for local development without a cluster, to sign
+//! service-account-shaped tokens.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use nats_k8s_oidc_callout::{app, devtools};
+use nats_k8s_oidc_callout::explain::{OutputFormat, Target};
+use nats_k8s_oidc_callout::{app, devtools, explain};
 
 /// NATS auth callout service for Kubernetes service-account tokens.
 ///
@@ -36,6 +38,23 @@ enum Command {
         /// Account the service's user lives in.
         #[arg(long, default_value = "AUTH")]
         auth_account: String,
+    },
+    /// Show what the service would grant one ServiceAccount, and why.
+    ///
+    /// Reads the service's settings from the environment: K8S_IN_CLUSTER / KUBECONFIG or
+    /// SERVICE_ACCOUNTS_PATH, NATS_ACCOUNT, INBOX_MODE, POLICY_FILE (nothing else is needed). Gets
+    /// the ServiceAccount (one GET, or the file) and evaluates it with the service's own code.
+    ///
+    /// Exit codes: 0 granted; 3 its namespace is not served by the policy; 4 no such
+    /// ServiceAccount; 5 a setting, the policy file, the kubeconfig or the ServiceAccount file
+    /// is unusable; 6 the API server failed; 1 the report could not be written; 2 bad arguments.
+    Explain {
+        /// The ServiceAccount, as NAMESPACE/NAME.
+        #[arg(value_name = "NAMESPACE/NAME")]
+        target: Target,
+        /// `text` for people, `json` for scripts (one object; its shape only ever gains keys).
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
     },
     /// A local token signer standing in for a cluster's, for development without Kubernetes.
     DevSigner {
@@ -82,6 +101,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None | Some(Command::Serve) => app::serve(),
+        Some(Command::Explain { target, output }) => {
+            return ExitCode::from(explain::run(&target, output))
+        }
         Some(Command::Keys {
             dir,
             no_xkey,

@@ -169,8 +169,14 @@ pub enum EntryOutcome {
         /// The (substituted) policy pattern.
         within: Option<String>,
     },
-    /// Already granted by the defaults or an earlier entry.
-    AlreadyGranted,
+    /// Already granted by the defaults or an earlier entry: nothing added, whatever the policy
+    /// allows (it is not a drop: the client may use it).
+    AlreadyGranted {
+        /// The (substituted) policy pattern it also lies within, if any.
+        within: Option<String>,
+        /// The grant that covers it.
+        covered_by: String,
+    },
     /// Refused.
     Dropped(DropCause),
 }
@@ -308,21 +314,20 @@ pub fn evaluate(
                 // Whatever the policy says: the defaults alone grant these.
                 EntryOutcome::Dropped(DropCause::Reserved)
             } else {
-                let within = match &bounds {
-                    None => Ok(None),
-                    Some(patterns) => patterns
-                        .iter()
-                        .find(|p| lies_within(entry, p))
-                        .map(|p| Some(p.clone()))
-                        .ok_or(DropCause::NotAllowedByPolicy),
-                };
-                match within {
-                    Err(cause) => EntryOutcome::Dropped(cause),
-                    // Nothing to add when an earlier grant already covers it.
-                    Ok(_) if target.iter().any(|e| lies_within(entry, e)) => {
-                        EntryOutcome::AlreadyGranted
+                let within = bounds
+                    .as_ref()
+                    .and_then(|patterns| patterns.iter().find(|p| lies_within(entry, p)).cloned());
+                match target.iter().find(|e| lies_within(entry, e)) {
+                    // Nothing to add, whatever the policy allows: a grant covering it (a default
+                    // or an earlier entry) is already there.
+                    Some(covering) => EntryOutcome::AlreadyGranted {
+                        within,
+                        covered_by: covering.clone(),
+                    },
+                    None if bounds.is_some() && within.is_none() => {
+                        EntryOutcome::Dropped(DropCause::NotAllowedByPolicy)
                     }
-                    Ok(within) => {
+                    None => {
                         target.push(entry.to_owned());
                         EntryOutcome::Granted { within }
                     }
@@ -705,7 +710,13 @@ mod tests {
                 .map(|v| v.outcome.clone())
                 .unwrap()
         };
-        assert_eq!(verdict("team-a.x"), EntryOutcome::AlreadyGranted);
+        assert_eq!(
+            verdict("team-a.x"),
+            EntryOutcome::AlreadyGranted {
+                within: Some("team-a.>".into()),
+                covered_by: "team-a.>".into()
+            }
+        );
         assert_eq!(
             verdict("shared.svc_v2.events"),
             EntryOutcome::Granted {
@@ -742,6 +753,33 @@ mod tests {
             ]
         );
         assert_eq!(dropped(&m, "pub", "reserved"), 2);
+    }
+
+    #[test]
+    fn an_entry_the_defaults_already_grant_is_not_a_drop_whatever_the_bounds() {
+        let policy = AdminPolicy::parse("annotations:\n  publish: [\"orders.>\"]\n").unwrap();
+        let e = evaluate(
+            &sa(
+                "payments",
+                "api",
+                &[(PUB_ANNOTATION, "payments.audit, orders.x")],
+            ),
+            &policy,
+            InboxMode::Shared,
+        )
+        .unwrap();
+        assert_eq!(
+            e.entries[0].outcome,
+            EntryOutcome::AlreadyGranted {
+                within: None,
+                covered_by: "payments.>".into()
+            }
+        );
+        assert_eq!(e.dropped().count(), 0);
+        assert_eq!(
+            e.permissions.pub_allow,
+            vec!["payments.>", "_INBOX.>", "orders.x"]
+        );
     }
 
     #[test]

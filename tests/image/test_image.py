@@ -82,14 +82,18 @@ def archive(image):
     return config, files
 
 
-def run_in_image(storage, image, *args):
+def run_in_image(storage, image, *args, env=(), volumes=()):
+    """Runs `args` in a fresh container of `image`, with only these `(name, value)` environment
+    variables besides the image's own, and these `(host dir, container dir)` mounted read-only."""
     cmd = buildah_cmd(storage)
     container = subprocess.run(
         cmd + ["from", "--quiet", image], capture_output=True, text=True, check=True
     ).stdout.strip()
+    options = [f"--env={name}={value}" for name, value in env]
+    options += [f"--volume={host}:{inside}:ro" for host, inside in volumes]
     try:
         return subprocess.run(
-            cmd + ["run", "--isolation", "chroot", container, "--"] + list(args),
+            cmd + ["run", "--isolation", "chroot"] + options + [container, "--"] + list(args),
             capture_output=True,
             text=True,
         )
@@ -162,6 +166,92 @@ def test_runs_as_uid_65532_without_a_shell(storage, image):
     assert "ermission denied" in out.stderr, out.stderr
     shell = run_in_image(storage, image, "/bin/sh", "-c", "true")
     assert shell.returncode != 0
+
+
+EXPLAIN_ACCOUNTS = """\
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: api
+  namespace: payments
+  uid: 5d0c2f7e-0000-4000-8000-000000000001
+  annotations:
+    nats.io/allowed-pub-subjects: "orders.>, ledger.other.x"
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: ops
+  namespace: kube-system
+  uid: 5d0c2f7e-0000-4000-8000-000000000002
+"""
+
+EXPLAIN_POLICY = """\
+namespaces:
+  exclude: ["kube-*"]
+rules:
+  - namespaces: ["payments"]
+    account: PAYMENTS
+    annotations:
+      publish: ["orders.>"]
+"""
+
+
+def test_explain_runs_from_the_image_on_a_mounted_serviceaccount_file_and_policy(
+    storage, image, tmp_path
+):
+    """`explain` as `kubectl exec` would run it in the pod, where there is no shell: the binary
+    alone, only the settings it needs, its files mounted as a ConfigMap would be."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "serviceaccounts.yaml").write_text(EXPLAIN_ACCOUNTS)
+    (config / "policy.yaml").write_text(EXPLAIN_POLICY)
+    # Readable by the image's user 65532, as a ConfigMap volume is.
+    config.chmod(0o755)
+    for f in config.iterdir():
+        f.chmod(0o644)
+    env = [
+        ("SERVICE_ACCOUNTS_PATH", "/config/serviceaccounts.yaml"),
+        ("POLICY_FILE", "/config/policy.yaml"),
+        ("NATS_ACCOUNT", "APP"),
+        ("INBOX_MODE", "private"),
+    ]
+    mounts = [(config, "/config")]
+
+    out = run_in_image(
+        storage, image, BINARY, "explain", "payments/api", "--output", "json",
+        env=env, volumes=mounts,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["service_account"]["uid"] == "5d0c2f7e-0000-4000-8000-000000000001"
+    assert report["source"] == {"kind": "file", "location": "/config/serviceaccounts.yaml"}
+    assert report["inbox_mode"] == "private"
+    assert report["account"] == {"name": "PAYMENTS", "from": "rule"}
+    assert report["permissions"]["publish"]["allow"] == ["payments.>", "_INBOX.>", "orders.>"]
+    assert report["permissions"]["subscribe"]["allow"] == ["payments.>", "_INBOX.payments.api.>"]
+    assert [(e["entry"], e["outcome"]) for e in report["entries"]] == [
+        ("orders.>", "granted"),
+        ("ledger.other.x", "dropped"),
+    ]
+
+    text = run_in_image(storage, image, BINARY, "explain", "payments/api", env=env, volumes=mounts)
+    assert text.returncode == 0, text.stderr
+    assert "account         PAYMENTS (named by rules[0])" in text.stdout
+
+    refused = run_in_image(
+        storage, image, BINARY, "explain", "kube-system/ops", env=env, volumes=mounts
+    )
+    assert refused.returncode == 3, refused.stderr
+    assert 'namespaces.exclude pattern "kube-*" matches it' in refused.stderr
+
+    missing = run_in_image(
+        storage, image, BINARY, "explain", "payments/api",
+        env=[(k, v) for k, v in env if k != "POLICY_FILE"] + [("POLICY_FILE", "/config/nope.yaml")],
+        volumes=mounts,
+    )
+    assert missing.returncode == 5
+    assert "POLICY_FILE: invalid policy /config/nope.yaml" in missing.stderr
 
 
 # Last: the multi-arch build replaces the single-arch image name with a manifest list.
