@@ -577,20 +577,25 @@ mod tests {
         assert!(!err.to_string().contains("secret"), "{err}");
     }
 
+    /// Builds a client for `server` with a token; the configuration error it must give.
+    fn refused(server: &str) -> ConfigError {
+        let endpoint = Endpoint {
+            server: server.to_owned(),
+            ca_pem: None,
+            insecure: false,
+            credential: CredentialSpec::Token(Secret("t".into())),
+            identity: None,
+            description: String::new(),
+        };
+        ApiClient::from_endpoint(endpoint, &ClientSettings::default()).unwrap_err()
+    }
+
     /// kubectl refuses a server with a backslash (Go's parser finds no valid host); the WHATWG
     /// parser reads it as a `/` and would send the token to `corp`.
     #[test]
     fn a_server_that_kubectl_reads_apart_is_refused() {
         for server in ["https://CORP\\apiserver:6443", "https:///10.0.0.1:6443"] {
-            let endpoint = Endpoint {
-                server: server.to_owned(),
-                ca_pem: None,
-                insecure: false,
-                credential: CredentialSpec::Token(Secret("t".into())),
-                identity: None,
-                description: String::new(),
-            };
-            let err = ApiClient::from_endpoint(endpoint, &ClientSettings::default()).unwrap_err();
+            let err = refused(server);
             assert!(
                 matches!(err, ConfigError::InvalidServer { .. }),
                 "{server}: {err}"
@@ -608,15 +613,7 @@ mod tests {
             "https://te/am:S3cret@10.0.0.1:6443",
             "https://10.0.0.1:6443/prefix@x",
         ] {
-            let endpoint = Endpoint {
-                server: server.to_owned(),
-                ca_pem: None,
-                insecure: false,
-                credential: CredentialSpec::Token(Secret("t".into())),
-                identity: None,
-                description: String::new(),
-            };
-            let err = ApiClient::from_endpoint(endpoint, &ClientSettings::default()).unwrap_err();
+            let err = refused(server);
             assert!(
                 matches!(err, ConfigError::InvalidServer { .. }),
                 "{server}: {err}"
