@@ -294,6 +294,17 @@ fn a_changed_policy_applies_to_new_connections_and_a_broken_one_is_refused() {
         .contains("annotations.publish[0] \"a..b\" is not a valid NATS subject"));
     s.assert_denied(&s.token("team-a", "app"), "namespace_not_allowed");
     assert!(!connect(&s, "team-b", "app").can_publish("orders.new"));
+
+    // 14 KB whose aliases expand to 4 million globs: refused as well, at once.
+    let list = vec!["a"; 2000].join(", ");
+    let rules = vec!["*r"; 2000].join(", ");
+    s.replace_policy(&format!(
+        "namespaces:\n  exclude: &n [{list}]\nrules: [&r {{namespaces: *n}}, {rules}]\n"
+    ));
+    s.service
+        .wait_for("alias bomb refused", WAIT, || reloads("failure") >= 2.0);
+    assert!(s.service.log().contains("its aliases expand it beyond"));
+    s.assert_denied(&s.token("team-a", "app"), "namespace_not_allowed");
 }
 
 /// nats-server checks a subscription against the grants token by token, and a grant's last `*`
