@@ -74,6 +74,14 @@ fn uncharged<T>(list: Vec<Charged<T>>) -> Vec<T> {
     list.into_iter().map(|c| c.0).collect()
 }
 
+/// A field that tells "written without a value" (`Some(None)`: YAML null, as when every entry
+/// under a key is commented out) from "not written" (`None`, with `#[serde(default)]`).
+fn written<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
 /// The policy as written: every field optional, unknown fields refused.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,8 +97,8 @@ struct RawPolicy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNamespaces {
-    #[serde(default)]
-    include: Option<Vec<Charged<String>>>,
+    #[serde(default, deserialize_with = "written")]
+    include: Option<Option<Vec<Charged<String>>>>,
     #[serde(default)]
     exclude: Option<Vec<Charged<String>>>,
 }
@@ -108,8 +116,8 @@ struct RawBounds {
 #[serde(deny_unknown_fields)]
 struct RawRule {
     namespaces: Vec<Charged<String>>,
-    #[serde(default)]
-    account: Option<Charged<String>>,
+    #[serde(default, deserialize_with = "written")]
+    account: Option<Option<Charged<String>>>,
     #[serde(default)]
     annotations: Option<RawBounds>,
 }
@@ -252,9 +260,18 @@ impl AdminPolicy {
         };
         let mut problems = Vec::new();
         let namespaces = raw.namespaces.unwrap_or_default();
-        let include = namespaces
-            .include
-            .map_or_else(|| vec!["*".to_owned()], uncharged);
+        let include = match namespaces.include {
+            None => vec!["*".to_owned()],
+            Some(Some(globs)) => uncharged(globs),
+            Some(None) => {
+                // Omitted means every namespace; a key left without its entries does not.
+                problems.push(
+                    "namespaces.include has no value: list the served namespaces ([] for none), or leave the key out to serve every namespace"
+                        .to_owned(),
+                );
+                Vec::new()
+            }
+        };
         let exclude = namespaces.exclude.map(uncharged).unwrap_or_default();
         check_globs("namespaces.include", &include, &mut problems);
         check_globs("namespaces.exclude", &exclude, &mut problems);
@@ -262,7 +279,18 @@ impl AdminPolicy {
         let mut rules = Vec::new();
         for (i, Charged(rule)) in raw.rules.unwrap_or_default().into_iter().enumerate() {
             let at = format!("rules[{i}]");
-            let (namespaces, account) = (uncharged(rule.namespaces), rule.account.map(|a| a.0));
+            let namespaces = uncharged(rule.namespaces);
+            let account = match rule.account {
+                None => None,
+                Some(Some(Charged(account))) => Some(account),
+                Some(None) => {
+                    // Not the default account: that would join these namespaces to all others.
+                    problems.push(format!(
+                        "{at}.account has no value: name the account, or leave the key out for the default one"
+                    ));
+                    None
+                }
+            };
             if namespaces.is_empty() {
                 problems.push(format!(
                     "{at}.namespaces is empty: the rule would match nothing"
@@ -519,6 +547,30 @@ rules:
             );
         }
         assert_eq!(problems.len(), 9, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_key_written_without_a_value_is_not_taken_for_an_omitted_one() {
+        // Every include commented out: YAML reads null, which must not mean "omitted, so every
+        // namespace", the widest reading of what is written.
+        let e = AdminPolicy::parse("namespaces:\n  include:\n  # - team-a\n").unwrap_err();
+        assert!(e[0].contains("namespaces.include has no value"), "{e:?}");
+        assert!(AdminPolicy::parse("namespaces:\n  include: ~\n").is_err());
+        // Nor must an account without a value place the rule's namespaces in the default one.
+        let e =
+            AdminPolicy::parse("rules:\n  - namespaces: [payments]\n    account:\n").unwrap_err();
+        assert!(e[0].contains("rules[0].account has no value"), "{e:?}");
+        // An empty list serves nothing; null elsewhere reads as what it is: nothing.
+        let none = AdminPolicy::parse("namespaces:\n  include: []\n  exclude:\n").unwrap();
+        assert_eq!(none.place("team-a"), Err(NotServed::NotIncluded));
+        let p = AdminPolicy::parse("annotations:\n  publish:\nrules:\n").unwrap();
+        assert_eq!(
+            p.place("x").unwrap().bounds,
+            &Bounds::Within {
+                publish: vec![],
+                subscribe: vec![]
+            }
+        );
     }
 
     #[test]
