@@ -15,6 +15,9 @@ use super::subject::{glob_matches, is_valid_subject};
 pub const NAMESPACE_PLACEHOLDER: &str = "{namespace}";
 /// The placeholder for the ServiceAccount's name (every `.` turned into `_`) in annotation bounds.
 pub const NAME_PLACEHOLDER: &str = "{name}";
+/// The name of nats-server's system account when its configuration names none: clients placed
+/// there read the answers to operators' `$SYS` requests on `_INBOX.…`.
+pub const SYSTEM_ACCOUNT: &str = "$SYS";
 /// Longest policy file read.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 
@@ -302,6 +305,10 @@ impl AdminPolicy {
                     problems.push(format!(
                         "{at}.account {account:?} is not an account name (no spaces, control characters or dots; at most 256 characters)"
                     ));
+                } else if account == SYSTEM_ACCOUNT {
+                    problems.push(format!(
+                        "{at}.account {account:?} is nats-server's system account: clients placed there read the answers to operators' $SYS requests"
+                    ));
                 }
             }
             let bounds = bounds(
@@ -571,6 +578,19 @@ rules:
                 subscribe: vec![]
             }
         );
+    }
+
+    #[test]
+    fn the_system_account_is_not_an_account_for_clients() {
+        // Placed there, a pod granted `_INBOX.>` reads the answers to operators' `$SYS`
+        // requests (CONNZ lists every connection of the server): seen on nats-server 2.15.1.
+        let e =
+            AdminPolicy::parse("rules:\n  - namespaces: [a]\n    account: \"$SYS\"\n").unwrap_err();
+        assert!(
+            e[0].contains("rules[0].account \"$SYS\" is nats-server's system account"),
+            "{e:?}"
+        );
+        assert!(AdminPolicy::parse("rules:\n  - namespaces: [a]\n    account: SYSTEM\n").is_ok());
     }
 
     #[test]
