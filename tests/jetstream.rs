@@ -128,11 +128,12 @@ fn a_publisher_a_pull_consumer_and_a_kv_bucket_need_no_response_permission() {
 /// What no permission the service issues can stop, because the JetStream server itself does it:
 /// it answers every request (an acknowledgement, a fetch, a stream's republish or a push
 /// consumer's delivery) on the subject the request names, and nats-server checks no permission
-/// for that subject. With JetStream in the account, a namespace's subjects may so receive
-/// messages from any pod of the account, in every inbox mode (docs/CLIENT_USAGE.md, JetStream).
+/// for that subject; and a header can act on a whole stream. With JetStream in the account, a
+/// namespace's subjects may so receive messages from any pod of the account, in every inbox
+/// mode, and its keys in a shared bucket be purged (docs/CLIENT_USAGE.md, JetStream).
 #[test]
 #[allow(deprecated)] // nats::Connection: the sync client the test support uses
-fn jetstream_delivers_wherever_a_request_says_whatever_the_inbox_mode() {
+fn jetstream_reaches_across_the_namespaces_of_an_account_whatever_the_permissions() {
     let s = StackBuilder::new()
         .jetstream()
         .env("INBOX_MODE", "private")
@@ -144,7 +145,10 @@ rules:
       publish: ["$JS.API.CONSUMER.MSG.NEXT.ORDERS.*", "$JS.ACK.ORDERS.>"]
   - namespaces: ["team-c"]
     annotations:
-      publish: ["$JS.API.STREAM.CREATE.{namespace}", "$JS.API.CONSUMER.CREATE.{namespace}.>"]
+      publish:
+        - "$JS.API.STREAM.CREATE.{namespace}"
+        - "$JS.API.CONSUMER.CREATE.{namespace}.>"
+        - "$KV.shared.{namespace}.>"
 "#,
         )
         .account("shop", "orders-api", &[])
@@ -161,7 +165,7 @@ rules:
             "app",
             &[(
                 "nats.io/allowed-pub-subjects",
-                "$JS.API.STREAM.CREATE.team-c, $JS.API.CONSUMER.CREATE.team-c.>",
+                "$JS.API.STREAM.CREATE.team-c, $JS.API.CONSUMER.CREATE.team-c.>, $KV.shared.team-c.>",
             )],
         )
         .account("team-b", "app", &[])
@@ -266,4 +270,41 @@ rules:
             "filter_subject":"team-c.out","ack_policy":"none"}}"#,
     );
     assert_eq!(received(), "pushed by team-c");
+
+    // A bucket shared by key prefix is not shared for writers: a publish to team-c's own key
+    // with `Nats-Rollup: all` purges every key of the bucket, team-b's included.
+    api(
+        &admin,
+        "_INBOX.admin",
+        "$JS.API.STREAM.CREATE.KV_shared",
+        r#"{"name":"KV_shared","subjects":["$KV.shared.>"],"storage":"memory",
+            "max_msgs_per_subject":1,"allow_rollup_hdrs":true,"deny_delete":true}"#,
+    );
+    for key in ["a", "b"] {
+        api(
+            &admin,
+            "_INBOX.admin",
+            &format!("$KV.shared.team-b.{key}"),
+            "team-b's",
+        );
+    }
+    let mut rollup = nats::header::HeaderMap::new();
+    rollup.insert("Nats-Rollup", "all");
+    intruder
+        .nc
+        .publish_with_reply_or_headers("$KV.shared.team-c.k", None, Some(&rollup), b"only this")
+        .unwrap();
+    intruder.nc.flush().unwrap();
+    let keys = || {
+        let info = admin
+            .request_timeout("$JS.API.STREAM.INFO.KV_shared", "", wait)
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.data).unwrap();
+        info["state"]["messages"].as_u64().unwrap()
+    };
+    let deadline = std::time::Instant::now() + wait;
+    while keys() != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(keys(), 1, "team-b's keys are gone");
 }
