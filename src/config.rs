@@ -338,6 +338,11 @@ impl PermissionSettings {
                     .push("NATS_ACCOUNT is required (the account clients are placed in)".into());
                 String::new()
             });
+        if nats_account == crate::policy::admin::SYSTEM_ACCOUNT {
+            r.problems.push(format!(
+                "NATS_ACCOUNT={nats_account:?} is nats-server's system account: clients placed there read the answers to operators' $SYS requests"
+            ));
+        }
         let accounts = if let Some(p) = r.get("SERVICE_ACCOUNTS_PATH") {
             AccountsSource::File(PathBuf::from(p))
         } else if r.bool("K8S_IN_CLUSTER", true) {
@@ -685,6 +690,11 @@ mod tests {
         assert_eq!(s.accounts, AccountsSource::File("/tmp/sa.yaml".into()));
         assert_eq!(s.inbox_mode, InboxMode::Responses);
         assert!(s.policy_file.is_none() && s.policy.is_unrestricted());
+        let system = PermissionSettings::from_map(&env(&[("NATS_ACCOUNT", "$SYS")])).unwrap_err();
+        assert!(
+            system.problems[0].contains("NATS_ACCOUNT=\"$SYS\" is nats-server's system account"),
+            "{system}"
+        );
 
         let bad = [
             ("INBOX_MODE", "public"),

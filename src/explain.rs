@@ -5,6 +5,7 @@
 //! service's API client, or the local file) and runs the service's own [`evaluate`] on it. Nothing
 //! else is needed: no signing key, no xkey, no NATS connection.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
@@ -480,12 +481,36 @@ impl Report {
 /// Width of the labels of the text report.
 const LABEL: usize = 16;
 
+/// Whether a terminal would act on `c` or not show it: control characters (escape sequences
+/// start with one), bidirectional overrides, zero-width and other unprintable characters.
+fn unprintable(c: char) -> bool {
+    c.is_control() || (!matches!(c, '\\' | '"' | '\'') && c.escape_debug().next() == Some('\\'))
+}
+
+/// `s` as the text report shows it: every [`unprintable`] character as a `\u{…}` escape.
+/// Annotation entries are written by whoever may edit the ServiceAccount, and the report is
+/// read in a terminal: raw, an entry could move the cursor and rewrite the lines around it.
+fn shown(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(unprintable) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unprintable(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Subjects as one line (`-` for none).
 fn subjects(list: &[String]) -> String {
     if list.is_empty() {
         "-".to_owned()
     } else {
-        list.join(", ")
+        list.iter().map(|s| shown(s)).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -496,7 +521,10 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "{:LABEL$}{}/{} (uid {})",
-            "serviceaccount", sa.namespace, sa.name, sa.uid
+            "serviceaccount",
+            sa.namespace,
+            sa.name,
+            shown(&sa.uid)
         )?;
         writeln!(f, "{:LABEL$}{}", "read from", self.source)?;
         match &self.policy_file {
@@ -523,14 +551,17 @@ impl fmt::Display for Report {
         if by_rule {
             writeln!(
                 f,
-                "{:LABEL$}{account} (named by {})",
-                "account", evaluation.governance
+                "{:LABEL$}{} (named by {})",
+                "account",
+                shown(&account),
+                evaluation.governance
             )?;
         } else {
             writeln!(
                 f,
-                "{:LABEL$}{account} (the default, NATS_ACCOUNT)",
-                "account"
+                "{:LABEL$}{} (the default, NATS_ACCOUNT)",
+                "account",
+                shown(&account)
             )?;
         }
         writeln!(f, "{:LABEL$}{}", "governed by", evaluation.governance)?;
@@ -554,17 +585,17 @@ impl fmt::Display for Report {
         let width = evaluation
             .entries
             .iter()
-            .map(|v| v.entry.chars().count())
+            .map(|v| shown(&v.entry).chars().count())
             .max()
             .unwrap_or(0);
         for v in &evaluation.entries {
             let verdict = match &v.outcome {
                 EntryOutcome::Granted { within: Some(p) } => {
-                    format!("kept, within {p} ({})", evaluation.governance)
+                    format!("kept, within {} ({})", shown(p), evaluation.governance)
                 }
                 EntryOutcome::Granted { within: None } => "kept (no policy file)".to_owned(),
                 EntryOutcome::AlreadyGranted { covered_by, .. } => {
-                    format!("kept, already granted by {covered_by}")
+                    format!("kept, already granted by {}", shown(covered_by))
                 }
                 EntryOutcome::Dropped(cause) => format!("dropped: {cause}"),
             };
@@ -572,7 +603,7 @@ impl fmt::Display for Report {
                 f,
                 "  {:9} {:width$}  {verdict}",
                 direction_name(v.direction),
-                v.entry
+                shown(&v.entry)
             )?;
         }
         for &(direction, n) in &evaluation.ignored {
@@ -711,6 +742,39 @@ mod tests {
         assert!(r
             .to_string()
             .contains("served          no: namespaces.exclude"));
+    }
+
+    #[test]
+    fn the_text_report_shows_what_a_terminal_would_act_on_as_escapes() {
+        // Annotations are written by whoever may edit the ServiceAccount, the report is read in
+        // a terminal: an escape sequence could move the cursor and rewrite a dropped entry's
+        // line, a bidirectional override reverse what a granted one seems to say.
+        let mut r = report(
+            "",
+            "team-a",
+            &[(
+                PUB_ANNOTATION,
+                "team-b.x\u{1b}[1A\u{1b}[2K\rpublish team-b.x kept, team-a.\u{202e}x, team-a.\u{1b}]52;c;aGk=\u{7}",
+            )],
+        );
+        r.service_account.uid = "u-1\u{1b}]0;title\u{7}".into();
+        let text = r.to_string();
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(r"team-b.x\u{1b}[1A\u{1b}[2K\u{d}publish team-b.x kept  dropped:"),
+            "{text}"
+        );
+        assert!(text.contains(r"(uid u-1\u{1b}]0;title\u{7})"), "{text}");
+        // `team-a.\u{202e}x` lies within team-a.>: listed as already granted, escaped.
+        assert!(text.contains(r"team-a.\u{202e}x"), "{text}");
+        // JSON escapes control characters itself and keeps the entries as they are.
+        let j: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(j["entries"][1]["entry"], "team-a.\u{202e}x");
     }
 
     #[test]

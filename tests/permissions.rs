@@ -294,6 +294,54 @@ fn a_changed_policy_applies_to_new_connections_and_a_broken_one_is_refused() {
         .contains("annotations.publish[0] \"a..b\" is not a valid NATS subject"));
     s.assert_denied(&s.token("team-a", "app"), "namespace_not_allowed");
     assert!(!connect(&s, "team-b", "app").can_publish("orders.new"));
+
+    // 14 KB whose aliases expand to 4 million globs: refused as well, at once.
+    let list = vec!["a"; 2000].join(", ");
+    let rules = vec!["*r"; 2000].join(", ");
+    s.replace_policy(&format!(
+        "namespaces:\n  exclude: &n [{list}]\nrules: [&r {{namespaces: *n}}, {rules}]\n"
+    ));
+    s.service
+        .wait_for("alias bomb refused", WAIT, || reloads("failure") >= 2.0);
+    assert!(s.service.log().contains("its aliases expand it beyond"));
+    s.assert_denied(&s.token("team-a", "app"), "namespace_not_allowed");
+}
+
+/// nats-server checks a subscription against the grants token by token, and a grant's last `*`
+/// matches the subscription's `>`: a client granted `orders.*` may subscribe `orders.>` and then
+/// receives `orders.<anything>.<deeper>`. So an annotation's subscribe entry ending in `*` reaches
+/// as far as one ending in `>`, and must lie within the policy as such.
+#[test]
+fn a_subscribe_entry_ending_in_a_star_is_bounded_by_all_it_lets_the_client_subscribe() {
+    let s = StackBuilder::new()
+        .policy("annotations:\n  subscribe: [\"orders.*\", \"metrics.>\"]\n")
+        .account(
+            "team-b",
+            "app",
+            &[(
+                "nats.io/allowed-sub-subjects",
+                "orders.*, orders.eu, metrics.eu.*",
+            )],
+        )
+        .start();
+    let fresh = || connect(&s, "team-b", "app");
+    assert!(
+        !fresh().can_subscribe("orders.>"),
+        "orders.* would have let the client subscribe orders.>, beyond the policy's orders.*"
+    );
+    assert!(!fresh().can_subscribe("orders.us"), "the entry was dropped");
+    assert!(
+        fresh().can_subscribe("orders.eu"),
+        "a single subject within orders.* is granted"
+    );
+    assert!(
+        fresh().can_subscribe("metrics.eu.>"),
+        "metrics.eu.* reaches metrics.eu.>, which lies within metrics.>"
+    );
+    let e = s.service.metric(
+        "nats_callout_dropped_annotation_entries_total{direction=\"sub\",cause=\"not_allowed_by_policy\"}",
+    );
+    assert_eq!(e, 1.0, "{}", s.service.log());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 //! in, and what ServiceAccount annotations may grant there. Read from YAML in two stages: the
 //! document as written, then a validated [`AdminPolicy`]; one error names every problem.
 
+use std::cell::Cell;
 use std::fmt;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use super::subject::{glob_matches, is_valid_subject};
 
@@ -13,8 +15,75 @@ use super::subject::{glob_matches, is_valid_subject};
 pub const NAMESPACE_PLACEHOLDER: &str = "{namespace}";
 /// The placeholder for the ServiceAccount's name (every `.` turned into `_`) in annotation bounds.
 pub const NAME_PLACEHOLDER: &str = "{name}";
+/// The name of nats-server's system account when its configuration names none: clients placed
+/// there read the answers to operators' `$SYS` requests on `_INBOX.…`.
+pub const SYSTEM_ACCOUNT: &str = "$SYS";
 /// Longest policy file read.
 pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+
+/// How much the policy's strings and rules may add up to once its YAML aliases are expanded:
+/// each string costs its length plus one, each rule [`RULE_COST`]. Written out, every string
+/// and rule takes at least that many bytes of the file, so only aliases that repeat content
+/// beyond twice the largest file read are refused. Without a bound, a few hundred kilobytes of
+/// aliases (an alias of a rule whose namespaces alias a long list, repeated) expand to
+/// gigabytes: a ConfigMap edit would take the service down at start or at the next re-read.
+const MAX_EXPANDED_COST: usize = 2 * MAX_POLICY_BYTES as usize;
+/// What one rule costs, besides its strings (`- namespaces: []` is 17 bytes).
+const RULE_COST: usize = 16;
+
+thread_local! {
+    /// What is left of [`MAX_EXPANDED_COST`] for the document being read on this thread.
+    static EXPANSION_LEFT: Cell<usize> = const { Cell::new(MAX_EXPANDED_COST) };
+}
+
+/// A value of the policy whose cost is charged as it is read (see [`MAX_EXPANDED_COST`]).
+#[derive(Debug)]
+struct Charged<T>(T);
+
+/// The cost of a value of the policy.
+trait Cost {
+    fn cost(&self) -> usize;
+}
+
+impl Cost for String {
+    fn cost(&self) -> usize {
+        self.len() + 1
+    }
+}
+
+impl Cost for RawRule {
+    fn cost(&self) -> usize {
+        RULE_COST
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Cost> Deserialize<'de> for Charged<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = T::deserialize(deserializer)?;
+        EXPANSION_LEFT.with(|left| match left.get().checked_sub(value.cost()) {
+            Some(rest) => {
+                left.set(rest);
+                Ok(Charged(value))
+            }
+            None => Err(D::Error::custom(format!(
+                "its aliases expand it beyond {MAX_EXPANDED_COST} bytes of entries; write the entries out"
+            ))),
+        })
+    }
+}
+
+/// The values of a list of charged values.
+fn uncharged<T>(list: Vec<Charged<T>>) -> Vec<T> {
+    list.into_iter().map(|c| c.0).collect()
+}
+
+/// A field that tells "written without a value" (`Some(None)`: YAML null, as when every entry
+/// under a key is commented out) from "not written" (`None`, with `#[serde(default)]`).
+fn written<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
 
 /// The policy as written: every field optional, unknown fields refused.
 #[derive(Debug, Default, Deserialize)]
@@ -25,33 +94,33 @@ struct RawPolicy {
     #[serde(default)]
     annotations: Option<RawBounds>,
     #[serde(default)]
-    rules: Option<Vec<RawRule>>,
+    rules: Option<Vec<Charged<RawRule>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNamespaces {
+    #[serde(default, deserialize_with = "written")]
+    include: Option<Option<Vec<Charged<String>>>>,
     #[serde(default)]
-    include: Option<Vec<String>>,
-    #[serde(default)]
-    exclude: Option<Vec<String>>,
+    exclude: Option<Vec<Charged<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBounds {
     #[serde(default)]
-    publish: Option<Vec<String>>,
+    publish: Option<Vec<Charged<String>>>,
     #[serde(default)]
-    subscribe: Option<Vec<String>>,
+    subscribe: Option<Vec<Charged<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
-    namespaces: Vec<String>,
-    #[serde(default)]
-    account: Option<String>,
+    namespaces: Vec<Charged<String>>,
+    #[serde(default, deserialize_with = "written")]
+    account: Option<Option<Charged<String>>>,
     #[serde(default)]
     annotations: Option<RawBounds>,
 }
@@ -188,29 +257,57 @@ impl AdminPolicy {
         let raw: RawPolicy = if text.trim().is_empty() {
             RawPolicy::default()
         } else {
+            EXPANSION_LEFT.with(|left| left.set(MAX_EXPANDED_COST));
             serde_yaml_ng::from_str(text)
                 .map_err(|e| vec![format!("not a policy document: {e}")])?
         };
         let mut problems = Vec::new();
         let namespaces = raw.namespaces.unwrap_or_default();
-        let include = namespaces.include.unwrap_or_else(|| vec!["*".to_owned()]);
-        let exclude = namespaces.exclude.unwrap_or_default();
+        let include = match namespaces.include {
+            None => vec!["*".to_owned()],
+            Some(Some(globs)) => uncharged(globs),
+            Some(None) => {
+                // Omitted means every namespace; a key left without its entries does not.
+                problems.push(
+                    "namespaces.include has no value: list the served namespaces ([] for none), or leave the key out to serve every namespace"
+                        .to_owned(),
+                );
+                Vec::new()
+            }
+        };
+        let exclude = namespaces.exclude.map(uncharged).unwrap_or_default();
         check_globs("namespaces.include", &include, &mut problems);
         check_globs("namespaces.exclude", &exclude, &mut problems);
         let defaults = bounds("annotations", raw.annotations, &mut problems);
         let mut rules = Vec::new();
-        for (i, rule) in raw.rules.unwrap_or_default().into_iter().enumerate() {
+        for (i, Charged(rule)) in raw.rules.unwrap_or_default().into_iter().enumerate() {
             let at = format!("rules[{i}]");
-            if rule.namespaces.is_empty() {
+            let namespaces = uncharged(rule.namespaces);
+            let account = match rule.account {
+                None => None,
+                Some(Some(Charged(account))) => Some(account),
+                Some(None) => {
+                    // Not the default account: that would join these namespaces to all others.
+                    problems.push(format!(
+                        "{at}.account has no value: name the account, or leave the key out for the default one"
+                    ));
+                    None
+                }
+            };
+            if namespaces.is_empty() {
                 problems.push(format!(
                     "{at}.namespaces is empty: the rule would match nothing"
                 ));
             }
-            check_globs(&format!("{at}.namespaces"), &rule.namespaces, &mut problems);
-            if let Some(account) = &rule.account {
+            check_globs(&format!("{at}.namespaces"), &namespaces, &mut problems);
+            if let Some(account) = &account {
                 if !is_valid_account_name(account) {
                     problems.push(format!(
                         "{at}.account {account:?} is not an account name (no spaces, control characters or dots; at most 256 characters)"
+                    ));
+                } else if account == SYSTEM_ACCOUNT {
+                    problems.push(format!(
+                        "{at}.account {account:?} is nats-server's system account: clients placed there read the answers to operators' $SYS requests"
                     ));
                 }
             }
@@ -220,8 +317,8 @@ impl AdminPolicy {
                 &mut problems,
             );
             rules.push(Rule {
-                namespaces: rule.namespaces,
-                account: rule.account,
+                namespaces,
+                account,
                 bounds,
             });
         }
@@ -289,8 +386,8 @@ pub fn substitute(pattern: &str, namespace: &str, name: &str) -> String {
 
 fn bounds(at: &str, raw: Option<RawBounds>, problems: &mut Vec<String>) -> Bounds {
     let raw = raw.unwrap_or_default();
-    let mut check = |field: &str, patterns: Option<Vec<String>>| {
-        let patterns = patterns.unwrap_or_default();
+    let mut check = |field: &str, patterns: Option<Vec<Charged<String>>>| {
+        let patterns = patterns.map(uncharged).unwrap_or_default();
         for (i, p) in patterns.iter().enumerate() {
             // A pattern is checked with sample values in its placeholders; any other brace is a
             // typo of one.
@@ -460,6 +557,43 @@ rules:
     }
 
     #[test]
+    fn a_key_written_without_a_value_is_not_taken_for_an_omitted_one() {
+        // Every include commented out: YAML reads null, which must not mean "omitted, so every
+        // namespace", the widest reading of what is written.
+        let e = AdminPolicy::parse("namespaces:\n  include:\n  # - team-a\n").unwrap_err();
+        assert!(e[0].contains("namespaces.include has no value"), "{e:?}");
+        assert!(AdminPolicy::parse("namespaces:\n  include: ~\n").is_err());
+        // Nor must an account without a value place the rule's namespaces in the default one.
+        let e =
+            AdminPolicy::parse("rules:\n  - namespaces: [payments]\n    account:\n").unwrap_err();
+        assert!(e[0].contains("rules[0].account has no value"), "{e:?}");
+        // An empty list serves nothing; null elsewhere reads as what it is: nothing.
+        let none = AdminPolicy::parse("namespaces:\n  include: []\n  exclude:\n").unwrap();
+        assert_eq!(none.place("team-a"), Err(NotServed::NotIncluded));
+        let p = AdminPolicy::parse("annotations:\n  publish:\nrules:\n").unwrap();
+        assert_eq!(
+            p.place("x").unwrap().bounds,
+            &Bounds::Within {
+                publish: vec![],
+                subscribe: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn the_system_account_is_not_an_account_for_clients() {
+        // Placed there, a pod granted `_INBOX.>` reads the answers to operators' `$SYS`
+        // requests (CONNZ lists every connection of the server): seen on nats-server 2.15.1.
+        let e =
+            AdminPolicy::parse("rules:\n  - namespaces: [a]\n    account: \"$SYS\"\n").unwrap_err();
+        assert!(
+            e[0].contains("rules[0].account \"$SYS\" is nats-server's system account"),
+            "{e:?}"
+        );
+        assert!(AdminPolicy::parse("rules:\n  - namespaces: [a]\n    account: SYSTEM\n").is_ok());
+    }
+
+    #[test]
     fn unknown_fields_and_wrong_shapes_are_refused() {
         let e = AdminPolicy::parse("namespace:\n  include: [\"*\"]\n").unwrap_err();
         assert!(e[0].contains("unknown field `namespace`"), "{e:?}");
@@ -467,6 +601,32 @@ rules:
         assert!(e[0].contains("missing field `namespaces`"), "{e:?}");
         let e = AdminPolicy::parse("annotations: [a]\n").unwrap_err();
         assert!(e[0].contains("not a policy document"), "{e:?}");
+    }
+
+    #[test]
+    fn aliases_cannot_expand_a_small_file_into_a_huge_policy() {
+        // 14 KB of YAML: 2,000 rules, each an alias of one whose namespaces alias a list of
+        // 2,000 globs, 4 million globs in all. 260 KB of the same took 3 GB and was killed.
+        let list = vec!["a"; 2000].join(", ");
+        let rules = vec!["*r"; 2000].join(", ");
+        let text = format!(
+            "namespaces:\n  exclude: &n [{list}]\nrules: [&r {{namespaces: *n}}, {rules}]\n"
+        );
+        let started = std::time::Instant::now();
+        let e = AdminPolicy::parse(&text).unwrap_err();
+        assert!(e[0].contains("aliases"), "{e:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Aliases that expand to no more than the file could hold written out are fine.
+        let p = AdminPolicy::parse(
+            "annotations: &a\n  publish: [\"orders.>\"]\nrules:\n  - namespaces: [x]\n    annotations: *a\n",
+        )
+        .unwrap();
+        assert_eq!(p.place("x").unwrap().bounds, p.place("y").unwrap().bounds);
+        // The largest file read, written out without aliases, is within the bound.
+        let entries = (MAX_POLICY_BYTES as usize - 40) / 2;
+        let text = format!("namespaces:\n  exclude: [{}a]\n", "a,".repeat(entries - 1));
+        assert!(text.len() as u64 <= MAX_POLICY_BYTES);
+        assert!(AdminPolicy::parse(&text).is_ok());
     }
 
     #[test]

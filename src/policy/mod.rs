@@ -8,6 +8,7 @@
 //! - [`evaluate`] (pure) and [`PermissionCache`] (once per object version and policy), which
 //!   hands each evaluation that dropped entries on as a [`DropReport`] (see [`crate::events`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -314,9 +315,15 @@ pub fn evaluate(
                 // Whatever the policy says: the defaults alone grant these.
                 EntryOutcome::Dropped(DropCause::Reserved)
             } else {
+                // What the client can reach with the entry: for a subscription, a last `*`
+                // reaches as far as `>` (see `subject::subscribe_reach`).
+                let reach = match direction {
+                    Direction::Publish => Cow::Borrowed(entry),
+                    Direction::Subscribe => subject::subscribe_reach(entry),
+                };
                 let within = bounds
                     .as_ref()
-                    .and_then(|patterns| patterns.iter().find(|p| lies_within(entry, p)).cloned());
+                    .and_then(|patterns| patterns.iter().find(|p| lies_within(&reach, p)).cloned());
                 match target.iter().find(|e| lies_within(entry, e)) {
                     // Nothing to add, whatever the policy allows: a grant covering it (a default
                     // or an earlier entry) is already there.
@@ -779,6 +786,47 @@ mod tests {
         assert_eq!(
             e.permissions.pub_allow,
             vec!["payments.>", "_INBOX.>", "orders.x"]
+        );
+    }
+
+    #[test]
+    fn a_subscribe_entry_ending_in_a_star_must_lie_within_the_policy_as_if_it_ended_in_gt() {
+        let policy = AdminPolicy::parse(
+            "annotations:\n  publish: [\"orders.*\"]\n  subscribe: [\"orders.*\", \"metrics.>\"]\n",
+        )
+        .unwrap();
+        let e = evaluate(
+            &sa(
+                "ns",
+                "svc",
+                &[
+                    (PUB_ANNOTATION, "orders.*"),
+                    (SUB_ANNOTATION, "orders.*, orders.eu, metrics.eu.*"),
+                ],
+            ),
+            &policy,
+            InboxMode::Shared,
+        )
+        .unwrap();
+        // A publish goes to one subject: `orders.*` publishes nothing beyond `orders.*`.
+        assert_eq!(
+            e.permissions.pub_allow,
+            vec!["ns.>", "_INBOX.>", "orders.*"]
+        );
+        // Subscribed, `orders.*` would let the client subscribe `orders.>`.
+        assert_eq!(
+            e.entries[1].outcome,
+            EntryOutcome::Dropped(DropCause::NotAllowedByPolicy)
+        );
+        assert_eq!(
+            e.permissions.sub_allow,
+            vec!["ns.>", "_INBOX.>", "orders.eu", "metrics.eu.*"]
+        );
+        assert_eq!(
+            e.entries[3].outcome,
+            EntryOutcome::Granted {
+                within: Some("metrics.>".into())
+            }
         );
     }
 

@@ -1,6 +1,8 @@
 //! NATS subjects as permissions see them: validity, the subjects only the defaults may grant,
 //! whether one subject pattern lies within another, and the namespace globs of the admin policy.
 
+use std::borrow::Cow;
+
 /// Longest subject accepted in a permission.
 const MAX_SUBJECT_LEN: usize = 512;
 
@@ -58,6 +60,17 @@ pub fn lies_within(inner: &str, outer: &str) -> bool {
             // One has more tokens than the other: the shorter cannot match the longer's subjects.
             (Some(_), None) | (None, Some(_)) => return false,
         }
+    }
+}
+
+/// What a subscribe grant of `pattern` lets a client receive, as a pattern: nats-server checks a
+/// subscription against the grants token by token, and a grant's last `*` also matches the
+/// subscription's `>` there. So `orders.*` lets a client subscribe `orders.>` and receive
+/// `orders.eu.new`: its reach is `orders.>`. Any other pattern reaches exactly what it matches.
+pub fn subscribe_reach(pattern: &str) -> Cow<'_, str> {
+    match pattern.strip_suffix('*') {
+        Some(head) if head.is_empty() || head.ends_with('.') => Cow::Owned(format!("{head}>")),
+        _ => Cow::Borrowed(pattern),
     }
 }
 
@@ -146,6 +159,134 @@ mod tests {
             ("ordersx.a", "orders.>"),
         ] {
             assert!(!lies_within(inner, outer), "{inner} not within {outer}");
+        }
+    }
+
+    /// Every valid pattern of at most three tokens over `a`, `b`, `*` and `>`.
+    fn small_patterns() -> Vec<String> {
+        let mut all: Vec<Vec<&str>> = vec![vec![]];
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for p in &all {
+                for t in ["a", "b", "*", ">"] {
+                    let mut q = p.clone();
+                    q.push(t);
+                    out.push(q.join("."));
+                    if t != ">" {
+                        next.push(q);
+                    }
+                }
+            }
+            all = next;
+        }
+        out
+    }
+
+    /// Every subject of one to four tokens over `a`, `b` and `c` (`c` stands for any token the
+    /// patterns do not name; four tokens tell `>` from `*` for patterns of three).
+    fn small_subjects() -> Vec<Vec<&'static str>> {
+        let mut all: Vec<Vec<&str>> = vec![vec![]];
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for s in &all {
+                for t in ["a", "b", "c"] {
+                    let mut q = s.clone();
+                    q.push(t);
+                    out.push(q.clone());
+                    next.push(q);
+                }
+            }
+            all = next;
+        }
+        out
+    }
+
+    /// NATS matching of a literal subject by a pattern, written plainly as the reference.
+    fn matches(pattern: &[&str], subject: &[&str]) -> bool {
+        match (pattern.split_first(), subject.split_first()) {
+            (Some((&">", _)), Some(_)) => true,
+            (Some((p, prest)), Some((s, srest))) => (*p == "*" || p == s) && matches(prest, srest),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// How nats-server's permission check matches a subscription subject (wildcards included)
+    /// against one grant: a grant's `*` takes any one token of the subscription, `*` and `>`
+    /// included; its `>` takes the rest; its literal token only the same literal.
+    fn server_allows(grant: &[&str], subscription: &[&str]) -> bool {
+        match (grant.split_first(), subscription.split_first()) {
+            (Some((&">", _)), Some(_)) => true,
+            (Some((&"*", grest)), Some((_, srest))) => server_allows(grest, srest),
+            (Some((g, grest)), Some((s, srest))) => {
+                *s != "*" && *s != ">" && g == s && server_allows(grest, srest)
+            }
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    fn tokens(p: &str) -> Vec<&str> {
+        p.split('.').collect()
+    }
+
+    #[test]
+    fn lies_within_agrees_with_brute_force_over_small_alphabets() {
+        let patterns = small_patterns();
+        let subjects = small_subjects();
+        assert_eq!(patterns.len(), 52);
+        for inner in &patterns {
+            assert!(is_valid_subject(inner), "{inner}");
+            let covered: Vec<&Vec<&str>> = subjects
+                .iter()
+                .filter(|s| matches(&tokens(inner), s))
+                .collect();
+            for outer in &patterns {
+                let o = tokens(outer);
+                let expected = covered.iter().all(|s| matches(&o, s));
+                assert_eq!(
+                    lies_within(inner, outer),
+                    expected,
+                    "{inner} within {outer}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_reach_of_a_subscribe_grant_is_all_the_server_lets_it_receive() {
+        assert_eq!(subscribe_reach("orders.*"), "orders.>");
+        assert_eq!(subscribe_reach("*"), ">");
+        assert_eq!(subscribe_reach("orders.*.new"), "orders.*.new");
+        assert_eq!(subscribe_reach("orders.>"), "orders.>");
+        assert_eq!(subscribe_reach("orders.x"), "orders.x");
+        let patterns = small_patterns();
+        let subjects = small_subjects();
+        for grant in &patterns {
+            let g = tokens(grant);
+            let reach = subscribe_reach(grant);
+            let r = tokens(&reach);
+            // Every subscription the server allows receives only subjects within the reach…
+            for subscription in &patterns {
+                let s = tokens(subscription);
+                if server_allows(&g, &s) {
+                    assert!(
+                        lies_within(subscription, &reach),
+                        "{grant} lets the client subscribe {subscription}, beyond {reach}"
+                    );
+                }
+            }
+            // …and every subject of the reach is received by some allowed subscription.
+            for subject in subjects.iter().filter(|s| matches(&r, s)) {
+                assert!(
+                    patterns.iter().any(
+                        |sub| server_allows(&g, &tokens(sub)) && matches(&tokens(sub), subject)
+                    ),
+                    "{grant}: {subject:?} is in {reach} yet unreachable"
+                );
+            }
         }
     }
 

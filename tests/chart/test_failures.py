@@ -23,6 +23,11 @@ def test_blank_account(render_error, account):
     assert "nats.account is required" in msg
 
 
+def test_the_system_account_is_refused(render_error):
+    # As the service refuses NATS_ACCOUNT=$SYS: clients there read operators' $SYS answers.
+    assert "at '/nats/account'" in render_error({"nats": {"account": "$SYS"}})
+
+
 def test_missing_image_repository(render_error):
     # The chart's own default: no repository.
     assert IMAGE_MESSAGE in render_error(base={"nats": MINIMAL["nats"]})

@@ -103,6 +103,8 @@ SCHEMA_REFUSALS = [
     ({"rules": [{"namespaces": ["a"], "account": "my account"}]}, "/policy/rules/0/account"),
     ({"rules": [{"namespaces": ["a"], "account": "A.B"}]}, "/policy/rules/0/account"),
     ({"rules": [{"namespaces": ["a"], "account": ""}]}, "/policy/rules/0/account"),
+    # Not the system account: clients there read the answers to operators' $SYS requests.
+    ({"rules": [{"namespaces": ["a"], "account": "$SYS"}]}, "/policy/rules/0/account"),
     # Subject patterns.
     ({"annotations": {"publish": ["{namespace}..x"]}}, "/policy/annotations/publish/0"),
     ({"annotations": {"publish": ["{nmspace}.>"]}}, "/policy/annotations/publish/0"),
