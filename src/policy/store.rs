@@ -66,8 +66,8 @@ impl PolicyStore {
     }
 
     /// Starts the thread that re-reads the policy file whenever its stamp changes (a kubelet
-    /// ConfigMap update swaps a symlink: the stamp follows it) until `stop` fires. Nothing to do,
-    /// and no thread, without a policy file.
+    /// ConfigMap update swaps a symlink: the stamp follows it) and then stays unchanged for one
+    /// more check, until `stop` fires. Nothing to do, and no thread, without a policy file.
     pub fn spawn_watcher(
         self: &Arc<Self>,
         metrics: Arc<Metrics>,
@@ -76,6 +76,10 @@ impl PolicyStore {
         let path = self.file.clone()?;
         let store = self.clone();
         let mut seen = FileStamp::of(&path).ok();
+        // A changed stamp is read only once it has stayed the same for one more poll: a file
+        // written in place (not swapped in, as the kubelet does) may be caught half-written,
+        // and a cut-off policy can be valid and wider than the whole one.
+        let mut changed_to = None;
         let spawned = std::thread::Builder::new()
             .name("policy".into())
             .spawn(move || loop {
@@ -85,8 +89,14 @@ impl PolicyStore {
                 }
                 let stamp = FileStamp::of(&path).ok();
                 if stamp == seen {
+                    changed_to = None;
                     continue;
                 }
+                if changed_to != Some(stamp) {
+                    changed_to = Some(stamp);
+                    continue;
+                }
+                changed_to = None;
                 seen = stamp;
                 let result = match store.reload() {
                     Ok(()) => {
@@ -168,6 +178,43 @@ mod tests {
         assert_eq!(store.current().generation, 2, "the last good policy stays");
         assert!(store.current().policy.place("b").is_err());
 
+        drop(tx);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn a_file_written_in_place_is_read_only_once_it_stops_changing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "namespaces:\n  exclude: [kube-system]\n").unwrap();
+        let store = Arc::new(PolicyStore::new(
+            AdminPolicy::load(&path).unwrap(),
+            Some(path.clone()),
+        ));
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let handle = store.spawn_watcher(Arc::new(Metrics::new()), rx).unwrap();
+        // An editor truncates and writes in two steps; the first is a valid, wider policy.
+        std::fs::write(&path, "namespaces:\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(12);
+        let mut appended = false;
+        let started = Instant::now();
+        while store.current().generation < 2 {
+            assert!(Instant::now() < deadline, "the complete file is read");
+            assert!(
+                store.current().policy.place("kube-system").is_err(),
+                "the half-written file must never be in use"
+            );
+            if !appended && started.elapsed() > POLL_INTERVAL + Duration::from_millis(500) {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                std::io::Write::write_all(&mut f, b"  exclude: [kube-system, x]\n").unwrap();
+                appended = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(store.current().policy.place("x").is_err());
         drop(tx);
         handle.join().unwrap();
     }
