@@ -24,6 +24,7 @@ use nats_k8s_oidc_callout::callout::request::RequestDecoder;
 use nats_k8s_oidc_callout::callout::response::ResponseSigner;
 use nats_k8s_oidc_callout::callout::service::CalloutContext;
 use nats_k8s_oidc_callout::identity::{JwksStore, TokenSettings, TokenValidator};
+use nats_k8s_oidc_callout::keys::{CalloutKeys, KeyStore};
 use nats_k8s_oidc_callout::kube::cache::{FileDirectory, ServiceAccountCache};
 use nats_k8s_oidc_callout::kube::ServiceAccount;
 use nats_k8s_oidc_callout::metrics::Metrics;
@@ -113,8 +114,10 @@ fn context(keys: &Keys, xkey: Option<XKey>) -> CalloutContext {
         Duration::from_secs(3600),
     );
     CalloutContext {
-        decoder: RequestDecoder::new(xkey),
-        signer: ResponseSigner::new(KeyPair::new_account(), "APP".into()),
+        keys: Arc::new(KeyStore::fixed(CalloutKeys {
+            decoder: RequestDecoder::new(xkey),
+            signer: ResponseSigner::new(KeyPair::new_account(), "APP".into()),
+        })),
         authorizer,
         metrics,
     }

@@ -18,8 +18,6 @@ use crossbeam_channel::bounded;
 use log::{debug, error, info, warn};
 
 use crate::authorizer::Authorizer;
-use crate::callout::request::RequestDecoder;
-use crate::callout::response::ResponseSigner;
 use crate::callout::service::{self, CalloutContext, CalloutSettings, NatsAuth};
 use crate::config::{AccountsBackend, Config, JwksLocation};
 use crate::events::{self, EventRecorder};
@@ -28,6 +26,7 @@ use crate::identity::{
     discover_issuer, ApiServerFetcher, Discovered, JwksSettings, JwksSource, JwksStore,
     PublicUrlFetcher, TokenSettings, TokenValidator, API_SERVER_JWKS_PATH,
 };
+use crate::keys::KeyStore;
 use crate::kube::cache::{
     ApiDirectory, FileDirectory, LookupSettings, ServiceAccountCache, ServiceAccountDirectory,
 };
@@ -104,6 +103,45 @@ fn log_permission_model(config: &Config) {
                 "policy {}: annotations granted only within its patterns; accounts named by rules: {}",
                 path.display(),
                 if accounts.is_empty() { "none".to_owned() } else { accounts.join(", ") }
+            );
+        }
+    }
+}
+
+/// Says at start which keys sign what, and warns about policy accounts no key can sign for.
+fn log_signing_keys(config: &Config) {
+    let signer = &config.keys.signer;
+    if !config.key_files.operator_mode {
+        info!(
+            "signing as account {}; clients go to account {}",
+            signer.issuer(),
+            config.nats_account
+        );
+        return;
+    }
+    info!(
+        "operator mode: responses signed by the callout account {}",
+        signer.issuer()
+    );
+    for key in signer.user_keys() {
+        info!(
+            "operator mode: clients of account {} get user JWTs signed by {}{}",
+            key.account(),
+            match key.issuer_account() {
+                Some(_) => format!("its signing key {}", key.public_key()),
+                None => "the account key itself".to_owned(),
+            },
+            if key.is_scoped() {
+                "; the key is scoped: its scope in the account JWT decides the permissions, the user JWTs carry none"
+            } else {
+                ""
+            }
+        );
+    }
+    for account in config.policy.accounts() {
+        if !signer.can_sign_for(Some(account)) {
+            warn!(
+                "operator mode: the policy places namespaces in account {account}, but NATS_ACCOUNT_SIGNING_KEYS_DIR has no key for it: their clients are denied (account_key_missing)"
             );
         }
     }
@@ -261,9 +299,14 @@ pub fn serve() -> Result<(), String> {
         permissions,
         config.max_lifetime,
     );
+    let keys = Arc::new(KeyStore::with_initial(
+        config.key_files.clone(),
+        config.keys.clone(),
+    ));
+    threads.extend(keys.spawn_watcher(metrics.clone(), stop_rx.clone()));
+    log_signing_keys(&config);
     let ctx = Arc::new(CalloutContext {
-        decoder: RequestDecoder::new(config.xkey.clone()),
-        signer: ResponseSigner::new(config.signing_key.clone(), config.nats_account.clone()),
+        keys,
         authorizer,
         metrics: metrics.clone(),
     });
@@ -279,11 +322,6 @@ pub fn serve() -> Result<(), String> {
         queue_size: config.queue_size,
         shutdown_timeout: config.shutdown_timeout,
     };
-    info!(
-        "signing as account {}; clients go to account {}",
-        ctx.signer.issuer(),
-        config.nats_account
-    );
     // Returns after the stop signal, or early with an error that ends the process.
     service::run(settings, ctx, readiness.clone(), stop_rx.clone())?;
     // The background threads only read; one stuck in a slow request must not hold the exit.

@@ -44,6 +44,9 @@ pub enum DenyReason {
     /// The admin policy does not serve the token's namespace.
     #[error("namespace is not served by the policy: {0}")]
     NamespaceNotAllowed(NotServed),
+    /// Operator mode: the client's account (named by the policy) has no signing key here.
+    #[error("no signing key for account {0} (NATS_ACCOUNT_SIGNING_KEYS_DIR)")]
+    AccountKeyMissing(String),
     /// A bug: a panic while deciding.
     #[error("internal error")]
     Internal,
@@ -61,6 +64,7 @@ impl DenyReason {
             DenyReason::ServiceAccountUidMismatch => "serviceaccount_uid_mismatch",
             DenyReason::InvalidAccountName => "serviceaccount_invalid_name",
             DenyReason::NamespaceNotAllowed(_) => "namespace_not_allowed",
+            DenyReason::AccountKeyMissing(_) => "account_key_missing",
             DenyReason::Internal => "internal_error",
         }
     }

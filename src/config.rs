@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use nkeys::{KeyPair, XKey};
+use crate::keys::{is_account_public_key, CalloutKeys, KeyFiles};
 
 use crate::kube::{ApiClient, ConfigError};
 use crate::policy::{AdminPolicy, InboxMode};
@@ -93,12 +94,13 @@ pub struct Config {
     pub nats_creds_file: Option<PathBuf>,
     /// `NATS_TOKEN`. Never logged.
     pub nats_token: Option<String>,
-    /// The account key pair read from `NATS_SIGNING_KEY_FILE`.
-    pub signing_key: KeyPair,
     /// `NATS_ACCOUNT`: the account clients are placed in.
     pub nats_account: String,
-    /// The curve key read from `NATS_XKEY_SEED_FILE`.
-    pub xkey: Option<XKey>,
+    /// Where the signing keys and the xkey are read from (and re-read when they change).
+    pub key_files: KeyFiles,
+    /// The keys as read at start (`NATS_SIGNING_KEY_FILE`, `NATS_XKEY_SEED_FILE`, and in
+    /// operator mode the callout key and the accounts' keys).
+    pub keys: Arc<CalloutKeys>,
     /// `JWKS_URL` / `JWKS_PATH`.
     pub jwks: JwksLocation,
     /// `JWT_ISSUER`.
@@ -176,34 +178,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
-/// Reads an account seed (`SA…`) from a bare seed file or a creds-style file holding one.
-pub fn read_account_seed(text: &str) -> Result<KeyPair, String> {
-    let seed = text
-        .lines()
-        .map(str::trim)
-        .find(|l| {
-            l.starts_with('S') && l.len() == 58 && l.chars().all(|c| c.is_ascii_alphanumeric())
-        })
-        .ok_or("holds no nkey seed")?;
-    match &seed[..2] {
-        "SA" => KeyPair::from_seed(seed).map_err(|_| "holds an invalid account seed".to_string()),
-        "SU" => Err("holds a user seed (SU…); auth callout responses must be signed by an account seed (SA…)".into()),
-        "SO" => Err("holds an operator seed (SO…); an account seed (SA…) is needed".into()),
-        "SX" => Err("holds a curve (xkey) seed (SX…); an account seed (SA…) is needed".into()),
-        _ => Err("holds a seed that is not an account seed (SA…)".into()),
-    }
-}
-
-/// Reads a curve seed (`SX…`) from a bare seed file or a block holding one.
-pub fn read_xkey_seed(text: &str) -> Result<XKey, String> {
-    let seed = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("SX"))
-        .ok_or("holds no curve seed (SX…)")?;
-    XKey::from_seed(seed).map_err(|_| "holds an invalid curve seed".to_string())
-}
-
 struct Reader<'a> {
     env: &'a HashMap<String, String>,
     problems: Vec<String>,
@@ -278,24 +252,6 @@ impl Reader<'_> {
     fn into_error(self) -> InvalidConfig {
         InvalidConfig {
             problems: self.problems,
-        }
-    }
-
-    fn file<T>(&mut self, name: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
-        let path = self.get(name)?.to_string();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match parse(&text) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    self.problems.push(format!("{name}: {path} {e}"));
-                    None
-                }
-            },
-            Err(e) => {
-                self.problems
-                    .push(format!("{name}: cannot read {path}: {e}"));
-                None
-            }
         }
     }
 }
@@ -435,7 +391,7 @@ impl Config {
                 "NATS_SIGNING_KEY_FILE is required (a file holding the account seed, SA…)".into(),
             );
         }
-        let signing_key = r.file("NATS_SIGNING_KEY_FILE", read_account_seed);
+        let operator_mode = r.bool("NATS_OPERATOR_MODE", false);
         let PermissionSettings {
             accounts,
             nats_account,
@@ -443,7 +399,39 @@ impl Config {
             policy_file,
             policy,
         } = PermissionSettings::read(&mut r);
-        let xkey = r.file("NATS_XKEY_SEED_FILE", read_xkey_seed);
+        let key_files = KeyFiles {
+            operator_mode,
+            default_account: nats_account.clone(),
+            signing: r
+                .get("NATS_SIGNING_KEY_FILE")
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            signing_scoped: r.bool("NATS_SIGNING_KEY_SCOPED", false),
+            callout: r.get("NATS_CALLOUT_SIGNING_KEY_FILE").map(PathBuf::from),
+            xkey: r.get("NATS_XKEY_SEED_FILE").map(PathBuf::from),
+            accounts_dir: r.get("NATS_ACCOUNT_SIGNING_KEYS_DIR").map(PathBuf::from),
+        };
+        let keys = if r.get("NATS_SIGNING_KEY_FILE").is_some() {
+            match key_files.load(None) {
+                Ok(keys) => Some(Arc::new(keys)),
+                Err(problems) => {
+                    r.problems.extend(problems);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if operator_mode {
+            // In operator mode an account is named by its public key, in the policy too.
+            for account in policy.accounts() {
+                if !is_account_public_key(account) {
+                    r.problems.push(format!(
+                        "POLICY_FILE: rule account {account:?} must be an account public key (A…) in operator mode"
+                    ));
+                }
+            }
+        }
 
         let jwks_url = r.get("JWKS_URL").map(str::to_string);
         let jwks_path = r.get("JWKS_PATH").map(str::to_string);
@@ -543,14 +531,14 @@ impl Config {
         let serviceaccount_events = r.bool("SERVICEACCOUNT_EVENTS", true);
         let instance = r.get("HOSTNAME").map(str::to_owned);
 
-        match (signing_key, r.problems.is_empty()) {
-            (Some(signing_key), true) => Ok(Config {
+        match (keys, r.problems.is_empty()) {
+            (Some(keys), true) => Ok(Config {
                 nats_url,
                 nats_creds_file: creds,
                 nats_token,
-                signing_key,
                 nats_account,
-                xkey,
+                key_files,
+                keys,
                 jwks,
                 issuer,
                 issuer_is_default,
@@ -579,6 +567,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nkeys::KeyPair;
     use std::io::Write;
 
     fn seed_file(seed: &str) -> tempfile::NamedTempFile {
@@ -611,10 +600,10 @@ mod tests {
         assert_eq!(c.port, 8080);
         assert_eq!(c.max_lifetime, Duration::from_secs(3600));
         assert_eq!(
-            c.signing_key.public_key(),
+            c.keys.signer.issuer(),
             KeyPair::from_seed(&seed).unwrap().public_key()
         );
-        assert!(c.xkey.is_none());
+        assert!(c.keys.decoder.xkey().is_none());
         assert_eq!(c.inbox_mode, InboxMode::Shared);
         assert!(c.policy_file.is_none() && c.policy.is_unrestricted());
         assert!(c.serviceaccount_events);
@@ -819,16 +808,49 @@ mod tests {
     }
 
     #[test]
-    fn the_signing_seed_may_sit_in_a_creds_style_block() {
-        let seed = KeyPair::new_account().seed().unwrap();
-        let text = format!(
-            "-----BEGIN ACCOUNT NKEY SEED-----\n{seed}\n------END ACCOUNT NKEY SEED------\n"
+    fn operator_mode_names_accounts_by_public_key_and_reads_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = KeyPair::new_account();
+        let signing = KeyPair::new_account();
+        let callout = KeyPair::new_account();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let signing_file = write("signing.nk", &signing.seed().unwrap());
+        let callout_file = write("callout.nk", &callout.seed().unwrap());
+        let policy = write(
+            "policy.yaml",
+            "rules:\n  - namespaces: [payments]\n    account: PAYMENTS\n",
         );
-        assert!(read_account_seed(&text).is_ok());
-        assert!(read_account_seed("nothing here").is_err());
-        assert!(read_account_seed(&KeyPair::new_operator().seed().unwrap())
-            .unwrap_err()
-            .contains("operator"));
+        let base = [
+            ("NATS_OPERATOR_MODE", "true"),
+            ("NATS_SIGNING_KEY_FILE", signing_file.as_str()),
+            ("NATS_CALLOUT_SIGNING_KEY_FILE", callout_file.as_str()),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            Config::from_map(&env(&pairs))
+        };
+        let err = with(&[("NATS_ACCOUNT", "APP"), ("POLICY_FILE", &policy)]).unwrap_err();
+        assert!(
+            err.contains("NATS_ACCOUNT=\"APP\" must be the clients' account public key (A…)"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "rule account \"PAYMENTS\" must be an account public key (A…) in operator mode"
+            ),
+            "{err}"
+        );
+        let c = with(&[("NATS_ACCOUNT", &app.public_key())]).unwrap();
+        assert!(c.key_files.operator_mode);
+        assert_eq!(c.keys.signer.issuer(), callout.public_key());
+        let k = c.keys.signer.user_keys()[0];
+        assert_eq!(k.account(), app.public_key());
+        assert_eq!(k.issuer_account(), Some(app.public_key().as_str()));
     }
 
     #[test]

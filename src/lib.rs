@@ -22,6 +22,7 @@ pub mod explain;
 pub mod files;
 pub mod http;
 pub mod identity;
+pub mod keys;
 pub mod kube;
 pub mod metrics;
 pub mod policy;

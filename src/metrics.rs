@@ -35,10 +35,10 @@ pub struct EventLabels {
     pub result: &'static str,
 }
 
-/// Labels of one reading of the policy file.
+/// Labels of one reading of a changed file (the policy, the key files).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyReloadLabels {
-    /// `success` (the new policy is in use) or `failure` (the last good one stays).
+pub struct ReloadLabels {
+    /// `success` (the new version is in use) or `failure` (the last good one stays).
     pub result: &'static str,
 }
 
@@ -74,7 +74,9 @@ pub struct Metrics {
     /// Annotation entries dropped by the policy guard rails.
     pub dropped_annotation_entries: Family<DroppedEntryLabels, Counter>,
     /// Re-readings of the policy file after it changed, by result.
-    pub policy_reloads: Family<PolicyReloadLabels, Counter>,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
+    /// Re-readings of the key files (signing keys, xkey) after they changed, by result.
+    pub key_reloads: Family<ReloadLabels, Counter>,
     /// Warning Events about dropped annotation entries, by result.
     pub events: Family<EventLabels, Counter>,
 }
@@ -166,7 +168,13 @@ impl Metrics {
             "ServiceAccount annotation entries refused by the policy",
             dropped_annotation_entries.clone(),
         );
-        let policy_reloads = Family::<PolicyReloadLabels, Counter>::default();
+        let key_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "key_reloads",
+            "Re-readings of the signing-key and xkey files after they changed, by result",
+            key_reloads.clone(),
+        );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "policy_reloads",
             "Re-readings of the policy file after it changed, by result",
@@ -195,6 +203,7 @@ impl Metrics {
             nats_disconnects,
             dropped_annotation_entries,
             policy_reloads,
+            key_reloads,
             events,
         }
     }

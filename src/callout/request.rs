@@ -188,22 +188,41 @@ pub struct AuthRequest {
     pub connect: ConnectOpts,
     /// The server's curve key when the request was sealed: the response is sealed to it.
     pub seal_to: Option<String>,
+    /// Which of the decoder's curve keys opened it (see [`RequestDecoder::key_that_opened`]).
+    pub opened_with: Option<usize>,
 }
 
 /// Opens and verifies authorization requests.
 pub struct RequestDecoder {
-    xkey: Option<XKey>,
+    /// Our curve keys: the current one first, then the one it replaced (requests sealed to it
+    /// during a rotation still open).
+    xkeys: Vec<XKey>,
 }
 
 impl RequestDecoder {
     /// A decoder; with `xkey`, sealed requests are opened and plain ones refused.
     pub fn new(xkey: Option<XKey>) -> RequestDecoder {
-        RequestDecoder { xkey }
+        RequestDecoder::with_keys(xkey.into_iter().collect())
     }
 
-    /// The service's curve key, used to seal responses.
+    /// A decoder that opens with any of `xkeys` (current first); none: plain requests only.
+    pub fn with_keys(xkeys: Vec<XKey>) -> RequestDecoder {
+        RequestDecoder { xkeys }
+    }
+
+    /// The service's current curve key.
     pub fn xkey(&self) -> Option<&XKey> {
-        self.xkey.as_ref()
+        self.xkeys.first()
+    }
+
+    /// The curve key the current one replaced, while it still opens requests.
+    pub fn replaced_xkey(&self) -> Option<&XKey> {
+        self.xkeys.get(1)
+    }
+
+    /// The curve key that opened `req` (the one its answer is sealed with), if it was sealed.
+    pub fn key_that_opened(&self, req: &AuthRequest) -> Option<&XKey> {
+        req.opened_with.and_then(|i| self.xkeys.get(i))
     }
 
     /// Opens (when sealed), decodes and verifies one request payload at unix time `now`.
@@ -214,20 +233,24 @@ impl RequestDecoder {
         now: i64,
     ) -> Result<AuthRequest, RequestError> {
         let opened;
-        let (jwt, seal_to) = match (server_xkey_header, &self.xkey) {
-            (Some(sender), Some(ours)) => {
+        let (jwt, seal_to, opened_with) = match (server_xkey_header, self.xkeys.is_empty()) {
+            (Some(sender), false) => {
                 let sender_key =
                     XKey::from_public_key(sender).map_err(|_| RequestError::BadServerXkey)?;
-                opened = ours
-                    .open(payload, &sender_key)
-                    .map_err(|_| RequestError::CannotOpen)?;
-                (opened.as_slice(), Some(sender.to_string()))
+                let (i, plain) = self
+                    .xkeys
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, ours)| ours.open(payload, &sender_key).ok().map(|p| (i, p)))
+                    .ok_or(RequestError::CannotOpen)?;
+                opened = plain;
+                (opened.as_slice(), Some(sender.to_string()), Some(i))
             }
-            (Some(_), None) => return Err(RequestError::SealedWithoutXkey),
+            (Some(_), true) => return Err(RequestError::SealedWithoutXkey),
             // With an xkey configured the server seals every request; a plain one did not come
             // from a server configured with our key.
-            (None, Some(_)) => return Err(RequestError::NotSealed),
-            (None, None) => (payload, None),
+            (None, false) => return Err(RequestError::NotSealed),
+            (None, true) => (payload, None, None),
         };
         let jwt = std::str::from_utf8(jwt)
             .map_err(|_| RequestError::Jwt(JwtError::NotThreeParts))?
@@ -266,6 +289,7 @@ impl RequestDecoder {
             client: claims.nats.client_info,
             connect: claims.nats.connect_opts,
             seal_to,
+            opened_with,
         })
     }
 }
@@ -362,6 +386,49 @@ pub(crate) mod tests {
         assert_eq!(
             dec.decode(jwt.as_bytes(), None, now()).unwrap_err(),
             RequestError::NotSealed
+        );
+    }
+
+    #[test]
+    fn during_an_xkey_rotation_a_request_sealed_to_the_previous_key_still_opens() {
+        let server = KeyPair::new_server();
+        let server_x = XKey::new();
+        let (new, old) = (XKey::new(), XKey::new());
+        let user = KeyPair::new_user().public_key();
+        let jwt = encode(
+            &server_request(&server, &user, "tok", now() + 2, &server_x.public_key()),
+            &server,
+        )
+        .unwrap();
+        let sealed_to = |ours: &XKey| {
+            server_x
+                .seal(
+                    jwt.as_bytes(),
+                    &XKey::from_public_key(&ours.public_key()).unwrap(),
+                )
+                .unwrap()
+        };
+        let dec = RequestDecoder::with_keys(vec![new.clone(), old.clone()]);
+        assert_eq!(dec.xkey().unwrap().public_key(), new.public_key());
+        for (ours, index) in [(&new, 0), (&old, 1)] {
+            let req = dec
+                .decode(&sealed_to(ours), Some(&server_x.public_key()), now())
+                .unwrap();
+            assert_eq!(req.opened_with, Some(index));
+            assert_eq!(
+                dec.key_that_opened(&req).unwrap().public_key(),
+                ours.public_key(),
+                "the answer is sealed with the key that opened the request"
+            );
+        }
+        assert_eq!(
+            dec.decode(
+                &sealed_to(&XKey::new()),
+                Some(&server_x.public_key()),
+                now()
+            )
+            .unwrap_err(),
+            RequestError::CannotOpen
         );
     }
 

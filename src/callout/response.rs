@@ -1,6 +1,8 @@
 //! Building the answers: the user JWT of an allowed client and the signed (optionally sealed)
 //! authorization response.
 
+use std::collections::HashMap;
+
 use nkeys::{KeyPair, XKey};
 use serde::Serialize;
 
@@ -36,17 +38,26 @@ struct ResponseRule {
     ttl: i64,
 }
 
+/// The `nats` object of a user JWT. Every permission and limit is absent for a scoped signing
+/// key: nats-server refuses a scoped user that carries any, the scope supplies them.
 #[derive(Serialize)]
 struct UserBody<'a> {
-    #[serde(rename = "pub")]
-    publish: SubjectRule<'a>,
-    sub: SubjectRule<'a>,
+    #[serde(rename = "pub", skip_serializing_if = "Option::is_none")]
+    publish: Option<SubjectRule<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<SubjectRule<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resp: Option<ResponseRule>,
     // -1: no per-user limit; the account's limits apply.
-    subs: i64,
-    data: i64,
-    payload: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subs: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<i64>,
+    /// Operator mode, signed by a signing key: the account the key belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuer_account: Option<&'a str>,
     #[serde(rename = "type")]
     kind: &'static str,
     version: i64,
@@ -59,9 +70,76 @@ struct UserClaims<'a> {
     iss: &'a str,
     name: &'a str,
     sub: &'a str,
+    /// Config mode only: the account's name. In operator mode the issuer decides the account.
+    #[serde(skip_serializing_if = "str::is_empty")]
     aud: &'a str,
     exp: i64,
     nats: UserBody<'a>,
+}
+
+/// A key that signs the user JWTs of one account in operator mode: the account's own key or one
+/// of its signing keys (then the JWT names the account in `issuer_account`).
+#[derive(Clone)]
+pub struct UserSigningKey {
+    account: String,
+    key: KeyPair,
+    public: String,
+    scoped: bool,
+}
+
+impl std::fmt::Debug for UserSigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSigningKey")
+            .field("account", &self.account)
+            .field("key", &self.public)
+            .field("scoped", &self.scoped)
+            .finish()
+    }
+}
+
+impl UserSigningKey {
+    /// `key` (with its seed) signs for `account` (`A…`); `scoped` when the account JWT lists it
+    /// as a scoped signing key (it cannot be told from the seed).
+    pub fn new(account: String, key: KeyPair, scoped: bool) -> UserSigningKey {
+        let public = key.public_key();
+        UserSigningKey {
+            account,
+            key,
+            public,
+            scoped,
+        }
+    }
+
+    /// The account it signs for.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// The public key the user JWTs name as their issuer.
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// Whether the account JWT's scope, not the user JWT, carries the permissions.
+    pub fn is_scoped(&self) -> bool {
+        self.scoped
+    }
+
+    /// `issuer_account` for the user JWT: the account, when this is one of its signing keys.
+    pub fn issuer_account(&self) -> Option<&str> {
+        (self.public != self.account).then_some(self.account.as_str())
+    }
+}
+
+/// Where user JWTs place clients and which key signs them.
+enum Placement {
+    /// Config mode: the response key signs every user JWT; `aud` names the account.
+    Config { default_account: String },
+    /// Operator mode: each account's own key signs its user JWTs; no `aud`.
+    Operator {
+        default_account: String,
+        keys: HashMap<String, UserSigningKey>,
+    },
 }
 
 #[derive(Serialize)]
@@ -85,11 +163,12 @@ struct ResponseClaims<'a> {
     nats: ResponseBody<'a>,
 }
 
-/// Signs user JWTs and authorization responses with the account key.
+/// Signs user JWTs and authorization responses.
 pub struct ResponseSigner {
+    /// Signs the responses: config mode's `auth_callout.issuer`, operator mode's callout account.
     account: KeyPair,
     account_public: String,
-    default_account: String,
+    placement: Placement,
 }
 
 impl ResponseSigner {
@@ -100,7 +179,52 @@ impl ResponseSigner {
         ResponseSigner {
             account,
             account_public,
-            default_account,
+            placement: Placement::Config { default_account },
+        }
+    }
+
+    /// An operator-mode signer: `callout` (the callout account's key) signs the responses,
+    /// `default` the user JWTs of the default account, `others` those of more accounts.
+    pub fn operator(
+        callout: KeyPair,
+        default: UserSigningKey,
+        others: Vec<UserSigningKey>,
+    ) -> ResponseSigner {
+        let account_public = callout.public_key();
+        let default_account = default.account.clone();
+        let mut keys: HashMap<String, UserSigningKey> =
+            others.into_iter().map(|k| (k.account.clone(), k)).collect();
+        keys.insert(default_account.clone(), default);
+        ResponseSigner {
+            account: callout,
+            account_public,
+            placement: Placement::Operator {
+                default_account,
+                keys,
+            },
+        }
+    }
+
+    /// Whether a user JWT for `account` (`None`: the default one) can be signed.
+    pub fn can_sign_for(&self, account: Option<&str>) -> bool {
+        match &self.placement {
+            Placement::Config { .. } => true,
+            Placement::Operator {
+                default_account,
+                keys,
+            } => keys.contains_key(account.unwrap_or(default_account)),
+        }
+    }
+
+    /// The keys that sign user JWTs in operator mode (none in config mode), for start-up logs.
+    pub fn user_keys(&self) -> Vec<&UserSigningKey> {
+        match &self.placement {
+            Placement::Config { .. } => Vec::new(),
+            Placement::Operator { keys, .. } => {
+                let mut keys: Vec<_> = keys.values().collect();
+                keys.sort_by(|a, b| a.account.cmp(&b.account));
+                keys
+            }
         }
     }
 
@@ -117,47 +241,65 @@ impl ResponseSigner {
         now: i64,
     ) -> Result<String, JwtError> {
         let p = grant.permissions;
-        let target_account = grant.account.unwrap_or(&self.default_account);
+        // Config mode: our key, `aud` names the account. Operator mode: the account's key.
+        let (key, issuer, aud, user_key) = match &self.placement {
+            Placement::Config { default_account } => (
+                &self.account,
+                self.account_public.as_str(),
+                grant.account.unwrap_or(default_account),
+                None,
+            ),
+            Placement::Operator {
+                default_account,
+                keys,
+            } => {
+                let k = keys
+                    .get(grant.account.unwrap_or(default_account))
+                    .ok_or(JwtError::Signing)?;
+                (&k.key, k.public.as_str(), "", Some(k))
+            }
+        };
+        let scoped = user_key.is_some_and(|k| k.scoped);
         let registered = Registered {
-            aud: target_account,
+            aud,
             exp: grant.expires_at,
             iat: now,
-            iss: &self.account_public,
+            iss: issuer,
             name: &grant.name,
             sub: &req.user_nkey,
         };
         let claims = UserClaims {
             jti: jti(&registered),
             iat: now,
-            iss: &self.account_public,
+            iss: issuer,
             name: &grant.name,
             // The JWT is bound to the nkey the server generated for this very connection.
             sub: &req.user_nkey,
-            // Config mode: `aud` names the account the client is placed in.
-            aud: target_account,
+            aud,
             // A client never outlives its service-account token.
             exp: grant.expires_at,
             nats: UserBody {
-                publish: SubjectRule {
+                publish: (!scoped).then_some(SubjectRule {
                     allow: &p.pub_allow,
                     deny: &p.pub_deny,
-                },
-                sub: SubjectRule {
+                }),
+                sub: (!scoped).then_some(SubjectRule {
                     allow: &p.sub_allow,
                     deny: &p.sub_deny,
-                },
-                resp: (p.resp_max > 0).then_some(ResponseRule {
+                }),
+                resp: (!scoped && p.resp_max > 0).then_some(ResponseRule {
                     max: p.resp_max,
                     ttl: 0,
                 }),
-                subs: -1,
-                data: -1,
-                payload: -1,
+                subs: (!scoped).then_some(-1),
+                data: (!scoped).then_some(-1),
+                payload: (!scoped).then_some(-1),
+                issuer_account: user_key.and_then(UserSigningKey::issuer_account),
                 kind: USER_TYPE,
                 version: CLAIMS_VERSION,
             },
         };
-        encode(&claims, &self.account)
+        encode(&claims, key)
     }
 
     fn response(
@@ -354,6 +496,81 @@ mod tests {
             user["nats"]["pub"]["allow"],
             serde_json::json!(["ns.>", "_INBOX.>"])
         );
+    }
+
+    /// The user JWT inside the response `signer` gives for `account`.
+    fn operator_user_jwt(signer: &ResponseSigner, account: Option<&str>) -> (Value, Value) {
+        let (req, _) = request(None);
+        let p = perms();
+        let grant = Grant {
+            name: "system:serviceaccount:ns:app".into(),
+            expires_at: 1_800_000_600,
+            account,
+            permissions: &p,
+        };
+        let resp = signer.allow(&req, &grant, 1_800_000_000).unwrap();
+        let claims: Value = decode_verified(&resp).unwrap();
+        let user: Value = decode_verified(claims["nats"]["jwt"].as_str().unwrap()).unwrap();
+        (claims, user)
+    }
+
+    #[test]
+    fn operator_mode_signs_users_with_their_accounts_key_and_responses_with_the_callouts() {
+        let callout = KeyPair::new_account();
+        let app = KeyPair::new_account();
+        let app_signing = KeyPair::new_account();
+        let other = KeyPair::new_account();
+        let scoped = KeyPair::new_account();
+        let team = KeyPair::new_account();
+        let signer = ResponseSigner::operator(
+            callout.clone(),
+            UserSigningKey::new(app.public_key(), app_signing.clone(), false),
+            vec![
+                UserSigningKey::new(other.public_key(), other.clone(), false),
+                UserSigningKey::new(team.public_key(), scoped.clone(), true),
+            ],
+        );
+        // The default account, through one of its signing keys.
+        let (claims, user) = operator_user_jwt(&signer, None);
+        assert_eq!(
+            claims["iss"],
+            callout.public_key(),
+            "the callout account answers"
+        );
+        assert_eq!(user["iss"], app_signing.public_key());
+        assert_eq!(user["nats"]["issuer_account"], app.public_key().as_str());
+        assert!(
+            user.get("aud").is_none(),
+            "operator mode: the issuer picks the account"
+        );
+        assert_eq!(user["nats"]["pub"]["allow"], serde_json::json!(["ns.>"]));
+        // Another account with its own key: no issuer_account.
+        let (_, user) = operator_user_jwt(&signer, Some(&other.public_key()));
+        assert_eq!(user["iss"], other.public_key());
+        assert!(user["nats"].get("issuer_account").is_none());
+        // A scoped key: the scope carries every permission and limit.
+        let (_, user) = operator_user_jwt(&signer, Some(&team.public_key()));
+        assert_eq!(user["iss"], scoped.public_key());
+        let nats = user["nats"].as_object().unwrap();
+        let mut fields: Vec<&str> = nats.keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["issuer_account", "type", "version"], "{user}");
+        // An account without a key cannot be signed for.
+        let stranger = KeyPair::new_account().public_key();
+        assert!(signer.can_sign_for(None));
+        assert!(signer.can_sign_for(Some(&team.public_key())));
+        assert!(!signer.can_sign_for(Some(&stranger)));
+        let (req, _) = request(None);
+        let p = perms();
+        let grant = Grant {
+            name: "x".into(),
+            expires_at: 1_800_000_600,
+            account: Some(&stranger),
+            permissions: &p,
+        };
+        assert!(signer.allow(&req, &grant, 1_800_000_000).is_err());
+        assert_eq!(signer.issuer(), callout.public_key());
+        assert_eq!(signer.user_keys().len(), 3);
     }
 
     #[test]

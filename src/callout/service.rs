@@ -16,11 +16,12 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, warn};
 
 use super::jwt::JwtError;
-use super::request::{AuthRequest, RequestDecoder};
-use super::response::{seal_if_needed, Grant, ResponseError, ResponseSigner};
+use super::request::AuthRequest;
+use super::response::{seal_if_needed, Grant, ResponseError};
 use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
-use crate::authorizer::{Authorizer, ConnectAttempt, Decision};
+use crate::authorizer::{Authorizer, ConnectAttempt, Decision, Denial, DenyReason};
 use crate::backoff::{Backoff, BackoffSettings};
+use crate::keys::{CalloutKeys, KeyStore};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::readiness::Readiness;
 use crate::urls::redact_urls;
@@ -53,10 +54,8 @@ pub struct CalloutSettings {
 
 /// Everything a worker needs to answer a request.
 pub struct CalloutContext {
-    /// Opens and verifies requests.
-    pub decoder: RequestDecoder,
-    /// Signs answers.
-    pub signer: ResponseSigner,
+    /// Opens requests and signs answers; re-read when the key files change.
+    pub keys: Arc<KeyStore>,
     /// Decides.
     pub authorizer: Authorizer,
     /// Counts.
@@ -84,7 +83,9 @@ impl CalloutContext {
     /// Decides one request payload and builds the reply; never panics, never grants on error.
     pub fn handle(&self, payload: &[u8], server_xkey: Option<&str>) -> Outcome {
         let now = unix_now();
-        let req = match self.decoder.decode(payload, server_xkey, now) {
+        // One version of the keys for the whole request: the one that opened it seals the answer.
+        let keys = self.keys.current();
+        let req = match keys.decoder.decode(payload, server_xkey, now) {
             Ok(r) => r,
             Err(e) => {
                 warn!("denied: {e} (reason={})", e.reason());
@@ -103,6 +104,17 @@ impl CalloutContext {
         };
         let decision = catch_unwind(AssertUnwindSafe(|| self.authorizer.authorize(attempt, now)))
             .unwrap_or_else(|_| Decision::internal_error());
+        // Operator mode: a client placed in an account no key here can sign for is refused
+        // with its own reason (the policy named an account whose key was not given).
+        let decision = match decision {
+            Decision::Allow(a) if !keys.signer.can_sign_for(a.account.as_deref()) => {
+                Decision::Deny(Denial {
+                    account: Some(format!("{}/{}", a.namespace, a.service_account)),
+                    reason: DenyReason::AccountKeyMissing(a.account.unwrap_or_default()),
+                })
+            }
+            other => other,
+        };
         match decision {
             Decision::Allow(allowed) => {
                 let grant = Grant {
@@ -111,7 +123,7 @@ impl CalloutContext {
                     account: allowed.account.as_deref(),
                     permissions: &allowed.permissions,
                 };
-                match self.seal(&req, self.signer.allow(&req, &grant, now)) {
+                match seal(&keys, &req, keys.signer.allow(&req, &grant, now)) {
                     Ok(reply) => {
                         info!(
                             "allowed {}/{}{} (client {} {} on {}), expires in {}s",
@@ -138,7 +150,7 @@ impl CalloutContext {
                             "cannot build the answer for client {}: {e}; denying",
                             req.client.id
                         );
-                        self.denial(&req, now, "internal_error")
+                        denial(&keys, &req, now, "internal_error")
                     }
                 }
             }
@@ -152,37 +164,37 @@ impl CalloutContext {
                     deny,
                     deny.reason()
                 );
-                self.denial(&req, now, deny.reason())
+                denial(&keys, &req, now, deny.reason())
             }
         }
     }
+}
 
-    fn denial(&self, req: &AuthRequest, now: i64, reason: &'static str) -> Outcome {
-        // An empty reply also makes the server deny at once; the failure is still worth a line.
-        let reply = self
-            .seal(req, self.signer.deny(req, now))
-            .unwrap_or_else(|e| {
-                error!(
-                    "cannot build the denial for client {}: {e}; answering empty",
-                    req.client.id
-                );
-                Vec::new()
-            });
-        Outcome {
-            reply,
-            result: "deny",
-            reason,
-        }
+/// A signed (and, when the request was, sealed) denial of `req`, counted under `reason`.
+fn denial(keys: &CalloutKeys, req: &AuthRequest, now: i64, reason: &'static str) -> Outcome {
+    // An empty reply also makes the server deny at once; the failure is still worth a line.
+    let reply = seal(keys, req, keys.signer.deny(req, now)).unwrap_or_else(|e| {
+        error!(
+            "cannot build the denial for client {}: {e}; answering empty",
+            req.client.id
+        );
+        Vec::new()
+    });
+    Outcome {
+        reply,
+        result: "deny",
+        reason,
     }
+}
 
-    /// The bytes of a signed answer to `req`, sealed to the server when the request was sealed.
-    fn seal(
-        &self,
-        req: &AuthRequest,
-        signed: Result<String, JwtError>,
-    ) -> Result<Vec<u8>, ResponseError> {
-        seal_if_needed(signed?, req, self.decoder.xkey())
-    }
+/// The bytes of a signed answer to `req`, sealed to the server, with the curve key that opened
+/// it, when the request was sealed.
+fn seal(
+    keys: &CalloutKeys,
+    req: &AuthRequest,
+    signed: Result<String, JwtError>,
+) -> Result<Vec<u8>, ResponseError> {
+    seal_if_needed(signed?, req, keys.decoder.key_that_opened(req))
 }
 
 struct Job {

@@ -12,7 +12,7 @@ use parking_lot::RwLock;
 
 use super::admin::{AdminPolicy, PolicyError};
 use crate::files::FileStamp;
-use crate::metrics::{Metrics, PolicyReloadLabels};
+use crate::metrics::{Metrics, ReloadLabels};
 
 /// How often the policy file is checked for a change (a `stat`; read only when it changed).
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -114,7 +114,7 @@ impl PolicyStore {
                 };
                 metrics
                     .policy_reloads
-                    .get_or_create(&PolicyReloadLabels { result })
+                    .get_or_create(&ReloadLabels { result })
                     .inc();
             });
         match spawned {
@@ -136,7 +136,7 @@ mod tests {
 
     fn reloads(m: &Metrics, result: &'static str) -> u64 {
         m.policy_reloads
-            .get_or_create(&PolicyReloadLabels { result })
+            .get_or_create(&ReloadLabels { result })
             .get()
     }
 
