@@ -332,6 +332,28 @@ fn scrape_exercised_service() -> String {
         .wait_for("broken policy counted", Duration::from_secs(10), || {
             reloads("failure") >= 1.0
         });
+    // The signing key file swapped in again (same seed), then a broken one.
+    let key_reloads = |result: &str| {
+        s.service.metric(&format!(
+            "nats_callout_key_reloads_total{{result=\"{result}\"}}"
+        ))
+    };
+    let seed = s.service.dir().join("signing.nk");
+    let swap = |text: &str| {
+        let next = s.service.dir().join("signing.next");
+        fs::write(&next, text).expect("write the key");
+        fs::rename(&next, &seed).expect("swap the key");
+    };
+    swap(&s.keys.account.seed().expect("seed"));
+    s.service
+        .wait_for("key re-read", Duration::from_secs(15), || {
+            key_reloads("success") >= 1.0
+        });
+    swap("not a seed");
+    s.service
+        .wait_for("broken key counted", Duration::from_secs(15), || {
+            key_reloads("failure") >= 1.0
+        });
     s.assert_connects("team-a", "app");
     s.assert_connects("team-b", "worker");
     s.assert_denied(
@@ -461,6 +483,8 @@ tests:
         values: '0 0 0 1x57'
       - series: 'nats_callout_events_total{{instance="a",result="exists"}}'
         values: '0 0 0 0 1x56'
+      - series: 'nats_callout_key_reloads_total{{instance="a",result="success"}}'
+        values: '0x20 1x40'
     promql_expr_test:
       - expr: ALERTS{{alertstate="firing"}}
         eval_time: 60m
@@ -506,6 +530,8 @@ tests:
         values: '0x30 1x10'
       - series: 'nats_callout_events_total{{instance="b",result="failed"}}'
         values: '0+1x40'
+      - series: 'nats_callout_key_reloads_total{{instance="b",result="failure"}}'
+        values: '0x30 1x10'
     promql_expr_test:
       - expr: count by (alertname) (ALERTS{{alertstate="firing"}})
         eval_time: 40m
@@ -525,6 +551,7 @@ tests:
           - {{labels: '{{alertname="NatsCalloutDroppedAnnotationEntries"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutPolicyReloadFailing"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutEventsFailing"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutKeyReloadFailing"}}', value: 1}}
       - expr: ALERTS{{alertstate="firing",alertname=~"NatsCalloutDenyRatioHigh|NatsCalloutClusterSideDenials"}}
         eval_time: 40m
         exp_samples:

@@ -201,6 +201,11 @@ impl Service {
         }
     }
 
+    /// The directory holding the service's files (its seed `signing.nk`, an xkey `xkey.nk`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// The service's log so far.
     pub fn log(&self) -> String {
         let mut s = String::new();
