@@ -24,6 +24,7 @@ pub mod http;
 pub mod identity;
 pub mod kube;
 pub mod metrics;
+pub mod operator;
 pub mod policy;
 pub mod readiness;
 pub mod urls;
