@@ -2,3 +2,4 @@
 //! and users, the text files built from them, and the `keys operator` generator.
 
 pub mod claims;
+pub mod render;
