@@ -2,4 +2,5 @@
 //! and users, the text files built from them, and the `keys operator` generator.
 
 pub mod claims;
+pub mod keys;
 pub mod render;
