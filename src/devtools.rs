@@ -1,10 +1,7 @@
 //! The helper subcommands: `keys` (signing account key and xkey for the nats-server config) and
 //! `dev-signer` (a local stand-in for a cluster's token signer, for development without Kubernetes).
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-#[cfg(unix)]
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,21 +12,15 @@ use crate::identity::dev::{generate_signer, DevSigner, MintRequest};
 /// Issuer of tokens minted by the development signer.
 pub const DEV_ISSUER: &str = "https://dev-signer.nats-k8s-oidc-callout.local";
 
-/// Writes `contents` to a new file readable by its owner only; refuses to overwrite.
+/// Writes `contents` and a newline to a new file readable by its owner only; refuses to overwrite.
 pub fn write_secret(path: &Path, contents: &str) -> Result<(), String> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(path).map_err(|e| {
+    let line = format!("{contents}\n");
+    crate::files::write_new(path, line.as_bytes(), 0o600).map_err(|e| {
         format!(
             "cannot create {}: {e} (existing keys are never overwritten)",
             path.display()
         )
-    })?;
-    f.write_all(contents.as_bytes())
-        .and_then(|_| f.write_all(b"\n"))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    })
 }
 
 /// The nats-server `authorization` block for config mode.

@@ -1,7 +1,11 @@
 //! Local files the service reads and watches (key sets, ServiceAccount files): size-bounded
-//! reads, and a stamp that tells whether a file changed, also behind a swapped symlink.
+//! reads, and a stamp that tells whether a file changed, also behind a swapped symlink; and new
+//! files the key generators write, never over an existing one.
 
-use std::io::{self, Read};
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -28,6 +32,20 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         return Err(ReadError::TooLarge { limit });
     }
     Ok(bytes)
+}
+
+/// Creates `path` holding `contents`, with permission bits `mode` on Unix; fails with
+/// `AlreadyExists` rather than replace a file.
+pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 /// Identity of a file's content as far as `stat` can tell: equal stamps mean "not changed".

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod keys;
 pub mod kube;
 pub mod metrics;
+pub mod operator;
 pub mod policy;
 pub mod readiness;
 pub mod urls;

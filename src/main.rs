@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use nats_k8s_oidc_callout::explain::{OutputFormat, Target};
+use nats_k8s_oidc_callout::operator::keys::{self as operator_keys, OperatorKeysOptions};
 use nats_k8s_oidc_callout::{app, devtools, explain};
 
 /// NATS auth callout service for Kubernetes service-account tokens.
@@ -25,7 +26,12 @@ enum Command {
     /// Run the service (the default).
     Serve,
     /// Generate the signing account key and the xkey, and print the nats-server auth_callout block.
+    ///
+    /// `keys operator` generates everything operator mode needs instead.
+    #[command(args_conflicts_with_subcommands = true)]
     Keys {
+        #[command(subcommand)]
+        mode: Option<KeysMode>,
         /// Directory to write `signing.nk` and `xkey.nk` into (mode 0600).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -60,6 +66,28 @@ enum Command {
     DevSigner {
         #[command(subcommand)]
         command: DevSignerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysMode {
+    /// Operator mode: operator, accounts SYS, AUTH (the callout), APP (clients), NACK
+    /// (JetStream), signing keys, creds, nats-server configurations and the service's
+    /// environment, without nsc. Seeds are written mode 0600; nothing is overwritten.
+    Operator {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Do not generate an xkey (requests and responses travel unencrypted inside NATS).
+        #[arg(long)]
+        no_xkey: bool,
+        /// Directory of the full resolver's account JWTs [default: DIR/jwt].
+        #[arg(long)]
+        full_resolver_dir: Option<PathBuf>,
+        /// A client account besides APP (repeatable): JetStream on, a plain signing key in the
+        /// service's NATS_ACCOUNT_SIGNING_KEYS_DIR, listed in AUTH's allowed_accounts.
+        #[arg(long = "client-account", value_name = "NAME")]
+        client_accounts: Vec<String>,
     },
 }
 
@@ -105,11 +133,28 @@ fn main() -> ExitCode {
             return ExitCode::from(explain::run(&target, output))
         }
         Some(Command::Keys {
+            mode: None,
             dir,
             no_xkey,
             auth_user,
             auth_account,
         }) => devtools::keys(&dir, !no_xkey, &auth_user, &auth_account),
+        Some(Command::Keys {
+            mode:
+                Some(KeysMode::Operator {
+                    dir,
+                    no_xkey,
+                    full_resolver_dir,
+                    client_accounts,
+                }),
+            ..
+        }) => operator_keys::run(&OperatorKeysOptions {
+            dir,
+            xkey: !no_xkey,
+            full_resolver_dir,
+            client_accounts,
+        })
+        .map_err(|e| e.to_string()),
         Some(Command::DevSigner { command }) => match command {
             DevSignerCommand::Init { dir } => devtools::dev_signer_init(&dir),
             DevSignerCommand::Mint {

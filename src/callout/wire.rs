@@ -14,6 +14,12 @@ pub const REQUEST_TYPE: &str = "authorization_request";
 pub const RESPONSE_TYPE: &str = "authorization_response";
 /// `nats.type` of a user JWT.
 pub const USER_TYPE: &str = "user";
+/// `nats.type` of an operator JWT.
+pub const OPERATOR_TYPE: &str = "operator";
+/// `nats.type` of an account JWT.
+pub const ACCOUNT_TYPE: &str = "account";
+/// `kind` of a scoped signing key in an account's `signing_keys` (nats-server 2.15 reads this name).
+pub const USER_SCOPE_KIND: &str = "user_scope";
 /// Claims version of every JWT exchanged.
 pub const CLAIMS_VERSION: i64 = 2;
 /// Header of every NATS JWT.

@@ -23,6 +23,17 @@ pub fn connect_user_pass(url: &str, user: &str, token: &str) -> Result<Client, S
     connect_with(url, nats::Options::with_user_pass(user, token))
 }
 
+/// Connects with the creds file at `path` (a user JWT and its seed).
+pub fn connect_creds(url: &str, path: &std::path::Path) -> Result<Client, String> {
+    connect_with(url, nats::Options::with_credentials(path))
+}
+
+/// Connects with creds given as text.
+pub fn connect_static_creds(url: &str, creds: &str) -> Result<Client, String> {
+    let opts = nats::Options::with_static_credentials(creds).map_err(|e| e.to_string())?;
+    connect_with(url, opts)
+}
+
 /// Connects with no credentials at all.
 pub fn connect_anonymous(url: &str) -> Result<Client, String> {
     connect_with(url, nats::Options::new())
