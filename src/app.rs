@@ -123,6 +123,11 @@ fn log_signing_keys(config: &Config) {
         "operator mode: responses signed by the callout account {}",
         signer.issuer()
     );
+    if config.key_files.callout.is_none() {
+        warn!(
+            "operator mode without NATS_CALLOUT_SIGNING_KEY_FILE: the clients' account key signs the responses too, so it must be the callout account itself (clients share its account with the callout service)"
+        );
+    }
     for key in signer.user_keys() {
         info!(
             "operator mode: clients of account {} get user JWTs signed by {}{}",

@@ -180,6 +180,18 @@ impl KeyFiles {
         let (Some(signing), Some(others), true) = (signing, others, problems.is_empty()) else {
             return Err(problems);
         };
+        if let (true, Some(callout)) = (self.operator_mode, &callout) {
+            // Clients in the callout account could subscribe to the requests of every other
+            // client (tokens included) if ever granted `$SYS.REQ.USER.AUTH`; never place them there.
+            let callout_account = callout.public_key();
+            if self.default_account == callout_account
+                || others.iter().any(|k| k.account() == callout_account)
+            {
+                return Err(vec![format!(
+                    "the callout account {callout_account} (NATS_CALLOUT_SIGNING_KEY_FILE) must not be a clients' account (NATS_ACCOUNT or NATS_ACCOUNT_SIGNING_KEYS_DIR)"
+                )]);
+            }
+        }
         // The key just replaced keeps opening requests (the server seals to it until it gets the
         // new one); it stays until the next rotation, whatever else is re-read meanwhile.
         let mut xkeys: Vec<XKey> = xkey.into_iter().collect();
@@ -457,6 +469,19 @@ mod tests {
                 "{name}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn clients_are_never_placed_in_the_callout_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = KeyPair::new_account();
+        let mut files = operator_files(dir.path(), &auth, &auth);
+        files.callout = Some(write(dir.path(), "callout.nk", &seed(&auth)));
+        let problems = files.load(None).err().unwrap();
+        assert!(
+            problems[0].contains("must not be a clients' account"),
+            "{problems:?}"
+        );
     }
 
     #[test]
