@@ -29,102 +29,21 @@
 mod support;
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nkeys::{KeyPair, XKey};
 use serde_json::{json, Value};
 
-use nats_k8s_oidc_callout::callout::jwt::{decode_verified, encode, jti, Registered};
+use nats_k8s_oidc_callout::callout::jwt::decode_verified;
 use nats_k8s_oidc_callout::operator::claims::{sign, Permission, User, UserPermissionLimits};
 use nats_k8s_oidc_callout::operator::render::creds;
 use support::client::{connect_creds, connect_static_creds, connect_token, Client};
-use support::nats::{free_port, NatsServer};
+use support::nats::NatsServer;
+use support::operator::{account_of, boot_text, logged, now, Generated, WAIT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-k8s-oidc-callout");
 const AUTH_REQUEST: &str = "$SYS.REQ.USER.AUTH";
-const WAIT: Duration = Duration::from_secs(5);
-
-/// The output of one `keys operator` run, in its own directory.
-struct Generated {
-    dir: tempfile::TempDir,
-    summary: String,
-}
-
-impl Generated {
-    fn new(args: &[&str]) -> Generated {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(BIN)
-            .args(["keys", "operator", "--dir"])
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Generated {
-            dir,
-            summary: String::from_utf8(out.stdout).unwrap(),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn read(&self, rel: &str) -> String {
-        fs::read_to_string(self.path(rel)).unwrap()
-    }
-
-    fn key(&self, rel: &str) -> KeyPair {
-        KeyPair::from_seed(self.read(rel).trim()).unwrap()
-    }
-
-    fn claims(&self, rel: &str) -> Value {
-        decode_verified(self.read(rel).trim()).unwrap()
-    }
-
-    /// The user JWT of a creds file.
-    fn creds_jwt(&self, rel: &str) -> String {
-        self.read(rel).lines().nth(1).unwrap().to_string()
-    }
-
-    /// Boots nats-server on the generated configuration `config`, on a free port.
-    fn boot(&self, config: &str) -> NatsServer {
-        boot_text(&self.read(config))
-    }
-}
-
-fn boot_text(config: &str) -> NatsServer {
-    let port = free_port();
-    NatsServer::start_with_config(port, format!("listen: \"127.0.0.1:{port}\"\n{config}"))
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Re-signs `claims` with `key` after `change`, recomputing `jti`.
-fn resign(mut claims: Value, key: &KeyPair, change: impl FnOnce(&mut Value)) -> String {
-    change(&mut claims);
-    let s = |k: &str| claims[k].as_str().unwrap_or_default().to_string();
-    let (iss, name, sub) = (s("iss"), s("name"), s("sub"));
-    claims["jti"] = json!(jti(&Registered {
-        iat: claims["iat"].as_i64().unwrap(),
-        iss: &iss,
-        name: &name,
-        sub: &sub,
-        ..Registered::default()
-    }));
-    encode(&claims, key).unwrap()
-}
 
 /// Creds of a new user named `name` in `account`, signed by `signer` (one of its signing keys).
 fn creds_signed_by(
@@ -140,31 +59,6 @@ fn creds_signed_by(
     };
     let jwt = sign(signer, &user.public_key(), name, now(), &body).unwrap();
     creds(&jwt, &user.seed().unwrap())
-}
-
-/// Waits up to two seconds for the server's log to contain `needle`.
-fn logged(nats: &NatsServer, needle: &str) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < deadline {
-        if nats.log().contains(needle) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// The account a connection is in, as the server reports it to the user itself.
-fn account_of(client: &Client) -> String {
-    let reply = client
-        .nc
-        .request_timeout("$SYS.REQ.USER.INFO", b"", WAIT)
-        .expect("user info answered");
-    let reply: Value = serde_json::from_slice(&reply.data).unwrap();
-    reply["data"]["account"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{reply}"))
-        .to_string()
 }
 
 /// Connects with `connect` in a thread, takes the authorization request that causes off `sub`
@@ -338,14 +232,10 @@ fn the_full_resolver_takes_an_updated_callout_account_from_the_system_user() {
     // The operator signs AUTH again with a new xkey; the system user pushes it.
     let new_xkey = XKey::new();
     let auth = keys.key("accounts/AUTH.nk").public_key();
-    let updated = resign(
-        keys.claims("accounts/AUTH.jwt"),
-        &keys.key("operator.nk"),
-        |c| {
-            c["nats"]["authorization"]["xkey"] = json!(new_xkey.public_key());
-            c["iat"] = json!(c["iat"].as_i64().unwrap() + 1);
-        },
-    );
+    let updated = keys.resigned_account("AUTH", |c| {
+        c["nats"]["authorization"]["xkey"] = json!(new_xkey.public_key());
+        c["iat"] = json!(c["iat"].as_i64().unwrap() + 1);
+    });
     let sys = connect_creds(&url, &keys.path("creds/sys.creds")).unwrap();
     let reply = sys
         .nc
@@ -378,9 +268,8 @@ fn boot_with_changed_account(
     account: &str,
     change: impl FnOnce(&mut Value),
 ) -> NatsServer {
-    let path = format!("accounts/{account}.jwt");
-    let original = keys.read(&path);
-    let changed = resign(keys.claims(&path), &keys.key("operator.nk"), change);
+    let original = keys.read(&format!("accounts/{account}.jwt"));
+    let changed = keys.resigned_account(account, change);
     boot_text(
         &keys
             .read("nats-memory.conf")

@@ -6,6 +6,7 @@ pub mod examples;
 pub mod kube;
 pub mod kubeconfig;
 pub mod nats;
+pub mod operator;
 pub mod service;
 pub mod stack;
 pub mod tokens;

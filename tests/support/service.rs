@@ -28,23 +28,28 @@ pub struct Service {
 }
 
 impl ServiceBuilder {
+    /// A service logging in through `nats_url`, with debug logs and two workers, and no keys or
+    /// account yet: the caller sets them.
+    pub fn bare(nats_url: &str) -> ServiceBuilder {
+        ServiceBuilder {
+            env: BTreeMap::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            wrapper: Vec::new(),
+        }
+        .env("NATS_URL", nats_url)
+        .env("LOG_LEVEL", "debug")
+        .env("RUST_LOG", "info,nats_k8s_oidc_callout=debug")
+        .env("WORKERS", "2")
+    }
+
     /// A service signing with `keys`, placing clients in `account`, logging in through `nats_url`.
     pub fn new(keys: &CalloutKeys, nats_url: &str, account: &str) -> ServiceBuilder {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let seed = dir.path().join("signing.nk");
+        let mut b = ServiceBuilder::bare(nats_url);
+        let seed = b.dir.path().join("signing.nk");
         fs::write(&seed, keys.account.seed().expect("seed")).expect("write seed");
-        let mut b = ServiceBuilder {
-            env: BTreeMap::new(),
-            dir,
-            wrapper: Vec::new(),
-        };
         b = b
-            .env("NATS_URL", nats_url)
             .env("NATS_ACCOUNT", account)
-            .env("NATS_SIGNING_KEY_FILE", seed.to_str().expect("utf8 path"))
-            .env("LOG_LEVEL", "debug")
-            .env("RUST_LOG", "info,nats_k8s_oidc_callout=debug")
-            .env("WORKERS", "2");
+            .env("NATS_SIGNING_KEY_FILE", seed.to_str().expect("utf8 path"));
         if let Some(x) = &keys.xkey {
             let path = b.dir.path().join("xkey.nk");
             fs::write(&path, x.seed().expect("xkey seed")).expect("write xkey");
@@ -56,6 +61,19 @@ impl ServiceBuilder {
     /// Sets one environment variable.
     pub fn env(mut self, k: &str, v: &str) -> ServiceBuilder {
         self.env.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    /// Sets every `NAME=value` line of an environment file (`#` lines are comments).
+    pub fn env_file(mut self, text: &str) -> ServiceBuilder {
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('#') {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once('=') {
+                self = self.env(k, v);
+            }
+        }
         self
     }
 

@@ -35,7 +35,55 @@ pub struct Stack {
 }
 
 /// namespace, name and annotations of a ServiceAccount present from the start.
-type AccountSpec = (String, String, Vec<(String, String)>);
+pub type AccountSpec = (String, String, Vec<(String, String)>);
+
+/// The API emulator of a cluster whose tokens `key` signs, holding `accounts`.
+pub fn start_cluster(key: &SigningKey, accounts: &[AccountSpec]) -> KubeEmulator {
+    let api = KubeEmulator::builder()
+        .jwks(jwks(&[key]))
+        // `kubectl create token` gets tokens signed like the test's own.
+        .token_signer(key.clone())
+        .build();
+    for (ns, name, ann) in accounts {
+        let ann: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        api.create_service_account(ns, name, &ann);
+    }
+    api
+}
+
+/// `ns/name` with these annotations, as an [`AccountSpec`].
+pub fn account_spec(ns: &str, name: &str, annotations: &[(&str, &str)]) -> AccountSpec {
+    (
+        ns.into(),
+        name.into(),
+        annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+/// A valid token for `ns/name` as the cluster of `api` would mint it with `key`.
+pub fn mint_token(api: &KubeEmulator, key: &SigningKey, ns: &str, name: &str) -> String {
+    let uid = api.uid_of(ns, name).unwrap_or_else(|| "no-such-uid".into());
+    TokenBuilder::for_sa(ns, name, &uid).sign(key)
+}
+
+/// Asserts that a client presenting `token` at `url` is refused with `Authorization Violation`
+/// and that `service` counts the denial under `reason`.
+pub fn assert_refused(url: &str, service: &Service, token: &str, reason: &str) {
+    let before = service.decisions("deny", reason);
+    match connect_token(url, token) {
+        Ok(_) => panic!("a client with a bad token ({reason}) was let in"),
+        Err(e) => assert!(
+            is_authorization_violation(&e),
+            "unexpected error for {reason}: {e}"
+        ),
+    }
+    service.wait_for(&format!("deny/{reason} counted"), DENIAL_COUNTED, || {
+        service.decisions("deny", reason) > before
+    });
+}
 
 /// Builder of a [`Stack`]: by default RS256 tokens, no xkey, and one account `team-a/app`.
 pub struct StackBuilder {
@@ -112,14 +160,7 @@ impl StackBuilder {
 
     /// One more account `ns/name` with these annotations, created before the service starts.
     pub fn account(mut self, ns: &str, name: &str, annotations: &[(&str, &str)]) -> Self {
-        self.accounts.push((
-            ns.into(),
-            name.into(),
-            annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ));
+        self.accounts.push(account_spec(ns, name, annotations));
         self
     }
 
@@ -143,16 +184,7 @@ impl StackBuilder {
 
     /// Starts the API emulator, the nats-server and the service, and waits until it is ready.
     pub fn start(self) -> Stack {
-        let api = KubeEmulator::builder()
-            .jwks(jwks(&[&self.key]))
-            // `kubectl create token` gets tokens signed like the test's own.
-            .token_signer(self.key.clone())
-            .build();
-        for (ns, name, ann) in &self.accounts {
-            let ann: Vec<(&str, &str)> =
-                ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            api.create_service_account(ns, name, &ann);
-        }
+        let api = start_cluster(&self.key, &self.accounts);
         for i in 0..self.bulk {
             api.create_service_account("bulk", &format!("sa-{i:04}"), &[]);
         }
@@ -237,11 +269,7 @@ impl Stack {
 
     /// A valid token for `ns/name` as the cluster would mint it.
     pub fn token(&self, ns: &str, name: &str) -> String {
-        let uid = self
-            .api
-            .uid_of(ns, name)
-            .unwrap_or_else(|| "no-such-uid".into());
-        TokenBuilder::for_sa(ns, name, &uid).sign(&self.key)
+        mint_token(&self.api, &self.key, ns, name)
     }
 
     /// A builder for another replica of the service: the same keys, nats-server, Kubernetes API,
@@ -263,18 +291,7 @@ impl Stack {
 
     /// Asserts that `token` is refused with `Authorization Violation` and counted under `reason`.
     pub fn assert_denied(&self, token: &str, reason: &str) {
-        let before = self.service.decisions("deny", reason);
-        match connect_token(&self.url(), token) {
-            Ok(_) => panic!("a client with a bad token ({reason}) was let in"),
-            Err(e) => assert!(
-                is_authorization_violation(&e),
-                "unexpected error for {reason}: {e}"
-            ),
-        }
-        self.service
-            .wait_for(&format!("deny/{reason} counted"), DENIAL_COUNTED, || {
-                self.service.decisions("deny", reason) > before
-            });
+        assert_refused(&self.url(), &self.service, token, reason);
     }
 
     /// The number of ServiceAccounts the service's cache holds.
@@ -323,7 +340,7 @@ impl Stack {
 
 /// Writes `text` to a temporary file beside `path` and renames it over `path`, as the kubelet's
 /// atomic writer does, so a reader never sees a half-written token.
-fn write_atomically(path: &Path, text: &str) {
+pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, format!("{text}\n")).expect("write token");
     fs::rename(&tmp, path).expect("rename token");
