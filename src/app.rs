@@ -119,10 +119,18 @@ fn log_signing_keys(config: &Config) {
         );
         return;
     }
-    info!(
-        "operator mode: responses signed by the callout account {}",
-        signer.issuer()
-    );
+    if signer.callout_account() == signer.issuer() {
+        info!(
+            "operator mode: responses signed by the callout account {}",
+            signer.issuer()
+        );
+    } else {
+        info!(
+            "operator mode: responses signed by {}, a signing key of the callout account {} (NATS_CALLOUT_ACCOUNT): the account JWT must list it in signing_keys",
+            signer.issuer(),
+            signer.callout_account()
+        );
+    }
     if config.key_files.callout.is_none() {
         warn!(
             "operator mode without NATS_CALLOUT_SIGNING_KEY_FILE: the clients' account key signs the responses too, so it must be the callout account itself (clients share its account with the callout service)"

@@ -408,6 +408,7 @@ impl Config {
                 .unwrap_or_default(),
             signing_scoped: r.bool("NATS_SIGNING_KEY_SCOPED", false),
             callout: r.get("NATS_CALLOUT_SIGNING_KEY_FILE").map(PathBuf::from),
+            callout_account: r.get("NATS_CALLOUT_ACCOUNT").map(str::to_owned),
             xkey: r.get("NATS_XKEY_SEED_FILE").map(PathBuf::from),
             accounts_dir: r.get("NATS_ACCOUNT_SIGNING_KEYS_DIR").map(PathBuf::from),
         };
@@ -851,6 +852,15 @@ mod tests {
         let k = c.keys.signer.user_keys()[0];
         assert_eq!(k.account(), app.public_key());
         assert_eq!(k.issuer_account(), Some(app.public_key().as_str()));
+        // The callout file holding a signing key of the account NATS_CALLOUT_ACCOUNT names.
+        let auth = KeyPair::new_account().public_key();
+        let c = with(&[
+            ("NATS_ACCOUNT", &app.public_key()),
+            ("NATS_CALLOUT_ACCOUNT", &auth),
+        ])
+        .unwrap();
+        assert_eq!(c.keys.signer.issuer(), callout.public_key());
+        assert_eq!(c.keys.signer.callout_account(), auth);
     }
 
     #[test]

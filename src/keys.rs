@@ -3,10 +3,11 @@
 //! restart, and a request sealed to the curve key just replaced still opens.
 //!
 //! Config mode: one account seed (`NATS_SIGNING_KEY_FILE`) signs responses and user JWTs.
-//! Operator mode (`NATS_OPERATOR_MODE=true`): the callout account's seed
-//! (`NATS_CALLOUT_SIGNING_KEY_FILE`) signs responses; the clients' account's seed or one of its
-//! signing keys (`NATS_SIGNING_KEY_FILE`) signs their user JWTs, and more accounts' keys come from
-//! a directory (`NATS_ACCOUNT_SIGNING_KEYS_DIR`, one `<ACCOUNT>.nk` or `<ACCOUNT>.scoped.nk` each).
+//! Operator mode (`NATS_OPERATOR_MODE=true`): the callout account's seed, or one of its signing
+//! keys named with the account (`NATS_CALLOUT_ACCOUNT`), signs responses
+//! (`NATS_CALLOUT_SIGNING_KEY_FILE`); the clients' account's seed or one of its signing keys
+//! (`NATS_SIGNING_KEY_FILE`) signs their user JWTs, and more accounts' keys come from a directory
+//! (`NATS_ACCOUNT_SIGNING_KEYS_DIR`, one `<ACCOUNT>.nk` or `<ACCOUNT>.scoped.nk` each).
 //! Seeds never reach a log line; public keys do.
 
 use std::path::{Path, PathBuf};
@@ -82,8 +83,12 @@ pub struct KeyFiles {
     pub signing: PathBuf,
     /// `NATS_SIGNING_KEY_SCOPED`: the signing key is a scoped one (operator mode).
     pub signing_scoped: bool,
-    /// `NATS_CALLOUT_SIGNING_KEY_FILE`: the callout account's seed (operator mode).
+    /// `NATS_CALLOUT_SIGNING_KEY_FILE`: the callout account's seed or one of its signing keys'
+    /// (operator mode).
     pub callout: Option<PathBuf>,
+    /// `NATS_CALLOUT_ACCOUNT`: the callout account (`A…`) when that file holds a signing key
+    /// (which cannot be told from its seed); default: the file's key is the account's own.
+    pub callout_account: Option<String>,
     /// `NATS_XKEY_SEED_FILE`.
     pub xkey: Option<PathBuf>,
     /// `NATS_ACCOUNT_SIGNING_KEYS_DIR`: more accounts' keys (operator mode).
@@ -102,6 +107,12 @@ impl CalloutKeys {
     /// One line naming every public key in use, for the log.
     pub fn describe(&self) -> String {
         let mut out = format!("responses signed by {}", self.signer.issuer());
+        if self.signer.callout_account() != self.signer.issuer() {
+            out.push_str(&format!(
+                " (signing key of {})",
+                self.signer.callout_account()
+            ));
+        }
         for k in self.signer.user_keys() {
             out.push_str(&format!(
                 "; account {} signed by {}{}",
@@ -162,6 +173,7 @@ impl KeyFiles {
         if !self.operator_mode {
             for (set, name) in [
                 (self.callout.is_some(), "NATS_CALLOUT_SIGNING_KEY_FILE"),
+                (self.callout_account.is_some(), "NATS_CALLOUT_ACCOUNT"),
                 (self.accounts_dir.is_some(), "NATS_ACCOUNT_SIGNING_KEYS_DIR"),
                 (self.signing_scoped, "NATS_SIGNING_KEY_SCOPED"),
             ] {
@@ -171,19 +183,39 @@ impl KeyFiles {
                     ));
                 }
             }
-        } else if !is_account_public_key(&self.default_account) {
-            problems.push(format!(
-                "NATS_ACCOUNT={:?} must be the clients' account public key (A…) in operator mode",
-                self.default_account
-            ));
+        } else {
+            if !is_account_public_key(&self.default_account) {
+                problems.push(format!(
+                    "NATS_ACCOUNT={:?} must be the clients' account public key (A…) in operator mode",
+                    self.default_account
+                ));
+            }
+            match (&self.callout_account, &self.callout) {
+                (Some(a), _) if !is_account_public_key(a) => problems.push(format!(
+                    "NATS_CALLOUT_ACCOUNT={a:?} must be the callout account's public key (A…)"
+                )),
+                (Some(_), None) => problems.push(
+                    "NATS_CALLOUT_ACCOUNT names the account of NATS_CALLOUT_SIGNING_KEY_FILE's key; set that file too".into(),
+                ),
+                _ => {}
+            }
         }
         let (Some(signing), Some(others), true) = (signing, others, problems.is_empty()) else {
             return Err(problems);
         };
+        // The callout key signs for its own account unless NATS_CALLOUT_ACCOUNT names another
+        // (then it is one of that account's signing keys).
+        let callout = callout.map(|key| {
+            let account = self
+                .callout_account
+                .clone()
+                .unwrap_or_else(|| key.public_key());
+            UserSigningKey::new(account, key, false)
+        });
         if let (true, Some(callout)) = (self.operator_mode, &callout) {
             // Clients in the callout account could subscribe to the requests of every other
             // client (tokens included) if ever granted `$SYS.REQ.USER.AUTH`; never place them there.
-            let callout_account = callout.public_key();
+            let callout_account = callout.account();
             if self.default_account == callout_account
                 || others.iter().any(|k| k.account() == callout_account)
             {
@@ -211,7 +243,8 @@ impl KeyFiles {
                 self.signing_scoped,
             );
             // Without a callout key, the clients' account is the callout account too.
-            ResponseSigner::operator(callout.unwrap_or(signing), default, others)
+            let callout = callout.unwrap_or_else(|| default.clone());
+            ResponseSigner::operator(callout, default, others)
         } else {
             ResponseSigner::new(signing, self.default_account.clone())
         };
@@ -439,6 +472,7 @@ mod tests {
             signing: write(dir, "signing.nk", &seed(signing)),
             signing_scoped: false,
             callout: None,
+            callout_account: None,
             xkey: None,
             accounts_dir: None,
         }
@@ -453,12 +487,14 @@ mod tests {
             signing: write(dir.path(), "s.nk", &seed(&KeyPair::new_account())),
             signing_scoped: true,
             callout: Some(write(dir.path(), "c.nk", &seed(&KeyPair::new_account()))),
+            callout_account: Some(KeyPair::new_account().public_key()),
             xkey: None,
             accounts_dir: Some(dir.path().to_owned()),
         };
         let problems = files.load(None).err().unwrap();
         for name in [
             "NATS_CALLOUT_SIGNING_KEY_FILE",
+            "NATS_CALLOUT_ACCOUNT",
             "NATS_ACCOUNT_SIGNING_KEYS_DIR",
             "NATS_SIGNING_KEY_SCOPED",
         ] {
@@ -482,6 +518,51 @@ mod tests {
             problems[0].contains("must not be a clients' account"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn a_callout_signing_key_answers_for_the_account_named_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, auth, auth_signing) = (
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+        );
+        let mut files = operator_files(dir.path(), &app, &app);
+        files.callout = Some(write(dir.path(), "callout.nk", &seed(&auth_signing)));
+        files.callout_account = Some(auth.public_key());
+        let keys = files.load(None).unwrap();
+        assert_eq!(keys.signer.issuer(), auth_signing.public_key());
+        assert_eq!(keys.signer.callout_account(), auth.public_key());
+        assert!(keys.describe().starts_with(&format!(
+            "responses signed by {} (signing key of {})",
+            auth_signing.public_key(),
+            auth.public_key()
+        )));
+
+        // The guard compares the named account, not the signing key, with the clients' ones.
+        files.default_account = auth.public_key();
+        let problems = files.load(None).err().unwrap();
+        assert!(
+            problems[0].contains(&format!(
+                "the callout account {} (NATS_CALLOUT_SIGNING_KEY_FILE) must not be a clients' account",
+                auth.public_key()
+            )),
+            "{problems:?}"
+        );
+
+        files.default_account = app.public_key();
+        files.callout_account = Some("AUTH".into());
+        let problems = files.load(None).err().unwrap();
+        assert!(
+            problems[0]
+                .contains("NATS_CALLOUT_ACCOUNT=\"AUTH\" must be the callout account's public key"),
+            "{problems:?}"
+        );
+        files.callout_account = Some(auth.public_key());
+        files.callout = None;
+        let problems = files.load(None).err().unwrap();
+        assert!(problems[0].contains("set that file too"), "{problems:?}");
     }
 
     #[test]

@@ -77,8 +77,9 @@ struct UserClaims<'a> {
     nats: UserBody<'a>,
 }
 
-/// A key that signs the user JWTs of one account in operator mode: the account's own key or one
-/// of its signing keys (then the JWT names the account in `issuer_account`).
+/// A key that signs for one account in operator mode (a client account's user JWTs, or the
+/// callout account's responses): the account's own key or one of its signing keys (then the JWT
+/// names the account in `issuer_account`).
 #[derive(Clone)]
 pub struct UserSigningKey {
     account: String,
@@ -148,6 +149,9 @@ struct ResponseBody<'a> {
     jwt: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    /// Operator mode, signed by a signing key of the callout account: that account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    issuer_account: Option<&'a str>,
     #[serde(rename = "type")]
     kind: &'static str,
     version: i64,
@@ -165,9 +169,12 @@ struct ResponseClaims<'a> {
 
 /// Signs user JWTs and authorization responses.
 pub struct ResponseSigner {
-    /// Signs the responses: config mode's `auth_callout.issuer`, operator mode's callout account.
+    /// Signs the responses: config mode's `auth_callout.issuer`, operator mode's callout account
+    /// or one of its signing keys.
     account: KeyPair,
     account_public: String,
+    /// Operator mode, responses signed by a signing key: the callout account it belongs to.
+    issuer_account: Option<String>,
     placement: Placement,
 }
 
@@ -179,25 +186,28 @@ impl ResponseSigner {
         ResponseSigner {
             account,
             account_public,
+            issuer_account: None,
             placement: Placement::Config { default_account },
         }
     }
 
-    /// An operator-mode signer: `callout` (the callout account's key) signs the responses,
-    /// `default` the user JWTs of the default account, `others` those of more accounts.
+    /// An operator-mode signer: `callout` (the callout account's key or one of its signing keys)
+    /// signs the responses, `default` the user JWTs of the default account, `others` those of
+    /// more accounts.
     pub fn operator(
-        callout: KeyPair,
+        callout: UserSigningKey,
         default: UserSigningKey,
         others: Vec<UserSigningKey>,
     ) -> ResponseSigner {
-        let account_public = callout.public_key();
+        let issuer_account = callout.issuer_account().map(str::to_owned);
         let default_account = default.account.clone();
         let mut keys: HashMap<String, UserSigningKey> =
             others.into_iter().map(|k| (k.account.clone(), k)).collect();
         keys.insert(default_account.clone(), default);
         ResponseSigner {
-            account: callout,
-            account_public,
+            account: callout.key,
+            account_public: callout.public,
+            issuer_account,
             placement: Placement::Operator {
                 default_account,
                 keys,
@@ -228,9 +238,17 @@ impl ResponseSigner {
         }
     }
 
-    /// The public key of the signing account (the server's `auth_callout.issuer`).
+    /// The public key that signs the responses (config mode: the server's
+    /// `auth_callout.issuer`; operator mode: the callout account's key or a signing key of it).
     pub fn issuer(&self) -> &str {
         &self.account_public
+    }
+
+    /// The account the responses come from: the callout account in operator mode.
+    pub fn callout_account(&self) -> &str {
+        self.issuer_account
+            .as_deref()
+            .unwrap_or(&self.account_public)
     }
 
     /// The user JWT for an allowed client.
@@ -327,6 +345,9 @@ impl ResponseSigner {
             nats: ResponseBody {
                 jwt,
                 error,
+                // nats-server accepts a response signed by a key its callout account's JWT lists
+                // in `signing_keys`; dropping the key from the JWT revokes it.
+                issuer_account: self.issuer_account.as_deref(),
                 kind: RESPONSE_TYPE,
                 version: CLAIMS_VERSION,
             },
@@ -523,7 +544,7 @@ mod tests {
         let scoped = KeyPair::new_account();
         let team = KeyPair::new_account();
         let signer = ResponseSigner::operator(
-            callout.clone(),
+            UserSigningKey::new(callout.public_key(), callout.clone(), false),
             UserSigningKey::new(app.public_key(), app_signing.clone(), false),
             vec![
                 UserSigningKey::new(other.public_key(), other.clone(), false),
@@ -537,6 +558,7 @@ mod tests {
             callout.public_key(),
             "the callout account answers"
         );
+        assert!(claims["nats"].get("issuer_account").is_none(), "{claims}");
         assert_eq!(user["iss"], app_signing.public_key());
         assert_eq!(user["nats"]["issuer_account"], app.public_key().as_str());
         assert!(
@@ -571,6 +593,41 @@ mod tests {
         assert!(signer.allow(&req, &grant, 1_800_000_000).is_err());
         assert_eq!(signer.issuer(), callout.public_key());
         assert_eq!(signer.user_keys().len(), 3);
+    }
+
+    #[test]
+    fn a_callout_signing_key_signs_responses_naming_the_callout_account() {
+        let (callout, callout_signing, app) = (
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+        );
+        let signer = ResponseSigner::operator(
+            UserSigningKey::new(callout.public_key(), callout_signing.clone(), false),
+            UserSigningKey::new(app.public_key(), app.clone(), false),
+            Vec::new(),
+        );
+        assert_eq!(signer.issuer(), callout_signing.public_key());
+        assert_eq!(signer.callout_account(), callout.public_key());
+        let (claims, user) = operator_user_jwt(&signer, None);
+        assert_eq!(claims["iss"], callout_signing.public_key());
+        assert_eq!(
+            claims["nats"]["issuer_account"],
+            callout.public_key().as_str()
+        );
+        assert_eq!(user["iss"], app.public_key(), "users are signed as before");
+        let (req, _) = request(None);
+        let denial: Value = decode_verified(&signer.deny(&req, 1_800_000_000).unwrap()).unwrap();
+        assert_eq!(denial["iss"], callout_signing.public_key());
+        assert_eq!(
+            denial["nats"]["issuer_account"],
+            callout.public_key().as_str()
+        );
+        // Config mode has no issuer_account.
+        let config = ResponseSigner::new(callout.clone(), "APP".into());
+        assert_eq!(config.callout_account(), callout.public_key());
+        let denial: Value = decode_verified(&config.deny(&req, 1_800_000_000).unwrap()).unwrap();
+        assert!(denial["nats"].get("issuer_account").is_none());
     }
 
     #[test]
