@@ -129,6 +129,12 @@ fn users_signed_by_a_plain_signing_key_name_their_account_without_an_xkey() {
         !s.keys.path("xkey.nk").exists() && !s.keys.read("service.env").contains("XKEY"),
         "--no-xkey"
     );
+    // Unsealed, the responses' signer is checked: AUTH's signing key, as service.env says.
+    let callout_key = s.keys.key("accounts/AUTH.signing.nk").public_key();
+    assert!(s.service.log().contains(&format!(
+        "responses signed by {callout_key}, a signing key of the callout account {}",
+        s.keys.account("AUTH")
+    )));
     assert_placed_in_app(&s, "team-a.orders");
     let app = s.keys.account("APP");
     let plain = s.keys.key(&format!("signing-keys/{app}.nk")).public_key();

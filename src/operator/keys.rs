@@ -34,6 +34,8 @@ pub const OPERATOR_JWT: &str = "operator.jwt";
 pub const ACCOUNTS_DIR: &str = "accounts";
 /// APP's scoped signing key seed, in [`ACCOUNTS_DIR`].
 pub const SCOPED_KEY_SEED: &str = "APP.scoped.nk";
+/// AUTH's signing key seed, in [`ACCOUNTS_DIR`]: it signs the callout's responses.
+pub const CALLOUT_SIGNING_KEY_SEED: &str = "AUTH.signing.nk";
 /// Directory of the client accounts' plain signing-key seeds, `<ACCOUNT_PUBLIC_KEY>.nk`.
 pub const SIGNING_KEYS_DIR: &str = "signing-keys";
 /// Directory of the creds files.
@@ -320,6 +322,9 @@ struct Material {
     clients: Vec<SignedAccount>,
     /// APP's scoped signing key.
     scoped: KeyPair,
+    /// AUTH's signing key: signs the responses, so AUTH's own seed need not be in the service's
+    /// hands and the key can be replaced without a restart.
+    callout_signing: KeyPair,
     xkey: Option<XKey>,
     /// callout, sentinel, nack, sys.
     users: Vec<UserKeys>,
@@ -338,6 +343,7 @@ impl Material {
             .map(|n| AccountKeys::new(n, true))
             .collect();
         let scoped = KeyPair::new_account();
+        let callout_signing = KeyPair::new_account();
         let xkey = with_xkey.then(XKey::new);
 
         let unrestricted =
@@ -422,7 +428,8 @@ impl Material {
         let auth_body = Account {
             // Bearer users stay allowed: the sentinel is one.
             limits: AccountLimits::unlimited(),
-            signing_keys: Vec::new(),
+            // nats-server accepts a response signed by a key listed here.
+            signing_keys: vec![SigningKey::Plain(callout_signing.public_key())],
             authorization: Some(ExternalAuthorization {
                 auth_users: vec![callout_key],
                 // Only the client accounts: never SYS, and not NACK, whose controller has its
@@ -476,6 +483,7 @@ impl Material {
             operator_jwt,
             operator,
             scoped,
+            callout_signing,
             xkey,
             users,
             sentinel_jwt,
@@ -524,6 +532,11 @@ impl Material {
         add(
             accounts.join(SCOPED_KEY_SEED),
             line(seed_of(&self.scoped)?),
+            true,
+        );
+        add(
+            accounts.join(CALLOUT_SIGNING_KEY_SEED),
+            line(seed_of(&self.callout_signing)?),
             true,
         );
         if let Some(x) = &self.xkey {
@@ -577,12 +590,14 @@ impl Material {
 
         let abs = |rel: &str| format!("{}/{rel}", paths.dir);
         let app = self.app.keys.public_key();
+        let auth = self.auth.keys.public_key();
         let xkey_file = self.xkey.as_ref().map(|_| abs(XKEY_SEED));
         let env = ServiceEnv {
             account: &app,
             signing_key_file: &abs(&format!("{SIGNING_KEYS_DIR}/{app}.nk")),
             scoped_signing_key_file: &abs(&format!("{ACCOUNTS_DIR}/{SCOPED_KEY_SEED}")),
-            callout_signing_key_file: &abs(&format!("{ACCOUNTS_DIR}/{AUTH}.nk")),
+            callout_account: &auth,
+            callout_signing_key_file: &abs(&format!("{ACCOUNTS_DIR}/{CALLOUT_SIGNING_KEY_SEED}")),
             xkey_seed_file: xkey_file.as_deref(),
             user_creds_file: &abs(&format!("{CREDS_DIR}/callout.creds")),
             account_signing_keys_dir: &abs(SIGNING_KEYS_DIR),
@@ -619,6 +634,11 @@ impl Material {
             "  scoped   {}  {ACCOUNTS_DIR}/{SCOPED_KEY_SEED} (APP's scoped key, role \
              {SCOPED_ROLE}: pub/sub {SCOPED_SUBJECTS})\n",
             self.scoped.public_key()
+        ));
+        s.push_str(&format!(
+            "  signing  {}  {ACCOUNTS_DIR}/{CALLOUT_SIGNING_KEY_SEED} (AUTH's signing key: signs \
+             the callout's responses)\n",
+            self.callout_signing.public_key()
         ));
         match &self.xkey {
             Some(x) => s.push_str(&format!(
@@ -784,6 +804,7 @@ mod tests {
             "operator.jwt".into(),
             "xkey.nk".into(),
             "accounts/APP.scoped.nk".into(),
+            "accounts/AUTH.signing.nk".into(),
             "creds/callout.creds".into(),
             "creds/sentinel.creds".into(),
             "creds/nack.creds".into(),
@@ -807,8 +828,9 @@ mod tests {
             .flat_map(|f| f.contents.lines())
             .filter(|l| l.len() == 58 && l.starts_with('S'))
             .collect();
-        // Operator, 5 accounts, scoped key, 2 plain signing keys, xkey, 4 users.
-        assert_eq!(seeds.len(), 14);
+        // Operator, 5 accounts, scoped key, 2 plain signing keys, AUTH's signing key, xkey,
+        // 4 users.
+        assert_eq!(seeds.len(), 15);
         for f in &keys.files {
             let name = f.path.display().to_string();
             let holds_seed = seeds.iter().any(|s| f.contents.contains(s));
@@ -870,6 +892,16 @@ mod tests {
             auth["nats"]["limits"].get("disallow_bearer").is_none(),
             "the sentinel is a bearer JWT"
         );
+        // The responses' key, and nothing else.
+        assert_eq!(
+            auth["nats"]["signing_keys"],
+            json!([public_of_seed(&keys, "accounts/AUTH.signing.nk")])
+        );
+        assert!(!keys.files.iter().any(|f| f.path
+            == Path::new(&format!(
+                "signing-keys/{}.nk",
+                public_of_seed(&keys, "accounts/AUTH.nk")
+            ))));
         let without = generated(&[], false);
         assert!(jwt(&without, "accounts/AUTH.jwt")["nats"]["authorization"]
             .get("xkey")
@@ -941,7 +973,11 @@ mod tests {
         assert!(env.contains(&format!(
             "\nNATS_SIGNING_KEY_FILE=/d/signing-keys/{app_pub}.nk\n"
         )));
-        assert!(env.contains("\nNATS_CALLOUT_SIGNING_KEY_FILE=/d/accounts/AUTH.nk\n"));
+        assert!(env.contains(&format!(
+            "\nNATS_CALLOUT_ACCOUNT={}\n",
+            public_of_seed(&keys, "accounts/AUTH.nk")
+        )));
+        assert!(env.contains("\nNATS_CALLOUT_SIGNING_KEY_FILE=/d/accounts/AUTH.signing.nk\n"));
         assert!(env.contains("\nNATS_XKEY_SEED_FILE=/d/xkey.nk\n"));
         assert!(env.contains("\nNATS_USER_CREDS_FILE=/d/creds/callout.creds\n"));
         assert!(env.contains("\nNATS_ACCOUNT_SIGNING_KEYS_DIR=/d/signing-keys\n"));

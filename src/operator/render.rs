@@ -101,7 +101,9 @@ pub struct ServiceEnv<'a> {
     pub signing_key_file: &'a str,
     /// Seed of its scoped signing key (offered as a commented alternative).
     pub scoped_signing_key_file: &'a str,
-    /// Seed of the callout account.
+    /// Public key of the callout account.
+    pub callout_account: &'a str,
+    /// Seed of the callout account's signing key.
     pub callout_signing_key_file: &'a str,
     /// Seed of the callout xkey, if any.
     pub xkey_seed_file: Option<&'a str>,
@@ -125,11 +127,15 @@ pub fn service_env(e: &ServiceEnv<'_>) -> String {
          # To sign with the scoped key instead (permissions then come from its template only):\n\
          # NATS_SIGNING_KEY_FILE={scoped}\n\
          # NATS_SIGNING_KEY_SCOPED=true\n\
-         # The callout account's seed: it signs the authorization responses.\n\
+         # The callout account, and one of its signing keys: it signs the authorization responses.\n\
+         # To replace it without a restart: list the new key in the account JWT too, swap this\n\
+         # file, then drop the old key from the JWT.\n\
+         NATS_CALLOUT_ACCOUNT={callout_account}\n\
          NATS_CALLOUT_SIGNING_KEY_FILE={callout}\n",
         account = e.account,
         signing = e.signing_key_file,
         scoped = e.scoped_signing_key_file,
+        callout_account = e.callout_account,
         callout = e.callout_signing_key_file,
     );
     if let Some(x) = e.xkey_seed_file {
@@ -218,7 +224,8 @@ mod tests {
             account: "AAPP",
             signing_key_file: "/d/signing-keys/AAPP.nk",
             scoped_signing_key_file: "/d/accounts/APP.scoped.nk",
-            callout_signing_key_file: "/d/accounts/AUTH.nk",
+            callout_account: "AAUTH",
+            callout_signing_key_file: "/d/accounts/AUTH.signing.nk",
             xkey_seed_file: Some("/d/xkey.nk"),
             user_creds_file: "/d/creds/callout.creds",
             account_signing_keys_dir: "/d/signing-keys",
@@ -231,7 +238,8 @@ mod tests {
                 "NATS_OPERATOR_MODE=true",
                 "NATS_ACCOUNT=AAPP",
                 "NATS_SIGNING_KEY_FILE=/d/signing-keys/AAPP.nk",
-                "NATS_CALLOUT_SIGNING_KEY_FILE=/d/accounts/AUTH.nk",
+                "NATS_CALLOUT_ACCOUNT=AAUTH",
+                "NATS_CALLOUT_SIGNING_KEY_FILE=/d/accounts/AUTH.signing.nk",
                 "NATS_XKEY_SEED_FILE=/d/xkey.nk",
                 "NATS_USER_CREDS_FILE=/d/creds/callout.creds",
                 "NATS_ACCOUNT_SIGNING_KEYS_DIR=/d/signing-keys",
