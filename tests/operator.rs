@@ -24,12 +24,18 @@
 mod support;
 
 use std::fs;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use nkeys::XKey;
+use nkeys::{KeyPair, XKey};
+use serde_json::json;
+
+use nats_k8s_oidc_callout::callout::jwt::decode_verified;
 use support::client::{connect_creds, connect_token, is_authorization_violation, Client};
 use support::examples::python_with_nats_py;
-use support::operator::{logged, Generated, OperatorStack, OperatorStackBuilder, UserSigner};
+use support::operator::{logged, now, Generated, OperatorStack, OperatorStackBuilder, UserSigner};
+use support::stack::write_atomically;
 
 const AUTH_REQUEST: &str = "$SYS.REQ.USER.AUTH";
 const SENTINEL_CONFIG: &str = "nats-memory-default-sentinel.conf";
@@ -398,4 +404,327 @@ fn an_explicit_sentinel_carries_the_token_with_nats_py_and_not_with_the_nats_cra
             .metric("nats_callout_decisions_total{result=\"deny\",reason=\"no_token\"}"),
         requests
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotation without a restart (full resolver: the system user pushes account JWTs).
+//
+// nats-server seals each request to the xkey that the callout account's JWT names at that
+// moment, and opens the answer with the same key. It accepts an unsealed answer signed by the
+// callout account's key or by a key listed in the account JWT's `signing_keys` (a sealed answer's
+// signer is not checked). The service re-reads a key file within about 4 s of its change (2 s
+// polls, read once it stayed the same for one more poll); a replaced xkey still opens requests
+// until the next rotation. Hence the order: whatever the service must accept (a new xkey) or
+// the server must accept (a new signing key) is in place before the other side starts using it.
+//
+// Procedure (AUTH is the callout account; S1 the signing key in NATS_CALLOUT_SIGNING_KEY_FILE,
+// as `keys operator` sets it up with NATS_CALLOUT_ACCOUNT; X1 the xkey in NATS_XKEY_SEED_FILE):
+//  1. Generate the new keys: a curve key X2 (`SX…`) and an account-type nkey S2 (`SA…`).
+//  2. The operator re-signs AUTH's JWT with S2 added to `signing_keys` (S1 kept), xkey still X1,
+//     and pushes it as the system user: `$SYS.REQ.CLAIMS.UPDATE` with the JWT as the body
+//     (answer `{"data":{"code":200,"message":"jwt updated"}}`).
+//  3. Replace the seeds in the service's Secret: X2 in NATS_XKEY_SEED_FILE, S2 in
+//     NATS_CALLOUT_SIGNING_KEY_FILE. Wait until EVERY replica has logged `key files re-read:
+//     responses signed by <S2> (signing key of <AUTH>); …; xkey <X2>` (or its
+//     `nats_callout_key_reloads_total{result="success"}` went up): a mounted Secret changes when
+//     the kubelet syncs it (up to a minute or two), so wait for the log, not a fixed time. The
+//     replicas now sign with S2 (accepted: listed) and open requests sealed to X1 or X2.
+//  4. The operator re-signs AUTH's JWT with xkey X2 and S1 dropped from `signing_keys`, and
+//     pushes it. From then on requests are sealed to X2, and S1 signs nothing nats-server
+//     accepts.
+// Either rotation alone is the same steps without the other key. Measured here: no client
+// refused in either order-respecting run. Out of order, clients are refused until the service
+// re-reads its file: the AUTH JWT naming X2 pushed before the service has X2 (every client
+// refused, nats-server logs `Auth callout violation: "no reason supplied"`, the service `denied:
+// sealed request does not open with the configured xkey`), or, unsealed, the service signing with
+// a key AUTH's JWT does not list (`Auth callout signing key is unknown`).
+
+/// Most attempts one connect loop makes, and the longest it runs.
+const LOOP_ATTEMPTS: usize = 5000;
+const LOOP_LIMIT: Duration = Duration::from_secs(180);
+
+/// One connection attempt of a [`ConnectLoop`].
+struct Attempt {
+    at: Instant,
+    refusal: Option<String>,
+}
+
+/// A client of team-a/app connecting again and again (each connection closed at once) until
+/// stopped, at most [`LOOP_ATTEMPTS`] times and for at most [`LOOP_LIMIT`].
+struct ConnectLoop {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+    handle: std::thread::JoinHandle<Vec<Attempt>>,
+}
+
+impl ConnectLoop {
+    fn start(s: &OperatorStack) -> ConnectLoop {
+        let (url, token) = (s.url(), s.token("team-a", "app"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (stop2, count2) = (stop.clone(), count.clone());
+        let handle = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut attempts = Vec::new();
+            while !stop2.load(Ordering::SeqCst)
+                && attempts.len() < LOOP_ATTEMPTS
+                && started.elapsed() < LOOP_LIMIT
+            {
+                let refusal = raw_connect(&url, &token).err();
+                attempts.push(Attempt {
+                    at: Instant::now(),
+                    refusal,
+                });
+                count2.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            attempts
+        });
+        ConnectLoop {
+            stop,
+            count,
+            handle,
+        }
+    }
+
+    /// Waits until `n` more attempts were made (clients kept connecting across a step).
+    fn wait_attempts(&self, n: usize) {
+        let target = self.count.load(Ordering::SeqCst) + n;
+        let deadline = Instant::now() + WAIT;
+        while self.count.load(Ordering::SeqCst) < target {
+            assert!(Instant::now() < deadline, "the connect loop stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn finish(self) -> Vec<Attempt> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("connect loop")
+    }
+}
+
+/// Connects over the bare protocol with `token` and returns whether the server answered the
+/// PING with PONG (admitted) or with an error line. The nats crate takes 0.2 to 1 s for a
+/// connect of its own (the server answers in about 2 ms), too coarse to measure a refusal window.
+fn raw_connect(url: &str, token: &str) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = url.trim_start_matches("nats://");
+    let stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(WAIT))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(|e| e.to_string())?;
+    let connect = json!({"auth_token": token, "verbose": false, "protocol": 1});
+    (&stream)
+        .write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err("closed".into());
+        }
+        match line.trim_end() {
+            "PONG" => return Ok(()),
+            l if l.starts_with("-ERR") => return Err(l.to_string()),
+            _ => {}
+        }
+    }
+}
+
+/// The refusals among `attempts`, and the time from the first to the last.
+fn refusals(attempts: &[Attempt]) -> (Vec<&Attempt>, Duration) {
+    let refused: Vec<&Attempt> = attempts.iter().filter(|a| a.refusal.is_some()).collect();
+    let window = match (refused.first(), refused.last()) {
+        (Some(first), Some(last)) => last.at - first.at,
+        _ => Duration::ZERO,
+    };
+    (refused, window)
+}
+
+/// Pushes AUTH's JWT re-signed by the operator with `signing_keys` and `xkey`.
+fn push_auth(s: &OperatorStack, signing_keys: &[String], xkey: &str) {
+    let jwt = s.keys.resigned_account("AUTH", |c| {
+        c["nats"]["signing_keys"] = json!(signing_keys);
+        c["nats"]["authorization"]["xkey"] = json!(xkey);
+        c["iat"] = json!(now());
+    });
+    let answer = s.push_account(&jwt);
+    assert_eq!(answer["data"]["code"], 200, "{answer}");
+    assert_eq!(answer["data"]["message"], "jwt updated");
+}
+
+/// Replaces the seed in `rel` as the kubelet swaps a Secret's file.
+fn swap_seed(s: &OperatorStack, rel: &str, seed: &str) {
+    write_atomically(&s.keys.path(rel), seed);
+}
+
+/// Waits until the service logged a re-read of its key files whose description holds every
+/// one of `needles`.
+fn wait_reread(s: &OperatorStack, needles: &[&str]) {
+    s.service.wait_for("the key files re-read", WAIT, || {
+        s.service
+            .log()
+            .lines()
+            .any(|l| l.contains("key files re-read:") && needles.iter().all(|n| l.contains(n)))
+    });
+}
+
+fn seed(key: &KeyPair) -> String {
+    key.seed().expect("seed")
+}
+
+#[test]
+fn rotating_the_xkey_and_the_response_key_in_order_refuses_no_client() {
+    let s = OperatorStackBuilder::new()
+        .config("nats-full.conf")
+        .default_sentinel()
+        .start();
+    let s1 = s.keys.key("accounts/AUTH.signing.nk").public_key();
+    let x1 = XKey::from_seed(s.keys.read("xkey.nk").trim()).unwrap();
+    let held = s.connect("team-a", "app");
+    let monitor = connect_creds(&s.url(), &s.keys.path("creds/callout.creds")).unwrap();
+    let requests = monitor.nc.subscribe(AUTH_REQUEST).unwrap();
+    monitor.nc.flush().unwrap();
+
+    let clients = ConnectLoop::start(&s);
+    clients.wait_attempts(20);
+    // 1. New keys.
+    let (x2, s2) = (XKey::new(), KeyPair::new_account());
+    // 2. AUTH lists the new response key beside the old one.
+    push_auth(&s, &[s1.clone(), s2.public_key()], &x1.public_key());
+    clients.wait_attempts(20);
+    // 3. The service gets both new seeds and re-reads them.
+    swap_seed(&s, "xkey.nk", &x2.seed().unwrap());
+    swap_seed(&s, "accounts/AUTH.signing.nk", &seed(&s2));
+    wait_reread(
+        &s,
+        &[
+            &format!("responses signed by {}", s2.public_key()),
+            &format!("xkey {}", x2.public_key()),
+        ],
+    );
+    clients.wait_attempts(20);
+    // 4. AUTH names the new xkey and drops the old response key.
+    push_auth(&s, &[s2.public_key()], &x2.public_key());
+    clients.wait_attempts(20);
+    let attempts = clients.finish();
+    let (refused, _) = refusals(&attempts);
+    assert!(
+        refused.is_empty(),
+        "{} of {} clients refused: {:?}\n{}",
+        refused.len(),
+        attempts.len(),
+        refused[0].refusal,
+        s.nats.log()
+    );
+    eprintln!(
+        "in-order rotation: {} clients, none refused",
+        attempts.len()
+    );
+    // Requests are now sealed to X2, and the client connected before is still there.
+    while requests.try_next().is_some() {}
+    s.connect("team-a", "app");
+    let msg = requests.next_timeout(WAIT).unwrap();
+    let server = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Server-Xkey"))
+        .unwrap();
+    let server = XKey::from_public_key(server).unwrap();
+    assert!(x2.open(&msg.data, &server).is_ok() && x1.open(&msg.data, &server).is_err());
+    assert!(held.round_trip("team-a.after-rotation"));
+
+    // Out of order: AUTH names X3 before the service has it. Every client is refused until
+    // the service re-reads its file.
+    let x3 = XKey::new();
+    let clients = ConnectLoop::start(&s);
+    clients.wait_attempts(10);
+    push_auth(&s, &[s2.public_key()], &x3.public_key());
+    clients.wait_attempts(20);
+    swap_seed(&s, "xkey.nk", &x3.seed().unwrap());
+    wait_reread(&s, &[&format!("xkey {}", x3.public_key())]);
+    clients.wait_attempts(20);
+    let attempts = clients.finish();
+    let (refused, window) = refusals(&attempts);
+    assert!(!refused.is_empty(), "the JWT pushed first refuses clients");
+    assert!(
+        attempts.last().is_some_and(|a| a.refusal.is_none()),
+        "and then no more"
+    );
+    eprintln!(
+        "xkey pushed before the service had it: {} of {} clients refused over {window:?}",
+        refused.len(),
+        attempts.len()
+    );
+    assert!(s
+        .nats
+        .log()
+        .contains("Auth callout violation: \"no reason supplied\""));
+    assert!(s
+        .service
+        .log()
+        .contains("denied: sealed request does not open with the configured xkey"));
+}
+
+#[test]
+fn rotating_the_response_key_unsealed_refuses_no_client_and_revokes_the_old_key() {
+    let s = OperatorStackBuilder::new()
+        .keys_args(&["--no-xkey"])
+        .config("nats-full.conf")
+        .default_sentinel()
+        .start();
+    let old = s.keys.key("accounts/AUTH.signing.nk");
+    let auth = s.keys.account("AUTH");
+    // A second callout user sees the requests and, unsealed, the answers on the server's inbox.
+    let monitor = connect_creds(&s.url(), &s.keys.path("creds/callout.creds")).unwrap();
+    let answers = monitor.nc.subscribe("$SYS._INBOX.>").unwrap();
+    monitor.nc.flush().unwrap();
+    let answer_issuer = || {
+        while answers.try_next().is_some() {}
+        s.connect("team-a", "app");
+        let msg = answers.next_timeout(WAIT).expect("an answer");
+        let claims: serde_json::Value =
+            decode_verified(std::str::from_utf8(&msg.data).unwrap()).unwrap();
+        assert_eq!(claims["nats"]["issuer_account"], auth.as_str(), "{claims}");
+        claims["iss"].as_str().unwrap().to_string()
+    };
+    assert_eq!(answer_issuer(), old.public_key());
+
+    let clients = ConnectLoop::start(&s);
+    clients.wait_attempts(20);
+    let new = KeyPair::new_account();
+    push_auth(&s, &[old.public_key(), new.public_key()], "");
+    clients.wait_attempts(20);
+    swap_seed(&s, "accounts/AUTH.signing.nk", &seed(&new));
+    wait_reread(&s, &[&format!("responses signed by {}", new.public_key())]);
+    clients.wait_attempts(20);
+    push_auth(&s, &[new.public_key()], "");
+    clients.wait_attempts(20);
+    let attempts = clients.finish();
+    let (refused, _) = refusals(&attempts);
+    assert!(
+        refused.is_empty(),
+        "{} of {} clients refused: {:?}\n{}",
+        refused.len(),
+        attempts.len(),
+        refused[0].refusal,
+        s.nats.log()
+    );
+    eprintln!(
+        "in-order response key rotation: {} clients, none refused",
+        attempts.len()
+    );
+    assert_eq!(answer_issuer(), new.public_key());
+
+    // The old key is revoked: a service still signing with it is refused.
+    swap_seed(&s, "accounts/AUTH.signing.nk", &seed(&old));
+    wait_reread(&s, &[&format!("responses signed by {}", old.public_key())]);
+    let refused = connect_token(&s.url(), &s.token("team-a", "app"))
+        .err()
+        .expect("refused");
+    assert!(is_authorization_violation(&refused), "{refused}");
+    assert!(logged(&s.nats, "Auth callout signing key is unknown"));
+    assert!(s.service.log().contains("allowed team-a/app"));
 }

@@ -179,6 +179,7 @@ type Policy = Box<dyn FnOnce(&Generated) -> String>;
 pub struct OperatorStackBuilder {
     args: Vec<String>,
     config: &'static str,
+    default_sentinel: bool,
     signer: UserSigner,
     accounts: Vec<AccountSpec>,
     policy: Option<Policy>,
@@ -191,6 +192,7 @@ impl OperatorStackBuilder {
         OperatorStackBuilder {
             args: Vec::new(),
             config: "nats-memory.conf",
+            default_sentinel: false,
             signer: UserSigner::Plain,
             accounts: vec![account_spec("team-a", "app", &[])],
             policy: None,
@@ -208,6 +210,13 @@ impl OperatorStackBuilder {
     /// `nats-memory-default-sentinel.conf`, `nats-full.conf`).
     pub fn config(mut self, config: &'static str) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Adds `default_sentinel` (the generated sentinel's JWT) to the configuration, for one
+    /// that has none (`nats-full.conf`): clients may then present a token alone.
+    pub fn default_sentinel(mut self) -> Self {
+        self.default_sentinel = true;
         self
     }
 
@@ -247,7 +256,14 @@ impl OperatorStackBuilder {
         let keys = Generated::new(&args);
         let key = SigningKey::rs256();
         let api = start_cluster(&key, &self.accounts);
-        let nats = keys.boot(self.config);
+        let mut config = keys.read(self.config);
+        if self.default_sentinel {
+            config.push_str(&format!(
+                "default_sentinel: \"{}\"\n",
+                keys.creds_jwt("creds/sentinel.creds")
+            ));
+        }
+        let nats = boot_text(&config);
         let mut b = ServiceBuilder::bare(&nats.url())
             .env_file(&keys.read("service.env"))
             .kube_api(&api.url(), &api.token())
