@@ -88,7 +88,8 @@ def kubelet_env_and_files(deployment, root, secrets=None, config_maps=None):
         if "value" in e:
             value = e["value"]
             for mount_path, local in moved.items():
-                if value.startswith(mount_path + "/"):
+                # A file in a volume, or the volume's directory itself.
+                if value == mount_path or value.startswith(mount_path + "/"):
                     value = local + value[len(mount_path):]
             env[e["name"]] = value
         else:

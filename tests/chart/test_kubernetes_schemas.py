@@ -1,4 +1,5 @@
-"""Every object the chart renders, validated against the Kubernetes OpenAPI schemas shipped by
+"""Every object the chart renders (four renders: minimal, everything on, the other branches,
+operator mode), validated against the Kubernetes OpenAPI schemas shipped by
 kubernetes-validate (strict: unknown fields are errors).
 
 Versions: 1.30, the first whose schemas have admissionregistration.k8s.io/v1
@@ -75,7 +76,22 @@ ALTERNATIVE = {
     "inboxMode": "responses",
 }
 
-RENDERS = {"minimal": {}, "everything": EVERYTHING, "alternative": ALTERNATIVE}
+# Operator mode: the callout account's key and the accounts' keys directory, from chart-created
+# Secrets, a scoped signing key, and rules naming accounts by public key.
+ACCOUNT = "A" + "B" * 55
+OPERATOR = {
+    "nats": {
+        "account": ACCOUNT,
+        "operatorMode": True,
+        "signingKey": {"create": True, "content": SIGNING_SEED, "existingSecret": "", "scoped": True},
+        "calloutSigningKey": {"create": True, "content": SIGNING_SEED},
+        "accountSigningKeys": {"create": True, "files": {f"A{'C' * 55}.nk": SIGNING_SEED}},
+        "xkey": {"create": True, "content": XKEY_SEED},
+    },
+    "policy": {"rules": [{"namespaces": ["payments"], "account": f"A{'C' * 55}"}]},
+}
+
+RENDERS = {"minimal": {}, "everything": EVERYTHING, "alternative": ALTERNATIVE, "operator": OPERATOR}
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -187,6 +187,8 @@ Messages name the value to set and never echo a secret.
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.signingKey "path" "nats.signingKey") }}
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.userCredentials "path" "nats.userCredentials") }}
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.xkey "path" "nats.xkey") }}
+{{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.calloutSigningKey "path" "nats.calloutSigningKey") }}
+{{- include "nats-k8s-oidc-callout.validateOperatorMode" . }}
 {{- if not (include "nats-k8s-oidc-callout.fileSecretEnabled" (dict "v" $n.signingKey)) }}
 {{- fail "a signing key is required: set nats.signingKey.existingSecret (a Secret holding the account seed SA...), or nats.signingKey.create=true with nats.signingKey.content (e.g. --set-file nats.signingKey.content=./keys/signing.nk)" }}
 {{- end }}
@@ -210,6 +212,45 @@ Messages name the value to set and never echo a secret.
 {{- end }}
 {{- end }}
 
+{{/*
+Operator mode (nats.operatorMode): its settings are refused without it, as the service refuses
+them, and with it every account is a public key, as the service requires.
+*/}}
+{{- define "nats-k8s-oidc-callout.validateOperatorMode" -}}
+{{- $n := .Values.nats | default dict }}
+{{- $accountKeys := $n.accountSigningKeys | default dict }}
+{{- if and $accountKeys.create $accountKeys.existingSecret }}
+{{- fail "nats.accountSigningKeys: set either nats.accountSigningKeys.create=true with nats.accountSigningKeys.files, or nats.accountSigningKeys.existingSecret, not both" }}
+{{- end }}
+{{- if and $accountKeys.create (not $accountKeys.files) }}
+{{- fail "nats.accountSigningKeys.create is true but nats.accountSigningKeys.files is empty: give one <ACCOUNT PUBLIC KEY>.nk (or .scoped.nk) file per account, or use nats.accountSigningKeys.existingSecret" }}
+{{- end }}
+{{- if and (not $accountKeys.create) $accountKeys.files }}
+{{- fail "nats.accountSigningKeys.files is set but nats.accountSigningKeys.create is false: set nats.accountSigningKeys.create=true to store them in a Secret the chart creates" }}
+{{- end }}
+{{- $callout := $n.calloutSigningKey | default dict }}
+{{- if $n.operatorMode }}
+{{- if not (regexMatch "^A[A-Z2-7]{55}$" (toString $n.account)) }}
+{{- fail (printf "nats.account=%q: in operator mode it must be the clients' account public key (A..., 56 characters), not a name (nats-k8s-oidc-callout keys operator prints it as APP's account key)" (toString $n.account)) }}
+{{- end }}
+{{- with .Values.policy }}
+{{- range $i, $rule := (.rules | default list) }}
+{{- if and (hasKey $rule "account") (not (regexMatch "^A[A-Z2-7]{55}$" (toString $rule.account))) }}
+{{- fail (printf "policy.rules[%d].account=%q: in operator mode it must be an account public key (A..., 56 characters), with its key in nats.accountSigningKeys" $i (toString $rule.account)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- else }}
+{{- $set := list }}
+{{- if or $callout.create $callout.existingSecret }}{{ $set = append $set "nats.calloutSigningKey" }}{{ end }}
+{{- if or $accountKeys.create $accountKeys.existingSecret }}{{ $set = append $set "nats.accountSigningKeys" }}{{ end }}
+{{- if ($n.signingKey | default dict).scoped }}{{ $set = append $set "nats.signingKey.scoped" }}{{ end }}
+{{- if $set }}
+{{- fail (printf "%s apply to operator mode only: set nats.operatorMode=true (nats-server runs with an operator and JWT accounts), or remove them (in config mode nats.signingKey signs everything)" (join ", " $set)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The chart-created secret contents, hashed into a pod annotation so a change rolls the pods. */}}
 {{- define "nats-k8s-oidc-callout.secretsChecksum" -}}
 {{- $n := .Values.nats | default dict }}
@@ -217,6 +258,8 @@ Messages name the value to set and never echo a secret.
 {{- if ($n.signingKey | default dict).create }}{{ $_ := set $d "signingKey" $n.signingKey.content }}{{ end }}
 {{- if ($n.xkey | default dict).create }}{{ $_ := set $d "xkey" $n.xkey.content }}{{ end }}
 {{- if ($n.userCredentials | default dict).create }}{{ $_ := set $d "userCredentials" $n.userCredentials.content }}{{ end }}
+{{- if ($n.calloutSigningKey | default dict).create }}{{ $_ := set $d "calloutSigningKey" $n.calloutSigningKey.content }}{{ end }}
+{{- if ($n.accountSigningKeys | default dict).create }}{{ $_ := set $d "accountSigningKeys" $n.accountSigningKeys.files }}{{ end }}
 {{- if $n.token }}{{ $_ := set $d "token" $n.token }}{{ end }}
 {{- if .Values.secretEnv }}{{ $_ := set $d "secretEnv" .Values.secretEnv }}{{ end }}
 {{- if .Values.secretVolume }}{{ $_ := set $d "secretVolume" .Values.secretVolume }}{{ end }}
