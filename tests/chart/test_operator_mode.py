@@ -1,6 +1,7 @@
-"""Operator mode in the chart: nats.operatorMode, nats.signingKey.scoped, nats.calloutSigningKey and
-nats.accountSigningKeys become the service's NATS_OPERATOR_MODE, NATS_SIGNING_KEY_SCOPED,
-NATS_CALLOUT_SIGNING_KEY_FILE and NATS_ACCOUNT_SIGNING_KEYS_DIR; the values the service would refuse
+"""Operator mode in the chart: nats.operatorMode, nats.signingKey.scoped, nats.calloutSigningKey,
+nats.calloutAccount and nats.accountSigningKeys become the service's NATS_OPERATOR_MODE,
+NATS_SIGNING_KEY_SCOPED, NATS_CALLOUT_SIGNING_KEY_FILE, NATS_CALLOUT_ACCOUNT and
+NATS_ACCOUNT_SIGNING_KEYS_DIR; the values the service would refuse
 are refused by the chart first.
 
 The rendered environment is then handed to the real service binary, with its Secrets laid out as
@@ -31,6 +32,7 @@ DIR = "/etc/nats-k8s-oidc-callout"
 # Shaped like account public keys (A + 55 base32 characters); never real keys.
 APP = "A" + "P" * 55
 PAYMENTS = "A" + "Q" * 55
+AUTH = "A" + "S" * 55
 ORDERS = "A" + "R" * 55
 CALLOUT_SEED = "SAAFAKECALLOUTSEEDFORTHECHARTTESTSONLYZZZZZZZZZZZZZZZZZZZ"
 ACCOUNT_SEEDS = {f"{PAYMENTS}.nk": "SAAFAKEPAYMENTSSEED", f"{ORDERS}.scoped.nk": "SAAFAKEORDERSSCOPEDSEED"}
@@ -48,7 +50,7 @@ OPERATOR = {
     },
 }
 OPERATOR_ENV = ["NATS_OPERATOR_MODE", "NATS_SIGNING_KEY_SCOPED", "NATS_CALLOUT_SIGNING_KEY_FILE",
-                "NATS_ACCOUNT_SIGNING_KEYS_DIR"]
+                "NATS_CALLOUT_ACCOUNT", "NATS_ACCOUNT_SIGNING_KEYS_DIR"]
 
 
 def op(values=None):
@@ -75,6 +77,7 @@ def test_operator_mode_with_existing_secrets(render):
     assert env["NATS_SIGNING_KEY_FILE"]["value"] == f"{DIR}/signing/signing.key"
     assert env["NATS_CALLOUT_SIGNING_KEY_FILE"]["value"] == f"{DIR}/callout/callout.key"
     assert env["NATS_ACCOUNT_SIGNING_KEYS_DIR"]["value"] == f"{DIR}/accounts"
+    assert "NATS_CALLOUT_ACCOUNT" not in env  # the callout key is the account's own seed
     # The callout account's seed: one file, like the other seeds.
     callout = r.volume("callout-key")["secret"]
     assert callout["secretName"] == "callout-account"
@@ -96,6 +99,12 @@ def test_operator_mode_existing_secret_keys_and_scoped(render):
     assert r.env["NATS_SIGNING_KEY_SCOPED"] == {"name": "NATS_SIGNING_KEY_SCOPED", "value": "true"}
     assert r.volume("signing-key")["secret"]["items"] == [{"key": "APP.scoped.nk", "path": "signing.key"}]
     assert r.volume("callout-key")["secret"]["items"] == [{"key": "AUTH.nk", "path": "callout.key"}]
+
+
+def test_operator_mode_callout_signing_key_of_a_named_account(render):
+    r = render(op({"nats": {"calloutAccount": AUTH, "calloutSigningKey": {"existingSecretKey": "AUTH.signing.nk"}}}))
+    assert r.env["NATS_CALLOUT_ACCOUNT"] == {"name": "NATS_CALLOUT_ACCOUNT", "value": AUTH}
+    assert r.volume("callout-key")["secret"]["items"] == [{"key": "AUTH.signing.nk", "path": "callout.key"}]
 
 
 def test_operator_mode_with_chart_created_secrets(render):
@@ -151,6 +160,10 @@ TEMPLATE_REFUSALS = [
      "nats.calloutSigningKey apply to operator mode only"),
     ({"nats": {"accountSigningKeys": {"existingSecret": "k"}, "signingKey": {"scoped": True}}}, False,
      "nats.accountSigningKeys, nats.signingKey.scoped apply to operator mode only"),
+    ({"nats": {"calloutAccount": AUTH}}, False, "nats.calloutAccount apply to operator mode only"),
+    # The account of the callout key, without the key.
+    ({"nats": {"calloutAccount": AUTH, "calloutSigningKey": {"existingSecret": ""}}}, True,
+     "nats.calloutAccount is set but nats.calloutSigningKey is off"),
     # Operator mode names accounts by public key.
     ({"nats": {"account": "APP"}}, True, 'nats.account="APP": in operator mode it must be'),
     ({"nats": {"account": APP.lower()}}, True, "in operator mode it must be the clients' account public key"),
@@ -182,6 +195,8 @@ SCHEMA_REFUSALS = [
     ({"nats": {"signingKey": {"scoped": "yes"}}}, "/nats/signingKey/scoped"),
     ({"nats": {"calloutSigningKey": {"existingSecret": "c", "scoped": True}}}, "/nats/calloutSigningKey"),
     ({"nats": {"calloutSigningKey": {"existingSecret": "Not_A_Name"}}}, "/nats/calloutSigningKey/existingSecret"),
+    ({"nats": {"calloutAccount": "AUTH"}}, "/nats/calloutAccount"),
+    ({"nats": {"calloutAccount": AUTH.lower()}}, "/nats/calloutAccount"),
     ({"nats": {"accountSigningKeys": {"existingSecret": "k", "existingSecretKey": "x"}}}, "/nats/accountSigningKeys"),
     # A file the service would refuse to read as an account's key.
     ({"nats": {"accountSigningKeys": {"create": True, "files": {"PAYMENTS.nk": "SA"}}}},
@@ -276,7 +291,8 @@ class Stack:
         return {
             "app-signing": {"signing.key": (keys / "signing-keys" / f"{app}.nk").read_text(),
                             "APP.scoped.nk": (keys / "accounts" / "APP.scoped.nk").read_text()},
-            "callout-account": {"callout.key": (keys / "accounts" / "AUTH.nk").read_text()},
+            "callout-account": {"callout.key": (keys / "accounts" / "AUTH.nk").read_text(),
+                                "AUTH.signing.nk": (keys / "accounts" / "AUTH.signing.nk").read_text()},
             "account-keys": {p.name: p.read_text() for p in (keys / "signing-keys").iterdir()},
             "callout-xkey": {"xkey.seed": (keys / "xkey.nk").read_text()},
             "callout-login": {"user.creds": (keys / "creds" / "callout.creds").read_text()},
@@ -359,3 +375,18 @@ def test_the_service_starts_with_a_scoped_signing_key(stack):
     assert env["NATS_SIGNING_KEY_SCOPED"] == "true" and "NATS_ACCOUNT_SIGNING_KEYS_DIR" not in env
     text = wait_log(log, r"connected to nats")
     assert "the key is scoped: its scope in the account JWT decides the permissions" in text
+
+
+def test_the_service_signs_responses_with_a_signing_key_of_the_callout_account(stack):
+    """What `keys operator` sets up: AUTH's own seed stays with the operator, a signing key of AUTH
+    (listed in its JWT) signs the answers, named with nats.calloutAccount."""
+    app, auth = stack.public("APP"), stack.public("AUTH")
+    signing = (stack.keys / "accounts" / "AUTH.signing.nk").read_text()
+    values = op({"nats": {"account": app, "calloutAccount": auth,
+                          "calloutSigningKey": {"existingSecretKey": "AUTH.signing.nk"},
+                          "accountSigningKeys": {"existingSecret": ""}}})
+    env, _, log, _ = stack.start(values, "callout-signing-key")
+    assert env["NATS_CALLOUT_ACCOUNT"] == auth
+    text = wait_log(log, r"connected to nats")
+    assert f"a signing key of the callout account {auth}" in text
+    assert all(line not in text for line in signing.splitlines() if line.startswith("S"))

@@ -230,6 +230,9 @@ them, and with it every account is a public key, as the service requires.
 {{- end }}
 {{- $callout := $n.calloutSigningKey | default dict }}
 {{- if $n.operatorMode }}
+{{- if and $n.calloutAccount (not (or $callout.create $callout.existingSecret)) }}
+{{- fail "nats.calloutAccount is set but nats.calloutSigningKey is off: it names the account whose signing key nats.calloutSigningKey holds; set that key, or remove nats.calloutAccount" }}
+{{- end }}
 {{- if not (regexMatch "^A[A-Z2-7]{55}$" (toString $n.account)) }}
 {{- fail (printf "nats.account=%q: in operator mode it must be the clients' account public key (A..., 56 characters), not a name (nats-k8s-oidc-callout keys operator prints it as APP's account key)" (toString $n.account)) }}
 {{- end }}
@@ -245,6 +248,7 @@ them, and with it every account is a public key, as the service requires.
 {{- if or $callout.create $callout.existingSecret }}{{ $set = append $set "nats.calloutSigningKey" }}{{ end }}
 {{- if or $accountKeys.create $accountKeys.existingSecret }}{{ $set = append $set "nats.accountSigningKeys" }}{{ end }}
 {{- if ($n.signingKey | default dict).scoped }}{{ $set = append $set "nats.signingKey.scoped" }}{{ end }}
+{{- if $n.calloutAccount }}{{ $set = append $set "nats.calloutAccount" }}{{ end }}
 {{- if $set }}
 {{- fail (printf "%s apply to operator mode only: set nats.operatorMode=true (nats-server runs with an operator and JWT accounts), or remove them (in config mode nats.signingKey signs everything)" (join ", " $set)) }}
 {{- end }}
