@@ -543,6 +543,21 @@ fn refusals(attempts: &[Attempt]) -> (Vec<&Attempt>, Duration) {
     (refused, window)
 }
 
+/// Asserts that none of `attempts` was refused, and reports how many there were.
+fn assert_none_refused(s: &OperatorStack, attempts: Vec<Attempt>, what: &str) {
+    let (refused, _) = refusals(&attempts);
+    if let Some(first) = refused.first() {
+        panic!(
+            "{what}: {} of {} clients refused: {:?}\n{}",
+            refused.len(),
+            attempts.len(),
+            first.refusal,
+            s.nats.log()
+        );
+    }
+    eprintln!("{what}: {} clients, none refused", attempts.len());
+}
+
 /// Pushes AUTH's JWT re-signed by the operator with `signing_keys` and `xkey`.
 fn push_auth(s: &OperatorStack, signing_keys: &[String], xkey: &str) {
     let jwt = s.keys.resigned_account("AUTH", |c| {
@@ -609,20 +624,7 @@ fn rotating_the_xkey_and_the_response_key_in_order_refuses_no_client() {
     // 4. AUTH names the new xkey and drops the old response key.
     push_auth(&s, &[s2.public_key()], &x2.public_key());
     clients.wait_attempts(20);
-    let attempts = clients.finish();
-    let (refused, _) = refusals(&attempts);
-    assert!(
-        refused.is_empty(),
-        "{} of {} clients refused: {:?}\n{}",
-        refused.len(),
-        attempts.len(),
-        refused[0].refusal,
-        s.nats.log()
-    );
-    eprintln!(
-        "in-order rotation: {} clients, none refused",
-        attempts.len()
-    );
+    assert_none_refused(&s, clients.finish(), "in-order rotation");
     // Requests are now sealed to X2, and the client connected before is still there.
     while requests.try_next().is_some() {}
     s.connect("team-a", "app");
@@ -702,20 +704,7 @@ fn rotating_the_response_key_unsealed_refuses_no_client_and_revokes_the_old_key(
     clients.wait_attempts(20);
     push_auth(&s, &[new.public_key()], "");
     clients.wait_attempts(20);
-    let attempts = clients.finish();
-    let (refused, _) = refusals(&attempts);
-    assert!(
-        refused.is_empty(),
-        "{} of {} clients refused: {:?}\n{}",
-        refused.len(),
-        attempts.len(),
-        refused[0].refusal,
-        s.nats.log()
-    );
-    eprintln!(
-        "in-order response key rotation: {} clients, none refused",
-        attempts.len()
-    );
+    assert_none_refused(&s, clients.finish(), "in-order response key rotation");
     assert_eq!(answer_issuer(), new.public_key());
 
     // The old key is revoked: a service still signing with it is refused.

@@ -11,12 +11,28 @@ Used by tests/chart (the rendered policy file) and tests/docs (docs/DEPLOY.md en
 
 import itertools
 import os
+import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY_NAME = "nats-k8s-oidc-callout"
 _versions = itertools.count(1)
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 free at the moment of the call."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nats_server_bin():
+    """The nats-server binary scripts/test installed (NATS_SERVER_BIN) or one on PATH."""
+    path = os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server")
+    assert path, "nats-server not found: run the suite with scripts/test, which installs it"
+    return path
 
 
 def build_binary():

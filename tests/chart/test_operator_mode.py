@@ -12,10 +12,8 @@ the accounts' keys, swapped in as the kubelet swaps it, must be read again witho
 
 import base64
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -218,18 +216,6 @@ def test_schema_refuses(render_error, values, where):
 # The real service on the rendered environment
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def nats_server_bin():
-    path = os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server")
-    assert path, "nats-server not found: run the suite with scripts/test, which installs it"
-    return path
-
-
 def wait_ready(port, proc, log, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -266,11 +252,11 @@ class Stack:
         subprocess.run([self.binary, "dev-signer", "init", "--dir", str(work / "signer")], check=True,
                        capture_output=True)
         (work / "serviceaccounts.yaml").write_text("items: []\n")
-        self.nats_port = free_port()
+        self.nats_port = kubelet.free_port()
         conf = work / "nats.conf"
         conf.write_text(f'listen: "127.0.0.1:{self.nats_port}"\n' + (self.keys / "nats-memory.conf").read_text())
         self.nats_log = work / "nats.log"
-        self.procs = [subprocess.Popen([nats_server_bin(), "-c", str(conf), "-l", str(self.nats_log)])]
+        self.procs = [subprocess.Popen([kubelet.nats_server_bin(), "-c", str(conf), "-l", str(self.nats_log)])]
         deadline = time.monotonic() + 10
         while "Server is ready" not in (self.nats_log.read_text() if self.nats_log.exists() else ""):
             assert time.monotonic() < deadline, "nats-server did not start"
@@ -304,7 +290,7 @@ class Stack:
         deployment = next(o for o in objects if o["kind"] == "Deployment")
         config_maps = {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
         env = kubelet.kubelet_env_and_files(deployment, self.work / name, self.secrets(), config_maps)
-        port = free_port()
+        port = kubelet.free_port()
         env.update(
             NATS_URL=f"nats://127.0.0.1:{self.nats_port}",
             SERVICE_ACCOUNTS_PATH=str(self.work / "serviceaccounts.yaml"),

@@ -9,7 +9,6 @@ it and the kubelet swaps `..data`, without the pods being rolled.
 import copy
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -157,12 +156,6 @@ def test_events_schema(render_error):
 # The real service on the rendered file
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def readme_policy():
     """The `policy:` example of the chart README."""
     readme = (CHART_DIR / "README.md").read_text()
@@ -198,11 +191,11 @@ class Service:
         secrets = {"callout-keys": {"signing.key": (self.work / "keys" / "signing.nk").read_text()}}
         env = kubelet.kubelet_env_and_files(deployment, self.work / name, secrets, config_maps)
         env.update(
-            NATS_URL=f"nats://127.0.0.1:{free_port()}",
+            NATS_URL=f"nats://127.0.0.1:{kubelet.free_port()}",
             SERVICE_ACCOUNTS_PATH=str(self.work / "serviceaccounts.yaml"),
             JWKS_PATH=str(self.work / "signer" / "jwks.json"),
             JWT_ISSUER="https://dev-signer.nats-k8s-oidc-callout.local",
-            PORT=str(free_port()),
+            PORT=str(kubelet.free_port()),
         )
         return env
 
