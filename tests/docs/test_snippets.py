@@ -10,14 +10,24 @@ Every fenced block of README.md, docs/*.md and the chart's README is collected:
   they must render and pass `helm lint --strict` together with the documented required values;
 - other ```yaml blocks holding Kubernetes objects must parse, and each object names its
   apiVersion, kind and metadata.name.
+
+Operator-mode snippets hold generated keys and JWTs as placeholders, `<…_ACCOUNT>` and
+`<…_JWT>`: they are filled from a real `nats-k8s-oidc-callout keys operator --client-account
+PAYMENTS` run (`<OPERATOR_JWT>`, `<SENTINEL_JWT>`, and `<X_ACCOUNT>` / `<X_JWT>` for each account
+X it writes; any other such name fails the test), and `<DATA_DIR>` is the server's own scratch
+directory.
 """
 
+import atexit
+import base64
+import functools
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +37,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "nats-k8s-oidc-callout"
+PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*_(?:ACCOUNT|JWT)|DATA_DIR)>")
+DATA_DIR = "<DATA_DIR>"
 
 
 def doc_files():
@@ -95,11 +107,72 @@ def variables(conf):
     return set(re.findall(r"(?<![\w$])\$([A-Z_][A-Z0-9_]*)", conf))
 
 
+def jwt_claims(jwt):
+    """The claims of a JWT (not verified: nats-server verifies them)."""
+    body = jwt.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+
+
+def creds_jwt(path):
+    """The user JWT of a creds file."""
+    lines = Path(path).read_text().splitlines()
+    return lines[lines.index("-----BEGIN NATS USER JWT-----") + 1].strip()
+
+
+def operator_values(op):
+    """{placeholder: value} for the files `keys operator` wrote in `op`."""
+    values = {
+        "OPERATOR_JWT": (op / "operator.jwt").read_text().strip(),
+        "SENTINEL_JWT": creds_jwt(op / "creds" / "sentinel.creds"),
+    }
+    for path in sorted((op / "accounts").glob("*.jwt")):
+        jwt = path.read_text().strip()
+        values[f"{path.stem}_JWT"] = jwt
+        values[f"{path.stem}_ACCOUNT"] = jwt_claims(jwt)["sub"]
+    return values
+
+
+def binary():
+    sys.path.insert(0, str(ROOT / "tests" / "chart"))
+    import kubelet
+
+    return kubelet.build_binary()
+
+
+@functools.lru_cache(maxsize=None)
+def operator_keys():
+    """One `keys operator` run for every operator-mode snippet: its placeholder values."""
+    work = Path(tempfile.mkdtemp(prefix="nats-doc-operator-keys."))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    subprocess.run(
+        [binary(), "keys", "operator", "--dir", str(work / "op"), "--client-account", "PAYMENTS"],
+        check=True, capture_output=True,
+    )
+    return operator_values(work / "op")
+
+
+def fill(text, values=None):
+    """`text` with its `<NAME>` placeholders filled (see the module's doc); `<DATA_DIR>` is left
+    for start_server."""
+    if not PLACEHOLDER.search(text.replace(DATA_DIR, "")):
+        return text
+    values = values or operator_keys()
+
+    def value(m):
+        if m.group(0) == DATA_DIR:
+            return DATA_DIR
+        assert m.group(1) in values, f"unknown placeholder {m.group(0)}"
+        return values[m.group(1)]
+
+    return PLACEHOLDER.sub(value, text)
+
+
 def start_server(conf, extra_env=None):
-    """Starts nats-server on `conf` (its port replaced by a free one); returns (proc, port, log)."""
+    """Starts nats-server on `conf` (its port replaced by a free one, `<DATA_DIR>` by a scratch
+    directory); returns (proc, port, log, workdir)."""
     workdir = Path(tempfile.mkdtemp(prefix="nats-doc-snippet."))
     conf_file = workdir / "nats.conf"
-    conf_file.write_text(conf)
+    conf_file.write_text(conf.replace(DATA_DIR, str(workdir / "data")))
     log = workdir / "nats.log"
     port = free_port()
     env = dict(os.environ)
@@ -153,9 +226,19 @@ def assert_server_accepts(conf, extra_env=None):
 
 def nats_chart_config(values_text):
     """The server configuration the official NATS chart makes of `config.merge`: the merged map
-    as JSON (nats-server reads JSON), with `<< x >>` strings written unquoted."""
+    as JSON (nats-server reads JSON), with `<< x >>` strings written unquoted. With
+    `config.jetstream` or `config.resolver` enabled, what the chart adds for them comes first
+    (JetStream's store and the full resolver's directory on the chart's /data volume, here
+    `<DATA_DIR>`; the resolver's `merge` on top), then `config.merge` over it."""
     values = yaml.safe_load(values_text)
-    merge = values["config"]["merge"]
+    config = values["config"]
+    merge = {}
+    if config.get("jetstream", {}).get("enabled"):
+        merge["jetstream"] = {"store_dir": DATA_DIR}
+    resolver = config.get("resolver", {})
+    if resolver.get("enabled"):
+        merge["resolver"] = {"type": "full", "dir": f"{DATA_DIR}/resolver", **resolver.get("merge", {})}
+    merge.update(config["merge"])
     text = json.dumps(merge, indent=2)
     return re.sub(r'"<< (.*?) >>"', r"\1", text)
 
@@ -174,12 +257,12 @@ def test_the_docs_have_snippets_to_check():
 
 @pytest.mark.parametrize("conf", CONF)
 def test_nats_server_starts_on_conf_snippet(conf):
-    assert_server_accepts(conf)
+    assert_server_accepts(fill(conf))
 
 
 @pytest.mark.parametrize("values", NATS_VALUES)
 def test_nats_server_starts_on_nats_chart_values(values):
-    text = assert_server_accepts(nats_chart_config(values))
+    text = assert_server_accepts(nats_chart_config(fill(values)))
     if "auth_callout" in values:
         # The server validated the callout block; a bad issuer or auth user refuses to start.
         assert "Server is ready" in text
@@ -189,7 +272,7 @@ def test_nats_server_starts_on_nats_chart_values(values):
 def test_chart_values_render_and_lint(values):
     import helm_python as h
 
-    v = yaml.safe_load(values)
+    v = yaml.safe_load(fill(values))
     out = h.Chart.load(str(CHART)).render(v, name="nats-callout", namespace="nats-auth", is_install=True)
     assert any("kind: Deployment" in m for m in out.values())
     result = h.lint(str(CHART), v, strict=True)
