@@ -645,6 +645,120 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_of_the_callout_account_in_the_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, auth, auth_signing) = (
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+        );
+        let keys_dir = dir.path().join("accounts");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let mut files = operator_files(dir.path(), &app, &app);
+        files.callout = Some(write(dir.path(), "callout.nk", &seed(&auth_signing)));
+        files.callout_account = Some(auth.public_key());
+        files.accounts_dir = Some(keys_dir.clone());
+        assert!(files.load(None).is_ok());
+        // Whatever key it holds, plain or scoped: a policy naming AUTH would place clients there.
+        for name in [
+            format!("{}.nk", auth.public_key()),
+            format!("{}.scoped.nk", auth.public_key()),
+        ] {
+            let path = write(&keys_dir, &name, &seed(&KeyPair::new_account()));
+            let problems = files.load(None).err().unwrap();
+            assert!(
+                problems[0].contains(&format!(
+                    "the callout account {} (NATS_CALLOUT_SIGNING_KEY_FILE) must not be a clients' account",
+                    auth.public_key()
+                )),
+                "{name}: {problems:?}"
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_clients_account_key_file_wins_over_its_file_in_the_directory() {
+        // `keys operator` writes APP's plain key into the directory; service.env's alternative
+        // signs with APP's scoped key instead. The scoped key must then sign APP's users: the
+        // plain one would carry the policy's permissions past the scope.
+        let dir = tempfile::tempdir().unwrap();
+        let (app, plain, scoped) = (
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+        );
+        let keys_dir = dir.path().join("accounts");
+        std::fs::create_dir(&keys_dir).unwrap();
+        write(
+            &keys_dir,
+            &format!("{}.nk", app.public_key()),
+            &seed(&plain),
+        );
+        let mut files = operator_files(dir.path(), &app, &scoped);
+        files.signing_scoped = true;
+        files.accounts_dir = Some(keys_dir);
+        let keys = files.load(None).unwrap();
+        let user_keys = keys.signer.user_keys();
+        assert_eq!(user_keys.len(), 1, "{user_keys:?}");
+        assert_eq!(user_keys[0].public_key(), scoped.public_key());
+        assert!(user_keys[0].is_scoped());
+    }
+
+    #[test]
+    fn keys_of_the_wrong_kind_in_the_directory_are_refused_without_their_seeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = KeyPair::new_account();
+        let keys_dir = dir.path().join("accounts");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let mut files = operator_files(dir.path(), &app, &app);
+        files.accounts_dir = Some(keys_dir.clone());
+        let account_seed = seed(&KeyPair::new_account());
+        // One character in the middle changed: the checksum no longer matches.
+        let flipped = |s: &str| {
+            let mut chars: Vec<char> = s.chars().collect();
+            chars[30] = if chars[30] == 'A' { 'B' } else { 'A' };
+            chars.into_iter().collect::<String>()
+        };
+        let (user, operator, curve) = (
+            seed(&KeyPair::new_user()),
+            seed(&KeyPair::new_operator()),
+            XKey::new().seed().unwrap(),
+        );
+        let cases = [
+            (user.clone(), "holds a user seed"),
+            (operator.clone(), "holds an operator seed"),
+            (curve.clone(), "holds a curve (xkey) seed"),
+            // Cut during a write, or a seed with one character changed.
+            (account_seed[..40].to_string(), "holds no nkey seed"),
+            (flipped(&account_seed), "holds an invalid account seed"),
+            (String::new(), "holds no nkey seed"),
+            (
+                format!("{account_seed}\n{}", "#".repeat(70_000)),
+                "larger than 65536 bytes",
+            ),
+        ];
+        for (text, needle) in cases {
+            let name = format!("{}.nk", KeyPair::new_account().public_key());
+            let path = write(&keys_dir, &name, &text);
+            let problems = files.load(None).err().unwrap().join("\n");
+            assert!(
+                problems.contains(&name) && problems.contains(needle),
+                "{needle}: {problems}"
+            );
+            for secret in [&user, &operator, &curve, &account_seed] {
+                assert!(!problems.contains(&secret[2..40]), "a seed in {problems}");
+            }
+            std::fs::remove_file(path).unwrap();
+        }
+        // A directory under a key file's name is refused, not skipped.
+        let name = format!("{}.nk", KeyPair::new_account().public_key());
+        std::fs::create_dir(keys_dir.join(&name)).unwrap();
+        let problems = files.load(None).err().unwrap().join("\n");
+        assert!(problems.contains(&name), "{problems}");
+    }
+
+    #[test]
     fn a_rotated_xkey_keeps_the_one_it_replaced_for_opening() {
         use crate::callout::jwt::encode;
         use crate::callout::request::tests::server_request;
