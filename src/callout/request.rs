@@ -47,6 +47,19 @@ pub enum RequestError {
     /// `nats.user_nkey` is not a user public key.
     #[error("request user_nkey is not a user key")]
     BadUserNkey,
+    /// Operator mode: `sub` names a callout account other than the one the responses are
+    /// signed for.
+    #[error(
+        "request is for the callout account {asked}, but this service answers for {ours}: \
+         when NATS_CALLOUT_SIGNING_KEY_FILE holds a signing key, NATS_CALLOUT_ACCOUNT must name \
+         its account"
+    )]
+    WrongAccount {
+        /// The account the server asks for.
+        asked: String,
+        /// The account the responses are signed for.
+        ours: String,
+    },
 }
 
 impl RequestError {
@@ -63,6 +76,7 @@ impl RequestError {
             RequestError::Expired => "request_expired",
             RequestError::WrongType => "request_malformed",
             RequestError::BadUserNkey => "request_malformed",
+            RequestError::WrongAccount { .. } => "request_wrong_account",
         }
     }
 }
@@ -169,6 +183,8 @@ struct RequestBody {
 struct RequestClaims {
     iss: String,
     #[serde(default)]
+    sub: String,
+    #[serde(default)]
     aud: Option<String>,
     #[serde(default)]
     exp: Option<i64>,
@@ -182,6 +198,9 @@ pub struct AuthRequest {
     pub server: ServerId,
     /// The user nkey the server generated for this connection; the user JWT's subject.
     pub user_nkey: String,
+    /// The account the server asks for (`sub`): the callout account in operator mode,
+    /// `auth_callout.issuer` in config mode.
+    pub account: String,
     /// The connecting client.
     pub client: ClientInfo,
     /// Its CONNECT options (credentials inside).
@@ -286,6 +305,7 @@ impl RequestDecoder {
         Ok(AuthRequest {
             server: claims.nats.server_id,
             user_nkey: claims.nats.user_nkey,
+            account: claims.sub,
             client: claims.nats.client_info,
             connect: claims.nats.connect_opts,
             seal_to,

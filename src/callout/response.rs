@@ -226,6 +226,16 @@ impl ResponseSigner {
         }
     }
 
+    /// Whether a request for the callout account `account` (the request's `sub`) is this
+    /// signer's to answer: in operator mode only one for the account its responses are signed
+    /// for; config mode does not check (nats-server names its `auth_callout.issuer` there).
+    pub fn answers_for(&self, account: &str) -> bool {
+        match &self.placement {
+            Placement::Config { .. } => true,
+            Placement::Operator { .. } => account == self.callout_account(),
+        }
+    }
+
     /// The keys that sign user JWTs in operator mode (none in config mode), for start-up logs.
     pub fn user_keys(&self) -> Vec<&UserSigningKey> {
         match &self.placement {
@@ -609,6 +619,13 @@ mod tests {
         );
         assert_eq!(signer.issuer(), callout_signing.public_key());
         assert_eq!(signer.callout_account(), callout.public_key());
+        // Requests are answered for the callout account only, never for the signing key taken
+        // as an account (or a client account).
+        assert!(signer.answers_for(&callout.public_key()));
+        for other in [callout_signing.public_key(), app.public_key()] {
+            assert!(!signer.answers_for(&other));
+        }
+        assert!(ResponseSigner::new(app.clone(), "APP".into()).answers_for("anything"));
         let (claims, user) = operator_user_jwt(&signer, None);
         assert_eq!(claims["iss"], callout_signing.public_key());
         assert_eq!(
