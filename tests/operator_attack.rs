@@ -213,3 +213,32 @@ fn broken_key_files_swapped_in_keep_the_keys_in_use_and_log_no_seed() {
     );
     assert_no_seed_logged(&s);
 }
+
+/// Dropping the response key from AUTH's `signing_keys` revokes it only for unsealed answers:
+/// nats-server checks the signer of an answer only when it is not sealed (auth_callout.go: "if
+/// response is encrypted none of this is needed"), so with an xkey a service still holding the
+/// dropped key keeps placing clients. Revoking a leaked response key takes a new xkey too.
+#[test]
+fn a_dropped_response_key_still_answers_while_the_answers_are_sealed() {
+    let s = OperatorStackBuilder::new()
+        .config("nats-full.conf")
+        .default_sentinel()
+        .start();
+    let xkey = nkeys::XKey::from_seed(s.keys.read("xkey.nk").trim())
+        .unwrap()
+        .public_key();
+    let jwt = s.keys.resigned_account("AUTH", |c| {
+        c["nats"]["signing_keys"] = serde_json::json!([]);
+        c["nats"]["authorization"]["xkey"] = serde_json::json!(xkey);
+        c["iat"] = serde_json::json!(support::operator::now());
+    });
+    let answer = s.push_account(&jwt);
+    assert_eq!(answer["data"]["message"], "jwt updated", "{answer}");
+    let c = s.connect("team-a", "app");
+    assert_eq!(s.placement(&c).0, s.keys.account("APP"));
+    assert!(
+        !s.nats.log().contains("signing key is unknown"),
+        "{}",
+        s.nats.log()
+    );
+}

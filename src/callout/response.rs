@@ -356,7 +356,8 @@ impl ResponseSigner {
                 jwt,
                 error,
                 // nats-server accepts a response signed by a key its callout account's JWT lists
-                // in `signing_keys`; dropping the key from the JWT revokes it.
+                // in `signing_keys`; dropping the key from the JWT revokes it for unsealed
+                // answers only: a sealed answer's signer is not checked, the xkey vouches.
                 issuer_account: self.issuer_account.as_deref(),
                 kind: RESPONSE_TYPE,
                 version: CLAIMS_VERSION,
