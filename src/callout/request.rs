@@ -410,6 +410,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_request_sealed_by_another_curve_key_than_its_server_names_is_refused() {
+        // Whoever holds a server-signed request in the clear (an unsealed copy, while it has not
+        // expired) could seal it to us with a key of theirs and get the answer sealed to them.
+        let server = KeyPair::new_server();
+        let (server_x, other_x, ours) = (XKey::new(), XKey::new(), XKey::new());
+        let user = KeyPair::new_user().public_key();
+        let jwt = encode(
+            &server_request(&server, &user, "tok", now() + 2, &server_x.public_key()),
+            &server,
+        )
+        .unwrap();
+        let ours_public = XKey::from_public_key(&ours.public_key()).unwrap();
+        let dec = RequestDecoder::new(Some(ours));
+        let resealed = other_x.seal(jwt.as_bytes(), &ours_public).unwrap();
+        assert_eq!(
+            dec.decode(&resealed, Some(&other_x.public_key()), now())
+                .unwrap_err(),
+            RequestError::BadServerXkey
+        );
+        let sealed = server_x.seal(jwt.as_bytes(), &ours_public).unwrap();
+        let req = dec
+            .decode(&sealed, Some(&server_x.public_key()), now())
+            .unwrap();
+        // The account the server asks for is its `sub` (the callout account in operator mode).
+        assert_eq!(req.account, server.public_key());
+    }
+
+    #[test]
     fn during_an_xkey_rotation_a_request_sealed_to_the_previous_key_still_opens() {
         let server = KeyPair::new_server();
         let server_x = XKey::new();
