@@ -706,6 +706,47 @@ mod tests {
     }
 
     #[test]
+    fn an_accounts_own_key_marked_scoped_is_refused() {
+        // nats-server scopes signing keys only: a user signed by the account's own key carries
+        // its permissions itself, and a scoped user JWT carries none, so it would get them all.
+        let dir = tempfile::tempdir().unwrap();
+        let (app, other) = (KeyPair::new_account(), KeyPair::new_account());
+        let mut files = operator_files(dir.path(), &app, &app);
+        files.signing_scoped = true;
+        let problems = files.load(None).err().unwrap().join("\n");
+        assert!(
+            problems.contains("NATS_SIGNING_KEY_SCOPED")
+                && problems.contains(&format!(
+                    "holds the seed of account {} itself, which cannot be a scoped signing key",
+                    app.public_key()
+                )),
+            "{problems}"
+        );
+        files.signing_scoped = false;
+        let keys_dir = dir.path().join("accounts");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let name = format!("{}.scoped.nk", other.public_key());
+        write(&keys_dir, &name, &seed(&other));
+        files.accounts_dir = Some(keys_dir.clone());
+        let problems = files.load(None).err().unwrap().join("\n");
+        assert!(
+            problems.contains(&name)
+                && problems.contains(&format!(
+                    "holds the seed of account {} itself, which cannot be a scoped signing key",
+                    other.public_key()
+                )),
+            "{problems}"
+        );
+        // Its own key as a plain file is fine.
+        std::fs::rename(
+            keys_dir.join(&name),
+            keys_dir.join(format!("{}.nk", other.public_key())),
+        )
+        .unwrap();
+        assert!(files.load(None).is_ok());
+    }
+
+    #[test]
     fn keys_of_the_wrong_kind_in_the_directory_are_refused_without_their_seeds() {
         let dir = tempfile::tempdir().unwrap();
         let app = KeyPair::new_account();
