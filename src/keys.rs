@@ -152,6 +152,14 @@ impl KeyFiles {
             &mut problems,
             read_with("NATS_SIGNING_KEY_FILE", &self.signing, read_account_seed),
         );
+        if let (true, true, Some(key)) = (self.operator_mode, self.signing_scoped, &signing) {
+            if key.public_key() == self.default_account {
+                problems.push(format!(
+                    "NATS_SIGNING_KEY_SCOPED=true but NATS_SIGNING_KEY_FILE {}",
+                    own_key_not_scoped(&self.default_account)
+                ));
+            }
+        }
         let xkey = match &self.xkey {
             Some(p) => note(
                 &mut problems,
@@ -279,6 +287,14 @@ impl KeyFiles {
     }
 }
 
+/// Why an account's own key marked scoped is refused: nats-server scopes signing keys only, so
+/// its users (whose JWTs carry no permissions, the scope being expected to) would get every one.
+fn own_key_not_scoped(account: &str) -> String {
+    format!(
+        "holds the seed of account {account} itself, which cannot be a scoped signing key: its users would carry no permissions and nats-server would give them every one"
+    )
+}
+
 /// The names in `dir` that are not hidden (a kubelet-mounted Secret also holds `..data` and
 /// `..<timestamp>` entries), sorted.
 fn key_file_names(dir: &Path) -> Vec<String> {
@@ -331,6 +347,9 @@ fn read_accounts_dir(dir: &Path) -> Result<Vec<UserSigningKey>, String> {
             continue;
         }
         match read_with(what, &dir.join(&name), read_account_seed) {
+            Ok(key) if scoped && key.public_key() == account => {
+                problems.push(format!("{what}: {name} {}", own_key_not_scoped(account)));
+            }
             Ok(key) => keys.push(UserSigningKey::new(account.to_owned(), key, scoped)),
             Err(e) => problems.push(e),
         }
@@ -582,7 +601,8 @@ mod tests {
     fn the_keys_directory_names_accounts_and_marks_scoped_keys() {
         let dir = tempfile::tempdir().unwrap();
         let (app, callout) = (KeyPair::new_account(), KeyPair::new_account());
-        let (b, b_signing, c) = (
+        let (b, b_signing, c, c_scoped) = (
+            KeyPair::new_account(),
             KeyPair::new_account(),
             KeyPair::new_account(),
             KeyPair::new_account(),
@@ -597,7 +617,7 @@ mod tests {
         write(
             &keys_dir,
             &format!("{}.scoped.nk", c.public_key()),
-            &seed(&c),
+            &seed(&c_scoped),
         );
         // What a kubelet-mounted Secret also holds.
         std::fs::create_dir(keys_dir.join("..2026_12_04")).unwrap();
@@ -622,7 +642,7 @@ mod tests {
         assert!(keys.describe().contains(&format!(
             "account {} signed by {} (scoped)",
             c.public_key(),
-            c.public_key()
+            c_scoped.public_key()
         )));
 
         // Badly named files and a second key for one account are refused, each named.
