@@ -242,3 +242,54 @@ fn a_dropped_response_key_still_answers_while_the_answers_are_sealed() {
         s.nats.log()
     );
 }
+
+/// The service left in config mode (`NATS_OPERATOR_MODE` unset) against a server in operator
+/// mode, with the callout account's seed as `NATS_SIGNING_KEY_FILE` (config mode's docs: "its
+/// public key is the server's issuer"): nats-server ignores the user JWT's `aud` and places the
+/// client in the account that signed it, AUTH, and config mode has no guard against that. Every
+/// request of an operator-mode server carries the sentinel's user JWT, issued by the account the
+/// request is for; the service refuses them, naming the setting.
+#[test]
+fn a_config_mode_service_refuses_the_requests_of_an_operator_mode_server() {
+    for (seed, sealed) in [("accounts/AUTH.nk", true), ("accounts/APP.nk", false)] {
+        let s = OperatorStackBuilder::new()
+            .keys_args(if sealed { &[] } else { &["--no-xkey"] })
+            .config(SENTINEL_CONFIG)
+            .prepare(move |k: &Generated| {
+                let mut env: Vec<(String, String)> = [
+                    "NATS_OPERATOR_MODE",
+                    "NATS_CALLOUT_SIGNING_KEY_FILE",
+                    "NATS_CALLOUT_ACCOUNT",
+                    "NATS_ACCOUNT_SIGNING_KEYS_DIR",
+                ]
+                .into_iter()
+                .map(|name| (name.to_string(), String::new()))
+                .collect();
+                env.push((
+                    "NATS_SIGNING_KEY_FILE".into(),
+                    k.path(seed).to_str().unwrap().into(),
+                ));
+                env.push(("NATS_ACCOUNT".into(), "APP".into()));
+                env
+            })
+            .start();
+        if let Ok(c) = connect_token(&s.url(), &s.token("team-a", "app")) {
+            panic!(
+                "{seed}: placed in {:?} (AUTH is {})",
+                s.placement(&c),
+                s.keys.account("AUTH")
+            );
+        }
+        s.service.wait_for("the denial counted", WAIT, || {
+            s.service.decisions("deny", "request_operator_mode_server") >= 1.0
+        });
+        let log = s.service.log();
+        assert!(
+            log.contains(
+                "the client presented a user JWT of the callout account: nats-server runs in operator mode; set NATS_OPERATOR_MODE=true"
+            ),
+            "{seed}: {log}"
+        );
+        assert_no_seed_logged(&s);
+    }
+}
