@@ -60,6 +60,13 @@ pub enum RequestError {
         /// The account the responses are signed for.
         ours: String,
     },
+    /// Config mode: the request carries a user JWT of the account it is for (a sentinel), so
+    /// the server runs in operator mode and would place clients by the user JWT's issuer.
+    #[error(
+        "the client presented a user JWT of the callout account: nats-server runs in operator \
+         mode; set NATS_OPERATOR_MODE=true (with NATS_ACCOUNT the clients' account public key)"
+    )]
+    OperatorModeServer,
 }
 
 impl RequestError {
@@ -77,6 +84,7 @@ impl RequestError {
             RequestError::WrongType => "request_malformed",
             RequestError::BadUserNkey => "request_malformed",
             RequestError::WrongAccount { .. } => "request_wrong_account",
+            RequestError::OperatorModeServer => "request_operator_mode_server",
         }
     }
 }
@@ -130,6 +138,10 @@ pub struct ConnectOpts {
     /// `pass` from CONNECT (MQTT clients put their password here).
     #[serde(default)]
     pub pass: Option<String>,
+    /// `jwt` from CONNECT: in operator mode the sentinel's user JWT (`default_sentinel`'s when
+    /// the client sent none).
+    #[serde(default)]
+    pub jwt: Option<String>,
     /// Client library name.
     #[serde(default)]
     pub lang: Option<String>,
@@ -147,6 +159,7 @@ impl fmt::Debug for ConnectOpts {
             )
             .field("user", &self.user)
             .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
+            .field("jwt", &self.jwt.as_ref().map(|_| "<redacted>"))
             .field("lang", &self.lang)
             .field("version", &self.version)
             .finish()
@@ -209,6 +222,35 @@ pub struct AuthRequest {
     pub seal_to: Option<String>,
     /// Which of the decoder's curve keys opened it (see [`RequestDecoder::key_that_opened`]).
     pub opened_with: Option<usize>,
+}
+
+impl AuthRequest {
+    /// Whether the client presented a user JWT issued by the account the request is for (by
+    /// its key, or by a signing key naming it in `issuer_account`), its signature verified: what
+    /// every request of an operator-mode server carries (the sentinel), and what no client of a
+    /// config-mode server holds (the user JWTs the service signs go to the server only).
+    pub fn presents_user_jwt_of_its_account(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(default)]
+            issuer_account: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Claims {
+            iss: String,
+            #[serde(default)]
+            nats: Option<Body>,
+        }
+        let Some(jwt) = self.connect.jwt.as_deref().filter(|j| !j.is_empty()) else {
+            return false;
+        };
+        let Ok(claims) = decode_verified::<Claims>(jwt) else {
+            return false;
+        };
+        let issuer_account = claims.nats.and_then(|n| n.issuer_account);
+        !self.account.is_empty()
+            && (claims.iss == self.account || issuer_account.as_deref() == Some(&self.account))
+    }
 }
 
 /// Opens and verifies authorization requests.
@@ -435,6 +477,62 @@ pub(crate) mod tests {
             .unwrap();
         // The account the server asks for is its `sub` (the callout account in operator mode).
         assert_eq!(req.account, server.public_key());
+    }
+
+    #[test]
+    fn a_user_jwt_of_the_requests_account_marks_an_operator_mode_server() {
+        let server = KeyPair::new_server();
+        let (auth, auth_signing, other) = (
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+        );
+        let sentinel = |iss: &KeyPair, issuer_account: Option<&str>| {
+            let mut nats = json!({"type": "user", "version": 2, "bearer_token": true});
+            if let Some(a) = issuer_account {
+                nats["issuer_account"] = json!(a);
+            }
+            let claims = json!({"iss": iss.public_key(), "sub": KeyPair::new_user().public_key(), "nats": nats});
+            encode(&claims, iss).unwrap()
+        };
+        let decoded = |jwt: Option<String>| {
+            let mut claims = server_request(
+                &server,
+                &KeyPair::new_user().public_key(),
+                "tok",
+                now() + 2,
+                "",
+            );
+            claims["sub"] = json!(auth.public_key());
+            if let Some(jwt) = jwt {
+                claims["nats"]["connect_opts"]["jwt"] = json!(jwt);
+            }
+            let payload = encode(&claims, &server).unwrap();
+            RequestDecoder::new(None)
+                .decode(payload.as_bytes(), None, now())
+                .unwrap()
+        };
+        let cut = |jwt: String| format!("{}AAAA", &jwt[..jwt.len() - 4]);
+        for (jwt, operator) in [
+            (Some(sentinel(&auth, None)), true),
+            (
+                Some(sentinel(&auth_signing, Some(&auth.public_key()))),
+                true,
+            ),
+            (None, false),
+            (Some(String::new()), false),
+            (Some(sentinel(&other, None)), false),
+            (Some("not a jwt".into()), false),
+            // Signature broken: anyone could write the claims.
+            (Some(cut(sentinel(&auth, None))), false),
+        ] {
+            let req = decoded(jwt.clone());
+            assert_eq!(req.account, auth.public_key());
+            assert_eq!(req.presents_user_jwt_of_its_account(), operator, "{jwt:?}");
+        }
+        // Credentials stay out of the debug output.
+        let req = decoded(Some(sentinel(&auth, None)));
+        assert!(!format!("{:?}", req.connect).contains("eyJ"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use nkeys::{KeyPair, XKey};
 use serde::Serialize;
 
 use super::jwt::{encode, jti, JwtError, Registered};
-use super::request::AuthRequest;
+use super::request::{AuthRequest, RequestError};
 use super::wire::{CLAIMS_VERSION, GENERIC_DENIAL, RESPONSE_TYPE, USER_TYPE};
 use crate::policy::Permissions;
 
@@ -233,6 +233,23 @@ impl ResponseSigner {
         match &self.placement {
             Placement::Config { .. } => true,
             Placement::Operator { .. } => account == self.callout_account(),
+        }
+    }
+
+    /// Why `req` is not this signer's to answer, if it is not: in operator mode a request for
+    /// another callout account; in config mode a request of an operator-mode server (which
+    /// would place clients in the account of the key signing their user JWTs, whatever `aud`).
+    pub fn refusal(&self, req: &AuthRequest) -> Option<RequestError> {
+        match &self.placement {
+            Placement::Config { .. } => req
+                .presents_user_jwt_of_its_account()
+                .then_some(RequestError::OperatorModeServer),
+            Placement::Operator { .. } => {
+                (!self.answers_for(&req.account)).then(|| RequestError::WrongAccount {
+                    asked: req.account.clone(),
+                    ours: self.callout_account().to_owned(),
+                })
+            }
         }
     }
 

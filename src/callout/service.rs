@@ -16,7 +16,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, warn};
 
 use super::jwt::JwtError;
-use super::request::{AuthRequest, RequestError};
+use super::request::AuthRequest;
 use super::response::{seal_if_needed, Grant, ResponseError};
 use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
 use crate::authorizer::{Authorizer, ConnectAttempt, Decision, Denial, DenyReason};
@@ -102,11 +102,8 @@ impl CalloutContext {
         // another account (NATS_CALLOUT_ACCOUNT unset while the callout key is a signing key, or
         // naming another account) would defeat the guard that keeps clients out of the callout
         // account, which compares the account named here; nats-server would take the answer.
-        if !keys.signer.answers_for(&req.account) {
-            let e = RequestError::WrongAccount {
-                asked: req.account.clone(),
-                ours: keys.signer.callout_account().to_owned(),
-            };
+        // Config mode: an operator-mode server would place clients by the signing key.
+        if let Some(e) = keys.signer.refusal(&req) {
             error!("denied: {e} (reason={})", e.reason());
             return Outcome {
                 reply: Vec::new(),
