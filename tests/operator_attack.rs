@@ -1,12 +1,18 @@
 //! Operator mode under attack, on a real nats-server 2.15.1, the service binary and the
 //! Kubernetes API emulator: key files that say one account and hold another's key, a callout
-//! key whose account is left unnamed, and the logs after each (no seed in them).
+//! key whose account is left unnamed, broken key files swapped in, a response key dropped from
+//! the callout account, a config-mode service facing an operator-mode server, and the logs
+//! after each (no seed in them).
 //!
-//! What nats-server 2.15.1 logs for the refusals met here:
+//! What nats-server 2.15.1 does and logs here:
 //! - A user JWT whose `issuer_account` names an account that does not list its signer:
 //!   `[WRN] User JWT issuer "<signer>" is not known`; the client gets `Authorization Violation`.
 //! - An empty answer (the service refusing a request it will not answer):
 //!   `[WRN] Auth callout violation: "no reason supplied" on account "<AUTH>"`.
+//! - A sealed answer: its signer is not checked at all (a key AUTH dropped, or none of AUTH's);
+//!   an unsealed one must be signed by AUTH or a key AUTH lists, `issuer_account` or not.
+//! - A user JWT signed by the callout account's own key is placed in the callout account
+//!   without `allowed_accounts` being consulted; `aud` is ignored in operator mode.
 #![allow(deprecated)]
 
 mod support;
