@@ -518,6 +518,20 @@ mod tests {
         assert!(
             user.get("issuer_account").is_none() && user["nats"].get("issuer_account").is_none()
         );
+        // Never a bearer token: an unsealed answer passes through the callout account, where
+        // its user JWT is readable; without the nkey seed only the server holds, it is useless.
+        let mut fields: Vec<&str> = user["nats"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            ["data", "payload", "pub", "resp", "sub", "subs", "type", "version"],
+            "{user}"
+        );
     }
 
     #[test]
