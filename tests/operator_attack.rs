@@ -299,3 +299,48 @@ fn a_config_mode_service_refuses_the_requests_of_an_operator_mode_server() {
         assert_no_seed_logged(&s);
     }
 }
+
+/// Without `NATS_CALLOUT_SIGNING_KEY_FILE`, `NATS_SIGNING_KEY_FILE` signs the answers too: with
+/// the callout account's key (the documented way: clients share its account) clients are
+/// placed there; with a client account's key the requests are refused, sealed ones included,
+/// which nats-server would have taken whatever their signer.
+#[test]
+fn without_a_callout_key_only_the_callout_accounts_own_key_answers() {
+    for (seed, answered) in [("accounts/AUTH.nk", true), ("accounts/APP.nk", false)] {
+        let s = OperatorStackBuilder::new()
+            .config(SENTINEL_CONFIG)
+            .prepare(move |k: &Generated| {
+                vec![
+                    ("NATS_CALLOUT_SIGNING_KEY_FILE".into(), String::new()),
+                    ("NATS_CALLOUT_ACCOUNT".into(), String::new()),
+                    ("NATS_ACCOUNT_SIGNING_KEYS_DIR".into(), String::new()),
+                    (
+                        "NATS_SIGNING_KEY_FILE".into(),
+                        k.path(seed).to_str().unwrap().into(),
+                    ),
+                    ("NATS_ACCOUNT".into(), k.key(seed).public_key()),
+                ]
+            })
+            .start();
+        let auth = s.keys.account("AUTH");
+        if answered {
+            let c = s.connect("team-a", "app");
+            assert_eq!(s.placement(&c).0, auth);
+            assert!(s.service.log().contains(
+                "operator mode without NATS_CALLOUT_SIGNING_KEY_FILE: the clients' account key signs the responses too"
+            ));
+        } else {
+            let refused = connect_token(&s.url(), &s.token("team-a", "app"))
+                .err()
+                .expect("refused");
+            assert!(is_authorization_violation(&refused), "{refused}");
+            s.service.wait_for("the denial counted", WAIT, || {
+                s.service.decisions("deny", "request_wrong_account") >= 1.0
+            });
+            assert!(s.service.log().contains(&format!(
+                "request is for the callout account {auth}, but this service answers for {}",
+                s.keys.account("APP")
+            )));
+        }
+    }
+}

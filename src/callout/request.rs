@@ -51,8 +51,9 @@ pub enum RequestError {
     /// signed for.
     #[error(
         "request is for the callout account {asked}, but this service answers for {ours}: \
-         when NATS_CALLOUT_SIGNING_KEY_FILE holds a signing key, NATS_CALLOUT_ACCOUNT must name \
-         its account"
+         NATS_CALLOUT_SIGNING_KEY_FILE must hold a key of the callout account (without it, \
+         NATS_ACCOUNT must be the callout account), and NATS_CALLOUT_ACCOUNT name the account \
+         when that key is one of its signing keys"
     )]
     WrongAccount {
         /// The account the server asks for.
