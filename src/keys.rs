@@ -152,6 +152,14 @@ impl KeyFiles {
             &mut problems,
             read_with("NATS_SIGNING_KEY_FILE", &self.signing, read_account_seed),
         );
+        if let (true, true, Some(key)) = (self.operator_mode, self.signing_scoped, &signing) {
+            if key.public_key() == self.default_account {
+                problems.push(format!(
+                    "NATS_SIGNING_KEY_SCOPED=true but NATS_SIGNING_KEY_FILE {}",
+                    own_key_not_scoped(&self.default_account)
+                ));
+            }
+        }
         let xkey = match &self.xkey {
             Some(p) => note(
                 &mut problems,
@@ -279,6 +287,14 @@ impl KeyFiles {
     }
 }
 
+/// Why an account's own key marked scoped is refused: nats-server scopes signing keys only, so
+/// its users (whose JWTs carry no permissions, the scope being expected to) would get every one.
+fn own_key_not_scoped(account: &str) -> String {
+    format!(
+        "holds the seed of account {account} itself, which cannot be a scoped signing key: its users would carry no permissions and nats-server would give them every one"
+    )
+}
+
 /// The names in `dir` that are not hidden (a kubelet-mounted Secret also holds `..data` and
 /// `..<timestamp>` entries), sorted.
 fn key_file_names(dir: &Path) -> Vec<String> {
@@ -331,6 +347,9 @@ fn read_accounts_dir(dir: &Path) -> Result<Vec<UserSigningKey>, String> {
             continue;
         }
         match read_with(what, &dir.join(&name), read_account_seed) {
+            Ok(key) if scoped && key.public_key() == account => {
+                problems.push(format!("{what}: {name} {}", own_key_not_scoped(account)));
+            }
             Ok(key) => keys.push(UserSigningKey::new(account.to_owned(), key, scoped)),
             Err(e) => problems.push(e),
         }
@@ -582,7 +601,8 @@ mod tests {
     fn the_keys_directory_names_accounts_and_marks_scoped_keys() {
         let dir = tempfile::tempdir().unwrap();
         let (app, callout) = (KeyPair::new_account(), KeyPair::new_account());
-        let (b, b_signing, c) = (
+        let (b, b_signing, c, c_scoped) = (
+            KeyPair::new_account(),
             KeyPair::new_account(),
             KeyPair::new_account(),
             KeyPair::new_account(),
@@ -597,7 +617,7 @@ mod tests {
         write(
             &keys_dir,
             &format!("{}.scoped.nk", c.public_key()),
-            &seed(&c),
+            &seed(&c_scoped),
         );
         // What a kubelet-mounted Secret also holds.
         std::fs::create_dir(keys_dir.join("..2026_12_04")).unwrap();
@@ -622,7 +642,7 @@ mod tests {
         assert!(keys.describe().contains(&format!(
             "account {} signed by {} (scoped)",
             c.public_key(),
-            c.public_key()
+            c_scoped.public_key()
         )));
 
         // Badly named files and a second key for one account are refused, each named.
@@ -642,6 +662,161 @@ mod tests {
             assert!(problems.contains(needle), "{needle}: {problems}");
         }
         assert!(!problems.contains(&seed(&b)), "no seed in a message");
+    }
+
+    #[test]
+    fn a_key_file_of_the_callout_account_in_the_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, auth, auth_signing) = (
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+        );
+        let keys_dir = dir.path().join("accounts");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let mut files = operator_files(dir.path(), &app, &app);
+        files.callout = Some(write(dir.path(), "callout.nk", &seed(&auth_signing)));
+        files.callout_account = Some(auth.public_key());
+        files.accounts_dir = Some(keys_dir.clone());
+        assert!(files.load(None).is_ok());
+        // Whatever key it holds, plain or scoped: a policy naming AUTH would place clients there.
+        for name in [
+            format!("{}.nk", auth.public_key()),
+            format!("{}.scoped.nk", auth.public_key()),
+        ] {
+            let path = write(&keys_dir, &name, &seed(&KeyPair::new_account()));
+            let problems = files.load(None).err().unwrap();
+            assert!(
+                problems[0].contains(&format!(
+                    "the callout account {} (NATS_CALLOUT_SIGNING_KEY_FILE) must not be a clients' account",
+                    auth.public_key()
+                )),
+                "{name}: {problems:?}"
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_clients_account_key_file_wins_over_its_file_in_the_directory() {
+        // `keys operator` writes APP's plain key into the directory; service.env's alternative
+        // signs with APP's scoped key instead. The scoped key must then sign APP's users: the
+        // plain one would carry the policy's permissions past the scope.
+        let dir = tempfile::tempdir().unwrap();
+        let (app, plain, scoped) = (
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+        );
+        let keys_dir = dir.path().join("accounts");
+        std::fs::create_dir(&keys_dir).unwrap();
+        write(
+            &keys_dir,
+            &format!("{}.nk", app.public_key()),
+            &seed(&plain),
+        );
+        let mut files = operator_files(dir.path(), &app, &scoped);
+        files.signing_scoped = true;
+        files.accounts_dir = Some(keys_dir);
+        let keys = files.load(None).unwrap();
+        let user_keys = keys.signer.user_keys();
+        assert_eq!(user_keys.len(), 1, "{user_keys:?}");
+        assert_eq!(user_keys[0].public_key(), scoped.public_key());
+        assert!(user_keys[0].is_scoped());
+    }
+
+    #[test]
+    fn an_accounts_own_key_marked_scoped_is_refused() {
+        // nats-server scopes signing keys only: a user signed by the account's own key carries
+        // its permissions itself, and a scoped user JWT carries none, so it would get them all.
+        let dir = tempfile::tempdir().unwrap();
+        let (app, other) = (KeyPair::new_account(), KeyPair::new_account());
+        let mut files = operator_files(dir.path(), &app, &app);
+        files.signing_scoped = true;
+        let problems = files.load(None).err().unwrap().join("\n");
+        assert!(
+            problems.contains("NATS_SIGNING_KEY_SCOPED")
+                && problems.contains(&format!(
+                    "holds the seed of account {} itself, which cannot be a scoped signing key",
+                    app.public_key()
+                )),
+            "{problems}"
+        );
+        files.signing_scoped = false;
+        let keys_dir = dir.path().join("accounts");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let name = format!("{}.scoped.nk", other.public_key());
+        write(&keys_dir, &name, &seed(&other));
+        files.accounts_dir = Some(keys_dir.clone());
+        let problems = files.load(None).err().unwrap().join("\n");
+        assert!(
+            problems.contains(&name)
+                && problems.contains(&format!(
+                    "holds the seed of account {} itself, which cannot be a scoped signing key",
+                    other.public_key()
+                )),
+            "{problems}"
+        );
+        // Its own key as a plain file is fine.
+        std::fs::rename(
+            keys_dir.join(&name),
+            keys_dir.join(format!("{}.nk", other.public_key())),
+        )
+        .unwrap();
+        assert!(files.load(None).is_ok());
+    }
+
+    #[test]
+    fn keys_of_the_wrong_kind_in_the_directory_are_refused_without_their_seeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = KeyPair::new_account();
+        let keys_dir = dir.path().join("accounts");
+        std::fs::create_dir(&keys_dir).unwrap();
+        let mut files = operator_files(dir.path(), &app, &app);
+        files.accounts_dir = Some(keys_dir.clone());
+        let account_seed = seed(&KeyPair::new_account());
+        // One character in the middle changed: the checksum no longer matches.
+        let flipped = |s: &str| {
+            let mut chars: Vec<char> = s.chars().collect();
+            chars[30] = if chars[30] == 'A' { 'B' } else { 'A' };
+            chars.into_iter().collect::<String>()
+        };
+        let (user, operator, curve) = (
+            seed(&KeyPair::new_user()),
+            seed(&KeyPair::new_operator()),
+            XKey::new().seed().unwrap(),
+        );
+        let cases = [
+            (user.clone(), "holds a user seed"),
+            (operator.clone(), "holds an operator seed"),
+            (curve.clone(), "holds a curve (xkey) seed"),
+            // Cut during a write, or a seed with one character changed.
+            (account_seed[..40].to_string(), "holds no nkey seed"),
+            (flipped(&account_seed), "holds an invalid account seed"),
+            (String::new(), "holds no nkey seed"),
+            (
+                format!("{account_seed}\n{}", "#".repeat(70_000)),
+                "larger than 65536 bytes",
+            ),
+        ];
+        for (text, needle) in cases {
+            let name = format!("{}.nk", KeyPair::new_account().public_key());
+            let path = write(&keys_dir, &name, &text);
+            let problems = files.load(None).err().unwrap().join("\n");
+            assert!(
+                problems.contains(&name) && problems.contains(needle),
+                "{needle}: {problems}"
+            );
+            for secret in [&user, &operator, &curve, &account_seed] {
+                assert!(!problems.contains(&secret[2..40]), "a seed in {problems}");
+            }
+            std::fs::remove_file(path).unwrap();
+        }
+        // A directory under a key file's name is refused, not skipped.
+        let name = format!("{}.nk", KeyPair::new_account().public_key());
+        std::fs::create_dir(keys_dir.join(&name)).unwrap();
+        let problems = files.load(None).err().unwrap().join("\n");
+        assert!(problems.contains(&name), "{problems}");
     }
 
     #[test]

@@ -47,6 +47,27 @@ pub enum RequestError {
     /// `nats.user_nkey` is not a user public key.
     #[error("request user_nkey is not a user key")]
     BadUserNkey,
+    /// Operator mode: `sub` names a callout account other than the one the responses are
+    /// signed for.
+    #[error(
+        "request is for the callout account {asked}, but this service answers for {ours}: \
+         NATS_CALLOUT_SIGNING_KEY_FILE must hold a key of the callout account (without it, \
+         NATS_ACCOUNT must be the callout account), and NATS_CALLOUT_ACCOUNT name the account \
+         when that key is one of its signing keys"
+    )]
+    WrongAccount {
+        /// The account the server asks for.
+        asked: String,
+        /// The account the responses are signed for.
+        ours: String,
+    },
+    /// Config mode: the request carries a user JWT of the account it is for (a sentinel), so
+    /// the server runs in operator mode and would place clients by the user JWT's issuer.
+    #[error(
+        "the client presented a user JWT of the callout account: nats-server runs in operator \
+         mode; set NATS_OPERATOR_MODE=true (with NATS_ACCOUNT the clients' account public key)"
+    )]
+    OperatorModeServer,
 }
 
 impl RequestError {
@@ -63,6 +84,8 @@ impl RequestError {
             RequestError::Expired => "request_expired",
             RequestError::WrongType => "request_malformed",
             RequestError::BadUserNkey => "request_malformed",
+            RequestError::WrongAccount { .. } => "request_wrong_account",
+            RequestError::OperatorModeServer => "request_operator_mode_server",
         }
     }
 }
@@ -116,6 +139,10 @@ pub struct ConnectOpts {
     /// `pass` from CONNECT (MQTT clients put their password here).
     #[serde(default)]
     pub pass: Option<String>,
+    /// `jwt` from CONNECT: in operator mode the sentinel's user JWT (`default_sentinel`'s when
+    /// the client sent none).
+    #[serde(default)]
+    pub jwt: Option<String>,
     /// Client library name.
     #[serde(default)]
     pub lang: Option<String>,
@@ -133,6 +160,7 @@ impl fmt::Debug for ConnectOpts {
             )
             .field("user", &self.user)
             .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
+            .field("jwt", &self.jwt.as_ref().map(|_| "<redacted>"))
             .field("lang", &self.lang)
             .field("version", &self.version)
             .finish()
@@ -169,6 +197,8 @@ struct RequestBody {
 struct RequestClaims {
     iss: String,
     #[serde(default)]
+    sub: String,
+    #[serde(default)]
     aud: Option<String>,
     #[serde(default)]
     exp: Option<i64>,
@@ -182,6 +212,9 @@ pub struct AuthRequest {
     pub server: ServerId,
     /// The user nkey the server generated for this connection; the user JWT's subject.
     pub user_nkey: String,
+    /// The account the server asks for (`sub`): the callout account in operator mode,
+    /// `auth_callout.issuer` in config mode.
+    pub account: String,
     /// The connecting client.
     pub client: ClientInfo,
     /// Its CONNECT options (credentials inside).
@@ -190,6 +223,35 @@ pub struct AuthRequest {
     pub seal_to: Option<String>,
     /// Which of the decoder's curve keys opened it (see [`RequestDecoder::key_that_opened`]).
     pub opened_with: Option<usize>,
+}
+
+impl AuthRequest {
+    /// Whether the client presented a user JWT issued by the account the request is for (by
+    /// its key, or by a signing key naming it in `issuer_account`), its signature verified: what
+    /// every request of an operator-mode server carries (the sentinel), and what no client of a
+    /// config-mode server holds (the user JWTs the service signs go to the server only).
+    pub fn presents_user_jwt_of_its_account(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(default)]
+            issuer_account: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Claims {
+            iss: String,
+            #[serde(default)]
+            nats: Option<Body>,
+        }
+        let Some(jwt) = self.connect.jwt.as_deref().filter(|j| !j.is_empty()) else {
+            return false;
+        };
+        let Ok(claims) = decode_verified::<Claims>(jwt) else {
+            return false;
+        };
+        let issuer_account = claims.nats.and_then(|n| n.issuer_account);
+        !self.account.is_empty()
+            && (claims.iss == self.account || issuer_account.as_deref() == Some(&self.account))
+    }
 }
 
 /// Opens and verifies authorization requests.
@@ -286,6 +348,7 @@ impl RequestDecoder {
         Ok(AuthRequest {
             server: claims.nats.server_id,
             user_nkey: claims.nats.user_nkey,
+            account: claims.sub,
             client: claims.nats.client_info,
             connect: claims.nats.connect_opts,
             seal_to,
@@ -387,6 +450,90 @@ pub(crate) mod tests {
             dec.decode(jwt.as_bytes(), None, now()).unwrap_err(),
             RequestError::NotSealed
         );
+    }
+
+    #[test]
+    fn a_request_sealed_by_another_curve_key_than_its_server_names_is_refused() {
+        // Whoever holds a server-signed request in the clear (an unsealed copy, while it has not
+        // expired) could seal it to us with a key of theirs and get the answer sealed to them.
+        let server = KeyPair::new_server();
+        let (server_x, other_x, ours) = (XKey::new(), XKey::new(), XKey::new());
+        let user = KeyPair::new_user().public_key();
+        let jwt = encode(
+            &server_request(&server, &user, "tok", now() + 2, &server_x.public_key()),
+            &server,
+        )
+        .unwrap();
+        let ours_public = XKey::from_public_key(&ours.public_key()).unwrap();
+        let dec = RequestDecoder::new(Some(ours));
+        let resealed = other_x.seal(jwt.as_bytes(), &ours_public).unwrap();
+        assert_eq!(
+            dec.decode(&resealed, Some(&other_x.public_key()), now())
+                .unwrap_err(),
+            RequestError::BadServerXkey
+        );
+        let sealed = server_x.seal(jwt.as_bytes(), &ours_public).unwrap();
+        let req = dec
+            .decode(&sealed, Some(&server_x.public_key()), now())
+            .unwrap();
+        // The account the server asks for is its `sub` (the callout account in operator mode).
+        assert_eq!(req.account, server.public_key());
+    }
+
+    #[test]
+    fn a_user_jwt_of_the_requests_account_marks_an_operator_mode_server() {
+        let server = KeyPair::new_server();
+        let (auth, auth_signing, other) = (
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+            KeyPair::new_account(),
+        );
+        let sentinel = |iss: &KeyPair, issuer_account: Option<&str>| {
+            let mut nats = json!({"type": "user", "version": 2, "bearer_token": true});
+            if let Some(a) = issuer_account {
+                nats["issuer_account"] = json!(a);
+            }
+            let claims = json!({"iss": iss.public_key(), "sub": KeyPair::new_user().public_key(), "nats": nats});
+            encode(&claims, iss).unwrap()
+        };
+        let decoded = |jwt: Option<String>| {
+            let mut claims = server_request(
+                &server,
+                &KeyPair::new_user().public_key(),
+                "tok",
+                now() + 2,
+                "",
+            );
+            claims["sub"] = json!(auth.public_key());
+            if let Some(jwt) = jwt {
+                claims["nats"]["connect_opts"]["jwt"] = json!(jwt);
+            }
+            let payload = encode(&claims, &server).unwrap();
+            RequestDecoder::new(None)
+                .decode(payload.as_bytes(), None, now())
+                .unwrap()
+        };
+        let cut = |jwt: String| format!("{}AAAA", &jwt[..jwt.len() - 4]);
+        for (jwt, operator) in [
+            (Some(sentinel(&auth, None)), true),
+            (
+                Some(sentinel(&auth_signing, Some(&auth.public_key()))),
+                true,
+            ),
+            (None, false),
+            (Some(String::new()), false),
+            (Some(sentinel(&other, None)), false),
+            (Some("not a jwt".into()), false),
+            // Signature broken: anyone could write the claims.
+            (Some(cut(sentinel(&auth, None))), false),
+        ] {
+            let req = decoded(jwt.clone());
+            assert_eq!(req.account, auth.public_key());
+            assert_eq!(req.presents_user_jwt_of_its_account(), operator, "{jwt:?}");
+        }
+        // Credentials stay out of the debug output.
+        let req = decoded(Some(sentinel(&auth, None)));
+        assert!(!format!("{:?}", req.connect).contains("eyJ"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use nkeys::{KeyPair, XKey};
 use serde::Serialize;
 
 use super::jwt::{encode, jti, JwtError, Registered};
-use super::request::AuthRequest;
+use super::request::{AuthRequest, RequestError};
 use super::wire::{CLAIMS_VERSION, GENERIC_DENIAL, RESPONSE_TYPE, USER_TYPE};
 use crate::policy::Permissions;
 
@@ -226,6 +226,33 @@ impl ResponseSigner {
         }
     }
 
+    /// Whether a request for the callout account `account` (the request's `sub`) is this
+    /// signer's to answer: in operator mode only one for the account its responses are signed
+    /// for; config mode does not check (nats-server names its `auth_callout.issuer` there).
+    pub fn answers_for(&self, account: &str) -> bool {
+        match &self.placement {
+            Placement::Config { .. } => true,
+            Placement::Operator { .. } => account == self.callout_account(),
+        }
+    }
+
+    /// Why `req` is not this signer's to answer, if it is not: in operator mode a request for
+    /// another callout account; in config mode a request of an operator-mode server (which
+    /// would place clients in the account of the key signing their user JWTs, whatever `aud`).
+    pub fn refusal(&self, req: &AuthRequest) -> Option<RequestError> {
+        match &self.placement {
+            Placement::Config { .. } => req
+                .presents_user_jwt_of_its_account()
+                .then_some(RequestError::OperatorModeServer),
+            Placement::Operator { .. } => {
+                (!self.answers_for(&req.account)).then(|| RequestError::WrongAccount {
+                    asked: req.account.clone(),
+                    ours: self.callout_account().to_owned(),
+                })
+            }
+        }
+    }
+
     /// The keys that sign user JWTs in operator mode (none in config mode), for start-up logs.
     pub fn user_keys(&self) -> Vec<&UserSigningKey> {
         match &self.placement {
@@ -346,7 +373,8 @@ impl ResponseSigner {
                 jwt,
                 error,
                 // nats-server accepts a response signed by a key its callout account's JWT lists
-                // in `signing_keys`; dropping the key from the JWT revokes it.
+                // in `signing_keys`; dropping the key from the JWT revokes it for unsealed
+                // answers only: a sealed answer's signer is not checked, the xkey vouches.
                 issuer_account: self.issuer_account.as_deref(),
                 kind: RESPONSE_TYPE,
                 version: CLAIMS_VERSION,
@@ -490,6 +518,20 @@ mod tests {
         assert!(
             user.get("issuer_account").is_none() && user["nats"].get("issuer_account").is_none()
         );
+        // Never a bearer token: an unsealed answer passes through the callout account, where
+        // its user JWT is readable; without the nkey seed only the server holds, it is useless.
+        let mut fields: Vec<&str> = user["nats"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            ["data", "payload", "pub", "resp", "sub", "subs", "type", "version"],
+            "{user}"
+        );
     }
 
     #[test]
@@ -609,6 +651,13 @@ mod tests {
         );
         assert_eq!(signer.issuer(), callout_signing.public_key());
         assert_eq!(signer.callout_account(), callout.public_key());
+        // Requests are answered for the callout account only, never for the signing key taken
+        // as an account (or a client account).
+        assert!(signer.answers_for(&callout.public_key()));
+        for other in [callout_signing.public_key(), app.public_key()] {
+            assert!(!signer.answers_for(&other));
+        }
+        assert!(ResponseSigner::new(app.clone(), "APP".into()).answers_for("anything"));
         let (claims, user) = operator_user_jwt(&signer, None);
         assert_eq!(claims["iss"], callout_signing.public_key());
         assert_eq!(

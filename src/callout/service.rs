@@ -98,6 +98,19 @@ impl CalloutContext {
                 };
             }
         };
+        // Operator mode: the request names the callout account it is for. Answering one for
+        // another account (NATS_CALLOUT_ACCOUNT unset while the callout key is a signing key, or
+        // naming another account) would defeat the guard that keeps clients out of the callout
+        // account, which compares the account named here; nats-server would take the answer.
+        // Config mode: an operator-mode server would place clients by the signing key.
+        if let Some(e) = keys.signer.refusal(&req) {
+            error!("denied: {e} (reason={})", e.reason());
+            return Outcome {
+                reply: Vec::new(),
+                result: "deny",
+                reason: e.reason(),
+            };
+        }
         let attempt = ConnectAttempt {
             kind: &req.client.kind,
             token: req.connect.bearer_token(),
