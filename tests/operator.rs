@@ -430,7 +430,7 @@ fn an_explicit_sentinel_carries_the_token_with_nats_py_and_not_with_the_nats_cra
 //     the kubelet syncs it (up to a minute or two), so wait for the log, not a fixed time. The
 //     replicas now sign with S2 (accepted: listed) and open requests sealed to X1 or X2.
 //  4. The operator re-signs AUTH's JWT with xkey X2 and S1 dropped from `signing_keys`, and
-//     pushes it. From then on requests are sealed to X2, and S1 signs nothing nats-server
+//     pushes it. From then on requests are sealed to X2, and S1 signs no unsealed answer nats-server
 //     accepts.
 // Either rotation alone is the same steps without the other key. Measured here: no client
 // refused in either order-respecting run. Out of order, clients are refused until the service
