@@ -44,10 +44,15 @@ const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) fn init_logging(level: &str) {
     let mut b = env_logger::Builder::new();
     b.parse_filters(level);
-    // At debug and trace, the HTTP and TLS libraries would drown the service's own lines.
+    // At debug and trace, the HTTP, TLS and NATS libraries would drown the service's own lines.
     if matches!(level, "debug" | "trace") {
-        for noisy in ["ureq", "ureq_proto", "rustls", "nats"] {
+        for noisy in ["ureq", "ureq_proto", "rustls", "nats", "tiny_http"] {
             b.filter_module(noisy, log::LevelFilter::Info);
+        }
+        // Module filters match by prefix, and this crate's name starts with `nats`: the longer
+        // name wins, so the service's own lines keep LOG_LEVEL.
+        if let Ok(own) = level.parse::<log::LevelFilter>() {
+            b.filter_module(env!("CARGO_CRATE_NAME"), own);
         }
     }
     // RUST_LOG, when set, refines LOG_LEVEL per module.

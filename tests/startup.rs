@@ -10,6 +10,7 @@ use support::client::connect_token;
 use support::kube::{KubeEmulator, DEFAULT_ISSUER};
 use support::nats::{free_port, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
 use support::service::ServiceBuilder;
+use support::stack::StackBuilder;
 use support::tokens::{jwks, SigningKey, TokenBuilder};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nats-k8s-oidc-callout");
@@ -310,4 +311,76 @@ fn an_invalid_policy_file_stops_start_up_naming_every_problem() {
     ] {
         assert!(err.contains(needle), "{needle} missing from: {err}");
     }
+}
+
+/// Starts a stack at `level` and makes the service log at every level it has: a warning at
+/// start (INBOX_MODE=responses), info lines (connected), a debug line per answer, an error for
+/// a policy file that no longer parses. Returns the levels of the service's own lines.
+fn own_levels_at(level: &str) -> std::collections::BTreeSet<String> {
+    let s = StackBuilder::new()
+        .policy("annotations:\n  publish: [\"orders.>\"]\n")
+        .env("INBOX_MODE", "responses")
+        .env("LOG_LEVEL", level)
+        .env("RUST_LOG", "")
+        .start();
+    s.assert_connects("team-a", "app");
+    s.replace_policy("rules: [\n");
+    let failed = "nats_callout_policy_reloads_total{result=\"failure\"}";
+    s.service
+        .wait_for("the broken policy re-read", Duration::from_secs(20), || {
+            s.service.metric(failed) >= 1.0
+        });
+    let log = s.service.log();
+    // `[2026-12-04T20:00:00.000Z DEBUG nats_k8s_oidc_callout::callout::service] answered in …`
+    log.lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip(1);
+            let (lvl, module) = (words.next()?, words.next()?);
+            (module == "nats_k8s_oidc_callout]" || module.starts_with("nats_k8s_oidc_callout::"))
+                .then(|| lvl.to_string())
+        })
+        .collect()
+}
+
+fn levels(names: &[&str]) -> std::collections::BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[test]
+fn log_level_off_silences_the_service() {
+    assert_eq!(own_levels_at("off"), levels(&[]));
+}
+
+#[test]
+fn log_level_error_shows_errors_only() {
+    assert_eq!(own_levels_at("error"), levels(&["ERROR"]));
+}
+
+#[test]
+fn log_level_warn_adds_warnings() {
+    assert_eq!(own_levels_at("warn"), levels(&["ERROR", "WARN"]));
+}
+
+#[test]
+fn log_level_info_adds_info() {
+    assert_eq!(own_levels_at("info"), levels(&["ERROR", "WARN", "INFO"]));
+}
+
+/// The libraries are kept at info at debug and trace; the service's own lines must not be,
+/// although its crate name starts with theirs (`nats`).
+#[test]
+fn log_level_debug_shows_the_services_debug_lines() {
+    assert_eq!(
+        own_levels_at("debug"),
+        levels(&["ERROR", "WARN", "INFO", "DEBUG"])
+    );
+}
+
+#[test]
+fn log_level_trace_shows_the_services_debug_lines() {
+    assert_eq!(
+        own_levels_at("TRACE"),
+        levels(&["ERROR", "WARN", "INFO", "DEBUG"])
+    );
 }

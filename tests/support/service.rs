@@ -38,7 +38,6 @@ impl ServiceBuilder {
         }
         .env("NATS_URL", nats_url)
         .env("LOG_LEVEL", "debug")
-        .env("RUST_LOG", "info,nats_k8s_oidc_callout=debug")
         .env("WORKERS", "2")
     }
 
