@@ -402,3 +402,21 @@ fn sigterm_exits_even_while_nats_is_unreachable() {
         .unwrap_or_else(|| panic!("no exit after SIGTERM; log:\n{}", s.service.log()));
     assert!(status.success(), "{status}");
 }
+
+/// Only nats-server publishes authorization requests: it refuses a client's publish on the
+/// request subject, even from a user of the callout account listed in `auth_users` (nats-server
+/// 2.15.1 logs `Publish Violation - Subject "$SYS.REQ.USER.AUTH"`). So a request with a forged
+/// lifetime cannot come from a client here; the service's bounds on `exp` are unit-tested in
+/// `callout::service`.
+#[test]
+fn no_client_may_publish_an_authorization_request() {
+    let s = StackBuilder::new().start();
+    let c =
+        connect_user_pass(&s.url(), support::nats::AUTH_USER, support::nats::AUTH_PASS).unwrap();
+    assert!(!c.can_publish("$SYS.REQ.USER.AUTH"));
+    assert!(c.can_publish("anything.else"));
+    assert!(s
+        .nats
+        .log()
+        .contains("Publish Violation - Subject \"$SYS.REQ.USER.AUTH\""));
+}

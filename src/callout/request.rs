@@ -10,6 +10,10 @@ use super::wire::{CLAIMS_VERSION, REQUEST_AUDIENCE, REQUEST_TYPE};
 
 /// Clock difference tolerated between nats-server and this service when checking `exp`.
 pub const REQUEST_CLOCK_SKEW_SECS: i64 = 5;
+/// Furthest ahead a request's `exp` may lie. nats-server sets it to the send time plus its
+/// authorization timeout (2 s by default); a request claiming more was not sent by a server
+/// waiting for an answer, or by one whose timeout no client would sit through.
+pub const REQUEST_MAX_LIFETIME_SECS: i64 = 60;
 
 /// Why an authorization request was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +45,15 @@ pub enum RequestError {
     /// `exp` is missing or has passed.
     #[error("request expired")]
     Expired,
+    /// `exp` lies further ahead than [`REQUEST_MAX_LIFETIME_SECS`].
+    #[error(
+        "request claims to stay valid for {secs} s, more than the {REQUEST_MAX_LIFETIME_SECS} s \
+         allowed (nats-server sets its authorization timeout, 2 s by default)"
+    )]
+    LivesTooLong {
+        /// Seconds from now to the request's `exp`.
+        secs: i64,
+    },
     /// `nats.type` or `nats.version` is not an authorization request.
     #[error("request is not an authorization_request v2")]
     WrongType,
@@ -82,6 +95,7 @@ impl RequestError {
             RequestError::WrongIssuer => "request_wrong_issuer",
             RequestError::WrongAudience => "request_wrong_audience",
             RequestError::Expired => "request_expired",
+            RequestError::LivesTooLong { .. } => "request_lives_too_long",
             RequestError::WrongType => "request_malformed",
             RequestError::BadUserNkey => "request_malformed",
             RequestError::WrongAccount { .. } => "request_wrong_account",
@@ -328,8 +342,16 @@ impl RequestDecoder {
         }
         // exp = send time + auth timeout; an old request replayed later is refused.
         match claims.exp {
-            Some(exp) if exp.saturating_add(REQUEST_CLOCK_SKEW_SECS) >= now => {}
-            _ => return Err(RequestError::Expired),
+            Some(exp) if exp.saturating_add(REQUEST_CLOCK_SKEW_SECS) < now => {
+                return Err(RequestError::Expired)
+            }
+            Some(exp) if exp.saturating_sub(now) > REQUEST_MAX_LIFETIME_SECS => {
+                return Err(RequestError::LivesTooLong {
+                    secs: exp.saturating_sub(now),
+                })
+            }
+            Some(_) => {}
+            None => return Err(RequestError::Expired),
         }
         if claims.nats.kind != REQUEST_TYPE || claims.nats.version != CLAIMS_VERSION {
             return Err(RequestError::WrongType);
@@ -634,6 +656,23 @@ pub(crate) mod tests {
             },
             RequestError::Expired,
         );
+        // 30 years ahead, and just past the bound; the bound itself passes.
+        check(
+            &|c| c["exp"] = json!(now() + 30 * 365 * 86_400),
+            RequestError::LivesTooLong {
+                secs: 30 * 365 * 86_400,
+            },
+        );
+        check(
+            &|c| c["exp"] = json!(now() + REQUEST_MAX_LIFETIME_SECS + 1),
+            RequestError::LivesTooLong {
+                secs: REQUEST_MAX_LIFETIME_SECS + 1,
+            },
+        );
+        let mut claims = server_request(&server, &user, "t", now() + REQUEST_MAX_LIFETIME_SECS, "");
+        claims["exp"] = json!(now() + REQUEST_MAX_LIFETIME_SECS);
+        let jwt = encode(&claims, &server).unwrap();
+        assert!(dec.decode(jwt.as_bytes(), None, now()).is_ok());
         check(
             &|c| c["nats"]["type"] = json!("user"),
             RequestError::WrongType,
@@ -685,6 +724,11 @@ pub(crate) mod tests {
                 "request audience is not nats-authorization-request",
             ),
             (RequestError::Expired, "request expired"),
+            (
+                RequestError::LivesTooLong { secs: 3600 },
+                "request claims to stay valid for 3600 s, more than the 60 s allowed \
+                 (nats-server sets its authorization timeout, 2 s by default)",
+            ),
             (
                 RequestError::WrongType,
                 "request is not an authorization_request v2",

@@ -16,7 +16,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, warn};
 
 use super::jwt::JwtError;
-use super::request::AuthRequest;
+use super::request::{AuthRequest, RequestError, REQUEST_CLOCK_SKEW_SECS};
 use super::response::{seal_if_needed, Grant, ResponseError};
 use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
 use crate::authorizer::{Authorizer, ConnectAttempt, Decision, Denial, DenyReason};
@@ -71,8 +71,9 @@ fn unix_now() -> i64 {
 
 /// The outcome of one request, as it is counted and answered.
 pub struct Outcome {
-    /// The bytes to publish on the reply subject (an empty body is a denial).
-    pub reply: Vec<u8>,
+    /// The bytes to publish on the reply subject (an empty body is a denial); `None`: no answer
+    /// at all (the server has stopped waiting for one).
+    pub reply: Option<Vec<u8>>,
     /// `allow` or `deny`.
     pub result: &'static str,
     /// The metric reason.
@@ -87,12 +88,22 @@ impl CalloutContext {
         let keys = self.keys.current();
         let req = match keys.decoder.decode(payload, server_xkey, now) {
             Ok(r) => r,
+            Err(RequestError::Expired) => {
+                // nats-server has already given up on it (it waited in a full queue, or the
+                // clocks disagree): no answer, no decision, a line at most every few seconds.
+                EXPIRED_LOG.lock().dropped(Instant::now());
+                return Outcome {
+                    reply: None,
+                    result: "deny",
+                    reason: RequestError::Expired.reason(),
+                };
+            }
             Err(e) => {
                 warn!("denied: {e} (reason={})", e.reason());
                 // Without a verified request there is no one to address a signed denial to; an
                 // empty reply makes a genuine server deny at once instead of waiting.
                 return Outcome {
-                    reply: Vec::new(),
+                    reply: Some(Vec::new()),
                     result: "deny",
                     reason: e.reason(),
                 };
@@ -106,7 +117,7 @@ impl CalloutContext {
         if let Some(e) = keys.signer.refusal(&req) {
             error!("denied: {e} (reason={})", e.reason());
             return Outcome {
-                reply: Vec::new(),
+                reply: Some(Vec::new()),
                 result: "deny",
                 reason: e.reason(),
             };
@@ -153,7 +164,7 @@ impl CalloutContext {
                             allowed.expires_at - now
                         );
                         Outcome {
-                            reply,
+                            reply: Some(reply),
                             result: "allow",
                             reason: "granted",
                         }
@@ -194,9 +205,44 @@ fn denial(keys: &CalloutKeys, req: &AuthRequest, now: i64, reason: &'static str)
         Vec::new()
     });
     Outcome {
-        reply,
+        reply: Some(reply),
         result: "deny",
         reason,
+    }
+}
+
+/// Expired requests dropped since the last line about them, logged at most every
+/// [`ExpiredLog::EVERY`]: an overloaded queue can expire thousands at once.
+static EXPIRED_LOG: parking_lot::Mutex<ExpiredLog> = parking_lot::Mutex::new(ExpiredLog {
+    last: None,
+    pending: 0,
+});
+
+/// Rate-limited reporting of expired requests.
+struct ExpiredLog {
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl ExpiredLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts one dropped request; logs the count when no line was written for a while.
+    fn dropped(&mut self, now: Instant) {
+        self.pending += 1;
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        warn!(
+            "dropped {} expired request(s) unanswered: nats-server had stopped waiting (they \
+             waited too long in the queue, or this host's clock runs ahead of the server's by \
+             more than {REQUEST_CLOCK_SKEW_SECS} s) (reason=request_expired)",
+            std::mem::take(&mut self.pending)
+        );
     }
 }
 
@@ -451,13 +497,15 @@ fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel:
             .unwrap_or_else(|_| {
                 error!("worker panicked while deciding; denying");
                 Outcome {
-                    reply: Vec::new(),
+                    reply: Some(Vec::new()),
                     result: "deny",
                     reason: "internal_error",
                 }
             });
-        if let Err(e) = job.msg.respond(&outcome.reply) {
-            warn!("cannot publish the answer: {e}");
+        if let Some(reply) = &outcome.reply {
+            if let Err(e) = job.msg.respond(reply) {
+                warn!("cannot publish the answer: {e}");
+            }
         }
         // A full channel means a flush is already pending: it will carry this answer too.
         let _ = flush.try_send(());
@@ -542,5 +590,89 @@ mod overload_log_tests {
         assert_eq!(log.denied(t0 + OverloadLog::EVERY * 3, 8), None);
         assert_eq!(log.flush(8), Some(1), "shutdown reports the rest");
         assert_eq!(log.flush(8), None);
+    }
+}
+
+#[cfg(test)]
+mod request_lifetime_tests {
+    use super::*;
+    use crate::callout::jwt::encode;
+    use crate::callout::request::tests::server_request;
+    use crate::callout::request::REQUEST_MAX_LIFETIME_SECS;
+    use crate::callout::response::ResponseSigner;
+    use crate::identity::jwks::JwksStore;
+    use crate::identity::token::{TokenSettings, TokenValidator};
+    use crate::kube::cache::{FileDirectory, ServiceAccountCache};
+    use crate::policy::admin::AdminPolicy;
+    use crate::policy::{InboxMode, PermissionCache, PolicyStore};
+    use nkeys::KeyPair;
+
+    fn context() -> CalloutContext {
+        let metrics = Arc::new(Metrics::new());
+        let account = KeyPair::new_account();
+        let keys = CalloutKeys {
+            decoder: crate::callout::request::RequestDecoder::new(None),
+            signer: ResponseSigner::new(account, "APP".into()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let signer = crate::identity::dev::generate_signer(dir.path()).unwrap();
+        let store = Arc::new(JwksStore::from_jwks_json(signer.jwks_json().as_bytes()).unwrap());
+        let authorizer = Authorizer::new(
+            TokenValidator::new(store, TokenSettings::new("https://issuer.example", "nats")),
+            Arc::new(FileDirectory::new(Arc::new(ServiceAccountCache::new(
+                metrics.clone(),
+            )))),
+            Arc::new(PolicyStore::new(AdminPolicy::unrestricted(), None)),
+            PermissionCache::new(metrics.clone(), 16, InboxMode::Shared),
+            Duration::from_secs(3600),
+        );
+        CalloutContext {
+            keys: Arc::new(KeyStore::fixed(keys)),
+            authorizer,
+            metrics,
+        }
+    }
+
+    fn request(exp: i64) -> Vec<u8> {
+        let server = KeyPair::new_server();
+        let user = KeyPair::new_user().public_key();
+        encode(
+            &server_request(&server, &user, "not-a-jwt", exp, ""),
+            &server,
+        )
+        .unwrap()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_request_within_its_lifetime_is_decided_and_answered() {
+        let out = context().handle(&request(unix_now() + 2), None);
+        // A signed denial of the bad token: the request reached the decision.
+        assert_eq!((out.result, out.reason), ("deny", "token_malformed"));
+        assert!(out.reply.is_some_and(|r| !r.is_empty()));
+    }
+
+    #[test]
+    fn a_request_claiming_decades_is_refused_before_any_decision() {
+        let ctx = context();
+        for exp in [
+            unix_now() + 30 * 365 * 86_400,
+            unix_now() + REQUEST_MAX_LIFETIME_SECS + 5,
+        ] {
+            let out = ctx.handle(&request(exp), None);
+            assert_eq!((out.result, out.reason), ("deny", "request_lives_too_long"));
+            assert_eq!(
+                out.reply,
+                Some(Vec::new()),
+                "an empty answer, no signed one"
+            );
+        }
+    }
+
+    #[test]
+    fn an_expired_request_is_dropped_unanswered() {
+        let out = context().handle(&request(unix_now() - REQUEST_CLOCK_SKEW_SECS - 1), None);
+        assert_eq!((out.result, out.reason), ("deny", "request_expired"));
+        assert_eq!(out.reply, None, "nothing is published");
     }
 }
