@@ -316,3 +316,125 @@ mod tests {
         }
     }
 }
+
+/// Random patterns and subjects beyond the exhaustive small-alphabet checks above: longer
+/// patterns, several literals, and whitespace, checked against plain reference definitions.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid pattern: one to eight tokens of `a`, `b`, `c` or `*`, optionally ending in `>`.
+    fn pattern() -> impl Strategy<Value = Vec<String>> {
+        (
+            prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "*"]), 0..8),
+            any::<bool>(),
+        )
+            .prop_filter_map("at least one token", |(mut tokens, tail)| {
+                if tail {
+                    tokens.push(">");
+                }
+                (!tokens.is_empty()).then(|| tokens.into_iter().map(String::from).collect())
+            })
+    }
+
+    /// NATS matching of a literal subject by a pattern, the reference definition.
+    fn matches(pattern: &[String], subject: &[String]) -> bool {
+        match (pattern.split_first(), subject.split_first()) {
+            (Some((p, _)), Some(_)) if p == ">" => true,
+            (Some((p, prest)), Some((s, srest))) => (p == "*" || p == s) && matches(prest, srest),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
+    /// The subjects `pattern` matches with every wildcard taken by the token `d`, which no
+    /// pattern names: `>` as one to nine such tokens. A pattern of at most nine tokens matches
+    /// all of them only if it matches everything `pattern` matches.
+    fn fresh_instances(pattern: &[String]) -> Vec<Vec<String>> {
+        let fixed: Vec<String> = pattern
+            .iter()
+            .filter(|t| *t != ">")
+            .map(|t| if t == "*" { "d".into() } else { t.clone() })
+            .collect();
+        if pattern.last().is_some_and(|t| t == ">") {
+            (1..=9)
+                .map(|n| {
+                    let mut s = fixed.clone();
+                    s.extend(std::iter::repeat_n("d".to_string(), n));
+                    s
+                })
+                .collect()
+        } else {
+            vec![fixed]
+        }
+    }
+
+    /// The grammar of a permission subject, written plainly.
+    fn valid_reference(s: &str) -> bool {
+        if s.is_empty() || s.len() > MAX_SUBJECT_LEN {
+            return false;
+        }
+        let tokens: Vec<&str> = s.split('.').collect();
+        for (i, t) in tokens.iter().enumerate() {
+            let ok = match *t {
+                "" => false,
+                "*" => true,
+                ">" => i == tokens.len() - 1,
+                _ => t
+                    .chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && c != '*' && c != '>'),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Glob matching, the reference definition (exponential, fine for short inputs).
+    fn glob_reference(p: &[u8], n: &[u8]) -> bool {
+        match (p.split_first(), n.split_first()) {
+            (None, None) => true,
+            (Some((b'*', prest)), _) => {
+                glob_reference(prest, n) || (!n.is_empty() && glob_reference(p, &n[1..]))
+            }
+            (Some((c, prest)), Some((d, nrest))) => {
+                (*c == b'?' || c == d) && glob_reference(prest, nrest)
+            }
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn lies_within_is_exactly_containment(inner in pattern(), outer in pattern()) {
+            let contained = fresh_instances(&inner).iter().all(|s| matches(&outer, s));
+            prop_assert_eq!(lies_within(&inner.join("."), &outer.join(".")), contained);
+        }
+
+        #[test]
+        fn what_lies_within_matches_nothing_more(
+            inner in pattern(),
+            outer in pattern(),
+            subject in prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "d"]), 1..10),
+        ) {
+            let subject: Vec<String> = subject.into_iter().map(String::from).collect();
+            if lies_within(&inner.join("."), &outer.join(".")) && matches(&inner, &subject) {
+                prop_assert!(matches(&outer, &subject));
+            }
+        }
+
+        #[test]
+        fn subject_validity_follows_the_grammar(s in "[ab.*> \t\u{7f}é]{0,16}") {
+            prop_assert_eq!(is_valid_subject(&s), valid_reference(&s));
+        }
+
+        #[test]
+        fn glob_matching_follows_its_definition(p in "[ab*?]{0,8}", n in "[abc]{0,10}") {
+            prop_assert_eq!(glob_matches(&p, &n), glob_reference(p.as_bytes(), n.as_bytes()));
+        }
+    }
+}
