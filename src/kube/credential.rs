@@ -128,10 +128,11 @@ impl FileToken {
 
 /// Reads a token file; surrounding whitespace is dropped and an empty file is an error.
 pub(crate) fn read_token_file(path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+    let bytes = super::config::read_file("token", path)?;
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::ReadFile {
         what: "token",
         path: path.to_owned(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
     })?;
     let token = text.trim();
     if token.is_empty() {

@@ -99,15 +99,26 @@ impl fmt::Debug for UserEntry {
 
 /// The endpoint of `context` (or the current context) of the kubeconfig at `path`.
 pub(super) fn endpoint(path: &Path, context: Option<&str>) -> Result<Endpoint, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+    let bytes = super::read_file("kubeconfig", path)?;
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::ReadFile {
         what: "kubeconfig",
         path: path.to_owned(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
     })?;
+    endpoint_from_text(&text, path, context)
+}
+
+/// The endpoint of `context` (or the current context) of the kubeconfig `text` read from `path`
+/// (files it names are resolved against `path`'s directory).
+pub(crate) fn endpoint_from_text(
+    text: &str,
+    path: &Path,
+    context: Option<&str>,
+) -> Result<Endpoint, ConfigError> {
     let doc: KubeConfigDoc = if text.trim().is_empty() {
         KubeConfigDoc::default()
     } else {
-        serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::ParseKubeConfig {
+        serde_yaml_ng::from_str(text).map_err(|source| ConfigError::ParseKubeConfig {
             path: path.to_owned(),
             source,
         })?
@@ -295,6 +306,37 @@ mod tests {
         assert!(!ep.insecure);
         assert!(matches!(ep.credential, CredentialSpec::Token(Secret(ref t)) if t == "abc"));
         assert!(ep.identity.is_none());
+    }
+
+    /// A kubeconfig or a file it names that is a device or huge stops start-up with a message,
+    /// instead of reading without end (a fuzzed kubeconfig named `/dev/zero`).
+    #[test]
+    fn kubeconfig_files_are_read_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = kubeconfig(
+            dir.path(),
+            "    server: https://example:6443\n    certificate-authority: /dev/zero\n",
+            "    token: abc\n",
+        );
+        let err = endpoint(&path, None).unwrap_err().to_string();
+        assert!(
+            err.contains("certificate authority") && err.contains("larger than 1048576 bytes"),
+            "{err}"
+        );
+        let err = endpoint(Path::new("/dev/zero"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kubeconfig") && err.contains("larger than 1048576 bytes"),
+            "{err}"
+        );
+        let err = crate::kube::credential::read_token_file(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("token") && err.contains("larger than 1048576 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

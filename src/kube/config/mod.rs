@@ -13,6 +13,8 @@ use super::error::ConfigError;
 mod in_cluster;
 mod kubeconfig;
 
+pub(crate) use kubeconfig::endpoint_from_text;
+
 /// Default path of the pod's service-account token.
 pub const IN_CLUSTER_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// Default path of the cluster CA bundle mounted into pods.
@@ -108,12 +110,21 @@ pub(crate) fn resolve(source: &KubeConfigSource) -> Result<Endpoint, ConfigError
     }
 }
 
-/// Reads a whole file, naming what it is for in the error.
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+/// Largest kubeconfig, certificate, key or token file read (real ones are a few KiB): a path
+/// naming a device or a huge file stops start-up with a message instead of filling memory.
+pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
+/// Reads a whole file of at most [`MAX_CONFIG_FILE`] bytes, naming what it is for in the error.
+pub(crate) fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    crate::files::read_bounded(path, MAX_CONFIG_FILE).map_err(|e| ConfigError::ReadFile {
         what,
         path: path.to_owned(),
-        source,
+        source: match e {
+            crate::files::ReadError::Io(io) => io,
+            too_large => {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, too_large.to_string())
+            }
+        },
     })
 }
 
