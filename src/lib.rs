@@ -20,6 +20,8 @@ pub mod devtools;
 pub mod events;
 pub mod explain;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod keys;

@@ -71,7 +71,7 @@ struct RawEvent {
 }
 
 /// Decodes one line of a watch stream.
-fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
+pub(super) fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
     let event: RawEvent = serde_json::from_slice(line).map_err(KubeError::Decode)?;
     match event.kind.as_str() {
         "ERROR" => {

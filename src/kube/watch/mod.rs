@@ -30,6 +30,12 @@ use crate::readiness::Readiness;
 
 mod http;
 
+/// Decodes one line of a watch stream as the watch loop does; whether it was an event (the
+/// fuzz target's entry point).
+pub(crate) fn decode_watch_line(line: &[u8]) -> bool {
+    http::parse_watch_line(line).is_ok()
+}
+
 /// The cluster-wide ServiceAccount collection.
 const COLLECTION_PATH: &str = "/api/v1/serviceaccounts";
 /// How long the driver waits for a stream item before it checks for stop.
