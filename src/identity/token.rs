@@ -91,7 +91,7 @@ pub enum TokenError {
         /// The token's algorithm.
         alg: SigningAlgorithm,
     },
-    /// No key with the token's key id, even after a refetch.
+    /// No key with the token's key id, even after waiting (briefly) for a refetch.
     #[error("unknown key id {kid:?}")]
     UnknownKey {
         /// The key id (shortened, printable).
@@ -322,8 +322,9 @@ impl TokenValidator {
             }
             return Err(TokenError::BadSignature);
         };
-        // Rule: the key is chosen by key id. An unknown id asks the store for one rate-limited
-        // refetch (the key set may have rotated), then fails as an unknown key.
+        // Rule: the key is chosen by key id. An unknown id asks the store for a rate-limited
+        // refetch (the key set may have rotated), run by the refresher thread; this worker waits
+        // for it at most `JwksSettings::refetch_wait`, then fails as an unknown key.
         let keys = if keys.get(kid).is_some() {
             keys
         } else {
@@ -760,7 +761,7 @@ qoPIZMm24QXIJwrQNgyVYB8eTfos4rz1dPWUgleiFsY4LspXOf5F4PQ=
 mod tests {
     use super::testkit::{jwks, TestKey, TokenBuilder, AUDIENCE, ISSUER, NOW, UID};
     use super::*;
-    use crate::identity::jwks::testing::{remote_store, FakeFetcher};
+    use crate::identity::jwks::testing::{running_store, FakeFetcher, RunningStore};
     use crate::identity::jwks::{JwksSettings, JwksSource};
     use crate::metrics::Metrics;
     use crate::readiness::Readiness;
@@ -797,13 +798,14 @@ mod tests {
         validator().validate(token, NOW).unwrap_err()
     }
 
-    /// A validator over a store that fetched `initial` from a fake fetcher the test can change.
-    fn remote_validator(initial: Vec<u8>) -> (TokenValidator, FakeFetcher) {
+    /// A validator over a store that fetched `initial` from a fake fetcher the test can change,
+    /// with the store's refresher running (it runs the refetches) while the third value lives.
+    fn remote_validator(initial: Vec<u8>) -> (TokenValidator, FakeFetcher, RunningStore) {
         let fetcher = FakeFetcher::serving(initial);
-        let store = remote_store(&fetcher, JwksSettings::default());
-        store.reload().unwrap();
-        let validator = TokenValidator::new(store, TokenSettings::new(ISSUER, AUDIENCE));
-        (validator, fetcher)
+        let store = running_store(&fetcher, JwksSettings::default());
+        let validator =
+            TokenValidator::new(Arc::clone(&store), TokenSettings::new(ISSUER, AUDIENCE));
+        (validator, fetcher, store)
     }
 
     // ---- accepted tokens ----
@@ -973,7 +975,7 @@ mod tests {
         jwk["alg"] = "ES256".into();
         jwk["kid"] = "liar".into();
         let body = serde_json::to_vec(&json!({"keys": [jwk, keys().1.jwk()]})).unwrap();
-        let (v, _) = remote_validator(body);
+        let (v, _, _refresher) = remote_validator(body);
         let token = app().with_fake_signature("ES256", "liar");
         assert_eq!(
             v.validate(&token, NOW).unwrap_err().reason(),
@@ -1003,7 +1005,7 @@ mod tests {
 
     #[test]
     fn unknown_kid_refetches_once_then_fails_as_unknown_key() {
-        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher, _refresher) = remote_validator(jwks(&[&keys().1]));
         let stranger = TestKey::es256("stranger");
         let token = app().sign(&stranger);
         assert_eq!(
@@ -1024,7 +1026,7 @@ mod tests {
 
     #[test]
     fn rotated_key_is_found_by_refetch_on_unknown_kid() {
-        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher, _refresher) = remote_validator(jwks(&[&keys().1]));
         let rotated = TestKey::es256("rotated");
         fetcher.serve(jwks(&[&keys().1, &rotated]));
         let token = app().sign(&rotated);
@@ -1037,7 +1039,7 @@ mod tests {
 
     #[test]
     fn known_kid_never_fetches() {
-        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher, _refresher) = remote_validator(jwks(&[&keys().1]));
         for _ in 0..3 {
             v.validate(&app().sign(&keys().1), NOW).unwrap();
         }
@@ -1046,7 +1048,7 @@ mod tests {
 
     #[test]
     fn token_of_another_issuer_does_not_trigger_a_refetch() {
-        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher, _refresher) = remote_validator(jwks(&[&keys().1]));
         let token = app()
             .claim("iss", json!("https://other-cluster.example"))
             .sign(&TestKey::es256("theirs"));
