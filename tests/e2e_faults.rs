@@ -640,3 +640,88 @@ fn unknown_key_ids_while_the_key_set_endpoint_hangs_do_not_hold_the_workers() {
         s.service.decisions("deny", "token_unknown_key") >= want
     });
 }
+
+/// A slow key-set endpoint (every answer 1.5 s late) and tokens with unknown key ids sent
+/// without pause for 4 s with `JWKS_MIN_REFETCH_INTERVAL=1s`, so refetches are asked for again at
+/// every interval boundary: legitimate clients connecting throughout are all admitted, the
+/// refetches stay one at a time and at most one per interval, and a key the cluster published
+/// meanwhile is accepted once a refetch has brought it.
+#[test]
+fn a_refetch_storm_against_a_slow_key_set_endpoint_does_not_refuse_legitimate_clients() {
+    const STORM: Duration = Duration::from_secs(4);
+    let s = StackBuilder::new()
+        .env("JWKS_MIN_REFETCH_INTERVAL", "1s")
+        .start();
+    let uid = s.api.uid_of("team-a", "app").expect("team-a/app exists");
+    s.assert_connects("team-a", "app");
+    let rotated = SigningKey::es256();
+    s.api.set_jwks(support::tokens::jwks(&[&s.key, &rotated]));
+    s.api.set_jwks_delay(Duration::from_millis(1500));
+    let fetches_before = s.api.jwks_requests();
+    let started = Instant::now();
+    let stranger = SigningKey::es256();
+    let attackers: Vec<_> = (0..4)
+        .map(|a| {
+            let url = s.url();
+            let token = |i: usize| {
+                TokenBuilder::for_sa("team-a", "app", &uid)
+                    .kid_override(&format!("storm-{a}-{i}"))
+                    .sign(&stranger)
+            };
+            let tokens: Vec<String> = (0..400).map(token).collect();
+            std::thread::spawn(move || {
+                let mut admitted = 0;
+                for token in tokens {
+                    if started.elapsed() > STORM {
+                        break;
+                    }
+                    admitted += usize::from(connect_token(&url, &token).is_ok());
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut legitimate: Vec<Outcome> = Vec::new();
+    while started.elapsed() < STORM {
+        let token = s.token("team-a", "app");
+        let t = Instant::now();
+        legitimate.push((connect_token(&s.url(), &token).map(|_| ()), t.elapsed()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for attacker in attackers {
+        assert_eq!(
+            attacker.join().expect("attacker thread"),
+            0,
+            "a forged token got in"
+        );
+    }
+    let storm = started.elapsed();
+    let fetches = s.api.jwks_requests() - fetches_before;
+    let slowest = legitimate.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    let forged = s.service.decisions("deny", "token_unknown_key");
+    eprintln!(
+        "{} legitimate connects during a {storm:?} storm ({forged} forged tokens denied): slowest {slowest:?}; {fetches} key-set fetches",
+        legitimate.len()
+    );
+    let refused: Vec<&String> = legitimate
+        .iter()
+        .filter_map(|(r, _)| r.as_ref().err())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} legitimate clients refused during the storm: {refused:?}\nservice log:\n{}",
+        refused.len(),
+        legitimate.len(),
+        s.service.log()
+    );
+    // One at a time, each 1.5 s long, at most one per second: never more than one per second of
+    // storm plus the one under way.
+    assert!(
+        fetches as f64 <= storm.as_secs_f64() + 1.0,
+        "{fetches} key-set fetches in {storm:?}"
+    );
+    let token = TokenBuilder::for_sa("team-a", "app", &uid).sign(&rotated);
+    s.service.wait_for("the published key accepted", WAIT, || {
+        connect_token(&s.url(), &token).is_ok()
+    });
+}
