@@ -625,6 +625,32 @@ mod tests {
     }
 
     #[test]
+    fn the_unknown_kid_wait_defaults_to_500ms_and_stays_under_the_auth_timeout() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+                ("NATS_ACCOUNT", "APP"),
+            ];
+            pairs.extend_from_slice(extra);
+            Config::from_map(&env(&pairs))
+        };
+        assert_eq!(
+            with(&[]).unwrap().jwks_refetch_wait,
+            Duration::from_millis(500)
+        );
+        let c = with(&[("JWKS_REFETCH_WAIT", "0s")]).unwrap();
+        assert_eq!(c.jwks_refetch_wait, Duration::ZERO);
+        let c = with(&[("JWKS_REFETCH_WAIT", "2s")]).unwrap();
+        assert_eq!(c.jwks_refetch_wait, Duration::from_secs(2));
+        let err = with(&[("JWKS_REFETCH_WAIT", "3s")]).unwrap_err();
+        assert!(
+            err.contains("JWKS_REFETCH_WAIT=\"3s\" is not a duration between"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn serviceaccount_events_are_a_boolean_and_the_pod_name_reports_them() {
         let seed = seed_file(&KeyPair::new_account().seed().unwrap());
         let with = |value: &str| {
