@@ -246,6 +246,7 @@ pub fn serve() -> Result<(), String> {
     };
     let jwks_settings = JwksSettings {
         min_refetch_interval: config.jwks_min_refetch,
+        refetch_wait: config.jwks_refetch_wait,
         ..JwksSettings::default()
     };
     let store = Arc::new(JwksStore::new(

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::identity::jwks::DEFAULT_REFETCH_WAIT;
 use crate::keys::{is_account_public_key, CalloutKeys, KeyFiles};
 
 use crate::kube::{ApiClient, ConfigError};
@@ -114,6 +115,9 @@ pub struct Config {
     pub leeway: Duration,
     /// `JWKS_MIN_REFETCH_INTERVAL`: least time between two key-set fetches for an unknown `kid`.
     pub jwks_min_refetch: Duration,
+    /// `JWKS_REFETCH_WAIT`: longest a request with an unknown `kid` waits for the refetch it
+    /// asked for (or found asked for), counted from when that refetch was asked for.
+    pub jwks_refetch_wait: Duration,
     /// `K8S_IN_CLUSTER` / `KUBECONFIG` / `SERVICE_ACCOUNTS_PATH`.
     pub accounts: AccountsSource,
     /// `WATCH_TIMEOUT_SECONDS`: server-side timeout of each watch request.
@@ -493,6 +497,14 @@ impl Config {
             Duration::from_secs(1),
             Duration::from_secs(3600),
         );
+        // Bounded by nats-server's default auth timeout (2 s): a longer wait only makes the
+        // request that asked for the refetch miss it.
+        let jwks_refetch_wait = r.duration(
+            "JWKS_REFETCH_WAIT",
+            DEFAULT_REFETCH_WAIT,
+            Duration::ZERO,
+            Duration::from_secs(2),
+        );
         let watch_timeout_secs = r.parsed(
             "WATCH_TIMEOUT_SECONDS",
             290u64,
@@ -546,6 +558,7 @@ impl Config {
                 audience,
                 leeway,
                 jwks_min_refetch,
+                jwks_refetch_wait,
                 accounts,
                 watch_timeout_secs,
                 port,
@@ -609,6 +622,32 @@ mod tests {
         assert!(c.policy_file.is_none() && c.policy.is_unrestricted());
         assert!(c.serviceaccount_events);
         assert_eq!(c.instance, None);
+    }
+
+    #[test]
+    fn the_unknown_kid_wait_defaults_to_500ms_and_stays_under_the_auth_timeout() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+                ("NATS_ACCOUNT", "APP"),
+            ];
+            pairs.extend_from_slice(extra);
+            Config::from_map(&env(&pairs))
+        };
+        assert_eq!(
+            with(&[]).unwrap().jwks_refetch_wait,
+            Duration::from_millis(500)
+        );
+        let c = with(&[("JWKS_REFETCH_WAIT", "0s")]).unwrap();
+        assert_eq!(c.jwks_refetch_wait, Duration::ZERO);
+        let c = with(&[("JWKS_REFETCH_WAIT", "2s")]).unwrap();
+        assert_eq!(c.jwks_refetch_wait, Duration::from_secs(2));
+        let err = with(&[("JWKS_REFETCH_WAIT", "3s")]).unwrap_err();
+        assert!(
+            err.contains("JWKS_REFETCH_WAIT=\"3s\" is not a duration between"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -257,6 +257,37 @@ fn a_rotated_signing_key_is_picked_up_by_its_new_kid() {
     assert!(connect_token(&s.url(), &s.token("team-a", "app")).is_ok());
 }
 
+/// Rule: a token without a `kid` is tried against at most 4 keys of its algorithm. Once the
+/// cluster publishes 5 RSA keys, such a token is refused `token_kid_required` without any
+/// signature check, and the operator is told in one line, not one per token.
+#[test]
+fn a_token_without_kid_is_refused_once_the_set_has_more_keys_of_its_algorithm_than_the_bound() {
+    let s = Stack::start();
+    let uid = s.api.uid_of("team-a", "app").unwrap();
+    let kidless = || TokenBuilder::for_sa("team-a", "app", &uid).without_kid();
+    connect_token(&s.url(), &kidless().sign(&s.key)).expect("one key: tried and accepted");
+
+    let more: Vec<SigningKey> = (1..5).map(SigningKey::rs256_n).collect();
+    let mut published = vec![&s.key];
+    published.extend(more.iter());
+    s.api.set_jwks(jwks(&published));
+    // A token of a new key brings the new set in (its client retries if the refetch is slow).
+    let rotated = TokenBuilder::for_sa("team-a", "app", &uid).sign(&more[3]);
+    s.service.wait_for("the new key accepted", WAIT, || {
+        connect_token(&s.url(), &rotated).is_ok()
+    });
+    for _ in 0..3 {
+        s.assert_denied(&kidless().sign(&s.key), "token_kid_required");
+    }
+    let log = s.service.log();
+    assert_eq!(
+        log.matches("token(s) without a key id: the key set has 5 RS256 keys")
+            .count(),
+        1,
+        "one operator line for three refusals:\n{log}"
+    );
+}
+
 #[test]
 fn the_cache_survives_410_dropped_streams_and_an_api_outage() {
     let s = Stack::start();

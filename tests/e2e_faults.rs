@@ -1,16 +1,19 @@
 //! End to end under API faults: a real nats-server with auth callout, the service binary, the
 //! Kubernetes API emulator and real service-account tokens, while the API misbehaves: the
 //! service's own credential rotates, the API answers 429 with `Retry-After`, a watch goes silent,
-//! the collection needs several pages, and a leafnode tries to log in with a workload's token.
+//! the collection needs several pages, a leafnode tries to log in with a workload's token, and the
+//! key-set endpoint hangs while clients flood the service with key ids nobody published.
 //! Each test asserts what an operator would see: metrics, the API's request log, client outcomes.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use support::client::{connect_token, is_authorization_violation};
 use support::kube::{RecordedRequest, RequestKind};
 use support::nats::{free_port, NatsServer};
 use support::stack::{Stack, StackBuilder};
+use support::tokens::{SigningKey, TokenBuilder};
 
 /// Generous bound for anything that should take a second or two on a quiet machine.
 const WAIT: Duration = Duration::from_secs(20);
@@ -546,4 +549,179 @@ fn more_service_accounts_than_one_list_page() {
     s.assert_connects("team-a", "app");
     assert_eq!(s.api.get_requests(), gets, "all served from the cache");
     assert_eq!(s.service.decisions("allow", "granted"), 3.0);
+}
+
+/// What one client thread saw: refused or admitted, and how long the connect took.
+type Outcome = (Result<(), String>, Duration);
+
+/// Connects with each token on its own thread, all at once; the outcomes in token order.
+fn connect_all(url: &str, tokens: Vec<String>) -> Vec<std::thread::JoinHandle<Outcome>> {
+    tokens
+        .into_iter()
+        .map(|token| {
+            let url = url.to_string();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let result = connect_token(&url, &token).map(|_| ());
+                (result, started.elapsed())
+            })
+        })
+        .collect()
+}
+
+fn outcomes(threads: Vec<std::thread::JoinHandle<Outcome>>) -> Vec<Outcome> {
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect()
+}
+
+/// Issue 10, point 2: a token naming a key id the cluster never published (right issuer, any
+/// signature: it is never checked) must not hold a worker on the network. With the key-set
+/// endpoint hanging past the service's 10 s fetch timeout and the default two workers, floods of
+/// such tokens (distinct key ids, in two rounds across `JWKS_MIN_REFETCH_INTERVAL`) arrive just
+/// before legitimate clients: every legitimate client is admitted within nats-server's 2 s auth
+/// timeout, and every flood token is denied `token_unknown_key`.
+#[test]
+fn unknown_key_ids_while_the_key_set_endpoint_hangs_do_not_hold_the_workers() {
+    const FLOOD: usize = 16;
+    const LEGITIMATE: usize = 12;
+    let s = StackBuilder::new()
+        .env("JWKS_MIN_REFETCH_INTERVAL", "1s")
+        .start();
+    let uid = s.api.uid_of("team-a", "app").expect("team-a/app exists");
+    s.assert_connects("team-a", "app");
+    s.api.set_jwks_delay(Duration::from_secs(60));
+    let stranger = SigningKey::es256();
+    let denied_before = s.service.decisions("deny", "token_unknown_key");
+    let mut legitimate = Vec::new();
+    let mut flooded = Vec::new();
+    for round in 0..2 {
+        let forged: Vec<String> = (0..FLOOD)
+            .map(|i| {
+                TokenBuilder::for_sa("team-a", "app", &uid)
+                    .kid_override(&format!("nope-{round}-{i}"))
+                    .sign(&stranger)
+            })
+            .collect();
+        let flood = connect_all(&s.url(), forged);
+        std::thread::sleep(Duration::from_millis(50));
+        let tokens = (0..LEGITIMATE).map(|_| s.token("team-a", "app")).collect();
+        legitimate.extend(outcomes(connect_all(&s.url(), tokens)));
+        flooded.extend(outcomes(flood));
+        // The next round comes after the rate-limit interval has passed.
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let slowest = legitimate.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    let slowest_denial = flooded.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    eprintln!(
+        "legitimate connects: slowest {slowest:?}, all {:?}; flood denials: slowest {slowest_denial:?}",
+        legitimate.iter().map(|(_, d)| *d).collect::<Vec<_>>()
+    );
+    let refused: Vec<&String> = legitimate
+        .iter()
+        .filter_map(|(r, _)| r.as_ref().err())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} legitimate clients were refused while unknown key ids flooded the service: {refused:?}\nservice log:\n{}",
+        refused.len(),
+        legitimate.len(),
+        s.service.log()
+    );
+    for (result, _) in &flooded {
+        match result {
+            Ok(()) => panic!("a token with an unpublished key id was admitted"),
+            Err(e) => assert!(is_authorization_violation(e), "{e}"),
+        }
+    }
+    let want = denied_before + (2 * FLOOD) as f64;
+    s.service.wait_for("every flood token counted", WAIT, || {
+        s.service.decisions("deny", "token_unknown_key") >= want
+    });
+}
+
+/// A slow key-set endpoint (every answer 1.5 s late) and tokens with unknown key ids sent
+/// without pause for 4 s with `JWKS_MIN_REFETCH_INTERVAL=1s`, so refetches are asked for again at
+/// every interval boundary: legitimate clients connecting throughout are all admitted, the
+/// refetches stay one at a time and at most one per interval, and a key the cluster published
+/// meanwhile is accepted once a refetch has brought it.
+#[test]
+fn a_refetch_storm_against_a_slow_key_set_endpoint_does_not_refuse_legitimate_clients() {
+    const STORM: Duration = Duration::from_secs(4);
+    let s = StackBuilder::new()
+        .env("JWKS_MIN_REFETCH_INTERVAL", "1s")
+        .start();
+    let uid = s.api.uid_of("team-a", "app").expect("team-a/app exists");
+    s.assert_connects("team-a", "app");
+    let rotated = SigningKey::es256();
+    s.api.set_jwks(support::tokens::jwks(&[&s.key, &rotated]));
+    s.api.set_jwks_delay(Duration::from_millis(1500));
+    let fetches_before = s.api.jwks_requests();
+    let started = Instant::now();
+    let stranger = SigningKey::es256();
+    let attackers: Vec<_> = (0..4)
+        .map(|a| {
+            let url = s.url();
+            let token = |i: usize| {
+                TokenBuilder::for_sa("team-a", "app", &uid)
+                    .kid_override(&format!("storm-{a}-{i}"))
+                    .sign(&stranger)
+            };
+            let tokens: Vec<String> = (0..400).map(token).collect();
+            std::thread::spawn(move || {
+                let mut admitted = 0;
+                for token in tokens {
+                    if started.elapsed() > STORM {
+                        break;
+                    }
+                    admitted += usize::from(connect_token(&url, &token).is_ok());
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut legitimate: Vec<Outcome> = Vec::new();
+    while started.elapsed() < STORM {
+        let token = s.token("team-a", "app");
+        let t = Instant::now();
+        legitimate.push((connect_token(&s.url(), &token).map(|_| ()), t.elapsed()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for attacker in attackers {
+        assert_eq!(
+            attacker.join().expect("attacker thread"),
+            0,
+            "a forged token got in"
+        );
+    }
+    let storm = started.elapsed();
+    let fetches = s.api.jwks_requests() - fetches_before;
+    let slowest = legitimate.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    let forged = s.service.decisions("deny", "token_unknown_key");
+    eprintln!(
+        "{} legitimate connects during a {storm:?} storm ({forged} forged tokens denied): slowest {slowest:?}; {fetches} key-set fetches",
+        legitimate.len()
+    );
+    let refused: Vec<&String> = legitimate
+        .iter()
+        .filter_map(|(r, _)| r.as_ref().err())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} legitimate clients refused during the storm: {refused:?}\nservice log:\n{}",
+        refused.len(),
+        legitimate.len(),
+        s.service.log()
+    );
+    // One at a time, each 1.5 s long, at most one per second: never more than one per second of
+    // storm plus the one under way.
+    assert!(
+        fetches as f64 <= storm.as_secs_f64() + 1.0,
+        "{fetches} key-set fetches in {storm:?}"
+    );
+    let token = TokenBuilder::for_sa("team-a", "app", &uid).sign(&rotated);
+    s.service.wait_for("the published key accepted", WAIT, || {
+        connect_token(&s.url(), &token).is_ok()
+    });
 }

@@ -9,12 +9,14 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::Validation;
+use log::warn;
+use parking_lot::Mutex;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 
@@ -29,6 +31,13 @@ pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 pub const SUBJECT_PREFIX: &str = "system:serviceaccount:";
 /// Clock-skew allowance for `exp`, `nbf` and `iat`: the API server's 60 s.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+/// Most keys a token without a key id is tried against: a set with more keys of the token's
+/// algorithm refuses such tokens (`token_kid_required`) instead of trying them all, so an
+/// unauthenticated client cannot make the cost of one token grow with the key set. Kubernetes
+/// always sets `kid`; two or three keys of one algorithm cover a rotation.
+pub const MAX_KEYS_WITHOUT_KID: usize = 4;
+/// At most one operator log line per this interval about tokens refused `token_kid_required`.
+const KID_REQUIRED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What a token must be issued by and for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,11 +100,20 @@ pub enum TokenError {
         /// The token's algorithm.
         alg: SigningAlgorithm,
     },
-    /// No key with the token's key id, even after a refetch.
+    /// No key with the token's key id, even after waiting (briefly) for a refetch.
     #[error("unknown key id {kid:?}")]
     UnknownKey {
         /// The key id (shortened, printable).
         kid: String,
+    },
+    /// No key id, and the key set has more keys of the token's algorithm than
+    /// [`MAX_KEYS_WITHOUT_KID`]: none is tried.
+    #[error("no key id, and the key set has {keys} {alg} keys (at most {MAX_KEYS_WITHOUT_KID} are tried without one)")]
+    KidRequired {
+        /// The token's algorithm.
+        alg: SigningAlgorithm,
+        /// How many keys of that algorithm the set has.
+        keys: usize,
     },
     /// The signature does not verify.
     #[error("bad signature")]
@@ -150,6 +168,7 @@ impl TokenError {
             TokenError::UnsupportedAlgorithm { .. } => "token_unsupported_algorithm",
             TokenError::KeyAlgorithmMismatch { .. } => "token_key_algorithm_mismatch",
             TokenError::UnknownKey { .. } => "token_unknown_key",
+            TokenError::KidRequired { .. } => "token_kid_required",
             TokenError::BadSignature => "token_bad_signature",
             TokenError::Expired { .. } => "token_expired",
             TokenError::NotYetValid { .. } => "token_not_yet_valid",
@@ -221,6 +240,8 @@ pub struct TokenValidator {
     rs256: Validation,
     es256: Validation,
     es384: Validation,
+    /// When the operator was last told about tokens refused `token_kid_required`.
+    kid_required_log: Mutex<LogLimit>,
 }
 
 impl fmt::Debug for TokenValidator {
@@ -241,6 +262,7 @@ impl TokenValidator {
             es384: jwt_validation(SigningAlgorithm::Es384, &settings),
             store,
             settings,
+            kid_required_log: Mutex::new(LogLimit::default()),
         }
     }
 
@@ -309,10 +331,20 @@ impl TokenValidator {
         let validation = self.validation_for(alg);
         let Some(kid) = kid else {
             // Rule: a token without a key id is tried against every key of a type that verifies
-            // its algorithm, as the API server does.
-            let mut candidates = keys.iter().filter(|k| k.algorithm() == alg).peekable();
-            if candidates.peek().is_none() {
+            // its algorithm, as the API server does, but only while there are at most
+            // MAX_KEYS_WITHOUT_KID of them: the token is unauthenticated, so its cost must not
+            // grow with the key set.
+            let candidates: Vec<&VerificationKey> =
+                keys.iter().filter(|k| k.algorithm() == alg).collect();
+            if candidates.is_empty() {
                 return Err(TokenError::KeyAlgorithmMismatch { alg });
+            }
+            if candidates.len() > MAX_KEYS_WITHOUT_KID {
+                self.tell_kid_required(alg, candidates.len());
+                return Err(TokenError::KidRequired {
+                    alg,
+                    keys: candidates.len(),
+                });
             }
             for key in candidates {
                 match verify_with(token, key, validation) {
@@ -322,8 +354,9 @@ impl TokenValidator {
             }
             return Err(TokenError::BadSignature);
         };
-        // Rule: the key is chosen by key id. An unknown id asks the store for one rate-limited
-        // refetch (the key set may have rotated), then fails as an unknown key.
+        // Rule: the key is chosen by key id. An unknown id asks the store for a rate-limited
+        // refetch (the key set may have rotated), run by the refresher thread; this worker waits
+        // for it at most `JwksSettings::refetch_wait`, then fails as an unknown key.
         let keys = if keys.get(kid).is_some() {
             keys
         } else {
@@ -338,6 +371,18 @@ impl TokenValidator {
             return Err(TokenError::KeyAlgorithmMismatch { alg });
         }
         verify_with(token, key, validation)
+    }
+
+    /// The operator's line about tokens refused `token_kid_required`, at most once per
+    /// [`KID_REQUIRED_LOG_EVERY`] with how many were refused meanwhile: each refusal has its own
+    /// deny line already, this one says what to do about them.
+    fn tell_kid_required(&self, alg: SigningAlgorithm, keys: usize) {
+        let Some(refused) = self.kid_required_log.lock().count(Instant::now()) else {
+            return;
+        };
+        warn!(
+            "jwks: refused {refused} token(s) without a key id: the key set has {keys} {alg} keys, more than the {MAX_KEYS_WITHOUT_KID} such tokens are tried against; Kubernetes always sets kid, so these tokens come from another signer (reason=token_kid_required; at most one such line a minute)"
+        );
     }
 
     fn check_claims(&self, claims: RawClaims, now: u64) -> Result<Identity, TokenError> {
@@ -391,6 +436,31 @@ impl TokenValidator {
             expires_at,
             pod_name: kubernetes.pod.and_then(|pod| non_empty(pod.name)),
         })
+    }
+}
+
+/// Counts events and says when one log line about them is due: at once for the first, then at
+/// most once per [`KID_REQUIRED_LOG_EVERY`], reporting how many happened since the last line.
+#[derive(Default)]
+struct LogLimit {
+    /// When the last line was written.
+    last: Option<Instant>,
+    /// Events since the last line, the current one included.
+    pending: u64,
+}
+
+impl LogLimit {
+    /// Counts one event; returns how many to report if a line is due now.
+    fn count(&mut self, now: Instant) -> Option<u64> {
+        self.pending += 1;
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < KID_REQUIRED_LOG_EVERY)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
     }
 }
 
@@ -760,7 +830,7 @@ qoPIZMm24QXIJwrQNgyVYB8eTfos4rz1dPWUgleiFsY4LspXOf5F4PQ=
 mod tests {
     use super::testkit::{jwks, TestKey, TokenBuilder, AUDIENCE, ISSUER, NOW, UID};
     use super::*;
-    use crate::identity::jwks::testing::{remote_store, FakeFetcher};
+    use crate::identity::jwks::testing::{running_store, FakeFetcher, RunningStore};
     use crate::identity::jwks::{JwksSettings, JwksSource};
     use crate::metrics::Metrics;
     use crate::readiness::Readiness;
@@ -797,13 +867,14 @@ mod tests {
         validator().validate(token, NOW).unwrap_err()
     }
 
-    /// A validator over a store that fetched `initial` from a fake fetcher the test can change.
-    fn remote_validator(initial: Vec<u8>) -> (TokenValidator, FakeFetcher) {
+    /// A validator over a store that fetched `initial` from a fake fetcher the test can change,
+    /// with the store's refresher running (it runs the refetches) while the third value lives.
+    fn remote_validator(initial: Vec<u8>) -> (TokenValidator, FakeFetcher, RunningStore) {
         let fetcher = FakeFetcher::serving(initial);
-        let store = remote_store(&fetcher, JwksSettings::default());
-        store.reload().unwrap();
-        let validator = TokenValidator::new(store, TokenSettings::new(ISSUER, AUDIENCE));
-        (validator, fetcher)
+        let store = running_store(&fetcher, JwksSettings::default());
+        let validator =
+            TokenValidator::new(Arc::clone(&store), TokenSettings::new(ISSUER, AUDIENCE));
+        (validator, fetcher, store)
     }
 
     // ---- accepted tokens ----
@@ -893,6 +964,48 @@ mod tests {
         assert!(v.validate(&token, NOW).is_ok());
     }
 
+    /// Rule: a token without a key id is not tried against more than MAX_KEYS_WITHOUT_KID keys
+    /// of its algorithm; keys of other algorithms do not count.
+    #[test]
+    fn token_without_kid_and_more_keys_of_its_type_than_the_bound_is_refused() {
+        let ec: Vec<TestKey> = (0..=MAX_KEYS_WITHOUT_KID)
+            .map(|i| TestKey::es256(&format!("ec-{i}")))
+            .collect();
+        let token = app().header("kid", json!(null)).sign(&ec[0]);
+        let at_bound: Vec<&TestKey> = ec[..MAX_KEYS_WITHOUT_KID]
+            .iter()
+            .chain([&keys().0, &keys().2])
+            .collect();
+        assert!(validator_over(&jwks(&at_bound))
+            .validate(&token, NOW)
+            .is_ok());
+        let beyond: Vec<&TestKey> = ec.iter().collect();
+        assert_eq!(
+            validator_over(&jwks(&beyond))
+                .validate(&token, NOW)
+                .unwrap_err(),
+            TokenError::KidRequired {
+                alg: SigningAlgorithm::Es256,
+                keys: MAX_KEYS_WITHOUT_KID + 1
+            }
+        );
+        // With a key id the size of the set does not matter.
+        let token = app().sign(&ec[MAX_KEYS_WITHOUT_KID]);
+        assert!(validator_over(&jwks(&beyond)).validate(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn the_kid_required_line_is_written_at_most_once_a_minute() {
+        let mut limit = LogLimit::default();
+        let start = Instant::now();
+        assert_eq!(limit.count(start), Some(1));
+        for s in 1..60 {
+            assert_eq!(limit.count(start + Duration::from_secs(s)), None);
+        }
+        assert_eq!(limit.count(start + Duration::from_secs(60)), Some(60));
+        assert_eq!(limit.count(start + Duration::from_secs(61)), None);
+    }
+
     #[test]
     fn token_without_kid_that_no_key_verifies_is_refused() {
         let stranger = TestKey::es256("stranger");
@@ -973,7 +1086,7 @@ mod tests {
         jwk["alg"] = "ES256".into();
         jwk["kid"] = "liar".into();
         let body = serde_json::to_vec(&json!({"keys": [jwk, keys().1.jwk()]})).unwrap();
-        let (v, _) = remote_validator(body);
+        let (v, _, _refresher) = remote_validator(body);
         let token = app().with_fake_signature("ES256", "liar");
         assert_eq!(
             v.validate(&token, NOW).unwrap_err().reason(),
@@ -1003,7 +1116,7 @@ mod tests {
 
     #[test]
     fn unknown_kid_refetches_once_then_fails_as_unknown_key() {
-        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher, _refresher) = remote_validator(jwks(&[&keys().1]));
         let stranger = TestKey::es256("stranger");
         let token = app().sign(&stranger);
         assert_eq!(
@@ -1024,7 +1137,7 @@ mod tests {
 
     #[test]
     fn rotated_key_is_found_by_refetch_on_unknown_kid() {
-        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher, _refresher) = remote_validator(jwks(&[&keys().1]));
         let rotated = TestKey::es256("rotated");
         fetcher.serve(jwks(&[&keys().1, &rotated]));
         let token = app().sign(&rotated);
@@ -1037,7 +1150,7 @@ mod tests {
 
     #[test]
     fn known_kid_never_fetches() {
-        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher, _refresher) = remote_validator(jwks(&[&keys().1]));
         for _ in 0..3 {
             v.validate(&app().sign(&keys().1), NOW).unwrap();
         }
@@ -1046,7 +1159,7 @@ mod tests {
 
     #[test]
     fn token_of_another_issuer_does_not_trigger_a_refetch() {
-        let (v, fetcher) = remote_validator(jwks(&[&keys().1]));
+        let (v, fetcher, _refresher) = remote_validator(jwks(&[&keys().1]));
         let token = app()
             .claim("iss", json!("https://other-cluster.example"))
             .sign(&TestKey::es256("theirs"));
@@ -1353,6 +1466,10 @@ mod tests {
                 alg: SigningAlgorithm::Rs256,
             },
             TokenError::UnknownKey { kid: "k".into() },
+            TokenError::KidRequired {
+                alg: SigningAlgorithm::Es256,
+                keys: 5,
+            },
             TokenError::BadSignature,
             TokenError::Expired { expired_at: 1 },
             TokenError::NotYetValid { not_before: 1 },
@@ -1400,6 +1517,7 @@ mod tests {
                 r#"unsupported signing algorithm "x""#,
                 "no key of a type that verifies RS256",
                 r#"unknown key id "k""#,
+                "no key id, and the key set has 5 ES256 keys (at most 4 are tried without one)",
                 "bad signature",
                 "token expired at 1",
                 "token not valid before 1",

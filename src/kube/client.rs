@@ -267,6 +267,18 @@ impl ApiClient {
     /// GETs a path (or a full URL on the server's own origin) with the cluster credentials and
     /// returns status, `Cache-Control` and body whatever the status.
     pub fn get_raw(&self, path: &str, timeout: Duration) -> Result<RawResponse, KubeError> {
+        self.get_raw_bounded(path, timeout, self.max_body_bytes)
+    }
+
+    /// [`ApiClient::get_raw`] reading at most `max_body_bytes` of the body (never more than the
+    /// client's own limit): a larger body fails as soon as the limit is passed.
+    pub fn get_raw_bounded(
+        &self,
+        path: &str,
+        timeout: Duration,
+        max_body_bytes: u64,
+    ) -> Result<RawResponse, KubeError> {
+        let limit = max_body_bytes.min(self.max_body_bytes);
         let url = self.url_for(path)?;
         let mut response = self.send(&url, None, Wait::Total(timeout))?;
         let status = response.status().as_u16();
@@ -275,7 +287,7 @@ impl ApiClient {
             .get("cache-control")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = read_body(response.body_mut(), self.max_body_bytes)?;
+        let body = read_body(response.body_mut(), limit)?;
         Ok(RawResponse {
             status,
             cache_control,

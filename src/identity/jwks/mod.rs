@@ -1,7 +1,9 @@
 //! The JWKS store: the public keys that verify service-account tokens, and keeping them current.
 //!
 //! The keys are loaded from a file, the API server or a URL, refreshed in the background and
-//! refetched (rate-limited) when a token names an unknown key id.
+//! refetched (rate-limited) when a token names an unknown key id. Every load runs on the
+//! refresher thread: a worker that meets an unknown key id only asks for the refetch and waits
+//! for it a short, bounded time.
 //!
 //! Keys are parsed once per load into ready-to-use [`jsonwebtoken::DecodingKey`]s and handed out as
 //! an [`Arc<KeySet>`](std::sync::Arc), so validating a token costs one read lock and one
@@ -28,7 +30,7 @@ pub use source::{
     parse_max_age, ApiServerFetcher, FetchError, FetchedJwks, JwksFetcher, JwksSource,
     PublicUrlFetcher, API_SERVER_JWKS_PATH,
 };
-pub use store::{JwksSettings, JwksStore};
+pub use store::{JwksSettings, JwksStore, DEFAULT_REFETCH_WAIT};
 
 /// Largest JWKS document accepted, from a file or over HTTP (1 MiB).
 pub const MAX_JWKS_BYTES: u64 = 1024 * 1024;

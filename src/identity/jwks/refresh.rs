@@ -1,13 +1,15 @@
 //! The refresher thread and its schedule: when the key set is loaded, retried and re-read.
 //!
 //! The first load is retried until it succeeds; then the set is refreshed at the source's
-//! `max-age` (clamped), and a key file is polled for changes.
+//! `max-age` (clamped), and a key file is polled for changes. The same thread runs the refetches
+//! that workers ask for when a token names an unknown key id, so every load happens here, one at
+//! a time, and no worker ever waits on the network.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{never, select, Receiver};
 use log::debug;
 
 use super::store::{LoadKind, LoadOutcome};
@@ -27,23 +29,31 @@ impl JwksSettings {
 
 impl JwksStore {
     /// Starts the thread that loads the key set (retrying with backoff until the first success),
-    /// refreshes it at the `max-age` or the default period and polls a key file for changes. It
-    /// stops when `stop` receives a message or is disconnected.
+    /// refreshes it at the `max-age` or the default period, polls a key file for changes and runs
+    /// the refetches asked for by [`JwksStore::refetch_for_unknown_kid`]. It stops when `stop`
+    /// receives a message or is disconnected. Only the first refresher of a store runs refetches.
     pub fn spawn_refresher(self: &Arc<Self>, stop: Receiver<()>) -> JoinHandle<()> {
         let store = Arc::clone(self);
+        let refetches = self.take_refetch_signal().unwrap_or_else(never);
         // Why this thread exists: the first load must be retried until it succeeds, and the set
-        // must follow rotation without any request waiting for it.
-        std::thread::spawn(move || store.run_refresher(&stop))
+        // must follow rotation without any request waiting for it: a worker that meets an
+        // unknown key id only signals this thread.
+        std::thread::spawn(move || store.run_refresher(&stop, &refetches))
     }
 
-    /// The refresher thread: one step, then sleep on the stop channel until the next step is due.
-    fn run_refresher(&self, stop: &Receiver<()>) {
+    /// The refresher thread: one step, then sleep until the next step is due, a refetch is asked
+    /// for or `stop` says so.
+    fn run_refresher(&self, stop: &Receiver<()>, refetches: &Receiver<()>) {
         let mut schedule = Schedule::new(&self.settings);
         loop {
             let wait = self.refresh_step(&mut schedule);
-            match stop.recv_timeout(wait) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            select! {
+                recv(stop) -> _ => break,
+                recv(refetches) -> asked => if asked.is_ok() {
+                    // The schedule stays as it is: a refetch is extra, on top of the refreshes.
+                    self.refetch();
+                },
+                default(wait) => {}
             }
         }
         debug!("jwks: refresher stopped");

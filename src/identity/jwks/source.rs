@@ -235,7 +235,8 @@ impl JwksFetcher for ApiServerFetcher {
     fn fetch(&self) -> Result<FetchedJwks, FetchError> {
         let resp = self
             .client
-            .get_raw(&self.path, self.timeout)
+            // Not the client's general limit (64 MiB): a larger key set is refused anyway.
+            .get_raw_bounded(&self.path, self.timeout, MAX_JWKS_BYTES)
             .map_err(FetchError::ApiServerRequest)?;
         if resp.status != 200 {
             return Err(FetchError::ApiServerStatus { code: resp.status });
@@ -331,6 +332,83 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(err.to_string(), "HTTP 403");
+    }
+
+    /// A server that sends the headers of a 200 with a 1000-byte body, then one byte every
+    /// 50 ms (a slow-drip body); returns its base URL.
+    fn slow_drip_server() -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request);
+                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+                    let _ = stream.write_all(head.as_bytes());
+                    for _ in 0..1000 {
+                        if stream.write_all(b" ").is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                });
+            }
+        });
+        base
+    }
+
+    /// The fetch timeout bounds the whole fetch, body included: a source dripping its body
+    /// holds the refresher thread (never a worker) for the timeout, not for the drip.
+    #[test]
+    fn a_slow_drip_body_is_cut_at_the_fetch_timeout() {
+        use crate::kube::client::test_client;
+        let base = slow_drip_server();
+        let timeout = Duration::from_millis(500);
+        let fetchers: [Box<dyn JwksFetcher>; 2] = [
+            Box::new(PublicUrlFetcher::new(format!("{base}/keys"), timeout)),
+            Box::new(ApiServerFetcher::new(
+                Arc::new(test_client(&base, None)),
+                API_SERVER_JWKS_PATH,
+                timeout,
+            )),
+        ];
+        for fetcher in fetchers {
+            let started = std::time::Instant::now();
+            assert!(fetcher.fetch().is_err(), "{}", fetcher.describe());
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{}: {:?}",
+                fetcher.describe(),
+                started.elapsed()
+            );
+        }
+    }
+
+    /// The API server's key set is read up to MAX_JWKS_BYTES, not the client's 64 MiB.
+    #[test]
+    fn an_oversize_key_set_from_the_api_server_is_cut_at_the_jwks_limit() {
+        use crate::kube::client::test_client;
+        use crate::kube::test_server::{response, start};
+        let big = " ".repeat(MAX_JWKS_BYTES as usize + 1);
+        let base = start(Arc::new(move |_| response("200 OK", &[], &big)));
+        let fetcher = ApiServerFetcher::new(
+            Arc::new(test_client(&base, None)),
+            API_SERVER_JWKS_PATH,
+            Duration::from_secs(5),
+        );
+        let err = fetcher.fetch().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchError::ApiServerRequest(KubeError::BodyTooLarge {
+                    limit: MAX_JWKS_BYTES
+                })
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The key set in use: whole-set loads and the rate-limited refetch for an unknown key id.
+//!
+//! A refetch never runs on the thread that validates a token: the validating worker only signals
+//! the refresher thread (see `refresh`) and waits a short, bounded time for the result.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex, RwLock};
 
@@ -25,7 +29,8 @@ pub struct JwksSettings {
     pub max_refresh: Duration,
     /// At most one refetch for an unknown key id per this interval (default 60 s).
     pub min_refetch_interval: Duration,
-    /// How long a validation waits for a refetch another caller started (default 2 s).
+    /// How long a token with an unknown key id waits for the refetch it asked for (or found
+    /// asked for), counted from when that refetch was asked for (default 500 ms).
     pub refetch_wait: Duration,
     /// How often a key file is stat-ed for changes (default 2 s).
     pub file_poll: Duration,
@@ -42,15 +47,20 @@ impl Default for JwksSettings {
             min_refresh: Duration::from_secs(60),
             max_refresh: Duration::from_secs(24 * 3600),
             min_refetch_interval: Duration::from_secs(60),
-            // Callers of an unknown-kid refetch are workers answering a server that waits at most
-            // its auth timeout (2 s by default): waiting longer only ties the worker up.
-            refetch_wait: Duration::from_secs(2),
+            // Callers are workers answering a server that waits at most its auth timeout (2 s by
+            // default). The wait counts from when the refetch was asked for, so however many
+            // tokens name unknown key ids, together they hold each worker at most this long per
+            // refetch; a source slower than this costs the first token with a new key one denial.
+            refetch_wait: DEFAULT_REFETCH_WAIT,
             file_poll: Duration::from_secs(2),
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
         }
     }
 }
+
+/// Default of [`JwksSettings::refetch_wait`] (`JWKS_REFETCH_WAIT`).
+pub const DEFAULT_REFETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Whether a load re-reads an unchanged key file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,10 +90,11 @@ struct LoadState {
 /// Bookkeeping for refetches on an unknown key id.
 #[derive(Default)]
 struct RefetchGate {
-    /// When the last refetch started (the rate limit counts from there, failed or not).
-    last_started: Option<Instant>,
-    /// A refetch is running; other callers wait for it instead of starting their own.
-    in_flight: bool,
+    /// When the last refetch was asked for (the rate limit counts from there, failed or not).
+    last_asked: Option<Instant>,
+    /// When the refetch not finished yet was asked for: other callers wait for that one (until
+    /// this instant plus `refetch_wait`) instead of asking for their own.
+    pending: Option<Instant>,
     /// Number of refetches finished, so waiters can tell theirs has completed.
     completed: u64,
 }
@@ -97,6 +108,9 @@ pub struct JwksStore {
     load_state: Mutex<LoadState>,
     refetch_gate: Mutex<RefetchGate>,
     refetch_done: Condvar,
+    /// Wakes the refresher thread to refetch; set once by [`JwksStore::spawn_refresher`]. Without
+    /// a refresher nobody refetches, and an unknown key id is refused at once.
+    refetch_signal: OnceLock<Sender<()>>,
     pub(super) metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
 }
@@ -127,6 +141,7 @@ impl JwksStore {
             load_state: Mutex::new(LoadState::default()),
             refetch_gate: Mutex::new(RefetchGate::default()),
             refetch_done: Condvar::new(),
+            refetch_signal: OnceLock::new(),
             metrics,
             readiness,
         }
@@ -162,57 +177,93 @@ impl JwksStore {
         Ok(self.keys().len())
     }
 
-    /// Called when a token names a key id that is not in the set: refetches the key set, at most
-    /// once per `min_refetch_interval` and one refetch at a time (other callers wait for the
-    /// running one, up to `refetch_wait`), then returns the set in use.
+    /// Called by a validating worker when a token names a key id that is not in the set: asks
+    /// the refresher thread for a refetch of the key set (at most one per
+    /// `min_refetch_interval`, one at a time) and waits for it, but never longer than
+    /// `refetch_wait` after that refetch was asked for; then returns the set in use.
+    ///
+    /// The worker itself never touches the network. Waiting is bounded from when the refetch was
+    /// asked for, not from when each caller arrived: once a refetch has run for `refetch_wait`,
+    /// further unknown key ids are answered at once, so a flood of them cannot hold the workers.
     pub fn refetch_for_unknown_kid(&self, kid: &str) -> Arc<KeySet> {
         // The set may have changed since the caller looked (a refresh or another refetch).
         let current = self.keys();
         if current.get(kid).is_some() {
             return current;
         }
+        let Some(signal) = self.refetch_signal.get() else {
+            // No refresher thread (a fixed set, a tool): nobody could refetch.
+            return current;
+        };
         drop(current);
         let mut gate = self.refetch_gate.lock();
-        if gate.in_flight {
-            // Someone is already refetching: wait for that result rather than fetching again.
-            let seen = gate.completed;
-            let deadline = Instant::now() + self.settings.refetch_wait;
-            while gate.completed == seen {
-                if self
-                    .refetch_done
-                    .wait_until(&mut gate, deadline)
-                    .timed_out()
+        let asked_at = match gate.pending {
+            // Someone already asked: wait for that result rather than asking again.
+            Some(asked_at) => asked_at,
+            None => {
+                // Rate limit: a client sending random key ids must not turn into a stream of
+                // fetches.
+                if gate
+                    .last_asked
+                    .is_some_and(|last| last.elapsed() < self.settings.min_refetch_interval)
                 {
-                    break;
+                    debug!(
+                        "jwks: unknown key id {:?}; last refetch was too recent, not refetching",
+                        printable(kid, 80)
+                    );
+                    drop(gate);
+                    return self.keys();
                 }
-            }
-            drop(gate);
-            return self.keys();
-        }
-        // Rate limit: a client sending random key ids must not turn into a stream of fetches.
-        if let Some(last) = gate.last_started {
-            if last.elapsed() < self.settings.min_refetch_interval {
-                debug!(
-                    "jwks: unknown key id {:?}; last refetch was too recent, not refetching",
-                    printable(kid, 80)
+                match signal.try_send(()) {
+                    // Full: a wake-up is already queued, which serves this request as well.
+                    Ok(()) | Err(TrySendError::Full(())) => {}
+                    // The refresher has stopped (shutting down): nobody will refetch.
+                    Err(TrySendError::Disconnected(())) => {
+                        drop(gate);
+                        return self.keys();
+                    }
+                }
+                let now = Instant::now();
+                gate.pending = Some(now);
+                gate.last_asked = Some(now);
+                info!(
+                    "jwks: token names unknown key id {:?}; refetching the key set from {}",
+                    printable(kid, 80),
+                    self.source.describe()
                 );
-                drop(gate);
-                return self.keys();
+                now
+            }
+        };
+        let seen = gate.completed;
+        let deadline = asked_at + self.settings.refetch_wait;
+        while gate.completed == seen {
+            if self
+                .refetch_done
+                .wait_until(&mut gate, deadline)
+                .timed_out()
+            {
+                break;
             }
         }
-        gate.in_flight = true;
-        gate.last_started = Some(Instant::now());
         drop(gate);
-        // Clears `in_flight` and wakes the waiters even if the load panics.
-        let _in_flight = RefetchInFlight { store: self };
-        info!(
-            "jwks: token names unknown key id {:?}; refetching the key set from {}",
-            printable(kid, 80),
-            self.source.describe()
-        );
+        self.keys()
+    }
+
+    /// The refresher's end of the refetch signal; the first call wires it up, later ones (a
+    /// second refresher) get `None`.
+    pub(super) fn take_refetch_signal(&self) -> Option<Receiver<()>> {
+        // One slot: a wake-up already queued covers every later request until it is taken.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.refetch_signal.set(tx).ok().map(|()| rx)
+    }
+
+    /// Runs the refetch a worker asked for (on the refresher thread), then wakes the workers
+    /// waiting for it.
+    pub(super) fn refetch(&self) {
+        // Clears the pending mark and wakes the waiters even if the load panics.
+        let _done = RefetchDone { store: self };
         // A failure is logged and counted by `load`; the last good set stays.
         let _ = self.load(LoadKind::Always);
-        self.keys()
     }
 
     /// One load from the source, counted in the metrics and logged.
@@ -313,16 +364,16 @@ impl JwksStore {
     }
 }
 
-/// Held while a refetch runs; dropping it ends the refetch: clears the in-flight mark and wakes
+/// Held while a refetch runs; dropping it ends the refetch: clears the pending mark and wakes
 /// the callers waiting for it.
-struct RefetchInFlight<'a> {
+struct RefetchDone<'a> {
     store: &'a JwksStore,
 }
 
-impl Drop for RefetchInFlight<'_> {
+impl Drop for RefetchDone<'_> {
     fn drop(&mut self) {
         let mut gate = self.store.refetch_gate.lock();
-        gate.in_flight = false;
+        gate.pending = None;
         gate.completed = gate.completed.wrapping_add(1);
         drop(gate);
         self.store.refetch_done.notify_all();
@@ -333,7 +384,7 @@ impl Drop for RefetchInFlight<'_> {
 mod tests {
     use super::*;
     use crate::identity::jwks::testing::{
-        fast_settings, file_store, kids, remote_store, wait_for, FakeFetcher,
+        fast_settings, file_store, kids, remote_store, running_store, wait_for, FakeFetcher,
     };
     use crate::identity::token::testkit::{jwks, TestKey};
 
@@ -389,8 +440,7 @@ mod tests {
     #[test]
     fn unknown_kid_refetches_and_finds_the_rotated_key() {
         let fetcher = FakeFetcher::serving(jwks(&[&TestKey::es256("old")]));
-        let store = remote_store(&fetcher, fast_settings());
-        store.reload().unwrap();
+        let store = running_store(&fetcher, fast_settings());
         fetcher.serve(jwks(&[&TestKey::es256("old"), &TestKey::es256("new")]));
         let keys = store.refetch_for_unknown_kid("new");
         assert!(keys.get("new").is_some());
@@ -400,8 +450,7 @@ mod tests {
     #[test]
     fn kid_that_arrived_meanwhile_needs_no_refetch() {
         let fetcher = FakeFetcher::serving(jwks(&[&TestKey::es256("old"), &TestKey::es256("new")]));
-        let store = remote_store(&fetcher, fast_settings());
-        store.reload().unwrap();
+        let store = running_store(&fetcher, fast_settings());
         assert!(store.refetch_for_unknown_kid("new").get("new").is_some());
         assert_eq!(fetcher.calls(), 1);
     }
@@ -409,8 +458,7 @@ mod tests {
     #[test]
     fn unknown_kid_refetch_is_rate_limited() {
         let fetcher = FakeFetcher::serving(jwks(&[&TestKey::es256("old")]));
-        let store = remote_store(&fetcher, fast_settings());
-        store.reload().unwrap();
+        let store = running_store(&fetcher, fast_settings());
         store.refetch_for_unknown_kid("x");
         store.refetch_for_unknown_kid("y");
         store.refetch_for_unknown_kid("z");
@@ -420,8 +468,7 @@ mod tests {
     #[test]
     fn failed_refetch_also_counts_against_the_rate_limit() {
         let fetcher = FakeFetcher::serving(jwks(&[&TestKey::es256("old")]));
-        let store = remote_store(&fetcher, fast_settings());
-        store.reload().unwrap();
+        let store = running_store(&fetcher, fast_settings());
         fetcher.fail(500);
         assert_eq!(store.refetch_for_unknown_kid("x").kids(), vec!["old"]);
         store.refetch_for_unknown_kid("x");
@@ -435,8 +482,7 @@ mod tests {
             min_refetch_interval: Duration::from_millis(50),
             ..fast_settings()
         };
-        let store = remote_store(&fetcher, settings);
-        store.reload().unwrap();
+        let store = running_store(&fetcher, settings);
         store.refetch_for_unknown_kid("x");
         std::thread::sleep(Duration::from_millis(70));
         store.refetch_for_unknown_kid("x");
@@ -446,8 +492,7 @@ mod tests {
     #[test]
     fn concurrent_unknown_kids_share_one_refetch() {
         let fetcher = FakeFetcher::serving(jwks(&[&TestKey::es256("old")]));
-        let store = remote_store(&fetcher, fast_settings());
-        store.reload().unwrap();
+        let store = running_store(&fetcher, fast_settings());
         let (release, released) = crossbeam_channel::bounded::<()>(0);
         fetcher.block_until(released);
         fetcher.serve(jwks(&[&TestKey::es256("new")]));
@@ -457,7 +502,7 @@ mod tests {
                 std::thread::spawn(move || store.refetch_for_unknown_kid("new").kids().len())
             })
             .collect();
-        // All four are in: one fetching (blocked), three waiting for it.
+        // All four are in: the refresher fetching (blocked), the four callers waiting for it.
         wait_for("the refetch to start", || fetcher.calls() == 2);
         std::thread::sleep(Duration::from_millis(30));
         drop(release);
@@ -468,28 +513,77 @@ mod tests {
         assert_eq!(kids(&store), vec!["new"]);
     }
 
+    /// Rule: the worker never waits on the network: with the source hanging, the caller that
+    /// asked for the refetch and every caller after it get the set in use within `refetch_wait`
+    /// of the request, and the refetch lands later in the background.
     #[test]
-    fn waiting_for_another_refetch_is_bounded() {
+    fn waiting_for_a_hanging_refetch_is_bounded() {
         let fetcher = FakeFetcher::serving(jwks(&[&TestKey::es256("old")]));
         let settings = JwksSettings {
             refetch_wait: Duration::from_millis(50),
             ..fast_settings()
         };
-        let store = remote_store(&fetcher, settings);
-        store.reload().unwrap();
+        let store = running_store(&fetcher, settings);
         let (release, released) = crossbeam_channel::bounded::<()>(0);
         fetcher.block_until(released);
-        let fetching = {
-            let store = Arc::clone(&store);
-            std::thread::spawn(move || store.refetch_for_unknown_kid("a"))
-        };
+        fetcher.serve(jwks(&[&TestKey::es256("old"), &TestKey::es256("a")]));
+        let started = Instant::now();
+        assert_eq!(store.refetch_for_unknown_kid("a").kids(), vec!["old"]);
+        assert!(started.elapsed() < Duration::from_secs(2));
         wait_for("the refetch to start", || fetcher.calls() == 2);
         let started = Instant::now();
-        let keys = store.refetch_for_unknown_kid("b");
+        assert_eq!(store.refetch_for_unknown_kid("b").kids(), vec!["old"]);
         assert!(started.elapsed() < Duration::from_secs(2));
-        assert_eq!(keys.kids(), vec!["old"]);
+        assert_eq!(fetcher.calls(), 2, "no second refetch while one is running");
         drop(release);
-        fetching.join().unwrap();
+        wait_for("the refetch to land", || kids(&store) == vec!["old", "a"]);
+    }
+
+    /// A flood of distinct unknown key ids while the source hangs: together the callers wait
+    /// `refetch_wait` once, not once each (50 calls × 200 ms would be 10 s per thread).
+    #[test]
+    fn a_flood_of_unknown_kids_waits_once_per_refetch_not_once_per_token() {
+        let fetcher = FakeFetcher::serving(jwks(&[&TestKey::es256("old")]));
+        let settings = JwksSettings {
+            refetch_wait: Duration::from_millis(200),
+            min_refetch_interval: Duration::from_millis(100),
+            ..fast_settings()
+        };
+        let store = running_store(&fetcher, settings);
+        let (release, released) = crossbeam_channel::bounded::<()>(0);
+        fetcher.block_until(released);
+        let started = Instant::now();
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        store.refetch_for_unknown_kid(&format!("nope-{w}-{i}"));
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(fetcher.calls(), 2, "one load plus the one hanging refetch");
+        drop(release);
+    }
+
+    #[test]
+    fn unknown_kid_without_a_refresher_is_answered_at_once() {
+        let fetcher = FakeFetcher::serving(jwks(&[&TestKey::es256("old")]));
+        let store = remote_store(&fetcher, fast_settings());
+        store.reload().unwrap();
+        let started = Instant::now();
+        assert_eq!(store.refetch_for_unknown_kid("x").kids(), vec!["old"]);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(fetcher.calls(), 1);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Test doubles shared by the JWKS tests: a scriptable fetcher and stores built over it.
 
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::{FetchError, FetchedJwks, JwksFetcher, JwksSettings, JwksSource, JwksStore};
@@ -103,6 +105,43 @@ pub(crate) fn remote_store(fetcher: &FakeFetcher, settings: JwksSettings) -> Arc
         Arc::new(Metrics::default()),
         Arc::new(Readiness::default()),
     ))
+}
+
+/// A store with its refresher thread running (which also runs the refetches workers ask for),
+/// its first load done; the thread is stopped and joined when this is dropped.
+pub(crate) struct RunningStore {
+    store: Arc<JwksStore>,
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Deref for RunningStore {
+    type Target = Arc<JwksStore>;
+    fn deref(&self) -> &Arc<JwksStore> {
+        &self.store
+    }
+}
+
+impl Drop for RunningStore {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// [`remote_store`] with its refresher running and the first load (one fetch) done.
+pub(crate) fn running_store(fetcher: &FakeFetcher, settings: JwksSettings) -> RunningStore {
+    let store = remote_store(fetcher, settings);
+    let (stop, stopped) = crossbeam_channel::bounded(1);
+    let thread = store.spawn_refresher(stopped);
+    wait_for("the first load", || store.is_loaded());
+    RunningStore {
+        store,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
 }
 
 pub(crate) fn file_store(path: &Path) -> Arc<JwksStore> {

@@ -490,6 +490,14 @@ impl KubeEmulator {
         self.lock().jwks = jwks;
     }
 
+    /// Holds every answer of `/openid/v1/jwks` back for `delay` before writing it: a slow key-set
+    /// endpoint, or a hanging one with a delay longer than the service's fetch timeout. Answers
+    /// already held are released once the new delay has passed since they came.
+    pub fn set_jwks_delay(&self, delay: Duration) {
+        self.lock().jwks_delay = delay;
+        self.shared.wake.notify_all();
+    }
+
     /// Sets `Cache-Control: public, max-age=N` of the discovery endpoints.
     pub fn set_jwks_max_age(&self, secs: u64) {
         self.lock().jwks_max_age = secs;

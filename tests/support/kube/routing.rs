@@ -263,6 +263,9 @@ pub(super) fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::
         });
         reply
     };
+    if kind == RequestKind::Jwks {
+        hold_jwks_answer(shared);
+    }
     let keep_alive = req.keep_alive();
     match reply {
         Reply::Json {
@@ -275,6 +278,23 @@ pub(super) fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::
             Ok(keep_alive)
         }
         Reply::Watch(plan) => run_watch(shared, stream, *plan, keep_alive),
+    }
+}
+
+/// Holds a key-set answer back while [`State::jwks_delay`] (re-read on every wake, so shortening
+/// it releases the held answers) has not passed since the request came, or until the emulator
+/// stops.
+fn hold_jwks_answer(shared: &Shared) {
+    let came = std::time::Instant::now();
+    let mut st = shared.state.lock();
+    loop {
+        let until = came + st.jwks_delay;
+        if shared.stopping.load(std::sync::atomic::Ordering::SeqCst)
+            || std::time::Instant::now() >= until
+        {
+            return;
+        }
+        shared.wake.wait_until(&mut st, until);
     }
 }
 

@@ -173,6 +173,9 @@ pub(super) struct State {
     pub(super) expired_watch_as_http: bool,
     pub(super) jwks: Value,
     pub(super) jwks_max_age: u64,
+    /// How long an answer of `/openid/v1/jwks` is held back before it is written (a slow or
+    /// hanging key-set endpoint); zero answers at once.
+    pub(super) jwks_delay: std::time::Duration,
     pub(super) token_signer: Option<SigningKey>,
     /// Events created, oldest first (the emulator never expires them).
     pub(super) events: Vec<Value>,
@@ -206,6 +209,7 @@ impl State {
             expired_watch_as_http: false,
             jwks: Value::Null,
             jwks_max_age: 0,
+            jwks_delay: std::time::Duration::ZERO,
             token_signer: None,
             events: Vec::new(),
             create_events_allowed: true,
