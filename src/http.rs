@@ -47,11 +47,19 @@ pub const MAX_HEAD_BYTES: usize = 8192;
 /// Most header lines in one request; more are answered 431.
 const MAX_HEADERS: usize = 32;
 /// Requests answered on one connection before it is closed (the client reconnects).
-const MAX_REQUESTS_PER_CONNECTION: u32 = 100;
+/// Also bounds the work one connection's pipelined requests cost.
+const MAX_REQUESTS_PER_CONNECTION: u32 = 10;
 /// Stack of each worker: the endpoints answer from memory and need little.
 const WORKER_STACK: usize = 256 * 1024;
-/// How long the accept thread waits for a worker to take a connection before closing it.
-const HANDOFF_TIMEOUT: Duration = Duration::from_millis(500);
+/// Connections the kernel completes and holds for the accept thread (capped by the host's
+/// `net.core.somaxconn`, 4096 by default): std's fixed 128 overflowed when hundreds of clients
+/// reconnected at once, and beyond the backlog every new connection's SYN, a probe's included,
+/// is dropped and only retried a second later.
+const LISTEN_BACKLOG: i32 = 1024;
+/// Connections accepted and not yet taken by a worker: mostly closed ones (evicted) whose
+/// workers have not yet noticed, under a flood of new connections. Open descriptors of the
+/// server stay below this plus [`MAX_CONNECTIONS`].
+const HANDOFF_QUEUE: usize = 8 * MAX_CONNECTIONS;
 /// How long [`HttpServer::stop`] waits for the threads.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -59,14 +67,50 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// far longer than any answer takes a reading client, far shorter than [`WRITE_TIMEOUT`].
 const ANSWER_SPARED: Duration = Duration::from_secs(1);
 
+/// How much a connection is worth keeping when a slot is needed; the lowest goes first, the
+/// oldest among equals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Standing {
+    /// No whole request yet (or one answered more than [`ANSWER_SPARED`] ago).
+    Waiting,
+    /// A whole request for `/metrics` (or anything else) waiting or being answered.
+    Request,
+    /// A whole probe (`/healthz`, `/health`, `/readyz`) waiting or being answered: the answer
+    /// is a few bytes from memory, the kubelet restarts the pod when it fails.
+    Probe,
+}
+
+impl Standing {
+    fn of(req: &Request) -> Standing {
+        match req.path.split('?').next() {
+            Some("/healthz" | "/health" | "/readyz") => Standing::Probe,
+            _ => Standing::Request,
+        }
+    }
+}
+
 /// One open connection.
 struct Entry {
     id: u64,
     /// A handle on the socket that closes it from outside.
     stream: TcpStream,
-    /// When its worker started answering a complete request, while it does.
-    answering_since: Option<Instant>,
+    /// Its standing, and since when (for `Request` and `Probe`).
+    standing: (Standing, Instant),
 }
+
+impl Entry {
+    fn standing(&self) -> Standing {
+        match self.standing {
+            (s, since) if s != Standing::Waiting && since.elapsed() > ANSWER_SPARED => {
+                Standing::Waiting
+            }
+            (s, _) => s,
+        }
+    }
+}
+
+/// A connection handed to a worker: its id, its socket and what was already read of it.
+type Handoff = (u64, TcpStream, HeadReader);
 
 /// The open connections, oldest first.
 #[derive(Default)]
@@ -91,21 +135,20 @@ impl Shared {
             .inc();
     }
 
-    /// Registers a new connection, closing the oldest when every slot is taken.
-    fn register(&self, stream: &TcpStream) -> Option<u64> {
+    /// Registers a new connection, closing another when every slot is taken: the oldest of
+    /// those still waiting for a request (or stuck answering one), else the oldest answering
+    /// `/metrics`, else the oldest probe. A probe is answered in microseconds once it is read,
+    /// so it is only ever closed by a flood of [`MAX_CONNECTIONS`] probes.
+    fn register(&self, stream: &TcpStream, standing: Standing) -> Option<u64> {
         let handle = stream.try_clone().ok()?;
         let mut t = self.table.lock();
         if t.open.len() >= MAX_CONNECTIONS {
-            // The oldest connection still waiting for its request, or stuck answering: a
-            // connection that sent a whole request is being answered in microseconds and kept.
             let victim = t
                 .open
                 .iter()
-                .position(|e| {
-                    e.answering_since
-                        .is_none_or(|t| t.elapsed() > ANSWER_SPARED)
-                })
-                .unwrap_or(0);
+                .enumerate()
+                .min_by_key(|(i, e)| (e.standing(), *i))
+                .map_or(0, |(i, _)| i);
             if let Some(e) = t.open.remove(victim) {
                 // Wakes its worker at once: its read or write fails and it takes the next one.
                 let _ = e.stream.shutdown(Shutdown::Both);
@@ -117,19 +160,18 @@ impl Shared {
         t.open.push_back(Entry {
             id,
             stream: handle,
-            answering_since: None,
+            standing: (standing, Instant::now()),
         });
         self.metrics.http_connections.set(t.open.len() as i64);
         Some(id)
     }
 
-    /// Marks connection `id` as answering a complete request (or done with it); false when it
-    /// was closed from outside meanwhile.
-    fn answering(&self, id: u64, yes: bool) -> bool {
+    /// Sets the standing of connection `id`; false when it was closed from outside meanwhile.
+    fn set_standing(&self, id: u64, standing: Standing) -> bool {
         let mut t = self.table.lock();
         match t.open.iter_mut().find(|e| e.id == id) {
             Some(e) => {
-                e.answering_since = yes.then(Instant::now);
+                e.standing = (standing, Instant::now());
                 true
             }
             None => false,
@@ -168,8 +210,7 @@ impl HttpServer {
         readiness: Arc<Readiness>,
         metrics: Arc<Metrics>,
     ) -> Result<HttpServer, String> {
-        let listener =
-            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let addr = listener
             .local_addr()
             .map_err(|e| format!("http server has no address: {e}"))?;
@@ -181,10 +222,17 @@ impl HttpServer {
         });
         // Holds what the accept thread takes faster than the workers: closed (evicted)
         // connections they have not yet noticed, and new ones taking the closed ones' place.
-        let (tx, rx) = bounded::<(u64, TcpStream)>(2 * MAX_CONNECTIONS);
+        // Two queues: connections whose whole probe request came with them never wait behind
+        // the others.
+        let (ready_tx, ready_rx) = bounded::<Handoff>(HANDOFF_QUEUE);
+        let (other_tx, other_rx) = bounded::<Handoff>(HANDOFF_QUEUE);
         let mut threads = Vec::with_capacity(THREADS);
         for _ in 0..MAX_CONNECTIONS {
-            let (rx, s) = (rx.clone(), shared.clone());
+            let rx = Queues {
+                ready: ready_rx.clone(),
+                other: other_rx.clone(),
+            };
+            let s = shared.clone();
             let t = thread::Builder::new()
                 .name("http-worker".into())
                 .stack_size(WORKER_STACK)
@@ -198,7 +246,7 @@ impl HttpServer {
         let s = shared.clone();
         let t = thread::Builder::new()
             .name("http-accept".into())
-            .spawn(move || accept(&listener, &tx, &s))
+            .spawn(move || accept(&listener, &ready_tx, &other_tx, &s))
             .map_err(|e| format!("cannot start the http accept thread: {e}"))?;
         threads.push(t);
         info!("health and metrics on http://{addr}");
@@ -228,6 +276,17 @@ impl HttpServer {
     }
 }
 
+/// A listener on `addr` with a [`LISTEN_BACKLOG`] backlog.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std does: a restarted process binds at once though old connections are in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// Where a connection reaches a server bound to `addr` (the loopback for "all interfaces").
 fn wake_address(addr: SocketAddr) -> SocketAddr {
     let ip = match addr.ip() {
@@ -239,7 +298,12 @@ fn wake_address(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The accept loop; returns when the server stops.
-fn accept(listener: &TcpListener, tx: &Sender<(u64, TcpStream)>, shared: &Shared) {
+fn accept(
+    listener: &TcpListener,
+    ready: &Sender<Handoff>,
+    other: &Sender<Handoff>,
+    shared: &Shared,
+) {
     loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -258,12 +322,22 @@ fn accept(listener: &TcpListener, tx: &Sender<(u64, TcpStream)>, shared: &Shared
             return;
         }
         let _ = stream.set_nodelay(true);
-        let Some(id) = shared.register(&stream) else {
+        // A probe sends its request with the connection: when it is already here (always so
+        // when connections arrive faster than they are served), the connection is spared from
+        // eviction until answered, however many connections follow it.
+        let mut reader = HeadReader::new();
+        let standing = reader.take_waiting(&stream);
+        let Some(id) = shared.register(&stream, standing) else {
             continue;
         };
-        // The workers of closed connections notice in microseconds; waiting here holds only new
-        // connections, in the kernel's backlog.
-        if tx.send_timeout((id, stream), HANDOFF_TIMEOUT).is_err() {
+        // Never waits: while this thread waits, new connections, probes among them, pile up
+        // in the kernel's listen backlog (128), and beyond it their SYNs are dropped.
+        let queue = if standing == Standing::Probe {
+            ready
+        } else {
+            other
+        };
+        if queue.try_send((id, stream, reader)).is_err() {
             shared.unregister(id);
             shared.dropped(HttpDropLabels::OVERLOADED);
         }
@@ -271,10 +345,32 @@ fn accept(listener: &TcpListener, tx: &Sender<(u64, TcpStream)>, shared: &Shared
 }
 
 /// A worker: serves the connections it is handed until the accept thread ends.
-fn work(rx: &Receiver<(u64, TcpStream)>, shared: &Shared) {
-    for (id, mut stream) in rx {
+/// The workers' ends of the two hand-off queues.
+struct Queues {
+    /// Connections whose whole probe request had arrived when accepted.
+    ready: Receiver<Handoff>,
+    /// The others.
+    other: Receiver<Handoff>,
+}
+
+impl Queues {
+    /// The next connection, one from `ready` whenever there is one; `None` once the accept
+    /// thread has ended.
+    fn next(&self) -> Option<Handoff> {
+        if let Ok(h) = self.ready.try_recv() {
+            return Some(h);
+        }
+        crossbeam_channel::select_biased! {
+            recv(self.ready) -> h => h.ok(),
+            recv(self.other) -> h => h.ok(),
+        }
+    }
+}
+
+fn work(rx: &Queues, shared: &Shared) {
+    while let Some((id, mut stream, reader)) = rx.next() {
         if !shared.stopping.load(Ordering::SeqCst) {
-            if let Some(reason) = serve_connection(id, &mut stream, shared) {
+            if let Some(reason) = serve_connection(id, &mut stream, reader, shared) {
                 // A connection the accept thread closed was counted there.
                 if shared.is_open(id) {
                     shared.dropped(reason);
@@ -323,6 +419,25 @@ impl HeadReader {
         HeadReader {
             buf: Box::new([0; MAX_HEAD_BYTES]),
             filled: 0,
+        }
+    }
+
+    /// Takes what has already arrived on `stream` without waiting; the standing it gives.
+    fn take_waiting(&mut self, stream: &TcpStream) -> Standing {
+        if stream.set_nonblocking(true).is_err() {
+            return Standing::Waiting;
+        }
+        if let Ok(n) = (&*stream).read(&mut self.buf[self.filled..]) {
+            self.filled += n;
+        }
+        // Unless blocking is restored the worker's deadlines do not hold: dropped at once.
+        if stream.set_nonblocking(false).is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+            return Standing::Waiting;
+        }
+        match parse(&self.buf[..self.filled]) {
+            Ok(Some((req, _))) => Standing::of(&req),
+            _ => Standing::Waiting,
         }
     }
 
@@ -444,12 +559,16 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Serves requests on one connection until it ends; `Some(reason)` when the server dropped it
 /// for misbehaving.
-fn serve_connection(id: u64, stream: &mut TcpStream, shared: &Shared) -> Option<&'static str> {
-    let mut reader = HeadReader::new();
+fn serve_connection(
+    id: u64,
+    stream: &mut TcpStream,
+    mut reader: HeadReader,
+    shared: &Shared,
+) -> Option<&'static str> {
     for n in 1..=MAX_REQUESTS_PER_CONNECTION {
         let (answer, keep_alive) = match reader.next(stream, n == 1) {
             Ok(req) => {
-                if !shared.answering(id, true) {
+                if !shared.set_standing(id, Standing::of(&req)) {
                     return None;
                 }
                 let keep_alive = req.keep_alive && !req.has_body && n < MAX_REQUESTS_PER_CONNECTION;
@@ -472,7 +591,7 @@ fn serve_connection(id: u64, stream: &mut TcpStream, shared: &Shared) -> Option<
             debug!("http: answer not taken: {e}");
             return is_timeout(&e).then_some(HttpDropLabels::WRITE_TIMEOUT);
         }
-        shared.answering(id, false);
+        shared.set_standing(id, Standing::Waiting);
         if !keep_alive || shared.stopping.load(Ordering::SeqCst) {
             return None;
         }
