@@ -133,7 +133,7 @@ impl Attacker {
         let Some(s) = self.stream.as_mut() else {
             return false;
         };
-        let gone = |r: io::Result<usize>| !matches!(r, Ok(_)) && !would_block(&r);
+        let gone = |r: io::Result<usize>| r.is_err() && !would_block(&r);
         let closed = match self.kind {
             Kind::SlowWriter => gone(s.write(b"X")) || peer_closed(s),
             Kind::NonReader => gone(s.write(PIPELINED)),
