@@ -4,9 +4,12 @@
 //!
 //! Thread layout, all started in [`HttpServer::start`] and fixed for the life of the process
 //! ([`THREADS`] in all):
-//! - `http-accept` accepts each connection, registers it in the connection table and hands it
-//!   to the workers over a bounded channel. When the table already holds [`MAX_CONNECTIONS`] it
-//!   first closes the oldest one: a client holding connections open only ever pushes out older
+//! - `http-accept` accepts each connection, takes what already arrived of it without waiting,
+//!   registers it in the connection table and hands it to the workers over one of two bounded
+//!   queues: connections whose whole `/healthz`, `/health` or `/readyz` request is already here
+//!   go ahead of the others. When the table already holds [`MAX_CONNECTIONS`] it first closes
+//!   one: the oldest still waiting for its request, else the oldest answering `/metrics`, else
+//!   the oldest probe. A client holding connections open only ever pushes out older idle
 //!   connections (its own, under an attack), while a probe, which asks at once and is answered in
 //!   microseconds, always gets in. Nothing waits on a client in this thread.
 //! - `http-worker` × [`MAX_CONNECTIONS`] serve one connection each at a time, so every
@@ -33,7 +36,7 @@ use parking_lot::Mutex;
 use crate::metrics::{HttpDropLabels, Metrics};
 use crate::readiness::Readiness;
 
-/// Connections open at once; beyond it the oldest is closed to make room for the new one.
+/// Connections open at once; beyond it one is closed to make room for the new one (see above).
 pub const MAX_CONNECTIONS: usize = 32;
 /// Threads of the HTTP server: one accepting, one per connection slot.
 pub const THREADS: usize = MAX_CONNECTIONS + 1;
@@ -339,7 +342,7 @@ fn accept(
             continue;
         };
         // Never waits: while this thread waits, new connections, probes among them, pile up
-        // in the kernel's listen backlog (128), and beyond it their SYNs are dropped.
+        // in the kernel's listen backlog, and beyond it their SYNs are dropped.
         let queue = if standing == Standing::Probe {
             ready
         } else {
@@ -352,7 +355,6 @@ fn accept(
     }
 }
 
-/// A worker: serves the connections it is handed until the accept thread ends.
 /// The workers' ends of the two hand-off queues.
 struct Queues {
     /// Connections whose whole probe request had arrived when accepted.
@@ -375,6 +377,7 @@ impl Queues {
     }
 }
 
+/// A worker: serves the connections it is handed until the accept thread ends.
 fn work(rx: &Queues, shared: &Shared) {
     while let Some((id, mut stream, reader)) = rx.next() {
         if !shared.stopping.load(Ordering::SeqCst) {
