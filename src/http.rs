@@ -99,6 +99,10 @@ struct Entry {
     stream: TcpStream,
     /// Its standing, and since when (for `Request` and `Probe`).
     standing: (Standing, Instant),
+    /// Whether nothing has been read of it yet: nothing had arrived when it was accepted and no
+    /// worker has taken it. Its request may have arrived since, unseen: it is looked at once
+    /// before it could be closed.
+    unseen: bool,
 }
 
 impl Entry {
@@ -142,16 +146,27 @@ impl Shared {
     /// those still waiting for a request (or stuck answering one), else the oldest answering
     /// `/metrics`, else the oldest probe. A probe is answered in microseconds once it is read,
     /// so it is only ever closed by a flood of [`MAX_CONNECTIONS`] probes.
-    fn register(&self, stream: &TcpStream, standing: Standing) -> Option<u64> {
+    /// `unseen`: nothing of it has been read yet.
+    fn register(&self, stream: &TcpStream, standing: Standing, unseen: bool) -> Option<u64> {
         let handle = stream.try_clone().ok()?;
         let mut t = self.table.lock();
-        if t.open.len() >= MAX_CONNECTIONS {
+        // At most MAX_CONNECTIONS rounds: each one that does not close looks at an unseen
+        // connection, which is then seen.
+        while t.open.len() >= MAX_CONNECTIONS {
             let victim = t
                 .open
                 .iter()
                 .enumerate()
                 .min_by_key(|(i, e)| (e.standing(), *i))
                 .map_or(0, |(i, _)| i);
+            if let Some(e) = t.open.get_mut(victim).filter(|e| e.unseen) {
+                // A probe accepted a moment before its request arrived, still queued behind a
+                // flood: the request is there now. No worker touches it while the table is
+                // locked (a worker marks it seen first).
+                e.unseen = false;
+                e.standing = (peek_standing(&e.stream), Instant::now());
+                continue;
+            }
             if let Some(e) = t.open.remove(victim) {
                 // Wakes its worker at once: its read or write fails and it takes the next one.
                 let _ = e.stream.shutdown(Shutdown::Both);
@@ -164,9 +179,22 @@ impl Shared {
             id,
             stream: handle,
             standing: (standing, Instant::now()),
+            unseen,
         });
         self.metrics.http_connections.set(t.open.len() as i64);
         Some(id)
+    }
+
+    /// Marks connection `id` as taken by a worker; false when it was closed meanwhile.
+    fn take(&self, id: u64) -> bool {
+        let mut t = self.table.lock();
+        match t.open.iter_mut().find(|e| e.id == id) {
+            Some(e) => {
+                e.unseen = false;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Sets the standing of connection `id`; false when it was closed from outside meanwhile.
@@ -290,6 +318,25 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// The standing a whole request waiting on `stream` gives, read without taking it off the
+/// socket nor waiting. Called only while no worker has the connection.
+fn peek_standing(stream: &TcpStream) -> Standing {
+    let mut buf = [0u8; 1024];
+    if stream.set_nonblocking(true).is_err() {
+        return Standing::Waiting;
+    }
+    let n = stream.peek(&mut buf).unwrap_or(0);
+    // Unless blocking is restored the worker's deadlines do not hold: closed at once.
+    if stream.set_nonblocking(false).is_err() {
+        let _ = stream.shutdown(Shutdown::Both);
+        return Standing::Waiting;
+    }
+    match parse(&buf[..n]) {
+        Ok(Some((req, _))) => Standing::of(&req),
+        _ => Standing::Waiting,
+    }
+}
+
 /// Where a connection reaches a server bound to `addr` (the loopback for "all interfaces").
 fn wake_address(addr: SocketAddr) -> SocketAddr {
     let ip = match addr.ip() {
@@ -338,7 +385,7 @@ fn accept(
         // eviction until answered, however many connections follow it.
         let mut reader = HeadReader::new();
         let standing = reader.take_waiting(&stream);
-        let Some(id) = shared.register(&stream, standing) else {
+        let Some(id) = shared.register(&stream, standing, reader.filled == 0) else {
             continue;
         };
         // Never waits: while this thread waits, new connections, probes among them, pile up
@@ -380,7 +427,7 @@ impl Queues {
 /// A worker: serves the connections it is handed until the accept thread ends.
 fn work(rx: &Queues, shared: &Shared) {
     while let Some((id, mut stream, reader)) = rx.next() {
-        if !shared.stopping.load(Ordering::SeqCst) {
+        if !shared.stopping.load(Ordering::SeqCst) && shared.take(id) {
             if let Some(reason) = serve_connection(id, &mut stream, reader, shared) {
                 // A connection the accept thread closed was counted there.
                 if shared.is_open(id) {

@@ -1,6 +1,7 @@
 //! The health and metrics port of the real binary under hostile clients: `/healthz` keeps
 //! answering within the kubelet's default probe timeout (1 s) and the thread count stays fixed,
-//! while 500 connections misbehave at once; and `HTTP_ADDRESS` chooses the interface.
+//! while 500 connections misbehave at once (slow writers, non-readers, half-sent requests, idle
+//! connections, oversized heads, bodies); and `HTTP_ADDRESS` chooses the interface.
 
 mod support;
 
@@ -89,7 +90,7 @@ fn threads(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// The kinds of hostile client, a quarter of the attackers each.
+/// The kinds of hostile client, a sixth of the attackers each.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     /// Sends a request head one byte every pass (slowloris).
@@ -100,6 +101,10 @@ enum Kind {
     HalfSent,
     /// Connects and sends nothing.
     Idle,
+    /// Sends a 16 KiB header line (answered 431 and closed, then reconnects).
+    Oversized,
+    /// Announces a 1 MB body to `POST /metrics` and sends it 100 bytes a pass.
+    WithBody,
 }
 
 const PIPELINED: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: attack\r\n\r\n";
@@ -125,6 +130,11 @@ impl Attacker {
             Kind::NonReader => s.write(&PIPELINED.repeat(136_000 / PIPELINED.len())),
             Kind::HalfSent => s.write(b"GET /healthz HTTP/1.1\r\nHost: "),
             Kind::Idle => Ok(0),
+            Kind::Oversized => {
+                let line = format!("GET /metrics HTTP/1.1\r\nX-Big: {}", "a".repeat(16 * 1024));
+                s.write(line.as_bytes())
+            }
+            Kind::WithBody => s.write(b"POST /metrics HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n"),
         };
     }
 
@@ -137,7 +147,8 @@ impl Attacker {
         let closed = match self.kind {
             Kind::SlowWriter => gone(s.write(b"X")) || peer_closed(s),
             Kind::NonReader => gone(s.write(PIPELINED)),
-            Kind::HalfSent | Kind::Idle => peer_closed(s),
+            Kind::WithBody => gone(s.write(&[b'b'; 100])) || peer_closed(s),
+            Kind::HalfSent | Kind::Idle | Kind::Oversized => peer_closed(s),
         };
         if closed {
             self.stream = None;
@@ -172,6 +183,8 @@ fn attack(addr: SocketAddr, stop: &AtomicBool, open_now: &AtomicUsize, opened: &
         Kind::NonReader,
         Kind::HalfSent,
         Kind::Idle,
+        Kind::Oversized,
+        Kind::WithBody,
     ];
     let mut attackers: Vec<Attacker> = (0..ATTACKERS)
         .map(|i| Attacker {
