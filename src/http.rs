@@ -59,9 +59,9 @@ const WORKER_STACK: usize = 256 * 1024;
 /// reconnected at once, and beyond the backlog every new connection's SYN, a probe's included,
 /// is dropped and only retried a second later.
 const LISTEN_BACKLOG: i32 = 1024;
-/// Connections accepted and not yet taken by a worker: mostly closed ones (evicted) whose
+/// Connections accepted and not yet taken by a worker, per queue: mostly closed ones (evicted) whose
 /// workers have not yet noticed, under a flood of new connections. Open descriptors of the
-/// server stay below this plus [`MAX_CONNECTIONS`].
+/// port stay below twice this plus [`MAX_CONNECTIONS`] (544).
 const HANDOFF_QUEUE: usize = 8 * MAX_CONNECTIONS;
 /// How long [`HttpServer::stop`] waits for the threads.
 const STOP_GRACE: Duration = Duration::from_secs(2);
