@@ -177,7 +177,11 @@ pub fn serve() -> Result<(), String> {
     let readiness = Arc::new(Readiness::default());
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let _signals = spawn_signal_thread(stop_tx)?;
-    let http = HttpServer::start(config.port, readiness.clone(), metrics.clone())?;
+    let http = HttpServer::start(
+        std::net::SocketAddr::new(config.http_address, config.port),
+        readiness.clone(),
+        metrics.clone(),
+    )?;
 
     let mut threads = Vec::new();
     let cache = Arc::new(ServiceAccountCache::new(metrics.clone()));

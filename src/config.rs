@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,10 @@ pub struct Config {
     pub watch_timeout_secs: u64,
     /// `PORT`: HTTP port for health and metrics.
     pub port: u16,
+    /// `HTTP_ADDRESS` (default `0.0.0.0`, every IPv4 interface): the IP address the health and
+    /// metrics port listens on; `::` listens on every IPv6 interface (and IPv4 ones too, unless
+    /// the host sets `net.ipv6.bindv6only`).
+    pub http_address: IpAddr,
     /// `LOG_LEVEL`.
     pub log_level: String,
     /// `WORKERS`: threads deciding requests.
@@ -512,6 +517,22 @@ impl Config {
             |v| (10..=3600).contains(v),
         );
         let port = r.parsed("PORT", 8080u16, "a TCP port", |p| *p > 0);
+        let http_address = match r.get("HTTP_ADDRESS") {
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Some(v) => {
+                // `[::]` as well as `::`: the brackets of a URL are a common habit.
+                let bare = v.strip_prefix('[').and_then(|b| b.strip_suffix(']'));
+                match bare.unwrap_or(v).parse::<IpAddr>() {
+                    Ok(ip) => ip,
+                    Err(_) => {
+                        r.problems.push(format!(
+                            "HTTP_ADDRESS={v:?} is not an IP address (0.0.0.0, ::, 127.0.0.1 …; the port is PORT)"
+                        ));
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                    }
+                }
+            }
+        };
         let log_level = r.or("LOG_LEVEL", "info").to_ascii_lowercase();
         if !["error", "warn", "info", "debug", "trace", "off"].contains(&log_level.as_str()) {
             r.problems.push(format!(
@@ -562,6 +583,7 @@ impl Config {
                 accounts,
                 watch_timeout_secs,
                 port,
+                http_address,
                 log_level,
                 workers,
                 queue_size,
@@ -612,6 +634,7 @@ mod tests {
         assert_eq!(c.jwks, JwksLocation::ApiServer);
         assert_eq!(c.accounts, AccountsSource::InCluster);
         assert_eq!(c.port, 8080);
+        assert_eq!(c.http_address, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(c.max_lifetime, Duration::from_secs(3600));
         assert_eq!(
             c.keys.signer.issuer(),
@@ -742,6 +765,34 @@ mod tests {
         assert!(alone
             .to_string()
             .starts_with("invalid configuration:\n  - NATS_ACCOUNT is required"));
+    }
+
+    #[test]
+    fn the_http_address_is_an_ipv4_or_ipv6_address_with_or_without_brackets() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let with = |v: &str| {
+            Config::from_map(&env(&[
+                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+                ("NATS_ACCOUNT", "APP"),
+                ("HTTP_ADDRESS", v),
+            ]))
+        };
+        for (v, ip) in [
+            ("::", "::"),
+            ("[::]", "::"),
+            ("::1", "::1"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("0.0.0.0", "0.0.0.0"),
+        ] {
+            assert_eq!(with(v).unwrap().http_address, ip.parse::<IpAddr>().unwrap());
+        }
+        for bad in ["0.0.0.0:8080", "localhost", "[::1]:80"] {
+            let err = with(bad).unwrap_err();
+            assert!(
+                err.contains("HTTP_ADDRESS") && err.contains("is not an IP address"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

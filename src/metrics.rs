@@ -42,6 +42,37 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels of an HTTP connection the server closed for misbehaving.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpDropLabels {
+    /// One of [`HttpDropLabels::REASONS`].
+    pub reason: &'static str,
+}
+
+impl HttpDropLabels {
+    /// Every slot was taken: the oldest connection was closed to make room for a new one.
+    pub const EVICTED: &'static str = "evicted";
+    /// A request head did not arrive whole in time (an idle new connection included).
+    pub const READ_TIMEOUT: &'static str = "read_timeout";
+    /// An answer was not taken by the client in time.
+    pub const WRITE_TIMEOUT: &'static str = "write_timeout";
+    /// A request head was too long or had too many header lines (answered 431).
+    pub const TOO_LARGE: &'static str = "too_large";
+    /// Not an HTTP/1.x request (answered 400).
+    pub const MALFORMED: &'static str = "malformed";
+    /// No worker could take the connection (closed connections piled up faster than noticed).
+    pub const OVERLOADED: &'static str = "overloaded";
+    /// Every reason, each exposed from the start.
+    pub const REASONS: [&'static str; 6] = [
+        Self::EVICTED,
+        Self::READ_TIMEOUT,
+        Self::WRITE_TIMEOUT,
+        Self::TOO_LARGE,
+        Self::MALFORMED,
+        Self::OVERLOADED,
+    ];
+}
+
 /// Every metric the service exposes on `/metrics`.
 pub struct Metrics {
     registry: Registry,
@@ -79,6 +110,10 @@ pub struct Metrics {
     pub key_reloads: Family<ReloadLabels, Counter>,
     /// Warning Events about dropped annotation entries, by result.
     pub events: Family<EventLabels, Counter>,
+    /// HTTP connections open on the health and metrics port.
+    pub http_connections: Gauge,
+    /// HTTP connections the server closed for misbehaving, by reason.
+    pub http_connections_dropped: Family<HttpDropLabels, Counter>,
 }
 
 impl Metrics {
@@ -186,6 +221,22 @@ impl Metrics {
             "Warning Events on ServiceAccounts about dropped annotation entries, by result",
             events.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Connections open on the health and metrics port",
+            http_connections.clone(),
+        );
+        let http_connections_dropped = Family::<HttpDropLabels, Counter>::default();
+        for reason in HttpDropLabels::REASONS {
+            // Every reason from the start, so that rate() sees the first one.
+            let _ = http_connections_dropped.get_or_create(&HttpDropLabels { reason });
+        }
+        registry.register(
+            "http_connections_dropped",
+            "HTTP connections closed by the server for misbehaving, by reason",
+            http_connections_dropped.clone(),
+        );
         Metrics {
             registry,
             decisions,
@@ -205,6 +256,8 @@ impl Metrics {
             policy_reloads,
             key_reloads,
             events,
+            http_connections,
+            http_connections_dropped,
         }
     }
 

@@ -204,6 +204,7 @@ def test_jwt_and_config_only_when_set(render):
                 "watchTimeoutSeconds": 120,
             },
             "logLevel": "debug",
+            "httpAddress": "::",
         }
     ).env
     expected = {
@@ -219,6 +220,7 @@ def test_jwt_and_config_only_when_set(render):
         "SHUTDOWN_TIMEOUT": "12s",
         "WATCH_TIMEOUT_SECONDS": "120",
         "LOG_LEVEL": "debug",
+        "HTTP_ADDRESS": "::",
     }
     for name, value in expected.items():
         assert env[name] == {"name": name, "value": value}

@@ -207,3 +207,8 @@ def test_schema_refusals(render_error, values, where, what):
 def test_minimal_values_render(render):
     # The base of every failure above is itself valid.
     assert render(base=MINIMAL).deployment
+
+
+@pytest.mark.parametrize("address", ["localhost", "0.0.0.0 ", "http://[::]"])
+def test_http_address_is_an_ip_address(render_error, address):
+    assert "httpAddress" in render_error({"httpAddress": address})

@@ -23,6 +23,8 @@ pub struct Service {
     child: Option<Child>,
     /// HTTP port of health and metrics.
     pub port: u16,
+    /// The loopback address of that port: `[::1]` when `HTTP_ADDRESS` is an IPv6 address.
+    host: &'static str,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -128,9 +130,14 @@ impl ServiceBuilder {
             .stderr(out)
             .spawn()
             .expect("start the service binary");
+        let ipv6 = self
+            .env
+            .get("HTTP_ADDRESS")
+            .is_some_and(|a| a.contains(':'));
         Service {
             child: Some(child),
             port,
+            host: if ipv6 { "[::1]" } else { "127.0.0.1" },
             log,
             _dir: self.dir,
         }
@@ -144,14 +151,14 @@ impl ServiceBuilder {
     }
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+fn http_get(host: &str, port: u16, path: &str) -> Option<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(2)))
         .build()
         .into();
     let mut resp = agent
-        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .get(&format!("http://{host}:{port}{path}"))
         .call()
         .ok()?;
     let status = resp.status().as_u16();
@@ -167,7 +174,7 @@ impl Service {
 
     /// GET on the service's HTTP port: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.port, path)
+        http_get(self.host, self.port, path)
     }
 
     /// Waits for `/readyz` to answer 200, panicking with the log when it does not.
