@@ -46,7 +46,7 @@ pub(crate) fn init_logging(level: &str) {
     b.parse_filters(level);
     // At debug and trace, the HTTP, TLS and NATS libraries would drown the service's own lines.
     if matches!(level, "debug" | "trace") {
-        for noisy in ["ureq", "ureq_proto", "rustls", "nats", "tiny_http"] {
+        for noisy in ["ureq", "ureq_proto", "rustls", "nats"] {
             b.filter_module(noisy, log::LevelFilter::Info);
         }
         // Module filters match by prefix, and this crate's name starts with `nats`: the longer
