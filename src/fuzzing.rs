@@ -149,7 +149,7 @@ mod tests {
     fn the_token_seed_validates() {
         let store = JwksStore::from_jwks_json(JWKS.as_bytes()).unwrap();
         let validator = TokenValidator::new(Arc::new(store), TokenSettings::new(ISSUER, "nats"));
-        let seed = include_str!("../fuzz/corpus/token/valid-es256");
+        let seed = include_str!("../fuzz/seeds/token/valid-es256");
         let identity = validator.validate(seed, NOW as u64).unwrap();
         assert_eq!(identity.namespace, "team-a");
     }

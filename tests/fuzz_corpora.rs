@@ -1,5 +1,6 @@
-//! Replays every fuzz target's corpus (`fuzz/corpus/<target>/`, seeds plus what fuzzing kept)
-//! through the target's entry point on the stable toolchain: an input that once crashed a
+//! Replays every fuzz target's inputs (`fuzz/seeds/<target>/`, written by hand, and
+//! `fuzz/corpus/<target>/`, what fuzzing kept) through the target's entry point on the stable
+//! toolchain: an input that once crashed a
 //! target, or that fuzzing found interesting, keeps being run by the test suite. The fuzzing
 //! itself: `scripts/fuzz` (nightly, cargo-fuzz).
 
@@ -31,14 +32,16 @@ fn every_target_replays_its_corpus() {
             manifest.contains(&format!("name = \"{target}\"")),
             "{target} is not a fuzz target"
         );
-        let dir = root.join("corpus").join(target);
         let mut inputs = 0;
-        for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.unwrap().path();
-            run(&fs::read(&path).unwrap());
-            inputs += 1;
+        for kind in ["seeds", "corpus"] {
+            let dir = root.join(kind).join(target);
+            for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let path = entry.unwrap().path();
+                run(&fs::read(&path).unwrap());
+                inputs += 1;
+            }
         }
-        assert!(inputs > 0, "{target}: empty corpus");
+        assert!(inputs > 0, "{target}: no inputs");
         eprintln!("{target}: {inputs} inputs replayed");
     }
     // No target of the manifest is left out here.
