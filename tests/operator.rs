@@ -32,7 +32,9 @@ use nkeys::{KeyPair, XKey};
 use serde_json::json;
 
 use nats_k8s_oidc_callout::callout::jwt::decode_verified;
-use support::client::{connect_creds, connect_token, is_authorization_violation, Client};
+use support::client::{
+    bare_connect, connect_creds, connect_token, is_authorization_violation, Client,
+};
 use support::examples::python_with_nats_py;
 use support::operator::{logged, now, Generated, OperatorStack, OperatorStackBuilder, UserSigner};
 use support::stack::write_atomically;
@@ -470,7 +472,10 @@ impl ConnectLoop {
                 && attempts.len() < LOOP_ATTEMPTS
                 && started.elapsed() < LOOP_LIMIT
             {
-                let refusal = raw_connect(&url, &token).err();
+                let refusal = match bare_connect(&url, &token) {
+                    Ok(refusal) => refusal,
+                    Err(e) => Some(e.to_string()),
+                };
                 attempts.push(Attempt {
                     at: Instant::now(),
                     refusal,
@@ -500,36 +505,6 @@ impl ConnectLoop {
     fn finish(self) -> Vec<Attempt> {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().expect("connect loop")
-    }
-}
-
-/// Connects over the bare protocol with `token` and returns whether the server answered the
-/// PING with PONG (admitted) or with an error line. The nats crate takes 0.2 to 1 s for a
-/// connect of its own (the server answers in about 2 ms), too coarse to measure a refusal window.
-fn raw_connect(url: &str, token: &str) -> Result<(), String> {
-    use std::io::{BufRead, BufReader, Write};
-    let addr = url.trim_start_matches("nats://");
-    let stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(WAIT))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut line = String::new();
-    reader.read_line(&mut line).map_err(|e| e.to_string())?;
-    let connect = json!({"auth_token": token, "verbose": false, "protocol": 1});
-    (&stream)
-        .write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-            return Err("closed".into());
-        }
-        match line.trim_end() {
-            "PONG" => return Ok(()),
-            l if l.starts_with("-ERR") => return Err(l.to_string()),
-            _ => {}
-        }
     }
 }
 

@@ -16,14 +16,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::client::bare_connect;
 use support::stack::{mint_token, write_atomically, StackBuilder};
 use support::tokens::{jwks, tamper_payload, SigningKey, TokenBuilder};
 
@@ -38,30 +38,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// One connect over the bare protocol: Ok(true) admitted, Ok(false) refused.
-fn connect(addr: &str, token: &str) -> std::io::Result<bool> {
-    let stream = TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let connect = serde_json::json!({"auth_token": token, "verbose": false, "protocol": 1});
-    (&stream).write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())?;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(false);
-        }
-        if line.starts_with("PONG") {
-            return Ok(true);
-        }
-        if line.starts_with("-ERR") {
-            return Ok(false);
-        }
-    }
 }
 
 /// What the client threads saw since the last sample.
@@ -175,7 +151,7 @@ fn soak() {
                     let (ns, name) = (format!("team-{}", i % 20), format!("app-{}", i % ACCOUNTS));
                     let key = signing.lock().unwrap().clone();
                     let token = mint_token(api, &key, &ns, &name);
-                    let result = connect(&addr, &token);
+                    let result = bare_connect(&addr, &token).map(|refusal| refusal.is_none());
                     let mut t = tally.lock().unwrap();
                     match result {
                         Ok(true) => t.valid_ok += 1,
@@ -206,7 +182,7 @@ fn soak() {
                             .audience("someone-else")
                             .sign(&key),
                     };
-                    let result = connect(&addr, &token);
+                    let result = bare_connect(&addr, &token).map(|refusal| refusal.is_none());
                     let mut t = tally.lock().unwrap();
                     match result {
                         Ok(true) => t.invalid_admitted += 1,
