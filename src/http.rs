@@ -5,13 +5,17 @@
 //! Thread layout, all started in [`HttpServer::start`] and fixed for the life of the process
 //! ([`THREADS`] in all):
 //! - `http-accept` accepts each connection, takes what already arrived of it without waiting,
-//!   registers it in the connection table and hands it to the workers over one of two bounded
-//!   queues: connections whose whole `/healthz`, `/health` or `/readyz` request is already here
-//!   go ahead of the others. When the table already holds [`MAX_CONNECTIONS`] it first closes
-//!   one: the oldest still waiting for its request, else the oldest answering `/metrics`, else
-//!   the oldest probe. A client holding connections open only ever pushes out older idle
-//!   connections (its own, under an attack), while a probe, which asks at once and is answered in
-//!   microseconds, always gets in. Nothing waits on a client in this thread.
+//!   registers it (socket and bytes read) in the connection table and queues its id for the
+//!   workers on one of two queues: connections whose whole `/healthz`, `/health` or `/readyz`
+//!   request is already here go ahead of the others. When the table already holds
+//!   [`MAX_CONNECTIONS`] it first closes one: the oldest still waiting for its request (looked at
+//!   once more, if no worker has it, in case its request came meanwhile), else the oldest
+//!   answering `/metrics`, else the oldest probe. A client holding connections open only ever
+//!   pushes out older idle connections (its own, under an attack), while a probe, which asks at
+//!   once and is answered in microseconds, gets in. A closed connection leaves only its id in a
+//!   queue, which a worker skips: a flood arriving faster than the workers take it neither holds
+//!   sockets open nor fills a queue (which would close the next connection, a probe among them).
+//!   Nothing waits on a client in this thread.
 //! - `http-worker` × [`MAX_CONNECTIONS`] serve one connection each at a time, so every
 //!   registered connection has a thread at once; every read and write has a deadline
 //!   ([`HEAD_TIMEOUT`], [`WRITE_TIMEOUT`]), and a request head is at most [`MAX_HEAD_BYTES`].
@@ -59,10 +63,11 @@ const WORKER_STACK: usize = 256 * 1024;
 /// reconnected at once, and beyond the backlog every new connection's SYN, a probe's included,
 /// is dropped and only retried a second later.
 const LISTEN_BACKLOG: i32 = 1024;
-/// Connections accepted and not yet taken by a worker, per queue: mostly closed ones (evicted) whose
-/// workers have not yet noticed, under a flood of new connections. Open descriptors of the
-/// port stay below twice this plus [`MAX_CONNECTIONS`] (544).
-const HANDOFF_QUEUE: usize = 8 * MAX_CONNECTIONS;
+/// Ids of connections accepted and not yet taken by a worker, per queue: under a flood of new
+/// connections mostly of ones already closed (evicted), which a worker skips in a microsecond.
+/// Only ids wait there: open descriptors of the port stay at most 2 × [`MAX_CONNECTIONS`] (the
+/// table's handles and the workers' copies) however long the queues grow.
+const HANDOFF_QUEUE: usize = 32 * MAX_CONNECTIONS;
 /// How long [`HttpServer::stop`] waits for the threads.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -95,8 +100,10 @@ impl Standing {
 /// One open connection.
 struct Entry {
     id: u64,
-    /// A handle on the socket that closes it from outside.
+    /// The socket: the only handle until a worker takes a copy; closes it from outside.
     stream: TcpStream,
+    /// What the accept thread read of it, until a worker takes it (`None` from then on).
+    pending: Option<HeadReader>,
     /// Its standing, and since when (for `Request` and `Probe`).
     standing: (Standing, Instant),
     /// Whether nothing has been read of it yet: nothing had arrived when it was accepted and no
@@ -116,8 +123,8 @@ impl Entry {
     }
 }
 
-/// A connection handed to a worker: its id, its socket and what was already read of it.
-type Handoff = (u64, TcpStream, HeadReader);
+/// A connection handed to a worker: its socket and what was already read of it.
+type Handoff = (TcpStream, HeadReader);
 
 /// The open connections, oldest first.
 #[derive(Default)]
@@ -146,9 +153,9 @@ impl Shared {
     /// those still waiting for a request (or stuck answering one), else the oldest answering
     /// `/metrics`, else the oldest probe. A probe is answered in microseconds once it is read,
     /// so it is only ever closed by a flood of [`MAX_CONNECTIONS`] probes.
-    /// `unseen`: nothing of it has been read yet.
-    fn register(&self, stream: &TcpStream, standing: Standing, unseen: bool) -> Option<u64> {
-        let handle = stream.try_clone().ok()?;
+    /// `reader` holds what was read of it, `standing` what that gives.
+    fn register(&self, stream: TcpStream, reader: HeadReader, standing: Standing) -> u64 {
+        let unseen = reader.filled == 0;
         let mut t = self.table.lock();
         // At most MAX_CONNECTIONS rounds: each one that does not close looks at an unseen
         // connection, which is then seen.
@@ -177,23 +184,32 @@ impl Shared {
         t.next_id += 1;
         t.open.push_back(Entry {
             id,
-            stream: handle,
+            stream,
+            pending: Some(reader),
             standing: (standing, Instant::now()),
             unseen,
         });
         self.metrics.http_connections.set(t.open.len() as i64);
-        Some(id)
+        id
     }
 
-    /// Marks connection `id` as taken by a worker; false when it was closed meanwhile.
-    fn take(&self, id: u64) -> bool {
+    /// Takes connection `id` for a worker: a copy of its socket (the table keeps its own to
+    /// close it from outside) and what was read of it; `None` when it was closed meanwhile.
+    fn take(&self, id: u64) -> Option<Handoff> {
         let mut t = self.table.lock();
-        match t.open.iter_mut().find(|e| e.id == id) {
-            Some(e) => {
-                e.unseen = false;
-                true
+        let i = t.open.iter().position(|e| e.id == id)?;
+        let e = t.open.get_mut(i)?;
+        e.unseen = false;
+        let reader = e.pending.take()?;
+        match e.stream.try_clone() {
+            Ok(stream) => Some((stream, reader)),
+            Err(e) => {
+                // Out of descriptors: closing it gives one back.
+                debug!("http: cannot take a connection: {e}");
+                t.open.remove(i);
+                self.metrics.http_connections.set(t.open.len() as i64);
+                None
             }
-            None => false,
         }
     }
 
@@ -251,12 +267,12 @@ impl HttpServer {
             readiness,
             metrics,
         });
-        // Holds what the accept thread takes faster than the workers: closed (evicted)
-        // connections they have not yet noticed, and new ones taking the closed ones' place.
+        // Ids of what the accept thread takes faster than the workers: closed (evicted)
+        // connections they have not yet skipped, and new ones taking the closed ones' place.
         // Two queues: connections whose whole probe request came with them never wait behind
         // the others.
-        let (ready_tx, ready_rx) = bounded::<Handoff>(HANDOFF_QUEUE);
-        let (other_tx, other_rx) = bounded::<Handoff>(HANDOFF_QUEUE);
+        let (ready_tx, ready_rx) = bounded::<u64>(HANDOFF_QUEUE);
+        let (other_tx, other_rx) = bounded::<u64>(HANDOFF_QUEUE);
         let mut threads = Vec::with_capacity(THREADS);
         for _ in 0..MAX_CONNECTIONS {
             let rx = Queues {
@@ -348,12 +364,7 @@ fn wake_address(addr: SocketAddr) -> SocketAddr {
 }
 
 /// The accept loop; returns when the server stops.
-fn accept(
-    listener: &TcpListener,
-    ready: &Sender<Handoff>,
-    other: &Sender<Handoff>,
-    shared: &Shared,
-) {
+fn accept(listener: &TcpListener, ready: &Sender<u64>, other: &Sender<u64>, shared: &Shared) {
     loop {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
@@ -385,9 +396,7 @@ fn accept(
         // eviction until answered, however many connections follow it.
         let mut reader = HeadReader::new();
         let standing = reader.take_waiting(&stream);
-        let Some(id) = shared.register(&stream, standing, reader.filled == 0) else {
-            continue;
-        };
+        let id = shared.register(stream, reader, standing);
         // Never waits: while this thread waits, new connections, probes among them, pile up
         // in the kernel's listen backlog, and beyond it their SYNs are dropped.
         let queue = if standing == Standing::Probe {
@@ -395,7 +404,7 @@ fn accept(
         } else {
             other
         };
-        if queue.try_send((id, stream, reader)).is_err() {
+        if queue.try_send(id).is_err() {
             shared.unregister(id);
             shared.dropped(HttpDropLabels::OVERLOADED);
         }
@@ -405,15 +414,15 @@ fn accept(
 /// The workers' ends of the two hand-off queues.
 struct Queues {
     /// Connections whose whole probe request had arrived when accepted.
-    ready: Receiver<Handoff>,
+    ready: Receiver<u64>,
     /// The others.
-    other: Receiver<Handoff>,
+    other: Receiver<u64>,
 }
 
 impl Queues {
     /// The next connection, one from `ready` whenever there is one; `None` once the accept
     /// thread has ended.
-    fn next(&self) -> Option<Handoff> {
+    fn next(&self) -> Option<u64> {
         if let Ok(h) = self.ready.try_recv() {
             return Some(h);
         }
@@ -426,13 +435,19 @@ impl Queues {
 
 /// A worker: serves the connections it is handed until the accept thread ends.
 fn work(rx: &Queues, shared: &Shared) {
-    while let Some((id, mut stream, reader)) = rx.next() {
-        if !shared.stopping.load(Ordering::SeqCst) && shared.take(id) {
-            if let Some(reason) = serve_connection(id, &mut stream, reader, shared) {
-                // A connection the accept thread closed was counted there.
-                if shared.is_open(id) {
-                    shared.dropped(reason);
-                }
+    while let Some(id) = rx.next() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            shared.unregister(id);
+            continue;
+        }
+        // An id whose connection was closed meanwhile is skipped.
+        let Some((mut stream, reader)) = shared.take(id) else {
+            continue;
+        };
+        if let Some(reason) = serve_connection(id, &mut stream, reader, shared) {
+            // A connection the accept thread closed was counted there.
+            if shared.is_open(id) {
+                shared.dropped(reason);
             }
         }
         let _ = stream.shutdown(Shutdown::Both);

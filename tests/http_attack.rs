@@ -57,12 +57,12 @@ fn probe(addr: SocketAddr, path: &str) -> (Result<String, String>, Duration) {
     let start = Instant::now();
     let answer = (|| {
         let mut c = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| e.to_string())?;
-        c.set_read_timeout(Some(PROBE_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        c.set_write_timeout(Some(PROBE_TIMEOUT))
-            .map_err(|e| e.to_string())?;
+        // As the kubelet does: the request right after the connect (a fresh socket takes it
+        // without waiting), the timeouts after it.
         let req = format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
         c.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(PROBE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
