@@ -198,6 +198,7 @@ def test_jwt_and_config_only_when_set(render):
                 "userJwtMaxLifetime": "15m",
                 "jwtLeeway": "30s",
                 "jwksMinRefetchInterval": "2m",
+                "jwksRefetchWait": "1s",
                 "workers": 8,
                 "queueSize": 4096,
                 "shutdownTimeout": "12s",
@@ -215,6 +216,7 @@ def test_jwt_and_config_only_when_set(render):
         "USER_JWT_MAX_LIFETIME": "15m",
         "JWT_LEEWAY": "30s",
         "JWKS_MIN_REFETCH_INTERVAL": "2m",
+        "JWKS_REFETCH_WAIT": "1s",
         "WORKERS": "8",
         "QUEUE_SIZE": "4096",
         "SHUTDOWN_TIMEOUT": "12s",
@@ -238,10 +240,10 @@ def test_log_level_off(render):
     "config, grace, env",
     [
         # The bounds themselves are accepted.
-        ({"jwtLeeway": "0", "userJwtMaxLifetime": "10s", "shutdownTimeout": "0s", "jwksMinRefetchInterval": "1000ms"}, 5,
-         {"JWT_LEEWAY": "0", "USER_JWT_MAX_LIFETIME": "10s", "SHUTDOWN_TIMEOUT": "0s", "JWKS_MIN_REFETCH_INTERVAL": "1000ms"}),
-        ({"jwtLeeway": "5m", "userJwtMaxLifetime": "168h", "shutdownTimeout": "300", "jwksMinRefetchInterval": "1h"}, 305,
-         {"JWT_LEEWAY": "5m", "USER_JWT_MAX_LIFETIME": "168h", "SHUTDOWN_TIMEOUT": "300", "JWKS_MIN_REFETCH_INTERVAL": "1h"}),
+        ({"jwtLeeway": "0", "userJwtMaxLifetime": "10s", "shutdownTimeout": "0s", "jwksMinRefetchInterval": "1000ms", "jwksRefetchWait": "0s"}, 5,
+         {"JWT_LEEWAY": "0", "USER_JWT_MAX_LIFETIME": "10s", "SHUTDOWN_TIMEOUT": "0s", "JWKS_MIN_REFETCH_INTERVAL": "1000ms", "JWKS_REFETCH_WAIT": "0s"}),
+        ({"jwtLeeway": "5m", "userJwtMaxLifetime": "168h", "shutdownTimeout": "300", "jwksMinRefetchInterval": "1h", "jwksRefetchWait": "2000ms"}, 305,
+         {"JWT_LEEWAY": "5m", "USER_JWT_MAX_LIFETIME": "168h", "SHUTDOWN_TIMEOUT": "300", "JWKS_MIN_REFETCH_INTERVAL": "1h", "JWKS_REFETCH_WAIT": "2000ms"}),
         # Leading zeros count for nothing (as in the service).
         ({"userJwtMaxLifetime": "00000000000000000060s"}, 30, {"USER_JWT_MAX_LIFETIME": "00000000000000000060s"}),
         # Grace period exactly SHUTDOWN_TIMEOUT + 5s, default and explicit.

@@ -65,6 +65,8 @@ def test_pod_labels_must_not_set_chart_labels(render_error, key):
         ("shutdownTimeout", "301", "SHUTDOWN_TIMEOUT from 0s to 300s"),
         ("jwksMinRefetchInterval", "500ms", "JWKS_MIN_REFETCH_INTERVAL from 1s to 1h"),
         ("jwksMinRefetchInterval", "61m", "JWKS_MIN_REFETCH_INTERVAL from 1s to 1h"),
+        ("jwksRefetchWait", "2001ms", "JWKS_REFETCH_WAIT from 0s to 2s"),
+        ("jwksRefetchWait", "3s", "JWKS_REFETCH_WAIT from 0s to 2s"),
         # Too many digits to be anything but out of range (and never an int64 overflow).
         ("jwtLeeway", "99999999999999999999s", "JWT_LEEWAY from 0s to 5m"),
         ("userJwtMaxLifetime", "1000000000000ms", "USER_JWT_MAX_LIFETIME from 10s to 7 days"),

@@ -165,7 +165,8 @@ Messages name the value to set and never echo a secret.
   (dict "key" "jwtLeeway" "env" "JWT_LEEWAY" "min" 0 "max" 300000 "range" "from 0s to 5m")
   (dict "key" "userJwtMaxLifetime" "env" "USER_JWT_MAX_LIFETIME" "min" 10000 "max" 604800000 "range" "from 10s to 7 days (168h)")
   (dict "key" "shutdownTimeout" "env" "SHUTDOWN_TIMEOUT" "min" 0 "max" 300000 "range" "from 0s to 300s")
-  (dict "key" "jwksMinRefetchInterval" "env" "JWKS_MIN_REFETCH_INTERVAL" "min" 1000 "max" 3600000 "range" "from 1s to 1h") }}
+  (dict "key" "jwksMinRefetchInterval" "env" "JWKS_MIN_REFETCH_INTERVAL" "min" 1000 "max" 3600000 "range" "from 1s to 1h")
+  (dict "key" "jwksRefetchWait" "env" "JWKS_REFETCH_WAIT" "min" 0 "max" 2000 "range" "from 0s to 2s") }}
 {{- range $durations }}
 {{- $v := get $cfg .key }}
 {{- if not (or (kindIs "invalid" $v) (eq (toString $v) "")) }}
