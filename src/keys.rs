@@ -484,6 +484,23 @@ mod tests {
         k.seed().unwrap()
     }
 
+    /// The problems `files` is refused with (a test failure when it loads).
+    fn refusals(files: &KeyFiles) -> Vec<String> {
+        match files.load(None) {
+            Ok(_) => panic!("the key files were accepted"),
+            Err(problems) => problems,
+        }
+    }
+
+    /// Asserts that the first problem `files` is refused with says `needle`.
+    fn assert_refused_first_with(files: &KeyFiles, needle: &str) {
+        let problems = refusals(files);
+        assert!(
+            problems[0].contains(needle),
+            "{needle:?} not first in {problems:?}"
+        );
+    }
+
     fn operator_files(dir: &Path, app: &KeyPair, signing: &KeyPair) -> KeyFiles {
         KeyFiles {
             operator_mode: true,
@@ -510,7 +527,7 @@ mod tests {
             xkey: None,
             accounts_dir: Some(dir.path().to_owned()),
         };
-        let problems = files.load(None).err().unwrap();
+        let problems = refusals(&files);
         for name in [
             "NATS_CALLOUT_SIGNING_KEY_FILE",
             "NATS_CALLOUT_ACCOUNT",
@@ -532,11 +549,7 @@ mod tests {
         let auth = KeyPair::new_account();
         let mut files = operator_files(dir.path(), &auth, &auth);
         files.callout = Some(write(dir.path(), "callout.nk", &seed(&auth)));
-        let problems = files.load(None).err().unwrap();
-        assert!(
-            problems[0].contains("must not be a clients' account"),
-            "{problems:?}"
-        );
+        assert_refused_first_with(&files, "must not be a clients' account");
     }
 
     #[test]
@@ -561,27 +574,20 @@ mod tests {
 
         // The guard compares the named account, not the signing key, with the clients' ones.
         files.default_account = auth.public_key();
-        let problems = files.load(None).err().unwrap();
-        assert!(
-            problems[0].contains(&format!(
+        assert_refused_first_with(&files, &format!(
                 "the callout account {} (NATS_CALLOUT_SIGNING_KEY_FILE) must not be a clients' account",
                 auth.public_key()
-            )),
-            "{problems:?}"
-        );
+            ));
 
         files.default_account = app.public_key();
         files.callout_account = Some("AUTH".into());
-        let problems = files.load(None).err().unwrap();
-        assert!(
-            problems[0]
-                .contains("NATS_CALLOUT_ACCOUNT=\"AUTH\" must be the callout account's public key"),
-            "{problems:?}"
+        assert_refused_first_with(
+            &files,
+            "NATS_CALLOUT_ACCOUNT=\"AUTH\" must be the callout account's public key",
         );
         files.callout_account = Some(auth.public_key());
         files.callout = None;
-        let problems = files.load(None).err().unwrap();
-        assert!(problems[0].contains("set that file too"), "{problems:?}");
+        assert_refused_first_with(&files, "set that file too");
     }
 
     #[test]
@@ -590,10 +596,9 @@ mod tests {
         let mut files =
             operator_files(dir.path(), &KeyPair::new_account(), &KeyPair::new_account());
         files.default_account = "APP".into();
-        let problems = files.load(None).err().unwrap();
-        assert!(
-            problems[0].contains("NATS_ACCOUNT=\"APP\" must be the clients' account public key"),
-            "{problems:?}"
+        assert_refused_first_with(
+            &files,
+            "NATS_ACCOUNT=\"APP\" must be the clients' account public key",
         );
     }
 
@@ -653,7 +658,7 @@ mod tests {
             &format!("{}.scoped.nk", b.public_key()),
             &seed(&b),
         );
-        let problems = files.load(None).err().unwrap().join("\n");
+        let problems = refusals(&files).join("\n");
         for needle in [
             "readme.txt is not named <ACCOUNT PUBLIC KEY>.nk",
             "NOTANACCOUNT.nk does not start with an account public key",
@@ -685,7 +690,7 @@ mod tests {
             format!("{}.scoped.nk", auth.public_key()),
         ] {
             let path = write(&keys_dir, &name, &seed(&KeyPair::new_account()));
-            let problems = files.load(None).err().unwrap();
+            let problems = refusals(&files);
             assert!(
                 problems[0].contains(&format!(
                     "the callout account {} (NATS_CALLOUT_SIGNING_KEY_FILE) must not be a clients' account",
@@ -733,7 +738,7 @@ mod tests {
         let (app, other) = (KeyPair::new_account(), KeyPair::new_account());
         let mut files = operator_files(dir.path(), &app, &app);
         files.signing_scoped = true;
-        let problems = files.load(None).err().unwrap().join("\n");
+        let problems = refusals(&files).join("\n");
         assert!(
             problems.contains("NATS_SIGNING_KEY_SCOPED")
                 && problems.contains(&format!(
@@ -748,7 +753,7 @@ mod tests {
         let name = format!("{}.scoped.nk", other.public_key());
         write(&keys_dir, &name, &seed(&other));
         files.accounts_dir = Some(keys_dir.clone());
-        let problems = files.load(None).err().unwrap().join("\n");
+        let problems = refusals(&files).join("\n");
         assert!(
             problems.contains(&name)
                 && problems.contains(&format!(
@@ -802,7 +807,7 @@ mod tests {
         for (text, needle) in cases {
             let name = format!("{}.nk", KeyPair::new_account().public_key());
             let path = write(&keys_dir, &name, &text);
-            let problems = files.load(None).err().unwrap().join("\n");
+            let problems = refusals(&files).join("\n");
             assert!(
                 problems.contains(&name) && problems.contains(needle),
                 "{needle}: {problems}"
@@ -815,7 +820,7 @@ mod tests {
         // A directory under a key file's name is refused, not skipped.
         let name = format!("{}.nk", KeyPair::new_account().public_key());
         std::fs::create_dir(keys_dir.join(&name)).unwrap();
-        let problems = files.load(None).err().unwrap().join("\n");
+        let problems = refusals(&files).join("\n");
         assert!(problems.contains(&name), "{problems}");
     }
 
