@@ -569,6 +569,22 @@ fn connect_all(url: &str, tokens: Vec<String>) -> Vec<std::thread::JoinHandle<Ou
         .collect()
 }
 
+/// Fails, with the refusals and the service's log, when any of `legitimate` was refused.
+fn assert_none_refused(legitimate: &[Outcome], when: &str, s: &Stack) {
+    let refused: Vec<&String> = legitimate
+        .iter()
+        .filter_map(|(r, _)| r.as_ref().err())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} legitimate clients were refused {when}: {refused:?}\nservice log:\n{}",
+        refused.len(),
+        legitimate.len(),
+        s.service.log()
+    );
+}
+
+/// Joins the client threads of [`connect_all`]; their outcomes in token order.
 fn outcomes(threads: Vec<std::thread::JoinHandle<Outcome>>) -> Vec<Outcome> {
     threads
         .into_iter()
@@ -618,17 +634,7 @@ fn unknown_key_ids_while_the_key_set_endpoint_hangs_do_not_hold_the_workers() {
         "legitimate connects: slowest {slowest:?}, all {:?}; flood denials: slowest {slowest_denial:?}",
         legitimate.iter().map(|(_, d)| *d).collect::<Vec<_>>()
     );
-    let refused: Vec<&String> = legitimate
-        .iter()
-        .filter_map(|(r, _)| r.as_ref().err())
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "{} of {} legitimate clients were refused while unknown key ids flooded the service: {refused:?}\nservice log:\n{}",
-        refused.len(),
-        legitimate.len(),
-        s.service.log()
-    );
+    assert_none_refused(&legitimate, "while unknown key ids flooded the service", &s);
     for (result, _) in &flooded {
         match result {
             Ok(()) => panic!("a token with an unpublished key id was admitted"),
@@ -703,17 +709,7 @@ fn a_refetch_storm_against_a_slow_key_set_endpoint_does_not_refuse_legitimate_cl
         "{} legitimate connects during a {storm:?} storm ({forged} forged tokens denied): slowest {slowest:?}; {fetches} key-set fetches",
         legitimate.len()
     );
-    let refused: Vec<&String> = legitimate
-        .iter()
-        .filter_map(|(r, _)| r.as_ref().err())
-        .collect();
-    assert!(
-        refused.is_empty(),
-        "{} of {} legitimate clients refused during the storm: {refused:?}\nservice log:\n{}",
-        refused.len(),
-        legitimate.len(),
-        s.service.log()
-    );
+    assert_none_refused(&legitimate, "during the storm", &s);
     // One at a time, each 1.5 s long, at most one per second: never more than one per second of
     // storm plus the one under way.
     assert!(
