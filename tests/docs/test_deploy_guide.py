@@ -43,15 +43,7 @@ def guide_blocks():
 
 
 def block(lang, first_line_prefix=None, containing=None):
-    for l, _, text in guide_blocks():
-        if l != lang:
-            continue
-        if first_line_prefix and not text.lstrip().startswith(first_line_prefix):
-            continue
-        if containing and containing not in text:
-            continue
-        return text
-    raise AssertionError(f"DEPLOY.md has no {lang} block starting {first_line_prefix!r} / with {containing!r}")
+    return snip.block(GUIDE, lang, first_line_prefix, containing)
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +69,6 @@ def run_guide_keys_command(binary, work):
     issuer = re.search(r'issuer: "(A[A-Z0-9]{55})"', out).group(1)
     xkey = re.search(r'xkey: "(X[A-Z0-9]{55})"', out).group(1)
     return out, issuer, xkey
-
-
-def wait_http(port, path, timeout=20):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
-                return r.read().decode()
-        except Exception as e:  # not up yet, or 503 until ready
-            last = e
-            time.sleep(0.1)
-    raise AssertionError(f"{path} never answered 200: {last}")
 
 
 def guide_objects(values):
@@ -177,7 +156,7 @@ def deployed(binary, work):
         sa = accounts[("my-app", "my-nats-client")]
         subprocess.run([binary, "dev-signer", "init", "--dir", str(work / "signer")],
                        check=True, capture_output=True)
-        http_port = snip.free_port()
+        http_port = kubelet.free_port()
         env.update(
             SERVICE_ACCOUNTS_PATH=str(work / "serviceaccounts.yaml"),
             JWKS_PATH=str(work / "signer" / "jwks.json"),
@@ -189,7 +168,7 @@ def deployed(binary, work):
         with open(service_log, "w") as f:
             service = subprocess.Popen([binary], env=env, stdout=f, stderr=subprocess.STDOUT)
         try:
-            wait_http(http_port, "/readyz")
+            snip.wait_http(http_port, "/readyz")
             yield {
                 "binary": binary, "work": work, "sa": sa, "accounts": accounts, "nats_port": port,
                 "http_port": http_port, "service_log": service_log, "env": env, "nats_log": log,
@@ -304,17 +283,12 @@ def test_token_without_the_audience_is_refused_with_the_logged_reason(deployed):
             break
         time.sleep(0.1)
     assert expected in log and "audience not accepted (reason=token_wrong_audience)" in log, log
-    metrics = wait_http(deployed["http_port"], "/metrics")
+    metrics = snip.wait_http(deployed["http_port"], "/metrics")
     assert 'nats_callout_decisions_total{result="deny",reason="token_wrong_audience"} 1' in metrics
 
 
 def wait_log(d, *needles, timeout=5):
-    deadline = time.monotonic() + timeout
-    while True:
-        log = d["service_log"].read_text()
-        if all(n in log for n in needles) or time.monotonic() > deadline:
-            return log
-        time.sleep(0.1)
+    return snip.wait_text(d["service_log"].read_text, *needles, timeout=timeout)
 
 
 def test_the_guide_policy_and_inbox_mode_reach_the_service(deployed):
@@ -346,7 +320,7 @@ def test_a_namespace_the_policy_excludes_is_refused(deployed):
     )
     log = wait_log(deployed, *expected)
     assert all(e in log for e in expected), log
-    metrics = wait_http(deployed["http_port"], "/metrics")
+    metrics = snip.wait_http(deployed["http_port"], "/metrics")
     assert 'nats_callout_decisions_total{result="deny",reason="namespace_not_allowed"} 1' in metrics
 
 

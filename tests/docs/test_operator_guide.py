@@ -41,18 +41,6 @@ DEV_ISSUER = "https://dev-signer.nats-k8s-oidc-callout.local"
 BINARY_NAME = "nats-k8s-oidc-callout"
 
 
-def block(path, lang, first_line_prefix=None, containing=None):
-    for l, _, text in snip.fenced_blocks(path):
-        if l != lang:
-            continue
-        if first_line_prefix and not text.lstrip().startswith(first_line_prefix):
-            continue
-        if containing and containing not in text:
-            continue
-        return text
-    raise AssertionError(f"{path.name} has no {lang} block starting {first_line_prefix!r} / with {containing!r}")
-
-
 def bash(script, cwd, env=None):
     out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
                          capture_output=True, text=True)
@@ -93,30 +81,6 @@ def secrets_of(text, cwd, variables):
     return found
 
 
-def wait_http(port, path, timeout=30, proc=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
-                return r.read().decode()
-        except Exception as e:  # not up yet, or 503 until ready
-            last = e
-            if proc is not None and proc.poll() is not None:
-                break
-            time.sleep(0.1)
-    raise AssertionError(f"{path} never answered 200: {last}")
-
-
-def wait_for(read, *needles, timeout=10):
-    deadline = time.monotonic() + timeout
-    while True:
-        text = read()
-        if all(n in text for n in needles) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.1)
-
-
 def render(values):
     import helm_python as h
 
@@ -155,20 +119,20 @@ def guide():
 
 def _follow_the_guide(binary, work, started):
     # Step 1: the keys command as written (the binary by its path), then the public-key lines.
-    keys_block = block(GUIDE, "sh", containing=" keys operator --dir")
+    keys_block = snip.block(GUIDE, "sh", containing=" keys operator --dir")
     (line,) = [l for l in commands(keys_block) if " keys operator --dir" in l]
     assert line.startswith(BINARY_NAME + " "), line
     bash(shlex.quote(binary) + line[len(BINARY_NAME):], work)
     op = work / "op"
     assert (op / "accounts" / "AUTH.signing.nk").stat().st_mode & 0o777 == 0o600
-    keys_lines = block(GUIDE, "sh", containing="APP=$(")
+    keys_lines = snip.block(GUIDE, "sh", containing="APP=$(")
     names = re.findall(r"^([A-Z_]+)=\$\(", keys_lines, re.M)
     printed = bash(keys_lines + "".join(f'echo "{n}=${n}"\n' for n in names), work)
     variables = dict(l.split("=", 1) for l in printed.splitlines())
     generated = snip.operator_values(op)
 
     # Step 2: NATS from the guide's chart values, the <…> filled from this run.
-    nats_values = block(GUIDE, "yaml", "# nats-values")
+    nats_values = snip.block(GUIDE, "yaml", "# nats-values")
     conf = snip.nats_chart_config(snip.fill(nats_values, generated))
     server, nats_port, nats_log, server_dir = snip.start_server(conf)
     started.append(server)
@@ -176,13 +140,13 @@ def _follow_the_guide(binary, work, started):
         snip.wait_ready(server, nats_log)
 
         # Step 3: the Secrets, from the guide's kubectl lines.
-        secrets = secrets_of(block(GUIDE, "sh", containing="create secret generic nats-callout-op-keys"),
+        secrets = secrets_of(snip.block(GUIDE, "sh", containing="create secret generic nats-callout-op-keys"),
                              work, variables)
 
         # Step 4: the chart values, public keys put in by the guide's sed line, rendered by Helm.
-        step4 = block(GUIDE, "sh", containing="sed -i")
+        step4 = snip.block(GUIDE, "sh", containing="sed -i")
         (values_file,) = re.findall(r"--values (\S+)", step4)
-        (work / values_file).write_text(block(GUIDE, "yaml", "# callout-values-operator"))
+        (work / values_file).write_text(snip.block(GUIDE, "yaml", "# callout-values-operator"))
         (sed,) = [c for c in commands(step4) if c.startswith("sed ")]
         bash(sed, work, env={**os.environ, **variables})
         values = yaml.safe_load((work / values_file).read_text())
@@ -200,7 +164,7 @@ def _follow_the_guide(binary, work, started):
         subprocess.run([binary, "dev-signer", "init", "--dir", str(work / "signer")], check=True,
                        capture_output=True)
         assert env["NATS_URL"] == values["nats"]["url"]
-        http_port = snip.free_port()
+        http_port = kubelet.free_port()
         env.update(
             NATS_URL=f"nats://127.0.0.1:{nats_port}",
             SERVICE_ACCOUNTS_PATH=str(work / "serviceaccounts.yaml"),
@@ -213,7 +177,7 @@ def _follow_the_guide(binary, work, started):
         with open(service_log, "w") as f:
             service = subprocess.Popen([binary], env=env, stdout=f, stderr=subprocess.STDOUT)
         started.append(service)
-        wait_http(http_port, "/readyz", proc=service)
+        snip.wait_http(http_port, "/readyz", proc=service)
         yield {
             "binary": binary, "work": work, "op": op, "variables": variables, "generated": generated,
             "accounts": accounts, "excluded": excluded, "nats_port": nats_port, "nats_log": nats_log,
@@ -263,7 +227,7 @@ async def wait_errors(errors):
 
 
 def metric(d, line_start):
-    text = wait_http(d["http_port"], "/metrics")
+    text = snip.wait_http(d["http_port"], "/metrics")
     total = 0.0
     for line in text.splitlines():
         if line.startswith(line_start):
@@ -291,7 +255,7 @@ def test_the_service_runs_in_operator_mode_with_the_guide_values(guide):
     assert env["NATS_ACCOUNT"] == v["APP"] and env["NATS_CALLOUT_ACCOUNT"] == v["AUTH"]
     assert Path(env["NATS_USER_CREDS_FILE"]).read_text().startswith("-----BEGIN NATS USER JWT-----")
     assert (Path(env["NATS_ACCOUNT_SIGNING_KEYS_DIR"]) / f"{v['PAYMENTS']}.nk").exists()
-    log = wait_for(guide["service_log"].read_text, "connected to nats")
+    log = snip.wait_text(guide["service_log"].read_text, "connected to nats")
     assert f"a signing key of the callout account {v['AUTH']} (NATS_CALLOUT_ACCOUNT)" in log, log
     for account in (v["APP"], v["PAYMENTS"]):
         assert f"operator mode: clients of account {account} get user JWTs signed by its signing key" in log, log
@@ -315,7 +279,7 @@ def test_a_client_with_its_token_alone_is_allowed_in_its_namespace_and_refused_e
 
     errors = asyncio.run(scenario())
     assert any('permissions violation for publish to "other-team.hello"' in e.lower() for e in errors), errors
-    log = wait_for(guide["service_log"].read_text, "allowed my-app/my-nats-client (client ")
+    log = snip.wait_text(guide["service_log"].read_text, "allowed my-app/my-nats-client (client ")
     assert re.search(r"allowed my-app/my-nats-client \(client .*\), expires in (599|600)s", log), log
 
 
@@ -335,10 +299,10 @@ def test_a_namespace_the_policy_excludes_is_refused_and_nats_server_logs_it(guid
     ns, name = guide["excluded"]
     err = asyncio.run(refusal(guide, token=mint(guide, ns, name)))
     assert err is not None and "authorization violation" in err.lower(), err
-    log = wait_for(guide["service_log"].read_text, f"denied {ns}/{name} (client ", "(reason=namespace_not_allowed)")
+    log = snip.wait_text(guide["service_log"].read_text, f"denied {ns}/{name} (client ", "(reason=namespace_not_allowed)")
     assert f"denied {ns}/{name} (client " in log and "(reason=namespace_not_allowed)" in log, log
     # The guide's table: what nats-server logs when the service denies.
-    nats_log = wait_for(guide["nats_log"].read_text, "Auth callout service returned an error: authorization failed")
+    nats_log = snip.wait_text(guide["nats_log"].read_text, "Auth callout service returned an error: authorization failed")
     assert re.search(r'\[ERR\] .* - authentication error - JWT User "U[A-Z0-9]{55}"', nats_log), nats_log
     assert "Auth callout service returned an error: authorization failed" in nats_log
 
@@ -368,7 +332,7 @@ def test_the_payments_rule_places_its_client_in_the_payments_account(guide):
 
 
 def test_the_scoped_values_render_with_the_operator_values(guide):
-    scoped = yaml.safe_load(block(GUIDE, "yaml", "# scoped-values"))
+    scoped = yaml.safe_load(snip.block(GUIDE, "yaml", "# scoped-values"))
     values = json.loads(json.dumps(guide["values"]))
     values["nats"]["signingKey"].update(scoped["nats"]["signingKey"])
     deployment = next(o for o in render(values) if o["kind"] == "Deployment")
@@ -384,8 +348,8 @@ def test_the_scoped_values_render_with_the_operator_values(guide):
 
 
 def test_nack_uses_jetstream_in_its_account_beside_a_callout_client(guide):
-    secrets = secrets_of(block(NACK_GUIDE, "sh", containing="create secret generic"), guide["work"], {})
-    nack_values = yaml.safe_load(block(NACK_GUIDE, "yaml", "# nack-values"))
+    secrets = secrets_of(snip.block(NACK_GUIDE, "sh", containing="create secret generic"), guide["work"], {})
+    nack_values = yaml.safe_load(snip.block(NACK_GUIDE, "yaml", "# nack-values"))
     ref = nack_values["jetstream"]["nats"]["credentials"]["secret"]
     creds = guide["work"] / "nack.creds"
     creds.write_text(secrets[ref["name"]][ref["key"]])

@@ -30,12 +30,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# Port and nats-server lookups shared with tests/chart.
+sys.path.insert(0, str(ROOT / "tests" / "chart"))
+import kubelet  # noqa: E402
+
 CHART = ROOT / "helm" / "nats-k8s-oidc-callout"
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*_(?:ACCOUNT|JWT)|DATA_DIR)>")
 DATA_DIR = "<DATA_DIR>"
@@ -89,17 +94,45 @@ def snippets(kind):
     return found
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def block(path, lang, first_line_prefix=None, containing=None):
+    """The first ```lang block of `path` whose text starts with `first_line_prefix` and holds
+    `containing` (each when given); a test failure when there is none."""
+    for l, _, text in fenced_blocks(path):
+        if l != lang:
+            continue
+        if first_line_prefix and not text.lstrip().startswith(first_line_prefix):
+            continue
+        if containing and containing not in text:
+            continue
+        return text
+    raise AssertionError(f"{path.name} has no {lang} block starting {first_line_prefix!r} / with {containing!r}")
 
 
-def nats_server_bin():
-    path = os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server")
-    if not path:
-        pytest.fail("nats-server not found: run the suite with scripts/test, which installs it")
-    return path
+def wait_http(port, path, timeout=30, proc=None):
+    """The body of GET http://127.0.0.1:`port``path` once it answers 200 (503 until ready), within
+    `timeout` seconds; gives up early when the process `proc` has ended."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+                return r.read().decode()
+        except Exception as e:  # not up yet, or 503 until ready
+            last = e
+            if proc is not None and proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    raise AssertionError(f"{path} never answered 200: {last}")
+
+
+def wait_text(read, *needles, timeout=10):
+    """`read()` once it holds every needle, or as it is after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read()
+        if all(n in text for n in needles) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
 
 
 def variables(conf):
@@ -174,12 +207,12 @@ def start_server(conf, extra_env=None):
     conf_file = workdir / "nats.conf"
     conf_file.write_text(conf.replace(DATA_DIR, str(workdir / "data")))
     log = workdir / "nats.log"
-    port = free_port()
+    port = kubelet.free_port()
     env = dict(os.environ)
     env.update({name: f"doc-test-{name.lower()}" for name in variables(conf)})
     env.update(extra_env or {})
     proc = subprocess.Popen(
-        [nats_server_bin(), "-c", str(conf_file), "-a", "127.0.0.1", "-p", str(port), "-l", str(log)],
+        [kubelet.nats_server_bin(), "-c", str(conf_file), "-a", "127.0.0.1", "-p", str(port), "-l", str(log)],
         cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,
