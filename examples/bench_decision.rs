@@ -105,6 +105,7 @@ fn context(keys: &Keys, xkey: Option<XKey>) -> CalloutContext {
         uid: "uid-1".into(),
         resource_version: "1".into(),
         annotations,
+        entries_past_limit: Vec::new(),
     }]);
     let authorizer = Authorizer::new(
         validator,

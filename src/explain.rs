@@ -635,6 +635,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            entries_past_limit: Vec::new(),
         };
         Report {
             decision: evaluate(&service_account, &policy, InboxMode::Shared),

@@ -102,6 +102,7 @@ pub fn annotations(data: &[u8]) {
         uid: "uid".to_owned(),
         resource_version: "1".to_owned(),
         annotations,
+        entries_past_limit: Vec::new(),
     };
     for policy in policies {
         for mode in [InboxMode::Shared, InboxMode::Private, InboxMode::Responses] {

@@ -333,12 +333,18 @@ mod tests {
         let v = parse(
             "sa.json",
             r#"{"kind":"ServiceAccountList","apiVersion":"v1","items":[
-                {"metadata":{"name":"a","namespace":"n1","uid":"u1","resourceVersion":"42","annotations":{"k":"v"}}},
+                {"metadata":{"name":"a","namespace":"n1","uid":"u1","resourceVersion":"42","annotations":{"k":"v","nats.io/allowed-sub-subjects":"x.>"}}},
                 {"metadata":{"name":"b","namespace":"n2","uid":"u2"}}]}"#,
         )
         .unwrap();
         assert_eq!(names(&v), ["n1/a", "n2/b"]);
-        assert_eq!(v[0].annotations.get("k").map(String::as_str), Some("v"));
+        assert_eq!(
+            v[0].annotations
+                .get(crate::policy::SUB_ANNOTATION)
+                .map(String::as_str),
+            Some("x.>")
+        );
+        assert!(!v[0].annotations.contains_key("k"), "not read, not kept");
         assert_eq!(v[0].uid, "u1");
         assert_eq!(
             v[0].resource_version, "",
@@ -419,7 +425,7 @@ mod tests {
             ),
             (
                 "bad.yaml",
-                "items:\n- metadata: {name: a, annotations: {k: [1]}}\n",
+                "items:\n- metadata: {name: a, annotations: {nats.io/allowed-pub-subjects: [1]}}\n",
                 "item 0",
             ),
             (

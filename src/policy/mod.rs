@@ -17,6 +17,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use log::warn;
 use parking_lot::Mutex;
 
+use crate::kube::object::MAX_ANNOTATION_BYTES;
 use crate::kube::ServiceAccount;
 use crate::metrics::{DroppedEntryLabels, EventLabels, Metrics};
 
@@ -204,7 +205,8 @@ pub struct Evaluation {
     pub permissions: Arc<Permissions>,
     /// Every annotation entry read, in order, with what became of it.
     pub entries: Vec<EntryVerdict>,
-    /// Per direction, how many entries beyond [`MAX_ENTRIES_PER_ANNOTATION`] were not read.
+    /// Per direction, how many entries were not read: beyond [`MAX_ENTRIES_PER_ANNOTATION`], or
+    /// past the first [`MAX_ANNOTATION_BYTES`] of the annotation.
     pub ignored: Vec<(Direction, usize)>,
 }
 
@@ -346,7 +348,14 @@ pub fn evaluate(
                 outcome,
             });
         }
-        let rest = listed.count();
+        // Entries past the first MAX_ENTRIES_PER_ANNOTATION, and those past the length the
+        // object kept of the annotation (`MAX_ANNOTATION_BYTES`).
+        let past_limit = sa
+            .entries_past_limit
+            .iter()
+            .find(|(name, _)| *name == direction.annotation())
+            .map_or(0, |(_, n)| *n);
+        let rest = listed.count() + past_limit;
         if rest > 0 {
             ignored.push((direction, rest));
         }
@@ -409,7 +418,7 @@ impl PermissionCache {
                 u64::try_from(n).unwrap_or(u64::MAX),
             );
             warn!(
-                "serviceaccount {}/{}: annotation {} has {n} entries beyond the first {MAX_ENTRIES_PER_ANNOTATION}; they are not read",
+                "serviceaccount {}/{}: annotation {} has {n} entries it does not read (only the first {MAX_ENTRIES_PER_ANNOTATION}, within its first {MAX_ANNOTATION_BYTES} bytes, are)",
                 sa.namespace,
                 sa.name,
                 direction.annotation()
@@ -868,6 +877,22 @@ mod tests {
             e.permissions.sub_allow.len(),
             3 + MAX_ENTRIES_PER_ANNOTATION
         );
+    }
+
+    #[test]
+    fn entries_past_the_kept_length_of_an_annotation_are_counted_as_not_read() {
+        let m = Arc::new(Metrics::new());
+        let e = counted(
+            ServiceAccount {
+                entries_past_limit: vec![(SUB_ANNOTATION, 7)],
+                ..sa("ns", "svc", &[(SUB_ANNOTATION, "ns.a, ns.b")])
+            },
+            &AdminPolicy::unrestricted(),
+            &m,
+        );
+        assert_eq!(e.entries.len(), 2);
+        assert_eq!(e.ignored, vec![(Direction::Subscribe, 7)]);
+        assert_eq!(dropped(&m, "sub", "too_many"), 7);
     }
 
     #[test]
