@@ -90,6 +90,9 @@ pub struct Metrics {
     pub cache_relists: Counter,
     /// Watch streams that ended and were started again.
     pub watch_restarts: Counter,
+    /// Unix time (s) at which the ServiceAccount cache last followed the cluster: a watch open,
+    /// or a list just completed. Frozen while lists or watches fail.
+    pub cache_current: Gauge,
     /// On-demand GETs of a single ServiceAccount after a cache miss.
     pub cache_miss_lookups: Counter,
     /// Successful JWKS loads.
@@ -164,6 +167,12 @@ impl Metrics {
             "watch_restarts",
             "ServiceAccount watch streams started again after they ended",
             watch_restarts.clone(),
+        );
+        let cache_current = Gauge::default();
+        registry.register(
+            "cache_current_timestamp_seconds",
+            "Unix time at which the ServiceAccount cache last followed the cluster (a watch open or a list just completed)",
+            cache_current.clone(),
         );
         let cache_miss_lookups = Counter::default();
         registry.register(
@@ -246,6 +255,7 @@ impl Metrics {
             cache_size,
             cache_relists,
             watch_restarts,
+            cache_current,
             cache_miss_lookups,
             jwks_refreshes,
             jwks_refresh_failures,

@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::fs;
 use std::time::{Duration, Instant};
 
 use support::client::{connect_token, is_authorization_violation};
@@ -720,4 +721,71 @@ fn a_refetch_storm_against_a_slow_key_set_endpoint_does_not_refuse_legitimate_cl
     s.service.wait_for("the published key accepted", WAIT, || {
         connect_token(&s.url(), &token).is_ok()
     });
+}
+
+/// `VmRSS` of a process, for the test's output.
+fn rss(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or("VmRSS unknown")
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Attack review of issue 10: a namespace editor creates ServiceAccounts with 250 KiB of
+/// annotations each (the API server allows 256 KiB per object), 270 of them, so one list page
+/// of 500 is larger than the client's 64 MiB body limit. Before, a new replica never got ready
+/// (`API response larger than 67108864 bytes` on every retry), a running one kept a frozen cache
+/// after its next 410 (a deleted account was still admitted), and each object cost its
+/// annotations in memory. Now the page is asked again in halves, only the service's own
+/// annotations are kept, and the relist sees the deletion.
+#[test]
+fn service_accounts_with_huge_annotations_neither_block_lists_nor_fill_memory() {
+    const OBJECTS: usize = 270;
+    let pad = "x".repeat(250 * 1024);
+    let s = StackBuilder::new().start();
+    let pid = s.service.pid().expect("service pid");
+    let before = rss(pid);
+    for i in 0..OBJECTS {
+        s.api.create_service_account(
+            "attacker",
+            &format!("sa-{i:03}"),
+            &[("kubectl.kubernetes.io/last-applied-configuration", &pad)],
+        );
+    }
+    s.wait_cached("the padded accounts", OBJECTS + 1, Duration::from_secs(60));
+    let after_watch = rss(pid);
+
+    let replica = s.replica().spawn();
+    replica.wait_for("the new replica ready", Duration::from_secs(60), || {
+        matches!(replica.get("/readyz"), Some((200, _)))
+    });
+    assert!(
+        replica.log().contains("asking again for 250 at a time"),
+        "{}",
+        replica.log()
+    );
+    let replica_rss = rss(replica.pid().expect("replica pid"));
+
+    // The running service relists after a 410, and the list sees what changed.
+    let token = s.token("team-a", "app");
+    let relists = s.service.metric("nats_callout_cache_relists_total");
+    s.api.set_watch_hang(true);
+    s.api.delete_service_account("team-a", "app");
+    s.api.compact_history();
+    s.api.close_watch_streams();
+    s.api.set_watch_hang(false);
+    s.service
+        .wait_for("the relist completed", Duration::from_secs(60), || {
+            s.service.metric("nats_callout_cache_relists_total") > relists
+        });
+    s.wait_cached("every account but the deleted one", OBJECTS, WAIT);
+    s.assert_denied(&token, "serviceaccount_not_found");
+    eprintln!(
+        "RSS of the running service: {before} before, {after_watch} after {OBJECTS} padded accounts arrived by watch; new replica after its list: {replica_rss}"
+    );
 }

@@ -479,6 +479,11 @@ tests:
         values: '0 0 0 0 1 1 1 1 1 2 2 2 2 2 3 3 3 3 3 4 4 4 4 4 5 5 5 5 5 6 6 6 6 6 7 7 7 7 7 8 8 8 8 8 9 9 9 9 9 10 10 10 10 10 11 11 11 11 11 12 12'
       - series: 'nats_callout_cache_relists_total{{instance="a"}}'
         values: '1x60'
+      - series: 'nats_callout_cache_current_timestamp_seconds{{instance="a"}}'
+        values: '0+60x60'
+      # A replica reading ServiceAccounts from a file: never "current", never stale.
+      - series: 'nats_callout_cache_current_timestamp_seconds{{instance="file"}}'
+        values: '0x60'
       - series: 'nats_callout_dropped_annotation_entries_total{{instance="a",direction="pub",cause="invalid"}}'
         values: '0x60'
       - series: 'nats_callout_policy_reloads_total{{instance="a",result="success"}}'
@@ -528,6 +533,8 @@ tests:
         values: '0+2x40'
       - series: 'nats_callout_cache_relists_total{{instance="b"}}'
         values: '0+1x40'
+      - series: 'nats_callout_cache_current_timestamp_seconds{{instance="b"}}'
+        values: '0+60x10 600x30'
       - series: 'nats_callout_dropped_annotation_entries_total{{instance="b",direction="sub",cause="reserved"}}'
         values: '0+1x40'
       - series: 'nats_callout_policy_reloads_total{{instance="b",result="failure"}}'
@@ -551,6 +558,7 @@ tests:
           - {{labels: '{{alertname="NatsCalloutJwksRefreshFailing"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutNoKeySet"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutWatchRestartStorm"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutCacheStale"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutRelistStorm"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutDroppedAnnotationEntries"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutPolicyReloadFailing"}}', value: 1}}

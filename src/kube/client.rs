@@ -501,6 +501,16 @@ fn pem_private_key(pem: &[u8]) -> Result<ureq::tls::PrivateKey<'static>, ConfigE
 /// Shared by tests of other modules: a client on a plain-http server with a static token.
 #[cfg(test)]
 pub(crate) fn test_client(base: &str, token: Option<&str>) -> ApiClient {
+    test_client_bounded(base, token, ClientSettings::default().max_body_bytes)
+}
+
+/// [`test_client`] taking response bodies of at most `max_body_bytes`.
+#[cfg(test)]
+pub(crate) fn test_client_bounded(
+    base: &str,
+    token: Option<&str>,
+    max_body_bytes: u64,
+) -> ApiClient {
     use super::credential::{CredentialSpec, Secret};
     let endpoint = Endpoint {
         server: base.to_owned(),
@@ -516,6 +526,7 @@ pub(crate) fn test_client(base: &str, token: Option<&str>) -> ApiClient {
         source: KubeConfigSource::Auto,
         connect_timeout: Duration::from_secs(2),
         response_timeout: Duration::from_secs(2),
+        max_body_bytes,
         ..ClientSettings::default()
     };
     ApiClient::from_endpoint(endpoint, &settings).expect("test client")

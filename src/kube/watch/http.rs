@@ -115,15 +115,33 @@ pub(super) fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
 impl WatchApi for ClientApi {
     type Stream = ChannelStream;
 
+    /// A page of at most `page_size` objects; when its answer is larger than the client's body
+    /// limit, the same page is asked again with half as many objects, down to one. Objects can
+    /// be large (annotations up to 256 KiB, labels, ...): anyone who may create ServiceAccounts
+    /// could otherwise make every list fail, and the service never get ready or never relist.
     fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage, KubeError> {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("limit", &self.settings.page_size.to_string());
-        if let Some(token) = continue_token {
-            query.append_pair("continue", token);
+        let mut limit = self.settings.page_size.max(1);
+        loop {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            if let Some(token) = continue_token {
+                query.append_pair("continue", token);
+            }
+            let path = format!("{COLLECTION_PATH}?{}", query.finish());
+            match self
+                .client
+                .get_json::<RawList>(&path, self.settings.list_timeout)
+            {
+                Ok(list) => return Ok(list.into_page()),
+                Err(KubeError::BodyTooLarge { limit: bytes }) if limit > 1 => {
+                    limit /= 2;
+                    warn!(
+                        "a page of ServiceAccounts is larger than {bytes} bytes: asking again for {limit} at a time"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let path = format!("{COLLECTION_PATH}?{}", query.finish());
-        let list: RawList = self.client.get_json(&path, self.settings.list_timeout)?;
-        Ok(list.into_page())
     }
 
     fn watch(&mut self, resource_version: &str) -> Result<ChannelStream, KubeError> {
@@ -310,6 +328,58 @@ mod tests {
         assert_eq!(seen[0].len(), 2, "{:?}", seen[0]);
         assert_eq!(value(1, "resourceVersion").as_deref(), Some(ODD));
         assert_eq!(seen[1].len(), 4, "{:?}", seen[1]);
+    }
+
+    #[test]
+    fn a_page_larger_than_the_body_limit_is_asked_again_in_halves() {
+        // Each object ~1 KiB: 500 of them pass the 100 KiB limit, 62 do not.
+        let limits = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = limits.clone();
+        let base = start(Arc::new(move |req: &Request| {
+            let (_, query) = req.path.split_once('?').unwrap_or_default();
+            let limit: usize = form_urlencoded::parse(query.as_bytes())
+                .find(|(n, _)| n == "limit")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            seen.lock().push(limit);
+            let items: Vec<serde_json::Value> = (0..limit)
+                .map(|i| {
+                    serde_json::json!({"metadata": {"name": format!("sa-{i}"), "namespace": "n",
+                    "annotations": {"padding": "x".repeat(1000)}}})
+                })
+                .collect();
+            response(
+                "200 OK",
+                &[],
+                &serde_json::json!({"metadata": {"resourceVersion": "5", "continue": "next"}, "items": items})
+                    .to_string(),
+            )
+        }));
+        let client = Arc::new(crate::kube::client::test_client_bounded(
+            &base,
+            None,
+            100 * 1024,
+        ));
+        let mut api = ClientApi::new(client.clone(), WatchSettings::default());
+        let page = api.list_page(Some("here")).unwrap();
+        assert_eq!(*limits.lock(), [500, 250, 125, 62]);
+        assert_eq!(page.items.len(), 62);
+        assert_eq!(page.continue_token.as_deref(), Some("next"));
+        // One object over the limit: the page of one fails as before.
+        let tiny = Arc::new(crate::kube::client::test_client_bounded(&base, None, 100));
+        let mut api = ClientApi::new(
+            tiny,
+            WatchSettings {
+                page_size: 4,
+                ..WatchSettings::default()
+            },
+        );
+        limits.lock().clear();
+        assert!(matches!(
+            api.list_page(None),
+            Err(KubeError::BodyTooLarge { limit: 100 })
+        ));
+        assert_eq!(*limits.lock(), [4, 2, 1]);
     }
 
     /// End to end over a socket: a hand-rolled server answers the list and one watch.

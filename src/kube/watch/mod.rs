@@ -42,6 +42,9 @@ const COLLECTION_PATH: &str = "/api/v1/serviceaccounts";
 const STREAM_POLL: Duration = Duration::from_millis(500);
 /// Events buffered between a watch stream's reader thread and the loop.
 const STREAM_BUFFER: usize = 64;
+/// How long the cache may go without following the cluster before each failure's log line says
+/// for how long (deletions and annotation changes since are not seen).
+const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Settings of the list + watch loop.
 #[derive(Clone, Debug)]
@@ -396,6 +399,8 @@ fn run<A: WatchApi>(
 ) {
     let mut backoff = Backoff::new(settings.backoff.clone());
     let mut state = State::Empty;
+    // When the cache last followed the cluster (start counts: nothing was missed before it).
+    let mut followed = api.now();
     loop {
         if stop_requested(stop) {
             debug!("ServiceAccount watch stopping");
@@ -403,6 +408,11 @@ fn run<A: WatchApi>(
         }
         let (next, output) = step(state, api, settings.very_short_watch);
         state = next;
+        if matches!(state, State::Watching { .. }) || matches!(output, Some(Output::Listed { .. }))
+        {
+            followed = api.now();
+            metrics.cache_current.set(unix_seconds());
+        }
         match output {
             None => {}
             Some(Output::Listed {
@@ -436,7 +446,17 @@ fn run<A: WatchApi>(
                     | Failure::ResourceVersionRefused(_) => {
                         info!("{failure}; next attempt in {delay:?}")
                     }
-                    _ => warn!("{failure}; retrying in {delay:?}"),
+                    _ => {
+                        let stale = api.now().saturating_duration_since(followed);
+                        if stale >= STALE_AFTER {
+                            warn!(
+                                "{failure}; retrying in {delay:?} (the ServiceAccount cache has not followed the cluster for {}s: deletions and annotation changes since are not seen)",
+                                stale.as_secs()
+                            )
+                        } else {
+                            warn!("{failure}; retrying in {delay:?}")
+                        }
+                    }
                 }
                 if wait_or_stop(stop, delay) {
                     debug!("ServiceAccount watch stopping");
@@ -445,6 +465,13 @@ fn run<A: WatchApi>(
             }
         }
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Starts the thread that lists and watches ServiceAccounts into `cache` until `stop` receives a
@@ -941,6 +968,41 @@ mod tests {
         };
         run(&mut api, cache, readiness, cache.metrics(), &settings, &rx);
         api
+    }
+
+    #[test]
+    fn the_cache_current_timestamp_moves_only_while_the_cache_follows_the_cluster() {
+        let cache = ServiceAccountCache::new(Arc::new(Metrics::new()));
+        let readiness = Readiness::default();
+        let current = || cache.metrics().cache_current.get();
+        drive(
+            FakeApi::new()
+                .list(Err(status(500, None)))
+                .list(Err(status(403, None))),
+            &cache,
+            &readiness,
+        );
+        assert_eq!(current(), 0, "no list yet: never current");
+        drive(
+            FakeApi::new().list(page(
+                vec![ServiceAccount::for_test("a", "1", "u1")],
+                "7",
+                None,
+            )),
+            &cache,
+            &readiness,
+        );
+        assert!(current() > 1_700_000_000, "listed: {}", current());
+        // A relist that keeps failing leaves the timestamp where it was.
+        cache.metrics().cache_current.set(1);
+        drive(
+            FakeApi::new()
+                .list(Err(status(500, None)))
+                .list(Err(status(500, None))),
+            &cache,
+            &readiness,
+        );
+        assert_eq!(current(), 1);
     }
 
     #[test]
