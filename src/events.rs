@@ -127,7 +127,7 @@ pub fn event_message(evaluation: &Evaluation) -> String {
 }
 
 /// An entry as quoted in a message: cut (at a character boundary) past [`MAX_QUOTED_ENTRY`].
-fn quoted_entry(entry: &str) -> String {
+pub(crate) fn quoted_entry(entry: &str) -> String {
     match entry.char_indices().nth(MAX_QUOTED_ENTRY) {
         Some((cut, _)) => format!("{}…", &entry[..cut]),
         None => entry.to_owned(),

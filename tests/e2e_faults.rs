@@ -8,9 +8,11 @@
 mod support;
 
 use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::client::{connect_token, is_authorization_violation};
+use support::client::{bare_connect, connect_token, is_authorization_violation};
 use support::kube::{RecordedRequest, RequestKind};
 use support::nats::{free_port, NatsServer};
 use support::stack::{Stack, StackBuilder};
@@ -787,5 +789,69 @@ fn service_accounts_with_huge_annotations_neither_block_lists_nor_fill_memory() 
     s.assert_denied(&token, "serviceaccount_not_found");
     eprintln!(
         "RSS of the running service: {before} before, {after_watch} after {OBJECTS} padded accounts arrived by watch; new replica after its list: {replica_rss}"
+    );
+}
+
+/// Attack review of issue 10: a client reconnecting with a garbage token as fast as it can cost
+/// a WARN line per attempt (~1,700 lines/s from one pod). Denials now have their own line for
+/// the first 20 of every 10 s (the rest at debug), then one line sums them up by reason; every
+/// one is still counted.
+#[test]
+fn a_garbage_token_flood_writes_a_bounded_number_of_warn_lines() {
+    const LINES_PER_WINDOW: usize = 20;
+    let s = StackBuilder::new().start();
+    let url = s.url();
+    let before = s.service.log().len();
+    let denied_before = s.service.decisions("deny", "token_malformed");
+    let stop = Arc::new(AtomicBool::new(false));
+    let attackers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), url.clone());
+            std::thread::spawn(move || {
+                let mut attempts = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let admitted = bare_connect(&url, "not-a-token").expect("connect");
+                    assert!(admitted.is_some(), "a garbage token was admitted");
+                    attempts += 1;
+                }
+                attempts
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let attempts: u32 = attackers.into_iter().map(|a| a.join().unwrap()).sum();
+    let want = denied_before + f64::from(attempts);
+    s.service.wait_for("every attempt counted", WAIT, || {
+        s.service.decisions("deny", "token_malformed") >= want
+    });
+    // The summary comes when the window ends (at most 10 s after it began).
+    s.service
+        .wait_for("the summary line", Duration::from_secs(15), || {
+            s.service.log()[before..].contains("not logged one by one")
+        });
+    let log = s.service.log();
+    let added = &log[before..];
+    let warned = added
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("] denied"))
+        .count();
+    let summary = added
+        .lines()
+        .find(|l| l.contains("not logged one by one"))
+        .unwrap_or_default();
+    eprintln!("{attempts} garbage tokens in 3 s: {warned} WARN denial lines; {summary}");
+    assert!(
+        attempts as usize > 3 * LINES_PER_WINDOW,
+        "too few attempts to show anything: {attempts}"
+    );
+    // The flood spans at most two windows.
+    assert!(
+        warned <= 2 * LINES_PER_WINDOW,
+        "{warned} WARN denial lines for {attempts} attempts"
+    );
+    assert!(
+        summary.contains(" WARN ") && summary.contains("token_malformed="),
+        "{summary}"
     );
 }

@@ -15,12 +15,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, warn};
 
+use super::denial_log::{self, log_denial};
 use super::jwt::JwtError;
 use super::request::{AuthRequest, RequestError, REQUEST_CLOCK_SKEW_SECS};
 use super::response::{seal_if_needed, Grant, ResponseError};
 use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
 use crate::authorizer::{Authorizer, ConnectAttempt, Decision, Denial, DenyReason};
 use crate::backoff::{Backoff, BackoffSettings};
+use crate::identity::printable;
 use crate::keys::{CalloutKeys, KeyStore};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::readiness::Readiness;
@@ -99,7 +101,7 @@ impl CalloutContext {
                 };
             }
             Err(e) => {
-                warn!("denied: {e} (reason={})", e.reason());
+                log_denial!(e.reason(), "denied: {e} (reason={})", e.reason());
                 // Without a verified request there is no one to address a signed denial to; an
                 // empty reply makes a genuine server deny at once instead of waiting.
                 return Outcome {
@@ -159,8 +161,8 @@ impl CalloutContext {
                                 .map(|p| format!(" pod {p}"))
                                 .unwrap_or_default(),
                             req.client.id,
-                            req.client.host,
-                            req.server.name,
+                            printable(&req.client.host, MAX_LOGGED_NAME),
+                            printable(&req.server.name, MAX_LOGGED_NAME),
                             allowed.expires_at - now
                         );
                         Outcome {
@@ -179,12 +181,13 @@ impl CalloutContext {
                 }
             }
             Decision::Deny(deny) => {
-                warn!(
+                log_denial!(
+                    deny.reason(),
                     "denied {} (client {} {} on {}): {} (reason={})",
                     deny.account_label(),
                     req.client.id,
-                    req.client.host,
-                    req.server.name,
+                    printable(&req.client.host, MAX_LOGGED_NAME),
+                    printable(&req.server.name, MAX_LOGGED_NAME),
                     deny,
                     deny.reason()
                 );
@@ -398,6 +401,7 @@ pub fn run(
             break;
         }
         overload.tick(Instant::now(), settings.queue_size);
+        denial_log::tick();
         let msg = match sub.next_timeout(Duration::from_millis(200)) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
@@ -427,6 +431,7 @@ pub fn run(
     }
 
     overload.flush(settings.queue_size);
+    denial_log::flush();
 
     // Shutdown: stop taking requests, let the workers drain the queue within the deadline.
     readiness.set_shutting_down();
@@ -456,6 +461,10 @@ fn join_by(t: JoinHandle<()>, deadline: Instant) -> bool {
     }
     done
 }
+
+/// Longest client host or server name written to a log line (both come from the request, so
+/// control characters are dropped too: no client can forge a line).
+const MAX_LOGGED_NAME: usize = 128;
 
 /// How long closing the NATS connection may take at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);

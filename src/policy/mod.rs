@@ -401,7 +401,8 @@ impl PermissionCache {
                 sa.namespace,
                 sa.name,
                 verdict.direction.annotation(),
-                verdict.entry,
+                // An entry may be as long as the annotation: quoted as the Event quotes it.
+                crate::events::quoted_entry(&verdict.entry),
                 evaluation.explain(cause)
             );
         }
