@@ -183,7 +183,11 @@ impl ChannelStream {
                     Ok(None) => StreamItem::Closed,
                     Err(e) => StreamItem::Broken(e),
                 };
-                let last = !matches!(item, StreamItem::Event(_));
+                // An ERROR event ends the watch (the loop drops the stream and opens another),
+                // whether or not the server closes the connection after it: the thread and its
+                // connection end here rather than at the read timeout (~5 min).
+                let last =
+                    !matches!(item, StreamItem::Event(ref e) if !matches!(e, WatchEvent::Error(_)));
                 if tx.send(item).is_err() || last {
                     return;
                 }
@@ -380,6 +384,48 @@ mod tests {
             Err(KubeError::BodyTooLarge { limit: 100 })
         ));
         assert_eq!(*limits.lock(), [4, 2, 1]);
+    }
+
+    #[test]
+    fn a_watch_stream_ends_at_its_error_event_though_the_server_keeps_the_connection() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let event =
+                r#"{"type":"ERROR","object":{"kind":"Status","code":500,"message":"boom"}}"#;
+            let mut w = &stream;
+            let _ = write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{event}\n\r\n",
+                event.len() + 1
+            );
+            let _ = w.flush();
+            // Holds the connection open, sending nothing more, until the client goes.
+            let mut rest = String::new();
+            let _ = reader.read_line(&mut rest);
+        });
+        let client = Arc::new(test_client(&base, None));
+        let mut api = ClientApi::new(client, WatchSettings::default());
+        let mut stream = api.watch("7").unwrap();
+        let first = (0..20)
+            .map(|_| stream.next_item())
+            .find(|i| !matches!(i, StreamItem::Idle));
+        assert!(
+            matches!(first, Some(StreamItem::Event(WatchEvent::Error(_)))),
+            "{first:?}"
+        );
+        // The reader thread is gone: the stream reports its end at once, not Idle until the
+        // read timeout.
+        assert!(matches!(stream.next_item(), StreamItem::Closed));
+        drop(stream);
+        server.join().unwrap();
     }
 
     /// End to end over a socket: a hand-rolled server answers the list and one watch.
