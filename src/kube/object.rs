@@ -108,6 +108,8 @@ fn read_annotations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ReadAnnota
                     continue;
                 };
                 let mut value: String = map.next_value()?;
+                // A repeated key (a hand-written file): the last one counts, as for the value.
+                read.entries_past_limit.retain(|(n, _)| *n != name);
                 if value.len() > MAX_ANNOTATION_BYTES {
                     let past = cut_entries(&mut value);
                     if past > 0 {
@@ -132,6 +134,8 @@ fn cut_entries(value: &mut String) -> usize {
         .filter(|e| !e.trim().is_empty())
         .count();
     value.truncate(at);
+    // Gives the rest of the allocation back: truncating alone keeps it all.
+    value.shrink_to_fit();
     past
 }
 
@@ -281,6 +285,10 @@ mod tests {
         ));
         let kept = &sa.annotations[PUB_ANNOTATION];
         assert!(kept.len() <= MAX_ANNOTATION_BYTES && value.starts_with(kept.as_str()));
+        assert!(
+            kept.capacity() <= MAX_ANNOTATION_BYTES,
+            "the cut part is not held"
+        );
         let kept_entries = kept.split(", ").count();
         assert_eq!(
             kept.split(", ").last(),
@@ -291,6 +299,12 @@ mod tests {
             sa.entries_past_limit,
             [(PUB_ANNOTATION, 2000 - kept_entries)]
         );
+        // The same key again (a hand-written file): the last value counts, cut or not.
+        let sa = read(&format!(
+            r#"{{"metadata": {{"name": "a", "namespace": "n", "annotations": {{"{PUB_ANNOTATION}": "{value}", "{PUB_ANNOTATION}": "a.b"}}}}}}"#
+        ));
+        assert_eq!(sa.annotations[PUB_ANNOTATION], "a.b");
+        assert!(sa.entries_past_limit.is_empty());
         // Exactly at the bound: kept whole.
         let exact = "a".repeat(MAX_ANNOTATION_BYTES);
         let mut v = exact.clone();
