@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::kube::{is_valid_namespace, ApiClient, KubeError, ServiceAccount};
 use crate::metrics::{EventLabels, Metrics};
 use crate::policy::{DropCause, DropReport, Evaluation};
+use crate::unix_now;
 
 /// The Event `reason`: a machine-readable word for this kind of Event.
 pub const REASON: &str = "NatsAnnotationEntryDropped";
@@ -311,11 +312,6 @@ impl EventRecorder {
         }
         self.last_failure_log = Some(Instant::now());
     }
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-fn unix_now() -> i64 {
-    jiff::Timestamp::now().as_second().max(0)
 }
 
 /// Starts the `events` thread. It exists so that creating an Event (a round trip to the API

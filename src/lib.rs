@@ -31,3 +31,11 @@ pub mod operator;
 pub mod policy;
 pub mod readiness;
 pub mod urls;
+
+/// Seconds since the Unix epoch now (0 if the clock is before it): what JWT times and the
+/// metrics' timestamps count in.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

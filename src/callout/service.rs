@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, warn};
@@ -26,6 +26,7 @@ use crate::identity::printable;
 use crate::keys::{CalloutKeys, KeyStore};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::readiness::Readiness;
+use crate::unix_now;
 use crate::urls::redact_urls;
 
 /// How the service logs in to NATS.
@@ -62,13 +63,6 @@ pub struct CalloutContext {
     pub authorizer: Authorizer,
     /// Counts.
     pub metrics: Arc<Metrics>,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The outcome of one request, as it is counted and answered.

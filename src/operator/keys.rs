@@ -12,7 +12,6 @@ use std::io;
 #[cfg(unix)]
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nkeys::{KeyPair, XKey};
 
@@ -737,10 +736,7 @@ pub fn run(opts: &OperatorKeysOptions) -> Result<(), KeysError> {
         dir: usable_path(&dir)?,
         full_resolver_dir: usable_path(&full)?,
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+    let now = crate::unix_now();
     let keys = generate(opts, paths, now)?;
     write(&dir, &keys.files)?;
     print!("{}", keys.summary);

@@ -411,7 +411,7 @@ fn run<A: WatchApi>(
         if matches!(state, State::Watching { .. }) || matches!(output, Some(Output::Listed { .. }))
         {
             followed = api.now();
-            metrics.cache_current.set(unix_seconds());
+            metrics.cache_current.set(crate::unix_now());
         }
         match output {
             None => {}
@@ -465,13 +465,6 @@ fn run<A: WatchApi>(
             }
         }
     }
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-fn unix_seconds() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Starts the thread that lists and watches ServiceAccounts into `cache` until `stop` receives a
