@@ -256,6 +256,20 @@ fn seal(
 struct Job {
     msg: nats::Message,
     queued: Instant,
+    /// Wall-clock µs when the reader took the request, for the `callout::timing` lines.
+    received_us: u64,
+}
+
+/// Log target of the per-request timestamps (`debug`, off by default): `scripts/bench` pairs
+/// them with a client's own timestamps to split a connect's latency between nats-server and
+/// the service.
+const TIMING: &str = "callout::timing";
+
+/// Wall-clock microseconds since the Unix epoch (0 if the clock is before it).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn connect(
@@ -365,7 +379,9 @@ pub fn run(
                     // While disconnected the library buffers and sends on reconnect; a flush
                     // then would wait for a PONG that only a reconnect brings.
                     if readiness.nats_connected() {
+                        let started = unix_us();
                         let _ = nc.flush_timeout(Duration::from_secs(1));
+                        debug!(target: TIMING, "flush started={started} ponged={}", unix_us());
                     }
                 }
             })
@@ -408,6 +424,7 @@ pub fn run(
         match tx.try_send(Job {
             msg,
             queued: Instant::now(),
+            received_us: unix_us(),
         }) {
             Ok(()) => {
                 metrics.queue_depth.inc();
@@ -489,6 +506,7 @@ fn count(metrics: &Metrics, result: &'static str, reason: &'static str) {
 fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel::Sender<()>) {
     for job in rx.iter() {
         ctx.metrics.queue_depth.dec();
+        let dequeued = unix_us();
         let xkey = job
             .msg
             .headers
@@ -505,11 +523,18 @@ fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel:
                     reason: "internal_error",
                 }
             });
+        let decided = unix_us();
         if let Some(reply) = &outcome.reply {
             if let Err(e) = job.msg.respond(reply) {
                 warn!("cannot publish the answer: {e}");
             }
         }
+        debug!(
+            target: TIMING,
+            "request received={} dequeued={dequeued} decided={decided} published={}",
+            job.received_us,
+            unix_us()
+        );
         // A full channel means a flush is already pending: it will carry this answer too.
         let _ = flush.try_send(());
         count(&ctx.metrics, outcome.result, outcome.reason);
