@@ -34,6 +34,7 @@ use crate::kube::{file, watch, ApiClient};
 use crate::metrics::Metrics;
 use crate::policy::{InboxMode, PermissionCache, PolicyStore};
 use crate::readiness::Readiness;
+use crate::verified::VerifiedTokens;
 
 /// How long the background threads get to stop once the callout loop has finished.
 const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -315,13 +316,15 @@ pub fn serve() -> Result<(), String> {
             "SERVICEACCOUNT_EVENTS=false: dropped annotation entries are only logged and counted"
         ),
     }
+    let verified = VerifiedTokens::new(config.token_cache_size, config.leeway, metrics.clone());
     let authorizer = Authorizer::new(
         validator,
         directory,
         policy,
         permissions,
         config.max_lifetime,
-    );
+    )
+    .with_verified_tokens(verified);
     let keys = Arc::new(KeyStore::with_initial(
         config.key_files.clone(),
         config.keys.clone(),

@@ -14,6 +14,7 @@ use crate::identity::{claimed_service_account, Identity, TokenError, TokenValida
 use crate::kube::cache::{Lookup, ServiceAccountDirectory};
 use crate::kube::{is_valid_namespace, is_valid_object_name, ServiceAccount};
 use crate::policy::{Evaluation, NotServed, PermissionCache, Permissions, PolicyStore};
+use crate::verified::{TokenKey, VerifiedTokens};
 
 /// Why a client was denied. Only the log and the metrics see it; the client sees the generic text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,6 +238,7 @@ pub struct Authorizer {
     policy: Arc<PolicyStore>,
     permissions: PermissionCache,
     max_lifetime: Duration,
+    verified: Option<VerifiedTokens>,
 }
 
 impl Authorizer {
@@ -254,7 +256,48 @@ impl Authorizer {
             policy,
             permissions,
             max_lifetime,
+            verified: None,
         }
+    }
+
+    /// Remembers the tokens of allowed clients in `verified`, so that a reconnect with the same
+    /// token skips signature verification (see [`crate::verified`]).
+    pub fn with_verified_tokens(mut self, verified: VerifiedTokens) -> Authorizer {
+        self.verified = verified.enabled().then_some(verified);
+        self
+    }
+
+    /// The verified-token cache, when one is in use.
+    pub fn verified_tokens(&self) -> Option<&VerifiedTokens> {
+        self.verified.as_ref()
+    }
+
+    /// The token's identity: from the verified-token cache when it holds, else by verification.
+    fn identity_of(
+        &self,
+        token: &str,
+        key: Option<&TokenKey>,
+        generation: u64,
+        now: i64,
+    ) -> Result<(Identity, Option<crate::verified::Verified>), Denial> {
+        let now_secs = u64::try_from(now).unwrap_or(0);
+        if let (Some(cache), Some(key)) = (&self.verified, key) {
+            if let Some((identity, hit)) = cache.get(key, now_secs, generation) {
+                return Ok((identity, Some(hit)));
+            }
+        }
+        Ok((self.verify(token, now)?, None))
+    }
+
+    /// Verifies `token` in full.
+    fn verify(&self, token: &str, now: i64) -> Result<Identity, Denial> {
+        self.validator
+            .validate(token, u64::try_from(now).unwrap_or(0))
+            // The claims of a refused token are unverified: logged as "claimed" only.
+            .map_err(|e| Denial {
+                reason: DenyReason::Token(e),
+                account: claimed_service_account(token).map(|c| format!("{c} (claimed)")),
+            })
     }
 
     /// Decides one connect attempt (from a verified request) at unix time `now`. Computing
@@ -272,19 +315,15 @@ impl Authorizer {
         let Some(token) = attempt.token else {
             return Decision::deny(DenyReason::NoToken, None);
         };
-        let identity = match self
-            .validator
-            .validate(token, u64::try_from(now).unwrap_or(0))
-        {
-            Ok(i) => i,
-            Err(e) => {
-                // The claims of a refused token are unverified: logged as "claimed" only.
-                return Decision::Deny(Denial {
-                    reason: DenyReason::Token(e),
-                    account: claimed_service_account(token).map(|c| format!("{c} (claimed)")),
-                });
-            }
-        };
+        // Read before verifying: a key set that changes meanwhile leaves a stale generation
+        // behind, never a trusted one.
+        let generation = self.validator.key_generation();
+        let key = self.verified.as_ref().map(|_| TokenKey::of(token));
+        let (mut identity, mut cached) =
+            match self.identity_of(token, key.as_ref(), generation, now) {
+                Ok(found) => found,
+                Err(denial) => return Decision::Deny(denial),
+            };
         // One policy version for the whole decision. A namespace it does not serve is refused
         // before anything is looked up for it.
         let policy = self.policy.current();
@@ -294,12 +333,38 @@ impl Authorizer {
         let lookup = self
             .directory
             .lookup(&identity.namespace, &identity.service_account);
+        // A remembered token whose ServiceAccount changed since (updated, re-created, deleted)
+        // is verified again; the same bytes name the same account, so the lookup stands.
+        if let (Some(hit), Some(key), Some(cache)) = (&cached, &key, &self.verified) {
+            let same = matches!(&lookup, Lookup::Found(sa) if hit.admitted_with(sa));
+            if same {
+                cache.used();
+            } else {
+                cache.forget_stale(key);
+                identity = match self.verify(token, now) {
+                    Ok(i) => i,
+                    Err(denial) => return Decision::Deny(denial),
+                };
+                cached = None;
+            }
+        }
         let admitted = match decide(&identity, lookup, self.max_lifetime, now) {
             Ok(admitted) => admitted,
             Err(denial) => return Decision::Deny(denial),
         };
         match self.permissions.evaluation(&admitted.account, &policy) {
-            Ok(evaluation) => Decision::Allow(admitted.into_allowed(&evaluation)),
+            Ok(evaluation) => {
+                if let (None, Some(key), Some(cache)) = (&cached, key, &self.verified) {
+                    cache.insert(
+                        key,
+                        &identity,
+                        &admitted.account,
+                        u64::try_from(now).unwrap_or(0),
+                        generation,
+                    );
+                }
+                Decision::Allow(admitted.into_allowed(&evaluation))
+            }
             Err(not_served) => {
                 Decision::deny(DenyReason::NamespaceNotAllowed(not_served), Some(&identity))
             }
@@ -478,6 +543,234 @@ mod tests {
                 assert!(d.to_string().contains("re-created"));
             }
             d => panic!("{d:?}"),
+        }
+    }
+
+    /// The verified-token cache as the authorizer uses it: real ES256 tokens from the dev
+    /// signer, a key set read from a file (so it can change), and a directory whose object the
+    /// test replaces.
+    mod verified_tokens {
+        use super::*;
+        use crate::identity::jwks::testing::file_store;
+        use crate::identity::{generate_signer, DevSigner, JwksStore, MintRequest, TokenSettings};
+        use crate::kube::cache::ServiceAccountDirectory;
+        use crate::metrics::Metrics;
+        use crate::verified::VerifiedTokens;
+        use parking_lot::Mutex;
+
+        const ISSUER: &str = "https://issuer.test";
+
+        struct Directory(Mutex<Option<Arc<ServiceAccount>>>);
+
+        impl ServiceAccountDirectory for Directory {
+            fn lookup(&self, _namespace: &str, _name: &str) -> Lookup {
+                match &*self.0.lock() {
+                    Some(sa) => Lookup::Found(sa.clone()),
+                    None => Lookup::NotFound,
+                }
+            }
+        }
+
+        struct Setup {
+            dir: tempfile::TempDir,
+            signer: DevSigner,
+            store: Arc<JwksStore>,
+            accounts: Arc<Directory>,
+            metrics: Arc<Metrics>,
+            authorizer: Authorizer,
+        }
+
+        impl Setup {
+            fn new() -> Setup {
+                let dir = tempfile::tempdir().unwrap();
+                let signer = generate_signer(&dir.path().join("a")).unwrap();
+                let jwks = dir.path().join("jwks.json");
+                std::fs::write(&jwks, signer.jwks_json()).unwrap();
+                let store = file_store(&jwks);
+                store.reload().unwrap();
+                let accounts = Arc::new(Directory(Mutex::new(Some(Arc::new(
+                    ServiceAccount::for_test("team-a", "app", "u-1"),
+                )))));
+                let metrics = Arc::new(Metrics::new());
+                let authorizer = Authorizer::new(
+                    TokenValidator::new(store.clone(), TokenSettings::new(ISSUER, "nats")),
+                    accounts.clone(),
+                    Arc::new(PolicyStore::new(AdminPolicy::unrestricted(), None)),
+                    PermissionCache::new(metrics.clone(), 16, InboxMode::Shared),
+                    Duration::from_secs(3600),
+                )
+                .with_verified_tokens(VerifiedTokens::new(
+                    8,
+                    Duration::from_secs(60),
+                    metrics.clone(),
+                ));
+                Setup {
+                    dir,
+                    signer,
+                    store,
+                    accounts,
+                    metrics,
+                    authorizer,
+                }
+            }
+
+            fn token(&self, uid: &str, ttl: u64) -> String {
+                self.signer
+                    .mint_at(
+                        &MintRequest {
+                            issuer: ISSUER.into(),
+                            audience: "nats".into(),
+                            namespace: "team-a".into(),
+                            name: "app".into(),
+                            uid: uid.into(),
+                            ttl: Duration::from_secs(ttl),
+                        },
+                        NOW as u64,
+                    )
+                    .unwrap()
+            }
+
+            fn authorize(&self, token: &str, now: i64) -> Decision {
+                self.authorizer.authorize(
+                    ConnectAttempt {
+                        kind: "Client",
+                        token: Some(token),
+                    },
+                    now,
+                )
+            }
+
+            /// Lookups so far by result: (hit, miss, stale).
+            fn lookups(&self) -> (u64, u64, u64) {
+                let text = self.metrics.render();
+                let count = |result: &str| {
+                    let prefix =
+                        format!("nats_callout_token_cache_lookups_total{{result=\"{result}\"}} ");
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(&prefix))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(u64::MAX)
+                };
+                (count("hit"), count("miss"), count("stale"))
+            }
+
+            fn held(&self) -> usize {
+                self.authorizer.verified_tokens().map_or(0, |c| c.len())
+            }
+        }
+
+        fn reason(d: &Decision) -> &'static str {
+            match d {
+                Decision::Allow(_) => "granted",
+                Decision::Deny(d) => d.reason(),
+            }
+        }
+
+        #[test]
+        fn a_second_connect_with_the_same_token_is_a_hit_and_still_allowed() {
+            let s = Setup::new();
+            let token = s.token("u-1", 600);
+            assert_eq!(reason(&s.authorize(&token, NOW)), "granted");
+            assert_eq!((s.lookups(), s.held()), ((0, 1, 0), 1));
+            let again = s.authorize(&token, NOW + 5);
+            let Decision::Allow(a) = again else {
+                panic!("{again:?}")
+            };
+            assert_eq!(a.namespace, "team-a");
+            assert_eq!(
+                a.expires_at,
+                NOW + 600,
+                "the grant still ends with the token"
+            );
+            assert_eq!(s.lookups(), (1, 1, 0));
+        }
+
+        #[test]
+        fn a_token_past_its_expiry_is_verified_again_and_refused() {
+            let s = Setup::new();
+            let token = s.token("u-1", 600);
+            assert_eq!(reason(&s.authorize(&token, NOW)), "granted");
+            assert_eq!(
+                reason(&s.authorize(&token, NOW + 600 + 61)),
+                "token_expired"
+            );
+            assert_eq!(s.lookups(), (0, 2, 0));
+            assert_eq!(s.held(), 0);
+        }
+
+        #[test]
+        fn a_changed_key_set_forgets_every_token_and_a_removed_key_refuses_it() {
+            let s = Setup::new();
+            let token = s.token("u-1", 600);
+            assert_eq!(reason(&s.authorize(&token, NOW)), "granted");
+            // The same document again: still a hit.
+            s.store.reload().unwrap();
+            assert_eq!(reason(&s.authorize(&token, NOW)), "granted");
+            assert_eq!(s.lookups(), (1, 1, 0));
+            // Another key replaces the signer's.
+            let other = generate_signer(&s.dir.path().join("b")).unwrap();
+            std::fs::write(s.dir.path().join("jwks.json"), other.jwks_json()).unwrap();
+            s.store.reload().unwrap();
+            assert_eq!(reason(&s.authorize(&token, NOW)), "token_unknown_key");
+            assert_eq!(s.lookups(), (1, 2, 0));
+        }
+
+        #[test]
+        fn a_changed_or_recreated_service_account_makes_the_token_verify_again() {
+            let s = Setup::new();
+            let token = s.token("u-1", 600);
+            assert_eq!(reason(&s.authorize(&token, NOW)), "granted");
+            // Updated (say, re-annotated): same uid, a new object.
+            *s.accounts.0.lock() = Some(Arc::new(ServiceAccount::for_test("team-a", "app", "u-1")));
+            assert_eq!(reason(&s.authorize(&token, NOW)), "granted");
+            assert_eq!(s.lookups(), (0, 1, 1));
+            assert_eq!(reason(&s.authorize(&token, NOW)), "granted");
+            assert_eq!(s.lookups(), (1, 1, 1), "remembered with the new object");
+            // Deleted and re-created under the same name.
+            *s.accounts.0.lock() = Some(Arc::new(ServiceAccount::for_test("team-a", "app", "u-2")));
+            assert_eq!(
+                reason(&s.authorize(&token, NOW)),
+                "serviceaccount_uid_mismatch"
+            );
+            // Deleted.
+            *s.accounts.0.lock() = None;
+            assert_eq!(
+                reason(&s.authorize(&token, NOW)),
+                "serviceaccount_not_found"
+            );
+            assert_eq!(s.held(), 0, "denials are never remembered");
+        }
+
+        #[test]
+        fn denied_tokens_are_never_remembered() {
+            let s = Setup::new();
+            *s.accounts.0.lock() = None;
+            let token = s.token("u-1", 600);
+            for _ in 0..3 {
+                assert_eq!(
+                    reason(&s.authorize(&token, NOW)),
+                    "serviceaccount_not_found"
+                );
+            }
+            assert_eq!((s.lookups(), s.held()), ((0, 3, 0), 0));
+            // A forged signature on the same claims is refused however often it comes.
+            let mut forged = token.clone();
+            forged.truncate(forged.len() - 4);
+            forged.push_str("AAAA");
+            assert_eq!(reason(&s.authorize(&forged, NOW)), "token_bad_signature");
+            assert_eq!(s.held(), 0);
+        }
+
+        #[test]
+        fn the_cache_holds_at_most_its_size_of_distinct_tokens() {
+            let s = Setup::new();
+            for i in 0..40 {
+                // Distinct tokens (each mint has a random jti).
+                let token = s.token("u-1", 600 + i);
+                assert_eq!(reason(&s.authorize(&token, NOW)), "granted");
+                assert!(s.held() <= 8);
+            }
+            assert_eq!(s.held(), 8);
         }
     }
 }

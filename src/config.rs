@@ -135,6 +135,8 @@ pub struct Config {
     pub workers: usize,
     /// `QUEUE_SIZE`: requests that may wait for a worker.
     pub queue_size: usize,
+    /// `TOKEN_CACHE_SIZE`: tokens of allowed clients remembered as verified (0: none).
+    pub token_cache_size: usize,
     /// `USER_JWT_MAX_LIFETIME`: longest a client stays connected before presenting a new token.
     pub max_lifetime: Duration,
     /// `SHUTDOWN_TIMEOUT`: time allowed to finish in-flight requests at shutdown.
@@ -549,6 +551,12 @@ impl Config {
         let queue_size = r.parsed("QUEUE_SIZE", 1024usize, "a number from 1 to 1000000", |v| {
             (1..=1_000_000).contains(v)
         });
+        let token_cache_size = r.parsed(
+            "TOKEN_CACHE_SIZE",
+            10_000usize,
+            "a number from 0 to 1000000",
+            |v| (0..=1_000_000).contains(v),
+        );
         let max_lifetime = r.duration(
             "USER_JWT_MAX_LIFETIME",
             Duration::from_secs(3600),
@@ -587,6 +595,7 @@ impl Config {
                 log_level,
                 workers,
                 queue_size,
+                token_cache_size,
                 max_lifetime,
                 shutdown_timeout,
                 inbox_mode,
@@ -645,6 +654,31 @@ mod tests {
         assert!(c.policy_file.is_none() && c.policy.is_unrestricted());
         assert!(c.serviceaccount_events);
         assert_eq!(c.instance, None);
+    }
+
+    #[test]
+    fn token_cache_size_defaults_to_ten_thousand_takes_zero_and_refuses_junk() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+                ("NATS_ACCOUNT", "APP"),
+            ];
+            pairs.extend_from_slice(extra);
+            Config::from_map(&env(&pairs))
+        };
+        assert_eq!(with(&[]).unwrap().token_cache_size, 10_000);
+        assert_eq!(
+            with(&[("TOKEN_CACHE_SIZE", "0")]).unwrap().token_cache_size,
+            0
+        );
+        for bad in ["-1", "lots", "1000001"] {
+            let err = with(&[("TOKEN_CACHE_SIZE", bad)]).unwrap_err();
+            assert!(
+                err.contains("TOKEN_CACHE_SIZE") && err.contains("a number from 0 to 1000000"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod operator;
 pub mod policy;
 pub mod readiness;
 pub mod urls;
+pub mod verified;
 
 /// Seconds since the Unix epoch now (0 if the clock is before it): what JWT times and the
 /// metrics' timestamps count in.

@@ -42,6 +42,24 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels of one look into the verified-token cache.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenCacheLabels {
+    /// One of [`TokenCacheLabels::RESULTS`].
+    pub result: &'static str,
+}
+
+impl TokenCacheLabels {
+    /// The token was verified before and still holds: its signature was not checked again.
+    pub const HIT: &'static str = "hit";
+    /// Not in the cache (first sight, evicted, expired, or the key set changed).
+    pub const MISS: &'static str = "miss";
+    /// In the cache, but its ServiceAccount changed since: verified again.
+    pub const STALE: &'static str = "stale";
+    /// Every result, each exposed from the start.
+    pub const RESULTS: [&'static str; 3] = [Self::HIT, Self::MISS, Self::STALE];
+}
+
 /// Labels of an HTTP connection the server closed for misbehaving.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpDropLabels {
@@ -113,6 +131,10 @@ pub struct Metrics {
     pub key_reloads: Family<ReloadLabels, Counter>,
     /// Warning Events about dropped annotation entries, by result.
     pub events: Family<EventLabels, Counter>,
+    /// Looks into the verified-token cache, by result.
+    pub token_cache: Family<TokenCacheLabels, Counter>,
+    /// Tokens held in the verified-token cache.
+    pub token_cache_entries: Gauge,
     /// HTTP connections open on the health and metrics port.
     pub http_connections: Gauge,
     /// HTTP connections the server closed for misbehaving, by reason.
@@ -230,6 +252,21 @@ impl Metrics {
             "Warning Events on ServiceAccounts about dropped annotation entries, by result",
             events.clone(),
         );
+        let token_cache = Family::<TokenCacheLabels, Counter>::default();
+        for result in TokenCacheLabels::RESULTS {
+            let _ = token_cache.get_or_create(&TokenCacheLabels { result });
+        }
+        registry.register(
+            "token_cache_lookups",
+            "Looks into the verified-token cache, by result",
+            token_cache.clone(),
+        );
+        let token_cache_entries = Gauge::default();
+        registry.register(
+            "token_cache_entries",
+            "Tokens held in the verified-token cache",
+            token_cache_entries.clone(),
+        );
         let http_connections = Gauge::default();
         registry.register(
             "http_connections",
@@ -266,6 +303,8 @@ impl Metrics {
             policy_reloads,
             key_reloads,
             events,
+            token_cache,
+            token_cache_entries,
             http_connections,
             http_connections_dropped,
         }

@@ -419,6 +419,9 @@ fn every_metric_the_rules_query_exists() {
         // worth a graph, not a page.
         "nats_callout_http_connections",
         "nats_callout_http_connections_dropped",
+        // A cold verified-token cache costs CPU, not correctness: worth a graph, not a page.
+        "nats_callout_token_cache_lookups",
+        "nats_callout_token_cache_entries",
     ];
     for family in expo.types.keys() {
         let covered = used.iter().any(|u| {

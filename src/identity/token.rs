@@ -266,6 +266,16 @@ impl TokenValidator {
         }
     }
 
+    /// The key set's generation (see [`JwksStore::generation`]); read before [`Self::validate`].
+    pub fn key_generation(&self) -> u64 {
+        self.store.generation()
+    }
+
+    /// The leeway granted on `exp`, `nbf` and `iat`.
+    pub fn leeway(&self) -> std::time::Duration {
+        self.settings.leeway
+    }
+
     /// Checks a token at time `now` (unix seconds) and returns whom it speaks for.
     pub fn validate(&self, token: &str, now: u64) -> Result<Identity, TokenError> {
         // Rule: oversize tokens are refused before any parsing, bounding the work an

@@ -181,6 +181,8 @@ def test_pdb_without_a_bound(render_error):
         ({"config": {"workers": 257}}, "/config/workers", "maximum"),
         ({"config": {"workers": 2.5}}, "/config/workers", "want null or integer"),
         ({"config": {"queueSize": 0}}, "/config/queueSize", "minimum"),
+        ({"config": {"tokenCacheSize": -1}}, "/config/tokenCacheSize", "minimum"),
+        ({"config": {"tokenCacheSize": 1000001}}, "/config/tokenCacheSize", "maximum"),
         ({"config": {"watchTimeoutSeconds": 9}}, "/config/watchTimeoutSeconds", "minimum"),
         ({"config": {"watchTimeoutSeconds": 3601}}, "/config/watchTimeoutSeconds", "maximum"),
         ({"config": {"shutdownTimeout": "1d"}}, "/config/shutdownTimeout", "pattern"),

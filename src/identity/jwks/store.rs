@@ -4,13 +4,14 @@
 //! the refresher thread (see `refresh`) and waits a short, bounded time for the result.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex, RwLock};
+use sha2::{Digest, Sha256};
 
 use super::{JwksError, JwksSource, KeySet, MAX_JWKS_BYTES};
 use crate::files::{read_bounded, FileStamp, ReadError};
@@ -104,6 +105,10 @@ pub struct JwksStore {
     pub(super) source: JwksSource,
     pub(super) settings: JwksSettings,
     current: RwLock<Arc<KeySet>>,
+    /// SHA-256 of the document the set in use came from, and how many times it has differed from
+    /// the one before: verified tokens are remembered per generation (see `crate::verified`).
+    fingerprint: Mutex<Option<[u8; 32]>>,
+    generation: AtomicU64,
     loaded: AtomicBool,
     load_state: Mutex<LoadState>,
     refetch_gate: Mutex<RefetchGate>,
@@ -137,6 +142,8 @@ impl JwksStore {
             source,
             settings,
             current: RwLock::new(Arc::new(KeySet::empty())),
+            fingerprint: Mutex::new(None),
+            generation: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             load_state: Mutex::new(LoadState::default()),
             refetch_gate: Mutex::new(RefetchGate::default()),
@@ -163,6 +170,13 @@ impl JwksStore {
     /// The key set in use (empty until the first successful load).
     pub fn keys(&self) -> Arc<KeySet> {
         Arc::clone(&self.current.read())
+    }
+
+    /// A number that changes whenever the key set changes (any byte of its document): a token
+    /// verified under one generation is verified again under the next. Read it before
+    /// verifying, so a change during verification makes the result stale rather than trusted.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Whether a key set has been loaded.
@@ -320,15 +334,23 @@ impl JwksStore {
             JwksSource::Inline(body) => (body.clone(), None),
         };
         let set = KeySet::parse(&body)?;
-        self.install(set);
+        self.install(set, Sha256::digest(&body).into());
         Ok(LoadOutcome::Loaded { max_age })
     }
 
     /// Swaps a freshly loaded set in whole, then updates metrics, readiness and the log.
-    fn install(&self, set: KeySet) {
+    fn install(&self, set: KeySet, fingerprint: [u8; 32]) {
         let count = set.len();
         let new = Arc::new(set);
-        let old = std::mem::replace(&mut *self.current.write(), Arc::clone(&new));
+        let old = {
+            let mut current = self.current.write();
+            // Under the write lock, so no token is verified with the new set and remembered
+            // under the old generation.
+            if self.fingerprint.lock().replace(fingerprint) != Some(fingerprint) {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            }
+            std::mem::replace(&mut *current, Arc::clone(&new))
+        };
         self.metrics.jwks_refreshes.inc();
         self.metrics
             .jwks_keys
