@@ -257,6 +257,41 @@ fn a_rotated_signing_key_is_picked_up_by_its_new_kid() {
     assert!(connect_token(&s.url(), &s.token("team-a", "app")).is_ok());
 }
 
+/// The verified-token cache: a client reconnecting with the same token is not verified again,
+/// and a token whose signing key left the cluster's key set is refused even though it was
+/// remembered.
+#[test]
+fn a_reconnect_skips_verification_until_its_signing_key_leaves_the_key_set() {
+    let s = Stack::start();
+    let lookups = |result: &str| {
+        s.service.metric(&format!(
+            "nats_callout_token_cache_lookups_total{{result=\"{result}\"}}"
+        ))
+    };
+    let token = s.token("team-a", "app");
+    for _ in 0..3 {
+        assert!(connect_token(&s.url(), &token)
+            .expect("connects")
+            .round_trip("team-a.again"));
+    }
+    assert_eq!((lookups("miss"), lookups("hit")), (1.0, 2.0));
+    assert_eq!(s.service.metric("nats_callout_token_cache_entries"), 1.0);
+
+    // The cluster replaces its key; a token of the new key makes the service refetch the set.
+    let new_key = SigningKey::es256();
+    let uid = s.api.uid_of("team-a", "app").unwrap();
+    s.api.set_jwks(jwks(&[&new_key]));
+    let fresh = TokenBuilder::for_sa("team-a", "app", &uid).sign(&new_key);
+    assert!(
+        connect_token(&s.url(), &fresh).is_ok(),
+        "{}",
+        s.service.log()
+    );
+    // The remembered token's key is gone: verified again, and refused.
+    s.assert_denied(&token, "token_unknown_key");
+    assert_eq!(lookups("hit"), 2.0, "no hit after the key set changed");
+}
+
 /// Rule: a token without a `kid` is tried against at most 4 keys of its algorithm. Once the
 /// cluster publishes 5 RSA keys, such a token is refused `token_kid_required` without any
 /// signature check, and the operator is told in one line, not one per token.
