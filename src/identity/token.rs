@@ -377,7 +377,7 @@ impl TokenValidator {
         // The time rules are checked against the caller's `now`, so that one clock governs all
         // three.
         // Rule: `exp` is required: a whole or fractional number of seconds from 0 to 2^64 (a
-        // negative, infinite or larger one counts as none) ...
+        // negative, infinite or larger one counts as none). Checked before `aud`.
         let expires_at = claims
             .exp
             .and_then(Expiry::seconds)
@@ -390,7 +390,7 @@ impl TokenValidator {
         {
             return Err(TokenError::WrongAudience);
         }
-        // ... `exp` must not be past, beyond the leeway.
+        // Rule: `exp` must not be past, beyond the leeway.
         if now > expires_at.saturating_add(leeway) {
             return Err(TokenError::Expired {
                 expired_at: expires_at,
