@@ -124,7 +124,8 @@ fn context(keys: &Keys, xkey: Option<XKey>) -> CalloutContext {
     }
 }
 
-/// Requests as nats-server builds them, each for a fresh user nkey.
+/// Requests as nats-server builds them, each for a fresh user nkey. They expire in 30 s: within
+/// the 60 s the service accepts (`REQUEST_MAX_LIFETIME_SECS`), and long enough for one case to run.
 fn requests(n: usize, token: &str, seal: Option<(&XKey, &XKey)>) -> Vec<(Vec<u8>, Option<String>)> {
     let server = KeyPair::new_server();
     (0..n)

@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rand_core::{OsRng, RngCore};
@@ -53,7 +54,7 @@ pub struct MintRequest {
 /// An ES256 signing key with its key id.
 pub struct DevSigner {
     kid: String,
-    encoding: EncodingKey,
+    signing: SigningKey,
     /// The public key set as a JWKS document.
     jwks_json: String,
 }
@@ -156,12 +157,9 @@ impl DevSigner {
             "y": URL_SAFE_NO_PAD.encode(y),
         }]})
         .to_string();
-        let der = secret
-            .to_pkcs8_der()
-            .map_err(|e| format!("cannot encode the key: {e}"))?;
         Ok(DevSigner {
             kid,
-            encoding: EncodingKey::from_ec_der(der.as_bytes()),
+            signing: SigningKey::from(secret),
             jwks_json,
         })
     }
@@ -222,11 +220,26 @@ impl DevSigner {
             "nbf": now,
             "sub": format!("system:serviceaccount:{}:{}", request.namespace, request.name),
         });
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = None; // the API server's header is just {"alg", "kid"}
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|e| format!("cannot sign: {e}"))
+        // The API server's header is just {"alg", "kid"}.
+        let header = json!({"alg": "ES256", "kid": self.kid});
+        let (Ok(header), Ok(claims)) = (serde_json::to_vec(&header), serde_json::to_vec(&claims))
+        else {
+            return Err("cannot encode the token".to_string());
+        };
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        // A JWS ES256 signature is the fixed-size `r || s` (RFC 7518 3.4), not DER.
+        let signature: Signature = self
+            .signing
+            .try_sign(signing_input.as_bytes())
+            .map_err(|e| format!("cannot sign: {e}"))?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        ))
     }
 }
 

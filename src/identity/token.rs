@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::Validation;
 use log::warn;
 use parking_lot::Mutex;
-use serde::de::{DeserializeOwned, IgnoredAny};
-use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::jwks::{JwksStore, KeySet, SigningAlgorithm, VerificationKey};
 use super::printable;
@@ -237,9 +235,6 @@ fn looks_like_kubernetes_name(s: &str) -> bool {
 pub struct TokenValidator {
     store: Arc<JwksStore>,
     settings: TokenSettings,
-    rs256: Validation,
-    es256: Validation,
-    es384: Validation,
     /// When the operator was last told about tokens refused `token_kid_required`.
     kid_required_log: Mutex<LogLimit>,
 }
@@ -257,9 +252,6 @@ impl TokenValidator {
     /// A validator for tokens issued by and for `settings`, verified with the keys of `store`.
     pub fn new(store: Arc<JwksStore>, settings: TokenSettings) -> TokenValidator {
         TokenValidator {
-            rs256: jwt_validation(SigningAlgorithm::Rs256, &settings),
-            es256: jwt_validation(SigningAlgorithm::Es256, &settings),
-            es384: jwt_validation(SigningAlgorithm::Es384, &settings),
             store,
             settings,
             kid_required_log: Mutex::new(LogLimit::default()),
@@ -307,8 +299,7 @@ impl TokenValidator {
             return Err(TokenError::LegacyToken);
         }
         // Rule: exact issuer. Checked on the claims before the key lookup, so that a token of
-        // another cluster is reported as such and cannot trigger a JWKS refetch; checked again by
-        // `jsonwebtoken` once the signature has verified.
+        // another cluster is reported as such and cannot trigger a JWKS refetch.
         if claims.iss.as_deref() != Some(self.settings.issuer.as_str()) {
             return Err(TokenError::WrongIssuer);
         }
@@ -317,28 +308,18 @@ impl TokenValidator {
         if keys.is_empty() {
             return Err(TokenError::KeysUnavailable);
         }
-        self.verify_signature(token, alg, header.kid.as_deref(), keys)?;
-        // From here on the claims are the signed ones: `decode` verified these very bytes.
+        self.verify_signature(&parts, alg, header.kid.as_deref(), keys)?;
+        // From here on the claims are the signed ones: the signature covers these very bytes.
         self.check_claims(claims, now)
-    }
-
-    /// The prebuilt `jsonwebtoken` checks for this algorithm.
-    fn validation_for(&self, alg: SigningAlgorithm) -> &Validation {
-        match alg {
-            SigningAlgorithm::Rs256 => &self.rs256,
-            SigningAlgorithm::Es256 => &self.es256,
-            SigningAlgorithm::Es384 => &self.es384,
-        }
     }
 
     fn verify_signature(
         &self,
-        token: &str,
+        parts: &CompactParts<'_>,
         alg: SigningAlgorithm,
         kid: Option<&str>,
         keys: Arc<KeySet>,
     ) -> Result<(), TokenError> {
-        let validation = self.validation_for(alg);
         let Some(kid) = kid else {
             // Rule: a token without a key id is tried against every key of a type that verifies
             // its algorithm, as the API server does, but only while there are at most
@@ -356,13 +337,15 @@ impl TokenValidator {
                     keys: candidates.len(),
                 });
             }
-            for key in candidates {
-                match verify_with(token, key, validation) {
-                    Err(TokenError::BadSignature) => continue,
-                    other => return other,
-                }
-            }
-            return Err(TokenError::BadSignature);
+            let signature = parts.signature()?;
+            return if candidates
+                .iter()
+                .any(|key| key.verify(alg, parts.signing_input.as_bytes(), &signature))
+            {
+                Ok(())
+            } else {
+                Err(TokenError::BadSignature)
+            };
         };
         // Rule: the key is chosen by key id. An unknown id asks the store for a rate-limited
         // refetch (the key set may have rotated), run by the refresher thread; this worker waits
@@ -380,7 +363,11 @@ impl TokenValidator {
         if key.algorithm() != alg {
             return Err(TokenError::KeyAlgorithmMismatch { alg });
         }
-        verify_with(token, key, validation)
+        if key.verify(alg, parts.signing_input.as_bytes(), &parts.signature()?) {
+            Ok(())
+        } else {
+            Err(TokenError::BadSignature)
+        }
     }
 
     /// The operator's line about tokens refused `token_kid_required`, at most once per
@@ -397,12 +384,23 @@ impl TokenValidator {
 
     fn check_claims(&self, claims: RawClaims, now: u64) -> Result<Identity, TokenError> {
         let leeway = self.settings.leeway.as_secs();
-        // The time rules are checked here against the caller's `now` rather than by
-        // `jsonwebtoken` (which reads the system clock and does not check `iat`), so that one
-        // clock governs all three.
-        // Rule: `exp` is required (also enforced by `jsonwebtoken`) ...
-        let expires_at = numeric_date(claims.exp)?.ok_or(TokenError::MissingExpiry)?;
-        // ... and must not be past, beyond the leeway.
+        // The time rules are checked against the caller's `now`, so that one clock governs all
+        // three.
+        // Rule: `exp` is required: a whole or fractional number of seconds from 0 to 2^64 (a
+        // negative, infinite or larger one counts as none). Checked before `aud`.
+        let expires_at = claims
+            .exp
+            .and_then(Expiry::seconds)
+            .ok_or(TokenError::MissingExpiry)?;
+        // Rule: `aud` must be a string or an array of strings that contains the configured
+        // audience; missing, empty, of another shape or without ours, it is refused.
+        if !claims
+            .aud
+            .is_some_and(|aud| aud.contains(&self.settings.audience))
+        {
+            return Err(TokenError::WrongAudience);
+        }
+        // Rule: `exp` must not be past, beyond the leeway.
         if now > expires_at.saturating_add(leeway) {
             return Err(TokenError::Expired {
                 expired_at: expires_at,
@@ -474,56 +472,6 @@ impl LogLimit {
     }
 }
 
-/// The `jsonwebtoken` checks for one algorithm: signature, exact issuer, audience, and the
-/// presence of `exp`, `iss` and `aud`.
-fn jwt_validation(alg: SigningAlgorithm, settings: &TokenSettings) -> Validation {
-    let mut validation = Validation::new(alg.to_jwt());
-    validation.algorithms = vec![alg.to_jwt()];
-    validation.set_issuer(&[settings.issuer.as_str()]);
-    validation.set_audience(&[settings.audience.as_str()]);
-    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-    validation.validate_aud = true;
-    validation.leeway = settings.leeway.as_secs();
-    // Time claims are checked in `check_claims` against the caller's clock (see there).
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation
-}
-
-/// Verifies the signature with one key and runs the `jsonwebtoken` claim checks.
-fn verify_with(
-    token: &str,
-    key: &VerificationKey,
-    validation: &Validation,
-) -> Result<(), TokenError> {
-    // The claims were already parsed; `IgnoredAny` avoids building them a second time.
-    jsonwebtoken::decode::<IgnoredAny>(token, key.decoding_key(), validation)
-        .map(|_| ())
-        .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidToken
-            | ErrorKind::Base64(_)
-            | ErrorKind::Json(_)
-            | ErrorKind::Utf8(_)
-            | ErrorKind::InvalidClaimFormat(_) => TokenError::Malformed,
-            ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
-                "exp" => TokenError::MissingExpiry,
-                "aud" => TokenError::WrongAudience,
-                _ => TokenError::WrongIssuer,
-            },
-            ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-            ErrorKind::InvalidAudience => TokenError::WrongAudience,
-            ErrorKind::InvalidAlgorithm
-            | ErrorKind::InvalidEcdsaKey
-            | ErrorKind::InvalidRsaKey(_)
-            | ErrorKind::InvalidKeyFormat => TokenError::KeyAlgorithmMismatch {
-                alg: key.algorithm(),
-            },
-            // Anything else (time checks are off here; future kinds) is a refusal all the same.
-            _ => TokenError::BadSignature,
-        })
-}
-
 fn subject_matches(sub: Option<&str>, namespace: &str, name: &str) -> bool {
     sub.and_then(|s| s.strip_prefix(SUBJECT_PREFIX))
         .and_then(|s| s.strip_prefix(namespace))
@@ -548,6 +496,10 @@ fn numeric_date(value: Option<f64>) -> Result<Option<u64>, TokenError> {
 struct CompactParts<'a> {
     header: &'a str,
     payload: &'a str,
+    /// `header.payload`: the bytes the signature covers.
+    signing_input: &'a str,
+    /// The signature, still base64url.
+    signature: &'a str,
 }
 
 impl<'a> CompactParts<'a> {
@@ -556,13 +508,28 @@ impl<'a> CompactParts<'a> {
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             // The signature may be empty here so that `alg: none` is reported as such; an empty
             // signature never verifies.
-            (Some(header), Some(payload), Some(_signature), None)
+            (Some(header), Some(payload), Some(signature), None)
                 if !header.is_empty() && !payload.is_empty() =>
             {
-                Ok(CompactParts { header, payload })
+                let signing_input = token
+                    .get(..header.len() + 1 + payload.len())
+                    .ok_or(TokenError::Malformed)?;
+                Ok(CompactParts {
+                    header,
+                    payload,
+                    signing_input,
+                    signature,
+                })
             }
             _ => Err(TokenError::Malformed),
         }
+    }
+
+    /// The signature's bytes: unpadded base64url, strictly (no padding, no stray bits).
+    fn signature(&self) -> Result<Vec<u8>, TokenError> {
+        URL_SAFE_NO_PAD
+            .decode(self.signature)
+            .map_err(|_| TokenError::Malformed)
     }
 }
 
@@ -585,7 +552,8 @@ struct RawHeader {
 struct RawClaims {
     iss: Option<String>,
     sub: Option<String>,
-    exp: Option<f64>,
+    aud: Option<Audience>,
+    exp: Option<Expiry>,
     nbf: Option<f64>,
     iat: Option<f64>,
     #[serde(rename = "kubernetes.io")]
@@ -607,6 +575,167 @@ impl RawClaims {
             || self.legacy_secret_name.is_some()
             || self.legacy_service_account_name.is_some()
             || self.legacy_service_account_uid.is_some()
+    }
+}
+
+/// The `exp` claim as read, before its rule is applied (see [`Expiry::seconds`]). Any JSON number
+/// is read; anything else makes the token malformed.
+#[derive(Clone, Copy)]
+enum Expiry {
+    /// A whole number of seconds, from 0 to 2^64 - 1.
+    Whole(u64),
+    /// A negative whole number.
+    Negative,
+    /// A number with a fraction or an exponent.
+    Fractional(f64),
+}
+
+impl Expiry {
+    /// Whole unix seconds, if the value is a usable expiry: a whole number, or a finite
+    /// fractional one from 0 up to (not including) 2^64, truncated.
+    fn seconds(self) -> Option<u64> {
+        match self {
+            Expiry::Whole(secs) => Some(secs),
+            Expiry::Negative => None,
+            Expiry::Fractional(v) => {
+                (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Expiry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Expiry, D::Error> {
+        struct ExpiryVisitor;
+        impl Visitor<'_> for ExpiryVisitor {
+            type Value = Expiry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a NumericDate")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Expiry, E> {
+                Ok(Expiry::Whole(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Expiry, E> {
+                Ok(u64::try_from(v).map_or(Expiry::Negative, Expiry::Whole))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Expiry, E> {
+                Ok(Expiry::Fractional(v))
+            }
+        }
+        deserializer.deserialize_any(ExpiryVisitor)
+    }
+}
+
+/// The `aud` claim: the audiences of a string or of an array of strings (RFC 7519 4.1.3). Any
+/// other shape is read as [`Audience::Unusable`] instead of failing the parse, so that it is
+/// refused as a wrong audience once the signature has verified, like a missing `aud`.
+enum Audience {
+    /// The audiences named.
+    Named(Vec<String>),
+    /// Not a string nor an array of only strings.
+    Unusable,
+}
+
+impl Audience {
+    /// Whether `audience` is one of the audiences named.
+    fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::Named(names) => names.iter().any(|name| name == audience),
+            Audience::Unusable => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Audience, D::Error> {
+        struct AudienceVisitor;
+        impl<'de> Visitor<'de> for AudienceVisitor {
+            type Value = Audience;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Audience, E> {
+                Ok(Audience::Named(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
+                let mut names = Vec::new();
+                let mut all_strings = true;
+                while let Some(entry) = seq.next_element::<AudienceEntry>()? {
+                    match entry.0 {
+                        Some(name) if all_strings => names.push(name),
+                        _ => all_strings = false,
+                    }
+                }
+                Ok(if all_strings {
+                    Audience::Named(names)
+                } else {
+                    Audience::Unusable
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Audience, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Audience::Unusable)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Audience, E> {
+                Ok(Audience::Unusable)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Audience, E> {
+                Ok(Audience::Unusable)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Audience, E> {
+                Ok(Audience::Unusable)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Audience, E> {
+                Ok(Audience::Unusable)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Audience, E> {
+                Ok(Audience::Unusable)
+            }
+        }
+        deserializer.deserialize_any(AudienceVisitor)
+    }
+}
+
+/// One entry of an `aud` array: the string, or `None` for any other JSON value (read and
+/// dropped).
+struct AudienceEntry(Option<String>);
+
+impl<'de> Deserialize<'de> for AudienceEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AudienceEntry, D::Error> {
+        struct EntryVisitor;
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = AudienceEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AudienceEntry, E> {
+                Ok(AudienceEntry(Some(v.to_string())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AudienceEntry, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(AudienceEntry(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AudienceEntry, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AudienceEntry(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<AudienceEntry, E> {
+                Ok(AudienceEntry(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<AudienceEntry, E> {
+                Ok(AudienceEntry(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<AudienceEntry, E> {
+                Ok(AudienceEntry(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<AudienceEntry, E> {
+                Ok(AudienceEntry(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<AudienceEntry, E> {
+                Ok(AudienceEntry(None))
+            }
+        }
+        deserializer.deserialize_any(EntryVisitor)
     }
 }
 
@@ -1196,6 +1325,61 @@ mod tests {
 
     // ---- signature ----
 
+    /// Replaces a token's signature by `f` of its bytes.
+    fn with_signature(token: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> String {
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let bytes = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(f(bytes)))
+    }
+
+    /// Rule: an RSA signature is exactly as long as the modulus; the same number with a leading
+    /// zero byte, or cut short, does not verify.
+    #[test]
+    fn rsa_signature_of_the_wrong_length_is_refused() {
+        let token = app().sign(&keys().0);
+        assert!(validator().validate(&token, NOW).is_ok());
+        let padded = with_signature(&token, |sig| [&[0u8][..], &sig].concat());
+        assert_eq!(refused(&padded), TokenError::BadSignature);
+        let short = with_signature(&token, |mut sig| {
+            sig.pop();
+            sig
+        });
+        assert_eq!(refused(&short), TokenError::BadSignature);
+        assert_eq!(
+            refused(&with_signature(&token, |_| Vec::new())),
+            TokenError::BadSignature
+        );
+    }
+
+    /// Rule: a JWS ECDSA signature is the fixed-size `r || s`; the same signature in DER (what
+    /// X.509 and TLS use) is refused.
+    #[test]
+    fn ecdsa_signature_in_der_form_is_refused() {
+        let token = app().sign(&keys().1);
+        assert!(validator().validate(&token, NOW).is_ok());
+        let der = with_signature(&token, |sig| {
+            let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+            sig.to_der().as_bytes().to_vec()
+        });
+        assert_eq!(refused(&der), TokenError::BadSignature);
+        let es384 = app().sign(&keys().2);
+        let doubled = with_signature(&es384, |sig| [&sig[..], &sig].concat());
+        assert_eq!(refused(&doubled), TokenError::BadSignature);
+    }
+
+    #[test]
+    fn signature_that_is_not_base64url_is_malformed() {
+        let token = app().sign(&keys().1);
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        for bad in [
+            format!("{signature}="),
+            format!("{signature}!"),
+            format!("+{signature}"),
+        ] {
+            assert_eq!(refused(&format!("{message}.{bad}")), TokenError::Malformed);
+        }
+    }
+
     #[test]
     fn tampered_payload_is_refused() {
         let token = app().sign(&keys().0);
@@ -1261,6 +1445,44 @@ mod tests {
     fn missing_audience_is_refused() {
         let token = app().without("aud").sign(&keys().1);
         assert_eq!(refused(&token), TokenError::WrongAudience);
+    }
+
+    /// Rule: an `aud` that is neither a string nor an array of only strings is a wrong audience
+    /// (checked after the signature), not a malformed token, even when it holds ours.
+    #[test]
+    fn audience_of_another_shape_is_refused_as_wrong_audience() {
+        for aud in [
+            json!(null),
+            json!(7),
+            json!(true),
+            json!({ AUDIENCE: true }),
+            json!([AUDIENCE, 1]),
+            json!([[AUDIENCE]]),
+            json!([null, AUDIENCE]),
+        ] {
+            let token = app().claim("aud", aud.clone()).sign(&keys().1);
+            assert_eq!(refused(&token), TokenError::WrongAudience, "{aud}");
+            let unsigned = app()
+                .claim("aud", aud.clone())
+                .with_fake_signature("ES256", "ec");
+            assert_eq!(refused(&unsigned), TokenError::BadSignature, "{aud}");
+        }
+    }
+
+    /// Rule: `exp` and `aud` are checked after the signature: a token missing them that does
+    /// not verify is a bad signature.
+    #[test]
+    fn claims_checked_after_the_signature_are_not_reported_for_a_forged_token() {
+        let forged = app().without("aud").without("exp");
+        assert_eq!(
+            refused(&forged.with_fake_signature("RS256", "rsa")),
+            TokenError::BadSignature
+        );
+        assert_eq!(
+            refused(&forged.sign(&keys().0)),
+            TokenError::MissingExpiry,
+            "exp is checked before aud"
+        );
     }
 
     // ---- time ----
@@ -1334,6 +1556,30 @@ mod tests {
     fn negative_expiry_is_refused() {
         let token = app().claim("exp", json!(-5)).sign(&keys().1);
         assert_eq!(refused(&token), TokenError::MissingExpiry);
+    }
+
+    /// Rule: `exp` counts only as a number from 0 up to 2^64 seconds; beyond, or negative in any
+    /// form, it counts as missing. A far-future one is accepted.
+    #[test]
+    fn expiry_outside_the_range_of_a_numeric_date_counts_as_missing() {
+        for exp in [
+            json!(-5.5),
+            json!(-1e-9),
+            json!(1e20),
+            json!(18446744073709551616.0),
+        ] {
+            let token = app().claim("exp", exp.clone()).sign(&keys().1);
+            assert_eq!(refused(&token), TokenError::MissingExpiry, "{exp}");
+        }
+        for (exp, want) in [
+            (json!(u64::MAX), u64::MAX),
+            (json!(1e19), 10_000_000_000_000_000_000),
+        ] {
+            let token = app().claim("exp", exp).sign(&keys().1);
+            assert_eq!(validator().validate(&token, NOW).unwrap().expires_at, want);
+        }
+        let token = app().claim("exp", json!("soon")).sign(&keys().1);
+        assert_eq!(refused(&token), TokenError::Malformed);
     }
 
     // ---- kubernetes claims and subject ----

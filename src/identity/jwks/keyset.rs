@@ -5,8 +5,11 @@ use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::DecodingKey;
 use log::warn;
+use ring::signature::{
+    RsaPublicKeyComponents, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED,
+    RSA_PKCS1_2048_8192_SHA256,
+};
 use serde::Deserialize;
 
 use super::JwksError;
@@ -14,10 +17,11 @@ use crate::identity::printable;
 
 /// Smallest RSA modulus accepted; weaker keys are skipped when the set is loaded.
 const MIN_RSA_BITS: usize = 2048;
-/// Largest RSA modulus accepted: the verifier behind `jsonwebtoken` refuses larger ones, so such a
-/// key would fail every signature check instead of being reported once at load time.
+/// Largest RSA modulus accepted. `ring` would verify up to 8192 bits, but a larger modulus makes
+/// every check of an unauthenticated token dearer and no API server uses one, so such a key is
+/// reported once at load time instead.
 const MAX_RSA_BITS: usize = 4096;
-/// The RSA verifier refuses public exponents above 2^33 - 1.
+/// `ring` refuses public exponents above 2^33 - 1, so such a key would fail every signature check.
 const MAX_RSA_EXPONENT: u64 = (1 << 33) - 1;
 
 /// A signature algorithm this service accepts for service-account tokens.
@@ -51,15 +55,6 @@ impl SigningAlgorithm {
             SigningAlgorithm::Rs256 => "RS256",
             SigningAlgorithm::Es256 => "ES256",
             SigningAlgorithm::Es384 => "ES384",
-        }
-    }
-
-    /// The same algorithm as `jsonwebtoken` names it.
-    pub fn to_jwt(self) -> jsonwebtoken::Algorithm {
-        match self {
-            SigningAlgorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
-            SigningAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
-            SigningAlgorithm::Es384 => jsonwebtoken::Algorithm::ES384,
         }
     }
 }
@@ -104,12 +99,23 @@ impl KeyType {
     }
 }
 
+/// The public part of a key, in the forms `ring` verifies with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PublicKey {
+    /// RSA modulus and public exponent, big-endian without leading zeros (`ring` refuses them).
+    Rsa { n: Box<[u8]>, e: Box<[u8]> },
+    /// An uncompressed SEC1 point on P-256: `0x04 || x || y`.
+    P256(Box<[u8; 65]>),
+    /// An uncompressed SEC1 point on P-384: `0x04 || x || y`.
+    P384(Box<[u8; 97]>),
+}
+
 /// One public key from the JWKS, parsed and checked once when the set is loaded.
 #[derive(Debug)]
 pub struct VerificationKey {
     kid: Option<String>,
     key_type: KeyType,
-    decoding: DecodingKey,
+    public: PublicKey,
 }
 
 impl VerificationKey {
@@ -128,9 +134,25 @@ impl VerificationKey {
         self.key_type.algorithm()
     }
 
-    /// The parsed key, ready for `jsonwebtoken::decode`.
-    pub fn decoding_key(&self) -> &DecodingKey {
-        &self.decoding
+    /// Whether `signature` is this key's valid `alg` signature of `signing_input` (the token's
+    /// `header.payload`). A signature by any other algorithm than the key's own never verifies;
+    /// JWS ECDSA signatures are the fixed-size `r || s`, not DER.
+    pub fn verify(&self, alg: SigningAlgorithm, signing_input: &[u8], signature: &[u8]) -> bool {
+        if alg != self.algorithm() {
+            return false;
+        }
+        let verified = match &self.public {
+            PublicKey::Rsa { n, e } => RsaPublicKeyComponents {
+                n: &n[..],
+                e: &e[..],
+            }
+            .verify(&RSA_PKCS1_2048_8192_SHA256, signing_input, signature),
+            PublicKey::P256(point) => UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point[..])
+                .verify(signing_input, signature),
+            PublicKey::P384(point) => UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, &point[..])
+                .verify(signing_input, signature),
+        };
+        verified.is_ok()
     }
 }
 
@@ -309,7 +331,7 @@ fn parse_key(raw: RawJwk) -> Result<VerificationKey, KeyRejection> {
         .kty
         .as_deref()
         .ok_or(KeyRejection::MissingMember { member: "kty" })?;
-    let (key_type, decoding) = match kty {
+    let (key_type, public) = match kty {
         "RSA" => parse_rsa(&raw)?,
         "EC" => parse_ec(&raw)?,
         other => {
@@ -331,7 +353,7 @@ fn parse_key(raw: RawJwk) -> Result<VerificationKey, KeyRejection> {
     Ok(VerificationKey {
         kid: raw.kid,
         key_type,
-        decoding,
+        public,
     })
 }
 
@@ -348,7 +370,7 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     &bytes[start..]
 }
 
-fn parse_rsa(raw: &RawJwk) -> Result<(KeyType, DecodingKey), KeyRejection> {
+fn parse_rsa(raw: &RawJwk) -> Result<(KeyType, PublicKey), KeyRejection> {
     let n = decode_component(raw.n.as_ref(), "n")?;
     let e = decode_component(raw.e.as_ref(), "e")?;
     let modulus = strip_leading_zeros(&n);
@@ -369,13 +391,18 @@ fn parse_rsa(raw: &RawJwk) -> Result<(KeyType, DecodingKey), KeyRejection> {
     if exponent_value < 3 || exponent_value % 2 == 0 || exponent_value > MAX_RSA_EXPONENT {
         return Err(KeyRejection::RsaExponentOutOfRange);
     }
+    // These are the rules `ring` applies to every verification (2048 bits or more, an odd
+    // exponent in 3..2^33, no leading zeros), so a key kept here is one it will use.
     Ok((
         KeyType::Rsa { bits },
-        DecodingKey::from_rsa_raw_components(modulus, exponent),
+        PublicKey::Rsa {
+            n: modulus.into(),
+            e: exponent.into(),
+        },
     ))
 }
 
-fn parse_ec(raw: &RawJwk) -> Result<(KeyType, DecodingKey), KeyRejection> {
+fn parse_ec(raw: &RawJwk) -> Result<(KeyType, PublicKey), KeyRejection> {
     let crv = raw
         .crv
         .as_deref()
@@ -397,18 +424,31 @@ fn parse_ec(raw: &RawJwk) -> Result<(KeyType, DecodingKey), KeyRejection> {
             len: coordinate_len,
         });
     }
-    let mut point = Vec::with_capacity(1 + 2 * coordinate_len);
-    point.push(0x04); // SEC1 uncompressed point: 0x04 || x || y
-    point.extend_from_slice(&x);
-    point.extend_from_slice(&y);
-    // `from_ec_der` takes the SEC1 point bytes, despite its name (as `from_ec_components` builds them).
-    let decoding = DecodingKey::from_ec_der(&point);
-    // Build the verifier once now: it refuses a point that is not on the curve, so such a key is
-    // reported here instead of failing every signature check later.
-    if jsonwebtoken::crypto::verify("", b"", &decoding, key_type.algorithm().to_jwt()).is_err() {
-        return Err(KeyRejection::PointNotOnCurve { curve: key_type });
+    // `ring` checks the point on every verification and reports nothing but failure, so a point
+    // that is not on the curve is refused here, once, with a reason in the log.
+    let public = if key_type == KeyType::EcP256 {
+        sec1_point::<65>(&x, &y)
+            .filter(|point| p256::PublicKey::from_sec1_bytes(point).is_ok())
+            .map(|point| PublicKey::P256(Box::new(point)))
+    } else {
+        sec1_point::<97>(&x, &y)
+            .filter(|point| p384::PublicKey::from_sec1_bytes(point).is_ok())
+            .map(|point| PublicKey::P384(Box::new(point)))
     }
-    Ok((key_type, decoding))
+    .ok_or(KeyRejection::PointNotOnCurve { curve: key_type })?;
+    Ok((key_type, public))
+}
+
+/// The uncompressed SEC1 point `0x04 || x || y` of `N` bytes, if the coordinates fill it exactly.
+fn sec1_point<const N: usize>(x: &[u8], y: &[u8]) -> Option<[u8; N]> {
+    let mut point = [0u8; N];
+    if 1 + x.len() + y.len() != N || x.len() != y.len() {
+        return None;
+    }
+    point[0] = 0x04;
+    point[1..1 + x.len()].copy_from_slice(x);
+    point[1 + x.len()..].copy_from_slice(y);
+    Some(point)
 }
 
 /// Position of a JSON error, without any of the document's content.
@@ -507,6 +547,60 @@ mod tests {
         n[127] |= 1;
         let jwk = serde_json::json!({"kty": "RSA", "kid": "weak", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"});
         assert!(KeySet::parse(&jwk_set(&[jwk])).is_err());
+    }
+
+    /// A real 1024-bit key and a valid RS256 signature by it.
+    fn rsa_1024() -> (serde_json::Value, PublicKey, Vec<u8>) {
+        use rsa::pkcs1v15::SigningKey;
+        use rsa::signature::{SignatureEncoding, Signer};
+        use rsa::traits::PublicKeyParts;
+        let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 1024).unwrap();
+        let (n, e) = (key.n().to_bytes_be(), key.e().to_bytes_be());
+        let jwk = serde_json::json!({"kty": "RSA", "kid": "weak", "n": URL_SAFE_NO_PAD.encode(&n), "e": URL_SAFE_NO_PAD.encode(&e)});
+        let signature = SigningKey::<sha2::Sha256>::new(key).sign(b"a.b").to_vec();
+        let public = PublicKey::Rsa {
+            n: n.into(),
+            e: e.into(),
+        };
+        (jwk, public, signature)
+    }
+
+    /// Rule: a 1024-bit key is refused when the set is loaded, and `ring` would not verify with
+    /// one either.
+    #[test]
+    fn real_1024_bit_rsa_key_is_skipped_and_never_verifies() {
+        let (jwk, public, signature) = rsa_1024();
+        let raw: RawJwk = serde_json::from_value(jwk.clone()).unwrap();
+        assert_eq!(
+            parse_key(raw).unwrap_err(),
+            KeyRejection::RsaModulusSize { bits: 1024 }
+        );
+        assert!(matches!(
+            KeySet::parse(&jwk_set(&[jwk])),
+            Err(JwksError::NoUsableKeys { skipped: 1 })
+        ));
+        let key = VerificationKey {
+            kid: None,
+            key_type: KeyType::Rsa { bits: 1024 },
+            public,
+        };
+        assert!(!key.verify(SigningAlgorithm::Rs256, b"a.b", &signature));
+    }
+
+    /// Rule: a key verifies only its own algorithm, whatever the caller asks.
+    #[test]
+    fn a_key_verifies_no_other_algorithm_than_its_own() {
+        use p256::ecdsa::signature::Signer;
+        let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+        let signature: p256::ecdsa::Signature = p256::ecdsa::SigningKey::from(&secret).sign(b"a.b");
+        let jwk = serde_json::to_value(secret.public_key().to_jwk()).unwrap();
+        let set = KeySet::parse(&jwk_set(&[jwk])).unwrap();
+        let key = set.iter().next().unwrap();
+        let signature = signature.to_bytes();
+        assert!(key.verify(SigningAlgorithm::Es256, b"a.b", &signature));
+        assert!(!key.verify(SigningAlgorithm::Es256, b"a.c", &signature));
+        assert!(!key.verify(SigningAlgorithm::Es384, b"a.b", &signature));
+        assert!(!key.verify(SigningAlgorithm::Rs256, b"a.b", &signature));
     }
 
     #[test]

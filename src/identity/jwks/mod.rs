@@ -5,7 +5,7 @@
 //! refresher thread: a worker that meets an unknown key id only asks for the refetch and waits
 //! for it a short, bounded time.
 //!
-//! Keys are parsed once per load into ready-to-use [`jsonwebtoken::DecodingKey`]s and handed out as
+//! Keys are parsed and checked once per load into ready-to-verify [`VerificationKey`]s and handed out as
 //! an [`Arc<KeySet>`](std::sync::Arc), so validating a token costs one read lock and one
 //! reference-count increment. A failed load never replaces a good key set: the last good set stays
 //! in use.
