@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use nkeys::{KeyPair, XKey};
+use nkeys::XKey;
 use serde::Deserialize;
 
 use super::jwt::{decode_verified, JwtError};
@@ -356,8 +356,11 @@ impl RequestDecoder {
         if claims.nats.kind != REQUEST_TYPE || claims.nats.version != CLAIMS_VERSION {
             return Err(RequestError::WrongType);
         }
+        // A user public key: length, base32, prefix and checksum. Its curve point is not
+        // decompressed (a few µs): nats-server made the key and signed this request, and it
+        // only becomes the `sub` of the user JWT that the same server checks.
         let user_key_ok = claims.nats.user_nkey.starts_with('U')
-            && KeyPair::from_public_key(&claims.nats.user_nkey).is_ok();
+            && nkeys::from_public_key(&claims.nats.user_nkey).is_ok();
         if !user_key_ok {
             return Err(RequestError::BadUserNkey);
         }
@@ -383,6 +386,7 @@ impl RequestDecoder {
 pub(crate) mod tests {
     use super::*;
     use crate::callout::jwt::encode;
+    use nkeys::KeyPair;
     use serde_json::{json, Value};
 
     /// A request as nats-server builds it, signed by `server`.
@@ -687,6 +691,13 @@ pub(crate) mod tests {
         );
         check(
             &|c| c["nats"]["user_nkey"] = json!("Unot-a-key"),
+            RequestError::BadUserNkey,
+        );
+        // The right length and prefix, one character changed: the checksum catches it.
+        let mut flipped = KeyPair::new_user().public_key().into_bytes();
+        flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+        check(
+            &|c| c["nats"]["user_nkey"] = json!(String::from_utf8(flipped.clone()).unwrap()),
             RequestError::BadUserNkey,
         );
     }
