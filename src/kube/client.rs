@@ -335,7 +335,7 @@ impl ApiClient {
         let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}");
         match self.get_json::<RawObject>(&path, timeout) {
             Ok(object) => match object.into_service_account(None) {
-                Ok(sa) if sa.namespace == namespace && sa.name == name => Ok(Some(sa)),
+                Ok(sa) if *sa.namespace == *namespace && *sa.name == *name => Ok(Some(sa)),
                 Ok(_) | Err(_) => Ok(None),
             },
             Err(e) if e.status_code() == Some(404) => Ok(None),

@@ -229,7 +229,7 @@ mod tests {
                 change: Change::Upsert(s),
                 resource_version,
             } => {
-                assert_eq!((s.namespace.as_str(), s.name.as_str()), ("ns", "app"));
+                assert_eq!((&*s.namespace, &*s.name), ("ns", "app"));
                 assert_eq!(resource_version.as_deref(), Some("5"));
             }
             other => panic!("unexpected {other:?}"),
