@@ -1,5 +1,7 @@
 //! The watch loop's API calls over HTTP: list pages and watch streams of the cluster-wide
-//! ServiceAccount collection, each watch stream read by its own thread.
+//! ServiceAccount collection, each watch stream read by its own thread. Both ask for metadata
+//! only (`PartialObjectMetadataList` pages, `PartialObjectMetadata` events): all the service
+//! reads of an object, without its other fields.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -17,6 +19,7 @@ use super::{
     STREAM_BUFFER, STREAM_POLL,
 };
 use crate::kube::cache::Change;
+use crate::kube::client::{METADATA_ACCEPT, METADATA_LIST_ACCEPT};
 use crate::kube::{ApiClient, ApiStatus, KubeError, LineStream, RawObject};
 
 /// [`WatchApi`] over an [`ApiClient`].
@@ -213,10 +216,11 @@ impl WatchApi for ClientApi {
                 query.append_pair("continue", token);
             }
             let path = format!("{COLLECTION_PATH}?{}", query.finish());
-            match self
-                .client
-                .get_json::<RawList>(&path, self.settings.list_timeout)
-            {
+            match self.client.get_json_as::<RawList>(
+                &path,
+                Some(METADATA_LIST_ACCEPT),
+                self.settings.list_timeout,
+            ) {
                 Ok(list) => return Ok(list.into_page()),
                 Err(KubeError::BodyTooLarge { limit: bytes }) if limit > 1 => {
                     limit /= 2;
@@ -237,7 +241,9 @@ impl WatchApi for ClientApi {
             .append_pair("timeoutSeconds", &self.settings.timeout_seconds.to_string())
             .finish();
         let path = format!("{COLLECTION_PATH}?{query}");
-        let lines = self.client.get_lines(&path, self.settings.read_timeout())?;
+        let lines =
+            self.client
+                .get_lines_as(&path, Some(METADATA_ACCEPT), self.settings.read_timeout())?;
         ChannelStream::spawn(lines)
     }
 
@@ -562,6 +568,13 @@ mod tests {
     #[test]
     fn spawn_watcher_lists_and_watches_over_http() {
         let base = start(Arc::new(|req: &Request| {
+            // Metadata only: a list's items, and a watch's objects, one at a time.
+            let accept = if req.path.contains("watch=1") {
+                METADATA_ACCEPT
+            } else {
+                METADATA_LIST_ACCEPT
+            };
+            assert_eq!(req.header("accept"), Some(accept), "{}", req.path);
             if req.path.contains("watch=1") && req.path.contains("resourceVersion=10&") {
                 assert!(req.path.contains("allowWatchBookmarks=true"));
                 assert!(req.path.contains("timeoutSeconds=290"));
