@@ -14,6 +14,8 @@
 //! `SCALE_SERVICE_BIN` measures another build of the service (an older one, or the musl
 //! binary) instead of this one; `SCALE_ENV` adds `NAME=value` pairs (comma-separated) to the
 //! service's environment. The idle RSS is that of the same service with no ServiceAccount.
+//! Once ready, a relist of everything is forced (history compacted, watch cut: 410) and its
+//! time and the memory after it (VmHWM: its peak) are printed too.
 
 mod support;
 
@@ -47,6 +49,10 @@ struct Measurement {
     ready: Duration,
     rss_kb: u64,
     hwm_kb: u64,
+    /// How long a relist (after a 410) took, and VmRSS / VmHWM after it.
+    relist: Duration,
+    relist_rss_kb: u64,
+    relist_hwm_kb: u64,
 }
 
 /// Starts a cluster of `accounts` seeded ServiceAccounts, a nats-server and the service, and
@@ -56,7 +62,10 @@ fn measure(accounts: usize) -> Measurement {
     let api = start_cluster(&key, &[]);
     let seeding = Instant::now();
     api.seed_realistic_service_accounts(accounts, PER_NAMESPACE);
-    eprintln!("seeded {accounts} in {:.1} s", seeding.elapsed().as_secs_f64());
+    eprintln!(
+        "seeded {accounts} in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
     let keys = CalloutKeys::new(false);
     let port = free_port();
     let nats = NatsServer::start_with_config(port, server_config(port, &keys, 2));
@@ -66,7 +75,9 @@ fn measure(accounts: usize) -> Measurement {
         .env("LOG_LEVEL", "info");
     if let Ok(extra) = std::env::var("SCALE_ENV") {
         for pair in extra.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').expect("SCALE_ENV holds NAME=value pairs");
+            let (k, v) = pair
+                .split_once('=')
+                .expect("SCALE_ENV holds NAME=value pairs");
             builder = builder.env(k, v);
         }
     }
@@ -83,11 +94,30 @@ fn measure(accounts: usize) -> Measurement {
     });
     // Let the list's transient buffers go back before reading the resident size.
     std::thread::sleep(Duration::from_secs(2));
+    let (rss_kb, hwm_kb) = (proc_status_kb(pid, "VmRSS:"), proc_status_kb(pid, "VmHWM:"));
+    // A relist of everything: a write the watch does not see, the history compacted past it
+    // and the stream cut, so the resumed watch gets 410.
+    let relists = service.metric("nats_callout_cache_relists_total");
+    let relisting = Instant::now();
+    api.set_watch_hang(true);
+    api.create_service_account("scale-relist", "marker", &[]);
+    api.delete_service_account("scale-relist", "marker");
+    api.compact_history();
+    api.close_watch_streams();
+    api.set_watch_hang(false);
+    service.wait_for("a relist", READY_WITHIN, || {
+        service.metric("nats_callout_cache_relists_total") > relists
+    });
+    let relist = relisting.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
     let m = Measurement {
         accounts,
         ready: ready.duration_since(started),
-        rss_kb: proc_status_kb(pid, "VmRSS:"),
-        hwm_kb: proc_status_kb(pid, "VmHWM:"),
+        rss_kb,
+        hwm_kb,
+        relist,
+        relist_rss_kb: proc_status_kb(pid, "VmRSS:"),
+        relist_hwm_kb: proc_status_kb(pid, "VmHWM:"),
     };
     assert_eq!(
         service.metric("nats_callout_serviceaccounts") as usize,
@@ -132,19 +162,29 @@ fn memory_and_time_to_ready_at_cluster_scale() {
         idle.ready.as_secs_f64()
     );
     println!(
-        "{:>10} {:>12} {:>12} {:>12} {:>16}",
-        "accounts", "ready (s)", "VmRSS (MiB)", "VmHWM (MiB)", "(RSS-idle)/N B"
+        "{:>10} {:>10} {:>12} {:>12} {:>15} {:>11} {:>13} {:>13}",
+        "accounts",
+        "ready (s)",
+        "VmRSS (MiB)",
+        "VmHWM (MiB)",
+        "(RSS-idle)/N B",
+        "relist (s)",
+        "after: RSS",
+        "after: HWM"
     );
     for n in sizes {
         let m = measure(n);
         let per = (m.rss_kb.saturating_sub(idle.rss_kb) * 1024) as f64 / m.accounts.max(1) as f64;
         println!(
-            "{:>10} {:>12.2} {:>12.1} {:>12.1} {:>16.0}",
+            "{:>10} {:>10.2} {:>12.1} {:>12.1} {:>15.0} {:>11.2} {:>13.1} {:>13.1}",
             m.accounts,
             m.ready.as_secs_f64(),
             m.rss_kb as f64 / 1024.0,
             m.hwm_kb as f64 / 1024.0,
-            per
+            per,
+            m.relist.as_secs_f64(),
+            m.relist_rss_kb as f64 / 1024.0,
+            m.relist_hwm_kb as f64 / 1024.0,
         );
     }
 }
