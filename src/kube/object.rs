@@ -303,12 +303,6 @@ impl ServiceAccount {
     pub fn entries_past_limit(&self, key: &str) -> usize {
         annotation_index(key).map_or(0, |i| self.past_limit[i] as usize)
     }
-
-    /// Whether `other` is the same object version (same uid and resourceVersion): a relist can
-    /// keep the held copy.
-    pub fn same_version(&self, other: &ServiceAccount) -> bool {
-        self.uid == other.uid && self.resource_version == other.resource_version
-    }
 }
 
 /// Index of an annotation the service reads: 0 for publish, 1 for subscribe.
