@@ -6,7 +6,6 @@
 //! cargo run --release --example bench_decision -- [ITERATIONS]
 //! ```
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,19 +93,11 @@ fn context(keys: &Keys, xkey: Option<XKey>) -> CalloutContext {
     let store = Arc::new(JwksStore::from_jwks_json(&keys.jwks).unwrap());
     let validator = TokenValidator::new(store, TokenSettings::new(ISSUER, "nats"));
     let cache = Arc::new(ServiceAccountCache::new(metrics.clone()));
-    let mut annotations = BTreeMap::new();
-    annotations.insert(
-        "nats.io/allowed-pub-subjects".to_string(),
-        "orders.>, inventory.check".to_string(),
-    );
-    cache.replace_all(vec![ServiceAccount {
-        namespace: "team-a".into(),
-        name: "app".into(),
-        uid: "uid-1".into(),
-        resource_version: "1".into(),
-        annotations,
-        entries_past_limit: Vec::new(),
-    }]);
+    cache.replace_all(vec![ServiceAccount::new("team-a", "app", "uid-1", "1")
+        .with_annotation(
+            "nats.io/allowed-pub-subjects",
+            "orders.>, inventory.check",
+        )]);
     let authorizer = Authorizer::new(
         validator,
         Arc::new(FileDirectory::new(cache)),

@@ -180,8 +180,8 @@ impl Admission {
     /// The grant: this admission with the account and permissions the policy gives it.
     pub fn into_allowed(self, evaluation: &Evaluation) -> Allowed {
         Allowed {
-            namespace: self.account.namespace.clone(),
-            service_account: self.account.name.clone(),
+            namespace: self.account.namespace.to_string(),
+            service_account: self.account.name.to_string(),
             pod: self.pod,
             expires_at: self.expires_at,
             account: evaluation.account.clone(),
@@ -206,7 +206,7 @@ pub fn decide(
     };
     // A token minted for an account that was deleted and re-created under the same name names
     // the old uid: it must not inherit the new account's permissions.
-    if sa.uid != identity.uid {
+    if !sa.uid.is(&identity.uid) {
         return deny(DenyReason::ServiceAccountUidMismatch);
     }
     // The namespace and name become subjects (`<ns>.>`, `_INBOX_<ns>_<name>`): a `*`, `>` or `.`

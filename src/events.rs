@@ -56,7 +56,11 @@ const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// whole stays a DNS subdomain of at most 253 characters, with no label ending in `-` or empty.
 pub fn event_name(account: &ServiceAccount, message: &str) -> String {
     let mut hasher = Sha256::new();
-    for part in [&account.uid, &account.resource_version, message] {
+    let (uid, resource_version) = (
+        account.uid.to_string(),
+        account.resource_version.to_string(),
+    );
+    for part in [uid.as_str(), resource_version.as_str(), message] {
         // Length-prefixed, so no two different triples hash the same bytes.
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
@@ -151,12 +155,12 @@ pub fn event_object(
     let mut event = json!({
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": { "name": name, "namespace": sa.namespace },
+        "metadata": { "name": name, "namespace": &*sa.namespace },
         "involvedObject": {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "namespace": sa.namespace,
-            "name": sa.name,
+            "namespace": &*sa.namespace,
+            "name": &*sa.name,
             "uid": sa.uid,
             "resourceVersion": sa.resource_version,
         },
@@ -361,19 +365,16 @@ mod tests {
     use parking_lot::Mutex;
 
     fn account(name: &str, uid: &str, rv: &str) -> ServiceAccount {
-        ServiceAccount {
-            resource_version: rv.into(),
-            ..ServiceAccount::for_test("team-a", name, uid)
-        }
+        ServiceAccount::new("team-a", name, uid, rv)
     }
 
     /// The report for `team-a/app` (uid `u1`, version `7`) with these annotations under `policy`.
     fn report(annotations: &[(&str, &str)], policy: &AdminPolicy) -> DropReport {
-        let mut sa = account("app", "u1", "7");
-        sa.annotations = annotations
+        let sa = annotations
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+            .fold(account("app", "u1", "7"), |sa, (k, v)| {
+                sa.with_annotation(k, v)
+            });
         let evaluation = evaluate(&sa, policy, InboxMode::Shared).unwrap();
         DropReport {
             account: Arc::new(sa),

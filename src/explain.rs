@@ -211,7 +211,7 @@ pub fn explain(settings: &PermissionSettings, target: &Target) -> Result<Report,
         AccountsBackend::File(path) => {
             let found = load_file(&path)?
                 .into_iter()
-                .find(|sa| sa.namespace == target.namespace && sa.name == target.name);
+                .find(|sa| *sa.namespace == *target.namespace && *sa.name == *target.name);
             (found, Source::File(path))
         }
     };
@@ -381,11 +381,12 @@ impl Report {
     pub fn to_json(&self) -> String {
         let sa = &self.service_account;
         let evaluation = self.decision.as_ref().ok();
+        let uid = sa.uid.to_string();
         let report = JsonReport {
             service_account: JsonServiceAccount {
                 namespace: &sa.namespace,
                 name: &sa.name,
-                uid: &sa.uid,
+                uid: &uid,
             },
             source: JsonSource {
                 kind: self.source.kind(),
@@ -524,7 +525,7 @@ impl fmt::Display for Report {
             "serviceaccount",
             sa.namespace,
             sa.name,
-            shown(&sa.uid)
+            shown(&sa.uid.to_string())
         )?;
         writeln!(f, "{:LABEL$}{}", "read from", self.source)?;
         match &self.policy_file {
@@ -622,21 +623,13 @@ impl fmt::Display for Report {
 mod tests {
     use super::*;
     use crate::policy::{AdminPolicy, PUB_ANNOTATION, SUB_ANNOTATION};
-    use std::collections::BTreeMap;
 
     fn report(policy: &str, namespace: &str, annotations: &[(&str, &str)]) -> Report {
         let policy = AdminPolicy::parse(policy).unwrap();
-        let service_account = ServiceAccount {
-            namespace: namespace.into(),
-            name: "app".into(),
-            uid: "u-1".into(),
-            resource_version: String::new(),
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-            entries_past_limit: Vec::new(),
-        };
+        let service_account = annotations.iter().fold(
+            ServiceAccount::new(namespace, "app", "u-1", ""),
+            |sa, (k, v)| sa.with_annotation(k, v),
+        );
         Report {
             decision: evaluate(&service_account, &policy, InboxMode::Shared),
             service_account,

@@ -2,7 +2,6 @@
 //! one reader of outside input the way the service runs it, at a fixed time and with fixed keys,
 //! so an outcome depends on the input only. Not an API: hidden from the documentation.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -90,20 +89,12 @@ pub fn annotations(data: &[u8]) {
         .next()
         .and_then(|l| l.split_once('/'))
         .unwrap_or(("team-a", "app"));
-    let mut annotations = BTreeMap::new();
+    let mut sa = ServiceAccount::new(namespace, name, "uid", "1");
     for key in [PUB_ANNOTATION, SUB_ANNOTATION] {
         if let Some(value) = lines.next() {
-            annotations.insert(key.to_owned(), value.to_owned());
+            sa = sa.with_annotation(key, value);
         }
     }
-    let sa = ServiceAccount {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        uid: "uid".to_owned(),
-        resource_version: "1".to_owned(),
-        annotations,
-        entries_past_limit: Vec::new(),
-    };
     for policy in policies {
         for mode in [InboxMode::Shared, InboxMode::Private, InboxMode::Responses] {
             let _ = evaluate(&sa, policy, mode);

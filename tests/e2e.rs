@@ -8,7 +8,7 @@ use std::time::Duration;
 use support::client::{
     connect_anonymous, connect_token, connect_user_pass, is_authorization_violation,
 };
-use support::kube::DEFAULT_ISSUER;
+use support::kube::{RequestKind, DEFAULT_ISSUER};
 use support::nats::CLIENT_ACCOUNT;
 use support::service::ServiceBuilder;
 use support::stack::{Stack, StackBuilder};
@@ -237,6 +237,24 @@ fn accounts_created_reannotated_deleted_and_recreated_while_running() {
         connect_token(&s.url(), &s.token("team-a", "app")).is_ok()
     });
     s.assert_denied(&token, "serviceaccount_uid_mismatch");
+
+    // Everything was read as metadata only: lists as a PartialObjectMetadataList, watches and
+    // the miss-lookup GET as PartialObjectMetadata (the API server refuses that on a list).
+    let metadata = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+    let metadata_list =
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    for (kind, accept) in [
+        (RequestKind::List, metadata_list),
+        (RequestKind::Watch, metadata),
+        (RequestKind::Get, metadata),
+    ] {
+        let requests = s.api.requests_of(kind);
+        assert!(!requests.is_empty(), "{kind:?}");
+        for r in requests {
+            assert_eq!(r.accept.as_deref(), Some(accept), "{kind:?} {}", r.query);
+            assert_ne!(r.status, 406, "{kind:?} {}", r.query);
+        }
+    }
 }
 
 #[test]

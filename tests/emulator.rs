@@ -102,6 +102,21 @@ fn get_with(emu: &KubeEmulator, path: &str, token: Option<&str>) -> Answer {
     Answer::read(request.call().expect("request reaches the emulator"))
 }
 
+/// GET `path` with the emulator's token and this `Accept` header.
+fn get_accept(emu: &KubeEmulator, path: &str, accept: &str) -> Answer {
+    let request = agent_for(emu)
+        .get(format!("{}{path}", emu.url()))
+        .header("Authorization", format!("Bearer {}", emu.token()))
+        .header("Accept", accept);
+    Answer::read(request.call().expect("request reaches the emulator"))
+}
+
+/// What client-go's metadata client sends for a list, and for a watch or one object.
+const METADATA_LIST: &str =
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+const METADATA: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+
 /// POSTs `body` to `path` as JSON, with `token` as the bearer if given.
 fn post(emu: &KubeEmulator, path: &str, body: &str, token: Option<&str>) -> Answer {
     let mut request = agent_for(emu)
@@ -134,9 +149,14 @@ struct Watch {
 
 impl Watch {
     fn open(emu: &KubeEmulator, path: &str) -> Watch {
+        Watch::open_accept(emu, path, "application/json")
+    }
+
+    fn open_accept(emu: &KubeEmulator, path: &str, accept: &str) -> Watch {
         let resp = agent_for(emu)
             .get(format!("{}{path}", emu.url()))
             .header("Authorization", format!("Bearer {}", emu.token()))
+            .header("Accept", accept)
             .call()
             .expect("watch request");
         assert_eq!(resp.status().as_u16(), 200, "watch status");
@@ -260,6 +280,278 @@ fn list_pages_keep_the_first_page_resource_version() {
     assert!(last.body["metadata"].get("continue").is_none());
     assert!(last.body["metadata"].get("remainingItemCount").is_none());
     assert_eq!(emu.list_requests(), 3);
+}
+
+#[test]
+fn metadata_lists_are_partial_object_metadata_lists_with_every_metadata_field() {
+    let emu = KubeEmulator::start();
+    for name in ["a", "b", "c"] {
+        emu.create_service_account_with_labels(
+            "team-a",
+            name,
+            &[("nats.io/allowed-pub-subjects", "x.>"), ("other", "1")],
+            &[("app", name)],
+        );
+    }
+    let first = get_accept(&emu, "/api/v1/serviceaccounts?limit=2", METADATA_LIST);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.content_type, "application/json");
+    assert_eq!(first.body["kind"], "PartialObjectMetadataList");
+    assert_eq!(first.body["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(item_names(&first.body), ["a", "b"]);
+    assert_eq!(first.body["metadata"]["remainingItemCount"], 1);
+    let item = &first.body["items"][0];
+    // Unlike ServiceAccountList items, metadata items carry their kind; nothing but metadata.
+    assert_eq!(item["kind"], "PartialObjectMetadata");
+    assert_eq!(item["apiVersion"], "meta.k8s.io/v1");
+    let fields: Vec<&str> = item
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, ["apiVersion", "kind", "metadata"]);
+    // Every annotation and label still comes: the client filters.
+    assert_eq!(item["metadata"]["annotations"]["other"], "1");
+    assert_eq!(item["metadata"]["labels"]["app"], "a");
+    let token = first.body["metadata"]["continue"]
+        .as_str()
+        .expect("continue");
+    let rest = get_accept(
+        &emu,
+        &format!("/api/v1/serviceaccounts?limit=2&continue={token}"),
+        METADATA_LIST,
+    );
+    assert_eq!(rest.body["kind"], "PartialObjectMetadataList");
+    assert_eq!(item_names(&rest.body), ["c"]);
+    // No items: `null`, as the API server's appended-to nil slice encodes.
+    let empty = get_accept(
+        &emu,
+        "/api/v1/namespaces/none/serviceaccounts",
+        METADATA_LIST,
+    );
+    assert_eq!(empty.status, 200);
+    assert!(empty.body["items"].is_null(), "{}", empty.body);
+    // The v1beta1 group version is offered too.
+    let beta = get_accept(
+        &emu,
+        "/api/v1/serviceaccounts",
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1beta1",
+    );
+    assert_eq!(beta.body["apiVersion"], "meta.k8s.io/v1beta1");
+    assert_eq!(beta.body["items"][0]["apiVersion"], "meta.k8s.io/v1beta1");
+    // The Accept header is recorded.
+    let lists = emu.requests_of(RequestKind::List);
+    assert_eq!(lists[0].accept.as_deref(), Some(METADATA_LIST));
+}
+
+#[test]
+fn accept_headers_are_negotiated_as_the_api_server_does() {
+    let emu = KubeEmulator::start();
+    emu.create_service_account("ns", "a", &[]);
+    let list = "/api/v1/serviceaccounts";
+    let one = "/api/v1/namespaces/ns/serviceaccounts/a";
+    // One object's metadata for a list: the transform after the list refuses it, whatever the
+    // fallback says.
+    let refused = get_accept(&emu, list, METADATA);
+    assert_status(&refused, 406, "NotAcceptable");
+    assert_eq!(
+        refused.body["message"],
+        "you requested PartialObjectMetadata, but the requested object is a list \
+         (*core.ServiceAccountList)"
+    );
+    // And a list of metadata for one object.
+    let refused = get_accept(&emu, one, METADATA_LIST);
+    assert_status(&refused, 406, "NotAcceptable");
+    assert!(refused.body["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("is not a list")));
+    // A missing object is 404 before any transform.
+    let missing = get_accept(
+        &emu,
+        "/api/v1/namespaces/ns/serviceaccounts/b",
+        METADATA_LIST,
+    );
+    assert_status(&missing, 404, "NotFound");
+    // One object's metadata.
+    let meta = get_accept(&emu, one, METADATA);
+    assert_eq!(meta.status, 200);
+    assert_eq!(meta.body["kind"], "PartialObjectMetadata");
+    assert_eq!(meta.body["metadata"]["name"], "a");
+    // Nothing acceptable: 406. Conversions the API server does not offer make a range
+    // unacceptable; the next one is used.
+    for accept in [
+        "application/yaml",
+        "text/plain",
+        "application/json;as=Foo;g=meta.k8s.io;v=v1",
+        "application/json;as=PartialObjectMetadataList;g=apps;v=v1",
+        "application/json;as=PartialObjectMetadataList",
+        "application/json;q=0",
+    ] {
+        assert_status(&get_accept(&emu, list, accept), 406, "NotAcceptable");
+    }
+    for (accept, kind) in [
+        ("*/*", "ServiceAccountList"),
+        ("application/*", "ServiceAccountList"),
+        ("application/json", "ServiceAccountList"),
+        (
+            "application/json;as=Foo;g=meta.k8s.io;v=v1, application/json",
+            "ServiceAccountList",
+        ),
+        (
+            "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,\
+             application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+            "PartialObjectMetadataList",
+        ),
+        (
+            "application/json;q=0.5, application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            "PartialObjectMetadataList",
+        ),
+    ] {
+        let answer = get_accept(&emu, list, accept);
+        assert_eq!(answer.status, 200, "{accept}: {}", answer.body);
+        assert_eq!(answer.body["kind"], kind, "{accept}");
+    }
+    assert_eq!(
+        get(&emu, list).body["kind"],
+        "ServiceAccountList",
+        "no Accept"
+    );
+}
+
+#[test]
+fn metadata_watches_wrap_objects_and_bookmarks_but_not_error_statuses() {
+    let emu = KubeEmulatorBuilder::new()
+        .history_window(2)
+        .no_periodic_bookmarks()
+        .build();
+    let old = emu.resource_version();
+    emu.create_service_account("ns", "a", &[("nats.io/allowed-sub-subjects", "y")]);
+    let from = emu.resource_version();
+    emu.create_service_account("ns", "b", &[]);
+    emu.delete_service_account("ns", "a");
+    let mut watch = Watch::open_accept(
+        &emu,
+        &format!(
+            "/api/v1/serviceaccounts?watch=1&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds=1"
+        ),
+        METADATA,
+    );
+    let events = watch.rest();
+    assert_eq!(names(&events), ["ADDED b", "DELETED a", "BOOKMARK -"]);
+    for e in &events {
+        assert_eq!(e["object"]["kind"], "PartialObjectMetadata", "{e}");
+        assert_eq!(e["object"]["apiVersion"], "meta.k8s.io/v1");
+    }
+    assert_eq!(
+        events[1]["object"]["metadata"]["annotations"]["nats.io/allowed-sub-subjects"],
+        "y"
+    );
+    assert_eq!(
+        events[2]["object"]["metadata"]["resourceVersion"],
+        emu.resource_version().as_str()
+    );
+    // From "0": the current objects as ADDED metadata.
+    let mut synthetic = Watch::open_accept(
+        &emu,
+        "/api/v1/serviceaccounts?watch=1&resourceVersion=0&timeoutSeconds=1",
+        METADATA,
+    );
+    let events = synthetic.rest();
+    assert_eq!(names(&events), ["ADDED b"]);
+    assert_eq!(events[0]["object"]["kind"], "PartialObjectMetadata");
+    // Too old: the ERROR event's Status is not transformed.
+    let mut expired = Watch::open_accept(
+        &emu,
+        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={old}"),
+        METADATA,
+    );
+    let events = expired.rest();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["kind"], "Status");
+    assert_eq!(events[0]["object"]["code"], 410);
+    let watches = emu.requests_of(RequestKind::Watch);
+    assert_eq!(watches[0].accept.as_deref(), Some(METADATA));
+}
+
+#[test]
+fn a_bulk_seeded_store_of_realistic_objects_lists_page_by_page() {
+    let emu = KubeEmulator::start();
+    let count = 20_000;
+    emu.seed_realistic_service_accounts(count, 300);
+    let rv = emu.resource_version();
+    let mut names = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &token {
+            None => "/api/v1/serviceaccounts?limit=500".to_string(),
+            Some(t) => format!("/api/v1/serviceaccounts?limit=500&continue={t}"),
+        };
+        let page = get_accept(&emu, &path, METADATA_LIST);
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert_eq!(page.body["metadata"]["resourceVersion"], rv.as_str());
+        if pages == 0 {
+            // A realistic object: the two nats.io annotations, kubectl's last-applied
+            // configuration, three labels and a managedFields entry.
+            let meta = &page.body["items"][0]["metadata"];
+            let annotations = meta["annotations"].as_object().expect("annotations");
+            assert!(annotations.contains_key("nats.io/allowed-pub-subjects"));
+            assert!(annotations.contains_key("nats.io/allowed-sub-subjects"));
+            let applied = annotations["kubectl.kubernetes.io/last-applied-configuration"]
+                .as_str()
+                .expect("last-applied");
+            assert!((650..=800).contains(&applied.len()), "{}", applied.len());
+            assert_eq!(meta["labels"].as_object().map(|l| l.len()), Some(3));
+            assert_eq!(meta["managedFields"].as_array().map(Vec::len), Some(1));
+            let uid = meta["uid"].as_str().expect("uid");
+            assert_eq!(uid.len(), 36);
+            assert_eq!(uid, uid.to_ascii_lowercase());
+        }
+        let page_names = item_names(&page.body);
+        names.extend(page_names.iter().cloned());
+        pages += 1;
+        let remaining = page.body["metadata"]["remainingItemCount"].as_u64();
+        assert_eq!(
+            remaining.unwrap_or(0) as usize,
+            count - names.len(),
+            "remainingItemCount after page {pages}"
+        );
+        // A write between pages is not seen by the list (a snapshot at its first page).
+        if pages == 2 {
+            emu.create_service_account("team-00000", "sa-late", &[]);
+            emu.delete_service_account("team-00066", "sa-0019999");
+        }
+        match page.body["metadata"]["continue"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, count / 500);
+    assert_eq!(names.len(), count);
+    let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), count);
+    assert!(names.iter().any(|n| n == "sa-0019999") && !names.iter().any(|n| n == "sa-late"));
+    // One namespace, continued: only its objects.
+    let first = get_accept(
+        &emu,
+        "/api/v1/namespaces/team-00001/serviceaccounts?limit=200",
+        METADATA_LIST,
+    );
+    assert_eq!(first.body["metadata"]["remainingItemCount"], 100);
+    let token = first.body["metadata"]["continue"]
+        .as_str()
+        .expect("continue");
+    let second = get_accept(
+        &emu,
+        &format!("/api/v1/namespaces/team-00001/serviceaccounts?limit=200&continue={token}"),
+        METADATA_LIST,
+    );
+    let second_names = item_names(&second.body);
+    assert_eq!(second_names.len(), 100);
+    assert_eq!(second_names.last().map(String::as_str), Some("sa-0000599"));
+    assert!(second.body["metadata"].get("continue").is_none());
 }
 
 #[test]

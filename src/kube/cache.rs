@@ -6,7 +6,9 @@
 //! negatively cached GET on a miss, so an account created a moment ago works before its watch
 //! event arrives.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,10 +40,36 @@ pub enum Change {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct WriteMark(u64);
 
+/// An account in its namespace's set, found by its name: the name is not stored twice.
+#[derive(Clone, Debug)]
+struct ByName(Arc<ServiceAccount>);
+
+impl Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+// Hash and Eq are those of the name as `str`, as `Borrow<str>` requires.
+impl Hash for ByName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        str::hash(&self.0.name, state)
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &ByName) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for ByName {}
+
 #[derive(Default)]
 struct Inner {
-    /// namespace → name → account; nested so lookups need no allocation.
-    by_namespace: HashMap<String, HashMap<String, Arc<ServiceAccount>>>,
+    /// namespace → accounts by name; nested so lookups need no allocation. Each key is the one
+    /// allocation of that namespace's name, which its accounts share.
+    by_namespace: HashMap<Arc<str>, HashSet<ByName>>,
     len: usize,
     /// Incremented on every write by the list/watch source.
     seq: u64,
@@ -53,25 +81,91 @@ struct Inner {
 
 impl Inner {
     fn get(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceAccount>> {
-        self.by_namespace.get(namespace)?.get(name)
+        self.by_namespace.get(namespace)?.get(name).map(|b| &b.0)
     }
 
-    fn insert(&mut self, sa: Arc<ServiceAccount>) {
+    /// Stores `sa`, its namespace shared with the accounts already held there.
+    fn insert(&mut self, mut sa: ServiceAccount) -> Arc<ServiceAccount> {
+        if let Some((namespace, _)) = self.by_namespace.get_key_value(&*sa.namespace) {
+            sa.namespace = namespace.clone();
+        }
+        let sa = Arc::new(sa);
+        self.insert_arc(sa.clone());
+        sa
+    }
+
+    fn insert_arc(&mut self, sa: Arc<ServiceAccount>) {
         let names = self.by_namespace.entry(sa.namespace.clone()).or_default();
-        if names.insert(sa.name.clone(), sa).is_none() {
+        if names.replace(ByName(sa)).is_none() {
             self.len += 1;
         }
     }
 
     fn remove(&mut self, namespace: &str, name: &str) {
         if let Some(names) = self.by_namespace.get_mut(namespace) {
-            if names.remove(name).is_some() {
+            if names.remove(name) {
                 self.len -= 1;
             }
             if names.is_empty() {
                 self.by_namespace.remove(namespace);
             }
         }
+    }
+}
+
+/// A complete list under construction, page by page, before it replaces a cache's content
+/// ([`ServiceAccountCache::replace_with`]). Only the accounts are held, not the pages.
+#[derive(Default)]
+pub struct CacheBuilder {
+    fresh: Inner,
+}
+
+impl std::fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl CacheBuilder {
+    /// An empty list.
+    pub fn new() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// Adds `accounts`. An account that `previous` already holds unchanged is shared with it
+    /// rather than stored again, so a relist holds about one copy of the accounts, not two.
+    pub fn add(
+        &mut self,
+        accounts: impl IntoIterator<Item = ServiceAccount>,
+        previous: Option<&ServiceAccountCache>,
+    ) {
+        let held = previous.map(|cache| cache.inner.read());
+        for sa in accounts {
+            match held.as_ref().and_then(|h| h.get(&sa.namespace, &sa.name)) {
+                Some(old) if **old == sa => self.fresh.insert_arc(old.clone()),
+                _ => {
+                    self.fresh.insert(sa);
+                }
+            }
+        }
+    }
+
+    /// Number of accounts added.
+    pub fn len(&self) -> usize {
+        self.fresh.len
+    }
+
+    /// Whether no account was added.
+    pub fn is_empty(&self) -> bool {
+        self.fresh.len == 0
+    }
+
+    /// The account `namespace/name`, if added.
+    #[cfg(test)]
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceAccount>> {
+        self.fresh.get(namespace, name)
     }
 }
 
@@ -130,10 +224,15 @@ impl ServiceAccountCache {
     /// Replaces the whole content with a complete list: accounts missing from it disappear.
     /// The new map is built before the lock is taken, so readers never see a partial list.
     pub fn replace_all(&self, accounts: Vec<ServiceAccount>) {
-        let mut fresh = Inner::default();
-        for sa in accounts {
-            fresh.insert(Arc::new(sa));
-        }
+        let mut builder = CacheBuilder::new();
+        builder.add(accounts, Some(self));
+        self.replace_with(builder);
+    }
+
+    /// Replaces the whole content with a complete list built page by page: accounts missing
+    /// from it disappear, and readers never see a partial list.
+    pub fn replace_with(&self, builder: CacheBuilder) {
+        let mut fresh = builder.fresh;
         let len = fresh.len;
         {
             let mut inner = self.inner.write();
@@ -151,7 +250,9 @@ impl ServiceAccountCache {
             let mut inner = self.inner.write();
             inner.seq += 1;
             match change {
-                Change::Upsert(sa) => inner.insert(Arc::new(sa)),
+                Change::Upsert(sa) => {
+                    inner.insert(sa);
+                }
                 Change::Delete(sa) => {
                     // Events arrive in order, so a delete for an older uid can only meet a newer
                     // object that a miss-lookup GET stored early: keep that one.
@@ -166,7 +267,9 @@ impl ServiceAccountCache {
                     inner
                         .tombstones
                         .retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
-                    inner.tombstones.insert((sa.namespace, sa.name), (seq, now));
+                    inner
+                        .tombstones
+                        .insert((sa.namespace.to_string(), sa.name.into()), (seq, now));
                 }
             }
             inner.len
@@ -192,7 +295,7 @@ impl ServiceAccountCache {
             return None;
         }
         // The watch deleted it after the GET began: storing it would resurrect it.
-        let key = (sa.namespace.clone(), sa.name.clone());
+        let key = (sa.namespace.to_string(), sa.name.to_string());
         if inner
             .tombstones
             .get(&key)
@@ -200,8 +303,7 @@ impl ServiceAccountCache {
         {
             return None;
         }
-        let sa = Arc::new(sa);
-        inner.insert(sa.clone());
+        let sa = inner.insert(sa);
         let len = inner.len;
         drop(inner);
         self.set_size_metric(len);
@@ -452,7 +554,7 @@ mod tests {
                 known: Mutex::new(
                     known
                         .into_iter()
-                        .map(|s| ((s.namespace.clone(), s.name.clone()), s))
+                        .map(|s| ((s.namespace.to_string(), s.name.to_string()), s))
                         .collect(),
                 ),
                 fail: AtomicBool::new(false),
@@ -517,6 +619,58 @@ mod tests {
         );
         assert_eq!(c.get("a", "y").unwrap().uid, "2b");
         assert_eq!(c.metrics().cache_size.get(), 1);
+    }
+
+    #[test]
+    fn accounts_of_a_namespace_share_its_name() {
+        let c = cache();
+        c.replace_all(vec![
+            ServiceAccount::for_test("a", "x", "1"),
+            ServiceAccount::for_test("a", "y", "2"),
+        ]);
+        c.apply(Change::Upsert(ServiceAccount::for_test("a", "z", "3")));
+        let x = c.get("a", "x").unwrap();
+        for other in ["y", "z"] {
+            assert!(Arc::ptr_eq(
+                &x.namespace,
+                &c.get("a", other).unwrap().namespace
+            ));
+        }
+    }
+
+    #[test]
+    fn a_relist_shares_the_unchanged_accounts_it_already_holds() {
+        let c = cache();
+        let v1 = |name: &str| ServiceAccount::new("a", name, "u", "1");
+        c.replace_all(vec![v1("same"), v1("changed"), v1("gone")]);
+        let same = c.get("a", "same").unwrap();
+        let changed = c.get("a", "changed").unwrap();
+        let mut builder = CacheBuilder::new();
+        builder.add([v1("same")], Some(&c));
+        builder.add(
+            [
+                ServiceAccount::new("a", "changed", "u", "2"),
+                v1("new").with_annotation(crate::policy::PUB_ANNOTATION, "a.b"),
+            ],
+            Some(&c),
+        );
+        assert_eq!(builder.len(), 3);
+        c.replace_with(builder);
+        assert_eq!(c.len(), 3);
+        assert!(Arc::ptr_eq(&same, &c.get("a", "same").unwrap()));
+        assert!(!Arc::ptr_eq(&changed, &c.get("a", "changed").unwrap()));
+        assert_eq!(c.get("a", "changed").unwrap().resource_version, "2");
+        assert_eq!(c.get("a", "gone"), None);
+        // The same uid and version with other annotations (a file has no versions): not shared.
+        let before = c.get("a", "new").unwrap();
+        c.replace_all(vec![v1("new")]);
+        assert_eq!(
+            c.get("a", "new")
+                .unwrap()
+                .annotation(crate::policy::PUB_ANNOTATION),
+            None
+        );
+        assert!(!Arc::ptr_eq(&before, &c.get("a", "new").unwrap()));
     }
 
     #[test]

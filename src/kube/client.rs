@@ -32,6 +32,18 @@ const MAX_WATCH_LINE: usize = 16 * 1024 * 1024;
 /// Largest request body sent: the API server refuses larger ones (413) anyway.
 pub const MAX_REQUEST_BODY: u64 = 3 * 1024 * 1024;
 
+/// `Accept` of a list of metadata only: a `PartialObjectMetadataList` whose items hold each
+/// object's `metadata` and nothing else (a ServiceAccount's `secrets` are not sent); plain JSON
+/// from a server that does not offer it. As client-go's metadata client asks.
+pub const METADATA_LIST_ACCEPT: &str =
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+
+/// `Accept` of one object's metadata, and of a watch's (each event's object becomes a
+/// `PartialObjectMetadata`; an ERROR's Status is sent as it is). The API server refuses it on a
+/// list (406).
+pub const METADATA_ACCEPT: &str =
+    "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+
 /// Settings of the API client.
 #[derive(Clone, Debug)]
 pub struct ClientSettings {
@@ -227,8 +239,19 @@ impl ApiClient {
         path_and_query: &str,
         timeout: Duration,
     ) -> Result<T, KubeError> {
+        self.get_json_as(path_and_query, None, timeout)
+    }
+
+    /// [`ApiClient::get_json`] asking for the representation `accept` (an `Accept` header such
+    /// as [`METADATA_LIST_ACCEPT`]) instead of plain `application/json`.
+    pub fn get_json_as<T: DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+        accept: Option<&str>,
+        timeout: Duration,
+    ) -> Result<T, KubeError> {
         let url = self.url_for(path_and_query)?;
-        let response = self.send(&url, None, Wait::Total(timeout))?;
+        let response = self.send(&url, None, accept, Wait::Total(timeout))?;
         self.decode_json(response)
     }
 
@@ -248,7 +271,7 @@ impl ApiClient {
                 limit: MAX_REQUEST_BODY,
             });
         }
-        let response = self.send(&url, Some(&bytes), Wait::Total(timeout))?;
+        let response = self.send(&url, Some(&bytes), None, Wait::Total(timeout))?;
         self.decode_json(response)
     }
 
@@ -280,7 +303,7 @@ impl ApiClient {
     ) -> Result<RawResponse, KubeError> {
         let limit = max_body_bytes.min(self.max_body_bytes);
         let url = self.url_for(path)?;
-        let mut response = self.send(&url, None, Wait::Total(timeout))?;
+        let mut response = self.send(&url, None, None, Wait::Total(timeout))?;
         let status = response.status().as_u16();
         let cache_control = response
             .headers()
@@ -302,10 +325,22 @@ impl ApiClient {
         path_and_query: &str,
         read_timeout: Duration,
     ) -> Result<LineStream, KubeError> {
+        self.get_lines_as(path_and_query, None, read_timeout)
+    }
+
+    /// [`ApiClient::get_lines`] asking for the representation `accept` (an `Accept` header such
+    /// as [`METADATA_ACCEPT`]) instead of plain `application/json`.
+    pub fn get_lines_as(
+        &self,
+        path_and_query: &str,
+        accept: Option<&str>,
+        read_timeout: Duration,
+    ) -> Result<LineStream, KubeError> {
         let url = self.url_for(path_and_query)?;
         let mut response = self.send(
             &url,
             None,
+            accept,
             Wait::Stream {
                 response: self.response_timeout,
                 read: read_timeout,
@@ -320,7 +355,7 @@ impl ApiClient {
         })
     }
 
-    /// GETs one ServiceAccount; `Ok(None)` on 404.
+    /// GETs one ServiceAccount's metadata (all the service reads of it); `Ok(None)` on 404.
     pub fn get_service_account(
         &self,
         namespace: &str,
@@ -333,9 +368,9 @@ impl ApiClient {
             return Ok(None);
         }
         let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}");
-        match self.get_json::<RawObject>(&path, timeout) {
+        match self.get_json_as::<RawObject>(&path, Some(METADATA_ACCEPT), timeout) {
             Ok(object) => match object.into_service_account(None) {
-                Ok(sa) if sa.namespace == namespace && sa.name == name => Ok(Some(sa)),
+                Ok(sa) if *sa.namespace == *namespace && *sa.name == *name => Ok(Some(sa)),
                 Ok(_) | Err(_) => Ok(None),
             },
             Err(e) if e.status_code() == Some(404) => Ok(None),
@@ -356,18 +391,26 @@ impl ApiClient {
         }
     }
 
-    /// Sends a GET, or a POST of the JSON `body`, with the bearer token; on a 401 with a token
-    /// file, re-reads it and retries once.
+    /// Sends a GET (with `accept` instead of `application/json` if given), or a POST of the
+    /// JSON `body`, with the bearer token; on a 401 with a token file, re-reads it and retries
+    /// once.
     fn send(
         &self,
         url: &str,
         body: Option<&[u8]>,
+        accept: Option<&str>,
         wait: Wait,
     ) -> Result<Response<Body>, KubeError> {
         let mut retried = false;
         loop {
             let response = match body {
-                None => self.prepare(self.agent.get(url), wait).call(),
+                None => {
+                    let mut request = self.prepare(self.agent.get(url), wait);
+                    if let Some(accept) = accept {
+                        request = request.header("Accept", accept);
+                    }
+                    request.call()
+                }
                 Some(bytes) => self
                     .prepare(self.agent.post(url), wait)
                     .header("Content-Type", "application/json")
@@ -891,6 +934,7 @@ mod tests {
     #[test]
     fn get_service_account_maps_404_to_none_and_checks_names() {
         let base = start(Arc::new(|req: &Request| {
+            assert_eq!(req.header("accept"), Some(METADATA_ACCEPT));
             if req.path == "/api/v1/namespaces/team-a/serviceaccounts/app" {
                 response(
                     "200 OK",

@@ -14,9 +14,10 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use log::{debug, error, info, warn};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::cache::ServiceAccountCache;
-use super::{wait_or_stop, RawObject, ServiceAccount};
+use super::{wait_or_stop, RawObject, ResourceVersion, ServiceAccount};
 use crate::files::{read_bounded, ReadError};
 use crate::readiness::Readiness;
 
@@ -205,12 +206,12 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<ServiceAccount>, FileErro
                 .map_err(|p| item_err(p.describe().to_owned()))?;
             // A manifest's resourceVersion (one exported with `kubectl get -o yaml`, say) names
             // no version of a live object.
-            sa.resource_version.clear();
-            if !seen.insert((sa.namespace.clone(), sa.name.clone())) {
+            sa.resource_version = ResourceVersion::default();
+            if !seen.insert((sa.namespace.to_string(), sa.name.to_string())) {
                 return Err(FileError::Duplicate {
                     path: path.to_owned(),
-                    namespace: sa.namespace,
-                    name: sa.name,
+                    namespace: sa.namespace.to_string(),
+                    name: sa.name.into(),
                 });
             }
             if sa.uid.is_empty() {
@@ -251,7 +252,8 @@ fn parse_yaml(path: &Path, text: &str) -> Result<Vec<serde_json::Value>, FileErr
 #[derive(PartialEq, Eq)]
 enum Seen {
     Nothing,
-    Content(Vec<u8>),
+    /// SHA-256 of the content: the bytes themselves (as large as the file) are not kept.
+    Content([u8; 32]),
     /// The file could not be read; the error's text, to report each new error once.
     Unreadable(String),
 }
@@ -269,7 +271,8 @@ fn poll_once(path: &Path, seen: &mut Seen, cache: &ServiceAccountCache, readines
             return;
         }
     };
-    if matches!(seen, Seen::Content(prev) if *prev == bytes) {
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    if matches!(seen, Seen::Content(prev) if *prev == digest) {
         return;
     }
     match parse_file(path, &bytes) {
@@ -281,7 +284,7 @@ fn poll_once(path: &Path, seen: &mut Seen, cache: &ServiceAccountCache, readines
         }
         Err(e) => error!("{e}; keeping the last good content"),
     }
-    *seen = Seen::Content(bytes);
+    *seen = Seen::Content(digest);
 }
 
 fn run_file_source(
@@ -338,13 +341,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(&v), ["n1/a", "n2/b"]);
-        assert_eq!(
-            v[0].annotations
-                .get(crate::policy::SUB_ANNOTATION)
-                .map(String::as_str),
-            Some("x.>")
-        );
-        assert!(!v[0].annotations.contains_key("k"), "not read, not kept");
+        assert_eq!(v[0].annotation(crate::policy::SUB_ANNOTATION), Some("x.>"));
+        assert_eq!(v[0].annotation("k"), None, "not read, not kept");
         assert_eq!(v[0].uid, "u1");
         assert_eq!(
             v[0].resource_version, "",
@@ -372,12 +370,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(names(&v), ["default/app"]);
-        assert_eq!(
-            v[0].annotations
-                .get("nats.io/allowed-pub-subjects")
-                .map(String::as_str),
-            Some("a.>")
-        );
+        assert_eq!(v[0].annotation("nats.io/allowed-pub-subjects"), Some("a.>"));
     }
 
     #[test]

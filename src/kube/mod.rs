@@ -25,7 +25,7 @@ pub(crate) mod test_server;
 pub mod watch;
 
 pub use cache::{
-    ApiDirectory, Change, FileDirectory, Lookup, LookupSettings, ServiceAccountCache,
+    ApiDirectory, CacheBuilder, Change, FileDirectory, Lookup, LookupSettings, ServiceAccountCache,
     ServiceAccountDirectory, ServiceAccountFetcher,
 };
 pub use client::{ApiClient, ClientSettings, LineStream, RawResponse};
@@ -33,7 +33,7 @@ pub use config::{InClusterPaths, KubeConfigSource};
 pub use error::{ApiStatus, ConfigError, KubeError};
 pub use file::{load_file, spawn_file_source, FileError};
 pub(crate) use object::RawObject;
-pub use object::{is_valid_namespace, is_valid_object_name, ServiceAccount};
+pub use object::{is_valid_namespace, is_valid_object_name, ResourceVersion, ServiceAccount, Uid};
 pub use watch::{spawn_watcher, BackoffSettings, WatchSettings};
 
 /// Whether stop was requested: a message arrived or every sender is gone.

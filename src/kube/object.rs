@@ -1,11 +1,16 @@
 //! A ServiceAccount as the service keeps it, read from the API's (or a manifest's) objects;
 //! and the name checks that keep anything a token says from changing an API path or a subject.
+//!
+//! The kept form is compact (a few hundred bytes per account, whatever the object holds): the
+//! namespace is shared by every account of it, the uid is 16 bytes when it is a canonical
+//! UUID, the resourceVersion 8 bytes when it is a canonical decimal, and of the annotations only
+//! the two the service reads are kept.
 
-use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::policy::{PUB_ANNOTATION, SUB_ANNOTATION};
 
@@ -15,38 +20,296 @@ use crate::policy::{PUB_ANNOTATION, SUB_ANNOTATION};
 /// may edit ServiceAccounts grow every replica's memory by that much per object.
 pub const MAX_ANNOTATION_BYTES: usize = 16 * 1024;
 
+/// An object's uid, kept in 16 bytes when it is a canonical (lowercase, hyphenated) UUID, as the
+/// API server makes them; any other text is kept as it is. Displays exactly as received.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Uid {
+    /// A canonical UUID: its text is `8-4-4-4-12` lowercase hex digits.
+    Uuid([u8; 16]),
+    /// Any other text (empty when the object had none).
+    Text(Box<str>),
+}
+
+impl Uid {
+    /// The uid `text` in its compact form.
+    pub fn new(text: &str) -> Uid {
+        match parse_uuid(text) {
+            Some(bytes) => Uid::Uuid(bytes),
+            None => Uid::Text(text.into()),
+        }
+    }
+
+    /// Whether the uid is empty.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Uid::Text(t) if t.is_empty())
+    }
+
+    /// Whether the uid's text is exactly `text`.
+    pub fn is(&self, text: &str) -> bool {
+        match self {
+            Uid::Uuid(bytes) => parse_uuid(text).as_ref() == Some(bytes),
+            Uid::Text(t) => **t == *text,
+        }
+    }
+}
+
+impl Default for Uid {
+    fn default() -> Self {
+        Uid::Text(Box::default())
+    }
+}
+
+/// Byte offsets of the hyphens in a canonical UUID's text.
+const UUID_HYPHENS: [usize; 4] = [8, 13, 18, 23];
+
+/// The 16 bytes of a canonical UUID's text: 36 characters, hyphens at 8, 13, 18 and 23,
+/// lowercase hex digits elsewhere. Anything else (upper case, braces, another length) is `None`,
+/// so the bytes always display back as the same text.
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let s = text.as_bytes();
+    if s.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut nibbles = 0usize;
+    for (i, b) in s.iter().enumerate() {
+        if UUID_HYPHENS.contains(&i) {
+            if *b != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let v = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        let byte = out.get_mut(nibbles / 2)?;
+        *byte = (*byte << 4) | v;
+        nibbles += 1;
+    }
+    Some(out)
+}
+
+impl fmt::Display for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Uid::Uuid(bytes) => {
+                for (i, b) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+            Uid::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl fmt::Debug for Uid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+impl From<&str> for Uid {
+    fn from(text: &str) -> Uid {
+        Uid::new(text)
+    }
+}
+
+impl PartialEq<str> for Uid {
+    fn eq(&self, other: &str) -> bool {
+        self.is(other)
+    }
+}
+
+impl PartialEq<&str> for Uid {
+    fn eq(&self, other: &&str) -> bool {
+        self.is(other)
+    }
+}
+
+impl Serialize for Uid {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// An object's resourceVersion, kept in 8 bytes when it is a canonical decimal number (as etcd's
+/// revisions are), as text otherwise. Opaque: compared only for equality, displayed exactly as
+/// received. Empty when the account comes from a local file.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum ResourceVersion {
+    /// A decimal number without sign or leading zero.
+    Number(u64),
+    /// Any other text.
+    Text(Box<str>),
+}
+
+impl ResourceVersion {
+    /// The resourceVersion `text` in its compact form.
+    pub fn new(text: &str) -> ResourceVersion {
+        let canonical = !text.is_empty()
+            && text.bytes().all(|b| b.is_ascii_digit())
+            && (text == "0" || !text.starts_with('0'));
+        match text.parse::<u64>() {
+            Ok(n) if canonical => ResourceVersion::Number(n),
+            _ => ResourceVersion::Text(text.into()),
+        }
+    }
+
+    /// Whether the resourceVersion is empty.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, ResourceVersion::Text(t) if t.is_empty())
+    }
+}
+
+impl Default for ResourceVersion {
+    fn default() -> Self {
+        ResourceVersion::Text(Box::default())
+    }
+}
+
+impl fmt::Display for ResourceVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResourceVersion::Number(n) => write!(f, "{n}"),
+            ResourceVersion::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl fmt::Debug for ResourceVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+impl From<&str> for ResourceVersion {
+    fn from(text: &str) -> ResourceVersion {
+        ResourceVersion::new(text)
+    }
+}
+
+impl PartialEq<str> for ResourceVersion {
+    fn eq(&self, other: &str) -> bool {
+        *self == ResourceVersion::new(other)
+    }
+}
+
+impl PartialEq<&str> for ResourceVersion {
+    fn eq(&self, other: &&str) -> bool {
+        *self == ResourceVersion::new(other)
+    }
+}
+
+impl Serialize for ResourceVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// The parts of a Kubernetes ServiceAccount the service uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceAccount {
-    /// Namespace of the account.
-    pub namespace: String,
+    /// Namespace of the account; the cache shares one allocation among its accounts.
+    pub namespace: Arc<str>,
     /// Name of the account (may contain dots).
-    pub name: String,
+    pub name: Box<str>,
     /// The object's uid; a re-created account has a new one.
-    pub uid: String,
-    /// The object's resourceVersion (opaque, compared only for equality): it changes with every
-    /// write. Empty when the account comes from a local file.
-    pub resource_version: String,
-    /// The annotations the service reads ([`PUB_ANNOTATION`], [`SUB_ANNOTATION`]), each at most
-    /// [`MAX_ANNOTATION_BYTES`]; the object's other annotations are not kept.
-    pub annotations: BTreeMap<String, String>,
-    /// Per annotation cut to [`MAX_ANNOTATION_BYTES`], how many entries were past the cut.
-    pub entries_past_limit: Vec<(&'static str, usize)>,
+    pub uid: Uid,
+    /// The object's resourceVersion: it changes with every write. Empty when the account comes
+    /// from a local file.
+    pub resource_version: ResourceVersion,
+    /// [`PUB_ANNOTATION`], at most [`MAX_ANNOTATION_BYTES`].
+    publish: Option<Box<str>>,
+    /// [`SUB_ANNOTATION`], at most [`MAX_ANNOTATION_BYTES`].
+    subscribe: Option<Box<str>>,
+    /// Entries past the cut of [`PUB_ANNOTATION`] and [`SUB_ANNOTATION`] (saturating).
+    past_limit: [u32; 2],
 }
 
 impl ServiceAccount {
-    /// A ServiceAccount `namespace/name` with this `uid` and no annotations, for unit tests.
-    #[cfg(test)]
-    pub(crate) fn for_test(namespace: &str, name: &str, uid: &str) -> ServiceAccount {
+    /// An account `namespace/name` with this uid and resourceVersion and no annotations.
+    pub fn new(namespace: &str, name: &str, uid: &str, resource_version: &str) -> ServiceAccount {
         ServiceAccount {
             namespace: namespace.into(),
             name: name.into(),
-            uid: uid.into(),
-            resource_version: String::new(),
-            annotations: BTreeMap::new(),
-            entries_past_limit: Vec::new(),
+            uid: Uid::new(uid),
+            resource_version: ResourceVersion::new(resource_version),
+            publish: None,
+            subscribe: None,
+            past_limit: [0; 2],
         }
     }
+
+    /// A ServiceAccount `namespace/name` with this `uid` and no annotations, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(namespace: &str, name: &str, uid: &str) -> ServiceAccount {
+        ServiceAccount::new(namespace, name, uid, "")
+    }
+
+    /// The same account with the annotation `key` set to `value` (cut to
+    /// [`MAX_ANNOTATION_BYTES`] as when read); keys the service does not read are not kept.
+    pub fn with_annotation(mut self, key: &str, value: &str) -> ServiceAccount {
+        if let Some(i) = annotation_index(key) {
+            let mut value = value.to_owned();
+            let past = if value.len() > MAX_ANNOTATION_BYTES {
+                cut_entries(&mut value)
+            } else {
+                0
+            };
+            self.set(i, value.into_boxed_str(), past);
+        }
+        self
+    }
+
+    /// The same account with `count` entries of annotation `key` past the kept length.
+    #[cfg(test)]
+    pub(crate) fn with_entries_past_limit(mut self, key: &str, count: usize) -> ServiceAccount {
+        if let Some(i) = annotation_index(key) {
+            self.past_limit[i] = u32::try_from(count).unwrap_or(u32::MAX);
+        }
+        self
+    }
+
+    fn set(&mut self, i: usize, value: Box<str>, past: usize) {
+        let slot = if i == 0 {
+            &mut self.publish
+        } else {
+            &mut self.subscribe
+        };
+        *slot = Some(value);
+        self.past_limit[i] = u32::try_from(past).unwrap_or(u32::MAX);
+    }
+
+    /// The value of annotation `key` ([`PUB_ANNOTATION`] or [`SUB_ANNOTATION`]), if present.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        match annotation_index(key)? {
+            0 => self.publish.as_deref(),
+            _ => self.subscribe.as_deref(),
+        }
+    }
+
+    /// Whether the account has none of the annotations the service reads.
+    pub fn has_no_annotations(&self) -> bool {
+        self.publish.is_none() && self.subscribe.is_none()
+    }
+
+    /// How many entries of annotation `key` lay past [`MAX_ANNOTATION_BYTES`] and were not kept.
+    pub fn entries_past_limit(&self, key: &str) -> usize {
+        annotation_index(key).map_or(0, |i| self.past_limit[i] as usize)
+    }
+}
+
+/// Index of an annotation the service reads: 0 for publish, 1 for subscribe.
+fn annotation_index(key: &str) -> Option<usize> {
+    [PUB_ANNOTATION, SUB_ANNOTATION]
+        .iter()
+        .position(|k| *k == key)
 }
 
 /// The `metadata` of an object as the API (or a manifest file) writes it; other fields are ignored.
@@ -67,10 +330,10 @@ pub(crate) struct ObjectMeta {
 /// The annotations the service reads, taken from an object's `annotations` map.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct ReadAnnotations {
-    /// Each at most [`MAX_ANNOTATION_BYTES`].
-    pub(crate) kept: BTreeMap<String, String>,
-    /// Per annotation cut, the entries past the cut.
-    pub(crate) entries_past_limit: Vec<(&'static str, usize)>,
+    /// [`PUB_ANNOTATION`] and [`SUB_ANNOTATION`], each at most [`MAX_ANNOTATION_BYTES`].
+    values: [Option<Box<str>>; 2],
+    /// Per annotation, the entries past the cut.
+    past: [usize; 2],
 }
 
 /// Reads `metadata.annotations` keeping only the annotations the service reads: the others
@@ -100,23 +363,21 @@ fn read_annotations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ReadAnnota
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut read = ReadAnnotations::default();
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                let Some(name) = [PUB_ANNOTATION, SUB_ANNOTATION]
-                    .into_iter()
-                    .find(|n| *n == key)
-                else {
+                let Some(i) = annotation_index(&key) else {
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 };
                 let mut value: String = map.next_value()?;
                 // A repeated key (a hand-written file): the last one counts, as for the value.
-                read.entries_past_limit.retain(|(n, _)| *n != name);
-                if value.len() > MAX_ANNOTATION_BYTES {
-                    let past = cut_entries(&mut value);
-                    if past > 0 {
-                        read.entries_past_limit.push((name, past));
-                    }
+                let past = if value.len() > MAX_ANNOTATION_BYTES {
+                    cut_entries(&mut value)
+                } else {
+                    0
+                };
+                if let (Some(slot), Some(count)) = (read.values.get_mut(i), read.past.get_mut(i)) {
+                    *slot = Some(value.into_boxed_str());
+                    *count = past;
                 }
-                read.kept.insert(name.to_owned(), value);
             }
             Ok(Some(read))
         }
@@ -190,15 +451,24 @@ impl RawObject {
                 .map(str::to_owned)
                 .ok_or(ObjectProblem::MissingNamespace)?,
         };
-        let annotations = meta.annotations.unwrap_or_default();
-        Ok(ServiceAccount {
-            namespace,
-            name,
-            uid: meta.uid.unwrap_or_default(),
-            resource_version: meta.resource_version.unwrap_or_default(),
-            annotations: annotations.kept,
-            entries_past_limit: annotations.entries_past_limit,
-        })
+        let mut sa = ServiceAccount {
+            namespace: namespace.into(),
+            name: name.into_boxed_str(),
+            uid: Uid::new(meta.uid.as_deref().unwrap_or_default()),
+            resource_version: ResourceVersion::new(
+                meta.resource_version.as_deref().unwrap_or_default(),
+            ),
+            publish: None,
+            subscribe: None,
+            past_limit: [0; 2],
+        };
+        let ReadAnnotations { values, past } = meta.annotations.unwrap_or_default();
+        for (i, (value, past)) in values.into_iter().zip(past).enumerate() {
+            if let Some(value) = value {
+                sa.set(i, value, past);
+            }
+        }
+        Ok(sa)
     }
 }
 
@@ -249,16 +519,11 @@ mod tests {
                 "nats.io/other": "{{\"nested\": [1, 2]}}",
                 "nats.io/allowed-sub-subjects": "d.*"}}}}}}"#
         ));
-        let kept: Vec<(&str, &str)> = sa
-            .annotations
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(
-            kept,
-            [(PUB_ANNOTATION, "a.b, c.>"), (SUB_ANNOTATION, "d.*")]
-        );
-        assert!(sa.entries_past_limit.is_empty());
+        assert_eq!(sa.annotation(PUB_ANNOTATION), Some("a.b, c.>"));
+        assert_eq!(sa.annotation(SUB_ANNOTATION), Some("d.*"));
+        assert_eq!(sa.annotation("nats.io/other"), None);
+        assert_eq!(sa.entries_past_limit(PUB_ANNOTATION), 0);
+        assert_eq!(sa.entries_past_limit(SUB_ANNOTATION), 0);
         for none in [
             r#""annotations": null"#,
             r#""annotations": {}"#,
@@ -267,7 +532,7 @@ mod tests {
             let sa = read(&format!(
                 r#"{{"metadata": {{"name": "a", "namespace": "n", {none}}}}}"#
             ));
-            assert!(sa.annotations.is_empty(), "{none}");
+            assert!(sa.has_no_annotations(), "{none}");
         }
         assert!(
             serde_json::from_str::<RawObject>(r#"{"metadata": {"annotations": [1]}}"#).is_err()
@@ -283,28 +548,26 @@ mod tests {
         let sa = read(&format!(
             r#"{{"metadata": {{"name": "a", "namespace": "n", "annotations": {{"{PUB_ANNOTATION}": "{value}"}}}}}}"#
         ));
-        let kept = &sa.annotations[PUB_ANNOTATION];
-        assert!(kept.len() <= MAX_ANNOTATION_BYTES && value.starts_with(kept.as_str()));
-        assert!(
-            kept.capacity() <= MAX_ANNOTATION_BYTES,
-            "the cut part is not held"
-        );
+        let kept = sa.annotation(PUB_ANNOTATION).unwrap();
+        assert!(kept.len() <= MAX_ANNOTATION_BYTES && value.starts_with(kept));
         let kept_entries = kept.split(", ").count();
         assert_eq!(
             kept.split(", ").last(),
             Some(entries[kept_entries - 1].as_str()),
             "whole entries only"
         );
+        assert_eq!(sa.entries_past_limit(PUB_ANNOTATION), 2000 - kept_entries);
         assert_eq!(
-            sa.entries_past_limit,
-            [(PUB_ANNOTATION, 2000 - kept_entries)]
+            sa,
+            ServiceAccount::new("n", "a", "", "").with_annotation(PUB_ANNOTATION, &value),
+            "built the same way as read"
         );
         // The same key again (a hand-written file): the last value counts, cut or not.
         let sa = read(&format!(
             r#"{{"metadata": {{"name": "a", "namespace": "n", "annotations": {{"{PUB_ANNOTATION}": "{value}", "{PUB_ANNOTATION}": "a.b"}}}}}}"#
         ));
-        assert_eq!(sa.annotations[PUB_ANNOTATION], "a.b");
-        assert!(sa.entries_past_limit.is_empty());
+        assert_eq!(sa.annotation(PUB_ANNOTATION), Some("a.b"));
+        assert_eq!(sa.entries_past_limit(PUB_ANNOTATION), 0);
         // Exactly at the bound: kept whole.
         let exact = "a".repeat(MAX_ANNOTATION_BYTES);
         let mut v = exact.clone();
@@ -317,8 +580,8 @@ mod tests {
         let sa = read(&format!(
             r#"{{"metadata": {{"name": "a", "namespace": "n", "annotations": {{"{SUB_ANNOTATION}": "{exact}"}}}}}}"#
         ));
-        assert_eq!(sa.annotations[SUB_ANNOTATION], exact);
-        assert!(sa.entries_past_limit.is_empty());
+        assert_eq!(sa.annotation(SUB_ANNOTATION), Some(exact.as_str()));
+        assert_eq!(sa.entries_past_limit(SUB_ANNOTATION), 0);
         // Multi-byte text around the bound never splits a character.
         let mut v = format!("a,{}", "é".repeat(MAX_ANNOTATION_BYTES));
         assert_eq!(cut_entries(&mut v), 1);
@@ -351,14 +614,65 @@ mod tests {
         .unwrap();
         assert_eq!(raw.resource_version(), Some("7"));
         let sa = raw.into_service_account(None).unwrap();
-        assert_eq!(sa.namespace, "team-a");
-        assert_eq!(sa.name, "app");
+        assert_eq!(&*sa.namespace, "team-a");
+        assert_eq!(&*sa.name, "app");
         assert_eq!(sa.uid, "u1");
         assert_eq!(sa.resource_version, "7");
-        assert_eq!(
-            sa.annotations.get(PUB_ANNOTATION).map(String::as_str),
-            Some("v")
-        );
+        assert_eq!(sa.annotation(PUB_ANNOTATION), Some("v"));
+    }
+
+    #[test]
+    fn uids_and_resource_versions_display_exactly_as_received() {
+        let uuid = "0f3c2a1e-9b7d-4c55-8e21-a1b2c3d4e5f6";
+        assert!(matches!(Uid::new(uuid), Uid::Uuid(_)));
+        for text in [
+            uuid,
+            "0F3C2A1E-9B7D-4C55-8E21-A1B2C3D4E5F6",
+            "{0f3c2a1e-9b7d-4c55-8e21-a1b2c3d4e5f6}",
+            "0f3c2a1e9b7d4c558e21a1b2c3d4e5f6",
+            "0f3c2a1e-9b7d-4c55-8e21-a1b2c3d4e5fg",
+            "0f3c2a1e-9b7d-4c55-8e21+a1b2c3d4e5f6",
+            "u-1",
+            "",
+            "é",
+        ] {
+            let uid = Uid::new(text);
+            assert_eq!(uid.to_string(), text);
+            assert!(uid.is(text) && uid == *text);
+            assert_eq!(uid.is_empty(), text.is_empty());
+            assert!(!uid.is("other"));
+            assert_eq!(serde_json::to_string(&uid).unwrap(), format!("{text:?}"));
+        }
+        assert!(!Uid::new(uuid).is("0F3C2A1E-9B7D-4C55-8E21-A1B2C3D4E5F6"));
+        assert!(!Uid::new("0F3C2A1E-9B7D-4C55-8E21-A1B2C3D4E5F6").is(uuid));
+        assert!(matches!(
+            ResourceVersion::new("123"),
+            ResourceVersion::Number(123)
+        ));
+        for text in [
+            "0",
+            "7",
+            "18446744073709551615",
+            "18446744073709551616",
+            "007",
+            "+7",
+            "-1",
+            "1.0",
+            "",
+            "abc",
+        ] {
+            let rv = ResourceVersion::new(text);
+            assert_eq!(rv.to_string(), text);
+            assert!(rv == *text);
+            assert_eq!(rv.is_empty(), text.is_empty());
+        }
+        assert_ne!(ResourceVersion::new("7"), ResourceVersion::new("07"));
+    }
+
+    #[test]
+    fn a_kept_service_account_is_small() {
+        // The Arc block adds 16 bytes; the name and the two annotations are allocated apart.
+        assert!(std::mem::size_of::<ServiceAccount>() <= 120);
     }
 
     #[test]

@@ -294,7 +294,7 @@ pub fn evaluate(
         (Direction::Publish, &mut pub_allow),
         (Direction::Subscribe, &mut sub_allow),
     ] {
-        let Some(value) = sa.annotations.get(direction.annotation()) else {
+        let Some(value) = sa.annotation(direction.annotation()) else {
             continue;
         };
         let bounds: Option<Vec<String>> = match placement.bounds {
@@ -350,11 +350,7 @@ pub fn evaluate(
         }
         // Entries past the first MAX_ENTRIES_PER_ANNOTATION, and those past the length the
         // object kept of the annotation (`MAX_ANNOTATION_BYTES`).
-        let past_limit = sa
-            .entries_past_limit
-            .iter()
-            .find(|(name, _)| *name == direction.annotation())
-            .map_or(0, |(_, n)| *n);
+        let past_limit = sa.entries_past_limit(direction.annotation());
         let rest = listed.count() + past_limit;
         if rest > 0 {
             ignored.push((direction, rest));
@@ -476,7 +472,7 @@ impl PermissionCache {
         sa: &Arc<ServiceAccount>,
         policy: &LoadedPolicy,
     ) -> Result<Arc<Evaluation>, NotServed> {
-        let key = (sa.namespace.clone(), sa.name.clone());
+        let key = (sa.namespace.to_string(), sa.name.to_string());
         if let Some(c) = self.entries.lock().get(&key) {
             // The cache hands out a new Arc for every new version of the object.
             if c.generation == policy.generation
@@ -527,16 +523,13 @@ impl PermissionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn sa(ns: &str, name: &str, annotations: &[(&str, &str)]) -> ServiceAccount {
-        ServiceAccount {
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-            ..ServiceAccount::for_test(ns, name, "uid-1")
-        }
+        annotations
+            .iter()
+            .fold(ServiceAccount::for_test(ns, name, "uid-1"), |sa, (k, v)| {
+                sa.with_annotation(k, v)
+            })
     }
 
     /// The permissions without a policy file, in `mode`.
@@ -884,10 +877,8 @@ mod tests {
     fn entries_past_the_kept_length_of_an_annotation_are_counted_as_not_read() {
         let m = Arc::new(Metrics::new());
         let e = counted(
-            ServiceAccount {
-                entries_past_limit: vec![(SUB_ANNOTATION, 7)],
-                ..sa("ns", "svc", &[(SUB_ANNOTATION, "ns.a, ns.b")])
-            },
+            sa("ns", "svc", &[(SUB_ANNOTATION, "ns.a, ns.b")])
+                .with_entries_past_limit(SUB_ANNOTATION, 7),
             &AdminPolicy::unrestricted(),
             &m,
         );
@@ -922,10 +913,9 @@ mod tests {
         let e1 = cache.evaluation(&v1, &policy).unwrap();
         cache.evaluation(&v1, &policy).unwrap();
         assert_eq!(rx.len(), 1, "once per object version");
-        let v2 = Arc::new(ServiceAccount {
-            resource_version: "2".into(),
-            ..Arc::unwrap_or_clone(v1.clone())
-        });
+        let mut v2 = Arc::unwrap_or_clone(v1.clone());
+        v2.resource_version = "2".into();
+        let v2 = Arc::new(v2);
         cache.evaluation(&v2, &policy).unwrap();
         let events = |result| m.events.get_or_create(&EventLabels { result }).get();
         assert_eq!(events("dropped"), 1, "a full queue drops the report");

@@ -1,12 +1,17 @@
 //! The watch loop's API calls over HTTP: list pages and watch streams of the cluster-wide
-//! ServiceAccount collection, each watch stream read by its own thread.
+//! ServiceAccount collection, each watch stream read by its own thread. Both ask for metadata
+//! only (`PartialObjectMetadataList` pages, `PartialObjectMetadata` events): all the service
+//! reads of an object, without its other fields.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
-use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use url::form_urlencoded;
 
 use super::{
@@ -14,6 +19,7 @@ use super::{
     STREAM_BUFFER, STREAM_POLL,
 };
 use crate::kube::cache::Change;
+use crate::kube::client::{METADATA_ACCEPT, METADATA_LIST_ACCEPT};
 use crate::kube::{ApiClient, ApiStatus, KubeError, LineStream, RawObject};
 
 /// [`WatchApi`] over an [`ApiClient`].
@@ -62,31 +68,113 @@ impl RawList {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The object of a watch event, read straight into the type its event `type` calls for (no
+/// intermediate `serde_json::Value` when, as the API server writes them, `type` comes first).
+#[derive(Debug)]
+enum EventObject {
+    /// ADDED, MODIFIED, DELETED or BOOKMARK: an object (for a bookmark, only its
+    /// resourceVersion counts).
+    Object(RawObject),
+    /// ERROR: a Status, as the server sent it.
+    Status(ApiStatus),
+    /// Any other type: not read.
+    Ignored,
+}
+
+/// One watch line: `{"type": ..., "object": ...}`.
+#[derive(Debug)]
 struct RawEvent {
-    #[serde(rename = "type")]
     kind: String,
-    #[serde(default)]
-    object: serde_json::Value,
+    object: EventObject,
+}
+
+/// What an event of type `kind` carries.
+#[derive(Clone, Copy)]
+enum ObjectKind {
+    Object,
+    Status,
+    Ignored,
+}
+
+impl ObjectKind {
+    fn of(kind: &str) -> ObjectKind {
+        match kind {
+            "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" => ObjectKind::Object,
+            "ERROR" => ObjectKind::Status,
+            _ => ObjectKind::Ignored,
+        }
+    }
+
+    /// Reads the object from a value that was buffered because it came before `type`.
+    fn read_value(self, value: serde_json::Value) -> serde_json::Result<EventObject> {
+        Ok(match self {
+            ObjectKind::Object => EventObject::Object(serde_json::from_value(value)?),
+            ObjectKind::Status => EventObject::Status(serde_json::from_value(value)?),
+            ObjectKind::Ignored => EventObject::Ignored,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawEvent, D::Error> {
+        struct Event;
+        impl<'de> Visitor<'de> for Event {
+            type Value = RawEvent;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a watch event")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent, A::Error> {
+                let mut kind: Option<String> = None;
+                let mut object: Option<EventObject> = None;
+                // An object before its type (not how the API server writes events) is buffered.
+                let mut early: Option<serde_json::Value> = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match &*key {
+                        "type" => kind = Some(map.next_value()?),
+                        "object" => match kind.as_deref().map(ObjectKind::of) {
+                            Some(ObjectKind::Object) => {
+                                object = Some(EventObject::Object(map.next_value()?))
+                            }
+                            Some(ObjectKind::Status) => {
+                                object = Some(EventObject::Status(map.next_value()?))
+                            }
+                            Some(ObjectKind::Ignored) => {
+                                map.next_value::<IgnoredAny>()?;
+                                object = Some(EventObject::Ignored);
+                            }
+                            None => early = Some(map.next_value()?),
+                        },
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
+                let object = match object {
+                    Some(object) => object,
+                    // A missing object reads as `null`, which only an unknown type accepts.
+                    None => ObjectKind::of(&kind)
+                        .read_value(early.unwrap_or_default())
+                        .map_err(de::Error::custom)?,
+                };
+                Ok(RawEvent { kind, object })
+            }
+        }
+        d.deserialize_map(Event)
+    }
 }
 
 /// Decodes one line of a watch stream.
 pub(super) fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
     let event: RawEvent = serde_json::from_slice(line).map_err(KubeError::Decode)?;
-    match event.kind.as_str() {
-        "ERROR" => {
-            let status: ApiStatus =
-                serde_json::from_value(event.object).map_err(KubeError::Decode)?;
-            Ok(WatchEvent::Error(status))
-        }
-        "BOOKMARK" => {
-            let raw: RawObject = serde_json::from_value(event.object).map_err(KubeError::Decode)?;
-            Ok(WatchEvent::Bookmark {
-                resource_version: raw.resource_version().unwrap_or_default().to_owned(),
-            })
-        }
-        kind @ ("ADDED" | "MODIFIED" | "DELETED") => {
-            let raw: RawObject = serde_json::from_value(event.object).map_err(KubeError::Decode)?;
+    match (event.kind.as_str(), event.object) {
+        (_, EventObject::Status(status)) => Ok(WatchEvent::Error(status)),
+        ("BOOKMARK", EventObject::Object(raw)) => Ok(WatchEvent::Bookmark {
+            resource_version: raw.resource_version().unwrap_or_default().to_owned(),
+        }),
+        (kind, EventObject::Object(raw)) => {
             let resource_version = raw.resource_version().map(str::to_owned);
             match raw.into_service_account(None) {
                 Ok(sa) => Ok(WatchEvent::Change {
@@ -103,7 +191,7 @@ pub(super) fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
                 }
             }
         }
-        other => {
+        (other, EventObject::Ignored) => {
             debug!("skipping a watch event of unknown type {other:?}");
             Ok(WatchEvent::Skipped {
                 resource_version: None,
@@ -128,10 +216,11 @@ impl WatchApi for ClientApi {
                 query.append_pair("continue", token);
             }
             let path = format!("{COLLECTION_PATH}?{}", query.finish());
-            match self
-                .client
-                .get_json::<RawList>(&path, self.settings.list_timeout)
-            {
+            match self.client.get_json_as::<RawList>(
+                &path,
+                Some(METADATA_LIST_ACCEPT),
+                self.settings.list_timeout,
+            ) {
                 Ok(list) => return Ok(list.into_page()),
                 Err(KubeError::BodyTooLarge { limit: bytes }) if limit > 1 => {
                     limit /= 2;
@@ -152,7 +241,9 @@ impl WatchApi for ClientApi {
             .append_pair("timeoutSeconds", &self.settings.timeout_seconds.to_string())
             .finish();
         let path = format!("{COLLECTION_PATH}?{query}");
-        let lines = self.client.get_lines(&path, self.settings.read_timeout())?;
+        let lines =
+            self.client
+                .get_lines_as(&path, Some(METADATA_ACCEPT), self.settings.read_timeout())?;
         ChannelStream::spawn(lines)
     }
 
@@ -229,7 +320,7 @@ mod tests {
                 change: Change::Upsert(s),
                 resource_version,
             } => {
-                assert_eq!((s.namespace.as_str(), s.name.as_str()), ("ns", "app"));
+                assert_eq!((&*s.namespace, &*s.name), ("ns", "app"));
                 assert_eq!(resource_version.as_deref(), Some("5"));
             }
             other => panic!("unexpected {other:?}"),
@@ -276,6 +367,51 @@ mod tests {
             parse_watch_line(b"{not json"),
             Err(KubeError::Decode(_))
         ));
+        // The object before its type (not how the API server writes it) reads the same.
+        let ev = parse_watch_line(
+            br#"{"object":{"metadata":{"name":"a","namespace":"n","uid":"u","resourceVersion":"6"}},"type":"MODIFIED"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            ev,
+            WatchEvent::Change { change: Change::Upsert(ref s), ref resource_version }
+                if &*s.name == "a" && resource_version.as_deref() == Some("6")
+        ));
+        let ev = parse_watch_line(br#"{"object":{"code":500},"type":"ERROR"}"#).unwrap();
+        assert!(matches!(
+            ev,
+            WatchEvent::Error(ApiStatus {
+                code: Some(500),
+                ..
+            })
+        ));
+        // Unknown types are skipped whatever their object; known ones need an object.
+        for line in [
+            &br#"{"type":"SOMETHING","object":[1]}"#[..],
+            br#"{"object":7,"type":"SOMETHING"}"#,
+            br#"{"type":"SOMETHING"}"#,
+        ] {
+            assert!(matches!(
+                parse_watch_line(line),
+                Ok(WatchEvent::Skipped {
+                    resource_version: None
+                })
+            ));
+        }
+        for line in [
+            &br#"{"type":"ADDED"}"#[..],
+            br#"{"type":"ERROR"}"#,
+            br#"{"type":"ADDED","object":null}"#,
+            br#"{"type":"ERROR","object":"x"}"#,
+            br#"{"object":{}}"#,
+            br#"[]"#,
+        ] {
+            assert!(
+                matches!(parse_watch_line(line), Err(KubeError::Decode(_))),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]
@@ -432,6 +568,13 @@ mod tests {
     #[test]
     fn spawn_watcher_lists_and_watches_over_http() {
         let base = start(Arc::new(|req: &Request| {
+            // Metadata only: a list's items, and a watch's objects, one at a time.
+            let accept = if req.path.contains("watch=1") {
+                METADATA_ACCEPT
+            } else {
+                METADATA_LIST_ACCEPT
+            };
+            assert_eq!(req.header("accept"), Some(accept), "{}", req.path);
             if req.path.contains("watch=1") && req.path.contains("resourceVersion=10&") {
                 assert!(req.path.contains("allowWatchBookmarks=true"));
                 assert!(req.path.contains("timeoutSeconds=290"));

@@ -5,7 +5,8 @@
 //! (replace the cache, apply a change, back off). The I/O sits behind the small `WatchApi`
 //! trait so the machine can be fed scripted sequences in tests. Backoff lives in the driver.
 //!
-//! - A paginated list (`limit`, `continue`) is buffered and swapped into the cache whole.
+//! - A paginated list (`limit`, `continue`) is built page by page into a new map (sharing the
+//!   accounts the cache holds unchanged) and swapped into the cache whole.
 //! - The watch starts from the list's resourceVersion, with bookmarks and `timeoutSeconds`.
 //! - A stream that ends (cleanly or not) is watched again from the last resourceVersion seen.
 //! - `410 Gone` on the watch (HTTP or in-stream `ERROR`) relists; on a list page it restarts the
@@ -21,7 +22,7 @@ use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
 
 use self::http::ClientApi;
-use super::cache::{Change, ServiceAccountCache};
+use super::cache::{CacheBuilder, Change, ServiceAccountCache};
 use super::{stop_requested, wait_or_stop, ApiClient, ApiStatus, KubeError, ServiceAccount};
 use crate::backoff::Backoff;
 pub use crate::backoff::BackoffSettings;
@@ -150,7 +151,7 @@ enum State<S> {
     /// A list is under way: the pages so far, and the token of the next one.
     InitPage {
         continue_token: String,
-        objects: Vec<ServiceAccount>,
+        objects: CacheBuilder,
     },
     /// Listed (or a watch ended): open a watch from this resourceVersion.
     InitListed { resource_version: String },
@@ -221,7 +222,7 @@ impl Failure {
 enum Output {
     /// A complete list: replace the cache with it.
     Listed {
-        objects: Vec<ServiceAccount>,
+        objects: CacheBuilder,
         resource_version: String,
     },
     /// One watch change: apply it.
@@ -232,22 +233,34 @@ enum Output {
     Failed(Failure),
 }
 
-/// Moves the loop one step: at most one request or one stream item, at most one output.
+/// Moves the loop one step as [`step_with`] does, with no previous content to share.
+#[cfg(test)]
 fn step<A: WatchApi>(
     state: State<A::Stream>,
     api: &mut A,
     very_short_watch: Duration,
 ) -> (State<A::Stream>, Option<Output>) {
+    step_with(state, api, very_short_watch, None)
+}
+
+/// Moves the loop one step: at most one request or one stream item, at most one output. A list
+/// page's accounts that `previous` holds unchanged are shared with it.
+fn step_with<A: WatchApi>(
+    state: State<A::Stream>,
+    api: &mut A,
+    very_short_watch: Duration,
+    previous: Option<&ServiceAccountCache>,
+) -> (State<A::Stream>, Option<Output>) {
     match state {
         State::Empty => match api.list_page(None) {
-            Ok(page) => after_page(Vec::new(), page),
+            Ok(page) => after_page(CacheBuilder::new(), page, previous),
             Err(e) => (State::Empty, Some(Output::Failed(Failure::List(e)))),
         },
         State::InitPage {
             continue_token,
             objects,
         } => match api.list_page(Some(&continue_token)) {
-            Ok(page) => after_page(objects, page),
+            Ok(page) => after_page(objects, page, previous),
             // The continue token expired (about 5 min): the buffered pages are dropped and the
             // list starts over; the cache keeps serving the previous complete list meanwhile.
             Err(e) if e.is_gone() => (State::Empty, Some(Output::Failed(Failure::ListExpired))),
@@ -362,9 +375,13 @@ fn step<A: WatchApi>(
     }
 }
 
-/// Adds a page to the buffered list; the last page completes it.
-fn after_page<S>(mut objects: Vec<ServiceAccount>, page: ListPage) -> (State<S>, Option<Output>) {
-    objects.extend(page.items);
+/// Adds a page to the list under construction; the last page completes it.
+fn after_page<S>(
+    mut objects: CacheBuilder,
+    page: ListPage,
+    previous: Option<&ServiceAccountCache>,
+) -> (State<S>, Option<Output>) {
+    objects.add(page.items, previous);
     match page.continue_token.filter(|t| !t.is_empty()) {
         Some(continue_token) => (
             State::InitPage {
@@ -406,7 +423,7 @@ fn run<A: WatchApi>(
             debug!("ServiceAccount watch stopping");
             return;
         }
-        let (next, output) = step(state, api, settings.very_short_watch);
+        let (next, output) = step_with(state, api, settings.very_short_watch, Some(cache));
         state = next;
         if matches!(state, State::Watching { .. }) || matches!(output, Some(Output::Listed { .. }))
         {
@@ -420,7 +437,7 @@ fn run<A: WatchApi>(
                 resource_version,
             }) => {
                 let count = objects.len();
-                cache.replace_all(objects);
+                cache.replace_with(objects);
                 metrics.cache_relists.inc();
                 // Ready after the first complete list; later relists keep it ready because the
                 // previous content served until this swap.
@@ -718,11 +735,8 @@ mod tests {
         let (_, out) = step(s, &mut api, SHORT);
         match out {
             Some(Output::Listed { objects, .. }) => {
-                assert_eq!(
-                    objects,
-                    vec![ServiceAccount::for_test("a", "2", "u2")],
-                    "stale pages dropped"
-                )
+                assert_eq!(objects.len(), 1, "stale pages dropped");
+                assert!(objects.get("a", "2").is_some());
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -758,7 +772,7 @@ mod tests {
             ]);
         let (s, _) = next_output(State::Empty, &mut api);
         let (s, out) = next_output(s, &mut api);
-        assert!(matches!(out, Some(Output::Applied(Change::Upsert(ref x))) if x.name == "x"));
+        assert!(matches!(out, Some(Output::Applied(Change::Upsert(ref x))) if &*x.name == "x"));
         assert_eq!(rv_of(&s), Some("160"));
         let (s, out) = step(s, &mut api, SHORT);
         assert!(out.is_none(), "a bookmark changes nothing in the cache");

@@ -3,7 +3,6 @@
 //! continue tokens and compacted history, 504 for a resourceVersion the store never reaches, and
 //! the 400/422 answers to options the API server refuses.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -13,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::http::Request;
 use super::routing::{status_body, Reply};
-use super::state::{IssuedContinue, Shared, State, StoredAccount, CONTINUE_TOKEN_TTL};
+use super::state::{IssuedContinue, Representation, Shared, State, CONTINUE_TOKEN_TTL};
 
 /// How long a request for a future resourceVersion waits before answering 504.
 const TOO_LARGE_RV_WAIT: Duration = Duration::from_secs(1);
@@ -25,14 +24,19 @@ fn encode_continue(rv: u64, last_key: &(String, String)) -> String {
     URL_SAFE_NO_PAD.encode(token.to_string())
 }
 
-/// The resourceVersion and start key of a continue token, if it is one.
-fn decode_continue(token: &str) -> Option<(u64, String)> {
+/// The resourceVersion of a continue token and the key its page ended at, if it is one.
+fn decode_continue(token: &str) -> Option<(u64, (String, String))> {
     let bytes = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).ok()?;
     let value: Value = serde_json::from_slice(&bytes).ok()?;
     if value["v"] != "meta.k8s.io/v1" {
         return None;
     }
-    Some((value["rv"].as_u64()?, value["start"].as_str()?.to_string()))
+    let start = value["start"].as_str()?.strip_suffix('\u{0}')?;
+    let (namespace, name) = start.split_once('/')?;
+    Some((
+        value["rv"].as_u64()?,
+        (namespace.to_string(), name.to_string()),
+    ))
 }
 
 /// A ServiceAccount list, all namespaces or one.
@@ -41,6 +45,7 @@ pub(super) fn list(
     st: &mut MutexGuard<'_, State>,
     req: &Request,
     namespace: Option<&str>,
+    repr: Representation,
 ) -> Reply {
     let limit = match req.param("limit").filter(|l| !l.is_empty()) {
         None => None,
@@ -71,20 +76,24 @@ pub(super) fn list(
         let issued = st
             .continues
             .get(token)
-            .is_some_and(|c| c.issued.elapsed() < CONTINUE_TOKEN_TTL);
-        if !issued {
+            .filter(|c| c.issued.elapsed() < CONTINUE_TOKEN_TTL)
+            .map(|c| c.remaining);
+        let Some(remaining) = issued else {
             return Reply::status(
                 410,
                 "Expired",
                 "The provided continue parameter is too old to display a consistent list \
                  result. You can start a new list without the continue parameter.",
             );
-        }
-        let objects = st.objects_at(rv);
-        let rest = objects
-            .values()
-            .filter(|a| format!("{}/{}\u{0}", a.namespace, a.name) > start);
-        return list_page(&mut st.continues, namespace, rv, rest, limit);
+        };
+        let page = Page {
+            namespace,
+            rv,
+            after: Some(start),
+            limit,
+            remaining: Some(remaining),
+        };
+        return list_page(st, page, repr);
     }
 
     if rv_param.is_empty() && !rv_match.is_empty() {
@@ -102,7 +111,7 @@ pub(super) fn list(
         );
     }
     if rv_param.is_empty() {
-        return list_current(st, namespace, limit);
+        return list_current(st, namespace, limit, repr);
     }
     let Ok(requested) = rv_param.parse::<u64>() else {
         return invalid_rv(rv_param);
@@ -115,66 +124,120 @@ pub(super) fn list(
             );
         }
         // Served from the watch cache: the whole list, limit ignored.
-        return list_current(st, namespace, None);
+        return list_current(st, namespace, None, repr);
     }
     if !wait_for_rv(shared, st, requested) {
         return too_large_rv(st, requested);
     }
     let exact = rv_match == "Exact" || (rv_match.is_empty() && limit.is_some());
     if !exact {
-        return list_current(st, namespace, limit);
+        return list_current(st, namespace, limit, repr);
     }
     if st.too_old(requested) {
         let message = st.too_old_message(rv_param);
         return Reply::status(410, "Expired", &message);
     }
-    let objects = st.objects_at(requested);
-    list_page(
-        &mut st.continues,
+    let page = Page {
         namespace,
-        requested,
-        objects.values(),
+        rv: requested,
+        after: None,
         limit,
-    )
+        remaining: None,
+    };
+    list_page(st, page, repr)
 }
 
 /// A list of the current state.
-fn list_current(st: &mut State, namespace: Option<&str>, limit: Option<usize>) -> Reply {
-    let rv = st.rv;
-    list_page(&mut st.continues, namespace, rv, st.objects.values(), limit)
+fn list_current(
+    st: &mut State,
+    namespace: Option<&str>,
+    limit: Option<usize>,
+    repr: Representation,
+) -> Reply {
+    let page = Page {
+        namespace,
+        rv: st.rv,
+        after: None,
+        limit,
+        remaining: None,
+    };
+    list_page(st, page, repr)
 }
 
-/// One page of a list at `rv`, with a continue token when more items remain.
-fn list_page<'a>(
-    continues: &mut HashMap<String, IssuedContinue>,
-    namespace: Option<&str>,
+/// Which page of a list to answer.
+struct Page<'a> {
+    /// The namespace listed, or none for all.
+    namespace: Option<&'a str>,
+    /// The list's resourceVersion (a continued list keeps its first page's).
     rv: u64,
-    candidates: impl Iterator<Item = &'a StoredAccount>,
+    /// The key the previous page ended at (none for a first page).
+    after: Option<(String, String)>,
     limit: Option<usize>,
-) -> Reply {
-    let matching: Vec<&StoredAccount> = candidates.filter(|a| a.in_scope(namespace)).collect();
-    let take = limit.unwrap_or(usize::MAX).min(matching.len());
-    let items: Vec<Value> = matching[..take].iter().map(|a| a.to_json(false)).collect();
+    /// How many items follow `after` (known from the continue token; counted on a first page).
+    remaining: Option<usize>,
+}
+
+/// One page of a list, with a continue token when more items remain. A list that asked for
+/// one object's metadata gets the 406 of the API server, whose transform runs after the list.
+fn list_page(st: &mut State, page: Page<'_>, repr: Representation) -> Reply {
+    if let Representation::Metadata { .. } = repr {
+        return Reply::status(
+            406,
+            "NotAcceptable",
+            "you requested PartialObjectMetadata, but the requested object is a list \
+             (*core.ServiceAccountList)",
+        );
+    }
+    let Page {
+        namespace,
+        rv,
+        after,
+        limit,
+        remaining,
+    } = page;
+    let limit = limit.unwrap_or(usize::MAX);
+    let (items, last, total) = {
+        let mut objects = st.objects_after(rv, after.as_ref(), namespace);
+        let page: Vec<_> = objects.by_ref().take(limit).collect();
+        let items: Vec<Value> = page.iter().map(|a| a.render(repr, false)).collect();
+        let last = page.last().map(|a| a.key());
+        // The rest is only counted on a first page: later pages know it from their token.
+        let total = match remaining {
+            Some(n) => n,
+            None => page.len() + objects.count(),
+        };
+        (items, last, total)
+    };
+    let remaining = total.saturating_sub(items.len());
     let mut meta = Map::new();
     meta.insert("resourceVersion".into(), json!(rv.to_string()));
-    let remaining = matching.len() - take;
-    if remaining > 0 {
-        let token = encode_continue(rv, &matching[take - 1].key());
-        continues.insert(
+    if let (true, Some(last)) = (remaining > 0, last) {
+        let token = encode_continue(rv, &last);
+        st.continues.insert(
             token.clone(),
             IssuedContinue {
                 rv,
                 issued: Instant::now(),
+                remaining,
             },
         );
         meta.insert("continue".into(), json!(token));
         meta.insert("remainingItemCount".into(), json!(remaining));
     }
+    let (kind, api_version) = match repr {
+        Representation::Full => ("ServiceAccountList", "v1"),
+        _ => ("PartialObjectMetadataList", repr.meta_api_version()),
+    };
+    // The metadata list is built by appending to a nil slice: no items is `null`.
+    let items = match repr {
+        Representation::MetadataList { .. } if items.is_empty() => Value::Null,
+        _ => Value::Array(items),
+    };
     Reply::json(
         200,
         json!({
-            "kind": "ServiceAccountList",
-            "apiVersion": "v1",
+            "kind": kind,
+            "apiVersion": api_version,
             "metadata": Value::Object(meta),
             "items": items,
         }),

@@ -360,6 +360,36 @@ impl KubeEmulator {
         self.write(|st| st.create(namespace, name, to_map(annotations), to_map(labels)))
     }
 
+    /// Seeds `count` realistic ServiceAccounts at once (one resourceVersion, no watch events),
+    /// `per_namespace` to a namespace (`team-00000`, `team-00001`, ...; names `sa-0000000`, ...).
+    /// Each is what a GitOps-managed account looks like on a cluster: the two `nats.io/`
+    /// annotations, kubectl's `last-applied-configuration` (about 700 bytes), three labels and a
+    /// `managedFields` entry; its uid is a random canonical UUID. Annotations, labels and managed
+    /// fields are shared within a namespace, so a million objects stay cheap to hold here.
+    pub fn seed_realistic_service_accounts(&self, count: usize, per_namespace: usize) {
+        let per_namespace = per_namespace.max(1);
+        let created = state::rfc3339_now();
+        let mut shared: Option<(String, state::Realistic)> = None;
+        let accounts = (0..count).map(|i| {
+            let namespace = format!("team-{:05}", i / per_namespace);
+            if shared.as_ref().is_none_or(|(ns, _)| *ns != namespace) {
+                shared = Some((namespace.clone(), state::Realistic::new(&namespace)));
+            }
+            let realistic = &shared.as_ref().expect("just set").1;
+            state::StoredAccount {
+                name: format!("sa-{i:07}"),
+                namespace,
+                uid: state::fast_uuid(),
+                resource_version: 0,
+                created: created.clone(),
+                labels: realistic.labels.clone(),
+                annotations: realistic.annotations.clone(),
+                managed_fields: Some(realistic.managed_fields.clone()),
+            }
+        });
+        self.lock().seed(accounts);
+    }
+
     /// Replaces the annotations of `namespace/name` (a MODIFIED event); returns the new
     /// resourceVersion. Panics if it does not exist.
     pub fn update_annotations(
@@ -369,7 +399,7 @@ impl KubeEmulator {
         annotations: &[(&str, &str)],
     ) -> String {
         let annotations = to_map(annotations);
-        self.write(|st| st.modify(namespace, name, |a| a.annotations = annotations))
+        self.write(|st| st.modify(namespace, name, |a| a.annotations = Arc::new(annotations)))
             .to_string()
     }
 

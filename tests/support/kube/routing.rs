@@ -12,7 +12,7 @@ use super::discovery::{discovery, jwks};
 use super::events;
 use super::http::{parse_bool, parse_query, write_json, Request};
 use super::list::list;
-use super::state::{Shared, State};
+use super::state::{Representation, Shared, State};
 use super::tls::Conn;
 use super::token_request;
 use super::watch::{run_watch, start_watch, WatchPlan};
@@ -60,6 +60,8 @@ pub struct RecordedRequest {
     pub client_certificate: bool,
     /// Status code answered (200 for a watch stream, even one that carries an ERROR event).
     pub status: u16,
+    /// The `Accept` header, if any.
+    pub accept: Option<String>,
 }
 
 impl RecordedRequest {
@@ -260,6 +262,7 @@ pub(super) fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::
             authorization_present: req.header("Authorization").is_some(),
             client_certificate: req.client_certificate,
             status: reply.code(),
+            accept: req.header("Accept").map(str::to_owned),
         });
         reply
     };
@@ -354,15 +357,22 @@ fn decide(
             _ => method_not_allowed(&req.method),
         };
     }
+    let repr = match route {
+        Route::Collection { .. } | Route::Item { .. } => match negotiate(req.header("Accept")) {
+            Ok(repr) => repr,
+            Err(refused) => return refused,
+        },
+        _ => Representation::Full,
+    };
     match route {
         Route::Collection { namespace } => match refuse_selectors(req) {
             Some(refused) => refused,
             None if kind == RequestKind::Watch => {
-                start_watch(shared, st, req, namespace.as_deref())
+                start_watch(shared, st, req, namespace.as_deref(), repr)
             }
-            None => list(shared, st, req, namespace.as_deref()),
+            None => list(shared, st, req, namespace.as_deref(), repr),
         },
-        Route::Item { namespace, name } => get_one(st, namespace, name),
+        Route::Item { namespace, name } => get_one(st, namespace, name, repr),
         Route::Discovery => discovery(shared, st),
         Route::Jwks => jwks(st),
         Route::Version => Reply::json(
@@ -538,12 +548,81 @@ fn refuse_selectors(req: &Request) -> Option<Reply> {
     ))
 }
 
-/// A single ServiceAccount GET.
-fn get_one(st: &State, namespace: &str, name: &str) -> Reply {
+/// A single ServiceAccount GET. A metadata *list* of one object is the API server's 406, which
+/// its transform gives after the object was read (a missing one is still 404).
+fn get_one(st: &State, namespace: &str, name: &str, repr: Representation) -> Reply {
     match st.objects.get(&(namespace.to_string(), name.to_string())) {
-        Some(account) => Reply::json(200, account.to_json(true)),
+        Some(_) if matches!(repr, Representation::MetadataList { .. }) => Reply::status(
+            406,
+            "NotAcceptable",
+            "you requested PartialObjectMetadataList, but the requested object is not a list \
+             (*core.ServiceAccount)",
+        ),
+        Some(account) => Reply::json(200, account.render(repr, true)),
         None => service_account_not_found(name),
     }
+}
+
+/// The representation an `Accept` header asks for, as the API server negotiates it for a
+/// ServiceAccount list, watch or GET: the media ranges in order of their `q` (0 refuses one),
+/// the first acceptable one wins. JSON (`application/json`, `application/*`, `*/*`) is served
+/// as the object itself, or with `as=PartialObjectMetadata` / `as=PartialObjectMetadataList`
+/// and `g=meta.k8s.io`, `v=v1` or `v1beta1` as metadata; a conversion the API server does not
+/// offer (another `as`, `g` or `v`) makes the range unacceptable. YAML, protobuf and
+/// `as=Table` are not emulated: they are passed over as if not offered. No header is JSON;
+/// nothing acceptable is the API server's 406.
+pub(super) fn negotiate(accept: Option<&str>) -> Result<Representation, Reply> {
+    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
+        return Ok(Representation::Full);
+    };
+    let mut ranges: Vec<(f64, Option<Representation>)> = Vec::new();
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let mut q = 1.0;
+        let (mut as_kind, mut group, mut version) = (None, None, None);
+        for param in parts {
+            let (k, v) = param.split_once('=').unwrap_or((param, ""));
+            let v = v.trim().trim_matches('"');
+            match k.trim() {
+                "q" => q = v.parse().unwrap_or(0.0),
+                "as" => as_kind = Some(v),
+                "g" => group = Some(v),
+                "v" => version = Some(v),
+                _ => {}
+            }
+        }
+        let json = matches!(media.as_str(), "application/json" | "application/*" | "*/*");
+        let repr = match (json, as_kind, group, version) {
+            (false, ..) => None,
+            (true, None, _, _) => Some(Representation::Full),
+            (true, Some(kind), Some("meta.k8s.io"), Some(v @ ("v1" | "v1beta1"))) => {
+                let v1beta1 = v == "v1beta1";
+                match kind {
+                    "PartialObjectMetadata" => Some(Representation::Metadata { v1beta1 }),
+                    "PartialObjectMetadataList" => Some(Representation::MetadataList { v1beta1 }),
+                    _ => None,
+                }
+            }
+            (true, Some(_), _, _) => None,
+        };
+        if q > 0.0 {
+            ranges.push((q, repr));
+        }
+    }
+    // Stable: equal q keep the header's order.
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranges
+        .into_iter()
+        .find_map(|(_, repr)| repr)
+        .ok_or_else(|| {
+            Reply::status(
+                406,
+                "NotAcceptable",
+                "only the following media types are accepted: application/json, \
+                 application/yaml, application/vnd.kubernetes.protobuf",
+            )
+        })
 }
 
 /// The API server's 404 for a ServiceAccount that does not exist (GET, TokenRequest).

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Shutdown;
+use std::ops::Bound;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -61,7 +62,8 @@ pub(super) struct Counters {
     pub(super) tls_handshake_failures: u64,
 }
 
-/// One ServiceAccount as stored.
+/// One ServiceAccount as stored. Labels, annotations and managed fields are shared (`Arc`), so
+/// a bulk-seeded store of a million objects holds them once.
 #[derive(Clone, Debug)]
 pub(super) struct StoredAccount {
     pub(super) namespace: String,
@@ -69,13 +71,63 @@ pub(super) struct StoredAccount {
     pub(super) uid: String,
     pub(super) resource_version: u64,
     pub(super) created: String,
-    pub(super) labels: BTreeMap<String, String>,
-    pub(super) annotations: BTreeMap<String, String>,
+    pub(super) labels: Arc<BTreeMap<String, String>>,
+    pub(super) annotations: Arc<BTreeMap<String, String>>,
+    /// `metadata.managedFields`, as the API server keeps them (none for objects a test creates).
+    pub(super) managed_fields: Option<Arc<Value>>,
+}
+
+/// How an object is written in an answer, as the client's `Accept` asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Representation {
+    /// The object itself (`application/json`).
+    Full,
+    /// `as=PartialObjectMetadata`: one object's metadata (`g`/`v` give its `apiVersion`).
+    Metadata { v1beta1: bool },
+    /// `as=PartialObjectMetadataList`: a list of metadata.
+    MetadataList { v1beta1: bool },
+}
+
+impl Representation {
+    /// The `apiVersion` of metadata objects in this representation.
+    pub(super) fn meta_api_version(self) -> &'static str {
+        match self {
+            Representation::Metadata { v1beta1: true }
+            | Representation::MetadataList { v1beta1: true } => "meta.k8s.io/v1beta1",
+            _ => "meta.k8s.io/v1",
+        }
+    }
 }
 
 impl StoredAccount {
+    /// The object in `repr`: a full list item (`with_type` false) leaves out `kind` and
+    /// `apiVersion`, as the apiserver does; metadata items always carry theirs.
+    pub(super) fn render(&self, repr: Representation, with_type: bool) -> Value {
+        match repr {
+            Representation::Full => self.to_json(with_type),
+            _ => {
+                let mut obj = Map::new();
+                obj.insert("kind".into(), json!("PartialObjectMetadata"));
+                obj.insert("apiVersion".into(), json!(repr.meta_api_version()));
+                obj.insert("metadata".into(), self.metadata());
+                Value::Object(obj)
+            }
+        }
+    }
+
     /// The object's JSON; list items leave out `kind` and `apiVersion`, as the apiserver does.
     pub(super) fn to_json(&self, with_type: bool) -> Value {
+        let mut obj = Map::new();
+        if with_type {
+            obj.insert("kind".into(), json!("ServiceAccount"));
+            obj.insert("apiVersion".into(), json!("v1"));
+        }
+        obj.insert("metadata".into(), self.metadata());
+        Value::Object(obj)
+    }
+
+    /// The object's `metadata`.
+    fn metadata(&self) -> Value {
         let mut meta = Map::new();
         meta.insert("name".into(), json!(self.name));
         meta.insert("namespace".into(), json!(self.namespace));
@@ -86,18 +138,15 @@ impl StoredAccount {
         );
         meta.insert("creationTimestamp".into(), json!(self.created));
         if !self.labels.is_empty() {
-            meta.insert("labels".into(), json!(self.labels));
+            meta.insert("labels".into(), json!(*self.labels));
         }
         if !self.annotations.is_empty() {
-            meta.insert("annotations".into(), json!(self.annotations));
+            meta.insert("annotations".into(), json!(*self.annotations));
         }
-        let mut obj = Map::new();
-        if with_type {
-            obj.insert("kind".into(), json!("ServiceAccount"));
-            obj.insert("apiVersion".into(), json!("v1"));
+        if let Some(fields) = &self.managed_fields {
+            meta.insert("managedFields".into(), Value::clone(fields));
         }
-        obj.insert("metadata".into(), Value::Object(meta));
-        Value::Object(obj)
+        Value::Object(meta)
     }
 
     /// The store's key: namespace and name.
@@ -145,6 +194,8 @@ pub(super) struct Change {
 pub(super) struct IssuedContinue {
     pub(super) rv: u64,
     pub(super) issued: Instant,
+    /// How many items of the list follow the page that handed it out.
+    pub(super) remaining: usize,
 }
 
 /// Everything behind the emulator's one mutex.
@@ -240,8 +291,9 @@ impl State {
             uid: random_uuid(),
             resource_version: self.rv,
             created: rfc3339_now(),
-            labels,
-            annotations,
+            labels: Arc::new(labels),
+            annotations: Arc::new(annotations),
+            managed_fields: None,
         };
         let uid = account.uid.clone();
         self.objects.insert(key, account.clone());
@@ -336,20 +388,76 @@ impl State {
         }
     }
 
-    /// The objects as they were at `rv` (which must not be older than what the log covers).
-    pub(super) fn objects_at(&self, rv: u64) -> BTreeMap<(String, String), StoredAccount> {
-        let mut objects = self.objects.clone();
+    /// The objects as they were at `rv` (which must not be older than what the log covers), in
+    /// key order, those after the key `after` only, and of `namespace` only if one is given.
+    /// Reads the store in place: only the changes newer than `rv` are laid over it, so a page of
+    /// a list of a million objects costs its own length, not the store's.
+    pub(super) fn objects_after<'a>(
+        &'a self,
+        rv: u64,
+        after: Option<&(String, String)>,
+        namespace: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a StoredAccount> + 'a {
+        let ns_start = namespace.map(|ns| (ns.to_string(), String::new()));
+        let lower = match (after, ns_start) {
+            (Some(after), Some(start)) if start > *after => Bound::Included(start),
+            (Some(after), _) => Bound::Excluded(after.clone()),
+            (None, Some(start)) => Bound::Included(start),
+            (None, None) => Bound::Unbounded,
+        };
+        // key -> the object at `rv` (none: it did not exist then). Walking back from the newest
+        // change, the oldest change after `rv` writes last: its previous state is the one at `rv`.
+        let mut overlay: BTreeMap<(String, String), Option<&'a StoredAccount>> = BTreeMap::new();
         for change in self.log.iter().rev().take_while(|c| c.rv > rv) {
-            match &change.previous {
-                Some(prev) => {
-                    objects.insert(prev.key(), prev.clone());
+            overlay.insert(change.object.key(), change.previous.as_ref());
+        }
+        let overlay: Vec<((String, String), Option<&'a StoredAccount>)> = overlay
+            .range((lower.clone(), Bound::Unbounded))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let mut current = self.objects.range((lower, Bound::Unbounded)).peekable();
+        let mut past = overlay.into_iter().peekable();
+        std::iter::from_fn(move || loop {
+            let order = match (current.peek(), past.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((k, _)), Some((p, _))) => (*k).cmp(p),
+            };
+            match order {
+                std::cmp::Ordering::Less => return current.next().map(|(_, a)| a),
+                std::cmp::Ordering::Equal => {
+                    current.next();
+                    if let Some((_, Some(a))) = past.next() {
+                        return Some(a);
+                    }
                 }
-                None => {
-                    objects.remove(&change.object.key());
+                std::cmp::Ordering::Greater => {
+                    if let Some((_, Some(a))) = past.next() {
+                        return Some(a);
+                    }
                 }
             }
+        })
+        .take_while(move |a| a.in_scope(namespace))
+    }
+
+    /// Stores `accounts` at once at one new resourceVersion, with no change log entries and no
+    /// wake-up (a store that existed before any watch): for seeding 100,000s of objects.
+    /// Panics on an object that already exists (a test bug).
+    pub(super) fn seed(&mut self, accounts: impl IntoIterator<Item = StoredAccount>) {
+        self.rv += 1;
+        for mut account in accounts {
+            account.resource_version = self.rv;
+            let key = account.key();
+            assert!(
+                self.objects.insert(key, account).is_none(),
+                "a seeded serviceaccount already exists"
+            );
         }
-        objects
+        // No watch can replay what happened before the seed.
+        self.horizon = self.rv;
+        self.prune();
     }
 
     /// Whether a watch or exact list from `rv` is older than the history kept.
@@ -361,6 +469,104 @@ impl State {
     pub(super) fn too_old_message(&self, rv: &str) -> String {
         format!("too old resource version: {rv} ({})", self.horizon + 1)
     }
+}
+
+/// What the seeded ServiceAccounts of one namespace share: annotations (the two `nats.io/`
+/// ones and kubectl's last-applied-configuration), three labels and a `managedFields` entry.
+pub(super) struct Realistic {
+    pub(super) labels: Arc<BTreeMap<String, String>>,
+    pub(super) annotations: Arc<BTreeMap<String, String>>,
+    pub(super) managed_fields: Arc<Value>,
+}
+
+impl Realistic {
+    /// The shared parts of the accounts of `namespace`.
+    pub(super) fn new(namespace: &str) -> Realistic {
+        let pub_subjects = format!("{namespace}.orders.>, {namespace}.events.*, shared.audit");
+        let sub_subjects = format!("{namespace}.replies.>, shared.broadcast.>");
+        let labels = to_map(&[
+            ("app.kubernetes.io/name", "workload"),
+            ("app.kubernetes.io/part-of", namespace),
+            ("app.kubernetes.io/managed-by", "argocd"),
+        ]);
+        let last_applied = json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {
+                "annotations": {
+                    "nats.io/allowed-pub-subjects": pub_subjects,
+                    "nats.io/allowed-sub-subjects": sub_subjects,
+                    "argocd.argoproj.io/sync-wave": "0",
+                },
+                "labels": labels,
+                "name": "workload",
+                "namespace": namespace,
+            },
+            "automountServiceAccountToken": false,
+            "imagePullSecrets": [{ "name": "registry-credentials" }],
+            "secrets": [{ "name": "workload-token" }],
+        })
+        .to_string();
+        let mut last_applied = last_applied;
+        // Pad to the ~700 bytes a GitOps-applied object typically has.
+        if last_applied.len() < 700 {
+            let pad = 700 - last_applied.len();
+            last_applied.insert_str(1, &format!("\"x-padding\":\"{}\",", "p".repeat(pad)));
+        }
+        let annotations = to_map(&[
+            ("nats.io/allowed-pub-subjects", &pub_subjects),
+            ("nats.io/allowed-sub-subjects", &sub_subjects),
+            (
+                "kubectl.kubernetes.io/last-applied-configuration",
+                &last_applied,
+            ),
+        ]);
+        let managed_fields = json!([{
+            "manager": "kubectl-client-side-apply",
+            "operation": "Update",
+            "apiVersion": "v1",
+            "time": "2025-01-01T00:00:00Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {
+                "f:metadata": {
+                    "f:annotations": {
+                        ".": {},
+                        "f:kubectl.kubernetes.io/last-applied-configuration": {},
+                        "f:nats.io/allowed-pub-subjects": {},
+                        "f:nats.io/allowed-sub-subjects": {},
+                    },
+                    "f:labels": {
+                        ".": {},
+                        "f:app.kubernetes.io/managed-by": {},
+                        "f:app.kubernetes.io/name": {},
+                        "f:app.kubernetes.io/part-of": {},
+                    },
+                },
+                "f:automountServiceAccountToken": {},
+            },
+        }]);
+        Realistic {
+            labels: Arc::new(labels),
+            annotations: Arc::new(annotations),
+            managed_fields: Arc::new(managed_fields),
+        }
+    }
+}
+
+/// A random canonical (lowercase, version 4) UUID from a fast, non-cryptographic generator:
+/// for seeding many objects.
+pub(super) fn fast_uuid() -> String {
+    let n = fastrand::u128(..);
+    let n = (n & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Key-value pairs as a map (labels, annotations).

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::http::{parse_bool, Request};
 use super::list::{invalid_list_options_all, invalid_rv, too_large_rv, wait_for_rv};
 use super::routing::{status_body, Reply};
-use super::state::{Change, Shared, State};
+use super::state::{Change, Representation, Shared, State, StoredAccount};
 use super::tls::Conn;
 
 /// The cache sends a bookmark this long before a watch's deadline.
@@ -35,6 +35,8 @@ pub(super) struct WatchPlan {
     bookmarks: bool,
     deadline: Instant,
     generation: u64,
+    /// How event objects are written.
+    repr: Representation,
 }
 
 /// One watch event as a JSON line.
@@ -43,31 +45,45 @@ fn event_line(kind: &str, object: &Value) -> String {
 }
 
 /// A BOOKMARK event at `rv`.
-fn bookmark_line(rv: u64) -> String {
+fn bookmark_line(rv: u64, repr: Representation) -> String {
     // A typed bookmark: metadata carries only the resourceVersion (and the zero
     // creationTimestamp Go serializes as null).
     let meta = json!({ "resourceVersion": rv.to_string(), "creationTimestamp": null });
+    let (kind, api_version) = match repr {
+        Representation::Metadata { .. } => ("PartialObjectMetadata", repr.meta_api_version()),
+        _ => ("ServiceAccount", "v1"),
+    };
     event_line(
         "BOOKMARK",
-        &json!({ "kind": "ServiceAccount", "apiVersion": "v1", "metadata": meta }),
+        &json!({ "kind": kind, "apiVersion": api_version, "metadata": meta }),
     )
+}
+
+/// An event's object in `repr`. A watch that asked for a metadata *list* gets the objects
+/// untransformed: the API server's watch encoder logs the failed transform of each object and
+/// writes it as it is (read from the apiserver source, not checked against a live server).
+fn watch_object(account: &StoredAccount, repr: Representation) -> Value {
+    match repr {
+        Representation::Metadata { .. } => account.render(repr, true),
+        _ => account.to_json(true),
+    }
 }
 
 /// A change as a watch of `namespace` sees it, if it sees it at all. A deletion carries the
 /// object's last state at the deletion's resourceVersion.
-fn view_change(change: &Change, namespace: Option<&str>) -> Option<String> {
-    change
-        .object
-        .in_scope(namespace)
-        .then(|| event_line(change.kind.event_type(), &change.object.to_json(true)))
+fn view_change(change: &Change, namespace: Option<&str>, repr: Representation) -> Option<String> {
+    change.object.in_scope(namespace).then(|| {
+        event_line(
+            change.kind.event_type(),
+            &watch_object(&change.object, repr),
+        )
+    })
 }
 
 /// The current objects as ADDED events, for a watch from resourceVersion "" or "0".
-fn synthetic_added(st: &State, namespace: Option<&str>) -> Vec<String> {
-    st.objects
-        .values()
-        .filter(|a| a.in_scope(namespace))
-        .map(|a| event_line("ADDED", &a.to_json(true)))
+fn synthetic_added(st: &State, namespace: Option<&str>, repr: Representation) -> Vec<String> {
+    st.objects_after(st.rv, None, namespace)
+        .map(|a| event_line("ADDED", &watch_object(a, repr)))
         .collect()
 }
 
@@ -116,6 +132,7 @@ pub(super) fn start_watch(
     st: &mut MutexGuard<'_, State>,
     req: &Request,
     namespace: Option<&str>,
+    repr: Representation,
 ) -> Reply {
     if let Some(refused) = refuse_streaming_list(req) {
         return refused;
@@ -149,7 +166,7 @@ pub(super) fn start_watch(
     }
 
     let initial = match requested {
-        None | Some(0) => synthetic_added(st, namespace),
+        None | Some(0) => synthetic_added(st, namespace, repr),
         Some(rv) if st.too_old(rv) => {
             let message = st.too_old_message(rv_param);
             if st.expired_watch_as_http {
@@ -165,13 +182,14 @@ pub(super) fn start_watch(
                 bookmarks: false,
                 deadline: Instant::now(),
                 generation: st.watch_generation,
+                repr,
             }));
         }
         Some(rv) => st
             .log
             .iter()
             .filter(|c| c.rv > rv)
-            .filter_map(|c| view_change(c, namespace))
+            .filter_map(|c| view_change(c, namespace, repr))
             .collect(),
     };
     let id = st.next_watch_id;
@@ -187,6 +205,7 @@ pub(super) fn start_watch(
         bookmarks,
         deadline: Instant::now() + timeout,
         generation: st.watch_generation,
+        repr,
     }))
 }
 
@@ -314,7 +333,7 @@ impl<'a> WatchFollower<'a> {
             st.log
                 .iter()
                 .filter(|c| c.rv > self.cursor)
-                .filter_map(|c| view_change(c, self.plan.namespace.as_deref())),
+                .filter_map(|c| view_change(c, self.plan.namespace.as_deref(), self.plan.repr)),
         );
         self.cursor = st.rv;
         st.watch_cursors.insert(self.plan.id, self.cursor);
@@ -323,7 +342,7 @@ impl<'a> WatchFollower<'a> {
         }
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
         if due(self.next_bookmark) || due(self.pre_deadline_bookmark) {
-            lines.push(bookmark_line(self.cursor));
+            lines.push(bookmark_line(self.cursor, self.plan.repr));
             if due(self.pre_deadline_bookmark) {
                 self.pre_deadline_bookmark = None;
             }

@@ -1,0 +1,190 @@
+//! Memory and time to ready at cluster scale (issue 11): the service binary in cluster mode
+//! against the Kubernetes API emulator seeded with realistic ServiceAccounts (two `nats.io/`
+//! annotations, kubectl's ~700-byte last-applied-configuration, three labels, a managedFields
+//! entry), 100 to a namespace.
+//!
+//! A measurement, not a check: it prints figures and asserts only that the cache holds every
+//! account. Run it alone, in release:
+//!
+//! ```text
+//! cargo test --release --test scale -- --ignored --nocapture
+//! ```
+//!
+//! `SCALE_SIZES` (comma-separated, default `100000,1000000`) chooses the sizes;
+//! `SCALE_SERVICE_BIN` measures another build of the service (an older one, or the musl
+//! binary) instead of this one; `SCALE_ENV` adds `NAME=value` pairs (comma-separated) to the
+//! service's environment. The idle RSS is that of the same service with no ServiceAccount.
+//! Once ready, a relist of everything is forced (history compacted, watch cut: 410) and its
+//! time and the memory after it (VmHWM: its peak) are printed too.
+
+mod support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use support::kube::DEFAULT_ISSUER;
+use support::nats::{free_port, server_config, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
+use support::service::{Service, ServiceBuilder};
+use support::stack::start_cluster;
+use support::tokens::SigningKey;
+
+/// Accounts per namespace.
+const PER_NAMESPACE: usize = 100;
+/// Longest wait for readiness.
+const READY_WITHIN: Duration = Duration::from_secs(600);
+
+/// One field of `/proc/<pid>/status`, in kB.
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one run measured.
+struct Measurement {
+    accounts: usize,
+    ready: Duration,
+    rss_kb: u64,
+    hwm_kb: u64,
+    /// How long a relist (after a 410) took, and VmRSS / VmHWM after it.
+    relist: Duration,
+    relist_rss_kb: u64,
+    relist_hwm_kb: u64,
+}
+
+/// Starts a cluster of `accounts` seeded ServiceAccounts, a nats-server and the service, and
+/// measures time to ready and memory once the cache holds them all.
+fn measure(accounts: usize) -> Measurement {
+    let key = SigningKey::rs256();
+    let api = start_cluster(&key, &[]);
+    let seeding = Instant::now();
+    api.seed_realistic_service_accounts(accounts, PER_NAMESPACE);
+    eprintln!(
+        "seeded {accounts} in {:.1} s",
+        seeding.elapsed().as_secs_f64()
+    );
+    let keys = CalloutKeys::new(false);
+    let port = free_port();
+    let nats = NatsServer::start_with_config(port, server_config(port, &keys, 2));
+    let mut builder = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
+        .env("JWT_ISSUER", DEFAULT_ISSUER)
+        .kube_api(&api.url(), &api.token())
+        .env("LOG_LEVEL", "info");
+    if let Ok(extra) = std::env::var("SCALE_ENV") {
+        for pair in extra.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .expect("SCALE_ENV holds NAME=value pairs");
+            builder = builder.env(k, v);
+        }
+    }
+    if let Ok(bin) = std::env::var("SCALE_SERVICE_BIN") {
+        // The wrapper execs the other binary; the appended path of this one is ignored.
+        builder = builder.wrapper(&["sh", "-c", &format!("exec '{bin}'"), "sh"]);
+    }
+    let started = Instant::now();
+    let service = builder.spawn();
+    let ready = wait_ready(&service);
+    let pid = service.pid().expect("the service runs");
+    service.wait_for("the cache holds every account", READY_WITHIN, || {
+        service.metric("nats_callout_serviceaccounts") as usize == accounts
+    });
+    // Let the list's transient buffers go back before reading the resident size.
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss_kb, hwm_kb) = (proc_status_kb(pid, "VmRSS:"), proc_status_kb(pid, "VmHWM:"));
+    // A relist of everything: a write the watch does not see, the history compacted past it
+    // and the stream cut, so the resumed watch gets 410.
+    let relists = service.metric("nats_callout_cache_relists_total");
+    let relisting = Instant::now();
+    api.set_watch_hang(true);
+    api.create_service_account("scale-relist", "marker", &[]);
+    api.delete_service_account("scale-relist", "marker");
+    api.compact_history();
+    api.close_watch_streams();
+    api.set_watch_hang(false);
+    service.wait_for("a relist", READY_WITHIN, || {
+        service.metric("nats_callout_cache_relists_total") > relists
+    });
+    let relist = relisting.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let m = Measurement {
+        accounts,
+        ready: ready.duration_since(started),
+        rss_kb,
+        hwm_kb,
+        relist,
+        relist_rss_kb: proc_status_kb(pid, "VmRSS:"),
+        relist_hwm_kb: proc_status_kb(pid, "VmHWM:"),
+    };
+    assert_eq!(
+        service.metric("nats_callout_serviceaccounts") as usize,
+        accounts,
+        "the cache holds every account"
+    );
+    m
+}
+
+/// Polls `/readyz` until it answers 200; when it did.
+fn wait_ready(service: &Service) -> Instant {
+    let deadline = Instant::now() + READY_WITHIN;
+    loop {
+        if let Some((200, _)) = service.get("/readyz") {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service not ready; log:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+#[ignore = "a measurement of minutes and GiBs: cargo test --release --test scale -- --ignored --nocapture"]
+fn memory_and_time_to_ready_at_cluster_scale() {
+    let sizes: Vec<usize> = std::env::var("SCALE_SIZES")
+        .unwrap_or_else(|_| "100000,1000000".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("SCALE_SIZES holds numbers"))
+        .collect();
+    let binary = std::env::var("SCALE_SERVICE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_nats-k8s-oidc-callout").into());
+    let idle = measure(0);
+    println!("service: {binary}");
+    println!(
+        "idle: VmRSS {:.1} MiB, VmHWM {:.1} MiB, ready in {:.2} s",
+        idle.rss_kb as f64 / 1024.0,
+        idle.hwm_kb as f64 / 1024.0,
+        idle.ready.as_secs_f64()
+    );
+    println!(
+        "{:>10} {:>10} {:>12} {:>12} {:>15} {:>11} {:>13} {:>13}",
+        "accounts",
+        "ready (s)",
+        "VmRSS (MiB)",
+        "VmHWM (MiB)",
+        "(RSS-idle)/N B",
+        "relist (s)",
+        "after: RSS",
+        "after: HWM"
+    );
+    for n in sizes {
+        let m = measure(n);
+        let per = (m.rss_kb.saturating_sub(idle.rss_kb) * 1024) as f64 / m.accounts.max(1) as f64;
+        println!(
+            "{:>10} {:>10.2} {:>12.1} {:>12.1} {:>15.0} {:>11.2} {:>13.1} {:>13.1}",
+            m.accounts,
+            m.ready.as_secs_f64(),
+            m.rss_kb as f64 / 1024.0,
+            m.hwm_kb as f64 / 1024.0,
+            per,
+            m.relist.as_secs_f64(),
+            m.relist_rss_kb as f64 / 1024.0,
+            m.relist_hwm_kb as f64 / 1024.0,
+        );
+    }
+}
