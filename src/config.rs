@@ -656,17 +656,19 @@ mod tests {
         assert_eq!(c.instance, None);
     }
 
+    /// The configuration from a minimal environment (a signing key, an account) plus `extra`.
+    fn with(extra: &[(&str, &str)]) -> Result<Config, String> {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let mut pairs = vec![
+            ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+            ("NATS_ACCOUNT", "APP"),
+        ];
+        pairs.extend_from_slice(extra);
+        Config::from_map(&env(&pairs))
+    }
+
     #[test]
     fn token_cache_size_defaults_to_ten_thousand_takes_zero_and_refuses_junk() {
-        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
-        let with = |extra: &[(&str, &str)]| {
-            let mut pairs = vec![
-                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
-                ("NATS_ACCOUNT", "APP"),
-            ];
-            pairs.extend_from_slice(extra);
-            Config::from_map(&env(&pairs))
-        };
         assert_eq!(with(&[]).unwrap().token_cache_size, 10_000);
         assert_eq!(
             with(&[("TOKEN_CACHE_SIZE", "0")]).unwrap().token_cache_size,
@@ -683,15 +685,6 @@ mod tests {
 
     #[test]
     fn the_unknown_kid_wait_defaults_to_500ms_and_stays_under_the_auth_timeout() {
-        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
-        let with = |extra: &[(&str, &str)]| {
-            let mut pairs = vec![
-                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
-                ("NATS_ACCOUNT", "APP"),
-            ];
-            pairs.extend_from_slice(extra);
-            Config::from_map(&env(&pairs))
-        };
         assert_eq!(
             with(&[]).unwrap().jwks_refetch_wait,
             Duration::from_millis(500)

@@ -19,11 +19,11 @@
 
 mod support;
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use support::kube::DEFAULT_ISSUER;
 use support::nats::{free_port, server_config, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
+use support::service::proc_status;
 use support::service::{Service, ServiceBuilder};
 use support::stack::start_cluster;
 use support::tokens::SigningKey;
@@ -32,16 +32,6 @@ use support::tokens::SigningKey;
 const PER_NAMESPACE: usize = 100;
 /// Longest wait for readiness.
 const READY_WITHIN: Duration = Duration::from_secs(600);
-
-/// One field of `/proc/<pid>/status`, in kB.
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// What one run measured.
 struct Measurement {
@@ -94,7 +84,7 @@ fn measure(accounts: usize) -> Measurement {
     });
     // Let the list's transient buffers go back before reading the resident size.
     std::thread::sleep(Duration::from_secs(2));
-    let (rss_kb, hwm_kb) = (proc_status_kb(pid, "VmRSS:"), proc_status_kb(pid, "VmHWM:"));
+    let (rss_kb, hwm_kb) = (proc_status(pid, "VmRSS:"), proc_status(pid, "VmHWM:"));
     // A relist of everything: a write the watch does not see, the history compacted past it
     // and the stream cut, so the resumed watch gets 410.
     let relists = service.metric("nats_callout_cache_relists_total");
@@ -116,8 +106,8 @@ fn measure(accounts: usize) -> Measurement {
         rss_kb,
         hwm_kb,
         relist,
-        relist_rss_kb: proc_status_kb(pid, "VmRSS:"),
-        relist_hwm_kb: proc_status_kb(pid, "VmHWM:"),
+        relist_rss_kb: proc_status(pid, "VmRSS:"),
+        relist_hwm_kb: proc_status(pid, "VmHWM:"),
     };
     assert_eq!(
         service.metric("nats_callout_serviceaccounts") as usize,

@@ -24,6 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::client::bare_connect;
+use support::service::proc_status;
 use support::stack::{mint_token, write_atomically, StackBuilder};
 use support::tokens::{jwks, tamper_payload, SigningKey, TokenBuilder};
 
@@ -99,15 +100,6 @@ fn histogram_percentile(
         .iter()
         .find(|(_, count)| *count >= want)
         .map_or(f64::INFINITY, |(le, _)| le * 1000.0)
-}
-
-fn proc_status(pid: u32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 const POLICY_A: &str = "annotations:\n  publish: [\"{namespace}.>\", \"shared.>\"]\n  subscribe: [\"{namespace}.>\", \"shared.>\"]\n";

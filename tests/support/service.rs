@@ -273,3 +273,14 @@ impl Drop for Service {
         self.kill();
     }
 }
+
+/// One field of `/proc/<pid>/status` (`"VmRSS:"`, `"VmHWM:"`, `"Threads:"` ...) as a number (kB
+/// for the memory fields); 0 when the process or the field is gone.
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
