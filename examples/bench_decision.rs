@@ -88,7 +88,8 @@ fn token(keys: &Keys, alg: Algorithm) -> String {
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
-fn context(keys: &Keys, xkey: Option<XKey>) -> CalloutContext {
+/// A callout context; `token_cache` is the verified-token cache's capacity (0: off).
+fn context(keys: &Keys, xkey: Option<XKey>, token_cache: usize) -> CalloutContext {
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(JwksStore::from_jwks_json(&keys.jwks).unwrap());
     let validator = TokenValidator::new(store, TokenSettings::new(ISSUER, "nats"));
@@ -104,7 +105,8 @@ fn context(keys: &Keys, xkey: Option<XKey>) -> CalloutContext {
         Arc::new(PolicyStore::new(AdminPolicy::unrestricted(), None)),
         PermissionCache::new(metrics.clone(), 1024, InboxMode::Shared),
         Duration::from_secs(3600),
-    );
+    )
+    .with_verified_tokens(token_cache, metrics.clone());
     CalloutContext {
         keys: Arc::new(KeyStore::fixed(CalloutKeys {
             decoder: RequestDecoder::new(xkey),
@@ -207,15 +209,20 @@ fn main() {
         "{:<22} {:>10} {:>10} {:>10} {:>12}",
         "case", "p50 µs", "p99 µs", "mean µs", "decisions/s"
     );
-    for (name, alg, sealed) in [
-        ("RS256 plain", Algorithm::RS256, false),
-        ("ES256 plain", Algorithm::ES256, false),
-        ("RS256 xkey", Algorithm::RS256, true),
-        ("ES256 xkey", Algorithm::ES256, true),
+    // Each case presents one token again and again: without the verified-token cache every
+    // request verifies it (a crowd of new pods), with it every request after the first is a hit
+    // (a client reconnecting).
+    for (name, alg, sealed, token_cache) in [
+        ("RS256 plain", Algorithm::RS256, false, 0),
+        ("ES256 plain", Algorithm::ES256, false, 0),
+        ("RS256 xkey", Algorithm::RS256, true, 0),
+        ("ES256 xkey", Algorithm::ES256, true, 0),
+        ("RS256 plain, cache hit", Algorithm::RS256, false, 16),
+        ("ES256 plain, cache hit", Algorithm::ES256, false, 16),
     ] {
         let ours = XKey::new();
         let server_x = XKey::new();
-        let ctx = context(&keys, sealed.then(|| ours.clone()));
+        let ctx = context(&keys, sealed.then(|| ours.clone()), token_cache);
         let tok = token(&keys, alg);
         let reqs = requests(iterations, &tok, sealed.then_some((&server_x, &ours)));
         // Warm up caches (parsed keys, permissions).

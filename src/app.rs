@@ -34,7 +34,6 @@ use crate::kube::{file, watch, ApiClient};
 use crate::metrics::Metrics;
 use crate::policy::{InboxMode, PermissionCache, PolicyStore};
 use crate::readiness::Readiness;
-use crate::verified::VerifiedTokens;
 
 /// How long the background threads get to stop once the callout loop has finished.
 const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -316,7 +315,6 @@ pub fn serve() -> Result<(), String> {
             "SERVICEACCOUNT_EVENTS=false: dropped annotation entries are only logged and counted"
         ),
     }
-    let verified = VerifiedTokens::new(config.token_cache_size, config.leeway, metrics.clone());
     let authorizer = Authorizer::new(
         validator,
         directory,
@@ -324,7 +322,7 @@ pub fn serve() -> Result<(), String> {
         permissions,
         config.max_lifetime,
     )
-    .with_verified_tokens(verified);
+    .with_verified_tokens(config.token_cache_size, metrics.clone());
     let keys = Arc::new(KeyStore::with_initial(
         config.key_files.clone(),
         config.keys.clone(),

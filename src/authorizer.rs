@@ -10,9 +10,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::identity::token::MAX_TOKEN_BYTES;
 use crate::identity::{claimed_service_account, Identity, TokenError, TokenValidator};
 use crate::kube::cache::{Lookup, ServiceAccountDirectory};
 use crate::kube::{is_valid_namespace, is_valid_object_name, ServiceAccount};
+use crate::metrics::Metrics;
 use crate::policy::{Evaluation, NotServed, PermissionCache, Permissions, PolicyStore};
 use crate::verified::{TokenKey, VerifiedTokens};
 
@@ -260,9 +262,11 @@ impl Authorizer {
         }
     }
 
-    /// Remembers the tokens of allowed clients in `verified`, so that a reconnect with the same
-    /// token skips signature verification (see [`crate::verified`]).
-    pub fn with_verified_tokens(mut self, verified: VerifiedTokens) -> Authorizer {
+    /// Remembers the tokens of at most `capacity` allowed clients (0: none), so that a
+    /// reconnect with the same token skips signature verification (see [`crate::verified`]).
+    /// The cache honours the validator's own leeway.
+    pub fn with_verified_tokens(mut self, capacity: usize, metrics: Arc<Metrics>) -> Authorizer {
+        let verified = VerifiedTokens::new(capacity, self.validator.leeway(), metrics);
         self.verified = verified.enabled().then_some(verified);
         self
     }
@@ -318,7 +322,12 @@ impl Authorizer {
         // Read before verifying: a key set that changes meanwhile leaves a stale generation
         // behind, never a trusted one.
         let generation = self.validator.key_generation();
-        let key = self.verified.as_ref().map(|_| TokenKey::of(token));
+        // An oversize token is refused by verification before any parsing: no hashing either.
+        let key = self
+            .verified
+            .as_ref()
+            .filter(|_| token.len() <= MAX_TOKEN_BYTES)
+            .map(|_| TokenKey::of(token));
         let (mut identity, mut cached) =
             match self.identity_of(token, key.as_ref(), generation, now) {
                 Ok(found) => found,
@@ -554,8 +563,6 @@ mod tests {
         use crate::identity::jwks::testing::file_store;
         use crate::identity::{generate_signer, DevSigner, JwksStore, MintRequest, TokenSettings};
         use crate::kube::cache::ServiceAccountDirectory;
-        use crate::metrics::Metrics;
-        use crate::verified::VerifiedTokens;
         use parking_lot::Mutex;
 
         const ISSUER: &str = "https://issuer.test";
@@ -599,11 +606,7 @@ mod tests {
                     PermissionCache::new(metrics.clone(), 16, InboxMode::Shared),
                     Duration::from_secs(3600),
                 )
-                .with_verified_tokens(VerifiedTokens::new(
-                    8,
-                    Duration::from_secs(60),
-                    metrics.clone(),
-                ));
+                .with_verified_tokens(8, metrics.clone());
                 Setup {
                     dir,
                     signer,
@@ -759,6 +762,14 @@ mod tests {
             forged.push_str("AAAA");
             assert_eq!(reason(&s.authorize(&forged, NOW)), "token_bad_signature");
             assert_eq!(s.held(), 0);
+        }
+
+        #[test]
+        fn an_oversize_token_is_refused_without_a_look_into_the_cache() {
+            let s = Setup::new();
+            let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+            assert_eq!(reason(&s.authorize(&huge, NOW)), "token_too_large");
+            assert_eq!((s.lookups(), s.held()), ((0, 0, 0), 0));
         }
 
         #[test]

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use log::{info, warn};
@@ -127,6 +128,10 @@ pub struct ApiClient {
     credential: Credential,
     max_body_bytes: u64,
     response_timeout: Duration,
+    /// Set once the server (or something in front of it) refused a metadata-only `Accept`
+    /// (406 or 415): from then on every request asks for plain JSON, which holds the same
+    /// metadata and more.
+    metadata_refused: AtomicBool,
 }
 
 impl fmt::Debug for ApiClient {
@@ -220,7 +225,32 @@ impl ApiClient {
             credential,
             max_body_bytes: settings.max_body_bytes,
             response_timeout: settings.response_timeout,
+            metadata_refused: AtomicBool::new(false),
         })
+    }
+
+    /// The `Accept` to send for `accept`: none (plain JSON) once a metadata one was refused.
+    fn accept_for<'a>(&self, accept: Option<&'a str>) -> Option<&'a str> {
+        accept.filter(|_| !self.metadata_refused.load(Ordering::Relaxed))
+    }
+
+    /// Whether `response` refuses the representation `sent` asked for (406 Not Acceptable or
+    /// 415 Unsupported Media Type to a metadata `Accept`); the first refusal is logged and turns
+    /// metadata-only requests off for this client.
+    fn refused_representation(&self, sent: Option<&str>, response: &Response<Body>) -> bool {
+        let refused = sent.is_some()
+            && matches!(
+                response.status(),
+                StatusCode::NOT_ACCEPTABLE | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            );
+        if refused && !self.metadata_refused.swap(true, Ordering::Relaxed) {
+            warn!(
+                "the Kubernetes API answered {} to a metadata-only request (Accept: {}); asking for whole objects from now on (they carry the same metadata; only the nats.io annotations are kept)",
+                response.status().as_u16(),
+                sent.unwrap_or_default()
+            );
+        }
+        refused
     }
 
     /// The server's base URL (scheme, host, port and any path prefix; no trailing slash).
@@ -251,7 +281,11 @@ impl ApiClient {
         timeout: Duration,
     ) -> Result<T, KubeError> {
         let url = self.url_for(path_and_query)?;
-        let response = self.send(&url, None, accept, Wait::Total(timeout))?;
+        let sent = self.accept_for(accept);
+        let mut response = self.send(&url, None, sent, Wait::Total(timeout))?;
+        if self.refused_representation(sent, &response) {
+            response = self.send(&url, None, None, Wait::Total(timeout))?;
+        }
         self.decode_json(response)
     }
 
@@ -337,15 +371,15 @@ impl ApiClient {
         read_timeout: Duration,
     ) -> Result<LineStream, KubeError> {
         let url = self.url_for(path_and_query)?;
-        let mut response = self.send(
-            &url,
-            None,
-            accept,
-            Wait::Stream {
-                response: self.response_timeout,
-                read: read_timeout,
-            },
-        )?;
+        let wait = Wait::Stream {
+            response: self.response_timeout,
+            read: read_timeout,
+        };
+        let sent = self.accept_for(accept);
+        let mut response = self.send(&url, None, sent, wait)?;
+        if self.refused_representation(sent, &response) {
+            response = self.send(&url, None, None, wait)?;
+        }
         if !response.status().is_success() {
             return Err(status_error(&mut response));
         }
@@ -955,5 +989,50 @@ mod tests {
         assert_eq!(sa.uid, "u1");
         assert_eq!(c.get_service_account("team-a", "gone", t).unwrap(), None);
         assert_eq!(c.get_service_account("team-a", "../x", t).unwrap(), None);
+    }
+
+    #[test]
+    fn a_refused_metadata_accept_falls_back_to_plain_json_for_good() {
+        // Something in front of the API server refuses media types with parameters.
+        let accepts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = accepts.clone();
+        let base = start(Arc::new(move |req: &Request| {
+            let accept = req.header("accept").unwrap_or_default().to_owned();
+            seen.lock().unwrap().push(accept.clone());
+            if accept.contains("as=") {
+                response(
+                    "406 Not Acceptable",
+                    &[],
+                    r#"{"kind":"Status","code":406,"reason":"NotAcceptable"}"#,
+                )
+            } else if req.path.contains("watch=true") {
+                response("200 OK", &[], "{\"type\":\"ADDED\"}\n")
+            } else {
+                // A whole object, as a plain JSON GET returns it.
+                response(
+                    "200 OK",
+                    &[],
+                    r#"{"kind":"ServiceAccount","metadata":{"name":"app","namespace":"team-a","uid":"u1"},"secrets":[{"name":"s"}]}"#,
+                )
+            }
+        }));
+        let c = test_client(&base, None);
+        let t = Duration::from_secs(2);
+        let sa = c.get_service_account("team-a", "app", t).unwrap().unwrap();
+        assert_eq!(sa.uid, "u1");
+        // Later requests, list and watch included, ask for plain JSON at once.
+        let _ = c.get_service_account("team-a", "app", t).unwrap();
+        let mut lines = c
+            .get_lines_as(
+                "/api/v1/serviceaccounts?watch=true",
+                Some(METADATA_ACCEPT),
+                t,
+            )
+            .unwrap();
+        assert_eq!(lines.next_line().unwrap().unwrap(), b"{\"type\":\"ADDED\"}");
+        let seen = accepts.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen[0], METADATA_ACCEPT);
+        assert!(seen[1..].iter().all(|a| !a.contains("as=")), "{seen:?}");
     }
 }
