@@ -282,21 +282,20 @@ impl Authorizer {
         token: &str,
         key: Option<&TokenKey>,
         generation: u64,
-        now: i64,
+        now: u64,
     ) -> Result<(Identity, Option<crate::verified::Verified>), Denial> {
-        let now_secs = u64::try_from(now).unwrap_or(0);
         if let (Some(cache), Some(key)) = (&self.verified, key) {
-            if let Some((identity, hit)) = cache.get(key, now_secs, generation) {
+            if let Some((identity, hit)) = cache.get(key, now, generation) {
                 return Ok((identity, Some(hit)));
             }
         }
         Ok((self.verify(token, now)?, None))
     }
 
-    /// Verifies `token` in full.
-    fn verify(&self, token: &str, now: i64) -> Result<Identity, Denial> {
+    /// Verifies `token` in full at unix time `now`.
+    fn verify(&self, token: &str, now: u64) -> Result<Identity, Denial> {
         self.validator
-            .validate(token, u64::try_from(now).unwrap_or(0))
+            .validate(token, now)
             // The claims of a refused token are unverified: logged as "claimed" only.
             .map_err(|e| Denial {
                 reason: DenyReason::Token(e),
@@ -328,8 +327,9 @@ impl Authorizer {
             .as_ref()
             .filter(|_| token.len() <= MAX_TOKEN_BYTES)
             .map(|_| TokenKey::of(token));
+        let now_secs = u64::try_from(now).unwrap_or(0);
         let (mut identity, mut cached) =
-            match self.identity_of(token, key.as_ref(), generation, now) {
+            match self.identity_of(token, key.as_ref(), generation, now_secs) {
                 Ok(found) => found,
                 Err(denial) => return Decision::Deny(denial),
             };
@@ -350,7 +350,7 @@ impl Authorizer {
                 cache.used();
             } else {
                 cache.forget_stale(key);
-                identity = match self.verify(token, now) {
+                identity = match self.verify(token, now_secs) {
                     Ok(i) => i,
                     Err(denial) => return Decision::Deny(denial),
                 };
@@ -364,13 +364,7 @@ impl Authorizer {
         match self.permissions.evaluation(&admitted.account, &policy) {
             Ok(evaluation) => {
                 if let (None, Some(key), Some(cache)) = (&cached, key, &self.verified) {
-                    cache.insert(
-                        key,
-                        &identity,
-                        &admitted.account,
-                        u64::try_from(now).unwrap_or(0),
-                        generation,
-                    );
+                    cache.insert(key, &identity, &admitted.account, now_secs, generation);
                 }
                 Decision::Allow(admitted.into_allowed(&evaluation))
             }

@@ -15,7 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use log::warn;
 use parking_lot::Mutex;
-use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde::{Deserialize, Deserializer};
 
 use super::jwks::{JwksStore, KeySet, SigningAlgorithm, VerificationKey};
@@ -648,94 +650,62 @@ impl Audience {
 
 impl<'de> Deserialize<'de> for Audience {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Audience, D::Error> {
-        struct AudienceVisitor;
-        impl<'de> Visitor<'de> for AudienceVisitor {
-            type Value = Audience;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Audience, E> {
-                Ok(Audience::Named(vec![v.to_string()]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
-                let mut names = Vec::new();
-                let mut all_strings = true;
-                while let Some(entry) = seq.next_element::<AudienceEntry>()? {
-                    match entry.0 {
-                        Some(name) if all_strings => names.push(name),
-                        _ => all_strings = false,
-                    }
-                }
-                Ok(if all_strings {
-                    Audience::Named(names)
-                } else {
-                    Audience::Unusable
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Audience, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Audience::Unusable)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Audience, E> {
-                Ok(Audience::Unusable)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Audience, E> {
-                Ok(Audience::Unusable)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Audience, E> {
-                Ok(Audience::Unusable)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Audience, E> {
-                Ok(Audience::Unusable)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Audience, E> {
-                Ok(Audience::Unusable)
-            }
-        }
-        deserializer.deserialize_any(AudienceVisitor)
+        deserializer.deserialize_any(AudienceVisitor { top: true })
     }
 }
 
-/// One entry of an `aud` array: the string, or `None` for any other JSON value (read and
-/// dropped).
-struct AudienceEntry(Option<String>);
+/// Reads `aud` (`top`) or one entry of an `aud` array: a string names an audience; an array of
+/// strings at the top names them all; anything else is read through and is unusable.
+#[derive(Clone, Copy)]
+struct AudienceVisitor {
+    top: bool,
+}
 
-impl<'de> Deserialize<'de> for AudienceEntry {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AudienceEntry, D::Error> {
-        struct EntryVisitor;
-        impl<'de> Visitor<'de> for EntryVisitor {
-            type Value = AudienceEntry;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<AudienceEntry, E> {
-                Ok(AudienceEntry(Some(v.to_string())))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AudienceEntry, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(AudienceEntry(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AudienceEntry, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(AudienceEntry(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<AudienceEntry, E> {
-                Ok(AudienceEntry(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<AudienceEntry, E> {
-                Ok(AudienceEntry(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<AudienceEntry, E> {
-                Ok(AudienceEntry(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<AudienceEntry, E> {
-                Ok(AudienceEntry(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<AudienceEntry, E> {
-                Ok(AudienceEntry(None))
+impl<'de> DeserializeSeed<'de> for AudienceVisitor {
+    type Value = Audience;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Audience, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AudienceVisitor {
+    type Value = Audience;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Audience, E> {
+        Ok(Audience::Named(vec![v.to_string()]))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
+        let entry = AudienceVisitor { top: false };
+        // `None` once an entry is not a string (or this array is itself an entry).
+        let mut names = self.top.then(Vec::new);
+        while let Some(read) = seq.next_element_seed(entry)? {
+            match (read, names.as_mut()) {
+                (Audience::Named(mut one), Some(names)) => names.append(&mut one),
+                _ => names = None,
             }
         }
-        deserializer.deserialize_any(EntryVisitor)
+        Ok(names.map_or(Audience::Unusable, Audience::Named))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Audience, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Audience::Unusable)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Audience, E> {
+        Ok(Audience::Unusable)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Audience, E> {
+        Ok(Audience::Unusable)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Audience, E> {
+        Ok(Audience::Unusable)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Audience, E> {
+        Ok(Audience::Unusable)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Audience, E> {
+        Ok(Audience::Unusable)
     }
 }
 

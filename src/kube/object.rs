@@ -256,13 +256,8 @@ impl ServiceAccount {
     /// [`MAX_ANNOTATION_BYTES`] as when read); keys the service does not read are not kept.
     pub fn with_annotation(mut self, key: &str, value: &str) -> ServiceAccount {
         if let Some(i) = annotation_index(key) {
-            let mut value = value.to_owned();
-            let past = if value.len() > MAX_ANNOTATION_BYTES {
-                cut_entries(&mut value)
-            } else {
-                0
-            };
-            self.set(i, value.into_boxed_str(), past);
+            let (value, past) = capped(value.to_owned());
+            self.set(i, value, past);
         }
         self
     }
@@ -303,6 +298,17 @@ impl ServiceAccount {
     pub fn entries_past_limit(&self, key: &str) -> usize {
         annotation_index(key).map_or(0, |i| self.past_limit[i] as usize)
     }
+}
+
+/// An annotation value as kept: cut to [`MAX_ANNOTATION_BYTES`] at an entry boundary, with the
+/// number of entries past the cut.
+fn capped(mut value: String) -> (Box<str>, usize) {
+    let past = if value.len() > MAX_ANNOTATION_BYTES {
+        cut_entries(&mut value)
+    } else {
+        0
+    };
+    (value.into_boxed_str(), past)
 }
 
 /// Index of an annotation the service reads: 0 for publish, 1 for subscribe.
@@ -367,15 +373,10 @@ fn read_annotations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ReadAnnota
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 };
-                let mut value: String = map.next_value()?;
                 // A repeated key (a hand-written file): the last one counts, as for the value.
-                let past = if value.len() > MAX_ANNOTATION_BYTES {
-                    cut_entries(&mut value)
-                } else {
-                    0
-                };
+                let (value, past) = capped(map.next_value()?);
                 if let (Some(slot), Some(count)) = (read.values.get_mut(i), read.past.get_mut(i)) {
-                    *slot = Some(value.into_boxed_str());
+                    *slot = Some(value);
                     *count = past;
                 }
             }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use url::form_urlencoded;
 
@@ -104,13 +104,20 @@ impl ObjectKind {
             _ => ObjectKind::Ignored,
         }
     }
+}
 
-    /// Reads the object from a value that was buffered because it came before `type`.
-    fn read_value(self, value: serde_json::Value) -> serde_json::Result<EventObject> {
+/// Reads an event's object as its type calls for: from the stream, or from a value buffered
+/// because it came before `type`.
+impl<'de> DeserializeSeed<'de> for ObjectKind {
+    type Value = EventObject;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EventObject, D::Error> {
         Ok(match self {
-            ObjectKind::Object => EventObject::Object(serde_json::from_value(value)?),
-            ObjectKind::Status => EventObject::Status(serde_json::from_value(value)?),
-            ObjectKind::Ignored => EventObject::Ignored,
+            ObjectKind::Object => EventObject::Object(RawObject::deserialize(d)?),
+            ObjectKind::Status => EventObject::Status(ApiStatus::deserialize(d)?),
+            ObjectKind::Ignored => {
+                IgnoredAny::deserialize(d)?;
+                EventObject::Ignored
+            }
         })
     }
 }
@@ -134,16 +141,7 @@ impl<'de> Deserialize<'de> for RawEvent {
                     match &*key {
                         "type" => kind = Some(map.next_value()?),
                         "object" => match kind.as_deref().map(ObjectKind::of) {
-                            Some(ObjectKind::Object) => {
-                                object = Some(EventObject::Object(map.next_value()?))
-                            }
-                            Some(ObjectKind::Status) => {
-                                object = Some(EventObject::Status(map.next_value()?))
-                            }
-                            Some(ObjectKind::Ignored) => {
-                                map.next_value::<IgnoredAny>()?;
-                                object = Some(EventObject::Ignored);
-                            }
+                            Some(of) => object = Some(map.next_value_seed(of)?),
                             None => early = Some(map.next_value()?),
                         },
                         _ => {
@@ -156,7 +154,7 @@ impl<'de> Deserialize<'de> for RawEvent {
                     Some(object) => object,
                     // A missing object reads as `null`, which only an unknown type accepts.
                     None => ObjectKind::of(&kind)
-                        .read_value(early.unwrap_or_default())
+                        .deserialize(early.unwrap_or_default())
                         .map_err(de::Error::custom)?,
                 };
                 Ok(RawEvent { kind, object })
