@@ -44,9 +44,9 @@ const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) fn init_logging(level: &str) {
     let mut b = env_logger::Builder::new();
     b.parse_filters(level);
-    // At debug and trace, the HTTP, TLS and NATS libraries would drown the service's own lines.
+    // At debug and trace, the HTTP and TLS libraries would drown the service's own lines.
     if matches!(level, "debug" | "trace") {
-        for noisy in ["ureq", "ureq_proto", "rustls", "nats"] {
+        for noisy in ["ureq", "ureq_proto", "rustls"] {
             b.filter_module(noisy, log::LevelFilter::Info);
         }
         // Module filters match by prefix, and this crate's name starts with `nats`: the longer

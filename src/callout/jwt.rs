@@ -5,7 +5,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use std::collections::HashMap;
+
 use nkeys::KeyPair;
+use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512_256};
@@ -68,6 +71,69 @@ pub fn encode<T: Serialize>(claims: &T, key: &KeyPair) -> Result<String, JwtErro
 ///
 /// The caller still has to check that `iss` is the key it expects.
 pub fn decode_verified<T: DeserializeOwned>(token: &str) -> Result<T, JwtError> {
+    let parts = split(token)?;
+    let issuer: IssuerOnly =
+        serde_json::from_slice(&parts.claims).map_err(|e| JwtError::BadJson(e.to_string()))?;
+    let key = KeyPair::from_public_key(&issuer.iss).map_err(|_| JwtError::BadIssuerKey)?;
+    key.verify(parts.signed.as_bytes(), &parts.sig)
+        .map_err(|_| JwtError::BadSignature)?;
+    serde_json::from_slice(&parts.claims).map_err(|e| JwtError::BadJson(e.to_string()))
+}
+
+/// Claims that name their issuer, so [`decode_verified_issued`] parses them only once.
+pub trait Issued {
+    /// The `iss` claim: the public nkey that must have signed the JWT.
+    fn issuer(&self) -> &str;
+}
+
+/// [`decode_verified`] for claims that name their issuer, on the hot path: the claims are
+/// parsed once, and the issuers' public keys are kept decoded (every request of one
+/// nats-server is signed by the same key; decoding one costs a curve-point decompression).
+pub fn decode_verified_issued<T: DeserializeOwned + Issued>(token: &str) -> Result<T, JwtError> {
+    let parts = split(token)?;
+    let claims: T =
+        serde_json::from_slice(&parts.claims).map_err(|e| JwtError::BadJson(e.to_string()))?;
+    let iss = claims.issuer();
+    let verified = {
+        let keys = ISSUER_KEYS.read();
+        keys.get(iss)
+            .map(|key| key.verify(parts.signed.as_bytes(), &parts.sig).is_ok())
+    };
+    let verified = match verified {
+        Some(v) => v,
+        None => {
+            let key = KeyPair::from_public_key(iss).map_err(|_| JwtError::BadIssuerKey)?;
+            let ok = key.verify(parts.signed.as_bytes(), &parts.sig).is_ok();
+            let mut keys = ISSUER_KEYS.write();
+            if keys.len() >= MAX_ISSUER_KEYS {
+                // Servers restarted (each start makes a new key) or someone is sending junk:
+                // start again rather than track which keys are still in use.
+                keys.clear();
+            }
+            keys.insert(iss.to_string(), key);
+            ok
+        }
+    };
+    if !verified {
+        return Err(JwtError::BadSignature);
+    }
+    Ok(claims)
+}
+
+/// Issuer keys kept decoded by [`decode_verified_issued`]; far more than a cluster has servers.
+const MAX_ISSUER_KEYS: usize = 64;
+
+static ISSUER_KEYS: std::sync::LazyLock<RwLock<HashMap<String, KeyPair>>> =
+    std::sync::LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// A JWT's parts: the signed text, the decoded claims and the decoded signature.
+struct Parts<'a> {
+    signed: &'a str,
+    claims: Vec<u8>,
+    sig: Vec<u8>,
+}
+
+fn split(token: &str) -> Result<Parts<'_>, JwtError> {
     if token.len() > MAX_JWT_BYTES {
         return Err(JwtError::TooLarge);
     }
@@ -85,14 +151,12 @@ pub fn decode_verified<T: DeserializeOwned>(token: &str) -> Result<T, JwtError> 
     }
     let claims = URL_SAFE_NO_PAD.decode(c).map_err(|_| JwtError::BadBase64)?;
     let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwtError::BadBase64)?;
-    let issuer: IssuerOnly =
-        serde_json::from_slice(&claims).map_err(|e| JwtError::BadJson(e.to_string()))?;
-    let key = KeyPair::from_public_key(&issuer.iss).map_err(|_| JwtError::BadIssuerKey)?;
     // The signature covers the ASCII text `header.claims` exactly as received.
-    let signed = &token[..h.len() + 1 + c.len()];
-    key.verify(signed.as_bytes(), &sig)
-        .map_err(|_| JwtError::BadSignature)?;
-    serde_json::from_slice(&claims).map_err(|e| JwtError::BadJson(e.to_string()))
+    Ok(Parts {
+        signed: &token[..h.len() + 1 + c.len()],
+        claims,
+        sig,
+    })
 }
 
 /// Registered claims that go into the `jti` hash, in the order nats-io/jwt hashes them.

@@ -5,7 +5,7 @@ use std::fmt;
 use nkeys::XKey;
 use serde::Deserialize;
 
-use super::jwt::{decode_verified, JwtError};
+use super::jwt::{decode_verified, decode_verified_issued, Issued, JwtError};
 use super::wire::{CLAIMS_VERSION, REQUEST_AUDIENCE, REQUEST_TYPE};
 
 /// Clock difference tolerated between nats-server and this service when checking `exp`.
@@ -219,6 +219,12 @@ struct RequestClaims {
     nats: RequestBody,
 }
 
+impl Issued for RequestClaims {
+    fn issuer(&self) -> &str {
+        &self.iss
+    }
+}
+
 /// A verified authorization request.
 #[derive(Debug, Clone)]
 pub struct AuthRequest {
@@ -332,7 +338,7 @@ impl RequestDecoder {
             .map_err(|_| RequestError::Jwt(JwtError::NotThreeParts))?
             .trim();
         // Verifies the Ed25519 signature with the key the request names as its issuer.
-        let claims: RequestClaims = decode_verified(jwt).map_err(RequestError::Jwt)?;
+        let claims: RequestClaims = decode_verified_issued(jwt).map_err(RequestError::Jwt)?;
         // The issuer must be a server key and the very server the request says it comes from.
         if !claims.iss.starts_with('N') || claims.iss != claims.nats.server_id.id {
             return Err(RequestError::WrongIssuer);

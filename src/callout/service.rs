@@ -4,10 +4,8 @@
 //! ```text
 //! nats-server --$SYS.REQ.USER.AUTH--> reader --bounded channel--> worker x N --respond--> nats-server
 //! ```
-#![allow(deprecated)] // the `nats` sync crate is deprecated upstream but speaks the current protocol
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -15,11 +13,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, log_enabled, warn, Level};
 
+use super::connection::{Connection, Dialer, Event, Login, Message, Publisher};
 use super::denial_log::{self, log_denial};
 use super::jwt::JwtError;
 use super::request::{AuthRequest, RequestError, REQUEST_CLOCK_SKEW_SECS};
 use super::response::{seal_if_needed, Grant, ResponseError};
-use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP, SERVER_XKEY_HEADER};
+use super::wire::{AUTH_REQUEST_SUBJECT, QUEUE_GROUP};
 use crate::authorizer::{Authorizer, ConnectAttempt, Decision, Denial, DenyReason};
 use crate::backoff::{Backoff, BackoffSettings};
 use crate::identity::printable;
@@ -254,7 +253,7 @@ fn seal(
 }
 
 struct Job {
-    msg: nats::Message,
+    msg: Message,
     queued: Instant,
     /// Wall-clock µs when the reader took the request, for the `callout::timing` lines.
     received_us: u64,
@@ -276,39 +275,37 @@ fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn connect(
-    settings: &CalloutSettings,
-    metrics: &Arc<Metrics>,
-    readiness: &Arc<Readiness>,
-    closing: &Arc<AtomicBool>,
-) -> std::io::Result<nats::Connection> {
-    let opts = match &settings.auth {
-        NatsAuth::None => nats::Options::new(),
-        NatsAuth::CredsFile(p) => nats::Options::with_credentials(p),
-        NatsAuth::Token(t) => nats::Options::with_token(t),
-    };
-    let (m1, r1, closing1) = (metrics.clone(), readiness.clone(), closing.clone());
-    let (m2, r2) = (metrics.clone(), readiness.clone());
-    let r3 = readiness.clone();
-    opts.with_name("nats-k8s-oidc-callout")
-        // The crate gives up after 60 reconnects by default; the service must never give up.
-        .max_reconnects(None)
-        .disconnect_callback(move || {
-            if closing1.load(Ordering::SeqCst) {
-                return;
+/// The client name the service gives nats-server (seen in its monitoring and logs).
+const CLIENT_NAME: &str = "nats-k8s-oidc-callout";
+
+fn login(auth: &NatsAuth) -> Login {
+    match auth {
+        NatsAuth::None => Login::None,
+        NatsAuth::CredsFile(p) => Login::CredsFile(p.clone()),
+        NatsAuth::Token(t) => Login::Token(t.clone()),
+    }
+}
+
+/// Connects, trying every server in turn with backoff between rounds, until it works or `stop`
+/// fires (`None`). Each failed round is one warning naming the cause, never a secret.
+fn connect_until(dialer: &mut Dialer, stop: &Receiver<()>, what: &str) -> Option<Connection> {
+    let mut backoff = Backoff::new(BackoffSettings::doubling(
+        Duration::from_millis(250),
+        Duration::from_secs(10),
+    ));
+    loop {
+        match dialer.connect() {
+            Ok(conn) => return Some(conn),
+            Err((server, e)) => {
+                let delay = backoff.next_delay(None);
+                warn!("cannot {what} nats at {server}: {e}; retrying in {delay:?}");
+                match stop.recv_timeout(delay) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return None,
+                }
             }
-            warn!("nats connection lost; reconnecting");
-            m1.nats_disconnects.inc();
-            r1.set_nats_connected(false);
-        })
-        .reconnect_callback(move || {
-            info!("nats connection re-established");
-            m2.nats_reconnects.inc();
-            r2.set_nats_connected(true);
-        })
-        .close_callback(move || r3.set_nats_connected(false))
-        .error_callback(|e| warn!("nats error: {e}"))
-        .connect(settings.url.as_str())
+        }
+    }
 }
 
 /// Runs the callout loop until `stop` fires; returns once in-flight requests are answered or the
@@ -321,108 +318,78 @@ pub fn run(
 ) -> Result<(), String> {
     let metrics = ctx.metrics.clone();
     let where_ = redact_urls(&settings.url);
-    let closing = Arc::new(AtomicBool::new(false));
-    // Connect, retrying with backoff until it works or shutdown is asked.
-    let mut backoff = Backoff::new(BackoffSettings::doubling(
-        Duration::from_millis(250),
-        Duration::from_secs(10),
-    ));
-    let nc = loop {
-        match connect(&settings, &metrics, &readiness, &closing) {
-            Ok(nc) => break nc,
-            Err(e) => {
-                let delay = backoff.next_delay(None);
-                warn!("cannot connect to nats at {where_}: {e}; retrying in {delay:?}");
-                match stop.recv_timeout(delay) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return Ok(()),
-                }
-            }
-        }
+    let mut dialer = Dialer::new(&settings.url, login(&settings.auth), CLIENT_NAME)
+        .map_err(|e| format!("NATS_URL: {e}"))?;
+    let Some(mut conn) = connect_until(&mut dialer, &stop, "connect to") else {
+        return Ok(());
     };
     readiness.set_nats_connected(true);
     // Join the queue group only once requests can be decided: a replica still loading keys or
     // listing accounts would otherwise take its share of requests and deny them, while a ready
-    // replica could have answered.
+    // replica could have answered. The connection is read meanwhile, so the server's PINGs
+    // are answered.
     let mut waiting_logged = false;
     while !readiness.can_decide() {
         if !waiting_logged {
             info!("waiting for the key set and the ServiceAccount cache before taking requests");
             waiting_logged = true;
         }
-        match stop.recv_timeout(Duration::from_millis(100)) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => {
-                closing.store(true, Ordering::SeqCst);
-                close_within(nc, CLOSE_GRACE);
-                return Ok(());
+        if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+            conn.close();
+            return Ok(());
+        }
+        if let Event::Lost(why) = conn.next_event() {
+            match reconnect(&mut dialer, &mut conn, &why, &stop, &metrics, &readiness) {
+                Some(()) => {}
+                None => return Ok(()),
             }
         }
     }
-    let sub = nc
-        .queue_subscribe(AUTH_REQUEST_SUBJECT, QUEUE_GROUP)
+    conn.queue_subscribe(AUTH_REQUEST_SUBJECT, QUEUE_GROUP)
         .map_err(|e| format!("cannot subscribe to {AUTH_REQUEST_SUBJECT}: {e}"))?;
     readiness.set_subscribed(true);
     info!(
-        "connected to nats at {where_}; answering {AUTH_REQUEST_SUBJECT} in queue group {QUEUE_GROUP} with {} workers",
+        "connected to nats at {} (of {where_}); answering {AUTH_REQUEST_SUBJECT} in queue group {QUEUE_GROUP} with {} workers",
+        conn.server(),
         settings.workers
     );
 
     let (tx, rx) = bounded::<Job>(settings.queue_size.max(1));
-    // The flusher: the client library writes buffered messages at most every 5 ms on its own;
-    // an explicit flush after each batch of answers sends them at once, and it runs here so no
-    // worker waits for the server's PONG. Ends when every worker has dropped its sender.
-    let (flush_tx, flush_rx) = bounded::<()>(1);
-    let flusher = {
-        let nc = nc.clone();
-        let readiness = readiness.clone();
-        thread::Builder::new()
-            .name("callout-flusher".into())
-            .spawn(move || {
-                for () in flush_rx.iter() {
-                    // While disconnected the library buffers and sends on reconnect; a flush
-                    // then would wait for a PONG that only a reconnect brings.
-                    if readiness.nats_connected() {
-                        let started = unix_us();
-                        let _ = nc.flush_timeout(Duration::from_secs(1));
-                        debug!(target: TIMING, "flush started={started} ponged={}", unix_us());
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start the flusher thread: {e}"))?
-    };
-    // Workers: each takes a request, runs the whole decision and answers. They end when the
-    // reader drops the sender and the queue is empty.
+    // Workers: each takes a request, runs the whole decision and writes the answer to the
+    // socket itself. They end when the reader drops the sender and the queue is empty.
     let workers: Vec<JoinHandle<()>> = (0..settings.workers.max(1))
         .map(|i| {
             let rx = rx.clone();
             let ctx = ctx.clone();
-            let flush = flush_tx.clone();
+            let out = conn.publisher();
             thread::Builder::new()
                 .name(format!("callout-worker-{i}"))
-                .spawn(move || worker(rx, ctx, flush))
+                .spawn(move || worker(rx, ctx, out))
                 .map_err(|e| format!("cannot start worker thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
     drop(rx);
 
-    // The reader: moves messages from the subscription into the bounded queue, so a burst waits
-    // in a queue of known size rather than in the client library.
-    let mut failure = None;
+    // The reader: reads the socket and moves requests into the bounded queue, so a burst waits
+    // in a queue of known size.
+    let out = conn.publisher();
     let mut overload = OverloadLog::default();
     loop {
         if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
             break;
         }
-        overload.tick(Instant::now(), settings.queue_size);
-        denial_log::tick();
-        let msg = match sub.next_timeout(Duration::from_millis(200)) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
-            Err(e) => {
-                // Not expected with unlimited reconnects; end the process so it is restarted.
-                failure = Some(format!("callout subscription ended: {e}"));
-                break;
+        let msg = match conn.next_event() {
+            Event::Message(m) => m,
+            Event::Idle => {
+                overload.tick(Instant::now(), settings.queue_size);
+                denial_log::tick();
+                continue;
+            }
+            Event::Lost(why) => {
+                match reconnect(&mut dialer, &mut conn, &why, &stop, &metrics, &readiness) {
+                    Some(()) => continue,
+                    None => break,
+                }
             }
         };
         match tx.try_send(Job {
@@ -437,8 +404,9 @@ pub fn run(
                 // Overloaded: deny at once rather than let the client wait for the auth timeout.
                 metrics.queue_rejected.inc();
                 count(&metrics, "deny", "overloaded");
-                let _ = job.msg.respond(b"");
-                let _ = flush_tx.try_send(());
+                if let Some(reply) = &job.msg.reply {
+                    let _ = out.publish(reply, b"");
+                }
                 overload.denied(Instant::now(), settings.queue_size);
             }
             Err(TrySendError::Disconnected(_)) => break,
@@ -451,18 +419,45 @@ pub fn run(
     // Shutdown: stop taking requests, let the workers drain the queue within the deadline.
     readiness.set_shutting_down();
     info!("shutting down: no new requests; finishing those in flight");
-    let _ = sub.unsubscribe();
+    let _ = conn.unsubscribe();
     drop(tx);
-    drop(flush_tx);
     let deadline = Instant::now() + settings.shutdown_timeout;
     if !workers.into_iter().all(|w| join_by(w, deadline)) {
         warn!("shutdown deadline passed with requests still in flight");
     }
-    // With every worker gone the flusher sends the last answers and ends.
-    join_by(flusher, Instant::now() + CLOSE_GRACE);
-    closing.store(true, Ordering::SeqCst);
-    close_within(nc, CLOSE_GRACE);
-    failure.map_or(Ok(()), Err)
+    // Every answer is written by now (each worker writes its own); nothing is buffered.
+    conn.close();
+    Ok(())
+}
+
+/// After a lost connection: reports it, reconnects (restoring the subscription) and reports
+/// that; `None` when `stop` fired first.
+fn reconnect(
+    dialer: &mut Dialer,
+    conn: &mut Connection,
+    why: &str,
+    stop: &Receiver<()>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Option<()> {
+    warn!(
+        "nats connection to {} lost ({why}); reconnecting",
+        conn.server()
+    );
+    metrics.nats_disconnects.inc();
+    readiness.set_nats_connected(false);
+    dialer.remember(conn);
+    loop {
+        let fresh = connect_until(dialer, stop, "reconnect to")?;
+        match conn.take_over(fresh) {
+            Ok(()) => break,
+            Err(e) => warn!("nats connection lost while subscribing again ({e}); reconnecting"),
+        }
+    }
+    info!("nats connection re-established to {}", conn.server());
+    metrics.nats_reconnects.inc();
+    readiness.set_nats_connected(true);
+    Some(())
 }
 
 /// Joins `t` if it ends before `deadline`; reports whether it did.
@@ -481,25 +476,6 @@ fn join_by(t: JoinHandle<()>, deadline: Instant) -> bool {
 /// control characters are dropped too: no client can forge a line).
 const MAX_LOGGED_NAME: usize = 128;
 
-/// How long closing the NATS connection may take at shutdown.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Closes the connection, giving up after `grace`: while the server is unreachable the client
-/// library's close waits for its reconnect loop, which never ends with unlimited reconnects.
-fn close_within(nc: nats::Connection, grace: Duration) {
-    let Ok(closer) = thread::Builder::new()
-        .name("nats-close".into())
-        .spawn(move || nc.close())
-    else {
-        return;
-    };
-    if !join_by(closer, Instant::now() + grace) {
-        warn!(
-            "nats connection did not close within {grace:?} (server unreachable); exiting anyway"
-        );
-    }
-}
-
 fn count(metrics: &Metrics, result: &'static str, reason: &'static str) {
     metrics
         .decisions
@@ -507,18 +483,13 @@ fn count(metrics: &Metrics, result: &'static str, reason: &'static str) {
         .inc();
 }
 
-fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel::Sender<()>) {
+fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, out: Publisher) {
     for job in rx.iter() {
         ctx.metrics.queue_depth.dec();
         let dequeued = unix_us();
-        let xkey = job
-            .msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(SERVER_XKEY_HEADER))
-            .map(String::as_str);
+        let xkey = job.msg.server_xkey.as_deref();
         // A panic anywhere in the decision ends as a denial, never as a silent drop.
-        let outcome = catch_unwind(AssertUnwindSafe(|| ctx.handle(&job.msg.data, xkey)))
+        let outcome = catch_unwind(AssertUnwindSafe(|| ctx.handle(&job.msg.payload, xkey)))
             .unwrap_or_else(|_| {
                 error!("worker panicked while deciding; denying");
                 Outcome {
@@ -528,8 +499,8 @@ fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel:
                 }
             });
         let decided = unix_us();
-        if let Some(reply) = &outcome.reply {
-            if let Err(e) = job.msg.respond(reply) {
+        if let (Some(answer), Some(reply)) = (&outcome.reply, &job.msg.reply) {
+            if let Err(e) = out.publish(reply, answer) {
                 warn!("cannot publish the answer: {e}");
             }
         }
@@ -539,8 +510,6 @@ fn worker(rx: Receiver<Job>, ctx: Arc<CalloutContext>, flush: crossbeam_channel:
             job.received_us,
             unix_us()
         );
-        // A full channel means a flush is already pending: it will carry this answer too.
-        let _ = flush.try_send(());
         count(&ctx.metrics, outcome.result, outcome.reason);
         ctx.metrics
             .decision_seconds

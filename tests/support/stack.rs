@@ -85,6 +85,10 @@ pub fn assert_refused(url: &str, service: &Service, token: &str, reason: &str) {
     });
 }
 
+/// TLS on the nats-server: its certificate and key files, and the service's `NATS_URL` for a
+/// port.
+type NatsTls = (std::path::PathBuf, std::path::PathBuf, fn(u16) -> String);
+
 /// Builder of a [`Stack`]: by default RS256 tokens, no xkey, and one account `team-a/app`.
 pub struct StackBuilder {
     xkey: bool,
@@ -97,6 +101,7 @@ pub struct StackBuilder {
     nats_accounts: Vec<String>,
     policy: Option<String>,
     jetstream: bool,
+    nats_tls: Option<NatsTls>,
 }
 
 /// The JetStream administrator of the client account (JetStream stacks only): a user that
@@ -118,7 +123,20 @@ impl StackBuilder {
             nats_accounts: Vec::new(),
             policy: None,
             jetstream: false,
+            nats_tls: None,
         }
+    }
+
+    /// The nats-server requires TLS of every client, with this certificate and key (PEM files);
+    /// the service connects with `url(port)` as its `NATS_URL`.
+    pub fn nats_tls(
+        mut self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        url: fn(u16) -> String,
+    ) -> Self {
+        self.nats_tls = Some((cert.to_path_buf(), key.to_path_buf(), url));
+        self
     }
 
     /// The nats-server runs JetStream, enabled for the client account, which also gets the
@@ -209,6 +227,13 @@ impl StackBuilder {
                 store.path().display()
             ));
         }
+        if let Some((cert, key, _)) = &self.nats_tls {
+            config.push_str(&format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 3\n}}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         let leafnode_port = self.leafnodes.then(free_port);
         if let Some(leaf_port) = leafnode_port {
             config.push_str(&format!(
@@ -242,6 +267,9 @@ impl StackBuilder {
         });
         if let Some(path) = &policy_file {
             b = b.env("POLICY_FILE", path.to_str().expect("utf8 path"));
+        }
+        if let Some((_, _, url)) = &self.nats_tls {
+            b = b.env("NATS_URL", &url(port));
         }
         for (k, v) in &self.env {
             b = b.env(k, v);

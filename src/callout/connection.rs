@@ -1,0 +1,1182 @@
+//! The callout's own NATS connection: the part of the client protocol the service speaks, on a
+//! blocking socket.
+//!
+//! The caller's reader loop reads the socket itself ([`Connection::next_event`]) and every worker
+//! writes its answer straight to the socket ([`Publisher::publish`]): one write per answer, no
+//! flush round trip (PING/PONG) and no hand-off through a client library's reader and flusher
+//! threads. That is the whole point of having it; a general-purpose client is not the aim.
+//!
+//! Spoken: INFO, CONNECT (user/password, token, creds with the nonce signed), TLS when the URL
+//! says `tls://` or the server requires it (roots from the system store, which honours
+//! `SSL_CERT_FILE`), SUB in a queue group, UNSUB, MSG, HMSG, PUB, PING/PONG both ways, +OK and
+//! -ERR. Servers announced by INFO `connect_urls` join the list tried on reconnect.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+/// How long one TCP connect, the INFO, the TLS handshake or the first PONG may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a blocked write may last before the connection counts as lost.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After this long without a byte from the server, a PING is sent.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// PINGs without a PONG after which the connection counts as lost.
+const MAX_PINGS_OUT: u32 = 2;
+/// Longest protocol line accepted (INFO of a large cluster included).
+const MAX_CONTROL_LINE: usize = 64 * 1024;
+/// Payload bound used until the server's INFO says otherwise (nats-server's default).
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// Servers remembered from `connect_urls`, so a hostile or broken INFO cannot grow the list.
+const MAX_DISCOVERED: usize = 64;
+/// The subscription id of the one subscription this connection makes.
+const SID: &str = "1";
+
+/// How the service logs in, besides what each URL carries (`user:pass@` or `token@`).
+#[derive(Clone)]
+pub enum Login {
+    /// Only what the URL carries.
+    None,
+    /// A creds file (user JWT + seed), read at every connect so a replaced file is used.
+    CredsFile(std::path::PathBuf),
+    /// A token. Never logged.
+    Token(String),
+}
+
+/// One server to try.
+#[derive(Clone, PartialEq, Eq)]
+struct Server {
+    host: String,
+    port: u16,
+    tls: bool,
+    user: Option<String>,
+    pass: Option<String>,
+    /// The name the server's certificate must carry: the configured host, also for the
+    /// addresses a server announces (they are usually IPs).
+    tls_name: String,
+}
+
+impl fmt::Display for Server {
+    // Never the credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "tls" } else { "nats" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a connect attempt failed; the text never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// `NATS_URL` does not parse (config validation makes this unreachable in the service).
+    #[error("bad server url: {0}")]
+    BadUrl(String),
+    /// No server could be reached; the last failure is given.
+    #[error("{0}")]
+    Io(String),
+    /// The server answered CONNECT with an error (e.g. `Authorization Violation`).
+    #[error("the server refused the login: {0}")]
+    Refused(String),
+    /// The creds file could not be used.
+    #[error("creds file {path}: {why}")]
+    Creds {
+        /// Its path.
+        path: String,
+        /// What is wrong (never its content).
+        why: String,
+    },
+}
+
+/// The servers to try and how to log in; shared by every (re)connect.
+pub struct Dialer {
+    servers: Vec<Server>,
+    login: Login,
+    name: String,
+    /// Where the next attempt starts in `servers`.
+    next: usize,
+}
+
+impl Dialer {
+    /// Parses `urls` (comma-separated `nats://` or `tls://` URLs).
+    pub fn new(urls: &str, login: Login, name: &str) -> Result<Dialer, ConnectError> {
+        let mut servers = Vec::new();
+        for entry in urls.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let with_scheme = if entry.contains("://") {
+                entry.to_string()
+            } else {
+                format!("nats://{entry}")
+            };
+            let url = url::Url::parse(&with_scheme).map_err(|e| {
+                ConnectError::BadUrl(format!("{}: {e}", crate::urls::redact_urls(entry)))
+            })?;
+            let tls = match url.scheme() {
+                "nats" => false,
+                "tls" => true,
+                other => return Err(ConnectError::BadUrl(format!("scheme {other:?}"))),
+            };
+            let host = url
+                .host_str()
+                .ok_or_else(|| ConnectError::BadUrl("no host".into()))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let decode = |s: &str| {
+                percent_decode(s).ok_or_else(|| ConnectError::BadUrl("bad percent-encoding".into()))
+            };
+            let user = match url.username() {
+                "" => None,
+                u => Some(decode(u)?),
+            };
+            let pass = url.password().map(decode).transpose()?;
+            servers.push(Server {
+                tls_name: host.clone(),
+                host,
+                port: url.port().unwrap_or(4222),
+                tls,
+                user,
+                pass,
+            });
+        }
+        if servers.is_empty() {
+            return Err(ConnectError::BadUrl("no server url".into()));
+        }
+        Ok(Dialer {
+            servers,
+            login,
+            name: name.to_string(),
+            next: 0,
+        })
+    }
+
+    /// Tries each server once, starting after the last one used; the first that accepts the
+    /// login wins. A failure names the last server tried (without credentials) and why.
+    pub fn connect(&mut self) -> Result<Connection, (String, ConnectError)> {
+        let mut last = (String::new(), ConnectError::Io("no server url".into()));
+        for _ in 0..self.servers.len() {
+            let i = self.next % self.servers.len();
+            self.next = i + 1;
+            let server = self.servers[i].clone();
+            match self.connect_to(&server) {
+                Ok(conn) => {
+                    self.next = i;
+                    self.remember(&conn);
+                    return Ok(conn);
+                }
+                Err(e) => last = (server.to_string(), e),
+            }
+        }
+        Err(last)
+    }
+
+    /// Adds the servers `conn`'s server has announced so far to those tried on reconnect.
+    pub fn remember(&mut self, conn: &Connection) {
+        self.learn(&conn.via, &conn.info.connect_urls);
+    }
+
+    /// Adds servers a connected server announced, with the credentials and TLS of the one that
+    /// announced them (the same cluster, the same login).
+    fn learn(&mut self, via: &Server, urls: &[String]) {
+        for hp in urls {
+            if self.servers.len() >= MAX_DISCOVERED + 16 {
+                break;
+            }
+            let Ok(url) = url::Url::parse(&format!("nats://{hp}")) else {
+                continue;
+            };
+            let Some(host) = url.host_str() else {
+                continue;
+            };
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = url.port().unwrap_or(4222);
+            if self
+                .servers
+                .iter()
+                .any(|s| s.host == host && s.port == port)
+            {
+                continue;
+            }
+            self.servers.push(Server {
+                host,
+                port,
+                ..via.clone()
+            });
+        }
+    }
+
+    fn connect_to(&self, server: &Server) -> Result<Connection, ConnectError> {
+        let addrs: Vec<SocketAddr> = (server.host.as_str(), server.port)
+            .to_socket_addrs()
+            .map_err(|e| ConnectError::Io(format!("cannot resolve: {e}")))?
+            .collect();
+        let mut last = ConnectError::Io("no address".into());
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                Ok(tcp) => match self.handshake(server, tcp) {
+                    Ok(c) => return Ok(c),
+                    Err(e @ (ConnectError::Refused(_) | ConnectError::Creds { .. })) => {
+                        return Err(e)
+                    }
+                    Err(e) => last = e,
+                },
+                Err(e) => last = ConnectError::Io(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+
+    /// INFO, TLS if wanted, CONNECT and a PING answered by PONG.
+    fn handshake(&self, server: &Server, tcp: TcpStream) -> Result<Connection, ConnectError> {
+        let io_err = |e: io::Error| ConnectError::Io(e.to_string());
+        tcp.set_nodelay(true).map_err(io_err)?;
+        tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
+            .map_err(io_err)?;
+        tcp.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io_err)?;
+        let mut raw = tcp.try_clone().map_err(io_err)?;
+        let mut frames = Frames::new(DEFAULT_MAX_PAYLOAD);
+        let info = loop {
+            match frames.next_frame().map_err(io_err)? {
+                Some(Frame::Info(info)) => break info,
+                Some(_) => {
+                    return Err(ConnectError::Io(
+                        "did not start with INFO; not a NATS server?".to_string(),
+                    ))
+                }
+                None => {
+                    if frames.fill(&mut raw).map_err(io_err)? == 0 {
+                        return Err(ConnectError::Io("closed before INFO".into()));
+                    }
+                }
+            }
+        };
+        let tls = if server.tls || info.tls_required {
+            if server.tls && !(info.tls_required || info.tls_available) {
+                return Err(ConnectError::Io(
+                    "the URL asks for TLS but the server does not offer it".to_string(),
+                ));
+            }
+            Some(start_tls(server, &tcp)?)
+        } else {
+            None
+        };
+        let mut stream = Stream::new(tcp, tls);
+        let connect = self.connect_line(server, &info)?;
+        let mut hello = Vec::with_capacity(connect.len() + 16);
+        hello.extend_from_slice(b"CONNECT ");
+        hello.extend_from_slice(&connect);
+        hello.extend_from_slice(b"\r\nPING\r\n");
+        stream.write_all(&hello).map_err(io_err)?;
+        let mut frames = Frames::new(info.max_payload());
+        loop {
+            match frames.next_frame().map_err(io_err)? {
+                Some(Frame::Pong) => break,
+                Some(Frame::Err(msg)) => return Err(ConnectError::Refused(msg)),
+                Some(Frame::Ping) => stream.write_all(b"PONG\r\n").map_err(io_err)?,
+                Some(_) => {}
+                None => {
+                    if frames.fill(&mut stream).map_err(io_err)? == 0 {
+                        return Err(ConnectError::Io(
+                            "closed the connection after CONNECT".to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        stream
+            .tcp
+            .set_read_timeout(Some(READ_TICK))
+            .map_err(io_err)?;
+        let writer = stream.writer().map_err(io_err)?;
+        Ok(Connection {
+            stream,
+            frames,
+            publisher: Publisher {
+                out: Arc::new(Mutex::new(Some(writer))),
+            },
+            info,
+            server: server.to_string(),
+            via: server.clone(),
+            last_read: Instant::now(),
+            pings_out: 0,
+            subscribed: None,
+        })
+    }
+
+    /// The CONNECT JSON for `server`.
+    fn connect_line(&self, server: &Server, info: &Info) -> Result<Vec<u8>, ConnectError> {
+        let mut jwt = None;
+        let mut sig = None;
+        let mut auth_token = None;
+        match &self.login {
+            Login::None => {}
+            Login::Token(t) => auth_token = Some(t.as_str()),
+            Login::CredsFile(path) => {
+                let creds = read_creds(path)?;
+                let nonce = info.nonce.as_deref().unwrap_or_default();
+                let signed = creds
+                    .key
+                    .sign(nonce.as_bytes())
+                    .map_err(|_| ConnectError::Creds {
+                        path: path.display().to_string(),
+                        why: "the seed cannot sign".into(),
+                    })?;
+                sig = Some(URL_SAFE_NO_PAD.encode(signed));
+                jwt = Some(creds.jwt);
+            }
+        }
+        // `nats://token@host`: a user name without a password is a token.
+        let (user, pass) = match (&server.user, &server.pass) {
+            (Some(u), None) if auth_token.is_none() => {
+                auth_token = Some(u.as_str());
+                (None, None)
+            }
+            (u, p) => (u.as_deref(), p.as_deref()),
+        };
+        let connect = ConnectOptions {
+            verbose: false,
+            pedantic: false,
+            tls_required: server.tls || info.tls_required,
+            name: &self.name,
+            lang: "rust",
+            version: env!("CARGO_PKG_VERSION"),
+            protocol: 1,
+            echo: false,
+            headers: true,
+            no_responders: true,
+            user,
+            pass,
+            auth_token,
+            jwt: jwt.as_deref(),
+            sig: sig.as_deref(),
+        };
+        serde_json::to_vec(&connect).map_err(|e| ConnectError::Io(format!("CONNECT: {e}")))
+    }
+}
+
+/// How long a read waits before [`Connection::next_event`] returns [`Event::Idle`].
+const READ_TICK: Duration = Duration::from_millis(200);
+
+#[derive(serde::Serialize)]
+struct ConnectOptions<'a> {
+    verbose: bool,
+    pedantic: bool,
+    tls_required: bool,
+    name: &'a str,
+    lang: &'a str,
+    version: &'a str,
+    protocol: u8,
+    echo: bool,
+    headers: bool,
+    no_responders: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pass: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sig: Option<&'a str>,
+}
+
+/// What the server says about itself (the fields used here).
+#[derive(Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+struct Info {
+    #[serde(default)]
+    tls_required: bool,
+    #[serde(default)]
+    tls_available: bool,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    max_payload: i64,
+    #[serde(default)]
+    connect_urls: Vec<String>,
+}
+
+impl Info {
+    fn max_payload(&self) -> usize {
+        usize::try_from(self.max_payload)
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or(DEFAULT_MAX_PAYLOAD)
+    }
+}
+
+/// A user JWT and the key that signs the server's nonce.
+struct Creds {
+    jwt: String,
+    key: nkeys::KeyPair,
+}
+
+/// Reads a creds file: the first armored block is the JWT, the second the seed.
+fn read_creds(path: &Path) -> Result<Creds, ConnectError> {
+    let fail = |why: &str| ConnectError::Creds {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e.to_string()))?;
+    let mut blocks = Vec::new();
+    let mut lines = text.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line.starts_with("---") && line.contains("BEGIN") {
+            if let Some(value) = lines.by_ref().find(|l| !l.is_empty()) {
+                blocks.push(value);
+            }
+        }
+    }
+    let (Some(jwt), Some(seed)) = (blocks.first(), blocks.get(1)) else {
+        return Err(fail("expected a JWT block and a seed block"));
+    };
+    if jwt.split('.').count() != 3 {
+        return Err(fail("the first block is not a JWT"));
+    }
+    let key = nkeys::KeyPair::from_seed(seed)
+        .map_err(|_| fail("the second block is not an nkey seed"))?;
+    Ok(Creds {
+        jwt: (*jwt).to_string(),
+        key,
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The TLS client settings, built once: system roots (`SSL_CERT_FILE` and `SSL_CERT_DIR`
+/// honoured), ring as the provider, the same rustls that serves the Kubernetes API client.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "no trusted CA certificate found for TLS to NATS (set SSL_CERT_FILE){}",
+                    found
+                        .errors
+                        .first()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
+/// Runs the TLS handshake over `tcp` (after the plaintext INFO, as NATS does).
+fn start_tls(
+    server: &Server,
+    tcp: &TcpStream,
+) -> Result<Arc<Mutex<rustls::ClientConnection>>, ConnectError> {
+    let fail = |why: String| ConnectError::Io(format!("TLS: {why}"));
+    let config = tls_config().map_err(fail)?;
+    let name = rustls::pki_types::ServerName::try_from(server.tls_name.clone())
+        .map_err(|e| fail(e.to_string()))?;
+    let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| fail(e.to_string()))?;
+    let mut sock = tcp.try_clone().map_err(|e| fail(e.to_string()))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(Arc::new(Mutex::new(conn)))
+}
+
+/// The socket, and the TLS session over it when there is one.
+struct Stream {
+    tcp: TcpStream,
+    tls: Option<Arc<Mutex<rustls::ClientConnection>>>,
+    /// Bytes read from the socket that the TLS session has not taken yet.
+    raw: Vec<u8>,
+}
+
+impl Stream {
+    fn new(tcp: TcpStream, tls: Option<Arc<Mutex<rustls::ClientConnection>>>) -> Stream {
+        Stream {
+            tcp,
+            tls,
+            raw: Vec::new(),
+        }
+    }
+
+    fn writer(&self) -> io::Result<Writer> {
+        Ok(Writer {
+            tcp: self.tcp.try_clone()?,
+            tls: self.tls.clone(),
+        })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer()?.write_all(bytes)
+    }
+}
+
+impl Read for Stream {
+    /// Reads plaintext: straight from the socket, or the socket's bytes through the TLS session
+    /// (its lock is held only to decrypt, never while waiting for the network).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = &self.tls else {
+            return self.tcp.read(buf);
+        };
+        loop {
+            if !self.raw.is_empty() {
+                let mut conn = tls.lock();
+                match conn.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                let taken = conn.read_tls(&mut &self.raw[..])?;
+                self.raw.drain(..taken);
+                conn.process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                // Whatever the session must send back (e.g. a key update) goes out now.
+                while conn.wants_write() {
+                    conn.write_tls(&mut self.tcp)?;
+                }
+                if taken > 0 {
+                    continue;
+                }
+            }
+            {
+                let mut conn = tls.lock();
+                match conn.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.tcp.read(&mut chunk)?;
+            if n == 0 {
+                // Tell the session, so a clean close_notify and a cut connection are told apart.
+                let mut conn = tls.lock();
+                let _ = conn.read_tls(&mut io::empty());
+                let _ = conn.process_new_packets();
+                return conn.reader().read(buf);
+            }
+            self.raw.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// The writing end of a connection.
+struct Writer {
+    tcp: TcpStream,
+    tls: Option<Arc<Mutex<rustls::ClientConnection>>>,
+}
+
+impl Writer {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(tls) = &self.tls else {
+            return self.tcp.write_all(bytes);
+        };
+        let mut conn = tls.lock();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = conn.writer().write(rest)?;
+            rest = &rest[n..];
+            while conn.wants_write() {
+                conn.write_tls(&mut self.tcp)?;
+            }
+            if n == 0 && !conn.wants_write() {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes to the connection from any thread; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    out: Arc<Mutex<Option<Writer>>>,
+}
+
+impl Publisher {
+    /// Publishes `payload` on `subject` at once (one write, no flush round trip). Fails when the
+    /// connection is down; a write that fails or times out takes the connection down, and the
+    /// reader then reconnects.
+    pub fn publish(&self, subject: &str, payload: &[u8]) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(subject.len() + payload.len() + 32);
+        frame.extend_from_slice(b"PUB ");
+        frame.extend_from_slice(subject.as_bytes());
+        frame.push(b' ');
+        frame.extend_from_slice(payload.len().to_string().as_bytes());
+        frame.extend_from_slice(b"\r\n");
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(b"\r\n");
+        self.write(&frame)
+    }
+
+    fn write(&self, frame: &[u8]) -> io::Result<()> {
+        let mut out = self.out.lock();
+        let Some(w) = out.as_mut() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "not connected to nats",
+            ));
+        };
+        let res = w.write_all(frame);
+        if res.is_err() {
+            let _ = w.tcp.shutdown(Shutdown::Both);
+            *out = None;
+        }
+        res
+    }
+
+    /// Points this publisher (and every clone) at another connection's socket.
+    fn replace(&self, other: &Publisher) {
+        let taken = other.out.lock().take();
+        *self.out.lock() = taken;
+    }
+
+    /// Stops writing: later publishes fail until [`Publisher::replace`].
+    fn detach(&self) {
+        if let Some(w) = self.out.lock().take() {
+            let _ = w.tcp.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A request the server delivered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Where the answer goes.
+    pub reply: Option<String>,
+    /// The `Nats-Server-Xkey` header, when the request is sealed.
+    pub server_xkey: Option<String>,
+    /// The body.
+    pub payload: Vec<u8>,
+}
+
+/// What [`Connection::next_event`] saw.
+#[derive(Debug)]
+pub enum Event {
+    /// A message of the subscription.
+    Message(Message),
+    /// Nothing within the read tick.
+    Idle,
+    /// The connection is gone (its cause, never a secret); reconnect.
+    Lost(String),
+}
+
+/// One live connection; read by one thread, written through its [`Publisher`].
+pub struct Connection {
+    stream: Stream,
+    frames: Frames,
+    publisher: Publisher,
+    info: Info,
+    server: String,
+    via: Server,
+    last_read: Instant,
+    pings_out: u32,
+    /// The subscription to restore after a reconnect: subject and queue group.
+    subscribed: Option<(String, String)>,
+}
+
+impl Connection {
+    /// A handle that writes on this connection (and, after [`Connection::take_over`], on the
+    /// one that replaced it).
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// The server connected to, without credentials.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Subscribes to `subject` in `queue` (one subscription per connection).
+    pub fn queue_subscribe(&mut self, subject: &str, queue: &str) -> io::Result<()> {
+        self.publisher
+            .write(format!("SUB {subject} {queue} {SID}\r\n").as_bytes())?;
+        self.subscribed = Some((subject.to_string(), queue.to_string()));
+        Ok(())
+    }
+
+    /// Ends the subscription; messages already in flight may still arrive.
+    pub fn unsubscribe(&mut self) -> io::Result<()> {
+        self.subscribed = None;
+        self.publisher.write(format!("UNSUB {SID}\r\n").as_bytes())
+    }
+
+    /// Moves `fresh` (a new connection) under this one's publishers and restores the
+    /// subscription on it; the old socket is closed.
+    pub fn take_over(&mut self, fresh: Connection) -> io::Result<()> {
+        self.publisher.detach();
+        self.publisher.replace(&fresh.publisher);
+        self.stream = fresh.stream;
+        self.frames = fresh.frames;
+        self.info = fresh.info;
+        self.server = fresh.server;
+        self.via = fresh.via;
+        self.last_read = Instant::now();
+        self.pings_out = 0;
+        if let Some((subject, queue)) = self.subscribed.take() {
+            self.queue_subscribe(&subject, &queue)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the socket; publishes fail from now on.
+    pub fn close(&mut self) {
+        self.publisher.detach();
+    }
+
+    /// Waits up to the read tick for the next message, answering the server's PINGs and sending
+    /// ours when it has been quiet.
+    pub fn next_event(&mut self) -> Event {
+        loop {
+            match self.frames.next_frame() {
+                Err(e) => return self.lost(format!("protocol error: {e}")),
+                Ok(Some(frame)) => match frame {
+                    Frame::Msg(m) => return Event::Message(m),
+                    Frame::Ping => {
+                        if let Err(e) = self.publisher.write(b"PONG\r\n") {
+                            return self.lost(e.to_string());
+                        }
+                    }
+                    Frame::Pong => self.pings_out = 0,
+                    Frame::Ok => {}
+                    Frame::Info(info) => self.info = info,
+                    Frame::Err(msg) => {
+                        // Fatal ones are followed by the server closing the socket.
+                        log::warn!("nats server {} says: {msg}", self.server);
+                    }
+                },
+                Ok(None) => match self.frames.fill(&mut self.stream) {
+                    Ok(0) => return self.lost("closed by the server".into()),
+                    Ok(_) => {
+                        self.last_read = Instant::now();
+                        self.pings_out = 0;
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return self.idle();
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return self.lost(e.to_string()),
+                },
+            }
+        }
+    }
+
+    fn idle(&mut self) -> Event {
+        if self.last_read.elapsed() < PING_INTERVAL * (self.pings_out + 1) {
+            return Event::Idle;
+        }
+        if self.pings_out >= MAX_PINGS_OUT {
+            return self.lost(format!(
+                "no answer to {MAX_PINGS_OUT} PINGs in {:?}",
+                self.last_read.elapsed()
+            ));
+        }
+        self.pings_out += 1;
+        match self.publisher.write(b"PING\r\n") {
+            Ok(()) => Event::Idle,
+            Err(e) => self.lost(e.to_string()),
+        }
+    }
+
+    fn lost(&mut self, why: String) -> Event {
+        self.publisher.detach();
+        Event::Lost(why)
+    }
+}
+
+/// One protocol unit from the server.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Info(Info),
+    Msg(Message),
+    Ping,
+    Pong,
+    Ok,
+    Err(String),
+}
+
+/// The server-to-client protocol parser over a buffer that grows only for a large message.
+struct Frames {
+    buf: Vec<u8>,
+    /// The unparsed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    max_payload: usize,
+}
+
+impl Frames {
+    fn new(max_payload: usize) -> Frames {
+        Frames {
+            buf: vec![0; 32 * 1024],
+            start: 0,
+            end: 0,
+            max_payload,
+        }
+    }
+
+    /// Reads once from `src` into the buffer; returns what was read (0: end of stream).
+    fn fill(&mut self, src: &mut impl Read) -> io::Result<usize> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.buf.len() - self.end < 4096 {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            if self.buf.len() - self.end < 4096 {
+                // Bounded by next_frame, which refuses a frame over max_payload.
+                let grown = (self.buf.len() * 2).max(self.end + 4096);
+                self.buf.resize(grown, 0);
+            }
+        }
+        let n = src.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// The next whole frame in the buffer, `None` when more bytes are needed.
+    fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+        let pending = &self.buf[self.start..self.end];
+        let Some(eol) = pending.windows(2).position(|w| w == b"\r\n") else {
+            if pending.len() > MAX_CONTROL_LINE {
+                return Err(bad("protocol line too long"));
+            }
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&pending[..eol]).map_err(|_| bad("line is not UTF-8"))?;
+        let (op, rest) = line.split_once([' ', '\t']).unwrap_or((line, ""));
+        let rest = rest.trim();
+        let frame = match op.to_ascii_uppercase().as_str() {
+            "MSG" | "HMSG" => {
+                let headers = op.eq_ignore_ascii_case("HMSG");
+                let args: Vec<&str> = rest.split_ascii_whitespace().collect();
+                let (reply, hdr_len, total) = match (headers, args.as_slice()) {
+                    (false, [_, _, len]) => (None, 0, *len),
+                    (false, [_, _, reply, len]) => (Some(*reply), 0, *len),
+                    (true, [_, _, hdr, len]) => (None, parse_len(hdr)?, *len),
+                    (true, [_, _, reply, hdr, len]) => (Some(*reply), parse_len(hdr)?, *len),
+                    _ => return Err(bad("malformed MSG line")),
+                };
+                let total = parse_len(total)?;
+                if total > self.max_payload + MAX_CONTROL_LINE || hdr_len > total {
+                    return Err(bad("message larger than the server's max_payload"));
+                }
+                let body_start = eol + 2;
+                if pending.len() < body_start + total + 2 {
+                    return Ok(None);
+                }
+                let body = &pending[body_start..body_start + total];
+                if &pending[body_start + total..body_start + total + 2] != b"\r\n" {
+                    return Err(bad("message not followed by CRLF"));
+                }
+                let server_xkey = if hdr_len > 0 {
+                    header_value(&body[..hdr_len], super::wire::SERVER_XKEY_HEADER)
+                } else {
+                    None
+                };
+                let msg = Message {
+                    reply: reply.map(str::to_string),
+                    server_xkey,
+                    payload: body[hdr_len..].to_vec(),
+                };
+                self.start += body_start + total + 2;
+                return Ok(Some(Frame::Msg(msg)));
+            }
+            "PING" => Frame::Ping,
+            "PONG" => Frame::Pong,
+            "+OK" => Frame::Ok,
+            "-ERR" => Frame::Err(rest.trim_matches('\'').to_string()),
+            "INFO" => {
+                let info: Info =
+                    serde_json::from_str(rest).map_err(|e| bad(&format!("INFO: {e}")))?;
+                self.max_payload = info.max_payload();
+                Frame::Info(info)
+            }
+            _ => return Err(bad("unknown protocol operation")),
+        };
+        self.start += eol + 2;
+        Ok(Some(frame))
+    }
+}
+
+fn parse_len(s: &str) -> io::Result<usize> {
+    s.parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad length in MSG line"))
+}
+
+/// The value of header `name` (case-insensitive) in a `NATS/1.0` header block.
+fn header_value(block: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(block).ok()?;
+    let mut lines = text.split("\r\n");
+    if !lines.next()?.starts_with("NATS/1.0") {
+        return None;
+    }
+    lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Servers tried on the next reconnect, for tests.
+#[cfg(test)]
+fn server_list(d: &Dialer) -> Vec<String> {
+    d.servers.iter().map(ToString::to_string).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<Frame> {
+        let mut f = Frames::new(1024);
+        let mut out = Vec::new();
+        for c in chunks {
+            let mut src: &[u8] = c;
+            f.fill(&mut src).unwrap();
+            while let Some(frame) = f.next_frame().unwrap() {
+                out.push(frame);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn frames_split_anywhere_parse_the_same() {
+        let wire = b"INFO {\"max_payload\":2048,\"nonce\":\"abc\"}\r\nPING\r\nMSG $SYS.REQ.USER.AUTH 1 _INBOX.x 5\r\nhello\r\nHMSG s 1 r 42 44\r\nNATS/1.0\r\nnats-server-xkey:  XKEYVALUE\r\n\r\nhi\r\n+OK\r\n-ERR 'Permissions Violation'\r\nPONG\r\n";
+        let whole = parse_all(&[wire]);
+        assert_eq!(whole.len(), 7, "{whole:?}");
+        assert_eq!(
+            whole[2],
+            Frame::Msg(Message {
+                reply: Some("_INBOX.x".into()),
+                server_xkey: None,
+                payload: b"hello".to_vec()
+            })
+        );
+        assert_eq!(
+            whole[3],
+            Frame::Msg(Message {
+                reply: Some("r".into()),
+                server_xkey: Some("XKEYVALUE".into()),
+                payload: b"hi".to_vec()
+            })
+        );
+        assert_eq!(whole[5], Frame::Err("Permissions Violation".into()));
+        for cut in 1..wire.len() {
+            assert_eq!(
+                parse_all(&[&wire[..cut], &wire[cut..]]),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(parse_all(&bytes), whole);
+    }
+
+    #[test]
+    fn a_message_without_reply_and_a_zero_length_one_parse() {
+        let frames = parse_all(&[b"MSG a 1 0\r\n\r\nMSG a 1 3\r\nabc\r\n"]);
+        assert_eq!(frames.len(), 2);
+        assert!(matches!(&frames[0], Frame::Msg(m) if m.reply.is_none() && m.payload.is_empty()));
+    }
+
+    #[test]
+    fn malformed_or_oversized_input_is_a_protocol_error_not_a_panic() {
+        for wire in [
+            &b"MSG a 1 x\r\n"[..],
+            b"MSG a\r\n",
+            b"HMSG a 1 9 3\r\nabc\r\n",
+            b"MSG a 1 99999999999\r\n",
+            b"MSG a 1 3\r\nabcXY",
+            b"INFO {not json\r\n",
+            b"WHAT\r\n",
+            b"\xff\xfe\r\n",
+        ] {
+            let mut f = Frames::new(1024);
+            let mut src = wire;
+            f.fill(&mut src).unwrap();
+            assert!(
+                f.next_frame().is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let mut f = Frames::new(1024);
+        let long = vec![b'x'; 4 * MAX_CONTROL_LINE];
+        let mut src = &long[..];
+        let failed = loop {
+            match f.next_frame() {
+                Err(_) => break true,
+                Ok(Some(_)) => break false,
+                Ok(None) => {
+                    if f.fill(&mut src).unwrap() == 0 {
+                        break false;
+                    }
+                }
+            }
+        };
+        assert!(failed, "a line without end is refused once over the limit");
+        assert!(f.buf.len() <= 2 * MAX_CONTROL_LINE, "{}", f.buf.len());
+    }
+
+    #[test]
+    fn urls_give_servers_with_their_logins_and_tls() {
+        let d = Dialer::new(
+            "nats://svc:S3cr%2Fet@a:4222, tls://tok@b, c:5222,nats://[::1]:7",
+            Login::None,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            server_list(&d),
+            [
+                "nats://a:4222",
+                "tls://b:4222",
+                "nats://c:5222",
+                "nats://[::1]:7"
+            ]
+        );
+        assert_eq!(d.servers[0].user.as_deref(), Some("svc"));
+        assert_eq!(d.servers[0].pass.as_deref(), Some("S3cr/et"));
+        assert_eq!(d.servers[1].user.as_deref(), Some("tok"));
+        assert!(d.servers[1].pass.is_none());
+        assert!(Dialer::new("http://a", Login::None, "t").is_err());
+        assert!(Dialer::new(" , ", Login::None, "t").is_err());
+    }
+
+    #[test]
+    fn connect_lines_carry_each_login_and_a_bare_user_is_a_token() {
+        let info = Info::default();
+        let d = Dialer::new("nats://tok@a,nats://u:p@b", Login::None, "svc").unwrap();
+        let line = |d: &Dialer, i: usize| -> serde_json::Value {
+            serde_json::from_slice(&d.connect_line(&d.servers[i], &info).unwrap()).unwrap()
+        };
+        let v = line(&d, 0);
+        assert_eq!(v["auth_token"], "tok");
+        assert!(v.get("user").is_none());
+        let v = line(&d, 1);
+        assert_eq!(
+            (v["user"].as_str(), v["pass"].as_str()),
+            (Some("u"), Some("p"))
+        );
+        assert_eq!(v["echo"], false);
+        assert_eq!(v["headers"], true);
+        let d = Dialer::new("nats://a", Login::Token("T".into()), "svc").unwrap();
+        assert_eq!(line(&d, 0)["auth_token"], "T");
+    }
+
+    #[test]
+    fn creds_sign_the_nonce_with_the_seed_and_send_the_jwt() {
+        let user = nkeys::KeyPair::new_user();
+        let seed = user.seed().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("svc.creds");
+        std::fs::write(
+            &path,
+            format!("-----BEGIN NATS USER JWT-----\naaa.bbb.ccc\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"),
+        )
+        .unwrap();
+        let d = Dialer::new("nats://a", Login::CredsFile(path.clone()), "svc").unwrap();
+        let info = Info {
+            nonce: Some("n0nce".into()),
+            ..Info::default()
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&d.connect_line(&d.servers[0], &info).unwrap()).unwrap();
+        assert_eq!(v["jwt"], "aaa.bbb.ccc");
+        let sig = URL_SAFE_NO_PAD.decode(v["sig"].as_str().unwrap()).unwrap();
+        user.verify(b"n0nce", &sig).unwrap();
+
+        std::fs::write(&path, "-----BEGIN NATS USER JWT-----\naaa.bbb.ccc\n").unwrap();
+        let err = d
+            .connect_line(&d.servers[0], &info)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected a JWT block and a seed block"),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            "-----BEGIN X-----\naaa.bbb.ccc\n-----BEGIN Y-----\nSUNOTASEED\n",
+        )
+        .unwrap();
+        let err = d
+            .connect_line(&d.servers[0], &info)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not an nkey seed") && !err.contains("SUNOTASEED"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn announced_servers_join_the_list_once_with_the_announcers_login() {
+        let mut d = Dialer::new("tls://u:p@a:4222", Login::None, "svc").unwrap();
+        let via = d.servers[0].clone();
+        d.learn(
+            &via,
+            &[
+                "10.0.0.2:4222".into(),
+                "a:4222".into(),
+                "10.0.0.2:4222".into(),
+                "[fd00::1]:4223".into(),
+            ],
+        );
+        assert_eq!(
+            server_list(&d),
+            [
+                "tls://a:4222",
+                "tls://10.0.0.2:4222",
+                "tls://[fd00::1]:4223"
+            ]
+        );
+        assert_eq!(d.servers[1].pass.as_deref(), Some("p"));
+        let many: Vec<String> = (0..500)
+            .map(|i| format!("10.1.{}.{}:4222", i / 250, i % 250))
+            .collect();
+        d.learn(&via, &many);
+        assert!(d.servers.len() <= MAX_DISCOVERED + 16);
+    }
+}
