@@ -35,6 +35,8 @@ const MAX_PINGS_OUT: u32 = 2;
 const MAX_CONTROL_LINE: usize = 64 * 1024;
 /// Payload bound used until the server's INFO says otherwise (nats-server's default).
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// The largest `max_payload` honoured (nats-server refuses to be configured above it).
+const MAX_PAYLOAD_LIMIT: usize = 64 * 1024 * 1024;
 /// Servers remembered from `connect_urls`, so a hostile or broken INFO cannot grow the list.
 const MAX_DISCOVERED: usize = 64;
 /// The subscription id of the one subscription this connection makes.
@@ -151,11 +153,13 @@ impl Dialer {
         if servers.is_empty() {
             return Err(ConnectError::BadUrl("no server url".into()));
         }
+        // Replicas start at different servers, as NATS clients do, so they spread over a cluster.
+        let next = fastrand::usize(..servers.len());
         Ok(Dialer {
             servers,
             login,
             name: name.to_string(),
-            next: 0,
+            next,
         })
     }
 
@@ -409,11 +413,14 @@ struct Info {
 }
 
 impl Info {
+    /// The server's `max_payload`, within what nats-server can be configured to (64 MiB): the
+    /// parser's buffer grows to at most about this much.
     fn max_payload(&self) -> usize {
         usize::try_from(self.max_payload)
             .ok()
             .filter(|&n| n > 0)
             .unwrap_or(DEFAULT_MAX_PAYLOAD)
+            .min(MAX_PAYLOAD_LIMIT)
     }
 }
 
@@ -563,6 +570,13 @@ impl Read for Stream {
                     Err(e) => return Err(e),
                 }
                 let taken = conn.read_tls(&mut &self.raw[..])?;
+                if taken == 0 {
+                    // Only an empty source gives 0; never let `raw` grow behind a stalled session.
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the TLS session takes no more bytes",
+                    ));
+                }
                 self.raw.drain(..taken);
                 conn.process_new_packets()
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -570,9 +584,7 @@ impl Read for Stream {
                 while conn.wants_write() {
                     conn.write_tls(&mut self.tcp)?;
                 }
-                if taken > 0 {
-                    continue;
-                }
+                continue;
             }
             {
                 let mut conn = tls.lock();
@@ -1178,5 +1190,104 @@ mod tests {
             .collect();
         d.learn(&via, &many);
         assert!(d.servers.len() <= MAX_DISCOVERED + 16);
+    }
+
+    /// A one-connection fake server: sends `greeting`, then hands the socket to `script`.
+    fn fake_server(
+        greeting: &'static [u8],
+        script: impl FnOnce(TcpStream) + Send + 'static,
+    ) -> (String, std::thread::JoinHandle<()>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "nats://u:secret-pass@127.0.0.1:{}",
+            l.local_addr().unwrap().port()
+        );
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(greeting).unwrap();
+            script(s);
+        });
+        (url, t)
+    }
+
+    fn read_line(s: &mut TcpStream) -> String {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if s.read(&mut b).unwrap() == 0 {
+                break;
+            }
+            line.push(b[0]);
+        }
+        String::from_utf8(line).unwrap()
+    }
+
+    #[test]
+    fn a_refused_login_is_reported_with_the_servers_words_and_no_secret() {
+        let (url, t) = fake_server(b"INFO {\"max_payload\":1024}\r\n", |mut s| {
+            let connect = read_line(&mut s);
+            assert!(connect.starts_with("CONNECT {"), "{connect}");
+            assert!(connect.contains("\"pass\":\"secret-pass\""), "{connect}");
+            s.write_all(b"-ERR 'Authorization Violation'\r\n").unwrap();
+        });
+        let mut d = Dialer::new(&url, Login::None, "t").unwrap();
+        let (server, err) = d.connect().err().unwrap();
+        t.join().unwrap();
+        assert!(matches!(&err, ConnectError::Refused(m) if m == "Authorization Violation"));
+        assert!(!server.contains("secret") && !err.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn something_that_is_not_a_nats_server_is_refused() {
+        let (url, t) = fake_server(b"HTTP/1.1 400 Bad Request\r\n\r\n", |_| {});
+        let mut d = Dialer::new(&url, Login::None, "t").unwrap();
+        let (_, err) = d.connect().err().unwrap();
+        t.join().unwrap();
+        assert!(
+            err.to_string().contains("unknown protocol operation"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_connection_answers_pings_delivers_messages_resubscribes_and_reports_a_close() {
+        let (url, t) = fake_server(b"INFO {\"max_payload\":1024}\r\n", |mut s| {
+            assert!(read_line(&mut s).starts_with("CONNECT "));
+            assert_eq!(read_line(&mut s), "PING\r\n");
+            s.write_all(b"PONG\r\n").unwrap();
+            assert_eq!(read_line(&mut s), "SUB subj q 1\r\n");
+            s.write_all(b"PING\r\nMSG subj 1 reply.1 2\r\nhi\r\n")
+                .unwrap();
+            assert_eq!(read_line(&mut s), "PONG\r\n");
+            assert_eq!(read_line(&mut s), "PUB reply.1 3\r\n");
+            assert_eq!(read_line(&mut s), "yes\r\n");
+            // Closing ends the connection; the client sees it.
+        });
+        let mut d = Dialer::new(&url, Login::None, "t").unwrap();
+        let mut c = d.connect().map_err(|e| e.1.to_string()).unwrap();
+        c.queue_subscribe("subj", "q").unwrap();
+        let msg = loop {
+            match c.next_event() {
+                Event::Message(m) => break m,
+                Event::Idle => {}
+                Event::Lost(why) => panic!("{why}"),
+            }
+        };
+        assert_eq!(msg.reply.as_deref(), Some("reply.1"));
+        assert_eq!(msg.payload, b"hi");
+        c.publisher().publish("reply.1", b"yes").unwrap();
+        t.join().unwrap();
+        let lost = loop {
+            match c.next_event() {
+                Event::Lost(why) => break why,
+                Event::Idle => {}
+                Event::Message(m) => panic!("{m:?}"),
+            }
+        };
+        assert!(lost.contains("closed"), "{lost}");
+        assert!(
+            c.publisher().publish("reply.1", b"late").is_err(),
+            "a lost connection takes no more answers"
+        );
     }
 }
