@@ -18,7 +18,7 @@ use crossbeam_channel::bounded;
 use log::{debug, error, info, warn};
 
 use crate::authorizer::Authorizer;
-use crate::callout::service::{self, CalloutContext, CalloutSettings, NatsAuth};
+use crate::callout::service::{self, CalloutContext, CalloutSettings};
 use crate::config::{AccountsBackend, Config, JwksLocation};
 use crate::events::{self, EventRecorder};
 use crate::http::HttpServer;
@@ -334,14 +334,10 @@ pub fn serve() -> Result<(), String> {
         authorizer,
         metrics: metrics.clone(),
     });
-    let auth = match (&config.nats_creds_file, &config.nats_token) {
-        (Some(p), _) => NatsAuth::CredsFile(p.clone()),
-        (None, Some(t)) => NatsAuth::Token(t.clone()),
-        (None, None) => NatsAuth::None,
-    };
     let settings = CalloutSettings {
         url: config.nats_url.clone(),
-        auth,
+        login: config.nats_login.clone(),
+        tls: config.nats_tls.clone(),
         workers: config.workers,
         queue_size: config.queue_size,
         shutdown_timeout: config.shutdown_timeout,

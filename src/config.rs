@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::callout::connection::{Login, TlsSettings};
 use crate::identity::jwks::DEFAULT_REFETCH_WAIT;
 use crate::keys::{is_account_public_key, CalloutKeys, KeyFiles};
 
@@ -92,10 +93,11 @@ pub struct PermissionSettings {
 pub struct Config {
     /// `NATS_URL`: comma-separated server URLs.
     pub nats_url: String,
-    /// `NATS_USER_CREDS_FILE` (alias `NATS_CREDS_FILE`).
-    pub nats_creds_file: Option<PathBuf>,
-    /// `NATS_TOKEN`. Never logged.
-    pub nats_token: Option<String>,
+    /// The service's own login: `NATS_USER_CREDS_FILE` (alias `NATS_CREDS_FILE`),
+    /// `NATS_NKEY_SEED_FILE` or `NATS_TOKEN` (never logged), else what `NATS_URL` carries.
+    pub nats_login: Login,
+    /// `NATS_CA_FILE`, `NATS_CLIENT_CERT_FILE` + `NATS_CLIENT_KEY_FILE`, `NATS_TLS_REQUIRED`.
+    pub nats_tls: TlsSettings,
     /// `NATS_ACCOUNT`: the account clients are placed in.
     pub nats_account: String,
     /// Where the signing keys and the xkey are read from (and re-read when they change).
@@ -385,16 +387,72 @@ impl Config {
             .or(r.get("NATS_CREDS_FILE"))
             .map(PathBuf::from);
         let nats_token = r.get("NATS_TOKEN").map(str::to_string);
-        if creds.is_some() && nats_token.is_some() {
-            r.problems
-                .push("NATS_USER_CREDS_FILE and NATS_TOKEN are both set; use at most one".into());
+        let nkey_seed = r.get("NATS_NKEY_SEED_FILE").map(PathBuf::from);
+        let logins = [
+            creds.as_ref().map(|_| "NATS_USER_CREDS_FILE"),
+            nkey_seed.as_ref().map(|_| "NATS_NKEY_SEED_FILE"),
+            nats_token.as_ref().map(|_| "NATS_TOKEN"),
+        ];
+        let given: Vec<&str> = logins.into_iter().flatten().collect();
+        match given.as_slice() {
+            [a, b] => r
+                .problems
+                .push(format!("{a} and {b} are both set; use at most one")),
+            [a, b, c] => r
+                .problems
+                .push(format!("{a}, {b} and {c} are all set; use at most one")),
+            _ => {}
         }
-        if let Some(p) = &creds {
-            if !p.is_file() {
+        for (name, path) in [
+            ("NATS_USER_CREDS_FILE", &creds),
+            ("NATS_NKEY_SEED_FILE", &nkey_seed),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    r.problems
+                        .push(format!("{name}: {} is not a readable file", p.display()));
+                }
+            }
+        }
+        let nats_login = match (creds, nkey_seed, nats_token) {
+            (Some(p), _, _) => Login::CredsFile(p),
+            (None, Some(p), _) => Login::NkeySeedFile(p),
+            (None, None, Some(t)) => Login::Token(t),
+            (None, None, None) => Login::None,
+        };
+        let client_cert = match (
+            r.get("NATS_CLIENT_CERT_FILE").map(PathBuf::from),
+            r.get("NATS_CLIENT_KEY_FILE").map(PathBuf::from),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (cert, _) => {
                 r.problems.push(format!(
-                    "NATS_USER_CREDS_FILE: {} is not a readable file",
-                    p.display()
+                    "{} is set without {}; mutual TLS needs both",
+                    if cert.is_some() {
+                        "NATS_CLIENT_CERT_FILE"
+                    } else {
+                        "NATS_CLIENT_KEY_FILE"
+                    },
+                    if cert.is_some() {
+                        "NATS_CLIENT_KEY_FILE"
+                    } else {
+                        "NATS_CLIENT_CERT_FILE"
+                    },
                 ));
+                None
+            }
+        };
+        let nats_tls = TlsSettings {
+            ca_file: r.get("NATS_CA_FILE").map(PathBuf::from),
+            client_cert,
+            required: r.bool("NATS_TLS_REQUIRED", false),
+        };
+        // Read now, so a missing or unusable file is a start-up error naming it. The system
+        // store is only read when TLS is used (at the first connect).
+        if nats_tls.ca_file.is_some() || nats_tls.client_cert.is_some() {
+            if let Err(e) = nats_tls.check() {
+                r.problems.push(e);
             }
         }
         if r.get("NATS_SIGNING_KEY_FILE").is_none() {
@@ -576,8 +634,8 @@ impl Config {
         match (keys, r.problems.is_empty()) {
             (Some(keys), true) => Ok(Config {
                 nats_url,
-                nats_creds_file: creds,
-                nats_token,
+                nats_login,
+                nats_tls,
                 nats_account,
                 key_files,
                 keys,
@@ -851,6 +909,56 @@ mod tests {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
         assert!(!err.contains("\"t\""), "the token must not be echoed");
+    }
+
+    #[test]
+    fn nats_tls_and_login_files_are_checked_at_start_and_named() {
+        let seed = seed_file(&KeyPair::new_account().seed().unwrap());
+        let junk = seed_file("not a certificate");
+        let user_seed = seed_file(&KeyPair::new_user().seed().unwrap());
+        let with = |extra: &[(&str, &str)]| {
+            let mut vars = vec![
+                ("NATS_SIGNING_KEY_FILE", seed.path().to_str().unwrap()),
+                ("NATS_ACCOUNT", "APP"),
+                ("JWKS_PATH", "/tmp/jwks.json"),
+                ("JWT_ISSUER", "https://issuer"),
+            ];
+            vars.extend_from_slice(extra);
+            Config::from_map(&env(&vars))
+        };
+        let junk_path = junk.path().to_str().unwrap();
+        let err = with(&[("NATS_CA_FILE", junk_path)]).unwrap_err();
+        assert!(
+            err.contains("NATS_CA_FILE") && err.contains("no usable PEM certificate"),
+            "{err}"
+        );
+        let err = with(&[("NATS_CLIENT_CERT_FILE", junk_path)]).unwrap_err();
+        assert!(
+            err.contains("NATS_CLIENT_CERT_FILE is set without NATS_CLIENT_KEY_FILE"),
+            "{err}"
+        );
+        let err = with(&[("NATS_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let err = with(&[
+            ("NATS_TOKEN", "tok3n"),
+            ("NATS_NKEY_SEED_FILE", user_seed.path().to_str().unwrap()),
+            ("NATS_CREDS_FILE", user_seed.path().to_str().unwrap()),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("NATS_USER_CREDS_FILE, NATS_NKEY_SEED_FILE and NATS_TOKEN are all set"),
+            "{err}"
+        );
+        assert!(!err.contains("tok3n"), "{err}");
+        let c = with(&[
+            ("NATS_NKEY_SEED_FILE", user_seed.path().to_str().unwrap()),
+            ("NATS_TLS_REQUIRED", "true"),
+        ])
+        .unwrap();
+        assert!(matches!(c.nats_login, Login::NkeySeedFile(_)));
+        assert!(c.nats_tls.required && c.nats_tls.ca_file.is_none());
+        let err = with(&[("NATS_TLS_REQUIRED", "maybe")]).unwrap_err();
+        assert!(err.contains("NATS_TLS_REQUIRED"), "{err}");
     }
 
     #[test]

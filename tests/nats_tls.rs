@@ -1,12 +1,14 @@
-//! The service's own NATS connection over TLS (src/callout/connection.rs): a real nats-server
-//! that requires TLS of every client, certificates made here, the service trusting the CA
-//! through `SSL_CERT_FILE` as its image does, and clients connecting over TLS with
-//! service-account tokens.
+//! The service's own NATS connection over TLS and its logins (src/callout/connection.rs): a
+//! real nats-server that requires TLS of every client, certificates made here, and clients
+//! connecting over TLS with service-account tokens.
 //!
-//! Covered: a `tls://` URL; a `nats://` URL to a server that requires TLS (upgraded, as NATS
-//! clients do); a CA that did not sign the server's certificate (never subscribed, the cause
-//! in the log, no password in it).
-
+//! Covered: a `tls://` URL trusting the CA through `SSL_CERT_FILE` (as the image does) and
+//! through `NATS_CA_FILE`; a `nats://` URL to a server that requires TLS (upgraded, as NATS
+//! clients do); mutual TLS (`NATS_CLIENT_CERT_FILE`, `NATS_CLIENT_KEY_FILE`) and a server that
+//! refuses the service without its certificate; a CA that did not sign the server's
+//! certificate (never subscribed, the cause in the log, no password in it);
+//! `NATS_TLS_REQUIRED` against a server without TLS; the service logging in with an nkey
+//! (`NATS_NKEY_SEED_FILE`).
 #![allow(deprecated)] // the tests' NATS client is the `nats` sync crate
 
 mod support;
@@ -21,76 +23,135 @@ use rcgen::{
 };
 
 use support::nats::{AUTH_PASS, AUTH_USER};
+use support::service::Service;
 use support::stack::{Stack, StackBuilder};
 
 const READY: Duration = Duration::from_secs(15);
 
-/// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, as PEM files in
-/// `dir`; returns (ca, cert, key) paths.
-fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("{name} test CA"));
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().expect("CA key");
-    let ca_pem = ca.self_signed(&ca_key).expect("self-sign").pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("server params");
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "nats-server");
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_key = KeyPair::generate().expect("server key");
-    let cert = server.signed_by(&server_key, &issuer).expect("sign");
-    let paths = (
-        dir.join(format!("{name}-ca.pem")),
-        dir.join(format!("{name}-server.pem")),
-        dir.join(format!("{name}-server-key.pem")),
-    );
-    fs::write(&paths.0, ca_pem).unwrap();
-    fs::write(&paths.1, cert.pem()).unwrap();
-    fs::write(&paths.2, server_key.serialize_pem()).unwrap();
-    paths
+/// PEM files made for one test: a CA, a server certificate for `localhost` and 127.0.0.1, and
+/// a client certificate, both signed by the CA.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
-/// A stack whose nats-server requires TLS; the service connects with `url(port)` trusting `ca`.
-fn tls_stack(dir: &Path, url: fn(u16) -> String) -> (Stack, PathBuf) {
-    let (ca, cert, key) = certificates(dir, "good");
-    let s = StackBuilder::new()
-        .nats_tls(&cert, &key, url)
-        .env("SSL_CERT_FILE", ca.to_str().unwrap())
-        .start();
-    (s, ca)
+impl Pki {
+    fn new(dir: &Path, name: &str) -> Pki {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca_pem = ca.self_signed(&ca_key).expect("self-sign").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::new(names).expect("params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("{name} {usage:?}"));
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let server = leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client = leaf(Vec::new(), ExtendedKeyUsagePurpose::ClientAuth);
+        let write = |file: &str, text: &str| {
+            let path = dir.join(format!("{name}-{file}"));
+            fs::write(&path, text).unwrap();
+            path
+        };
+        Pki {
+            ca: write("ca.pem", &ca_pem),
+            server_cert: write("server.pem", &server.0),
+            server_key: write("server-key.pem", &server.1),
+            client_cert: write("client.pem", &client.0),
+            client_key: write("client-key.pem", &client.1),
+        }
+    }
+
+    /// The nats-server's `tls { }` lines; `verify` asks every client for a certificate.
+    fn server_block(&self, verify: bool) -> String {
+        let mut block = format!(
+            "  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 3\n",
+            self.server_cert.display(),
+            self.server_key.display()
+        );
+        if verify {
+            block.push_str(&format!(
+                "  ca_file: \"{}\"\n  verify: true\n",
+                self.ca.display()
+            ));
+        }
+        block
+    }
 }
 
-/// A client over TLS trusting `ca`, presenting `token`.
-fn tls_client(url: &str, ca: &Path, token: &str) -> Result<nats::Connection, String> {
-    nats::Options::with_token(token)
-        .add_root_certificate(ca)
-        .max_reconnects(1)
-        .connect(url)
+fn tls_url(port: u16) -> String {
+    format!("tls://{AUTH_USER}:{AUTH_PASS}@localhost:{port}")
+}
+
+fn plain_url(port: u16) -> String {
+    format!("nats://{AUTH_USER}:{AUTH_PASS}@localhost:{port}")
+}
+
+/// A client over TLS trusting `pki`'s CA (presenting its client certificate when `mutual`),
+/// with `token`.
+fn tls_client(s: &Stack, pki: &Pki, mutual: bool, token: &str) -> Result<nats::Connection, String> {
+    let mut opts = nats::Options::with_token(token)
+        .add_root_certificate(&pki.ca)
+        .max_reconnects(1);
+    if mutual {
+        opts = opts.client_cert(&pki.client_cert, &pki.client_key);
+    }
+    opts.connect(format!("tls://localhost:{}", s.nats.port))
         .map_err(|e| e.to_string())
 }
 
-#[test]
-fn over_a_tls_url_the_service_answers_and_clients_connect_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s, ca) = tls_stack(dir.path(), |port| {
-        format!("tls://{AUTH_USER}:{AUTH_PASS}@localhost:{port}")
-    });
+/// A client over TLS is allowed with the namespace's token and refused without one.
+fn assert_serves_tls_clients(s: &Stack, pki: &Pki, mutual: bool) {
     let token = s.token("team-a", "app");
-    let url = format!("tls://localhost:{}", s.nats.port);
-    let c = tls_client(&url, &ca, &token)
+    let c = tls_client(s, pki, mutual, &token)
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", s.service.log(), s.nats.log()));
     c.publish("team-a.hello", b"x").unwrap();
     c.flush().unwrap();
     assert_eq!(s.service.decisions("allow", "granted"), 1.0);
-    assert!(tls_client(&url, &ca, "not-a-token").is_err());
+    assert!(tls_client(s, pki, mutual, "not-a-token").is_err());
+}
+
+/// Waits until `service` has failed to connect at least once, and returns its log.
+fn refused_log(service: &Service) -> String {
+    service.wait_for("a refused connect", READY, || {
+        service.log().contains("cannot connect to nats at ")
+    });
+    let log = service.log();
+    let (status, body) = service.get("/readyz").expect("the health port answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("nats_connected"), "{body}");
+    assert!(!log.contains(AUTH_PASS), "{log}");
+    log
+}
+
+#[test]
+fn over_a_tls_url_trusting_the_system_store_the_service_answers_tls_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "good");
+    let s = StackBuilder::new()
+        .nats_tls(&pki.server_block(false))
+        .service_nats_url(tls_url)
+        .env("SSL_CERT_FILE", pki.ca.to_str().unwrap())
+        .start();
+    assert_serves_tls_clients(&s, &pki, false);
     assert!(
         s.nats.log().contains("TLS handshake complete"),
         "{}",
@@ -101,43 +162,101 @@ fn over_a_tls_url_the_service_answers_and_clients_connect_over_tls() {
 #[test]
 fn a_plain_url_is_upgraded_when_the_server_requires_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, ca) = tls_stack(dir.path(), |port| {
-        format!("nats://{AUTH_USER}:{AUTH_PASS}@localhost:{port}")
-    });
-    let token = s.token("team-a", "app");
-    let url = format!("tls://localhost:{}", s.nats.port);
-    tls_client(&url, &ca, &token)
-        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", s.service.log(), s.nats.log()));
-    assert_eq!(s.service.decisions("allow", "granted"), 1.0);
+    let pki = Pki::new(dir.path(), "good");
+    let s = StackBuilder::new()
+        .nats_tls(&pki.server_block(false))
+        .service_nats_url(plain_url)
+        .env("NATS_CA_FILE", pki.ca.to_str().unwrap())
+        .start();
+    assert_serves_tls_clients(&s, &pki, false);
+}
+
+#[test]
+fn mutual_tls_with_the_services_certificate_and_refused_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "good");
+    let s = StackBuilder::new()
+        .nats_tls(&pki.server_block(true))
+        .service_nats_url(tls_url)
+        .env("NATS_CA_FILE", pki.ca.to_str().unwrap())
+        .env("NATS_CLIENT_CERT_FILE", pki.client_cert.to_str().unwrap())
+        .env("NATS_CLIENT_KEY_FILE", pki.client_key.to_str().unwrap())
+        .start();
+    assert_serves_tls_clients(&s, &pki, true);
+
+    // A replica without a client certificate: the server ends the handshake.
+    let replica = s
+        .replica()
+        .env("NATS_URL", &tls_url(s.nats.port))
+        .env("NATS_CA_FILE", pki.ca.to_str().unwrap())
+        .spawn();
+    let log = refused_log(&replica);
+    assert!(
+        log.contains("TLS: received fatal alert: CertificateRequired"),
+        "{log}"
+    );
 }
 
 #[test]
 fn a_ca_that_did_not_sign_the_servers_certificate_is_refused_with_its_cause() {
     let dir = tempfile::tempdir().unwrap();
-    let (s, _) = tls_stack(dir.path(), |port| {
-        format!("tls://{AUTH_USER}:{AUTH_PASS}@localhost:{port}")
-    });
-    let (other_ca, _, _) = certificates(dir.path(), "other");
-    let replica = s
-        .replica()
-        .env(
-            "NATS_URL",
-            &format!("tls://{AUTH_USER}:{AUTH_PASS}@localhost:{}", s.nats.port),
-        )
-        .env("SSL_CERT_FILE", other_ca.to_str().unwrap())
-        .spawn();
-    replica.wait_for("a refused handshake", READY, || {
-        replica
-            .log()
-            .contains("cannot connect to nats at tls://localhost:")
-    });
-    let log = replica.log();
-    assert!(
-        log.contains("TLS") && log.contains("UnknownIssuer"),
-        "{log}"
-    );
-    assert!(!log.contains(AUTH_PASS), "{log}");
-    let (status, body) = replica.get("/readyz").expect("the health port answers");
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("nats_connected"), "{body}");
+    let pki = Pki::new(dir.path(), "good");
+    let other = Pki::new(dir.path(), "other");
+    let s = StackBuilder::new()
+        .nats_tls(&pki.server_block(false))
+        .service_nats_url(tls_url)
+        .env("NATS_CA_FILE", pki.ca.to_str().unwrap())
+        .start();
+    for (var, ca) in [("SSL_CERT_FILE", &other.ca), ("NATS_CA_FILE", &other.ca)] {
+        let replica = s
+            .replica()
+            .env("NATS_URL", &tls_url(s.nats.port))
+            .env(var, ca.to_str().unwrap())
+            .spawn();
+        let log = refused_log(&replica);
+        assert!(
+            log.contains("cannot connect to nats at tls://localhost:")
+                && log.contains("TLS")
+                && log.contains("UnknownIssuer"),
+            "{var}: {log}"
+        );
+    }
+}
+
+#[test]
+fn tls_required_refuses_a_server_without_tls() {
+    let s = StackBuilder::new().start();
+    let replica = s.replica().env("NATS_TLS_REQUIRED", "true").spawn();
+    let log = refused_log(&replica);
+    assert!(log.contains("but the server does not offer it"), "{log}");
+}
+
+#[test]
+fn the_service_logs_in_with_an_nkey() {
+    let user = nkeys::KeyPair::new_user();
+    let public = user.public_key();
+    let dir = tempfile::tempdir().unwrap();
+    let seed_path = dir.path().join("callout.nk");
+    fs::write(&seed_path, format!("{}\n", user.seed().unwrap())).unwrap();
+    let s = StackBuilder::new()
+        .nats_config(move |config| {
+            config
+                .replace(
+                    &format!("{{ user: \"{AUTH_USER}\", password: \"{AUTH_PASS}\" }}"),
+                    &format!("{{ nkey: \"{public}\" }}"),
+                )
+                .replace(
+                    &format!("auth_users: [ \"{AUTH_USER}\""),
+                    &format!("auth_users: [ \"{public}\""),
+                )
+        })
+        .service_nats_url(|port| format!("nats://127.0.0.1:{port}"))
+        .env("NATS_NKEY_SEED_FILE", seed_path.to_str().unwrap())
+        .start();
+    let token = s.token("team-a", "app");
+    support::client::connect_token(&s.url(), &token)
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", s.service.log(), s.nats.log()));
+    assert_eq!(s.service.decisions("allow", "granted"), 1.0);
+    let seed = user.seed().unwrap();
+    assert!(!s.service.log().contains(&seed));
 }

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,114 @@ pub enum Login {
     CredsFile(std::path::PathBuf),
     /// A token. Never logged.
     Token(String),
+    /// A user nkey seed file: the public key is sent and the server's nonce signed, the seed
+    /// never; read at every connect.
+    NkeySeedFile(std::path::PathBuf),
+}
+
+/// TLS beyond what each URL says; the files are read at every connect, so a replaced
+/// certificate or CA is used from the next connection on.
+#[derive(Clone, Default, Debug)]
+pub struct TlsSettings {
+    /// A PEM bundle of the CAs to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM certificate chain and its PEM private key, presented to the server (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Every connection must be TLS, whatever its URL says; a server that does not offer TLS
+    /// is refused.
+    pub required: bool,
+}
+
+impl TlsSettings {
+    /// Whether TLS is asked for whatever the URL says: required, or a CA or client certificate
+    /// given (which only mean something over TLS).
+    fn forced(&self) -> bool {
+        self.required || self.ca_file.is_some() || self.client_cert.is_some()
+    }
+
+    /// Builds the client settings from the files now, so a bad file stops start-up with its
+    /// cause rather than failing every connect.
+    pub fn check(&self) -> Result<(), String> {
+        self.client_config().map(|_| ())
+    }
+
+    /// The rustls client settings: ring as the provider (the same rustls ureq uses), the CA file
+    /// or else the system roots (`SSL_CERT_FILE`, `SSL_CERT_DIR` honoured), the client
+    /// certificate when one is given.
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let roots = match &self.ca_file {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("NATS_CA_FILE {}: {e}", path.display()))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(format!(
+                        "NATS_CA_FILE {}: no usable PEM certificate in it",
+                        path.display()
+                    ));
+                }
+                roots
+            }
+            None => system_roots()?,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match &self.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("NATS_CLIENT_CERT_FILE {}: {e}", cert.display()))?;
+                if chain.is_empty() {
+                    return Err(format!(
+                        "NATS_CLIENT_CERT_FILE {}: no PEM certificate in it",
+                        cert.display()
+                    ));
+                }
+                // The error names the file only: a key's bytes never reach a message.
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|_| {
+                    format!(
+                        "NATS_CLIENT_KEY_FILE {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
+                        key.display()
+                    )
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("NATS_CLIENT_CERT_FILE and NATS_CLIENT_KEY_FILE: {e}"))?
+            }
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+/// The system's trusted CAs, read once (the store does not change under a running process).
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    static ROOTS: OnceLock<Result<rustls::RootCertStore, String>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "no trusted CA certificate found for TLS to NATS (set NATS_CA_FILE or SSL_CERT_FILE){}",
+                    found
+                        .errors
+                        .first()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            Ok(roots)
+        })
+        .clone()
 }
 
 /// One server to try.
@@ -104,6 +212,7 @@ pub enum ConnectError {
 pub struct Dialer {
     servers: Vec<Server>,
     login: Login,
+    tls: TlsSettings,
     name: String,
     /// Where the next attempt starts in `servers`.
     next: usize,
@@ -111,7 +220,12 @@ pub struct Dialer {
 
 impl Dialer {
     /// Parses `urls` (comma-separated `nats://` or `tls://` URLs).
-    pub fn new(urls: &str, login: Login, name: &str) -> Result<Dialer, ConnectError> {
+    pub fn new(
+        urls: &str,
+        login: Login,
+        tls: TlsSettings,
+        name: &str,
+    ) -> Result<Dialer, ConnectError> {
         let mut servers = Vec::new();
         for entry in urls.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let with_scheme = if entry.contains("://") {
@@ -158,6 +272,7 @@ impl Dialer {
         Ok(Dialer {
             servers,
             login,
+            tls,
             name: name.to_string(),
             next,
         })
@@ -266,13 +381,13 @@ impl Dialer {
                 }
             }
         };
-        let tls = if server.tls || info.tls_required {
-            if server.tls && !(info.tls_required || info.tls_available) {
+        let tls = if server.tls || info.tls_required || self.tls.forced() {
+            if !(info.tls_required || info.tls_available) {
                 return Err(ConnectError::Io(
-                    "the URL asks for TLS but the server does not offer it".to_string(),
+                    "TLS is asked for (a tls:// URL, NATS_TLS_REQUIRED, NATS_CA_FILE or a client certificate) but the server does not offer it".to_string(),
                 ));
             }
-            Some(start_tls(server, &tcp)?)
+            Some(start_tls(server, &self.tls, &tcp)?)
         } else {
             None
         };
@@ -322,6 +437,7 @@ impl Dialer {
     /// The CONNECT JSON for `server`.
     fn connect_line(&self, server: &Server, info: &Info) -> Result<Vec<u8>, ConnectError> {
         let mut jwt = None;
+        let mut nkey = None;
         let mut sig = None;
         let mut auth_token = None;
         match &self.login {
@@ -340,6 +456,18 @@ impl Dialer {
                 sig = Some(URL_SAFE_NO_PAD.encode(signed));
                 jwt = Some(creds.jwt);
             }
+            Login::NkeySeedFile(path) => {
+                let key = read_seed(path)?;
+                let nonce = info.nonce.as_deref().unwrap_or_default();
+                let signed = key
+                    .sign(nonce.as_bytes())
+                    .map_err(|_| ConnectError::Creds {
+                        path: path.display().to_string(),
+                        why: "the seed cannot sign".into(),
+                    })?;
+                sig = Some(URL_SAFE_NO_PAD.encode(signed));
+                nkey = Some(key.public_key());
+            }
         }
         // `nats://token@host`: a user name without a password is a token.
         let (user, pass) = match (&server.user, &server.pass) {
@@ -352,7 +480,7 @@ impl Dialer {
         let connect = ConnectOptions {
             verbose: false,
             pedantic: false,
-            tls_required: server.tls || info.tls_required,
+            tls_required: server.tls || info.tls_required || self.tls.forced(),
             name: &self.name,
             lang: "rust",
             version: env!("CARGO_PKG_VERSION"),
@@ -364,6 +492,7 @@ impl Dialer {
             pass,
             auth_token,
             jwt: jwt.as_deref(),
+            nkey: nkey.as_deref(),
             sig: sig.as_deref(),
         };
         serde_json::to_vec(&connect).map_err(|e| ConnectError::Io(format!("CONNECT: {e}")))
@@ -393,6 +522,8 @@ struct ConnectOptions<'a> {
     auth_token: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     jwt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nkey: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sig: Option<&'a str>,
 }
@@ -460,6 +591,20 @@ fn read_creds(path: &Path) -> Result<Creds, ConnectError> {
     })
 }
 
+/// Reads a user nkey seed file (`SU…`, surrounding blanks ignored).
+fn read_seed(path: &Path) -> Result<nkeys::KeyPair, ConnectError> {
+    let fail = |why: &str| ConnectError::Creds {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e.to_string()))?;
+    let seed = text.trim();
+    if !seed.starts_with("SU") {
+        return Err(fail("not a user nkey seed (SU…)"));
+    }
+    nkeys::KeyPair::from_seed(seed).map_err(|_| fail("not a valid user nkey seed"))
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -477,43 +622,14 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The TLS client settings, built once: system roots (`SSL_CERT_FILE` and `SSL_CERT_DIR`
-/// honoured), ring as the provider, the same rustls that serves the Kubernetes API client.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(format!(
-                    "no trusted CA certificate found for TLS to NATS (set SSL_CERT_FILE){}",
-                    found
-                        .errors
-                        .first()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                ));
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Ok(Arc::new(config))
-        })
-        .clone()
-}
-
 /// Runs the TLS handshake over `tcp` (after the plaintext INFO, as NATS does).
 fn start_tls(
     server: &Server,
+    settings: &TlsSettings,
     tcp: &TcpStream,
 ) -> Result<Arc<Mutex<rustls::ClientConnection>>, ConnectError> {
     let fail = |why: String| ConnectError::Io(format!("TLS: {why}"));
-    let config = tls_config().map_err(fail)?;
+    let config = settings.client_config().map_err(fail)?;
     let name = rustls::pki_types::ServerName::try_from(server.tls_name.clone())
         .map_err(|e| fail(e.to_string()))?;
     let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| fail(e.to_string()))?;
@@ -578,8 +694,10 @@ impl Read for Stream {
                     ));
                 }
                 self.raw.drain(..taken);
+                // TLS 1.3 finishes the client's handshake before the server has judged its
+                // certificate: a refusal arrives here, as an alert, on the first read.
                 conn.process_new_packets()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
                 // Whatever the session must send back (e.g. a key update) goes out now.
                 while conn.wants_write() {
                     conn.write_tls(&mut self.tcp)?;
@@ -1076,6 +1194,7 @@ mod tests {
         let d = Dialer::new(
             "nats://svc:S3cr%2Fet@a:4222, tls://tok@b, c:5222,nats://[::1]:7",
             Login::None,
+            TlsSettings::default(),
             "t",
         )
         .unwrap();
@@ -1092,14 +1211,20 @@ mod tests {
         assert_eq!(d.servers[0].pass.as_deref(), Some("S3cr/et"));
         assert_eq!(d.servers[1].user.as_deref(), Some("tok"));
         assert!(d.servers[1].pass.is_none());
-        assert!(Dialer::new("http://a", Login::None, "t").is_err());
-        assert!(Dialer::new(" , ", Login::None, "t").is_err());
+        assert!(Dialer::new("http://a", Login::None, TlsSettings::default(), "t").is_err());
+        assert!(Dialer::new(" , ", Login::None, TlsSettings::default(), "t").is_err());
     }
 
     #[test]
     fn connect_lines_carry_each_login_and_a_bare_user_is_a_token() {
         let info = Info::default();
-        let d = Dialer::new("nats://tok@a,nats://u:p@b", Login::None, "svc").unwrap();
+        let d = Dialer::new(
+            "nats://tok@a,nats://u:p@b",
+            Login::None,
+            TlsSettings::default(),
+            "svc",
+        )
+        .unwrap();
         let line = |d: &Dialer, i: usize| -> serde_json::Value {
             serde_json::from_slice(&d.connect_line(&d.servers[i], &info).unwrap()).unwrap()
         };
@@ -1113,7 +1238,13 @@ mod tests {
         );
         assert_eq!(v["echo"], false);
         assert_eq!(v["headers"], true);
-        let d = Dialer::new("nats://a", Login::Token("T".into()), "svc").unwrap();
+        let d = Dialer::new(
+            "nats://a",
+            Login::Token("T".into()),
+            TlsSettings::default(),
+            "svc",
+        )
+        .unwrap();
         assert_eq!(line(&d, 0)["auth_token"], "T");
     }
 
@@ -1128,7 +1259,13 @@ mod tests {
             format!("-----BEGIN NATS USER JWT-----\naaa.bbb.ccc\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below\n\n-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"),
         )
         .unwrap();
-        let d = Dialer::new("nats://a", Login::CredsFile(path.clone()), "svc").unwrap();
+        let d = Dialer::new(
+            "nats://a",
+            Login::CredsFile(path.clone()),
+            TlsSettings::default(),
+            "svc",
+        )
+        .unwrap();
         let info = Info {
             nonce: Some("n0nce".into()),
             ..Info::default()
@@ -1165,7 +1302,13 @@ mod tests {
 
     #[test]
     fn announced_servers_join_the_list_once_with_the_announcers_login() {
-        let mut d = Dialer::new("tls://u:p@a:4222", Login::None, "svc").unwrap();
+        let mut d = Dialer::new(
+            "tls://u:p@a:4222",
+            Login::None,
+            TlsSettings::default(),
+            "svc",
+        )
+        .unwrap();
         let via = d.servers[0].clone();
         d.learn(
             &via,
@@ -1230,7 +1373,7 @@ mod tests {
             assert!(connect.contains("\"pass\":\"secret-pass\""), "{connect}");
             s.write_all(b"-ERR 'Authorization Violation'\r\n").unwrap();
         });
-        let mut d = Dialer::new(&url, Login::None, "t").unwrap();
+        let mut d = Dialer::new(&url, Login::None, TlsSettings::default(), "t").unwrap();
         let (server, err) = d.connect().err().unwrap();
         t.join().unwrap();
         assert!(matches!(&err, ConnectError::Refused(m) if m == "Authorization Violation"));
@@ -1240,7 +1383,7 @@ mod tests {
     #[test]
     fn something_that_is_not_a_nats_server_is_refused() {
         let (url, t) = fake_server(b"HTTP/1.1 400 Bad Request\r\n\r\n", |_| {});
-        let mut d = Dialer::new(&url, Login::None, "t").unwrap();
+        let mut d = Dialer::new(&url, Login::None, TlsSettings::default(), "t").unwrap();
         let (_, err) = d.connect().err().unwrap();
         t.join().unwrap();
         assert!(
@@ -1263,7 +1406,7 @@ mod tests {
             assert_eq!(read_line(&mut s), "yes\r\n");
             // Closing ends the connection; the client sees it.
         });
-        let mut d = Dialer::new(&url, Login::None, "t").unwrap();
+        let mut d = Dialer::new(&url, Login::None, TlsSettings::default(), "t").unwrap();
         let mut c = d.connect().map_err(|e| e.1.to_string()).unwrap();
         c.queue_subscribe("subj", "q").unwrap();
         let msg = loop {
@@ -1289,5 +1432,26 @@ mod tests {
             c.publisher().publish("reply.1", b"late").is_err(),
             "a lost connection takes no more answers"
         );
+    }
+
+    #[test]
+    fn with_tls_required_nothing_is_sent_to_a_server_without_tls() {
+        let (url, t) = fake_server(b"INFO {\"max_payload\":1024}\r\n", |mut s| {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            assert!(
+                rest.is_empty(),
+                "sent in clear: {:?}",
+                String::from_utf8_lossy(&rest)
+            );
+        });
+        let tls = TlsSettings {
+            required: true,
+            ..TlsSettings::default()
+        };
+        let mut d = Dialer::new(&url, Login::Token("tok".into()), tls, "t").unwrap();
+        let (_, err) = d.connect().err().unwrap();
+        t.join().unwrap();
+        assert!(err.to_string().contains("does not offer it"), "{err}");
     }
 }

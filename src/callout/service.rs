@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, log_enabled, warn, Level};
 
-use super::connection::{Connection, Dialer, Event, Login, Message, Publisher};
+use super::connection::{Connection, Dialer, Event, Message, Publisher};
+pub use super::connection::{Login, TlsSettings};
 use super::denial_log::{self, log_denial};
 use super::jwt::JwtError;
 use super::request::{AuthRequest, RequestError, REQUEST_CLOCK_SKEW_SECS};
@@ -28,24 +29,15 @@ use crate::readiness::Readiness;
 use crate::unix_now;
 use crate::urls::redact_urls;
 
-/// How the service logs in to NATS.
-#[derive(Clone)]
-pub enum NatsAuth {
-    /// Nothing beyond what the URL carries (`user:pass@`).
-    None,
-    /// A creds file (user JWT + seed).
-    CredsFile(std::path::PathBuf),
-    /// A token. Never logged.
-    Token(String),
-}
-
 /// Settings of the callout loop.
 #[derive(Clone)]
 pub struct CalloutSettings {
     /// Comma-separated server URLs (may embed `user:pass@`).
     pub url: String,
     /// The service's own login.
-    pub auth: NatsAuth,
+    pub login: Login,
+    /// TLS beyond what the URLs say.
+    pub tls: TlsSettings,
     /// Worker threads.
     pub workers: usize,
     /// Capacity of the queue between the reader and the workers.
@@ -278,14 +270,6 @@ fn unix_us() -> u64 {
 /// The client name the service gives nats-server (seen in its monitoring and logs).
 const CLIENT_NAME: &str = "nats-k8s-oidc-callout";
 
-fn login(auth: &NatsAuth) -> Login {
-    match auth {
-        NatsAuth::None => Login::None,
-        NatsAuth::CredsFile(p) => Login::CredsFile(p.clone()),
-        NatsAuth::Token(t) => Login::Token(t.clone()),
-    }
-}
-
 /// Connects, trying every server in turn with backoff between rounds, until it works or `stop`
 /// fires (`None`). Each failed round is one warning naming the cause, never a secret.
 fn connect_until(dialer: &mut Dialer, stop: &Receiver<()>, what: &str) -> Option<Connection> {
@@ -318,8 +302,13 @@ pub fn run(
 ) -> Result<(), String> {
     let metrics = ctx.metrics.clone();
     let where_ = redact_urls(&settings.url);
-    let mut dialer = Dialer::new(&settings.url, login(&settings.auth), CLIENT_NAME)
-        .map_err(|e| format!("NATS_URL: {e}"))?;
+    let mut dialer = Dialer::new(
+        &settings.url,
+        settings.login.clone(),
+        settings.tls.clone(),
+        CLIENT_NAME,
+    )
+    .map_err(|e| format!("NATS_URL: {e}"))?;
     let Some(mut conn) = connect_until(&mut dialer, &stop, "connect to") else {
         return Ok(());
     };

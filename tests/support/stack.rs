@@ -85,10 +85,6 @@ pub fn assert_refused(url: &str, service: &Service, token: &str, reason: &str) {
     });
 }
 
-/// TLS on the nats-server: its certificate and key files, and the service's `NATS_URL` for a
-/// port.
-type NatsTls = (std::path::PathBuf, std::path::PathBuf, fn(u16) -> String);
-
 /// Builder of a [`Stack`]: by default RS256 tokens, no xkey, and one account `team-a/app`.
 pub struct StackBuilder {
     xkey: bool,
@@ -101,7 +97,9 @@ pub struct StackBuilder {
     nats_accounts: Vec<String>,
     policy: Option<String>,
     jetstream: bool,
-    nats_tls: Option<NatsTls>,
+    nats_tls: Option<String>,
+    service_nats_url: Option<fn(u16) -> String>,
+    nats_config: Option<Box<dyn FnOnce(String) -> String>>,
 }
 
 /// The JetStream administrator of the client account (JetStream stacks only): a user that
@@ -124,18 +122,28 @@ impl StackBuilder {
             policy: None,
             jetstream: false,
             nats_tls: None,
+            service_nats_url: None,
+            nats_config: None,
         }
     }
 
-    /// The nats-server requires TLS of every client, with this certificate and key (PEM files);
-    /// the service connects with `url(port)` as its `NATS_URL`.
-    pub fn nats_tls(
-        mut self,
-        cert: &std::path::Path,
-        key: &std::path::Path,
-        url: fn(u16) -> String,
-    ) -> Self {
-        self.nats_tls = Some((cert.to_path_buf(), key.to_path_buf(), url));
+    /// The nats-server requires TLS of every client, with the settings `block` (the lines of its
+    /// `tls { }` block: certificate, key, `verify`…).
+    pub fn nats_tls(mut self, block: &str) -> Self {
+        self.nats_tls = Some(block.to_string());
+        self
+    }
+
+    /// The service's `NATS_URL` for the nats-server's port (by default the URL with the
+    /// service's user and password).
+    pub fn service_nats_url(mut self, url: fn(u16) -> String) -> Self {
+        self.service_nats_url = Some(url);
+        self
+    }
+
+    /// Edits the nats-server's configuration text before it starts.
+    pub fn nats_config(mut self, edit: impl FnOnce(String) -> String + 'static) -> Self {
+        self.nats_config = Some(Box::new(edit));
         self
     }
 
@@ -227,12 +235,11 @@ impl StackBuilder {
                 store.path().display()
             ));
         }
-        if let Some((cert, key, _)) = &self.nats_tls {
-            config.push_str(&format!(
-                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 3\n}}\n",
-                cert.display(),
-                key.display()
-            ));
+        if let Some(block) = &self.nats_tls {
+            config.push_str(&format!("tls {{\n{block}\n}}\n"));
+        }
+        if let Some(edit) = self.nats_config {
+            config = edit(config);
         }
         let leafnode_port = self.leafnodes.then(free_port);
         if let Some(leaf_port) = leafnode_port {
@@ -268,7 +275,7 @@ impl StackBuilder {
         if let Some(path) = &policy_file {
             b = b.env("POLICY_FILE", path.to_str().expect("utf8 path"));
         }
-        if let Some((_, _, url)) = &self.nats_tls {
+        if let Some(url) = self.service_nats_url {
             b = b.env("NATS_URL", &url(port));
         }
         for (k, v) in &self.env {
