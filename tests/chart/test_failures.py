@@ -143,6 +143,13 @@ def test_url_with_credentials(render_error, url):
     assert "pa55word" not in msg and "tok3n" not in msg  # the message never echoes them
 
 
+@pytest.mark.parametrize("url", ["ws://nats:8080", "nats://a:4222,wss://b:443"])
+def test_a_websocket_url_is_refused_at_render(render_error, url):
+    # The service speaks NATS over TCP only and would refuse it at start-up.
+    msg = render_error({"nats": {"url": url}})
+    assert "nats" in msg and "url" in msg and "pattern" in msg, msg
+
+
 def test_url_and_url_secret_together(render_error):
     msg = render_error({"nats": {"url": "nats://a:4222", "urlSecret": {"existingSecret": "u"}}})
     assert "nats.url and nats.urlSecret.existingSecret" in msg
