@@ -8,7 +8,7 @@
 //! refuses the service without its certificate; a CA that did not sign the server's
 //! certificate (never subscribed, the cause in the log, no password in it);
 //! `NATS_TLS_REQUIRED` against a server without TLS; the service logging in with an nkey
-//! (`NATS_NKEY_SEED_FILE`).
+//! (`NATS_NKEY_SEED_FILE`); a system CA bundle that appears after the first connect.
 #![allow(deprecated)] // the tests' NATS client is the `nats` sync crate
 
 mod support;
@@ -259,4 +259,30 @@ fn the_service_logs_in_with_an_nkey() {
     assert_eq!(s.service.decisions("allow", "granted"), 1.0);
     let seed = user.seed().unwrap();
     assert!(!s.service.log().contains(&seed));
+}
+
+#[test]
+fn a_system_store_missing_at_the_first_connect_is_read_again_at_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "good");
+    let s = StackBuilder::new()
+        .nats_tls(&pki.server_block(false))
+        .service_nats_url(tls_url)
+        .env("NATS_CA_FILE", pki.ca.to_str().unwrap())
+        .start();
+    // A replica whose CA bundle is not there yet (a volume mounted late).
+    let late = dir.path().join("late-ca.pem");
+    let replica = s
+        .replica()
+        .env("NATS_URL", &tls_url(s.nats.port))
+        .env("SSL_CERT_FILE", late.to_str().unwrap())
+        .env(
+            "SSL_CERT_DIR",
+            dir.path().join("no-such-dir").to_str().unwrap(),
+        )
+        .spawn();
+    let log = refused_log(&replica);
+    assert!(log.contains("no trusted CA certificate found"), "{log}");
+    fs::copy(&pki.ca, &late).unwrap();
+    replica.wait_ready(READY);
 }

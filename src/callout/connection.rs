@@ -140,25 +140,26 @@ impl TlsSettings {
 
 /// The system's trusted CAs, read once (the store does not change under a running process).
 fn system_roots() -> Result<rustls::RootCertStore, String> {
-    static ROOTS: OnceLock<Result<rustls::RootCertStore, String>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(format!(
-                    "no trusted CA certificate found for TLS to NATS (set NATS_CA_FILE or SSL_CERT_FILE){}",
-                    found
-                        .errors
-                        .first()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                ));
-            }
-            Ok(roots)
-        })
-        .clone()
+    // Only a success is kept: a store that is missing at the first connect (a volume not
+    // mounted yet) is looked for again at the next one.
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    if let Some(roots) = ROOTS.get() {
+        return Ok(roots.clone());
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "no trusted CA certificate found for TLS to NATS (set NATS_CA_FILE or SSL_CERT_FILE){}",
+            found
+                .errors
+                .first()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(ROOTS.get_or_init(|| roots).clone())
 }
 
 /// One server to try.
@@ -172,6 +173,8 @@ struct Server {
     /// The name the server's certificate must carry: the configured host, also for the
     /// addresses a server announces (they are usually IPs).
     tls_name: String,
+    /// Learned from a server's `connect_urls`, not configured: dropped once no longer announced.
+    implicit: bool,
 }
 
 impl fmt::Display for Server {
@@ -262,6 +265,7 @@ impl Dialer {
                 tls,
                 user,
                 pass,
+                implicit: false,
             });
         }
         if servers.is_empty() {
@@ -300,27 +304,42 @@ impl Dialer {
 
     /// Adds the servers `conn`'s server has announced so far to those tried on reconnect.
     pub fn remember(&mut self, conn: &Connection) {
-        self.learn(&conn.via, &conn.info.connect_urls);
+        // A nats:// URL upgraded because this server requires TLS: the servers it announces
+        // get TLS too, so a man in the middle who strips their `tls_required` does not get
+        // the password in clear.
+        let via = Server {
+            tls: conn.via.tls || conn.info.tls_required,
+            ..conn.via.clone()
+        };
+        self.learn(&via, &conn.info.connect_urls);
     }
 
     /// Adds servers a connected server announced, with the credentials and TLS of the one that
     /// announced them (the same cluster, the same login).
     fn learn(&mut self, via: &Server, urls: &[String]) {
-        for hp in urls {
+        let announced: Vec<(String, u16)> = urls
+            .iter()
+            .filter_map(|hp| {
+                let url = url::Url::parse(&format!("nats://{hp}")).ok()?;
+                let host = url
+                    .host_str()?
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                Some((host.to_string(), url.port().unwrap_or(4222)))
+            })
+            .take(MAX_DISCOVERED)
+            .collect();
+        // As nats.go does: servers no longer announced leave the list (pods that are gone),
+        // except the configured ones and the one connected to.
+        self.servers.retain(|s| {
+            !s.implicit
+                || (s.host == via.host && s.port == via.port)
+                || announced.iter().any(|(h, p)| *h == s.host && *p == s.port)
+        });
+        for (host, port) in announced {
             if self.servers.len() >= MAX_DISCOVERED + 16 {
                 break;
             }
-            let Ok(url) = url::Url::parse(&format!("nats://{hp}")) else {
-                continue;
-            };
-            let Some(host) = url.host_str() else {
-                continue;
-            };
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let port = url.port().unwrap_or(4222);
             if self
                 .servers
                 .iter()
@@ -331,6 +350,7 @@ impl Dialer {
             self.servers.push(Server {
                 host,
                 port,
+                implicit: true,
                 ..via.clone()
             });
         }
@@ -365,8 +385,16 @@ impl Dialer {
             .map_err(io_err)?;
         tcp.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io_err)?;
         let mut raw = tcp.try_clone().map_err(io_err)?;
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let late = || {
+            (Instant::now() > deadline)
+                .then(|| ConnectError::Io(format!("no handshake within {CONNECT_TIMEOUT:?}")))
+        };
         let mut frames = Frames::new(DEFAULT_MAX_PAYLOAD);
-        let info = loop {
+        let mut info = loop {
+            if let Some(e) = late() {
+                return Err(e);
+            }
             match frames.next_frame().map_err(io_err)? {
                 Some(Frame::Info(info)) => break info,
                 Some(_) => {
@@ -387,7 +415,7 @@ impl Dialer {
                     "TLS is asked for (a tls:// URL, NATS_TLS_REQUIRED, NATS_CA_FILE or a client certificate) but the server does not offer it".to_string(),
                 ));
             }
-            Some(start_tls(server, &self.tls, &tcp)?)
+            Some(start_tls(server, &self.tls, &tcp, deadline)?)
         } else {
             None
         };
@@ -400,10 +428,16 @@ impl Dialer {
         stream.write_all(&hello).map_err(io_err)?;
         let mut frames = Frames::new(info.max_payload());
         loop {
+            if let Some(e) = late() {
+                return Err(e);
+            }
             match frames.next_frame().map_err(io_err)? {
                 Some(Frame::Pong) => break,
                 Some(Frame::Err(msg)) => return Err(ConnectError::Refused(msg)),
                 Some(Frame::Ping) => stream.write_all(b"PONG\r\n").map_err(io_err)?,
+                // nats-server sends a fresh INFO before its first PONG when the cluster's
+                // addresses changed since it accepted the connection.
+                Some(Frame::Info(fresh)) => info = fresh,
                 Some(_) => {}
                 None => {
                     if frames.fill(&mut stream).map_err(io_err)? == 0 {
@@ -418,17 +452,20 @@ impl Dialer {
             .tcp
             .set_read_timeout(Some(READ_TICK))
             .map_err(io_err)?;
-        let writer = stream.writer().map_err(io_err)?;
+        let mut writer = stream.writer().map_err(io_err)?;
+        writer.max_payload = info.max_payload();
         Ok(Connection {
             stream,
             frames,
             publisher: Publisher {
                 out: Arc::new(Mutex::new(Some(writer))),
+                failure: Arc::new(Mutex::new(None)),
             },
             info,
             server: server.to_string(),
             via: server.clone(),
             last_read: Instant::now(),
+            since: Instant::now(),
             pings_out: 0,
             subscribed: None,
         })
@@ -627,6 +664,7 @@ fn start_tls(
     server: &Server,
     settings: &TlsSettings,
     tcp: &TcpStream,
+    deadline: Instant,
 ) -> Result<Arc<Mutex<rustls::ClientConnection>>, ConnectError> {
     let fail = |why: String| ConnectError::Io(format!("TLS: {why}"));
     let config = settings.client_config().map_err(fail)?;
@@ -635,6 +673,9 @@ fn start_tls(
     let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| fail(e.to_string()))?;
     let mut sock = tcp.try_clone().map_err(|e| fail(e.to_string()))?;
     while conn.is_handshaking() {
+        if Instant::now() > deadline {
+            return Err(fail(format!("no handshake within {CONNECT_TIMEOUT:?}")));
+        }
         conn.complete_io(&mut sock)
             .map_err(|e| fail(e.to_string()))?;
     }
@@ -662,6 +703,7 @@ impl Stream {
         Ok(Writer {
             tcp: self.tcp.try_clone()?,
             tls: self.tls.clone(),
+            max_payload: usize::MAX,
         })
     }
 
@@ -730,6 +772,8 @@ impl Read for Stream {
 struct Writer {
     tcp: TcpStream,
     tls: Option<Arc<Mutex<rustls::ClientConnection>>>,
+    /// The server's `max_payload`: a larger message would make it close the connection.
+    max_payload: usize,
 }
 
 impl Writer {
@@ -757,6 +801,8 @@ impl Writer {
 #[derive(Clone)]
 pub struct Publisher {
     out: Arc<Mutex<Option<Writer>>>,
+    /// Why the last write failed (and took the connection down), for the reader to report.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Publisher {
@@ -772,10 +818,16 @@ impl Publisher {
         frame.extend_from_slice(b"\r\n");
         frame.extend_from_slice(payload);
         frame.extend_from_slice(b"\r\n");
-        self.write(&frame)
+        self.write_checked(&frame, Some(payload.len()))
     }
 
     fn write(&self, frame: &[u8]) -> io::Result<()> {
+        self.write_checked(frame, None)
+    }
+
+    /// Writes `frame`; a payload over the server's limit fails alone, before anything is sent
+    /// (nats-server would close the connection and every answer in flight with it).
+    fn write_checked(&self, frame: &[u8], payload: Option<usize>) -> io::Result<()> {
         let mut out = self.out.lock();
         let Some(w) = out.as_mut() else {
             return Err(io::Error::new(
@@ -783,8 +835,18 @@ impl Publisher {
                 "not connected to nats",
             ));
         };
+        if let Some(len) = payload.filter(|&len| len > w.max_payload) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a message of {len} bytes is over the server's max_payload ({})",
+                    w.max_payload
+                ),
+            ));
+        }
         let res = w.write_all(frame);
-        if res.is_err() {
+        if let Err(e) = &res {
+            *self.failure.lock() = Some(format!("a write failed: {e}"));
             let _ = w.tcp.shutdown(Shutdown::Both);
             *out = None;
         }
@@ -794,7 +856,13 @@ impl Publisher {
     /// Points this publisher (and every clone) at another connection's socket.
     fn replace(&self, other: &Publisher) {
         let taken = other.out.lock().take();
+        *self.failure.lock() = None;
         *self.out.lock() = taken;
+    }
+
+    /// Why the last write failed, once.
+    fn take_failure(&self) -> Option<String> {
+        self.failure.lock().take()
     }
 
     /// Stops writing: later publishes fail until [`Publisher::replace`].
@@ -836,6 +904,8 @@ pub struct Connection {
     server: String,
     via: Server,
     last_read: Instant,
+    /// When the current socket was established.
+    since: Instant,
     pings_out: u32,
     /// The subscription to restore after a reconnect: subject and queue group.
     subscribed: Option<(String, String)>,
@@ -846,6 +916,11 @@ impl Connection {
     /// one that replaced it).
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()
+    }
+
+    /// How long the current socket has been up.
+    pub fn up_for(&self) -> Duration {
+        self.since.elapsed()
     }
 
     /// The server connected to, without credentials.
@@ -861,10 +936,47 @@ impl Connection {
         Ok(())
     }
 
-    /// Ends the subscription; messages already in flight may still arrive.
-    pub fn unsubscribe(&mut self) -> io::Result<()> {
+    /// Ends the subscription and returns the requests the server delivered before it took the
+    /// UNSUB in (those already in the buffer or on the way), so they are answered rather than
+    /// left to time out: UNSUB and a PING go out, and reading stops at its PONG or `within`.
+    pub fn unsubscribe_and_drain(&mut self, within: Duration) -> Vec<Message> {
         self.subscribed = None;
-        self.publisher.write(format!("UNSUB {SID}\r\n").as_bytes())
+        let mut left = Vec::new();
+        if self
+            .publisher
+            .write(format!("UNSUB {SID}\r\nPING\r\n").as_bytes())
+            .is_err()
+        {
+            return left;
+        }
+        // PONGs owed to keepalive PINGs sent earlier come first.
+        let mut pongs_before_ours = self.pings_out;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match self.frames.next_frame() {
+                Ok(Some(Frame::Msg(m))) => left.push(m),
+                Ok(Some(Frame::Pong)) if pongs_before_ours > 0 => pongs_before_ours -= 1,
+                Ok(Some(Frame::Pong)) => break,
+                Ok(Some(Frame::Ping)) => {
+                    let _ = self.publisher.write(b"PONG\r\n");
+                }
+                Ok(Some(_)) => {}
+                Err(_) => break,
+                Ok(None) => match self.frames.fill(&mut self.stream) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock
+                                | io::ErrorKind::TimedOut
+                                | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(_) => break,
+                },
+            }
+        }
+        left
     }
 
     /// Moves `fresh` (a new connection) under this one's publishers and restores the
@@ -878,8 +990,9 @@ impl Connection {
         self.server = fresh.server;
         self.via = fresh.via;
         self.last_read = Instant::now();
+        self.since = Instant::now();
         self.pings_out = 0;
-        if let Some((subject, queue)) = self.subscribed.take() {
+        if let Some((subject, queue)) = self.subscribed.clone() {
             self.queue_subscribe(&subject, &queue)?;
         }
         Ok(())
@@ -893,7 +1006,14 @@ impl Connection {
     /// Waits up to the read tick for the next message, answering the server's PINGs and sending
     /// ours when it has been quiet.
     pub fn next_event(&mut self) -> Event {
+        let mut control_frames = 0u32;
         loop {
+            // A server that sends nothing but PING, +OK or INFO must not keep the caller from
+            // checking for shutdown (or from pinging).
+            control_frames += 1;
+            if control_frames > 1024 {
+                return self.idle();
+            }
             match self.frames.next_frame() {
                 Err(e) => return self.lost(format!("protocol error: {e}")),
                 Ok(Some(frame)) => match frame {
@@ -950,6 +1070,8 @@ impl Connection {
     }
 
     fn lost(&mut self, why: String) -> Event {
+        // A failed write shuts the socket, and the read then ends too: report the write.
+        let why = self.publisher.take_failure().unwrap_or(why);
         self.publisher.detach();
         Event::Lost(why)
     }
@@ -966,6 +1088,9 @@ enum Frame {
     Err(String),
 }
 
+/// The parser's buffer, enough for many requests at once.
+const INITIAL_BUFFER: usize = 32 * 1024;
+
 /// The server-to-client protocol parser over a buffer that grows only for a large message.
 struct Frames {
     buf: Vec<u8>,
@@ -978,7 +1103,7 @@ struct Frames {
 impl Frames {
     fn new(max_payload: usize) -> Frames {
         Frames {
-            buf: vec![0; 32 * 1024],
+            buf: vec![0; INITIAL_BUFFER],
             start: 0,
             end: 0,
             max_payload,
@@ -989,6 +1114,11 @@ impl Frames {
     fn fill(&mut self, src: &mut impl Read) -> io::Result<usize> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
+            // Back to the usual size once a large message has been read.
+            if self.buf.len() > 4 * INITIAL_BUFFER {
+                self.buf.truncate(INITIAL_BUFFER);
+                self.buf.shrink_to_fit();
+            }
         } else if self.buf.len() - self.end < 4096 {
             self.buf.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
@@ -1055,7 +1185,13 @@ impl Frames {
             "PING" => Frame::Ping,
             "PONG" => Frame::Pong,
             "+OK" => Frame::Ok,
-            "-ERR" => Frame::Err(rest.trim_matches('\'').to_string()),
+            "-ERR" => Frame::Err(
+                rest.trim_matches('\'')
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(256)
+                    .collect(),
+            ),
             "INFO" => {
                 let info: Info =
                     serde_json::from_str(rest).map_err(|e| bad(&format!("INFO: {e}")))?;
@@ -1453,5 +1589,334 @@ mod tests {
         let (_, err) = d.connect().err().unwrap();
         t.join().unwrap();
         assert!(err.to_string().contains("does not offer it"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod hostile_server_tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::thread;
+
+    /// A fake nats-server on 127.0.0.1: `script(connection index, socket)` per accepted socket.
+    fn fake_server<F>(script: F) -> u16
+    where
+        F: Fn(usize, TcpStream) + Send + Sync + 'static,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let script = Arc::new(script);
+        thread::spawn(move || {
+            for (i, s) in l.incoming().enumerate() {
+                let Ok(s) = s else { continue };
+                let script = script.clone();
+                thread::spawn(move || script(i, s));
+            }
+        });
+        port
+    }
+
+    /// INFO, a PONG for each PING; every line received is reported with its connection index.
+    fn well_behaved(i: usize, s: TcpStream, lines: &mpsc::Sender<(usize, String)>) {
+        let mut w = s.try_clone().unwrap();
+        w.write_all(b"INFO {\"max_payload\":1048576}\r\n").unwrap();
+        for line in BufReader::new(s).lines() {
+            let Ok(line) = line else { return };
+            if line == "PING" {
+                let _ = w.write_all(b"PONG\r\n");
+            }
+            let _ = lines.send((i, line));
+        }
+    }
+
+    #[test]
+    fn a_failed_resubscribe_is_retried_on_the_next_connection() {
+        let (tx, rx) = mpsc::channel();
+        let tx = parking_lot::Mutex::new(tx);
+        let port = fake_server(move |i, s| {
+            let tx = tx.lock().clone();
+            well_behaved(i, s, &tx)
+        });
+        let mut d = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let mut conn = d.connect().unwrap();
+        conn.queue_subscribe("subj", "q").unwrap();
+        // The new connection dies between its PONG and the SUB (its writer fails).
+        let fresh = d.connect().unwrap();
+        fresh.publisher().detach();
+        assert!(conn.take_over(fresh).is_err());
+        // service::reconnect() then dials again and takes the next one over.
+        let fresh = d.connect().unwrap();
+        conn.take_over(fresh).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut subs_on_third = 0;
+        while let Ok((i, line)) =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if i == 2 && line.starts_with("SUB ") {
+                subs_on_third += 1;
+            }
+        }
+        assert_eq!(
+            subs_on_third, 1,
+            "the third connection must subscribe again"
+        );
+    }
+
+    #[test]
+    fn connect_timeout_bounds_the_whole_handshake() {
+        // INFO dribbled one byte every 300 ms: each read is within CONNECT_TIMEOUT.
+        let port = fake_server(|_, s| {
+            let mut w = s.try_clone().unwrap();
+            for b in b"INFO {                    }\r\n" {
+                if w.write_all(&[*b]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(300));
+            }
+            for line in BufReader::new(s).lines() {
+                let Ok(line) = line else { return };
+                if line == "PING" {
+                    let _ = w.write_all(b"PONG\r\n");
+                }
+            }
+        });
+        let mut d = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let res = d.connect();
+        let took = t0.elapsed();
+        assert!(
+            took <= CONNECT_TIMEOUT + Duration::from_millis(500),
+            "connect took {took:?} (ok: {})",
+            res.is_ok()
+        );
+    }
+
+    #[test]
+    fn an_err_line_cannot_carry_a_line_break_into_the_log() {
+        let mut f = Frames::new(1024);
+        let mut src: &[u8] =
+            b"-ERR 'x'\n[2026-01-01T00:00:00Z INFO  nats_k8s_oidc_callout] forged line\r\n";
+        f.fill(&mut src).unwrap();
+        match f.next_frame() {
+            Ok(Some(Frame::Err(msg))) => assert!(!msg.contains('\n'), "{msg:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn servers_no_longer_announced_are_dropped_and_new_ones_learned() {
+        let mut d =
+            Dialer::new("nats://nats:4222", Login::None, TlsSettings::default(), "t").unwrap();
+        let via = d.servers[0].clone();
+        // The pods of earlier rollouts of a 3-node cluster...
+        let old: Vec<String> = (0..100)
+            .map(|i| format!("10.0.{}.{}:4222", i / 3, i % 3))
+            .collect();
+        d.learn(&via, &old);
+        // ...and the pods now.
+        let now = ["10.9.0.1:4222".to_string(), "10.9.0.2:4222".to_string()];
+        d.learn(&via, &now);
+        let list = server_list(&d);
+        assert!(
+            list.iter().any(|s| s.contains("10.9.0.1")) && list.len() <= 4,
+            "{} servers, current pods learned: {}",
+            list.len(),
+            list.iter().any(|s| s.contains("10.9.0.1"))
+        );
+    }
+
+    #[test]
+    fn a_flood_of_control_lines_still_returns_to_the_caller() {
+        // A server that only ever sends PING (or +OK/INFO): next_event never returns, so the
+        // reader never checks `stop` and never reaches idle().
+        let port = fake_server(|_, s| {
+            let mut w = s.try_clone().unwrap();
+            w.write_all(b"INFO {}\r\n").unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line.trim_end() == "PING" {
+                    w.write_all(b"PONG\r\n").unwrap();
+                    break;
+                }
+                line.clear();
+            }
+            thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while r.get_mut().read(&mut sink).is_ok_and(|n| n > 0) {}
+            });
+            let flood = b"+OK\r\n".repeat(1000);
+            while w.write_all(&flood).is_ok() {}
+        });
+        let mut d = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let mut conn = d.connect().unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = conn.next_event();
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(3)).is_ok(),
+            "next_event did not return within 3 s"
+        );
+    }
+
+    /// A server that answers the handshake with `after_connect` (before its PONG), then PONG,
+    /// then runs `rest`.
+    fn scripted(
+        after_connect: &'static [u8],
+        rest: impl Fn(TcpStream, BufReader<TcpStream>) + Send + Sync + 'static,
+    ) -> u16 {
+        fake_server(move |_, s| {
+            let mut w = s.try_clone().unwrap();
+            w.write_all(b"INFO {\"max_payload\":64}\r\n").unwrap();
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line == "PING\r\n" {
+                    w.write_all(after_connect).unwrap();
+                    w.write_all(b"PONG\r\n").unwrap();
+                    break;
+                }
+                line.clear();
+            }
+            rest(w, r);
+        })
+    }
+
+    #[test]
+    fn an_answer_over_max_payload_fails_alone_and_the_connection_stays() {
+        let (tx, rx) = mpsc::channel();
+        let tx = parking_lot::Mutex::new(tx);
+        let port = scripted(b"", move |_, r| {
+            for line in r.lines().map_while(Result::ok) {
+                let _ = tx.lock().send(line);
+            }
+        });
+        let mut d = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let conn = d.connect().unwrap();
+        let out = conn.publisher();
+        let err = out.publish("r", &[b'x'; 65]).unwrap_err();
+        assert!(err.to_string().contains("max_payload (64)"), "{err}");
+        out.publish("r", b"ok").unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(first, "PUB r 2", "nothing of the oversized answer was sent");
+    }
+
+    #[test]
+    fn an_info_before_the_first_pong_is_taken_and_an_upgraded_url_keeps_tls_for_announced_servers()
+    {
+        let port = scripted(
+            b"INFO {\"max_payload\":64,\"tls_required\":true,\"connect_urls\":[\"10.1.1.1:4222\"]}\r\n",
+            |_, r| {
+                for _ in r.lines() {}
+            },
+        );
+        let mut d = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let conn = d.connect().unwrap();
+        assert_eq!(conn.info.connect_urls, ["10.1.1.1:4222"]);
+        d.remember(&conn);
+        let learnt = d.servers.iter().find(|s| s.host == "10.1.1.1").unwrap();
+        assert!(
+            learnt.tls,
+            "the server requires TLS: so do those it announces"
+        );
+    }
+
+    #[test]
+    fn a_write_that_fails_is_the_reported_cause() {
+        let port = scripted(b"", |_, r| for _ in r.lines() {});
+        let mut d = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let mut conn = d.connect().unwrap();
+        // The write fails as it would on a dead socket.
+        *conn.publisher.failure.lock() = Some("a write failed: broken pipe".into());
+        conn.publisher().detach();
+        match conn.next_event() {
+            Event::Lost(why) => assert_eq!(why, "a write failed: broken pipe"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_sent_before_the_unsub_was_taken_in_are_drained() {
+        let port = scripted(b"", |mut w, r| {
+            for line in r.lines().map_while(Result::ok) {
+                if line == "PING" {
+                    // Two requests were on the way before the UNSUB arrived.
+                    w.write_all(
+                        b"MSG s 1 r1 1\r\na\r\nMSG s 1 r2 1\r\nb\r\nPONG\r\nMSG s 1 r3 1\r\nc\r\n",
+                    )
+                    .unwrap();
+                }
+            }
+        });
+        let mut d = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let mut conn = d.connect().unwrap();
+        conn.queue_subscribe("s", "q").unwrap();
+        let left = conn.unsubscribe_and_drain(Duration::from_secs(2));
+        let replies: Vec<_> = left.iter().filter_map(|m| m.reply.as_deref()).collect();
+        assert_eq!(replies, ["r1", "r2"], "up to the PONG, nothing after");
+    }
+
+    #[test]
+    fn the_read_buffer_shrinks_back_after_a_large_message() {
+        let mut f = Frames::new(1 << 20);
+        let mut big = b"MSG a 1 200000\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 200_000));
+        big.extend_from_slice(b"\r\n");
+        let mut src = &big[..];
+        let mut got = None;
+        while got.is_none() {
+            assert!(f.fill(&mut src).unwrap() > 0);
+            got = f.next_frame().unwrap();
+        }
+        assert!(f.buf.len() >= 200_000);
+        f.fill(&mut &b"PING\r\n"[..]).unwrap();
+        assert_eq!(f.buf.len(), INITIAL_BUFFER);
+        assert_eq!(f.next_frame().unwrap(), Some(Frame::Ping));
     }
 }

@@ -104,13 +104,18 @@ pub fn decode_verified_issued<T: DeserializeOwned + Issued>(token: &str) -> Resu
         None => {
             let key = KeyPair::from_public_key(iss).map_err(|_| JwtError::BadIssuerKey)?;
             let ok = key.verify(parts.signed.as_bytes(), &parts.sig).is_ok();
-            let mut keys = ISSUER_KEYS.write();
-            if keys.len() >= MAX_ISSUER_KEYS {
-                // Servers restarted (each start makes a new key) or someone is sending junk:
-                // start again rather than track which keys are still in use.
-                keys.clear();
+            // Only a key that verified is kept: junk signatures cannot churn the cache (a
+            // request self-signed by a throwaway key still can; request.rs refuses it next,
+            // and the bound keeps the cost at one decompression per such request).
+            if ok {
+                let mut keys = ISSUER_KEYS.write();
+                if keys.len() >= MAX_ISSUER_KEYS {
+                    // Servers restarted (each start makes a new key) or someone is sending
+                    // junk: start again rather than track which keys are still in use.
+                    keys.clear();
+                }
+                keys.insert(iss.to_string(), key);
             }
-            keys.insert(iss.to_string(), key);
             ok
         }
     };

@@ -313,6 +313,7 @@ pub fn run(
         return Ok(());
     };
     readiness.set_nats_connected(true);
+    let mut flap = flap_backoff();
     // Join the queue group only once requests can be decided: a replica still loading keys or
     // listing accounts would otherwise take its share of requests and deny them, while a ready
     // replica could have answered. The connection is read meanwhile, so the server's PINGs
@@ -328,7 +329,15 @@ pub fn run(
             return Ok(());
         }
         if let Event::Lost(why) = conn.next_event() {
-            match reconnect(&mut dialer, &mut conn, &why, &stop, &metrics, &readiness) {
+            match reconnect(
+                &mut dialer,
+                &mut conn,
+                &why,
+                &stop,
+                &metrics,
+                &readiness,
+                &mut flap,
+            ) {
                 Some(()) => {}
                 None => return Ok(()),
             }
@@ -363,52 +372,49 @@ pub fn run(
     // in a queue of known size.
     let out = conn.publisher();
     let mut overload = OverloadLog::default();
+    let mut ticked = Instant::now();
     loop {
         if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
             break;
         }
+        // The log summaries come due under steady traffic too, not only in a pause.
+        if ticked.elapsed() >= TICK {
+            ticked = Instant::now();
+            overload.tick(ticked, settings.queue_size);
+            denial_log::tick();
+        }
         let msg = match conn.next_event() {
             Event::Message(m) => m,
-            Event::Idle => {
-                overload.tick(Instant::now(), settings.queue_size);
-                denial_log::tick();
-                continue;
-            }
+            Event::Idle => continue,
             Event::Lost(why) => {
-                match reconnect(&mut dialer, &mut conn, &why, &stop, &metrics, &readiness) {
+                match reconnect(
+                    &mut dialer,
+                    &mut conn,
+                    &why,
+                    &stop,
+                    &metrics,
+                    &readiness,
+                    &mut flap,
+                ) {
                     Some(()) => continue,
                     None => break,
                 }
             }
         };
-        match tx.try_send(Job {
-            msg,
-            queued: Instant::now(),
-            received_us: unix_us(),
-        }) {
-            Ok(()) => {
-                metrics.queue_depth.inc();
-            }
-            Err(TrySendError::Full(job)) => {
-                // Overloaded: deny at once rather than let the client wait for the auth timeout.
-                metrics.queue_rejected.inc();
-                count(&metrics, "deny", "overloaded");
-                if let Some(reply) = &job.msg.reply {
-                    let _ = out.publish(reply, b"");
-                }
-                overload.denied(Instant::now(), settings.queue_size);
-            }
-            Err(TrySendError::Disconnected(_)) => break,
+        if !enqueue(&tx, msg, &out, &metrics, &mut overload, settings.queue_size) {
+            break;
         }
     }
-
-    overload.flush(settings.queue_size);
-    denial_log::flush();
 
     // Shutdown: stop taking requests, let the workers drain the queue within the deadline.
     readiness.set_shutting_down();
     info!("shutting down: no new requests; finishing those in flight");
-    let _ = conn.unsubscribe();
+    // Requests the server sent before it took the UNSUB in are answered too.
+    for msg in conn.unsubscribe_and_drain(DRAIN_WAIT) {
+        enqueue(&tx, msg, &out, &metrics, &mut overload, settings.queue_size);
+    }
+    overload.flush(settings.queue_size);
+    denial_log::flush();
     drop(tx);
     let deadline = Instant::now() + settings.shutdown_timeout;
     if !workers.into_iter().all(|w| join_by(w, deadline)) {
@@ -417,6 +423,44 @@ pub fn run(
     // Every answer is written by now (each worker writes its own); nothing is buffered.
     conn.close();
     Ok(())
+}
+
+/// How often the reader writes the log summaries that have come due.
+const TICK: Duration = Duration::from_millis(200);
+
+/// How long the shutdown waits for the requests the server sent before the UNSUB.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Queues `msg` for the workers, or denies it at once when the queue is full (rather than let
+/// the client wait for the auth timeout); `false` once the workers are gone.
+fn enqueue(
+    tx: &crossbeam_channel::Sender<Job>,
+    msg: Message,
+    out: &Publisher,
+    metrics: &Metrics,
+    overload: &mut OverloadLog,
+    queue_size: usize,
+) -> bool {
+    match tx.try_send(Job {
+        msg,
+        queued: Instant::now(),
+        received_us: unix_us(),
+    }) {
+        Ok(()) => {
+            metrics.queue_depth.inc();
+            true
+        }
+        Err(TrySendError::Full(job)) => {
+            metrics.queue_rejected.inc();
+            count(metrics, "deny", "overloaded");
+            if let Some(reply) = &job.msg.reply {
+                let _ = out.publish(reply, b"");
+            }
+            overload.denied(Instant::now(), queue_size);
+            true
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    }
 }
 
 /// After a lost connection: reports it, reconnects (restoring the subscription) and reports
@@ -428,13 +472,28 @@ fn reconnect(
     stop: &Receiver<()>,
     metrics: &Metrics,
     readiness: &Readiness,
+    flap: &mut Backoff,
 ) -> Option<()> {
-    warn!(
-        "nats connection to {} lost ({why}); reconnecting",
-        conn.server()
-    );
     metrics.nats_disconnects.inc();
     readiness.set_nats_connected(false);
+    // A connection that died right after it was made is not redialled at once: a server (or
+    // proxy) that accepts and then drops every connection would make this a tight loop.
+    if conn.up_for() < Duration::from_secs(10) {
+        let delay = flap.next_delay(None);
+        warn!(
+            "nats connection to {} lost ({why}) soon after it was made; reconnecting in {delay:?}",
+            conn.server()
+        );
+        if !matches!(stop.recv_timeout(delay), Err(RecvTimeoutError::Timeout)) {
+            return None;
+        }
+    } else {
+        *flap = flap_backoff();
+        warn!(
+            "nats connection to {} lost ({why}); reconnecting",
+            conn.server()
+        );
+    }
     dialer.remember(conn);
     loop {
         let fresh = connect_until(dialer, stop, "reconnect to")?;
@@ -447,6 +506,14 @@ fn reconnect(
     metrics.nats_reconnects.inc();
     readiness.set_nats_connected(true);
     Some(())
+}
+
+/// The backoff between connections that die soon after they are made.
+fn flap_backoff() -> Backoff {
+    Backoff::new(BackoffSettings::doubling(
+        Duration::from_millis(250),
+        Duration::from_secs(10),
+    ))
 }
 
 /// Joins `t` if it ends before `deadline`; reports whether it did.
@@ -664,5 +731,66 @@ mod request_lifetime_tests {
         let out = context().handle(&request(unix_now() - REQUEST_CLOCK_SKEW_SECS - 1), None);
         assert_eq!((out.result, out.reason), ("deny", "request_expired"));
         assert_eq!(out.reply, None, "nothing is published");
+    }
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_server_that_drops_each_connection_after_its_pong_is_not_redialled_in_a_tight_loop() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = accepted.clone();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    let _ = s.write_all(b"INFO {}\r\n");
+                    let r = BufReader::new(s.try_clone().unwrap());
+                    for line in r.lines() {
+                        let Ok(line) = line else { return };
+                        if line == "PING" {
+                            let _ = s.write_all(b"PONG\r\n");
+                            return; // and close
+                        }
+                    }
+                });
+            }
+        });
+        let mut dialer = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let (_stop_tx, stop) = bounded::<()>(1);
+        let metrics = Metrics::new();
+        let readiness = Readiness::default();
+        let mut conn = connect_until(&mut dialer, &stop, "connect to").unwrap();
+        let mut flap = flap_backoff();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(2) {
+            if let Event::Lost(why) = conn.next_event() {
+                reconnect(
+                    &mut dialer,
+                    &mut conn,
+                    &why,
+                    &stop,
+                    &metrics,
+                    &readiness,
+                    &mut flap,
+                )
+                .unwrap();
+            }
+        }
+        let n = accepted.load(Ordering::SeqCst);
+        assert!(n < 10, "{n} connections in 2 s");
     }
 }
