@@ -482,27 +482,12 @@ impl Dialer {
             Login::Token(t) => auth_token = Some(t.as_str()),
             Login::CredsFile(path) => {
                 let creds = read_creds(path)?;
-                let nonce = info.nonce.as_deref().unwrap_or_default();
-                let signed = creds
-                    .key
-                    .sign(nonce.as_bytes())
-                    .map_err(|_| ConnectError::Creds {
-                        path: path.display().to_string(),
-                        why: "the seed cannot sign".into(),
-                    })?;
-                sig = Some(URL_SAFE_NO_PAD.encode(signed));
+                sig = Some(sign_nonce(&creds.key, info, path)?);
                 jwt = Some(creds.jwt);
             }
             Login::NkeySeedFile(path) => {
                 let key = read_seed(path)?;
-                let nonce = info.nonce.as_deref().unwrap_or_default();
-                let signed = key
-                    .sign(nonce.as_bytes())
-                    .map_err(|_| ConnectError::Creds {
-                        path: path.display().to_string(),
-                        why: "the seed cannot sign".into(),
-                    })?;
-                sig = Some(URL_SAFE_NO_PAD.encode(signed));
+                sig = Some(sign_nonce(&key, info, path)?);
                 nkey = Some(key.public_key());
             }
         }
@@ -626,6 +611,18 @@ fn read_creds(path: &Path) -> Result<Creds, ConnectError> {
         jwt: (*jwt).to_string(),
         key,
     })
+}
+
+/// The server's nonce signed by `key` (read from `path`), as CONNECT's `sig`.
+fn sign_nonce(key: &nkeys::KeyPair, info: &Info, path: &Path) -> Result<String, ConnectError> {
+    let nonce = info.nonce.as_deref().unwrap_or_default();
+    let signed = key
+        .sign(nonce.as_bytes())
+        .map_err(|_| ConnectError::Creds {
+            path: path.display().to_string(),
+            why: "the seed cannot sign".into(),
+        })?;
+    Ok(URL_SAFE_NO_PAD.encode(signed))
 }
 
 /// Reads a user nkey seed file (`SU…`, surrounding blanks ignored).
@@ -1223,6 +1220,18 @@ fn header_value(block: &[u8], name: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
+/// A dialer of the fake server on 127.0.0.1:`port`, for tests.
+#[cfg(test)]
+fn local_dialer(port: u16) -> Dialer {
+    Dialer::new(
+        &format!("nats://127.0.0.1:{port}"),
+        Login::None,
+        TlsSettings::default(),
+        "t",
+    )
+    .expect("a valid url")
+}
+
 /// Servers tried on the next reconnect, for tests.
 #[cfg(test)]
 fn server_list(d: &Dialer) -> Vec<String> {
@@ -1639,13 +1648,7 @@ mod hostile_server_tests {
             let tx = tx.lock().clone();
             well_behaved(i, s, &tx)
         });
-        let mut d = Dialer::new(
-            &format!("nats://127.0.0.1:{port}"),
-            Login::None,
-            TlsSettings::default(),
-            "t",
-        )
-        .unwrap();
+        let mut d = local_dialer(port);
         let mut conn = d.connect().unwrap();
         conn.queue_subscribe("subj", "q").unwrap();
         // The new connection dies between its PONG and the SUB (its writer fails).
@@ -1688,13 +1691,7 @@ mod hostile_server_tests {
                 }
             }
         });
-        let mut d = Dialer::new(
-            &format!("nats://127.0.0.1:{port}"),
-            Login::None,
-            TlsSettings::default(),
-            "t",
-        )
-        .unwrap();
+        let mut d = local_dialer(port);
         let t0 = Instant::now();
         let res = d.connect();
         let took = t0.elapsed();
@@ -1762,13 +1759,7 @@ mod hostile_server_tests {
             let flood = b"+OK\r\n".repeat(1000);
             while w.write_all(&flood).is_ok() {}
         });
-        let mut d = Dialer::new(
-            &format!("nats://127.0.0.1:{port}"),
-            Login::None,
-            TlsSettings::default(),
-            "t",
-        )
-        .unwrap();
+        let mut d = local_dialer(port);
         let mut conn = d.connect().unwrap();
         let (done_tx, done_rx) = mpsc::channel();
         thread::spawn(move || {
@@ -1813,13 +1804,7 @@ mod hostile_server_tests {
                 let _ = tx.lock().send(line);
             }
         });
-        let mut d = Dialer::new(
-            &format!("nats://127.0.0.1:{port}"),
-            Login::None,
-            TlsSettings::default(),
-            "t",
-        )
-        .unwrap();
+        let mut d = local_dialer(port);
         let conn = d.connect().unwrap();
         let out = conn.publisher();
         let err = out.publish("r", &[b'x'; 65]).unwrap_err();
@@ -1838,13 +1823,7 @@ mod hostile_server_tests {
                 for _ in r.lines() {}
             },
         );
-        let mut d = Dialer::new(
-            &format!("nats://127.0.0.1:{port}"),
-            Login::None,
-            TlsSettings::default(),
-            "t",
-        )
-        .unwrap();
+        let mut d = local_dialer(port);
         let conn = d.connect().unwrap();
         assert_eq!(conn.info.connect_urls, ["10.1.1.1:4222"]);
         d.remember(&conn);
@@ -1858,13 +1837,7 @@ mod hostile_server_tests {
     #[test]
     fn a_write_that_fails_is_the_reported_cause() {
         let port = scripted(b"", |_, r| for _ in r.lines() {});
-        let mut d = Dialer::new(
-            &format!("nats://127.0.0.1:{port}"),
-            Login::None,
-            TlsSettings::default(),
-            "t",
-        )
-        .unwrap();
+        let mut d = local_dialer(port);
         let mut conn = d.connect().unwrap();
         // The write fails as it would on a dead socket.
         *conn.publisher.failure.lock() = Some("a write failed: broken pipe".into());
@@ -1888,13 +1861,7 @@ mod hostile_server_tests {
                 }
             }
         });
-        let mut d = Dialer::new(
-            &format!("nats://127.0.0.1:{port}"),
-            Login::None,
-            TlsSettings::default(),
-            "t",
-        )
-        .unwrap();
+        let mut d = local_dialer(port);
         let mut conn = d.connect().unwrap();
         conn.queue_subscribe("s", "q").unwrap();
         let left = conn.unsubscribe_and_drain(Duration::from_secs(2));

@@ -302,18 +302,18 @@ pub fn run(
 ) -> Result<(), String> {
     let metrics = ctx.metrics.clone();
     let where_ = redact_urls(&settings.url);
-    let mut dialer = Dialer::new(
+    let dialer = Dialer::new(
         &settings.url,
         settings.login.clone(),
         settings.tls.clone(),
         CLIENT_NAME,
     )
     .map_err(|e| format!("NATS_URL: {e}"))?;
-    let Some(mut conn) = connect_until(&mut dialer, &stop, "connect to") else {
+    let mut redial = Redial::new(dialer, &stop, &metrics, &readiness);
+    let Some(mut conn) = connect_until(&mut redial.dialer, &stop, "connect to") else {
         return Ok(());
     };
     readiness.set_nats_connected(true);
-    let mut flap = flap_backoff();
     // Join the queue group only once requests can be decided: a replica still loading keys or
     // listing accounts would otherwise take its share of requests and deny them, while a ready
     // replica could have answered. The connection is read meanwhile, so the server's PINGs
@@ -329,17 +329,8 @@ pub fn run(
             return Ok(());
         }
         if let Event::Lost(why) = conn.next_event() {
-            match reconnect(
-                &mut dialer,
-                &mut conn,
-                &why,
-                &stop,
-                &metrics,
-                &readiness,
-                &mut flap,
-            ) {
-                Some(()) => {}
-                None => return Ok(()),
+            if redial.reconnect(&mut conn, &why).is_none() {
+                return Ok(());
             }
         }
     }
@@ -386,20 +377,10 @@ pub fn run(
         let msg = match conn.next_event() {
             Event::Message(m) => m,
             Event::Idle => continue,
-            Event::Lost(why) => {
-                match reconnect(
-                    &mut dialer,
-                    &mut conn,
-                    &why,
-                    &stop,
-                    &metrics,
-                    &readiness,
-                    &mut flap,
-                ) {
-                    Some(()) => continue,
-                    None => break,
-                }
-            }
+            Event::Lost(why) => match redial.reconnect(&mut conn, &why) {
+                Some(()) => continue,
+                None => break,
+            },
         };
         if !enqueue(&tx, msg, &out, &metrics, &mut overload, settings.queue_size) {
             break;
@@ -463,49 +444,73 @@ fn enqueue(
     }
 }
 
-/// After a lost connection: reports it, reconnects (restoring the subscription) and reports
-/// that; `None` when `stop` fired first.
-fn reconnect(
-    dialer: &mut Dialer,
-    conn: &mut Connection,
-    why: &str,
-    stop: &Receiver<()>,
-    metrics: &Metrics,
-    readiness: &Readiness,
-    flap: &mut Backoff,
-) -> Option<()> {
-    metrics.nats_disconnects.inc();
-    readiness.set_nats_connected(false);
-    // A connection that died right after it was made is not redialled at once: a server (or
-    // proxy) that accepts and then drops every connection would make this a tight loop.
-    if conn.up_for() < Duration::from_secs(10) {
-        let delay = flap.next_delay(None);
-        warn!(
-            "nats connection to {} lost ({why}) soon after it was made; reconnecting in {delay:?}",
-            conn.server()
-        );
-        if !matches!(stop.recv_timeout(delay), Err(RecvTimeoutError::Timeout)) {
-            return None;
-        }
-    } else {
-        *flap = flap_backoff();
-        warn!(
-            "nats connection to {} lost ({why}); reconnecting",
-            conn.server()
-        );
-    }
-    dialer.remember(conn);
-    loop {
-        let fresh = connect_until(dialer, stop, "reconnect to")?;
-        match conn.take_over(fresh) {
-            Ok(()) => break,
-            Err(e) => warn!("nats connection lost while subscribing again ({e}); reconnecting"),
+/// What replaces a lost connection: the servers to dial, the pause after connections that die
+/// young, and where to report.
+struct Redial<'a> {
+    dialer: Dialer,
+    flap: Backoff,
+    stop: &'a Receiver<()>,
+    metrics: &'a Metrics,
+    readiness: &'a Readiness,
+}
+
+impl<'a> Redial<'a> {
+    fn new(
+        dialer: Dialer,
+        stop: &'a Receiver<()>,
+        metrics: &'a Metrics,
+        readiness: &'a Readiness,
+    ) -> Redial<'a> {
+        Redial {
+            dialer,
+            flap: flap_backoff(),
+            stop,
+            metrics,
+            readiness,
         }
     }
-    info!("nats connection re-established to {}", conn.server());
-    metrics.nats_reconnects.inc();
-    readiness.set_nats_connected(true);
-    Some(())
+
+    /// After a lost connection: reports it, reconnects (restoring the subscription) and
+    /// reports that; `None` when `stop` fired first.
+    fn reconnect(&mut self, conn: &mut Connection, why: &str) -> Option<()> {
+        self.metrics.nats_disconnects.inc();
+        self.readiness.set_nats_connected(false);
+        // A connection that died right after it was made is not redialled at once: a server
+        // (or proxy) that accepts and then drops every connection would make a tight loop.
+        if conn.up_for() < Duration::from_secs(10) {
+            let delay = self.flap.next_delay(None);
+            warn!(
+                "nats connection to {} lost ({why}) soon after it was made; reconnecting in {delay:?}",
+                conn.server()
+            );
+            if !matches!(
+                self.stop.recv_timeout(delay),
+                Err(RecvTimeoutError::Timeout)
+            ) {
+                return None;
+            }
+        } else {
+            self.flap = flap_backoff();
+            warn!(
+                "nats connection to {} lost ({why}); reconnecting",
+                conn.server()
+            );
+        }
+        self.dialer.remember(conn);
+        loop {
+            let fresh = connect_until(&mut self.dialer, self.stop, "reconnect to")?;
+            match conn.take_over(fresh) {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!("nats connection lost while subscribing again ({e}); reconnecting")
+                }
+            }
+        }
+        info!("nats connection re-established to {}", conn.server());
+        self.metrics.nats_reconnects.inc();
+        self.readiness.set_nats_connected(true);
+        Some(())
+    }
 }
 
 /// The backoff between connections that die soon after they are made.
@@ -763,7 +768,7 @@ mod reconnect_tests {
                 });
             }
         });
-        let mut dialer = Dialer::new(
+        let dialer = Dialer::new(
             &format!("nats://127.0.0.1:{port}"),
             Login::None,
             TlsSettings::default(),
@@ -773,21 +778,12 @@ mod reconnect_tests {
         let (_stop_tx, stop) = bounded::<()>(1);
         let metrics = Metrics::new();
         let readiness = Readiness::default();
-        let mut conn = connect_until(&mut dialer, &stop, "connect to").unwrap();
-        let mut flap = flap_backoff();
+        let mut redial = Redial::new(dialer, &stop, &metrics, &readiness);
+        let mut conn = connect_until(&mut redial.dialer, &stop, "connect to").unwrap();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(2) {
             if let Event::Lost(why) = conn.next_event() {
-                reconnect(
-                    &mut dialer,
-                    &mut conn,
-                    &why,
-                    &stop,
-                    &metrics,
-                    &readiness,
-                    &mut flap,
-                )
-                .unwrap();
+                redial.reconnect(&mut conn, &why).unwrap();
             }
         }
         let n = accepted.load(Ordering::SeqCst);
