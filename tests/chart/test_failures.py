@@ -150,6 +150,18 @@ def test_a_websocket_url_is_refused_at_render(render_error, url):
     assert "nats" in msg and "url" in msg and "pattern" in msg, msg
 
 
+def test_at_most_one_nats_login(render_error):
+    msg = render_error(
+        {"nats": {"nkeySeed": {"existingSecret": "n"}, "tokenSecret": {"existingSecret": "t"}}}
+    )
+    assert "nats.nkeySeed, nats.token (or nats.tokenSecret) are all set" in msg, msg
+
+
+def test_a_client_certificate_needs_its_secret(render_error):
+    msg = render_error({"nats": {"tls": {"clientCertificate": True}}})
+    assert "nats.tls.existingSecret is empty" in msg, msg
+
+
 def test_url_and_url_secret_together(render_error):
     msg = render_error({"nats": {"url": "nats://a:4222", "urlSecret": {"existingSecret": "u"}}})
     assert "nats.url and nats.urlSecret.existingSecret" in msg

@@ -33,6 +33,7 @@ EVERYTHING = {
         "signingKey": {"create": True, "content": SIGNING_SEED, "existingSecret": ""},
         "xkey": {"create": True, "content": XKEY_SEED},
         "token": TOKEN,
+        "tls": {"existingSecret": "nats-tls", "clientCertificate": True, "required": True},
     },
     "jwt": {"issuer": "https://issuer.example", "audience": "nats-prod", "jwksUrl": "https://keys.example/jwks"},
     "config": {"userJwtMaxLifetime": "15m", "workers": 4, "queueSize": 100, "watchTimeoutSeconds": 120},

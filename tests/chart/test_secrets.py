@@ -162,3 +162,62 @@ def test_secret_env_and_secret_volume(render):
     assert r.mount("secret-files") == {"name": "secret-files", "mountPath": "/secrets", "readOnly": True}
     assert_no_secret_outside_secrets(r, "hunter2")
     assert "checksum/secrets" in r.deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+NKEY_SEED = "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4"
+
+
+def test_nkey_seed_login_from_an_existing_or_a_chart_created_secret(render):
+    r = render({"nats": {"nkeySeed": {"existingSecret": "callout-nkey", "existingSecretKey": "seed"}}})
+    assert_secret_file(r, "nkey-seed", "callout-nkey", "seed", "nkey.seed", f"{DIR}/nkey")
+    assert r.env["NATS_NKEY_SEED_FILE"]["value"] == f"{DIR}/nkey/nkey.seed"
+    assert "NATS_TOKEN" not in r.env and "NATS_USER_CREDS_FILE" not in r.env
+
+    r = render({"nats": {"nkeySeed": {"create": True, "content": NKEY_SEED}}})
+    s = chart_secret(r, "nkey-seed")
+    assert base64.b64decode(s["data"]["nkey.seed"]).decode() == NKEY_SEED
+    assert_secret_file(r, "nkey-seed", f"{FULLNAME}-nkey-seed", "nkey.seed", "nkey.seed", f"{DIR}/nkey")
+    assert_no_secret_outside_secrets(r, NKEY_SEED)
+    annotations = r.deployment["spec"]["template"]["metadata"]["annotations"]
+    other = render({"nats": {"nkeySeed": {"create": True, "content": NKEY_SEED[:-1] + "D"}}})
+    assert other.deployment["spec"]["template"]["metadata"]["annotations"]["checksum/secrets"] != annotations["checksum/secrets"]
+
+
+def test_tls_files_come_from_one_secret_mounted_as_a_directory(render):
+    # A CA only: the service trusts it instead of the system CAs.
+    r = render({"nats": {"tls": {"existingSecret": "nats-client-tls"}}})
+    vol = r.volume("nats-tls")["secret"]
+    assert vol["secretName"] == "nats-client-tls"
+    assert vol["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert r.mount("nats-tls") == {"name": "nats-tls", "mountPath": f"{DIR}/nats-tls", "readOnly": True}
+    assert r.env["NATS_CA_FILE"]["value"] == f"{DIR}/nats-tls/ca.crt"
+    assert "NATS_CLIENT_CERT_FILE" not in r.env and "NATS_TLS_REQUIRED" not in r.env
+
+    # Mutual TLS with keys named otherwise, TLS required.
+    r = render(
+        {
+            "nats": {
+                "tls": {
+                    "existingSecret": "mtls",
+                    "caKey": "",
+                    "clientCertificate": True,
+                    "certKey": "cert.pem",
+                    "keyKey": "key.pem",
+                    "required": True,
+                }
+            }
+        }
+    )
+    assert r.volume("nats-tls")["secret"]["items"] == [
+        {"key": "cert.pem", "path": "tls.crt"},
+        {"key": "key.pem", "path": "tls.key"},
+    ]
+    assert "NATS_CA_FILE" not in r.env
+    assert r.env["NATS_CLIENT_CERT_FILE"]["value"] == f"{DIR}/nats-tls/tls.crt"
+    assert r.env["NATS_CLIENT_KEY_FILE"]["value"] == f"{DIR}/nats-tls/tls.key"
+    assert r.env["NATS_TLS_REQUIRED"]["value"] == "true"
+
+    # Off by default: no volume, no variable.
+    r = render({})
+    assert not any(v["name"] == "nats-tls" for v in r.deployment["spec"]["template"]["spec"]["volumes"])
+    assert not any(k.startswith("NATS_CA") or k.startswith("NATS_CLIENT") for k in r.env)

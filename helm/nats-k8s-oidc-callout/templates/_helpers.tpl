@@ -188,6 +188,7 @@ Messages name the value to set and never echo a secret.
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.signingKey "path" "nats.signingKey") }}
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.userCredentials "path" "nats.userCredentials") }}
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.xkey "path" "nats.xkey") }}
+{{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.nkeySeed "path" "nats.nkeySeed") }}
 {{- include "nats-k8s-oidc-callout.validateFileSecret" (dict "v" $n.calloutSigningKey "path" "nats.calloutSigningKey") }}
 {{- include "nats-k8s-oidc-callout.validateOperatorMode" . }}
 {{- if not (include "nats-k8s-oidc-callout.fileSecretEnabled" (dict "v" $n.signingKey)) }}
@@ -199,6 +200,17 @@ Messages name the value to set and never echo a secret.
 {{- end }}
 {{- if and (include "nats-k8s-oidc-callout.fileSecretEnabled" (dict "v" $n.userCredentials)) (or $n.token $tokenSecret) }}
 {{- fail "nats.userCredentials and nats.token (or nats.tokenSecret) are both set: the service logs in to NATS with at most one of them" }}
+{{- end }}
+{{- $logins := list }}
+{{- if include "nats-k8s-oidc-callout.fileSecretEnabled" (dict "v" $n.userCredentials) }}{{ $logins = append $logins "nats.userCredentials" }}{{ end }}
+{{- if include "nats-k8s-oidc-callout.fileSecretEnabled" (dict "v" $n.nkeySeed) }}{{ $logins = append $logins "nats.nkeySeed" }}{{ end }}
+{{- if or $n.token $tokenSecret }}{{ $logins = append $logins "nats.token (or nats.tokenSecret)" }}{{ end }}
+{{- if gt (len $logins) 1 }}
+{{- fail (printf "%s are all set: the service logs in to NATS with at most one of them" (join ", " $logins)) }}
+{{- end }}
+{{- $tls := $n.tls | default dict }}
+{{- if and $tls.clientCertificate (not $tls.existingSecret) }}
+{{- fail "nats.tls.clientCertificate is true but nats.tls.existingSecret is empty: name the Secret holding the client certificate and key (nats.tls.certKey, nats.tls.keyKey)" }}
 {{- end }}
 {{- $urlSecret := ($n.urlSecret | default dict).existingSecret }}
 {{- if and $n.url $urlSecret }}
@@ -263,6 +275,7 @@ them, and with it every account is a public key, as the service requires.
 {{- if ($n.signingKey | default dict).create }}{{ $_ := set $d "signingKey" $n.signingKey.content }}{{ end }}
 {{- if ($n.xkey | default dict).create }}{{ $_ := set $d "xkey" $n.xkey.content }}{{ end }}
 {{- if ($n.userCredentials | default dict).create }}{{ $_ := set $d "userCredentials" $n.userCredentials.content }}{{ end }}
+{{- if ($n.nkeySeed | default dict).create }}{{ $_ := set $d "nkeySeed" $n.nkeySeed.content }}{{ end }}
 {{- if ($n.calloutSigningKey | default dict).create }}{{ $_ := set $d "calloutSigningKey" $n.calloutSigningKey.content }}{{ end }}
 {{- if ($n.accountSigningKeys | default dict).create }}{{ $_ := set $d "accountSigningKeys" $n.accountSigningKeys.files }}{{ end }}
 {{- if $n.token }}{{ $_ := set $d "token" $n.token }}{{ end }}
