@@ -82,7 +82,7 @@ fn answer_with(
         let body = if allow {
             signer.allow(&req, &grant, now())
         } else {
-            signer.deny(&req, now())
+            signer.deny(&req, "probe", now())
         }
         .unwrap();
         Some(seal_if_needed(body, &req, decoder.xkey()).unwrap())

@@ -394,9 +394,22 @@ impl ResponseSigner {
         self.response(req, Some(&user), None, now)
     }
 
-    /// The signed denial; it carries only the generic text.
-    pub fn deny(&self, req: &AuthRequest, now: i64) -> Result<String, JwtError> {
-        self.response(req, None, Some(GENERIC_DENIAL), now)
+    /// The signed denial. Its error is the generic text and the reason label, which
+    /// nats-server writes to its own log (`Auth callout service returned an error: …`) and never
+    /// passes on: the client sees only `Authorization Violation`. A label is a fixed metric
+    /// name; anything else is left out rather than let request data into a server's log.
+    pub fn deny(&self, req: &AuthRequest, reason: &str, now: i64) -> Result<String, JwtError> {
+        let is_label = !reason.is_empty()
+            && reason.len() <= 64
+            && reason
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let error = if is_label {
+            format!("{GENERIC_DENIAL} ({reason})")
+        } else {
+            GENERIC_DENIAL.to_string()
+        };
+        self.response(req, None, Some(&error), now)
     }
 }
 
@@ -666,7 +679,8 @@ mod tests {
         );
         assert_eq!(user["iss"], app.public_key(), "users are signed as before");
         let (req, _) = request(None);
-        let denial: Value = decode_verified(&signer.deny(&req, 1_800_000_000).unwrap()).unwrap();
+        let denial: Value =
+            decode_verified(&signer.deny(&req, "token_expired", 1_800_000_000).unwrap()).unwrap();
         assert_eq!(denial["iss"], callout_signing.public_key());
         assert_eq!(
             denial["nats"]["issuer_account"],
@@ -675,18 +689,35 @@ mod tests {
         // Config mode has no issuer_account.
         let config = ResponseSigner::new(callout.clone(), "APP".into());
         assert_eq!(config.callout_account(), callout.public_key());
-        let denial: Value = decode_verified(&config.deny(&req, 1_800_000_000).unwrap()).unwrap();
+        let denial: Value =
+            decode_verified(&config.deny(&req, "token_expired", 1_800_000_000).unwrap()).unwrap();
         assert!(denial["nats"].get("issuer_account").is_none());
     }
 
     #[test]
-    fn a_denial_carries_only_the_generic_text() {
+    fn a_denial_carries_the_generic_text_and_a_reason_label_only() {
         let account = KeyPair::new_account();
         let signer = ResponseSigner::new(account, "APP".into());
         let (req, _) = request(None);
-        let claims: Value = decode_verified(&signer.deny(&req, 1_800_000_000).unwrap()).unwrap();
-        assert_eq!(claims["nats"]["error"], GENERIC_DENIAL);
-        assert!(claims["nats"].get("jwt").is_none());
+        let error = |reason: &str| -> Value {
+            let claims: Value =
+                decode_verified(&signer.deny(&req, reason, 1_800_000_000).unwrap()).unwrap();
+            assert!(claims["nats"].get("jwt").is_none());
+            claims["nats"]["error"].clone()
+        };
+        assert_eq!(
+            error("token_expired"),
+            "authorization failed (token_expired)"
+        );
+        for not_a_label in [
+            "",
+            "Token Expired",
+            "a\nforged line",
+            "x'y",
+            &"a".repeat(65),
+        ] {
+            assert_eq!(error(not_a_label), GENERIC_DENIAL, "{not_a_label:?}");
+        }
     }
 
     #[test]
@@ -695,7 +726,11 @@ mod tests {
         let public_only = KeyPair::from_public_key(&KeyPair::new_account().public_key()).unwrap();
         let signer = ResponseSigner::new(public_only, "APP".into());
         let (req, _) = request(None);
-        let refused = ResponseError::from(signer.deny(&req, 1_800_000_000).unwrap_err());
+        let refused = ResponseError::from(
+            signer
+                .deny(&req, "token_expired", 1_800_000_000)
+                .unwrap_err(),
+        );
         assert!(
             matches!(refused, ResponseError::SigningFailed(JwtError::Signing)),
             "{refused:?}"
@@ -710,7 +745,7 @@ mod tests {
         let (mut req, _) = request(Some(&ours));
         req.seal_to = Some("not-a-curve-key".into());
         let signer = ResponseSigner::new(KeyPair::new_account(), "APP".into());
-        let plain = signer.deny(&req, 1_800_000_000).unwrap();
+        let plain = signer.deny(&req, "token_expired", 1_800_000_000).unwrap();
         let refused = seal_if_needed(plain, &req, Some(&ours)).unwrap_err();
         assert!(
             matches!(refused, ResponseError::ServerXkeyInvalid(_)),
@@ -727,7 +762,7 @@ mod tests {
         let (req, server_x) = request(Some(&ours));
         let server_x = server_x.unwrap();
         let signer = ResponseSigner::new(KeyPair::new_account(), "APP".into());
-        let plain = signer.deny(&req, 1_800_000_000).unwrap();
+        let plain = signer.deny(&req, "token_expired", 1_800_000_000).unwrap();
         let sealed = seal_if_needed(plain.clone(), &req, Some(&ours)).unwrap();
         assert_ne!(sealed, plain.as_bytes());
         let opened = server_x

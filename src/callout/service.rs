@@ -185,7 +185,7 @@ impl CalloutContext {
 /// A signed (and, when the request was, sealed) denial of `req`, counted under `reason`.
 fn denial(keys: &CalloutKeys, req: &AuthRequest, now: i64, reason: &'static str) -> Outcome {
     // An empty reply also makes the server deny at once; the failure is still worth a line.
-    let reply = seal(keys, req, keys.signer.deny(req, now)).unwrap_or_else(|e| {
+    let reply = seal(keys, req, keys.signer.deny(req, reason, now)).unwrap_or_else(|e| {
         error!(
             "cannot build the denial for client {}: {e}; answering empty",
             req.client.id

@@ -76,7 +76,7 @@ pub fn assert_refused(url: &str, service: &Service, token: &str, reason: &str) {
     match connect_token(url, token) {
         Ok(_) => panic!("a client with a bad token ({reason}) was let in"),
         Err(e) => assert!(
-            is_authorization_violation(&e),
+            is_authorization_violation(&e) && !e.contains(reason),
             "unexpected error for {reason}: {e}"
         ),
     }
@@ -324,9 +324,17 @@ impl Stack {
         self.nats.url()
     }
 
-    /// Asserts that `token` is refused with `Authorization Violation` and counted under `reason`.
+    /// Asserts that `token` is refused with `Authorization Violation` and counted under `reason`;
+    /// the client saw only `Authorization Violation`; nats-server's log names the reason.
     pub fn assert_denied(&self, token: &str, reason: &str) {
         assert_refused(&self.url(), &self.service, token, reason);
+        let logged =
+            format!("Auth callout service returned an error: authorization failed ({reason})");
+        self.service.wait_for(
+            &format!("nats-server to log {logged:?}"),
+            DENIAL_COUNTED,
+            || self.nats.log().contains(&logged),
+        );
     }
 
     /// The number of ServiceAccounts the service's cache holds.
