@@ -34,7 +34,7 @@ pub fn auth_callout_block(
         .map(|x| format!("    xkey: \"{x}\"\n"))
         .unwrap_or_default();
     format!(
-        "authorization {{\n  timeout: 2\n  auth_callout {{\n    issuer: \"{issuer}\"\n    auth_users: [ \"{auth_user}\" ]\n    account: \"{auth_account}\"\n{xkey}  }}\n}}\n"
+        "authorization {{\n  timeout: 5\n  auth_callout {{\n    issuer: \"{issuer}\"\n    auth_users: [ \"{auth_user}\" ]\n    account: \"{auth_account}\"\n{xkey}  }}\n}}\n"
     )
 }
 
