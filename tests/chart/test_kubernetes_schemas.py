@@ -4,7 +4,7 @@ kubernetes-validate (strict: unknown fields are errors).
 
 Versions: 1.30, the first whose schemas have admissionregistration.k8s.io/v1
 ValidatingAdmissionPolicy (admissionPolicy needs it), and the newest the pinned package ships.
-The Prometheus Operator and Grafana Agent kinds are CRDs that no Kubernetes version has schemas
+The Prometheus Operator and Grafana Alloy kinds are CRDs that no Kubernetes version has schemas
 for: they are the only ones left out, by name.
 """
 
@@ -17,7 +17,7 @@ VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
-    ("monitoring.grafana.com/v1alpha1", "PodLogs"),
+    ("monitoring.grafana.com/v1alpha2", "PodLogs"),
 }
 
 POLICY = {

@@ -58,10 +58,10 @@ def test_pod_logs(render):
     r = render({"logs": {"podLogs": {"enabled": True, "labels": {"instance": "primary"}, "pipelineStages": stages,
                                      "relabelings": [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]}}})
     pl = r.one("PodLogs")
-    assert pl["apiVersion"] == "monitoring.grafana.com/v1alpha1"
+    assert pl["apiVersion"] == "monitoring.grafana.com/v1alpha2"  # Alloy; the Agent's v1alpha1 is end of life
     assert pl["metadata"]["labels"]["instance"] == "primary"
     pod_labels = r.deployment["spec"]["template"]["metadata"]["labels"]
     assert pl["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert pl["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert pl["spec"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
     assert pl["spec"]["pipelineStages"] == stages
     assert pl["spec"]["relabelings"][0]["targetLabel"] == "node"
