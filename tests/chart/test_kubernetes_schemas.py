@@ -2,8 +2,7 @@
 operator mode), validated against the Kubernetes OpenAPI schemas shipped by
 kubernetes-validate (strict: unknown fields are errors).
 
-Versions: 1.30, the first whose schemas have admissionregistration.k8s.io/v1
-ValidatingAdmissionPolicy (admissionPolicy needs it), and the newest the pinned package ships.
+Versions: see VERSIONS; each render is made for the version it is checked against.
 The Prometheus Operator and Grafana Alloy kinds are CRDs that no Kubernetes version has schemas
 for: they are the only ones left out, by name.
 """
@@ -13,7 +12,10 @@ import pytest
 
 from conftest import SIGNING_SEED, TOKEN, XKEY_SEED
 
-VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+# The oldest the pinned package ships (1.25: 1.24's schemas are not in it), the first with the
+# PDB's unhealthyPodEvictionPolicy on by default, the first with ValidatingAdmissionPolicy v1, a
+# current one and the newest. Each render is made for its version (`kubeVersion`).
+VERSIONS = ["1.25.0", "1.27.0", "1.30.0", "1.32.0", kubernetes_validate.latest_version()]
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
@@ -99,7 +101,10 @@ RENDERS = {"minimal": {}, "everything": EVERYTHING, "alternative": ALTERNATIVE, 
 @pytest.mark.parametrize("name", list(RENDERS))
 def test_every_object_matches_the_kubernetes_schema(render, name, version):
     skipped = set()
-    for obj in render(RENDERS[name]).objects:
+    values = {**RENDERS[name], "kubeVersion": version}
+    if tuple(int(x) for x in version.split(".")[:2]) < (1, 30):
+        values["admissionPolicy"] = {"enabled": False}  # refused at render before 1.30
+    for obj in render(values).objects:
         key = (obj["apiVersion"], obj["kind"])
         if key in CRD_KINDS:
             skipped.add(key)
@@ -132,3 +137,15 @@ def test_a_wrong_field_is_caught():
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(vap, "1.30.0", strict=True)
 
+
+
+def test_version_gated_fields_follow_the_cluster_version(render, render_error):
+    def pdb(version):
+        return render({"kubeVersion": version}).one("PodDisruptionBudget")["spec"]
+
+    assert "unhealthyPodEvictionPolicy" not in pdb("1.25.6")
+    assert "unhealthyPodEvictionPolicy" not in pdb("v1.26.0")
+    assert pdb("1.27.0")["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb("1.32.3-eks-1234")["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    msg = render_error({"kubeVersion": "1.29.4", "admissionPolicy": {"enabled": True, "allowedGroups": ["a"]}})
+    assert "admissionPolicy.enabled needs Kubernetes 1.30 or newer" in msg and "1.29.4" in msg

@@ -219,6 +219,10 @@ Messages name the value to set and never echo a secret.
 {{- if contains "@" ($n.url | default "") }}
 {{- fail "nats.url must not hold credentials (user:password@ or token@ would be readable by anyone who can read the Deployment): put the whole URL in a Secret and set nats.urlSecret.existingSecret (and nats.urlSecret.existingSecretKey) instead, leaving nats.url empty" }}
 {{- end }}
+{{- $kube := include "nats-k8s-oidc-callout.kubeVersion" . }}
+{{- if and (.Values.admissionPolicy | default dict).enabled (not (semverCompare ">=1.30.0-0" $kube)) }}
+{{- fail (printf "admissionPolicy.enabled needs Kubernetes 1.30 or newer (admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy); this cluster is %s" $kube) }}
+{{- end }}
 {{- $pdb := .Values.podDisruptionBudget | default dict }}
 {{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
 {{- fail "podDisruptionBudget.enabled is true but neither podDisruptionBudget.maxUnavailable nor podDisruptionBudget.minAvailable is set" }}
@@ -282,4 +286,9 @@ them, and with it every account is a public key, as the service requires.
 {{- if .Values.secretEnv }}{{ $_ := set $d "secretEnv" .Values.secretEnv }}{{ end }}
 {{- if .Values.secretVolume }}{{ $_ := set $d "secretVolume" .Values.secretVolume }}{{ end }}
 {{- if $d }}{{ toJson $d | sha256sum }}{{ end }}
+{{- end }}
+
+{{/* The cluster's Kubernetes version: kubeVersion when set, else what Helm reports. */}}
+{{- define "nats-k8s-oidc-callout.kubeVersion" -}}
+{{- default .Capabilities.KubeVersion.Version .Values.kubeVersion -}}
 {{- end }}
