@@ -235,3 +235,26 @@ def test_minimal_values_render(render):
 @pytest.mark.parametrize("address", ["localhost", "0.0.0.0 ", "http://[::]"])
 def test_http_address_is_an_ip_address(render_error, address):
     assert "httpAddress" in render_error({"httpAddress": address})
+
+
+@pytest.mark.parametrize("name", ["NATS_URL", "LOG_LEVEL", "NATS_CREDS_FILE", "TOKEN_CACHE_SIZE"])
+def test_extra_env_cannot_set_what_the_chart_sets(render_error, name):
+    msg = render_error({"extraEnv": [{"name": "RUST_LOG", "value": "info"}, {"name": name, "value": "x"}]})
+    assert f"extraEnv[1] sets {name}, which the chart sets from its values" in msg, msg
+
+
+def test_extra_env_names_appear_once(render_error):
+    msg = render_error({"extraEnv": [{"name": "RUST_LOG", "value": "a"}, {"name": "RUST_LOG", "value": "b"}]})
+    assert "extraEnv[1] sets RUST_LOG a second time" in msg, msg
+
+
+def test_every_variable_the_chart_sets_is_refused_in_extra_env(render, render_error):
+    # Against drift: each name of a render with (nearly) everything on is on the refused list.
+    from test_kubernetes_schemas import EVERYTHING, OPERATOR
+
+    for values in (EVERYTHING, OPERATOR, {"httpAddress": "0.0.0.0", "config": {"jwtLeeway": "30s"}}):
+        for name in render(values).env:
+            if name == "RUST_LOG":  # EVERYTHING's own extraEnv entry
+                continue
+            msg = render_error({"extraEnv": [{"name": name, "value": "x"}]})
+            assert f"sets {name}, which the chart sets" in msg, (name, msg)

@@ -223,6 +223,18 @@ Messages name the value to set and never echo a secret.
 {{- if and (.Values.admissionPolicy | default dict).enabled (not (semverCompare ">=1.30.0-0" $kube)) }}
 {{- fail (printf "admissionPolicy.enabled needs Kubernetes 1.30 or newer (admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy); this cluster is %s" $kube) }}
 {{- end }}
+{{- $chartEnv := splitList " " (include "nats-k8s-oidc-callout.chartEnvNames" .) }}
+{{- $seen := dict }}
+{{- range $i, $e := (.Values.extraEnv | default list) }}
+{{- $name := toString ($e.name | default "") }}
+{{- if has $name $chartEnv }}
+{{- fail (printf "extraEnv[%d] sets %s, which the chart sets from its values: use the chart's value for it (helm/nats-k8s-oidc-callout/README.md), not extraEnv" $i $name) }}
+{{- end }}
+{{- if hasKey $seen $name }}
+{{- fail (printf "extraEnv[%d] sets %s a second time: each name may appear once" $i $name) }}
+{{- end }}
+{{- $_ := set $seen $name true }}
+{{- end }}
 {{- $pdb := .Values.podDisruptionBudget | default dict }}
 {{- if and $pdb.enabled (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
 {{- fail "podDisruptionBudget.enabled is true but neither podDisruptionBudget.maxUnavailable nor podDisruptionBudget.minAvailable is set" }}
@@ -291,4 +303,13 @@ them, and with it every account is a public key, as the service requires.
 {{/* The cluster's Kubernetes version: kubeVersion when set, else what Helm reports. */}}
 {{- define "nats-k8s-oidc-callout.kubeVersion" -}}
 {{- default .Capabilities.KubeVersion.Version .Values.kubeVersion -}}
+{{- end }}
+
+{{/*
+Every environment variable the Deployment may set from the chart's values (and the old name of
+one): extraEnv must not set them too (server-side apply refuses a duplicate name, and the
+last of two would silently win with client-side apply).
+*/}}
+{{- define "nats-k8s-oidc-callout.chartEnvNames" -}}
+NATS_URL NATS_ACCOUNT NATS_SIGNING_KEY_FILE NATS_OPERATOR_MODE NATS_SIGNING_KEY_SCOPED NATS_CALLOUT_SIGNING_KEY_FILE NATS_CALLOUT_ACCOUNT NATS_ACCOUNT_SIGNING_KEYS_DIR NATS_XKEY_SEED_FILE NATS_USER_CREDS_FILE NATS_CREDS_FILE NATS_NKEY_SEED_FILE NATS_CA_FILE NATS_CLIENT_CERT_FILE NATS_CLIENT_KEY_FILE NATS_TLS_REQUIRED NATS_TOKEN JWT_ISSUER JWT_AUDIENCE JWKS_URL USER_JWT_MAX_LIFETIME JWT_LEEWAY JWKS_MIN_REFETCH_INTERVAL JWKS_REFETCH_WAIT WORKERS QUEUE_SIZE TOKEN_CACHE_SIZE SHUTDOWN_TIMEOUT WATCH_TIMEOUT_SECONDS INBOX_MODE POLICY_FILE SERVICEACCOUNT_EVENTS LOG_LEVEL PORT HTTP_ADDRESS K8S_IN_CLUSTER
 {{- end }}
