@@ -586,6 +586,18 @@ tests:
         eval_time: 10m
         exp_samples:
           - {{labels: '{{alertname="NatsCalloutNatsFlapping"}}', value: 1}}
+  # The Deployment deleted: kube-state-metrics has no series for it any more, and no replica is
+  # scraped; the alerts must not go silent with the series.
+  - interval: 1m
+    input_series:
+      - series: 'kube_deployment_status_replicas_available{{deployment="other"}}'
+        values: '1x10'
+    promql_expr_test:
+      - expr: count by (alertname) (ALERTS{{alertstate="firing"}})
+        eval_time: 10m
+        exp_samples:
+          - {{labels: '{{alertname="NatsCalloutNoReadyReplica"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutScrapeDown"}}', value: 1}}
 "#,
         rules = rules_path.display()
     )
