@@ -19,6 +19,7 @@ VERSIONS = ["1.25.0", "1.27.0", "1.30.0", "1.32.0", kubernetes_validate.latest_v
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("monitoring.grafana.com/v1alpha2", "PodLogs"),
 }
 
@@ -63,7 +64,8 @@ EVERYTHING = {
         "apiServer": {"cidrs": ["10.0.0.1/32", "fd00::1/128"]},
         "extraEgress": [{"ports": [{"port": 443, "protocol": "TCP"}]}],
     },
-    "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+    "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                "prometheusRule": {"enabled": True}},
     "logs": {"podLogs": {"enabled": True}},
     "extraObjects": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extra"}, "data": {"a": "b"}}],
 }

@@ -1,11 +1,20 @@
-"""ServiceMonitor, PodMonitor and PodLogs."""
+"""ServiceMonitor, PodMonitor, PrometheusRule and PodLogs."""
 
-from conftest import NAMESPACE
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from conftest import FULLNAME, NAMESPACE
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_off_by_default(render):
     r = render()
     assert not r.all("ServiceMonitor") and not r.all("PodMonitor") and not r.all("PodLogs")
+    assert not r.all("PrometheusRule")
 
 
 def test_service_monitor_selects_the_service(render):
@@ -65,3 +74,35 @@ def test_pod_logs(render):
     assert pl["spec"]["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
     assert pl["spec"]["pipelineStages"] == stages
     assert pl["spec"]["relabelings"][0]["targetLabel"] == "node"
+
+
+def test_the_chart_carries_the_documented_alert_rules_unchanged():
+    chart_copy = ROOT / "helm" / "nats-k8s-oidc-callout" / "files" / "prometheus-rules.yaml"
+    assert chart_copy.read_bytes() == (ROOT / "docs" / "alerts" / "prometheus-rules.yaml").read_bytes(), (
+        "edit docs/alerts/prometheus-rules.yaml and copy it to the chart's files/"
+    )
+
+
+def test_prometheus_rule_is_the_documented_alerts_scoped_to_the_release(render, tmp_path):
+    r = render({"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"},
+                                              "additionalAlertLabels": {"team": "platform"}}}})
+    pr = r.one("PrometheusRule")
+    assert pr["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pr["metadata"]["labels"]["release"] == "kps"
+    documented = yaml.safe_load((ROOT / "docs" / "alerts" / "prometheus-rules.yaml").read_text())
+    names = lambda groups: [rule["alert"] for g in groups for rule in g["rules"]]  # noqa: E731
+    assert names(pr["spec"]["groups"]) == names(documented["groups"])
+    exprs = " ".join(rule["expr"] for g in pr["spec"]["groups"] for rule in g["rules"])
+    assert f'namespace="{NAMESPACE}", deployment="{FULLNAME}"' in exprs
+    assert f'namespace="{NAMESPACE}", pod=~"{FULLNAME}-.*"' in exprs
+    assert 'job="nats-k8s-oidc-callout"' not in exprs and 'deployment="nats-k8s-oidc-callout"' not in exprs
+    for g in pr["spec"]["groups"]:
+        for rule in g["rules"]:
+            assert rule["labels"]["team"] == "platform" and rule["labels"]["severity"] in ("info", "warning", "critical")
+    # What the Prometheus Operator hands to Prometheus is a valid rule file.
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/test installs it (tests/ops_docs.rs) before the pytest part"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": pr["spec"]["groups"]}))
+    out = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
