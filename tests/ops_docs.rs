@@ -3,6 +3,8 @@
 //! - `docs/alerts/prometheus-rules.yaml` passes `promtool check rules`, its alerts fire (and stay
 //!   quiet) as docs/OPERATIONS.md says under `promtool test rules`, and every metric it queries
 //!   is one the service really exposes on `/metrics` (or a documented kube-state-metrics one);
+//! - every query of the chart's Grafana dashboard is valid PromQL (promtool) on metrics the
+//!   service really exposes, and every family the alerts leave out is on the dashboard;
 //! - the metric table of docs/OPERATIONS.md lists exactly the service's metric families, with
 //!   their real types and labels;
 //! - the signing-key rotation procedure of docs/OPERATIONS.md works as written, step by step,
@@ -26,6 +28,7 @@ use support::stack::StackBuilder;
 use support::tokens::{jwks, SigningKey, TokenBuilder};
 
 const RULES: &str = "docs/alerts/prometheus-rules.yaml";
+const DASHBOARD: &str = "helm/nats-k8s-oidc-callout/files/grafana-dashboard.json";
 const OPERATIONS: &str = "docs/OPERATIONS.md";
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -371,6 +374,68 @@ fn exposition() -> &'static Exposition {
 }
 
 // ---------------------------------------------------------------------------------------------
+// the dashboard: valid PromQL on real metrics, covering what the alerts leave out
+
+/// (panel title, expression) of every query of the dashboard.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let doc: serde_json::Value =
+        serde_json::from_str(&read(DASHBOARD)).expect("the dashboard is JSON");
+    let mut out = Vec::new();
+    for panel in doc["panels"].as_array().expect("panels: a list") {
+        let title = panel["title"].as_str().expect("each panel has a title");
+        for target in panel["targets"].as_array().expect("each panel has targets") {
+            let expr = target["expr"].as_str().expect("each target has an expr");
+            out.push((title.to_string(), expr.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql_on_real_metrics() {
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 10, "{} queries", queries.len());
+    // promtool reads each as a recording rule: a syntax error fails the check.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("dashboard.yaml");
+    let mut text = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (_, expr)) in queries.iter().enumerate() {
+        text.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(expr).expect("quote")
+        ));
+    }
+    fs::write(&rules, text).expect("write");
+    let (ok, out) = run_promtool(&["check", "rules", rules.to_str().expect("utf8 path")]);
+    assert!(
+        ok,
+        "promtool check rules on the dashboard's queries failed:\n{out}"
+    );
+    // Each queries series the service exposes.
+    let expo = exposition();
+    let mut used = BTreeSet::new();
+    for (title, expr) in &queries {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{title}: no metric in {expr:?}");
+        for name in names {
+            assert!(
+                expo.series.contains_key(&name),
+                "{title} queries {name}, which the service's /metrics does not expose"
+            );
+            used.insert(name);
+        }
+    }
+    // What no alert watches is at least on the dashboard.
+    for family in DASHBOARD_ONLY {
+        assert!(
+            used.iter()
+                .any(|u| u == family || u.starts_with(&format!("{family}_"))),
+            "{family} is said to be read on the dashboard, which has no query of it"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // the rules: valid, behaving as documented, on real metrics
 
 #[test]
@@ -410,19 +475,12 @@ fn every_metric_the_rules_query_exists() {
         }
     }
     // The rules watch every family the service has, except these, read on dashboards only.
-    const DASHBOARD_ONLY: &[&str] = &[
-        "nats_callout_queue_depth",
-        "nats_callout_serviceaccounts",
-        "nats_callout_cache_miss_lookups",
-        "nats_callout_jwks_refreshes",
-        // Misbehaving HTTP clients do not keep the probes from answering (tests/http_attack.rs):
-        // worth a graph, not a page.
-        "nats_callout_http_connections",
-        "nats_callout_http_connections_dropped",
-        // A cold verified-token cache costs CPU, not correctness: worth a graph, not a page.
-        "nats_callout_token_cache_lookups",
-        "nats_callout_token_cache_entries",
-    ];
+    for family in DASHBOARD_ONLY {
+        assert!(
+            expo.types.contains_key(*family),
+            "{family} is no metric family"
+        );
+    }
     for family in expo.types.keys() {
         let covered = used.iter().any(|u| {
             u == family
@@ -437,6 +495,21 @@ fn every_metric_the_rules_query_exists() {
         );
     }
 }
+
+/// Families graphed on the dashboard but watched by no alert.
+const DASHBOARD_ONLY: &[&str] = &[
+    "nats_callout_queue_depth",
+    "nats_callout_serviceaccounts",
+    "nats_callout_cache_miss_lookups",
+    "nats_callout_jwks_refreshes",
+    // Misbehaving HTTP clients do not keep the probes from answering (tests/http_attack.rs):
+    // worth a graph, not a page.
+    "nats_callout_http_connections",
+    "nats_callout_http_connections_dropped",
+    // A cold verified-token cache costs CPU, not correctness: worth a graph, not a page.
+    "nats_callout_token_cache_lookups",
+    "nats_callout_token_cache_entries",
+];
 
 /// A `promtool test rules` file: the problems OPERATIONS.md names make their alert fire, and a
 /// healthy hour fires nothing.

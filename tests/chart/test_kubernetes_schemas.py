@@ -65,7 +65,7 @@ EVERYTHING = {
         "extraEgress": [{"ports": [{"port": 443, "protocol": "TCP"}]}],
     },
     "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
-                "prometheusRule": {"enabled": True}},
+                "prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
     "logs": {"podLogs": {"enabled": True}},
     "extraObjects": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extra"}, "data": {"a": "b"}}],
 }

@@ -106,3 +106,19 @@ def test_prometheus_rule_is_the_documented_alerts_scoped_to_the_release(render, 
     rules.write_text(yaml.safe_dump({"groups": pr["spec"]["groups"]}))
     out = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_grafana_dashboard_config_map_for_the_sidecar(render):
+    import json
+
+    assert not [c for c in render().all("ConfigMap") if c["metadata"]["name"] == f"{FULLNAME}-dashboard"]
+    r = render({"metrics": {"grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                                                "annotations": {"grafana_folder": "NATS"}}}})
+    cm = r.one("ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "NATS"}
+    dashboard = json.loads(cm["data"]["nats-k8s-oidc-callout.json"])
+    shipped = json.loads((ROOT / "helm" / "nats-k8s-oidc-callout" / "files" / "grafana-dashboard.json").read_text())
+    assert dashboard == shipped
+    assert dashboard["uid"] == "nats-k8s-oidc-callout" and len(dashboard["panels"]) >= 10
