@@ -10,6 +10,10 @@ DNS_PEER = {
     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
 }
 NODE_LOCAL_DNS_PEER = {"ipBlock": {"cidr": "169.254.20.10/32"}}
+NODE_LOCAL_DNS_PODS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "node-local-dns"}},
+}
 NATS_PEER = {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}
 
 
@@ -36,7 +40,8 @@ def test_default_rules(render):
     assert len(egress) == 3
     dns = rule_with_port(egress, 53, "UDP")
     assert {"protocol": "TCP", "port": 53} in dns["ports"]
-    assert dns["to"] == [DNS_PEER, NODE_LOCAL_DNS_PEER]
+    # No cluster to look kube-dns up in (a render without one): the selectors only.
+    assert dns["to"] == [DNS_PEER, NODE_LOCAL_DNS_PEER, NODE_LOCAL_DNS_PODS]
     nats = rule_with_port(egress, 4222)
     assert nats["to"] == [NATS_PEER]
     api = rule_with_port(egress, 443)
@@ -65,6 +70,20 @@ def test_selectors_ports_and_api_cidrs(render):
     assert not [r for r in egress if {"protocol": "TCP", "port": 4222} in r.get("ports", [])]
 
 
+@pytest.mark.parametrize(
+    "ips, cidrs",
+    [(["10.96.0.10"], ["10.96.0.10/32"]), (["10.96.0.10", "fd00:10:96::a"], ["10.96.0.10/32", "fd00:10:96::a/128"])],
+)
+def test_the_kube_dns_cluster_ip_is_allowed_for_node_local_dns_in_iptables_mode(render, ips, cidrs):
+    dns = rule_with_port(policy(render, {"dnsServiceIP": ips})["egress"], 53, "UDP")
+    assert dns["to"] == [DNS_PEER, NODE_LOCAL_DNS_PEER, NODE_LOCAL_DNS_PODS] + [{"ipBlock": {"cidr": c}} for c in cidrs]
+
+
+def test_a_dns_service_ip_with_a_prefix_is_refused(render_error):
+    msg = render_error({"networkPolicy": {"enabled": True, "dnsServiceIP": ["10.96.0.10/32"]}})
+    assert "dnsServiceIP" in msg, msg
+
+
 def test_empty_dns_selector_allows_port_53_anywhere(render):
     dns = rule_with_port(policy(render, {"dnsSelector": []})["egress"], 53, "UDP")
     assert dns == {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
@@ -78,7 +97,7 @@ def test_api_server_cidr_shapes_accepted(render, cidr):
 
 def test_notes_mention_dns_only_with_the_policy(render):
     notes = render({"networkPolicy": {"enabled": True}}).notes
-    assert "DNS: the default networkPolicy.dnsSelector allows kube-dns and NodeLocal DNSCache (169.254.20.10)" in notes
+    assert "DNS: the default networkPolicy.dnsSelector allows kube-dns and NodeLocal DNSCache (169.254.20.10 and its pods)" in notes
     assert "DNS:" not in render().notes
 
 
