@@ -94,7 +94,8 @@ pub struct Config {
     /// `NATS_URL`: comma-separated server URLs.
     pub nats_url: String,
     /// The service's own login: `NATS_USER_CREDS_FILE` (alias `NATS_CREDS_FILE`),
-    /// `NATS_NKEY_SEED_FILE` or `NATS_TOKEN` (never logged), else what `NATS_URL` carries.
+    /// `NATS_NKEY_SEED_FILE`, `NATS_TOKEN` or `NATS_TOKEN_FILE` (never logged), else what
+    /// `NATS_URL` carries.
     pub nats_login: Login,
     /// `NATS_CA_FILE`, `NATS_CLIENT_CERT_FILE` + `NATS_CLIENT_KEY_FILE`, `NATS_TLS_REQUIRED`.
     pub nats_tls: TlsSettings,
@@ -388,10 +389,12 @@ impl Config {
             .map(PathBuf::from);
         let nats_token = r.get("NATS_TOKEN").map(str::to_string);
         let nkey_seed = r.get("NATS_NKEY_SEED_FILE").map(PathBuf::from);
+        let token_file = r.get("NATS_TOKEN_FILE").map(PathBuf::from);
         let logins = [
             creds.as_ref().map(|_| "NATS_USER_CREDS_FILE"),
             nkey_seed.as_ref().map(|_| "NATS_NKEY_SEED_FILE"),
             nats_token.as_ref().map(|_| "NATS_TOKEN"),
+            token_file.as_ref().map(|_| "NATS_TOKEN_FILE"),
         ];
         let given: Vec<&str> = logins.into_iter().flatten().collect();
         match given.as_slice() {
@@ -401,11 +404,15 @@ impl Config {
             [a, b, c] => r
                 .problems
                 .push(format!("{a}, {b} and {c} are all set; use at most one")),
+            [a, b, c, d] => r.problems.push(format!(
+                "{a}, {b}, {c} and {d} are all set; use at most one"
+            )),
             _ => {}
         }
         for (name, path) in [
             ("NATS_USER_CREDS_FILE", &creds),
             ("NATS_NKEY_SEED_FILE", &nkey_seed),
+            ("NATS_TOKEN_FILE", &token_file),
         ] {
             if let Some(p) = path {
                 if !p.is_file() {
@@ -414,11 +421,12 @@ impl Config {
                 }
             }
         }
-        let nats_login = match (creds, nkey_seed, nats_token) {
-            (Some(p), _, _) => Login::CredsFile(p),
-            (None, Some(p), _) => Login::NkeySeedFile(p),
-            (None, None, Some(t)) => Login::Token(t),
-            (None, None, None) => Login::None,
+        let nats_login = match (creds, nkey_seed, nats_token, token_file) {
+            (Some(p), _, _, _) => Login::CredsFile(p),
+            (None, Some(p), _, _) => Login::NkeySeedFile(p),
+            (None, None, Some(t), _) => Login::Token(t),
+            (None, None, None, Some(p)) => Login::TokenFile(p),
+            (None, None, None, None) => Login::None,
         };
         let client_cert = match (
             r.get("NATS_CLIENT_CERT_FILE").map(PathBuf::from),

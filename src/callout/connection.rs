@@ -54,6 +54,19 @@ pub enum Login {
     /// A user nkey seed file: the public key is sent and the server's nonce signed, the seed
     /// never; read at every connect.
     NkeySeedFile(std::path::PathBuf),
+    /// A file holding the token (surrounding blanks ignored), read at every connect. Never
+    /// logged.
+    TokenFile(std::path::PathBuf),
+}
+
+impl Login {
+    /// The file the login is read from, when it is one.
+    fn file(&self) -> Option<&Path> {
+        match self {
+            Login::CredsFile(p) | Login::NkeySeedFile(p) | Login::TokenFile(p) => Some(p),
+            Login::None | Login::Token(_) => None,
+        }
+    }
 }
 
 /// TLS beyond what each URL says; the files are read at every connect, so a replaced
@@ -302,6 +315,35 @@ impl Dialer {
         Err(last)
     }
 
+    /// A digest of every file the connection is made from (the login's, the CA, the client
+    /// certificate and key): when it changes, a Secret was swapped and a new connection should
+    /// use the new files. A file that cannot be read counts as its error.
+    pub fn files_fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut files: Vec<&Path> = self.login.file().into_iter().collect();
+        files.extend(self.tls.ca_file.as_deref());
+        if let Some((cert, key)) = &self.tls.client_cert {
+            files.push(cert);
+            files.push(key);
+        }
+        for f in files {
+            match std::fs::read(f) {
+                Ok(bytes) => {
+                    h.update((bytes.len() as u64).to_le_bytes());
+                    h.update(&bytes);
+                }
+                Err(e) => h.update(format!("unreadable: {}", e.kind()).as_bytes()),
+            }
+        }
+        h.finalize().into()
+    }
+
+    /// Whether the connection is made from files at all (else there is nothing to watch).
+    pub fn has_files(&self) -> bool {
+        self.login.file().is_some() || self.tls.ca_file.is_some() || self.tls.client_cert.is_some()
+    }
+
     /// Adds the servers `conn`'s server has announced so far to those tried on reconnect.
     pub fn remember(&mut self, conn: &Connection) {
         // A nats:// URL upgraded because this server requires TLS: the servers it announces
@@ -477,9 +519,14 @@ impl Dialer {
         let mut nkey = None;
         let mut sig = None;
         let mut auth_token = None;
+        let file_token;
         match &self.login {
             Login::None => {}
             Login::Token(t) => auth_token = Some(t.as_str()),
+            Login::TokenFile(path) => {
+                file_token = read_token(path)?;
+                auth_token = Some(file_token.as_str());
+            }
             Login::CredsFile(path) => {
                 let creds = read_creds(path)?;
                 sig = Some(sign_nonce(&creds.key, info, path)?);
@@ -623,6 +670,20 @@ fn sign_nonce(key: &nkeys::KeyPair, info: &Info, path: &Path) -> Result<String, 
             why: "the seed cannot sign".into(),
         })?;
     Ok(URL_SAFE_NO_PAD.encode(signed))
+}
+
+/// Reads a token file (surrounding blanks ignored); an empty one is an error naming the file.
+fn read_token(path: &Path) -> Result<String, ConnectError> {
+    let fail = |why: &str| ConnectError::Creds {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(fail("the token file is empty"));
+    }
+    Ok(token.to_string())
 }
 
 /// Reads a user nkey seed file (`SU…`, surrounding blanks ignored).
@@ -857,6 +918,13 @@ impl Publisher {
         *self.out.lock() = taken;
     }
 
+    /// Points this publisher at `other`'s socket in one step and returns the writer it had.
+    fn swap(&self, other: &Publisher) -> Option<Writer> {
+        let taken = other.out.lock().take();
+        *self.failure.lock() = None;
+        std::mem::replace(&mut *self.out.lock(), taken)
+    }
+
     /// Why the last write failed, once.
     fn take_failure(&self) -> Option<String> {
         self.failure.lock().take()
@@ -993,6 +1061,30 @@ impl Connection {
             self.queue_subscribe(&subject, &queue)?;
         }
         Ok(())
+    }
+
+    /// Moves this connection over to `fresh` without a gap: `fresh` joins the queue group
+    /// first, then this one leaves it and hands over the requests delivered to it before it left
+    /// (answered by the caller), and the publishers switch to `fresh`'s socket in one step.
+    pub fn replace_with(&mut self, mut fresh: Connection) -> io::Result<Vec<Message>> {
+        if let Some((subject, queue)) = self.subscribed.clone() {
+            fresh.queue_subscribe(&subject, &queue)?;
+        }
+        let left = self.unsubscribe_and_drain(Duration::from_secs(1));
+        let old = self.publisher.swap(&fresh.publisher);
+        self.stream = fresh.stream;
+        self.frames = fresh.frames;
+        self.info = fresh.info;
+        self.server = fresh.server;
+        self.via = fresh.via;
+        self.last_read = Instant::now();
+        self.since = Instant::now();
+        self.pings_out = 0;
+        self.subscribed = fresh.subscribed.take();
+        if let Some(w) = old {
+            let _ = w.tcp.shutdown(Shutdown::Both);
+        }
+        Ok(left)
     }
 
     /// Closes the socket; publishes fail from now on.

@@ -364,6 +364,7 @@ pub fn run(
     let out = conn.publisher();
     let mut overload = OverloadLog::default();
     let mut ticked = Instant::now();
+    let mut files = FileWatch::new(&redial.dialer);
     loop {
         if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
             break;
@@ -373,12 +374,18 @@ pub fn run(
             ticked = Instant::now();
             overload.tick(ticked, settings.queue_size);
             denial_log::tick();
+            for msg in files.rotate_if_changed(&mut redial.dialer, &mut conn) {
+                enqueue(&tx, msg, &out, &metrics, &mut overload, settings.queue_size);
+            }
         }
         let msg = match conn.next_event() {
             Event::Message(m) => m,
             Event::Idle => continue,
             Event::Lost(why) => match redial.reconnect(&mut conn, &why) {
-                Some(()) => continue,
+                Some(()) => {
+                    files.connected_with(&redial.dialer);
+                    continue;
+                }
                 None => break,
             },
         };
@@ -404,6 +411,91 @@ pub fn run(
     // Every answer is written by now (each worker writes its own); nothing is buffered.
     conn.close();
     Ok(())
+}
+
+/// How often the files the connection is made from are compared with those in use.
+const FILES_EVERY: Duration = Duration::from_secs(2);
+
+/// How long after a failed connect with changed files they are tried again.
+const FILES_RETRY: Duration = Duration::from_secs(30);
+
+/// Watches the files the NATS connection is made from (creds, nkey seed, token, CA, client
+/// certificate and key). When the kubelet swaps a mounted Secret, a connection with the new
+/// files replaces the current one without a gap; if it cannot be made, the current one stays
+/// and the new files are tried again every [`FILES_RETRY`].
+struct FileWatch {
+    enabled: bool,
+    in_use: [u8; 32],
+    checked: Instant,
+    retry_after: Option<Instant>,
+}
+
+impl FileWatch {
+    fn new(dialer: &Dialer) -> FileWatch {
+        FileWatch {
+            enabled: dialer.has_files(),
+            in_use: if dialer.has_files() {
+                dialer.files_fingerprint()
+            } else {
+                [0; 32]
+            },
+            checked: Instant::now(),
+            retry_after: None,
+        }
+    }
+
+    /// After a reconnect, which read the files as they are now.
+    fn connected_with(&mut self, dialer: &Dialer) {
+        if self.enabled {
+            self.in_use = dialer.files_fingerprint();
+            self.retry_after = None;
+        }
+    }
+
+    /// Replaces the connection when the files changed; returns the requests the old one had
+    /// received before it left the queue group, to be answered.
+    fn rotate_if_changed(&mut self, dialer: &mut Dialer, conn: &mut Connection) -> Vec<Message> {
+        let now = Instant::now();
+        if !self.enabled || now.duration_since(self.checked) < FILES_EVERY {
+            return Vec::new();
+        }
+        self.checked = now;
+        if self.retry_after.is_some_and(|t| now < t) {
+            return Vec::new();
+        }
+        let seen = dialer.files_fingerprint();
+        if seen == self.in_use {
+            self.retry_after = None;
+            return Vec::new();
+        }
+        info!("the NATS login or TLS files changed; connecting with them");
+        let fresh = match dialer.connect() {
+            Ok(fresh) => fresh,
+            Err((server, e)) => {
+                warn!(
+                    "cannot connect to nats at {server} with the changed files: {e}; the current connection stays, trying again in {FILES_RETRY:?}"
+                );
+                self.retry_after = Some(now + FILES_RETRY);
+                return Vec::new();
+            }
+        };
+        match conn.replace_with(fresh) {
+            Ok(left) => {
+                info!(
+                    "now connected to {} with the changed files; the previous connection is closed",
+                    conn.server()
+                );
+                self.in_use = seen;
+                self.retry_after = None;
+                left
+            }
+            Err(e) => {
+                warn!("the new connection failed while subscribing ({e}); the current one stays, trying again in {FILES_RETRY:?}");
+                self.retry_after = Some(now + FILES_RETRY);
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// How often the reader writes the log summaries that have come due.

@@ -61,17 +61,16 @@ def test_existing_secrets_for_signing_xkey_creds(render):
     assert env["NATS_SIGNING_KEY_FILE"]["value"] == f"{DIR}/signing/signing.key"
     assert env["NATS_XKEY_SEED_FILE"]["value"] == f"{DIR}/xkey/xkey.seed"
     assert env["NATS_USER_CREDS_FILE"]["value"] == f"{DIR}/creds/user.creds"
-    assert "NATS_TOKEN" not in env
+    assert "NATS_TOKEN" not in env and "NATS_TOKEN_FILE" not in env
 
 
 def test_existing_secret_for_token(render):
     r = render({"nats": {"tokenSecret": {"existingSecret": "nats-login", "existingSecretKey": "tok"}}})
     assert r.all("Secret") == []
-    assert r.env["NATS_TOKEN"] == {
-        "name": "NATS_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "nats-login", "key": "tok"}},
-    }
-    assert "NATS_USER_CREDS_FILE" not in r.env
+    # A file (rotated in place by the kubelet), not an environment variable.
+    assert_secret_file(r, "nats-token", "nats-login", "tok", "token", f"{DIR}/token")
+    assert r.env["NATS_TOKEN_FILE"]["value"] == f"{DIR}/token/token"
+    assert "NATS_TOKEN" not in r.env and "NATS_USER_CREDS_FILE" not in r.env
 
 
 def test_existing_secret_for_url(render):
@@ -106,10 +105,9 @@ def test_chart_created_token(render):
     r = render({"nats": {"token": TOKEN}})
     s = chart_secret(r, "nats-token")
     assert base64.b64decode(s["data"]["token"]).decode() == TOKEN
-    assert r.env["NATS_TOKEN"] == {
-        "name": "NATS_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": f"{FULLNAME}-nats-token", "key": "token"}},
-    }
+    assert_secret_file(r, "nats-token", f"{FULLNAME}-nats-token", "token", "token", f"{DIR}/token")
+    assert r.env["NATS_TOKEN_FILE"]["value"] == f"{DIR}/token/token"
+    assert "NATS_TOKEN" not in r.env
     assert_no_secret_outside_secrets(r, TOKEN)
 
 

@@ -10,3 +10,4 @@ pub mod operator;
 pub mod service;
 pub mod stack;
 pub mod tokens;
+pub mod volume;

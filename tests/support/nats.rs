@@ -156,6 +156,33 @@ impl NatsServer {
         }
     }
 
+    /// The configuration text the server runs with.
+    pub fn config_text(&self) -> String {
+        fs::read_to_string(&self.config).expect("read config")
+    }
+
+    /// Replaces the configuration and has the running server reload it (SIGHUP), waiting until
+    /// it says it has.
+    pub fn reload(&self, config: &str) {
+        let before = self.log().matches("Reloaded server configuration").count();
+        fs::write(&self.config, config).expect("write config");
+        let pid = self.child.as_ref().expect("a running server").id();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success(), "kill -HUP {pid}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches("Reloaded server configuration").count() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not reload:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops and starts the server again on the same port with the same config.
     pub fn restart(&mut self) {
         self.stop();
