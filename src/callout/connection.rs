@@ -1978,4 +1978,46 @@ mod hostile_server_tests {
         assert_eq!(f.buf.len(), INITIAL_BUFFER);
         assert_eq!(f.next_frame().unwrap(), Some(Frame::Ping));
     }
+
+    #[test]
+    fn the_files_fingerprint_follows_every_file_and_a_token_file_is_read_at_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&token, "t0k3n\n").unwrap();
+        std::fs::write(&ca, "ca one").unwrap();
+        let tls = TlsSettings {
+            ca_file: Some(ca.clone()),
+            ..TlsSettings::default()
+        };
+        let d = Dialer::new("nats://a", Login::TokenFile(token.clone()), tls, "t").unwrap();
+        assert!(d.has_files());
+        let first = d.files_fingerprint();
+        assert_eq!(d.files_fingerprint(), first, "stable while nothing changes");
+        std::fs::write(&ca, "ca two").unwrap();
+        let second = d.files_fingerprint();
+        assert_ne!(second, first);
+        std::fs::write(&token, "other").unwrap();
+        assert_ne!(d.files_fingerprint(), second);
+        std::fs::remove_file(&token).unwrap();
+        let gone = d.files_fingerprint();
+        assert_ne!(gone, second, "a file that went away counts as a change");
+
+        std::fs::write(&token, "  t0k3n \n").unwrap();
+        let line: serde_json::Value =
+            serde_json::from_slice(&d.connect_line(&d.servers[0], &Info::default()).unwrap())
+                .unwrap();
+        assert_eq!(line["auth_token"], "t0k3n");
+        std::fs::write(&token, "\n").unwrap();
+        let err = d.connect_line(&d.servers[0], &Info::default()).unwrap_err();
+        assert!(err.to_string().contains("the token file is empty"), "{err}");
+        let plain = Dialer::new(
+            "nats://u:p@a",
+            Login::Token("x".into()),
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        assert!(!plain.has_files());
+    }
 }
