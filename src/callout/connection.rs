@@ -1049,6 +1049,15 @@ impl Connection {
     pub fn take_over(&mut self, fresh: Connection) -> io::Result<()> {
         self.publisher.detach();
         self.publisher.replace(&fresh.publisher);
+        self.adopt_socket(fresh);
+        if let Some((subject, queue)) = self.subscribed.clone() {
+            self.queue_subscribe(&subject, &queue)?;
+        }
+        Ok(())
+    }
+
+    /// Reads from `fresh`'s socket from now on (its publisher is dealt with by the caller).
+    fn adopt_socket(&mut self, fresh: Connection) {
         self.stream = fresh.stream;
         self.frames = fresh.frames;
         self.info = fresh.info;
@@ -1057,10 +1066,6 @@ impl Connection {
         self.last_read = Instant::now();
         self.since = Instant::now();
         self.pings_out = 0;
-        if let Some((subject, queue)) = self.subscribed.clone() {
-            self.queue_subscribe(&subject, &queue)?;
-        }
-        Ok(())
     }
 
     /// Moves this connection over to `fresh` without a gap: `fresh` joins the queue group
@@ -1072,15 +1077,8 @@ impl Connection {
         }
         let left = self.unsubscribe_and_drain(Duration::from_secs(1));
         let old = self.publisher.swap(&fresh.publisher);
-        self.stream = fresh.stream;
-        self.frames = fresh.frames;
-        self.info = fresh.info;
-        self.server = fresh.server;
-        self.via = fresh.via;
-        self.last_read = Instant::now();
-        self.since = Instant::now();
-        self.pings_out = 0;
         self.subscribed = fresh.subscribed.take();
+        self.adopt_socket(fresh);
         if let Some(w) = old {
             let _ = w.tcp.shutdown(Shutdown::Both);
         }
