@@ -298,15 +298,22 @@ impl Dialer {
     /// Tries each server once, starting after the last one used; the first that accepts the
     /// login wins. A failure names the last server tried (without credentials) and why.
     pub fn connect(&mut self) -> Result<Connection, (String, ConnectError)> {
+        // Taken before the files are read, so a change while connecting is seen afterwards.
+        let made_from = if self.has_files() {
+            self.files_fingerprint()
+        } else {
+            [0; 32]
+        };
         let mut last = (String::new(), ConnectError::Io("no server url".into()));
         for _ in 0..self.servers.len() {
             let i = self.next % self.servers.len();
             self.next = i + 1;
             let server = self.servers[i].clone();
             match self.connect_to(&server) {
-                Ok(conn) => {
+                Ok(mut conn) => {
                     self.next = i;
                     self.remember(&conn);
+                    conn.made_from = made_from;
                     return Ok(conn);
                 }
                 Err(e) => last = (server.to_string(), e),
@@ -508,6 +515,7 @@ impl Dialer {
             via: server.clone(),
             last_read: Instant::now(),
             since: Instant::now(),
+            made_from: [0; 32],
             pings_out: 0,
             subscribed: None,
         })
@@ -971,6 +979,8 @@ pub struct Connection {
     last_read: Instant,
     /// When the current socket was established.
     since: Instant,
+    /// [`Dialer::files_fingerprint`] of the files it was made from.
+    made_from: [u8; 32],
     pings_out: u32,
     /// The subscription to restore after a reconnect: subject and queue group.
     subscribed: Option<(String, String)>,
@@ -981,6 +991,11 @@ impl Connection {
     /// one that replaced it).
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()
+    }
+
+    /// The fingerprint of the files the current socket was made from.
+    pub fn made_from(&self) -> [u8; 32] {
+        self.made_from
     }
 
     /// How long the current socket has been up.
@@ -1065,6 +1080,7 @@ impl Connection {
         self.via = fresh.via;
         self.last_read = Instant::now();
         self.since = Instant::now();
+        self.made_from = fresh.made_from;
         self.pings_out = 0;
     }
 

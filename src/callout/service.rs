@@ -382,10 +382,7 @@ pub fn run(
             Event::Message(m) => m,
             Event::Idle => continue,
             Event::Lost(why) => match redial.reconnect(&mut conn, &why) {
-                Some(()) => {
-                    files.connected_with(&redial.dialer);
-                    continue;
-                }
+                Some(()) => continue,
                 None => break,
             },
         };
@@ -425,47 +422,36 @@ const FILES_RETRY: Duration = Duration::from_secs(30);
 /// and the new files are tried again every [`FILES_RETRY`].
 struct FileWatch {
     enabled: bool,
-    in_use: [u8; 32],
     checked: Instant,
-    retry_after: Option<Instant>,
+    /// A fingerprint that could not be connected with, and when to try it again.
+    failed: Option<([u8; 32], Instant)>,
 }
 
 impl FileWatch {
     fn new(dialer: &Dialer) -> FileWatch {
         FileWatch {
             enabled: dialer.has_files(),
-            in_use: if dialer.has_files() {
-                dialer.files_fingerprint()
-            } else {
-                [0; 32]
-            },
             checked: Instant::now(),
-            retry_after: None,
+            failed: None,
         }
     }
 
-    /// After a reconnect, which read the files as they are now.
-    fn connected_with(&mut self, dialer: &Dialer) {
-        if self.enabled {
-            self.in_use = dialer.files_fingerprint();
-            self.retry_after = None;
-        }
-    }
-
-    /// Replaces the connection when the files changed; returns the requests the old one had
-    /// received before it left the queue group, to be answered.
+    /// Replaces the connection when the files differ from those it was made from; returns the
+    /// requests the old one had received before it left the queue group, to be answered.
     fn rotate_if_changed(&mut self, dialer: &mut Dialer, conn: &mut Connection) -> Vec<Message> {
         let now = Instant::now();
         if !self.enabled || now.duration_since(self.checked) < FILES_EVERY {
             return Vec::new();
         }
         self.checked = now;
-        if self.retry_after.is_some_and(|t| now < t) {
+        let seen = dialer.files_fingerprint();
+        if seen == conn.made_from() {
             return Vec::new();
         }
-        let seen = dialer.files_fingerprint();
-        if seen == self.in_use {
-            self.retry_after = None;
+        if self
+            .failed
+            .is_some_and(|(fp, again)| fp == seen && now < again)
+        {
             return Vec::new();
         }
         info!("the NATS login or TLS files changed; connecting with them");
@@ -475,7 +461,7 @@ impl FileWatch {
                 warn!(
                     "cannot connect to nats at {server} with the changed files: {e}; the current connection stays, trying again in {FILES_RETRY:?}"
                 );
-                self.retry_after = Some(now + FILES_RETRY);
+                self.failed = Some((seen, now + FILES_RETRY));
                 return Vec::new();
             }
         };
@@ -485,13 +471,12 @@ impl FileWatch {
                     "now connected to {} with the changed files; the previous connection is closed",
                     conn.server()
                 );
-                self.in_use = seen;
-                self.retry_after = None;
+                self.failed = None;
                 left
             }
             Err(e) => {
                 warn!("the new connection failed while subscribing ({e}); the current one stays, trying again in {FILES_RETRY:?}");
-                self.retry_after = Some(now + FILES_RETRY);
+                self.failed = Some((seen, now + FILES_RETRY));
                 Vec::new()
             }
         }
