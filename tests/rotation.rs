@@ -3,7 +3,8 @@
 //!
 //! Covered: the service's own NATS login (an nkey seed) rotated, then the old key removed from
 //! nats-server, with clients connecting all along; a replaced seed that nats-server does not
-//! accept (the current connection stays, the cause is logged).
+//! accept (the current connection stays, the cause is logged), also when the connect with it
+//! is slow (a server that hangs): the reader never waits for it.
 
 mod support;
 
@@ -154,4 +155,70 @@ fn a_rotated_seed_the_server_refuses_leaves_the_current_connection_in_place() {
     assert!(s.service.log().contains("the current connection stays"));
     connect_token(&s.url(), &s.token("team-a", "app")).expect("the current connection answers");
     assert_eq!(s.service.metric("nats_callout_nats_disconnects_total"), 0.0);
+}
+
+/// The port of a listener that accepts and never answers (a server that hangs).
+static SILENT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+#[test]
+fn a_failing_connect_with_changed_files_does_not_hold_up_the_current_connection() {
+    // Two servers: the real one, and one that accepts and says nothing (each try of it takes
+    // the whole connect timeout). The new seed is refused by the real one.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    SILENT_PORT.store(silent.local_addr().unwrap().port(), Ordering::SeqCst);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (old, stranger) = (KeyPair::new_user(), KeyPair::new_user());
+    let mut volume = SecretVolume::create(
+        &dir.path().join("nkey"),
+        &[("nkey.seed", &old.seed().unwrap())],
+    );
+    let accepted = vec![old.public_key()];
+    let s = StackBuilder::new()
+        .nats_config(move |c| with_callout_nkeys(&c, &accepted, &accepted))
+        .service_nats_url(|port| {
+            format!(
+                "nats://127.0.0.1:{port},nats://127.0.0.1:{}",
+                SILENT_PORT.load(Ordering::SeqCst)
+            )
+        })
+        .env(
+            "NATS_NKEY_SEED_FILE",
+            volume.path("nkey.seed").to_str().unwrap(),
+        )
+        .start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, token, stop2) = (s.url(), s.token("team-a", "app"), stop.clone());
+    let clients = std::thread::spawn(move || {
+        let (mut refused, mut slowest) = (0, Duration::ZERO);
+        while !stop2.load(Ordering::SeqCst) {
+            let t = std::time::Instant::now();
+            if connect_token(&url, &token).is_err() {
+                refused += 1;
+            }
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (refused, slowest)
+    });
+    volume.update(&[("nkey.seed", &stranger.seed().unwrap())]);
+    s.service
+        .wait_for("the failed connect with the new seed", WAIT, || {
+            s.service.log().contains("the current connection stays")
+        });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let (refused, slowest) = clients.join().unwrap();
+    assert_eq!(refused, 0, "{}", s.service.log());
+    // The reader went on reading while the new connection was tried (its own authorization
+    // request included): no client waited for the connect timeout or nats-server's.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a client waited {slowest:?}"
+    );
 }

@@ -225,6 +225,7 @@ pub enum ConnectError {
 }
 
 /// The servers to try and how to log in; shared by every (re)connect.
+#[derive(Clone)]
 pub struct Dialer {
     servers: Vec<Server>,
     login: Login,
@@ -316,6 +317,8 @@ impl Dialer {
                     conn.made_from = made_from;
                     return Ok(conn);
                 }
+                // A login file that cannot be used is unusable for every server.
+                Err(e @ ConnectError::Creds { .. }) => return Err((server.to_string(), e)),
                 Err(e) => last = (server.to_string(), e),
             }
         }
@@ -428,7 +431,15 @@ impl Dialer {
 
     /// INFO, TLS if wanted, CONNECT and a PING answered by PONG.
     fn handshake(&self, server: &Server, tcp: TcpStream) -> Result<Connection, ConnectError> {
-        let io_err = |e: io::Error| ConnectError::Io(e.to_string());
+        let io_err = |e: io::Error| {
+            ConnectError::Io(match e.kind() {
+                // A socket read timeout reads as "Resource temporarily unavailable".
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    format!("no answer within {CONNECT_TIMEOUT:?}")
+                }
+                _ => e.to_string(),
+            })
+        };
         tcp.set_nodelay(true).map_err(io_err)?;
         tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
             .map_err(io_err)?;
@@ -1021,13 +1032,20 @@ impl Connection {
     /// left to time out: UNSUB and a PING go out, and reading stops at its PONG or `within`.
     pub fn unsubscribe_and_drain(&mut self, within: Duration) -> Vec<Message> {
         self.subscribed = None;
+        self.round_trip(&format!("UNSUB {SID}\r\n"), within).0
+    }
+
+    /// Writes `before` and a PING, and reads up to the PONG that answers it (or `within`):
+    /// the server has then processed `before`. Returns the messages read meanwhile, and
+    /// whether the PONG came.
+    fn round_trip(&mut self, before: &str, within: Duration) -> (Vec<Message>, bool) {
         let mut left = Vec::new();
         if self
             .publisher
-            .write(format!("UNSUB {SID}\r\nPING\r\n").as_bytes())
+            .write(format!("{before}PING\r\n").as_bytes())
             .is_err()
         {
-            return left;
+            return (left, false);
         }
         // PONGs owed to keepalive PINGs sent earlier come first.
         let mut pongs_before_ours = self.pings_out;
@@ -1036,7 +1054,10 @@ impl Connection {
             match self.frames.next_frame() {
                 Ok(Some(Frame::Msg(m))) => left.push(m),
                 Ok(Some(Frame::Pong)) if pongs_before_ours > 0 => pongs_before_ours -= 1,
-                Ok(Some(Frame::Pong)) => break,
+                Ok(Some(Frame::Pong)) => {
+                    self.pings_out = 0;
+                    return (left, true);
+                }
                 Ok(Some(Frame::Ping)) => {
                     let _ = self.publisher.write(b"PONG\r\n");
                 }
@@ -1056,7 +1077,7 @@ impl Connection {
                 },
             }
         }
-        left
+        (left, false)
     }
 
     /// Moves `fresh` (a new connection) under this one's publishers and restores the
@@ -1088,10 +1109,23 @@ impl Connection {
     /// first, then this one leaves it and hands over the requests delivered to it before it left
     /// (answered by the caller), and the publishers switch to `fresh`'s socket in one step.
     pub fn replace_with(&mut self, mut fresh: Connection) -> io::Result<Vec<Message>> {
+        let mut left = Vec::new();
         if let Some((subject, queue)) = self.subscribed.clone() {
             fresh.queue_subscribe(&subject, &queue)?;
+            // Only once nats-server has taken the SUB in (its PONG) does the old connection
+            // leave the queue group: never a moment with no member of this replica in it.
+            let (delivered, confirmed) = fresh.round_trip("", Duration::from_secs(2));
+            left.extend(delivered);
+            if !confirmed {
+                // The old connection stays subscribed; the requests the new one had already
+                // received are still answered through it (the caller gets them).
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the new connection did not confirm its subscription",
+                ));
+            }
         }
-        let left = self.unsubscribe_and_drain(Duration::from_secs(1));
+        left.extend(self.unsubscribe_and_drain(Duration::from_secs(1)));
         let old = self.publisher.swap(&fresh.publisher);
         self.subscribed = fresh.subscribed.take();
         self.adopt_socket(fresh);

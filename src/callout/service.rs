@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TrySendError};
 use log::{debug, error, info, log_enabled, warn, Level};
 
-use super::connection::{Connection, Dialer, Event, Message, Publisher};
+use super::connection::{ConnectError, Connection, Dialer, Event, Message, Publisher};
 pub use super::connection::{Login, TlsSettings};
 use super::denial_log::{self, log_denial};
 use super::jwt::JwtError;
@@ -374,7 +374,7 @@ pub fn run(
             ticked = Instant::now();
             overload.tick(ticked, settings.queue_size);
             denial_log::tick();
-            for msg in files.rotate_if_changed(&mut redial.dialer, &mut conn) {
+            for msg in files.rotate_if_changed(&redial.dialer, &mut conn) {
                 enqueue(&tx, msg, &out, &metrics, &mut overload, settings.queue_size);
             }
         }
@@ -425,7 +425,13 @@ struct FileWatch {
     checked: Instant,
     /// A fingerprint that could not be connected with, and when to try it again.
     failed: Option<([u8; 32], Instant)>,
+    /// A connect with changed files in progress on its own thread (the reader goes on reading,
+    /// so it can even answer the authorization request of that very connect).
+    dialing: Option<([u8; 32], Receiver<Dialed>)>,
 }
+
+/// What a connect on the dialing thread gave.
+type Dialed = Result<Connection, (String, ConnectError)>;
 
 impl FileWatch {
     fn new(dialer: &Dialer) -> FileWatch {
@@ -433,13 +439,30 @@ impl FileWatch {
             enabled: dialer.has_files(),
             checked: Instant::now(),
             failed: None,
+            dialing: None,
         }
     }
 
     /// Replaces the connection when the files differ from those it was made from; returns the
     /// requests the old one had received before it left the queue group, to be answered.
-    fn rotate_if_changed(&mut self, dialer: &mut Dialer, conn: &mut Connection) -> Vec<Message> {
+    fn rotate_if_changed(&mut self, dialer: &Dialer, conn: &mut Connection) -> Vec<Message> {
         let now = Instant::now();
+        if let Some((seen, rx)) = &self.dialing {
+            let dialed = match rx.try_recv() {
+                Err(crossbeam_channel::TryRecvError::Empty) => return Vec::new(),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => None,
+                Ok(dialed) => Some(dialed),
+            };
+            let seen = *seen;
+            self.dialing = None;
+            return match dialed {
+                Some(dialed) => self.finish(dialed, seen, conn, now),
+                None => {
+                    self.failed = Some((seen, now + FILES_RETRY));
+                    Vec::new()
+                }
+            };
+        }
         if !self.enabled || now.duration_since(self.checked) < FILES_EVERY {
             return Vec::new();
         }
@@ -455,7 +478,31 @@ impl FileWatch {
             return Vec::new();
         }
         info!("the NATS login or TLS files changed; connecting with them");
-        let fresh = match dialer.connect() {
+        let (tx, rx) = bounded::<Dialed>(1);
+        let mut dialer = dialer.clone();
+        let spawned = thread::Builder::new()
+            .name("nats-redial".into())
+            .spawn(move || {
+                let _ = tx.send(dialer.connect());
+            });
+        match spawned {
+            Ok(_) => self.dialing = Some((seen, rx)),
+            Err(e) => {
+                warn!("cannot start the thread that connects with the changed files: {e}");
+                self.failed = Some((seen, now + FILES_RETRY));
+            }
+        }
+        Vec::new()
+    }
+
+    fn finish(
+        &mut self,
+        dialed: Dialed,
+        seen: [u8; 32],
+        conn: &mut Connection,
+        now: Instant,
+    ) -> Vec<Message> {
+        let fresh = match dialed {
             Ok(fresh) => fresh,
             Err((server, e)) => {
                 warn!(

@@ -258,3 +258,8 @@ def test_every_variable_the_chart_sets_is_refused_in_extra_env(render, render_er
                 continue
             msg = render_error({"extraEnv": [{"name": name, "value": "x"}]})
             assert f"sets {name}, which the chart sets" in msg, (name, msg)
+
+
+def test_a_tls_secret_nothing_is_taken_from_is_refused(render_error):
+    msg = render_error({"nats": {"tls": {"existingSecret": "t", "caKey": ""}}})
+    assert "nothing is taken from it" in msg, msg

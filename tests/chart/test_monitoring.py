@@ -1,5 +1,6 @@
 """ServiceMonitor, PodMonitor, PrometheusRule and PodLogs."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_prometheus_rule_is_the_documented_alerts_scoped_to_the_release(render, 
     assert names(pr["spec"]["groups"]) == names(documented["groups"])
     exprs = " ".join(rule["expr"] for g in pr["spec"]["groups"] for rule in g["rules"])
     assert f'namespace="{NAMESPACE}", deployment="{FULLNAME}"' in exprs
-    assert f'namespace="{NAMESPACE}", pod=~"{FULLNAME}-.*"' in exprs
+    assert f'namespace="{NAMESPACE}", pod=~"{FULLNAME}-[a-z0-9]+-[a-z0-9]+"' in exprs
     assert 'job="nats-k8s-oidc-callout"' not in exprs and 'deployment="nats-k8s-oidc-callout"' not in exprs
     for g in pr["spec"]["groups"]:
         for rule in g["rules"]:
@@ -122,3 +123,37 @@ def test_grafana_dashboard_config_map_for_the_sidecar(render):
     shipped = json.loads((ROOT / "helm" / "nats-k8s-oidc-callout" / "files" / "grafana-dashboard.json").read_text())
     assert dashboard == shipped
     assert dashboard["uid"] == "nats-k8s-oidc-callout" and len(dashboard["panels"]) >= 10
+
+
+def test_every_series_of_the_prometheus_rule_is_the_releases(render):
+    # Two releases (or clusters) feeding one Prometheus must not alert on each other's metrics.
+    pr = render({"metrics": {"prometheusRule": {"enabled": True}}}).one("PrometheusRule")
+    unscoped = [
+        (rule["alert"], m.group(0))
+        for g in pr["spec"]["groups"]
+        for rule in g["rules"]
+        for m in re.finditer(r"(nats_callout_\w+|\bup|kube_\w+)(\{[^}]*\})?", rule["expr"])
+        if not m.group(2) or f'namespace="{NAMESPACE}"' not in m.group(2)
+    ]
+    assert not unscoped, unscoped
+
+
+def test_a_release_named_like_the_rule_files_names_gets_each_matcher_once(render):
+    pr = render({"fullnameOverride": "nats-k8s-oidc-callout",
+                 "metrics": {"prometheusRule": {"enabled": True}}}).one("PrometheusRule")
+    for g in pr["spec"]["groups"]:
+        for rule in g["rules"]:
+            for selector in re.findall(r"\{[^}]*\}", rule["expr"]):
+                assert selector.count("namespace=") <= 1, (rule["alert"], selector)
+                assert selector.count("pod=~") <= 1, (rule["alert"], selector)
+
+
+def test_every_dashboard_query_follows_the_namespace_variable():
+    import json
+
+    dashboard = json.loads((ROOT / "helm" / "nats-k8s-oidc-callout" / "files" / "grafana-dashboard.json").read_text())
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "namespace"]
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for m in re.finditer(r"(nats_callout_\w+)(\{[^}]*\})?", target["expr"]):
+                assert m.group(2) and 'namespace=~"$namespace"' in m.group(2), (panel["title"], m.group(0))

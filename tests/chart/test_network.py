@@ -79,8 +79,9 @@ def test_the_kube_dns_cluster_ip_is_allowed_for_node_local_dns_in_iptables_mode(
     assert dns["to"] == [DNS_PEER, NODE_LOCAL_DNS_PEER, NODE_LOCAL_DNS_PODS] + [{"ipBlock": {"cidr": c}} for c in cidrs]
 
 
-def test_a_dns_service_ip_with_a_prefix_is_refused(render_error):
-    msg = render_error({"networkPolicy": {"enabled": True, "dnsServiceIP": ["10.96.0.10/32"]}})
+@pytest.mark.parametrize("ip", ["10.96.0.10/32", "999.1.1.1", ":", "kube-dns"])
+def test_a_dns_service_ip_that_is_no_address_is_refused(render_error, ip):
+    msg = render_error({"networkPolicy": {"enabled": True, "dnsServiceIP": [ip]}})
     assert "dnsServiceIP" in msg, msg
 
 

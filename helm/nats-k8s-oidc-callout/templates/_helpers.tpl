@@ -209,6 +209,9 @@ Messages name the value to set and never echo a secret.
 {{- fail (printf "%s are all set: the service logs in to NATS with at most one of them" (join ", " $logins)) }}
 {{- end }}
 {{- $tls := $n.tls | default dict }}
+{{- if and $tls.existingSecret (not $tls.caKey) (not $tls.clientCertificate) }}
+{{- fail "nats.tls.existingSecret is set but nothing is taken from it: set nats.tls.caKey (the CA bundle's key) or nats.tls.clientCertificate=true" }}
+{{- end }}
 {{- if and $tls.clientCertificate (not $tls.existingSecret) }}
 {{- fail "nats.tls.clientCertificate is true but nats.tls.existingSecret is empty: name the Secret holding the client certificate and key (nats.tls.certKey, nats.tls.keyKey)" }}
 {{- end }}
