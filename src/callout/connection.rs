@@ -265,7 +265,10 @@ impl Dialer {
                 .trim_end_matches(']')
                 .to_string();
             let decode = |s: &str| {
-                percent_decode(s).ok_or_else(|| ConnectError::BadUrl("bad percent-encoding".into()))
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(|d| d.into_owned())
+                    .map_err(|_| ConnectError::BadUrl("bad percent-encoding".into()))
             };
             let user = match url.username() {
                 "" => None,
@@ -522,7 +525,6 @@ impl Dialer {
                 failure: Arc::new(Mutex::new(None)),
             },
             info,
-            server: server.to_string(),
             via: server.clone(),
             last_read: Instant::now(),
             since: Instant::now(),
@@ -719,23 +721,6 @@ fn read_seed(path: &Path) -> Result<nkeys::KeyPair, ConnectError> {
     nkeys::KeyPair::from_seed(seed).map_err(|_| fail("not a valid user nkey seed"))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Runs the TLS handshake over `tcp` (after the plaintext INFO, as NATS does).
 fn start_tls(
     server: &Server,
@@ -930,13 +915,6 @@ impl Publisher {
         res
     }
 
-    /// Points this publisher (and every clone) at another connection's socket.
-    fn replace(&self, other: &Publisher) {
-        let taken = other.out.lock().take();
-        *self.failure.lock() = None;
-        *self.out.lock() = taken;
-    }
-
     /// Points this publisher at `other`'s socket in one step and returns the writer it had.
     fn swap(&self, other: &Publisher) -> Option<Writer> {
         let taken = other.out.lock().take();
@@ -985,7 +963,6 @@ pub struct Connection {
     frames: Frames,
     publisher: Publisher,
     info: Info,
-    server: String,
     via: Server,
     last_read: Instant,
     /// When the current socket was established.
@@ -1015,8 +992,8 @@ impl Connection {
     }
 
     /// The server connected to, without credentials.
-    pub fn server(&self) -> &str {
-        &self.server
+    pub fn server(&self) -> String {
+        self.via.to_string()
     }
 
     /// Subscribes to `subject` in `queue` (one subscription per connection).
@@ -1083,8 +1060,9 @@ impl Connection {
     /// Moves `fresh` (a new connection) under this one's publishers and restores the
     /// subscription on it; the old socket is closed.
     pub fn take_over(&mut self, fresh: Connection) -> io::Result<()> {
-        self.publisher.detach();
-        self.publisher.replace(&fresh.publisher);
+        if let Some(old) = self.publisher.swap(&fresh.publisher) {
+            let _ = old.tcp.shutdown(Shutdown::Both);
+        }
         self.adopt_socket(fresh);
         if let Some((subject, queue)) = self.subscribed.clone() {
             self.queue_subscribe(&subject, &queue)?;
@@ -1097,7 +1075,6 @@ impl Connection {
         self.stream = fresh.stream;
         self.frames = fresh.frames;
         self.info = fresh.info;
-        self.server = fresh.server;
         self.via = fresh.via;
         self.last_read = Instant::now();
         self.since = Instant::now();
@@ -1165,7 +1142,7 @@ impl Connection {
                     Frame::Info(info) => self.info = info,
                     Frame::Err(msg) => {
                         // Fatal ones are followed by the server closing the socket.
-                        log::warn!("nats server {} says: {msg}", self.server);
+                        log::warn!("nats server {} says: {msg}", self.via);
                     }
                 },
                 Ok(None) => match self.frames.fill(&mut self.stream) {
