@@ -114,6 +114,7 @@ fn context(keys: &Keys, xkey: Option<XKey>, token_cache: usize) -> CalloutContex
         })),
         authorizer,
         metrics,
+        self_check: None,
     }
 }
 

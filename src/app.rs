@@ -19,7 +19,7 @@ use log::{debug, error, info, warn};
 
 use crate::authorizer::Authorizer;
 use crate::callout::service::{self, CalloutContext, CalloutSettings};
-use crate::config::{AccountsBackend, Config, JwksLocation};
+use crate::config::{AccountsBackend, Config, JwksLocation, SelfCheckConfig};
 use crate::events::{self, EventRecorder};
 use crate::http::HttpServer;
 use crate::identity::{
@@ -34,6 +34,7 @@ use crate::kube::{file, watch, ApiClient};
 use crate::metrics::Metrics;
 use crate::policy::{InboxMode, PermissionCache, PolicyStore};
 use crate::readiness::Readiness;
+use crate::selfcheck::{SelfCheck, SelfCheckSettings};
 
 /// How long the background threads get to stop once the callout loop has finished.
 const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -162,6 +163,35 @@ fn log_signing_keys(config: &Config) {
                 "operator mode: the policy places namespaces in account {account}, but NATS_ACCOUNT_SIGNING_KEYS_DIR has no key for it: their clients are denied (account_key_missing)"
             );
         }
+    }
+}
+
+/// What the self-check needs from the configuration, with what nats-server must be configured
+/// with for this service (for the line that explains a refused grant).
+fn self_check_settings(config: &Config, own: &SelfCheckConfig) -> SelfCheckSettings {
+    let signer = &config.keys.signer;
+    let refused_grant_hint = if config.key_files.operator_mode {
+        format!(
+            "the account JWT of the callout account {} must name the key this service signs with ({}) and the callout's settings, and account {} must be one nats-server can resolve",
+            signer.callout_account(),
+            signer.issuer(),
+            config.nats_account
+        )
+    } else {
+        format!(
+            "its auth_callout.issuer must be {} (the key this service signs with), and account {} must exist there",
+            signer.issuer(),
+            config.nats_account
+        )
+    };
+    SelfCheckSettings {
+        interval: own.interval,
+        namespace: own.namespace.clone(),
+        name: own.name.clone(),
+        audience: config.audience.clone(),
+        gates_readiness: own.gates_readiness,
+        refused_grant_hint,
+        xkey_public: config.keys.decoder.xkey().map(|x| x.public_key()),
     }
 }
 
@@ -315,7 +345,16 @@ pub fn serve() -> Result<(), String> {
             "SERVICEACCOUNT_EVENTS=false: dropped annotation entries are only logged and counted"
         ),
     }
-    let authorizer = Authorizer::new(
+    // The check's token comes from the API server: none with a local ServiceAccount file.
+    let self_check = match (&config.self_check, &api) {
+        (Some(own), Some(_)) => Some(own),
+        (Some(_), None) => {
+            warn!("SELF_CHECK_INTERVAL is ignored with SERVICE_ACCOUNTS_PATH: no Kubernetes API to ask for the check's token");
+            None
+        }
+        (None, _) => None,
+    };
+    let mut authorizer = Authorizer::new(
         validator,
         directory,
         policy,
@@ -323,6 +362,10 @@ pub fn serve() -> Result<(), String> {
         config.max_lifetime,
     )
     .with_verified_tokens(config.token_cache_size, metrics.clone());
+    if let Some(own) = self_check {
+        authorizer = authorizer.with_own_account(&own.namespace, &own.name);
+    }
+    let probe = self_check.map(|_| Arc::new(crate::selfcheck::Probe::default()));
     let keys = Arc::new(KeyStore::with_initial(
         config.key_files.clone(),
         config.keys.clone(),
@@ -333,6 +376,7 @@ pub fn serve() -> Result<(), String> {
         keys,
         authorizer,
         metrics: metrics.clone(),
+        self_check: probe.clone(),
     });
     let settings = CalloutSettings {
         url: config.nats_url.clone(),
@@ -342,6 +386,18 @@ pub fn serve() -> Result<(), String> {
         queue_size: config.queue_size,
         shutdown_timeout: config.shutdown_timeout,
     };
+    if let (Some(own), Some(probe), Some(client)) = (self_check, probe, &api) {
+        let dialer = service::dialer(&settings)?;
+        let check = SelfCheck::new(
+            self_check_settings(&config, own),
+            client.clone(),
+            &dialer,
+            probe,
+            metrics.clone(),
+            readiness.clone(),
+        );
+        threads.push(check.spawn(stop_rx.clone())?);
+    }
     // Returns after the stop signal, or early with an error that ends the process.
     service::run(settings, ctx, readiness.clone(), stop_rx.clone())?;
     // The background threads only read; one stuck in a slow request must not hold the exit.

@@ -241,7 +241,12 @@ pub struct Authorizer {
     permissions: PermissionCache,
     max_lifetime: Duration,
     verified: Option<VerifiedTokens>,
+    /// The service's own ServiceAccount (`namespace`, `name`) when self-checks are on.
+    own_account: Option<(String, String)>,
 }
+
+/// How long the self-check's connection may stay: it closes at once, this only bounds a leak.
+const OWN_ACCOUNT_LIFETIME: Duration = Duration::from_secs(60);
 
 impl Authorizer {
     /// Builds an authorizer from its parts.
@@ -259,6 +264,35 @@ impl Authorizer {
             permissions,
             max_lifetime,
             verified: None,
+            own_account: None,
+        }
+    }
+
+    /// Admits tokens of the service's own ServiceAccount with no permissions at all, whatever
+    /// the policy says of its namespace: the self-check connects with one to prove that
+    /// nats-server takes this service's answers.
+    pub fn with_own_account(mut self, namespace: &str, name: &str) -> Authorizer {
+        self.own_account = Some((namespace.to_owned(), name.to_owned()));
+        self
+    }
+
+    /// The grant of the service's own ServiceAccount: the usual checks (the account exists
+    /// with the token's uid, the token is current), then nothing permitted, in the default
+    /// account, for at most a minute.
+    fn own_account_decision(&self, identity: &Identity, now: i64) -> Decision {
+        let lookup = self
+            .directory
+            .lookup(&identity.namespace, &identity.service_account);
+        match decide(identity, lookup, OWN_ACCOUNT_LIFETIME, now) {
+            Ok(admitted) => Decision::Allow(Allowed {
+                namespace: admitted.account.namespace.to_string(),
+                service_account: admitted.account.name.to_string(),
+                pod: admitted.pod,
+                expires_at: admitted.expires_at,
+                account: None,
+                permissions: Arc::new(Permissions::none()),
+            }),
+            Err(denial) => Decision::Deny(denial),
         }
     }
 
@@ -333,6 +367,11 @@ impl Authorizer {
                 Ok(found) => found,
                 Err(denial) => return Decision::Deny(denial),
             };
+        if self.own_account.as_ref().is_some_and(|(ns, name)| {
+            *ns == identity.namespace && *name == identity.service_account
+        }) {
+            return self.own_account_decision(&identity, now);
+        }
         // One policy version for the whole decision. A namespace it does not serve is refused
         // before anything is looked up for it.
         let policy = self.policy.current();
@@ -661,6 +700,62 @@ mod tests {
                 Decision::Allow(_) => "granted",
                 Decision::Deny(d) => d.reason(),
             }
+        }
+
+        #[test]
+        fn the_own_account_gets_nothing_even_where_the_policy_serves_nobody() {
+            let s = Setup::new();
+            let policy = AdminPolicy::parse("namespaces:\n  exclude: [team-a]\n").unwrap();
+            let authorizer = |own: Option<(&str, &str)>| {
+                let a = Authorizer::new(
+                    TokenValidator::new(s.store.clone(), TokenSettings::new(ISSUER, "nats")),
+                    s.accounts.clone(),
+                    Arc::new(PolicyStore::new(policy.clone(), None)),
+                    PermissionCache::new(s.metrics.clone(), 16, InboxMode::Shared),
+                    Duration::from_secs(3600),
+                );
+                match own {
+                    Some((ns, name)) => a.with_own_account(ns, name),
+                    None => a,
+                }
+            };
+            let attempt = |a: &Authorizer, token: &str| {
+                a.authorize(
+                    ConnectAttempt {
+                        kind: "Client",
+                        token: Some(token),
+                    },
+                    NOW,
+                )
+            };
+            let token = s.token("u-1", 3600);
+            // Without the self-check the policy refuses the namespace; another account named as
+            // the service's own changes nothing.
+            assert_eq!(
+                reason(&attempt(&authorizer(None), &token)),
+                "namespace_not_allowed"
+            );
+            assert_eq!(
+                reason(&attempt(&authorizer(Some(("team-a", "other"))), &token)),
+                "namespace_not_allowed"
+            );
+            let own = authorizer(Some(("team-a", "app")));
+            match attempt(&own, &token) {
+                Decision::Allow(a) => {
+                    assert_eq!(*a.permissions, Permissions::none());
+                    assert_eq!(a.account, None);
+                    assert_eq!(a.expires_at, NOW + 60, "a minute at most");
+                }
+                Decision::Deny(d) => panic!("denied: {d}"),
+            }
+            // The usual checks still hold: a re-created account, a deleted one, a bad token.
+            assert_eq!(
+                reason(&attempt(&own, &s.token("u-old", 3600))),
+                "serviceaccount_uid_mismatch"
+            );
+            *s.accounts.0.lock() = None;
+            assert_eq!(reason(&attempt(&own, &token)), "serviceaccount_not_found");
+            assert_eq!(reason(&attempt(&own, "not.a.token")), "token_malformed");
         }
 
         #[test]

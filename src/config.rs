@@ -156,6 +156,22 @@ pub struct Config {
     pub serviceaccount_events: bool,
     /// `HOSTNAME` (the pod's name in a cluster): the Events' `reportingInstance`.
     pub instance: Option<String>,
+    /// The self-check, when `SELF_CHECK_INTERVAL` turns it on (ignored with
+    /// `SERVICE_ACCOUNTS_PATH`: no API server to ask for a token).
+    pub self_check: Option<SelfCheckConfig>,
+}
+
+/// The self-check's settings (`SELF_CHECK_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfCheckConfig {
+    /// `SELF_CHECK_INTERVAL`: time between checks.
+    pub interval: Duration,
+    /// Namespace of `SELF_CHECK_SERVICE_ACCOUNT` (`namespace/name`): the service's own.
+    pub namespace: String,
+    /// Name of `SELF_CHECK_SERVICE_ACCOUNT`.
+    pub name: String,
+    /// `SELF_CHECK_READINESS`: `/readyz` waits for a passing check.
+    pub gates_readiness: bool,
 }
 
 impl fmt::Debug for Config {
@@ -170,7 +186,57 @@ impl fmt::Debug for Config {
             .field("inbox_mode", &self.inbox_mode)
             .field("policy_file", &self.policy_file)
             .field("serviceaccount_events", &self.serviceaccount_events)
+            .field("self_check", &self.self_check)
             .finish_non_exhaustive()
+    }
+}
+
+/// Reads `SELF_CHECK_INTERVAL`, `SELF_CHECK_SERVICE_ACCOUNT` and `SELF_CHECK_READINESS`.
+fn self_check_config(r: &mut Reader<'_>) -> Option<SelfCheckConfig> {
+    let interval = r.duration(
+        "SELF_CHECK_INTERVAL",
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
+    let gates_readiness = r.bool("SELF_CHECK_READINESS", false);
+    if interval.is_zero() {
+        if gates_readiness {
+            r.problems.push(
+                "SELF_CHECK_READINESS=true needs the self-check on (SELF_CHECK_INTERVAL)".into(),
+            );
+        }
+        return None;
+    }
+    if interval < Duration::from_secs(5) {
+        r.problems.push(format!(
+            "SELF_CHECK_INTERVAL={interval:?} is too short: 0 (off) or at least 5s"
+        ));
+        return None;
+    }
+    let Some(own) = r.get("SELF_CHECK_SERVICE_ACCOUNT").map(str::to_owned) else {
+        r.problems.push(
+            "SELF_CHECK_INTERVAL needs SELF_CHECK_SERVICE_ACCOUNT: the service's own ServiceAccount as namespace/name".into(),
+        );
+        return None;
+    };
+    match own.split_once('/') {
+        Some((ns, name))
+            if crate::kube::is_valid_namespace(ns) && crate::kube::is_valid_object_name(name) =>
+        {
+            Some(SelfCheckConfig {
+                interval,
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                gates_readiness,
+            })
+        }
+        _ => {
+            r.problems.push(format!(
+                "SELF_CHECK_SERVICE_ACCOUNT={own:?} is not namespace/name of a ServiceAccount"
+            ));
+            None
+        }
     }
 }
 
@@ -638,6 +704,7 @@ impl Config {
 
         let serviceaccount_events = r.bool("SERVICEACCOUNT_EVENTS", true);
         let instance = r.get("HOSTNAME").map(str::to_owned);
+        let self_check = self_check_config(&mut r);
 
         match (keys, r.problems.is_empty()) {
             (Some(keys), true) => Ok(Config {
@@ -669,6 +736,7 @@ impl Config {
                 policy,
                 serviceaccount_events,
                 instance,
+                self_check,
             }),
             _ => Err(r.into_error().to_string()),
         }
@@ -731,6 +799,77 @@ mod tests {
         ];
         pairs.extend_from_slice(extra);
         Config::from_map(&env(&pairs))
+    }
+
+    #[test]
+    fn the_self_check_is_off_by_default_and_needs_its_own_service_account() {
+        assert_eq!(with(&[]).unwrap().self_check, None);
+        assert_eq!(
+            with(&[("SELF_CHECK_INTERVAL", "0")]).unwrap().self_check,
+            None
+        );
+        let on = with(&[
+            ("SELF_CHECK_INTERVAL", "30s"),
+            ("SELF_CHECK_SERVICE_ACCOUNT", "nats-auth/callout"),
+            ("SELF_CHECK_READINESS", "true"),
+        ])
+        .unwrap()
+        .self_check;
+        assert_eq!(
+            on,
+            Some(SelfCheckConfig {
+                interval: Duration::from_secs(30),
+                namespace: "nats-auth".into(),
+                name: "callout".into(),
+                gates_readiness: true,
+            })
+        );
+        for (pairs, says) in [
+            (
+                vec![("SELF_CHECK_INTERVAL", "30s")],
+                "SELF_CHECK_INTERVAL needs SELF_CHECK_SERVICE_ACCOUNT",
+            ),
+            (
+                vec![
+                    ("SELF_CHECK_INTERVAL", "2s"),
+                    ("SELF_CHECK_SERVICE_ACCOUNT", "a/b"),
+                ],
+                "0 (off) or at least 5s",
+            ),
+            (
+                vec![
+                    ("SELF_CHECK_INTERVAL", "2h"),
+                    ("SELF_CHECK_SERVICE_ACCOUNT", "a/b"),
+                ],
+                "SELF_CHECK_INTERVAL=\"2h\" is not a duration",
+            ),
+            (
+                vec![("SELF_CHECK_READINESS", "true")],
+                "SELF_CHECK_READINESS=true needs the self-check on",
+            ),
+        ] {
+            let err = with(&pairs).unwrap_err();
+            assert!(err.contains(says), "{pairs:?}: {err}");
+        }
+        // Not namespace/name, or names a Kubernetes object cannot have: a wildcard, a path.
+        for bad in [
+            "callout",
+            "nats-auth/",
+            "/callout",
+            "nats-auth/*",
+            "a/b/c",
+            "Nats/x",
+        ] {
+            let err = with(&[
+                ("SELF_CHECK_INTERVAL", "30s"),
+                ("SELF_CHECK_SERVICE_ACCOUNT", bad),
+            ])
+            .unwrap_err();
+            assert!(
+                err.contains("is not namespace/name of a ServiceAccount"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -91,6 +91,34 @@ impl HttpDropLabels {
     ];
 }
 
+/// Labels of one self-check (a connect through nats-server with the service's own token).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SelfCheckLabels {
+    /// One of [`SelfCheckLabels::RESULTS`].
+    pub result: &'static str,
+}
+
+impl SelfCheckLabels {
+    /// nats-server let the check's client in.
+    pub const OK: &'static str = "ok";
+    /// nats-server refused the check's client.
+    pub const REFUSED: &'static str = "refused";
+    /// nats-server did not answer the check's CONNECT in time.
+    pub const TIMEOUT: &'static str = "timeout";
+    /// No server could be reached (network, TLS).
+    pub const UNREACHABLE: &'static str = "unreachable";
+    /// The API server did not give the service a token for itself.
+    pub const NO_TOKEN: &'static str = "no_token";
+    /// Every result, each exposed from the start.
+    pub const RESULTS: [&'static str; 5] = [
+        Self::OK,
+        Self::REFUSED,
+        Self::TIMEOUT,
+        Self::UNREACHABLE,
+        Self::NO_TOKEN,
+    ];
+}
+
 /// Every metric the service exposes on `/metrics`.
 pub struct Metrics {
     registry: Registry,
@@ -129,6 +157,12 @@ pub struct Metrics {
     pub policy_reloads: Family<ReloadLabels, Counter>,
     /// Re-readings of the key files (signing keys, xkey) after they changed, by result.
     pub key_reloads: Family<ReloadLabels, Counter>,
+    /// New NATS connections made after the login or TLS files changed, by result.
+    pub nats_file_reloads: Family<ReloadLabels, Counter>,
+    /// Self-checks by result.
+    pub self_checks: Family<SelfCheckLabels, Counter>,
+    /// 1 while the last self-check failed, else 0 (also when self-checks are off).
+    pub self_check_failing: Gauge,
     /// Warning Events about dropped annotation entries, by result.
     pub events: Family<EventLabels, Counter>,
     /// Looks into the verified-token cache, by result.
@@ -240,6 +274,30 @@ impl Metrics {
             "Re-readings of the signing-key and xkey files after they changed, by result",
             key_reloads.clone(),
         );
+        let nats_file_reloads = Family::<ReloadLabels, Counter>::default();
+        for result in ["success", "failure"] {
+            let _ = nats_file_reloads.get_or_create(&ReloadLabels { result });
+        }
+        registry.register(
+            "nats_file_reloads",
+            "New NATS connections made after the login or TLS files changed, by result (on failure the current connection stays)",
+            nats_file_reloads.clone(),
+        );
+        let self_checks = Family::<SelfCheckLabels, Counter>::default();
+        for result in SelfCheckLabels::RESULTS {
+            let _ = self_checks.get_or_create(&SelfCheckLabels { result });
+        }
+        registry.register(
+            "self_checks",
+            "Connects through nats-server with the service's own token, by result",
+            self_checks.clone(),
+        );
+        let self_check_failing = Gauge::default();
+        registry.register(
+            "self_check_failing",
+            "1 while the last self-check failed, else 0 (also when self-checks are off)",
+            self_check_failing.clone(),
+        );
         let policy_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -302,6 +360,9 @@ impl Metrics {
             dropped_annotation_entries,
             policy_reloads,
             key_reloads,
+            nats_file_reloads,
+            self_checks,
+            self_check_failing,
             events,
             token_cache,
             token_cache_entries,

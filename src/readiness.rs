@@ -10,6 +10,9 @@ pub struct Readiness {
     jwks_loaded: AtomicBool,
     cache_synced: AtomicBool,
     shutting_down: AtomicBool,
+    /// Whether a failing self-check makes the service unready (`SELF_CHECK_READINESS`).
+    self_check_gates: AtomicBool,
+    self_check_passed: AtomicBool,
 }
 
 impl Readiness {
@@ -32,6 +35,18 @@ impl Readiness {
     /// Records that shutdown has begun: the service stops being ready.
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+    }
+    /// Makes `/readyz` wait for a passing self-check (until then, and while checks fail).
+    pub fn gate_on_self_check(&self) {
+        self.self_check_gates.store(true, Ordering::SeqCst);
+    }
+    /// Records whether the last self-check passed.
+    pub fn set_self_check_passed(&self, v: bool) {
+        self.self_check_passed.store(v, Ordering::SeqCst);
+    }
+    /// Whether the callout subscription is in place.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
     }
     /// Whether the service has what it needs to decide: a key set and a synced cache.
     pub fn can_decide(&self) -> bool {
@@ -62,6 +77,11 @@ impl Readiness {
         }
         if !self.cache_synced.load(Ordering::SeqCst) {
             out.push("cache_synced");
+        }
+        if self.self_check_gates.load(Ordering::SeqCst)
+            && !self.self_check_passed.load(Ordering::SeqCst)
+        {
+            out.push("self_check");
         }
         out
     }

@@ -506,6 +506,8 @@ const DASHBOARD_ONLY: &[&str] = &[
     // worth a graph, not a page.
     "nats_callout_http_connections",
     "nats_callout_http_connections_dropped",
+    // The self-check's results by kind: the alert watches the failing gauge, the graph says why.
+    "nats_callout_self_checks",
     // A cold verified-token cache costs CPU, not correctness: worth a graph, not a page.
     "nats_callout_token_cache_lookups",
     "nats_callout_token_cache_entries",
@@ -570,6 +572,11 @@ tests:
         values: '0 0 0 0 1x56'
       - series: 'nats_callout_key_reloads_total{{instance="a",result="success"}}'
         values: '0x20 1x40'
+      - series: 'nats_callout_nats_file_reloads_total{{instance="a",result="success"}}'
+        values: '0x30 1x30'
+      # A self-check refused once (a rollout in between), passing again the next minute.
+      - series: 'nats_callout_self_check_failing{{instance="a"}}'
+        values: '0x20 1 0x39'
     promql_expr_test:
       - expr: ALERTS{{alertstate="firing"}}
         eval_time: 60m
@@ -619,6 +626,10 @@ tests:
         values: '0+1x40'
       - series: 'nats_callout_key_reloads_total{{instance="b",result="failure"}}'
         values: '0x30 1x10'
+      - series: 'nats_callout_nats_file_reloads_total{{instance="b",result="failure"}}'
+        values: '0x30 1x10'
+      - series: 'nats_callout_self_check_failing{{instance="b"}}'
+        values: '0x10 1x30'
     promql_expr_test:
       - expr: count by (alertname) (ALERTS{{alertstate="firing"}})
         eval_time: 40m
@@ -640,6 +651,8 @@ tests:
           - {{labels: '{{alertname="NatsCalloutPolicyReloadFailing"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutEventsFailing"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutKeyReloadFailing"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutSelfCheckFailing"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutNatsFileRotationFailing"}}', value: 1}}
       - expr: ALERTS{{alertstate="firing",alertname=~"NatsCalloutDenyRatioHigh|NatsCalloutClusterSideDenials"}}
         eval_time: 40m
         exp_samples:

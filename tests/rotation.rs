@@ -136,6 +136,12 @@ fn a_rotated_nkey_seed_is_used_without_a_restart_or_a_refused_client() {
         s.service.log()
     );
     connect_token(&s.url(), &s.token("team-a", "app")).expect("still answered after the reload");
+    let reloads = |result: &str| {
+        s.service.metric(&format!(
+            "nats_callout_nats_file_reloads_total{{result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!((reloads("success"), reloads("failure")), (1.0, 0.0));
     let log = s.service.log();
     assert!(!log.contains(&new.seed().unwrap()) && !log.contains(&old.seed().unwrap()));
 }
@@ -155,6 +161,17 @@ fn a_rotated_seed_the_server_refuses_leaves_the_current_connection_in_place() {
     assert!(s.service.log().contains("the current connection stays"));
     connect_token(&s.url(), &s.token("team-a", "app")).expect("the current connection answers");
     assert_eq!(s.service.metric("nats_callout_nats_disconnects_total"), 0.0);
+    // Counted, for the alert on a rotation that did not take.
+    assert_eq!(
+        s.service
+            .metric("nats_callout_nats_file_reloads_total{result=\"failure\"}"),
+        1.0
+    );
+    assert_eq!(
+        s.service
+            .metric("nats_callout_nats_file_reloads_total{result=\"success\"}"),
+        0.0
+    );
 }
 
 /// The port of a listener that accepts and never answers (a server that hangs).

@@ -233,6 +233,8 @@ pub struct Dialer {
     name: String,
     /// Where the next attempt starts in `servers`.
     next: usize,
+    /// How long a connect may take from the TCP connection to the server's PONG.
+    handshake: Duration,
 }
 
 impl Dialer {
@@ -296,7 +298,33 @@ impl Dialer {
             tls,
             name: name.to_string(),
             next,
+            handshake: CONNECT_TIMEOUT,
         })
+    }
+
+    /// The same servers and TLS settings, logging in as a client with `login` instead of the
+    /// service's own login (the logins the URLs carry are dropped too), under `name`, with
+    /// `handshake` for each connect: the server answers a client's CONNECT only once the auth
+    /// callout has decided, which may take its whole authorization timeout.
+    pub fn as_client(&self, login: Login, name: &str, handshake: Duration) -> Dialer {
+        let servers = self
+            .servers
+            .iter()
+            .filter(|s| !s.implicit)
+            .map(|s| Server {
+                user: None,
+                pass: None,
+                ..s.clone()
+            })
+            .collect();
+        Dialer {
+            servers,
+            login,
+            tls: self.tls.clone(),
+            name: name.to_string(),
+            next: self.next,
+            handshake,
+        }
     }
 
     /// Tries each server once, starting after the last one used; the first that accepts the
@@ -418,7 +446,7 @@ impl Dialer {
             .collect();
         let mut last = ConnectError::Io("no address".into());
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT.min(self.handshake)) {
                 Ok(tcp) => match self.handshake(server, tcp) {
                     Ok(c) => return Ok(c),
                     Err(e @ (ConnectError::Refused(_) | ConnectError::Creds { .. })) => {
@@ -438,20 +466,19 @@ impl Dialer {
             ConnectError::Io(match e.kind() {
                 // A socket read timeout reads as "Resource temporarily unavailable".
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                    format!("no answer within {CONNECT_TIMEOUT:?}")
+                    format!("no answer within {:?}", self.handshake)
                 }
                 _ => e.to_string(),
             })
         };
         tcp.set_nodelay(true).map_err(io_err)?;
-        tcp.set_read_timeout(Some(CONNECT_TIMEOUT))
-            .map_err(io_err)?;
+        tcp.set_read_timeout(Some(self.handshake)).map_err(io_err)?;
         tcp.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io_err)?;
         let mut raw = tcp.try_clone().map_err(io_err)?;
-        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let deadline = Instant::now() + self.handshake;
         let late = || {
             (Instant::now() > deadline)
-                .then(|| ConnectError::Io(format!("no handshake within {CONNECT_TIMEOUT:?}")))
+                .then(|| ConnectError::Io(format!("no handshake within {:?}", self.handshake)))
         };
         let mut frames = Frames::new(DEFAULT_MAX_PAYLOAD);
         let mut info = loop {
@@ -736,7 +763,7 @@ fn start_tls(
     let mut sock = tcp.try_clone().map_err(|e| fail(e.to_string()))?;
     while conn.is_handshaking() {
         if Instant::now() > deadline {
-            return Err(fail(format!("no handshake within {CONNECT_TIMEOUT:?}")));
+            return Err(fail("no handshake in time".to_string()));
         }
         conn.complete_io(&mut sock)
             .map_err(|e| fail(e.to_string()))?;

@@ -24,7 +24,7 @@ use crate::authorizer::{Authorizer, ConnectAttempt, Decision, Denial, DenyReason
 use crate::backoff::{Backoff, BackoffSettings};
 use crate::identity::printable;
 use crate::keys::{CalloutKeys, KeyStore};
-use crate::metrics::{DecisionLabels, Metrics};
+use crate::metrics::{DecisionLabels, Metrics, ReloadLabels};
 use crate::readiness::Readiness;
 use crate::unix_now;
 use crate::urls::redact_urls;
@@ -54,6 +54,8 @@ pub struct CalloutContext {
     pub authorizer: Authorizer,
     /// Counts.
     pub metrics: Arc<Metrics>,
+    /// Tells the self-check how this replica answered its connect, when self-checks are on.
+    pub self_check: Option<Arc<crate::selfcheck::Probe>>,
 }
 
 /// The outcome of one request, as it is counted and answered.
@@ -96,12 +98,21 @@ impl CalloutContext {
                 };
             }
         };
+        let outcome = self.answer(&keys, &req, now);
+        if let Some(probe) = &self.self_check {
+            probe.observe(&req.client.name, &outcome);
+        }
+        outcome
+    }
+
+    /// Decides a verified request and builds its answer.
+    fn answer(&self, keys: &CalloutKeys, req: &AuthRequest, now: i64) -> Outcome {
         // Operator mode: the request names the callout account it is for. Answering one for
         // another account (NATS_CALLOUT_ACCOUNT unset while the callout key is a signing key, or
         // naming another account) would defeat the guard that keeps clients out of the callout
         // account, which compares the account named here; nats-server would take the answer.
         // Config mode: an operator-mode server would place clients by the signing key.
-        if let Some(e) = keys.signer.refusal(&req) {
+        if let Some(e) = keys.signer.refusal(req) {
             error!("denied: {e} (reason={})", e.reason());
             return Outcome {
                 reply: Some(Vec::new()),
@@ -134,7 +145,7 @@ impl CalloutContext {
                     account: allowed.account.as_deref(),
                     permissions: &allowed.permissions,
                 };
-                match seal(&keys, &req, keys.signer.allow(&req, &grant, now)) {
+                match seal(keys, req, keys.signer.allow(req, &grant, now)) {
                     Ok(reply) => {
                         info!(
                             "allowed {}/{}{} (client {} {} on {}), expires in {}s",
@@ -161,7 +172,7 @@ impl CalloutContext {
                             "cannot build the answer for client {}: {e}; denying",
                             req.client.id
                         );
-                        denial(&keys, &req, now, "internal_error")
+                        denial(keys, req, now, "internal_error")
                     }
                 }
             }
@@ -176,7 +187,7 @@ impl CalloutContext {
                     deny,
                     deny.reason()
                 );
-                denial(&keys, &req, now, deny.reason())
+                denial(keys, req, now, deny.reason())
             }
         }
     }
@@ -292,6 +303,17 @@ fn connect_until(dialer: &mut Dialer, stop: &Receiver<()>, what: &str) -> Option
     }
 }
 
+/// The dialer of `settings`: its servers, login and TLS.
+pub fn dialer(settings: &CalloutSettings) -> Result<Dialer, String> {
+    Dialer::new(
+        &settings.url,
+        settings.login.clone(),
+        settings.tls.clone(),
+        CLIENT_NAME,
+    )
+    .map_err(|e| format!("NATS_URL: {e}"))
+}
+
 /// Runs the callout loop until `stop` fires; returns once in-flight requests are answered or the
 /// shutdown deadline has passed.
 pub fn run(
@@ -302,13 +324,7 @@ pub fn run(
 ) -> Result<(), String> {
     let metrics = ctx.metrics.clone();
     let where_ = redact_urls(&settings.url);
-    let dialer = Dialer::new(
-        &settings.url,
-        settings.login.clone(),
-        settings.tls.clone(),
-        CLIENT_NAME,
-    )
-    .map_err(|e| format!("NATS_URL: {e}"))?;
+    let dialer = dialer(&settings)?;
     let mut redial = Redial::new(dialer, &stop, &metrics, &readiness);
     let Some(mut conn) = connect_until(&mut redial.dialer, &stop, "connect to") else {
         return Ok(());
@@ -374,7 +390,7 @@ pub fn run(
             ticked = Instant::now();
             overload.tick(ticked, settings.queue_size);
             denial_log::tick();
-            for msg in files.rotate_if_changed(&redial.dialer, &mut conn) {
+            for msg in files.rotate_if_changed(&redial.dialer, &mut conn, &metrics) {
                 enqueue(&tx, msg, &out, &metrics, &mut overload, settings.queue_size);
             }
         }
@@ -445,7 +461,12 @@ impl FileWatch {
 
     /// Replaces the connection when the files differ from those it was made from; returns the
     /// requests the old one had received before it left the queue group, to be answered.
-    fn rotate_if_changed(&mut self, dialer: &Dialer, conn: &mut Connection) -> Vec<Message> {
+    fn rotate_if_changed(
+        &mut self,
+        dialer: &Dialer,
+        conn: &mut Connection,
+        metrics: &Metrics,
+    ) -> Vec<Message> {
         let now = Instant::now();
         if let Some((seen, rx)) = &self.dialing {
             let dialed = match rx.try_recv() {
@@ -455,13 +476,18 @@ impl FileWatch {
             };
             let seen = *seen;
             self.dialing = None;
-            return match dialed {
+            let (left, result) = match dialed {
                 Some(dialed) => self.finish(dialed, seen, conn, now),
                 None => {
                     self.failed = Some((seen, now + FILES_RETRY));
-                    Vec::new()
+                    (Vec::new(), "failure")
                 }
             };
+            metrics
+                .nats_file_reloads
+                .get_or_create(&ReloadLabels { result })
+                .inc();
+            return left;
         }
         if !self.enabled || now.duration_since(self.checked) < FILES_EVERY {
             return Vec::new();
@@ -490,6 +516,10 @@ impl FileWatch {
             Err(e) => {
                 warn!("cannot start the thread that connects with the changed files: {e}");
                 self.failed = Some((seen, now + FILES_RETRY));
+                metrics
+                    .nats_file_reloads
+                    .get_or_create(&ReloadLabels { result: "failure" })
+                    .inc();
             }
         }
         Vec::new()
@@ -501,7 +531,7 @@ impl FileWatch {
         seen: [u8; 32],
         conn: &mut Connection,
         now: Instant,
-    ) -> Vec<Message> {
+    ) -> (Vec<Message>, &'static str) {
         let fresh = match dialed {
             Ok(fresh) => fresh,
             Err((server, e)) => {
@@ -509,7 +539,7 @@ impl FileWatch {
                     "cannot connect to nats at {server} with the changed files: {e}; the current connection stays, trying again in {FILES_RETRY:?}"
                 );
                 self.failed = Some((seen, now + FILES_RETRY));
-                return Vec::new();
+                return (Vec::new(), "failure");
             }
         };
         match conn.replace_with(fresh) {
@@ -519,12 +549,12 @@ impl FileWatch {
                     conn.server()
                 );
                 self.failed = None;
-                left
+                (left, "success")
             }
             Err(e) => {
                 warn!("the new connection failed while subscribing ({e}); the current one stays, trying again in {FILES_RETRY:?}");
                 self.failed = Some((seen, now + FILES_RETRY));
-                Vec::new()
+                (Vec::new(), "failure")
             }
         }
     }
@@ -816,6 +846,7 @@ mod request_lifetime_tests {
             keys: Arc::new(KeyStore::fixed(keys)),
             authorizer,
             metrics,
+            self_check: None,
         }
     }
 

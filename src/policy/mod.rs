@@ -61,6 +61,19 @@ pub struct Permissions {
     pub resp_max: i64,
 }
 
+impl Permissions {
+    /// Nothing at all: no publish, no subscribe, no responses (the self-check's grant).
+    pub fn none() -> Permissions {
+        Permissions {
+            pub_allow: Vec::new(),
+            pub_deny: vec![">".to_owned()],
+            sub_allow: Vec::new(),
+            sub_deny: vec![">".to_owned()],
+            resp_max: 0,
+        }
+    }
+}
+
 /// How clients receive replies (`INBOX_MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InboxMode {

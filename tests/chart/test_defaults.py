@@ -51,7 +51,8 @@ def test_lint_reports_a_schema_violation():
 def test_default_kinds(render):
     r = render()
     assert r.kinds() == sorted(
-        ["Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget"]
+        ["Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+         "PodDisruptionBudget"]
     )
     # An existing Secret is used: the chart creates none.
     assert r.all("Secret") == []
@@ -174,6 +175,8 @@ def test_env_names_and_values(render):
         "NATS_SIGNING_KEY_FILE",
         "INBOX_MODE",
         "SERVICEACCOUNT_EVENTS",
+        "SELF_CHECK_INTERVAL",
+        "SELF_CHECK_SERVICE_ACCOUNT",
         "LOG_LEVEL",
         "PORT",
         "K8S_IN_CLUSTER",

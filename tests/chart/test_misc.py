@@ -33,6 +33,45 @@ def test_rbac_off(render):
     assert "create on events" not in render({"rbac": {"create": False}, "events": {"enabled": False}}).notes
 
 
+TOKEN_RULE = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": [FULLNAME], "verbs": ["create"]}
+
+
+def test_self_check_on_by_default_with_a_role_for_its_own_token_only(render):
+    r = render()
+    env = r.env
+    assert env["SELF_CHECK_INTERVAL"]["value"] == "60s"
+    assert env["SELF_CHECK_SERVICE_ACCOUNT"]["value"] == f"{NAMESPACE}/{FULLNAME}"
+    assert "SELF_CHECK_READINESS" not in env
+    role = r.one("Role")
+    # Namespaced, create only, on the chart's own ServiceAccount only: a Role cannot mint tokens
+    # for any other ServiceAccount of the namespace.
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [TOKEN_RULE]
+    binding = r.one("RoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    # The ClusterRole does not grant tokens.
+    assert all("serviceaccounts/token" not in rule.get("resources", []) for rule in r.one("ClusterRole")["rules"])
+
+
+def test_self_check_names_an_existing_service_account_and_gates_readiness_when_asked(render):
+    r = render({"serviceAccount": {"create": False, "name": "callout-sa"}, "selfCheck": {"readiness": True, "interval": "5m"}})
+    assert r.env["SELF_CHECK_SERVICE_ACCOUNT"]["value"] == f"{NAMESPACE}/callout-sa"
+    assert r.env["SELF_CHECK_INTERVAL"]["value"] == "5m"
+    assert r.env["SELF_CHECK_READINESS"]["value"] == "true"
+    assert r.one("Role")["rules"][0]["resourceNames"] == ["callout-sa"]
+
+
+def test_self_check_off(render):
+    r = render({"selfCheck": {"enabled": False}})
+    assert not any(name.startswith("SELF_CHECK_") for name in r.env)
+    assert r.all("Role") == [] and r.all("RoleBinding") == []
+    # Without rbac.create the notes say what to grant.
+    assert "serviceaccounts/token" in render({"rbac": {"create": False}}).notes
+    assert "serviceaccounts/token" not in render({"rbac": {"create": False}, "selfCheck": {"enabled": False}}).notes
+
+
 def test_service_account_not_created(render):
     r = render({"serviceAccount": {"create": False, "name": "callout-sa"}})
     assert r.all("ServiceAccount") == []

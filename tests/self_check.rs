@@ -1,0 +1,224 @@
+//! The self-check on a real nats-server: the service asks the API emulator for a token of its
+//! own ServiceAccount (TokenRequest), connects through nats-server with it at an interval, and
+//! reports the outcome as a metric, a log line naming the cause and (when asked) `/readyz`.
+//! Matching keys pass; a server with another callout issuer or xkey fails within one interval
+//! and the line says which key nats-server must have; a missing token permission is told apart.
+
+mod support;
+
+use std::time::Duration;
+
+use nkeys::{KeyPair, XKey};
+use support::client::connect_token;
+use support::kube::RequestKind;
+use support::stack::{Stack, StackBuilder};
+
+/// The service's own ServiceAccount in these tests.
+const OWN_NS: &str = "nats-auth";
+const OWN_NAME: &str = "nats-k8s-oidc-callout";
+/// Long enough for a few checks at the shortest interval.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn checks(stack: &Stack, result: &str) -> f64 {
+    stack.service.metric(&format!(
+        "nats_callout_self_checks_total{{result=\"{result}\"}}"
+    ))
+}
+
+/// A stack whose service checks itself every 5 s, as its own ServiceAccount; the policy
+/// excludes the service's namespace, as the deploy guide's does.
+fn checking() -> StackBuilder {
+    StackBuilder::new()
+        .account(
+            OWN_NS,
+            OWN_NAME,
+            &[("nats.io/allowed-pub-subjects", "nats-auth.>")],
+        )
+        .policy("namespaces:\n  exclude: [nats-auth]\n")
+        .env("SELF_CHECK_INTERVAL", "5s")
+        .env(
+            "SELF_CHECK_SERVICE_ACCOUNT",
+            &format!("{OWN_NS}/{OWN_NAME}"),
+        )
+}
+
+#[test]
+fn matching_keys_pass_and_the_own_account_is_granted_nothing() {
+    // With the readiness gate, the stack is ready only once a check has passed.
+    let stack = checking().env("SELF_CHECK_READINESS", "true").start();
+    assert!(checks(&stack, "ok") >= 1.0, "{}", stack.service.log());
+    assert_eq!(stack.service.metric("nats_callout_self_check_failing"), 0.0);
+    let log = stack.service.log();
+    assert!(
+        log.contains("self-check passed: connected through"),
+        "{log}"
+    );
+    let granted = format!("allowed {OWN_NS}/{OWN_NAME}");
+    assert!(log.contains(&granted), "{log}");
+
+    // The check's token is reused, not asked for at every check.
+    stack
+        .service
+        .wait_for("a second check", WAIT, || checks(&stack, "ok") >= 2.0);
+    assert_eq!(stack.api.token_requests(), 1);
+    let asked = stack.api.requests_of(RequestKind::TokenRequest);
+    assert!(
+        asked[0].path.ends_with(&format!(
+            "/namespaces/{OWN_NS}/serviceaccounts/{OWN_NAME}/token"
+        )),
+        "{:?}",
+        asked[0].path
+    );
+    // Its audience is JWT_AUDIENCE: the service accepted it as any workload's token.
+
+    // Whoever holds a token of the service's ServiceAccount connects, but may do nothing: not
+    // its annotation's subjects, not its namespace, not the inboxes.
+    let own = connect_token(&stack.url(), &stack.token(OWN_NS, OWN_NAME))
+        .expect("the service's own ServiceAccount connects");
+    for subject in ["nats-auth.x", "team-a.x", "_INBOX.x", "anything"] {
+        assert!(!own.can_publish(subject), "published to {subject}");
+        assert!(!own.can_subscribe(subject), "subscribed to {subject}");
+    }
+    // The policy still applies to everyone else in the excluded namespace.
+    stack.api.create_service_account(OWN_NS, "other", &[]);
+    stack.assert_denied(&stack.token(OWN_NS, "other"), "namespace_not_allowed");
+    stack.assert_connects("team-a", "app");
+}
+
+#[test]
+fn a_server_with_another_issuer_fails_the_check_and_names_the_key() {
+    let other = KeyPair::new_account().public_key();
+    let stack = checking()
+        .nats_config(move |config| {
+            let issuer = config
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("issuer: \""))
+                .and_then(|rest| rest.strip_suffix('"'))
+                .expect("the issuer line")
+                .to_owned();
+            config.replace(&issuer, &other)
+        })
+        .start();
+    stack
+        .service
+        .wait_for("a refused check", WAIT, || checks(&stack, "refused") >= 1.0);
+    assert_eq!(checks(&stack, "ok"), 0.0);
+    assert_eq!(stack.service.metric("nats_callout_self_check_failing"), 1.0);
+    let log = stack.service.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("self-check failed (result=refused)"))
+        .unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    // A single replica answers every check, so the cause is pinned on nats-server's keys.
+    assert!(
+        line.contains("this replica granted it, so nats-server refused the service's answer")
+            && line.contains(&format!(
+                "auth_callout.issuer must be {}",
+                stack.keys.account.public_key()
+            ))
+            && line.contains("Authorization Violation"),
+        "{line}"
+    );
+    // One line for a failure that goes on, not one per check.
+    stack.service.wait_for("another refused check", WAIT, || {
+        checks(&stack, "refused") >= 2.0
+    });
+    assert_eq!(
+        stack.service.log().matches("self-check failed").count(),
+        1,
+        "{}",
+        stack.service.log()
+    );
+
+    // A replica that gates its readiness on the check never becomes ready.
+    let gated = stack
+        .replica()
+        .env("SELF_CHECK_INTERVAL", "5s")
+        .env(
+            "SELF_CHECK_SERVICE_ACCOUNT",
+            &format!("{OWN_NS}/{OWN_NAME}"),
+        )
+        .env("SELF_CHECK_READINESS", "true")
+        .spawn();
+    gated.wait_for("the gated replica's first check", WAIT, || {
+        gated.metric("nats_callout_self_checks_total{result=\"refused\"}") >= 1.0
+    });
+    let (status, body) = gated.get("/readyz").expect("/readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"self_check\""), "{body}");
+}
+
+#[test]
+fn a_server_sealing_for_another_xkey_fails_the_check_and_names_the_xkey() {
+    let other = XKey::new().public_key();
+    let stack = checking()
+        .xkey()
+        .nats_config(move |config| {
+            let xkey = config
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("xkey: \""))
+                .and_then(|rest| rest.strip_suffix('"'))
+                .expect("the xkey line")
+                .to_owned();
+            config.replace(&xkey, &other)
+        })
+        .start();
+    stack
+        .service
+        .wait_for("a refused check", WAIT, || checks(&stack, "refused") >= 1.0);
+    let log = stack.service.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("self-check failed (result=refused)"))
+        .unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    let want = stack.keys.xkey.as_ref().expect("an xkey").public_key();
+    assert!(
+        line.contains("reason=request_cannot_open")
+            && line.contains(&format!("auth_callout.xkey must be {want}")),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_token_the_api_server_refuses_is_its_own_result_and_the_check_recovers() {
+    let stack = checking().start();
+    // Once the first replica has its token (kept for minutes), a second one asks an API server
+    // that refuses TokenRequests, as one without the RBAC rule would.
+    stack
+        .service
+        .wait_for("a first check", WAIT, || checks(&stack, "ok") >= 1.0);
+    stack
+        .api
+        .fail_next_of(RequestKind::TokenRequest, 1000, 403, None);
+    let replica = stack
+        .replica()
+        .env("SELF_CHECK_INTERVAL", "5s")
+        .env(
+            "SELF_CHECK_SERVICE_ACCOUNT",
+            &format!("{OWN_NS}/{OWN_NAME}"),
+        )
+        .spawn();
+    replica.wait_for("a check without a token", WAIT, || {
+        replica.metric("nats_callout_self_checks_total{result=\"no_token\"}") >= 1.0
+    });
+    assert_eq!(replica.metric("nats_callout_self_check_failing"), 1.0);
+    let log = replica.log();
+    assert!(
+        log.contains("self-check failed (result=no_token)")
+            && log.contains(&format!("no token for {OWN_NS}/{OWN_NAME}"))
+            && log.contains("create on serviceaccounts/token"),
+        "{log}"
+    );
+    // Without the readiness gate, a check that cannot run leaves the replica ready.
+    assert_eq!(replica.get("/readyz").map(|(s, _)| s), Some(200));
+    stack.api.clear_faults();
+    replica.wait_for("a passing check", WAIT, || {
+        replica.metric("nats_callout_self_checks_total{result=\"ok\"}") >= 1.0
+    });
+    assert_eq!(replica.metric("nats_callout_self_check_failing"), 0.0);
+    assert!(
+        replica.log().contains("self-check passed"),
+        "{}",
+        replica.log()
+    );
+}
