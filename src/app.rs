@@ -166,6 +166,16 @@ fn log_signing_keys(config: &Config) {
     }
 }
 
+/// Whether the default account's user JWTs are signed by a scoped key (operator mode).
+fn default_key_is_scoped(config: &Config) -> bool {
+    config
+        .keys
+        .signer
+        .user_keys()
+        .iter()
+        .any(|k| k.account() == config.nats_account && k.is_scoped())
+}
+
 /// What the self-check needs from the configuration, with what nats-server must be configured
 /// with for this service (for the line that explains a refused grant).
 fn self_check_settings(config: &Config, own: &SelfCheckConfig) -> SelfCheckSettings {
@@ -192,6 +202,8 @@ fn self_check_settings(config: &Config, own: &SelfCheckConfig) -> SelfCheckSetti
         gates_readiness: own.gates_readiness,
         refused_grant_hint,
         xkey_public: config.keys.decoder.xkey().map(|x| x.public_key()),
+        sentinel_creds: own.sentinel_creds.clone(),
+        operator_mode: config.key_files.operator_mode,
     }
 }
 
@@ -347,6 +359,15 @@ pub fn serve() -> Result<(), String> {
     }
     // The check's token comes from the API server: none with a local ServiceAccount file.
     let self_check = match (&config.self_check, &api) {
+        // A scoped key's scope, not the service, decides what its users may do: the check's
+        // user would get what the scope grants, so there is no way to grant it nothing.
+        (Some(_), Some(_)) if default_key_is_scoped(&config) => {
+            warn!(
+                "SELF_CHECK_INTERVAL is ignored: clients of account {} get user JWTs signed by a scoped key, whose scope would give the check's user its permissions",
+                config.nats_account
+            );
+            None
+        }
         (Some(own), Some(_)) => Some(own),
         (Some(_), None) => {
             warn!("SELF_CHECK_INTERVAL is ignored with SERVICE_ACCOUNTS_PATH: no Kubernetes API to ask for the check's token");

@@ -172,6 +172,9 @@ pub struct SelfCheckConfig {
     pub name: String,
     /// `SELF_CHECK_READINESS`: `/readyz` waits for a passing check.
     pub gates_readiness: bool,
+    /// `SELF_CHECK_CREDS_FILE`: the sentinel's creds, for an operator-mode server without
+    /// `default_sentinel` (its clients present the sentinel and their token).
+    pub sentinel_creds: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -229,6 +232,7 @@ fn self_check_config(r: &mut Reader<'_>) -> Option<SelfCheckConfig> {
                 namespace: ns.to_owned(),
                 name: name.to_owned(),
                 gates_readiness,
+                sentinel_creds: self_check_creds(r),
             })
         }
         _ => {
@@ -238,6 +242,18 @@ fn self_check_config(r: &mut Reader<'_>) -> Option<SelfCheckConfig> {
             None
         }
     }
+}
+
+/// `SELF_CHECK_CREDS_FILE`, which must be a file.
+fn self_check_creds(r: &mut Reader<'_>) -> Option<PathBuf> {
+    let path = PathBuf::from(r.get("SELF_CHECK_CREDS_FILE")?);
+    if !path.is_file() {
+        r.problems.push(format!(
+            "SELF_CHECK_CREDS_FILE: {} is not a readable file",
+            path.display()
+        ));
+    }
+    Some(path)
 }
 
 /// The in-cluster default issuer.
@@ -822,6 +838,7 @@ mod tests {
                 namespace: "nats-auth".into(),
                 name: "callout".into(),
                 gates_readiness: true,
+                sentinel_creds: None,
             })
         );
         for (pairs, says) in [
@@ -846,6 +863,14 @@ mod tests {
             (
                 vec![("SELF_CHECK_READINESS", "true")],
                 "SELF_CHECK_READINESS=true needs the self-check on",
+            ),
+            (
+                vec![
+                    ("SELF_CHECK_INTERVAL", "30s"),
+                    ("SELF_CHECK_SERVICE_ACCOUNT", "a/b"),
+                    ("SELF_CHECK_CREDS_FILE", "/nonexistent/sentinel.creds"),
+                ],
+                "SELF_CHECK_CREDS_FILE: /nonexistent/sentinel.creds is not a readable file",
             ),
         ] {
             let err = with(&pairs).unwrap_err();

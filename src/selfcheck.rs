@@ -60,6 +60,12 @@ pub struct SelfCheckSettings {
     pub refused_grant_hint: String,
     /// The xkey nats-server must seal requests for, when the service has one.
     pub xkey_public: Option<String>,
+    /// The sentinel's creds file presented with the token (operator mode without
+    /// `default_sentinel`).
+    pub sentinel_creds: Option<std::path::PathBuf>,
+    /// Whether nats-server runs in operator mode (where a client without a sentinel may be
+    /// refused before the callout is asked).
+    pub operator_mode: bool,
 }
 
 /// Where the replica that answers a check's connect records its answer.
@@ -104,6 +110,9 @@ impl Probe {
 struct Checked {
     result: &'static str,
     cause: String,
+    /// Whether the outcome says something about this replica's keys and decisions: a pass, or
+    /// a refusal whose cause this replica saw. Only these move readiness.
+    verdict: bool,
 }
 
 /// A TokenRequest's answer (the fields used).
@@ -203,7 +212,7 @@ impl SelfCheck {
     fn round(&mut self) -> Checked {
         let mut checked = self.check();
         for _ in 1..ATTEMPTS_PER_ROUND {
-            if checked.result != SelfCheckLabels::REFUSED || !checked.cause.contains(ELSEWHERE) {
+            if checked.result != SelfCheckLabels::REFUSED || checked.verdict {
                 break;
             }
             checked = self.check();
@@ -217,6 +226,7 @@ impl SelfCheck {
             Ok(t) => t,
             Err(why) => {
                 return Checked {
+                    verdict: false,
                     result: SelfCheckLabels::NO_TOKEN,
                     cause: format!(
                         "no token for {}/{}: {why} (the Role must allow create on serviceaccounts/token for this ServiceAccount)",
@@ -226,9 +236,11 @@ impl SelfCheck {
             }
         };
         let client_name = format!("{CLIENT_NAME_PREFIX}{:016x}", fastrand::u64(..));
-        let mut dialer = self
-            .dialer
-            .as_client(Login::Token(token), &client_name, HANDSHAKE);
+        let login = match &self.settings.sentinel_creds {
+            Some(creds) => Login::SentinelAndToken(creds.clone(), token),
+            None => Login::Token(token),
+        };
+        let mut dialer = self.dialer.as_client(login, &client_name, HANDSHAKE);
         let sealed_for_another = || {
             self.metrics
                 .decisions
@@ -248,24 +260,31 @@ impl SelfCheck {
             Ok(mut conn) => {
                 conn.close();
                 Checked {
+                    verdict: true,
                     result: SelfCheckLabels::OK,
                     cause: format!("connected through {} in {took:.1?}", conn.server()),
                 }
             }
-            Err((server, ConnectError::Refused(words))) => Checked {
-                result: SelfCheckLabels::REFUSED,
-                cause: format!(
-                    "{server} refused the check's client ({words:?}) after {took:.1?}: {}",
-                    self.refusal_cause(answered_here, sealed_for_another() > unopened_before)
-                ),
-            },
+            Err((server, ConnectError::Refused(words))) => {
+                let sealed = sealed_for_another() > unopened_before;
+                Checked {
+                    verdict: answered_here.is_some() || sealed,
+                    result: SelfCheckLabels::REFUSED,
+                    cause: format!(
+                        "{server} refused the check's client ({words:?}) after {took:.1?}: {}",
+                        self.refusal_cause(answered_here, sealed)
+                    ),
+                }
+            }
             Err((server, e)) if took + Duration::from_millis(500) >= HANDSHAKE => Checked {
+                verdict: false,
                 result: SelfCheckLabels::TIMEOUT,
                 cause: format!(
                     "{server} did not answer the check's connect within {HANDSHAKE:?} ({e}): no replica's answer reached it"
                 ),
             },
             Err((server, e)) => Checked {
+                verdict: false,
                 result: SelfCheckLabels::UNREACHABLE,
                 cause: format!("cannot reach {server}: {e}"),
             },
@@ -294,7 +313,14 @@ impl SelfCheck {
                     .map(|x| format!(" (auth_callout.xkey must be {x})"))
                     .unwrap_or_default()
             ),
-            None => format!("{ELSEWHERE}: their log says what they answered"),
+            None => format!(
+                "{ELSEWHERE}: their log says what they answered{}",
+                if self.settings.operator_mode && self.settings.sentinel_creds.is_none() {
+                    " (or, with an operator-mode server without default_sentinel, nats-server refused it before asking: set SELF_CHECK_CREDS_FILE to the sentinel's creds)"
+                } else {
+                    ""
+                }
+            ),
         }
     }
 
@@ -336,12 +362,10 @@ impl SelfCheck {
             .inc();
         let passed = checked.result == SelfCheckLabels::OK;
         self.metrics.self_check_failing.set(i64::from(!passed));
-        // Only a verdict on the chain moves readiness: a token or network failure says nothing
-        // about whether nats-server takes this service's answers.
-        if passed
-            || checked.result == SelfCheckLabels::REFUSED
-            || checked.result == SelfCheckLabels::TIMEOUT
-        {
+        // Only a verdict on this replica moves readiness: a token or network failure, a timeout
+        // or a refusal another replica answered (one of an older version, during a rollout)
+        // says nothing about whether nats-server takes this replica's answers.
+        if checked.verdict {
             self.readiness.set_self_check_passed(passed);
         }
         let same = self.logged.as_ref().is_some_and(|(last, at)| {

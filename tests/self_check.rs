@@ -11,6 +11,7 @@ use std::time::Duration;
 use nkeys::{KeyPair, XKey};
 use support::client::connect_token;
 use support::kube::RequestKind;
+use support::operator::{OperatorStackBuilder, UserSigner};
 use support::stack::{Stack, StackBuilder};
 
 /// The service's own ServiceAccount in these tests.
@@ -221,4 +222,134 @@ fn a_token_the_api_server_refuses_is_its_own_result_and_the_check_recovers() {
         "{}",
         replica.log()
     );
+}
+
+#[test]
+fn a_refusal_another_replica_answered_does_not_hold_readiness() {
+    // A replica without the self-check (an older version, mid-rollout) refuses the service's own
+    // ServiceAccount like any account of the excluded namespace. A new replica gating its
+    // readiness on the check still becomes ready: the checks that other replica answers are no
+    // verdict on this one, and those it answers itself pass.
+    let stack = StackBuilder::new()
+        .account(OWN_NS, OWN_NAME, &[])
+        .policy("namespaces:\n  exclude: [nats-auth]\n")
+        .start();
+    let gated = stack
+        .replica()
+        .env("SELF_CHECK_INTERVAL", "5s")
+        .env(
+            "SELF_CHECK_SERVICE_ACCOUNT",
+            &format!("{OWN_NS}/{OWN_NAME}"),
+        )
+        .env("SELF_CHECK_READINESS", "true")
+        .spawn();
+    gated.wait_ready(Duration::from_secs(60));
+    assert!(gated.metric("nats_callout_self_checks_total{result=\"ok\"}") >= 1.0);
+    // The old replica's refusals, if any landed there, were logged as not this replica's.
+    let log = gated.log();
+    assert!(!log.contains("this replica granted it"), "{log}");
+    if log.contains("self-check failed") {
+        assert!(log.contains("another replica answered it"), "{log}");
+    }
+}
+
+/// The self-check's settings for an operator-mode stack, `extra` added.
+fn operator_checking(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("SELF_CHECK_INTERVAL".to_owned(), "5s".to_owned()),
+        (
+            "SELF_CHECK_SERVICE_ACCOUNT".to_owned(),
+            format!("{OWN_NS}/{OWN_NAME}"),
+        ),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+#[test]
+fn operator_mode_passes_with_the_sentinel_or_the_servers_default_sentinel() {
+    // Without default_sentinel, a client presents the sentinel's creds with its token: so does
+    // the check. The stack is ready only once the check has passed.
+    let s = OperatorStackBuilder::new()
+        .account(OWN_NS, OWN_NAME, &[])
+        .prepare(|keys| {
+            let creds = keys.path("creds/sentinel.creds");
+            operator_checking(&[
+                ("SELF_CHECK_CREDS_FILE", creds.to_str().expect("utf8")),
+                ("SELF_CHECK_READINESS", "true"),
+            ])
+        })
+        .start();
+    assert!(
+        s.service
+            .metric("nats_callout_self_checks_total{result=\"ok\"}")
+            >= 1.0
+    );
+    assert!(
+        s.service.log().contains("self-check passed"),
+        "{}",
+        s.service.log()
+    );
+
+    // With the server's default_sentinel, the token alone.
+    let s = OperatorStackBuilder::new()
+        .config("nats-memory-default-sentinel.conf")
+        .account(OWN_NS, OWN_NAME, &[])
+        .prepare(|_| operator_checking(&[("SELF_CHECK_READINESS", "true")]))
+        .start();
+    assert!(
+        s.service
+            .metric("nats_callout_self_checks_total{result=\"ok\"}")
+            >= 1.0
+    );
+}
+
+#[test]
+fn operator_mode_without_a_sentinel_says_what_to_set() {
+    let s = OperatorStackBuilder::new()
+        .account(OWN_NS, OWN_NAME, &[])
+        .prepare(|_| operator_checking(&[]))
+        .start();
+    s.service.wait_for("a refused check", WAIT, || {
+        s.service
+            .metric("nats_callout_self_checks_total{result=\"refused\"}")
+            >= 1.0
+    });
+    let log = s.service.log();
+    assert!(
+        log.contains("set SELF_CHECK_CREDS_FILE to the sentinel's creds"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_scoped_signing_key_turns_the_self_check_off() {
+    // The scope would give the check's user its permissions: the service cannot grant it
+    // nothing, so it does not check, and its own ServiceAccount is an account like any other.
+    let s = OperatorStackBuilder::new()
+        .config("nats-memory-default-sentinel.conf")
+        .signer(UserSigner::Scoped)
+        .account(OWN_NS, OWN_NAME, &[])
+        .prepare(|_| operator_checking(&[]))
+        .start();
+    let log = s.service.log();
+    assert!(
+        log.contains("SELF_CHECK_INTERVAL is ignored: clients of account")
+            && log.contains("scoped key"),
+        "{log}"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    for result in ["ok", "refused", "no_token", "timeout", "unreachable"] {
+        assert_eq!(
+            s.service.metric(&format!(
+                "nats_callout_self_checks_total{{result=\"{result}\"}}"
+            )),
+            0.0
+        );
+    }
+    assert_eq!(s.api.token_requests(), 0);
+    // Its token gets what the scope gives its name, as any account's would.
+    let own = s.connect(OWN_NS, OWN_NAME);
+    let space = format!("sa.system:serviceaccount:{OWN_NS}:{OWN_NAME}._.x");
+    assert!(own.can_publish(&space), "the scope's subjects");
 }

@@ -57,13 +57,19 @@ pub enum Login {
     /// A file holding the token (surrounding blanks ignored), read at every connect. Never
     /// logged.
     TokenFile(std::path::PathBuf),
+    /// A client of an operator-mode server without `default_sentinel`: the sentinel's creds file
+    /// (its JWT, the nonce signed) and a token for the callout. Never logged.
+    SentinelAndToken(std::path::PathBuf, String),
 }
 
 impl Login {
     /// The file the login is read from, when it is one.
     fn file(&self) -> Option<&Path> {
         match self {
-            Login::CredsFile(p) | Login::NkeySeedFile(p) | Login::TokenFile(p) => Some(p),
+            Login::CredsFile(p)
+            | Login::NkeySeedFile(p)
+            | Login::TokenFile(p)
+            | Login::SentinelAndToken(p, _) => Some(p),
             Login::None | Login::Token(_) => None,
         }
     }
@@ -579,6 +585,12 @@ impl Dialer {
                 let creds = read_creds(path)?;
                 sig = Some(sign_nonce(&creds.key, info, path)?);
                 jwt = Some(creds.jwt);
+            }
+            Login::SentinelAndToken(path, token) => {
+                let creds = read_creds(path)?;
+                sig = Some(sign_nonce(&creds.key, info, path)?);
+                jwt = Some(creds.jwt);
+                auth_token = Some(token.as_str());
             }
             Login::NkeySeedFile(path) => {
                 let key = read_seed(path)?;

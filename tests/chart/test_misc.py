@@ -63,6 +63,19 @@ def test_self_check_names_an_existing_service_account_and_gates_readiness_when_a
     assert r.one("Role")["rules"][0]["resourceNames"] == ["callout-sa"]
 
 
+def test_self_check_presents_the_sentinel_from_a_secret(render):
+    r = render({"selfCheck": {"sentinelCreds": {"existingSecret": "nats-sentinel"}}})
+    assert r.env["SELF_CHECK_CREDS_FILE"]["value"] == "/etc/nats-k8s-oidc-callout/self-check/sentinel.creds"
+    assert r.mount("self-check-sentinel")["mountPath"] == "/etc/nats-k8s-oidc-callout/self-check"
+    secret = r.volume("self-check-sentinel")["secret"]
+    assert secret["secretName"] == "nats-sentinel"
+    assert secret["items"] == [{"key": "sentinel.creds", "path": "sentinel.creds"}]
+    assert "SELF_CHECK_CREDS_FILE" not in render().env
+    off = render({"selfCheck": {"enabled": False, "sentinelCreds": {"existingSecret": "nats-sentinel"}}})
+    assert "SELF_CHECK_CREDS_FILE" not in off.env
+    assert all(v["name"] != "self-check-sentinel" for v in off.pod.get("volumes", []))
+
+
 def test_self_check_off(render):
     r = render({"selfCheck": {"enabled": False}})
     assert not any(name.startswith("SELF_CHECK_") for name in r.env)
