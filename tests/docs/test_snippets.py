@@ -5,7 +5,9 @@ Every fenced block of README.md, docs/*.md and the chart's README is collected:
   each as it stands (variables it references are set in its environment);
 - ```yaml blocks whose first line is `# nats-values...` are values for the official NATS chart:
   their `config.merge` is what the chart merges into the server's configuration, so the server
-  must start on it (with `<< ... >>` written unquoted, as the chart writes it);
+  must start on it (with `<< ... >>` written unquoted, as the chart writes it); TLS in
+  `config.nats.tls` becomes the chart's `tls {}` block, on a certificate made by DEPLOY.md's own
+  `openssl` commands (and a ```conf block naming the chart's certificate directory gets the same);
 - ```yaml blocks whose first line is `# callout-values...` are values for this project's chart:
   they must render and pass `helm lint --strict` together with the documented required values;
 - other ```yaml blocks holding Kubernetes objects must parse, and each object names its
@@ -20,6 +22,7 @@ directory.
 
 import atexit
 import base64
+import collections
 import functools
 import json
 import os
@@ -42,6 +45,9 @@ sys.path.insert(0, str(ROOT / "tests" / "chart"))
 import kubelet  # noqa: E402
 
 CHART = ROOT / "helm" / "nats-k8s-oidc-callout"
+DEPLOY = ROOT / "docs" / "DEPLOY.md"
+# Where the NATS chart mounts the Secret of `config.nats.tls` (its `dir` value's default).
+CHART_TLS_DIR = "/etc/nats-certs/nats"
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*_(?:ACCOUNT|JWT)|DATA_DIR)>")
 DATA_DIR = "<DATA_DIR>"
 
@@ -200,6 +206,36 @@ def fill(text, values=None):
     return PLACEHOLDER.sub(value, text)
 
 
+def make_guide_certificates(workdir, extra_names=()):
+    """Runs DEPLOY.md's certificate commands (its ```sh block with `openssl req -x509`) in
+    `workdir` as a reader would, with `extra_names` (e.g. "IP:127.0.0.1") added to the server
+    certificate's subjectAltName; returns the directory they write to."""
+    commands = block(DEPLOY, "sh", containing="openssl req -x509")
+    san = re.search(r"subjectAltName = [^'\n]*", commands).group(0)
+    if extra_names:
+        commands = commands.replace(san, ", ".join([san, *extra_names]))
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=workdir,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return Path(workdir) / re.search(r"^mkdir -p (\S+)$", commands, re.M).group(1)
+
+
+@functools.lru_cache(maxsize=None)
+def guide_certificates():
+    """One run of DEPLOY.md's certificate commands for every snippet that needs a certificate:
+    the directory holding ca.crt, tls.crt and tls.key."""
+    work = Path(tempfile.mkdtemp(prefix="nats-doc-certificates."))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    return make_guide_certificates(work)
+
+
+def with_guide_certificates(conf):
+    """`conf` with the chart's certificate directory replaced by guide_certificates()."""
+    if CHART_TLS_DIR + "/" not in conf:
+        return conf
+    return conf.replace(CHART_TLS_DIR + "/", f"{guide_certificates()}/")
+
+
 def start_server(conf, extra_env=None):
     """Starts nats-server on `conf` (its port replaced by a free one, `<DATA_DIR>` by a scratch
     directory); returns (proc, port, log, workdir)."""
@@ -257,15 +293,36 @@ def assert_server_accepts(conf, extra_env=None):
         stop(proc, workdir)
 
 
-def nats_chart_config(values_text):
+def chart_tls_block(tls, secret_dirs):
+    """The `tls` block the NATS chart writes for `config.nats.tls` (its files/config/tls.yaml):
+    the Secret `secretName` is mounted at `dir` (CHART_TLS_DIR) and its keys `cert` and `key`
+    (tls.crt, tls.key) there are cert_file and key_file, then `merge` over it. Here that Secret's
+    files are in `secret_dirs[secretName]`, so the paths name them there instead of `dir`."""
+    assert "ca" not in tls, "config.nats.tls.ca (client verification) is not modelled here"
+    block = {}
+    if tls.get("secretName"):
+        mounted = secret_dirs[tls["secretName"]]
+        block["cert_file"] = f"{mounted}/{tls.get('cert', 'tls.crt')}"
+        block["key_file"] = f"{mounted}/{tls.get('key', 'tls.key')}"
+    block.update(tls.get("merge", {}))
+    return block
+
+
+def nats_chart_config(values_text, secret_dirs=None):
     """The server configuration the official NATS chart makes of `config.merge`: the merged map
     as JSON (nats-server reads JSON), with `<< x >>` strings written unquoted. With
     `config.jetstream` or `config.resolver` enabled, what the chart adds for them comes first
     (JetStream's store and the full resolver's directory on the chart's /data volume, here
-    `<DATA_DIR>`; the resolver's `merge` on top), then `config.merge` over it."""
+    `<DATA_DIR>`; the resolver's `merge` on top), and with `config.nats.tls` enabled its `tls`
+    block (chart_tls_block: the Secrets' files are in `secret_dirs`, {Secret name: directory}),
+    then `config.merge` over it."""
     values = yaml.safe_load(values_text)
     config = values["config"]
+    assert not values.get("tlsCA", {}).get("enabled"), "the chart's tlsCA is not modelled here"
     merge = {}
+    tls = config.get("nats", {}).get("tls", {})
+    if tls.get("enabled"):
+        merge["tls"] = chart_tls_block(tls, {} if secret_dirs is None else secret_dirs)
     if config.get("jetstream", {}).get("enabled"):
         merge["jetstream"] = {"store_dir": DATA_DIR}
     resolver = config.get("resolver", {})
@@ -290,15 +347,21 @@ def test_the_docs_have_snippets_to_check():
 
 @pytest.mark.parametrize("conf", CONF)
 def test_nats_server_starts_on_conf_snippet(conf):
-    assert_server_accepts(fill(conf))
+    text = assert_server_accepts(with_guide_certificates(fill(conf)))
+    if CHART_TLS_DIR in conf:
+        assert "TLS required for client connections" in text
 
 
 @pytest.mark.parametrize("values", NATS_VALUES)
 def test_nats_server_starts_on_nats_chart_values(values):
-    text = assert_server_accepts(nats_chart_config(fill(values)))
+    # Whatever Secret the values mount for TLS holds the certificate of DEPLOY.md's commands.
+    secret_dirs = collections.defaultdict(guide_certificates)
+    text = assert_server_accepts(nats_chart_config(fill(values), secret_dirs))
     if "auth_callout" in values:
         # The server validated the callout block; a bad issuer or auth user refuses to start.
         assert "Server is ready" in text
+    if yaml.safe_load(values)["config"].get("nats", {}).get("tls", {}).get("enabled"):
+        assert "TLS required for client connections" in text
 
 
 @pytest.mark.parametrize("values", CALLOUT_VALUES)
