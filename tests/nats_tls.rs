@@ -8,7 +8,8 @@
 //! refuses the service without its certificate; a CA that did not sign the server's
 //! certificate (never subscribed, the cause in the log, no password in it);
 //! `NATS_TLS_REQUIRED` against a server without TLS; the service logging in with an nkey
-//! (`NATS_NKEY_SEED_FILE`); a system CA bundle that appears after the first connect.
+//! (`NATS_NKEY_SEED_FILE`); a system CA bundle that appears after the first connect; the
+//! server's CA rotated, the service's CA file swapped by the kubelet at each step.
 #![allow(deprecated)] // the tests' NATS client is the `nats` sync crate
 
 mod support;
@@ -25,6 +26,7 @@ use rcgen::{
 use support::nats::{AUTH_PASS, AUTH_USER};
 use support::service::Service;
 use support::stack::{Stack, StackBuilder};
+use support::volume::SecretVolume;
 
 const READY: Duration = Duration::from_secs(15);
 
@@ -285,4 +287,81 @@ fn a_system_store_missing_at_the_first_connect_is_read_again_at_the_next() {
     assert!(log.contains("no trusted CA certificate found"), "{log}");
     fs::copy(&pki.ca, &late).unwrap();
     replica.wait_ready(READY);
+}
+
+#[test]
+fn the_servers_ca_is_rotated_through_the_services_swapped_ca_file_without_a_gap() {
+    // The service reads its CA from a Secret volume, as the chart mounts it. The server moves
+    // from the old CA's certificate to the new one's in three steps, each without a restart:
+    // the service trusts both, the server switches, the service trusts only the new one.
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Pki::new(dir.path(), "old"), Pki::new(dir.path(), "new"));
+    let pem = |p: &Path| fs::read_to_string(p).unwrap();
+    let mut volume =
+        SecretVolume::create(&dir.path().join("nats-tls"), &[("ca.crt", &pem(&old.ca))]);
+    let ca_file = volume.path("ca.crt");
+    let s = StackBuilder::new()
+        .nats_tls(&old.server_block(false))
+        .service_nats_url(tls_url)
+        .env("NATS_CA_FILE", ca_file.to_str().unwrap())
+        .start();
+    assert_serves_tls_clients(&s, &old, false);
+    let reloads = |result: &str| {
+        s.service.metric(&format!(
+            "nats_callout_nats_file_reloads_total{{result=\"{result}\"}}"
+        ))
+    };
+    let swapped = |n: f64| {
+        s.service
+            .wait_for("a connection with the swapped CA file", READY, || {
+                reloads("success") + reloads("failure") >= n
+            });
+    };
+
+    // 1. Both CAs: a new connection, to the same server certificate.
+    volume.update(&[("ca.crt", &format!("{}{}", pem(&old.ca), pem(&new.ca)))]);
+    swapped(1.0);
+    assert_eq!(
+        (reloads("success"), reloads("failure")),
+        (1.0, 0.0),
+        "{}",
+        s.service.log()
+    );
+
+    // 2. The server takes the new CA's certificate (TLS settings reload without a restart).
+    let config = s
+        .nats
+        .config_text()
+        .replace(&old.server_block(false), &new.server_block(false));
+    s.nats.reload(&config);
+    let token = s.token("team-a", "app");
+    tls_client(&s, &new, false, &token)
+        .unwrap_or_else(|e| panic!("after the server's switch: {e}\n{}", s.service.log()));
+
+    // 3. Only the new CA: the service connects again with it, which proves the server's new
+    // certificate is checked against the swapped file, not against what was read at start.
+    volume.update(&[("ca.crt", &pem(&new.ca))]);
+    swapped(2.0);
+    assert_eq!(
+        (reloads("success"), reloads("failure")),
+        (2.0, 0.0),
+        "{}",
+        s.service.log()
+    );
+    tls_client(&s, &new, false, &token).expect("answered on the connection made with the new CA");
+
+    // 4. A CA that did not sign the server's certificate: refused and counted; the connection
+    // made with the new CA stays and keeps answering.
+    let stranger = Pki::new(dir.path(), "stranger");
+    volume.update(&[("ca.crt", &pem(&stranger.ca))]);
+    swapped(3.0);
+    assert_eq!(reloads("failure"), 1.0, "{}", s.service.log());
+    assert!(
+        s.service.log().contains("with the changed files")
+            && s.service.log().contains("the current connection stays"),
+        "{}",
+        s.service.log()
+    );
+    tls_client(&s, &new, false, &token).expect("the current connection still answers");
+    assert_eq!(s.service.metric("nats_callout_nats_disconnects_total"), 0.0);
 }
