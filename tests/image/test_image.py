@@ -1,8 +1,9 @@
 """The container image, built from the Containerfile by scripts/build-image with buildah.
 
-The image is built once per session into a private buildah storage and checked in two ways:
-the exported OCI archive (what a registry receives: config, labels, the exact file list) and
-the binary run from the image alone with `buildah run` (static, starts, runs as 65532, no shell).
+The image is built once per session into a private buildah storage and checked in three ways:
+the exported OCI archive (what a registry receives: config, labels, the exact file list), the
+binary run from the image alone with `buildah run` (static, starts, runs as 65532, no shell), and
+the SBOM carried in the image and beside the archive, against Cargo.lock and `cargo tree`.
 """
 
 import gzip
@@ -17,12 +18,16 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = "/usr/local/bin/nats-k8s-oidc-callout"
+SBOM = "/usr/share/doc/nats-k8s-oidc-callout/sbom.cdx.json"
+TRIPLES = {"amd64": "x86_64-unknown-linux-musl", "arm64": "aarch64-unknown-linux-musl"}
 
 
 def crate_version() -> str:
@@ -65,20 +70,29 @@ def blob(oci, digest):
     return oci.extractfile("blobs/sha256/" + digest.split(":", 1)[1]).read()
 
 
-@pytest.fixture(scope="session")
-def archive(image):
-    """The exported OCI archive: (config JSON, {path: TarInfo} of the single layer)."""
-    path = ROOT / "dist" / f"nats-k8s-oidc-callout-{crate_version()}-amd64.oci.tar"
+def single_layer(path):
+    """The config JSON and the (uncompressed) single layer of the image in the OCI archive."""
     with tarfile.open(path) as oci:
         index = json.loads(oci.extractfile("index.json").read())
         manifest = json.loads(blob(oci, index["manifests"][0]["digest"]))
         config = json.loads(blob(oci, manifest["config"]["digest"]))
         assert len(manifest["layers"]) == 1, manifest["layers"]
         layer = blob(oci, manifest["layers"][0]["digest"])
-        if layer[:2] == b"\x1f\x8b":
-            layer = gzip.decompress(layer)
-        with tarfile.open(fileobj=io.BytesIO(layer)) as t:
-            files = {m.name.lstrip("./").rstrip("/"): m for m in t.getmembers()}
+    if layer[:2] == b"\x1f\x8b":
+        layer = gzip.decompress(layer)
+    return config, layer
+
+
+def amd64_archive():
+    return ROOT / "dist" / f"nats-k8s-oidc-callout-{crate_version()}-amd64.oci.tar"
+
+
+@pytest.fixture(scope="session")
+def archive(image):
+    """The exported OCI archive: (config JSON, {path: TarInfo} of the single layer)."""
+    config, layer = single_layer(amd64_archive())
+    with tarfile.open(fileobj=io.BytesIO(layer)) as t:
+        files = {m.name.lstrip("./").rstrip("/"): m for m in t.getmembers()}
     return config, files
 
 
@@ -132,10 +146,12 @@ def test_contains_exactly_binary_ca_bundle_and_passwd(archive):
         "etc/passwd",
         "etc/ssl/certs/ca-certificates.crt",
         "usr/local/bin/nats-k8s-oidc-callout",
+        SBOM.lstrip("/"),
     ]
     assert not [m for m in files.values() if m.issym() or m.islnk()], "no links, no shell"
     assert files["usr/local/bin/nats-k8s-oidc-callout"].mode & 0o777 == 0o755
     assert files["etc/ssl/certs/ca-certificates.crt"].size > 10_000
+    assert files[SBOM.lstrip("/")].mode & 0o777 == 0o644
 
 
 def test_binary_is_static(archive):
@@ -254,6 +270,115 @@ def test_explain_runs_from_the_image_on_a_mounted_serviceaccount_file_and_policy
     assert "POLICY_FILE: invalid policy /config/nope.yaml" in missing.stderr
 
 
+# The SBOM: what cargo-cyclonedx says the binary is made of, checked against Cargo's own view.
+
+
+def sbom_beside(arch):
+    return ROOT / "dist" / f"nats-k8s-oidc-callout-{crate_version()}-linux-{arch}.cdx.json"
+
+
+def cargo_json(*args):
+    out = subprocess.run(
+        ["cargo", *args, "--locked"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout
+
+
+def cargo_tree(triple, edges):
+    """{(name, version)} of the packages `cargo tree` reaches over these edge kinds when
+    building for `triple` (the features of the build, as resolver 2 decides them), but ours."""
+    out = cargo_json("tree", "-e", edges, "--target", triple, "--prefix", "none", "--format", "{p}")
+    found = {tuple(re.match(r"(\S+) v(\S+)", line).groups()) for line in out.splitlines() if line}
+    return {p for p in found if p[0] != "nats-k8s-oidc-callout"}
+
+
+def lock_packages():
+    """{(name, version): checksum or None} of Cargo.lock."""
+    lock = tomllib.loads((ROOT / "Cargo.lock").read_text())
+    return {(p["name"], p["version"]): p.get("checksum") for p in lock["package"]}
+
+
+def check_sbom(bom, triple):
+    """Asserts that the CycloneDX document `bom` describes this package's binary for `triple`:
+    every crate compiled into it at its Cargo.lock version and checksum, no dev-only and no
+    build-only crate."""
+    assert bom["bomFormat"] == "CycloneDX"
+    assert bom["specVersion"] == "1.5"
+    meta = bom["metadata"]
+    assert meta["component"]["name"] == "nats-k8s-oidc-callout"
+    assert meta["component"]["version"] == crate_version()
+    assert meta["component"]["licenses"] == [{"expression": "Apache-2.0"}]
+    assert {"name": "cdx:rustc:sbom:target:triple", "value": triple} in meta["properties"]
+    assert "path+file:///" not in json.dumps(bom), "the build directory leaked into the SBOM"
+
+    lock = lock_packages()
+    listed = {}
+    for c in bom["components"]:
+        key = (c["name"], c["version"])
+        assert key in lock, f"{key} is not in Cargo.lock"
+        assert c.get("licenses"), f"{key} has no license"
+        assert c["purl"] == f"pkg:cargo/{c['name']}@{c['version']}"
+        hashes = {h["alg"]: h["content"] for h in c.get("hashes", [])}
+        assert hashes.get("SHA-256") == lock[key], f"{key}: checksum differs from Cargo.lock"
+        listed[key] = c
+    assert len(listed) == len(bom["components"]), "a crate is listed twice"
+
+    runtime = cargo_tree(triple, "normal")
+    missing = runtime - set(listed)
+    assert not missing, f"crates built into the binary but not in the SBOM: {sorted(missing)}"
+    names = {name for name, _ in listed}
+    assert {"rustls", "ring", "ureq", "nkeys", "serde_json"} <= names
+
+    # Dev-dependencies (the test-only NATS client, token minting, …) and what only they bring.
+    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    dev = set(manifest["dev-dependencies"]) - set(manifest["dependencies"])
+    assert "nats" in dev
+    assert not names & dev, f"dev-dependencies in the SBOM: {sorted(names & dev)}"
+    build_only = cargo_tree(triple, "normal,build") - runtime
+    assert ("cc", lock_version("cc")) in build_only
+    assert not set(listed) & build_only, f"build-only crates in the SBOM: {sorted(set(listed) & build_only)}"
+
+    # cargo-cyclonedx reads `cargo metadata`, which unifies features across normal and dev
+    # dependencies (CycloneDX/cyclonedx-rust-cargo#760): an optional dependency that only a
+    # dev-dependency's features switch on is listed too. Allow exactly that, nothing else.
+    metadata = json.loads(cargo_json("metadata", "--format-version", "1", "--filter-platform", triple))
+    optional_of_runtime = {
+        d["name"]
+        for p in metadata["packages"]
+        if (p["name"], p["version"]) in runtime
+        for d in p["dependencies"]
+        if d["kind"] is None and d["optional"]
+    }
+    for name, version in set(listed) - runtime:
+        assert name in optional_of_runtime, (
+            f"{name} {version} is in the SBOM but neither built into the binary nor an optional "
+            "dependency of a crate that is"
+        )
+
+
+def lock_version(name):
+    versions = [v for n, v in lock_packages() if n == name]
+    assert len(versions) == 1, (name, versions)
+    return versions[0]
+
+
+def test_sbom_beside_the_archive_describes_the_amd64_binary(image):
+    assert amd64_archive().exists()
+    check_sbom(json.loads(sbom_beside("amd64").read_text()), TRIPLES["amd64"])
+
+
+def test_sbom_in_the_image_is_the_one_beside_it(image):
+    config, layer = single_layer(amd64_archive())
+    with tarfile.open(fileobj=io.BytesIO(layer)) as t:
+        member = next(m for m in t.getmembers() if m.name.lstrip("./") == SBOM.lstrip("/"))
+        inside = t.extractfile(member).read()
+    assert inside == sbom_beside("amd64").read_bytes()
+    # Dated like the image: by the commit, not by the build.
+    created = config["config"]["Labels"]["org.opencontainers.image.created"]
+    stamp = json.loads(inside)["metadata"]["timestamp"]
+    assert datetime.fromisoformat(stamp[:19] + "+00:00") == datetime.fromisoformat(created)
+
+
 # Last: the multi-arch build replaces the single-arch image name with a manifest list.
 @pytest.fixture(scope="session")
 def multiarch(storage, image):
@@ -297,6 +422,14 @@ def test_arm64_binary_is_static_and_starts(multiarch):
     out = subprocess.run([qemu, str(binary), "--version"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"nats-k8s-oidc-callout {crate_version()}"
+
+
+def test_arm64_sbom_describes_the_arm64_binary_beside_and_in_its_root_filesystem(multiarch):
+    beside = sbom_beside("arm64")
+    assert beside.parent == multiarch.parent
+    inside = ROOT / "dist" / "rootfs-arm64" / SBOM.lstrip("/")
+    assert inside.read_bytes() == beside.read_bytes()
+    check_sbom(json.loads(beside.read_text()), TRIPLES["arm64"])
 
 
 def test_deploy_guides_push_command_reaches_a_registry(multiarch, tmp_path):
