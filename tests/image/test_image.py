@@ -7,6 +7,7 @@ the SBOM carried in the image and beside the archive, against Cargo.lock and `ca
 """
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = "/usr/local/bin/nats-k8s-oidc-callout"
@@ -432,19 +434,12 @@ def test_arm64_sbom_describes_the_arm64_binary_beside_and_in_its_root_filesystem
     check_sbom(json.loads(beside.read_text()), TRIPLES["arm64"])
 
 
-def test_deploy_guides_push_command_reaches_a_registry(multiarch, tmp_path):
-    """docs/DEPLOY.md step 1 pushes the archive with skopeo: run that command against a local
-    registry (Debian's docker-registry, plain HTTP on loopback) and pull both platforms back."""
-    guide = (ROOT / "docs" / "DEPLOY.md").read_text()
-    command = re.search(r"^(skopeo copy .*?\n\s+docker://\S+)$", guide.replace("\\\n", "\n"), re.M)
-    assert command, "DEPLOY.md has no skopeo copy command"
-    args = shlex.split(command.group(1))
-    source = next(a for a in args if a.startswith("oci-archive:"))
-    assert source == f"oci-archive:dist/{multiarch.name}", "the guide pushes another file than the build makes"
+@pytest.fixture
+def registry(tmp_path):
+    """A local registry (Debian's docker-registry, plain HTTP on loopback): its host:port."""
     for tool in ("skopeo", "docker-registry"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is not installed: scripts/ensure-test-tools installs it")
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -454,7 +449,7 @@ def test_deploy_guides_push_command_reaches_a_registry(multiarch, tmp_path):
         f"storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}\n"
         f"http: {{addr: 127.0.0.1:{port}}}\n"
     )
-    registry = subprocess.Popen(
+    server = subprocess.Popen(
         ["docker-registry", "serve", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -467,20 +462,97 @@ def test_deploy_guides_push_command_reaches_a_registry(multiarch, tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "the local registry did not start"
                 time.sleep(0.05)
-        dest = next(a for a in args if a.startswith("docker://"))
-        local = "docker://127.0.0.1:%d/%s" % (port, dest.split("/", 3)[3])
-        run = [a if a != dest else local for a in args] + ["--dest-tls-verify=false"]
-        pushed = subprocess.run(run, cwd=ROOT, capture_output=True, text=True)
-        assert pushed.returncode == 0, pushed.stderr
-        for arch in ("amd64", "arm64"):
-            out = subprocess.run(
-                ["skopeo", "inspect", "--tls-verify=false", "--override-arch", arch, local],
-                capture_output=True, text=True,
-            )
-            assert out.returncode == 0, out.stderr
-            info = json.loads(out.stdout)
-            assert info["Architecture"] == arch
-            assert info["Labels"]["org.opencontainers.image.version"] == crate_version()
+        yield f"127.0.0.1:{port}"
     finally:
-        registry.terminate()
-        registry.wait(timeout=10)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def guide_push_command(guide, multiarch, registry):
+    """The guide's `skopeo copy … docker://…` command (continuation lines joined), checked to push
+    the archive the build makes, and aimed at `registry` instead: (args, local destination)."""
+    text = (ROOT / "docs" / guide).read_text()
+    command = re.search(r"^\s*(skopeo copy .*?\n\s+docker://\S+)$", text.replace("\\\n", "\n"), re.M)
+    assert command, f"{guide} has no skopeo copy command"
+    args = shlex.split(command.group(1))
+    source = next(a for a in args if a.startswith("oci-archive:"))
+    assert source == f"oci-archive:dist/{multiarch.name}", "the guide pushes another file than the build makes"
+    dest = next(a for a in args if a.startswith("docker://"))
+    local = "docker://%s/%s" % (registry, dest.split("/", 3)[3])
+    return [a if a != dest else local for a in args] + ["--dest-tls-verify=false"], local
+
+
+def test_deploy_guides_push_command_reaches_a_registry(multiarch, registry):
+    """docs/DEPLOY.md step 1 pushes the archive with skopeo: run that command against a local
+    registry and pull both platforms back."""
+    run, local = guide_push_command("DEPLOY.md", multiarch, registry)
+    pushed = subprocess.run(run, cwd=ROOT, capture_output=True, text=True)
+    assert pushed.returncode == 0, pushed.stderr
+    for arch in ("amd64", "arm64"):
+        out = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--override-arch", arch, local],
+            capture_output=True, text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        info = json.loads(out.stdout)
+        assert info["Architecture"] == arch
+        assert info["Labels"]["org.opencontainers.image.version"] == crate_version()
+
+
+def test_release_guide_pins_the_pushed_digest_and_the_sbom_travels_with_it(multiarch, registry, tmp_path):
+    """docs/RELEASING.md: the push records the manifest list's digest, which is the archive's,
+    the one the registry serves, and the one the chart then puts in the pod; each platform's
+    image pulled back by that digest carries its SBOM."""
+    run, local = guide_push_command("RELEASING.md", multiarch, registry)
+    digest_file = ROOT / run[run.index("--digestfile") + 1]
+    assert digest_file.name == multiarch.name.replace(".oci.tar", ".digest")
+    digest_file.unlink(missing_ok=True)
+    pushed = subprocess.run(run, cwd=ROOT, capture_output=True, text=True)
+    assert pushed.returncode == 0, pushed.stderr
+    digest = digest_file.read_text().strip()
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), digest
+
+    with tarfile.open(multiarch) as oci:
+        index = json.loads(oci.extractfile("index.json").read())
+    assert digest == index["manifests"][0]["digest"], "the registry holds other manifests than the archive"
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", local], capture_output=True, check=True
+    ).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+    assert len(json.loads(raw)["manifests"]) == 2
+
+    # The guide's helm command reads the same file into image.digest; the chart pins it.
+    guide = (ROOT / "docs" / "RELEASING.md").read_text()
+    assert f'--set image.digest="$(cat dist/{digest_file.name})"' in guide
+    import helm_python as h
+
+    repository = re.search(r"^\s*repository: (\S+)$", guide, re.M).group(1)
+    values = {
+        "image": {"repository": repository, "digest": digest},
+        "nats": {"account": "APP", "signingKey": {"existingSecret": "callout-keys"}},
+    }
+    rendered = h.Chart.load(str(ROOT / "helm" / "nats-k8s-oidc-callout")).render(
+        values, name="nats-k8s-oidc-callout", namespace="nats-auth", is_install=True
+    )
+    deployment = yaml.safe_load(rendered["nats-k8s-oidc-callout/templates/deployment.yaml"])
+    images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    assert images == [f"{repository}@{digest}"]
+
+    # The guide's read-back of the SBOM: copy one platform's image by digest, untar the layers.
+    by_digest = local.rsplit(":", 1)[0] + "@" + digest
+    for arch in ("amd64", "arm64"):
+        image_dir = tmp_path / f"image-{arch}"
+        pulled = subprocess.run(
+            ["skopeo", "copy", "--src-tls-verify=false", "--override-arch", arch,
+             by_digest, f"dir:{image_dir}"],
+            capture_output=True, text=True,
+        )
+        assert pulled.returncode == 0, pulled.stderr
+        found = []
+        for layer in image_dir.iterdir():
+            out = subprocess.run(
+                ["tar", "-xOf", str(layer), SBOM.lstrip("/")], capture_output=True
+            )
+            if out.returncode == 0:
+                found.append(out.stdout)
+        assert found == [sbom_beside(arch).read_bytes()], f"{arch}: SBOM not in the pushed image"
