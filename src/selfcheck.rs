@@ -388,3 +388,51 @@ impl SelfCheck {
 
 /// The cause given when another replica answered the check (and a reason to try again).
 const ELSEWHERE: &str = "another replica answered it";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(result: &'static str, reason: &'static str) -> Outcome {
+        Outcome {
+            reply: Some(Vec::new()),
+            result,
+            reason,
+        }
+    }
+
+    #[test]
+    fn only_the_watched_name_is_recorded_and_only_until_it_is_taken() {
+        // Attack: clients naming themselves with the check's prefix (any client picks its own
+        // name) must not be taken for the check, however close the name.
+        let probe = Probe::default();
+        let watched = format!("{CLIENT_NAME_PREFIX}00112233aabbccdd");
+        probe.observe(&watched, &outcome("deny", "early"));
+        probe.watch(&watched);
+        for name in [
+            CLIENT_NAME_PREFIX.to_owned(),
+            format!("{CLIENT_NAME_PREFIX}00112233AABBCCDD"),
+            format!("{CLIENT_NAME_PREFIX}00112233aabbccd"),
+            format!("{CLIENT_NAME_PREFIX}00112233aabbccdd "),
+            format!(" {CLIENT_NAME_PREFIX}00112233aabbccdd"),
+            "00112233aabbccdd".to_owned(),
+        ] {
+            probe.observe(&name, &outcome("deny", "token_expired"));
+        }
+        assert_eq!(
+            probe.take(),
+            None,
+            "an answer before watching or to another name"
+        );
+        probe.watch(&watched);
+        probe.observe(&watched, &outcome("allow", "allowed"));
+        assert_eq!(probe.take(), Some(("allow", "allowed")));
+        // A late answer to a check already taken is no answer to the next one.
+        probe.observe(&watched, &outcome("deny", "late"));
+        assert_eq!(probe.take(), None);
+        let next = format!("{CLIENT_NAME_PREFIX}ffffffffffffffff");
+        probe.watch(&next);
+        probe.observe(&watched, &outcome("deny", "late"));
+        assert_eq!(probe.take(), None);
+    }
+}
