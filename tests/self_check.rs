@@ -353,3 +353,78 @@ fn a_scoped_signing_key_turns_the_self_check_off() {
     let space = format!("sa.system:serviceaccount:{OWN_NS}:{OWN_NAME}._.x");
     assert!(own.can_publish(&space), "the scope's subjects");
 }
+
+#[test]
+fn the_own_account_cannot_reach_system_jetstream_or_reply_subjects() {
+    // Attack: a pod running as the service's ServiceAccount (or anyone holding its token) uses
+    // the grant for anything nats-server offers every account without an explicit grant: the
+    // system imports every account gets ($SYS.REQ.ACCOUNT.PING.*, $SYS.REQ.USER.INFO), the
+    // JetStream API, request/reply through its own inbox, queue and wildcard subscriptions, and
+    // the response allowance. nats-server checks all of them against pub/sub deny ">".
+    let stack = checking().jetstream().start();
+    let own = connect_token(&stack.url(), &stack.token(OWN_NS, OWN_NAME))
+        .expect("the service's own ServiceAccount connects");
+    for subject in [
+        "$SYS.REQ.USER.INFO",
+        "$SYS.REQ.ACCOUNT.PING.CONNZ",
+        "$SYS.REQ.SERVER.PING",
+        "$SYS.REQ.SERVER.PING.CONNZ",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.CREATE.X",
+        "$KV.bucket.key",
+        "$SYS.REQ.USER.AUTH",
+        "_INBOX.anyone",
+        "_R_.x",
+    ] {
+        assert!(!own.can_publish(subject), "published to {subject}");
+        // A request is a publish with a reply subject: refused just the same, and no answer.
+        assert!(
+            own.nc
+                .request_timeout(subject, b"{}", Duration::from_millis(500))
+                .is_err(),
+            "a request to {subject} was answered"
+        );
+    }
+    for subject in [">", "*", "*.>", "_INBOX.*", "_INBOX.>", "$SYS.>", "$JS.>"] {
+        assert!(!own.can_subscribe(subject), "subscribed to {subject}");
+    }
+    // A queue subscription is checked on the subject as well as on the queue.
+    assert!(
+        !own.can_queue_subscribe("team-a.x", "q"),
+        "queue-subscribed"
+    );
+
+    // The response allowance: a granted client sends it a request; with no subscription it
+    // cannot receive it, so it has no reply subject to answer on. Nor does a message reach it
+    // through a subscription the server refused.
+    let app = connect_token(&stack.url(), &stack.token("team-a", "app")).expect("team-a connects");
+    let sub = own
+        .nc
+        .subscribe("team-a.req")
+        .expect("the client sends SUB");
+    let _ = own.nc.flush();
+    let control = app.nc.subscribe("team-a.req").expect("team-a subscribes");
+    let _ = app.nc.flush();
+    app.nc
+        .publish_request("team-a.req", "_INBOX.app.1", b"ping")
+        .expect("team-a publishes");
+    let _ = app.nc.flush();
+    // The request was sent (a granted subscriber gets it) …
+    assert!(control.next_timeout(Duration::from_secs(2)).is_ok());
+    // … and not to the own account's refused subscription.
+    assert!(
+        sub.next_timeout(Duration::from_secs(1)).is_err(),
+        "a refused subscription received a message"
+    );
+    // It is still connected: nothing above was a way to make the server drop it either.
+    assert!(own.nc.rtt().is_ok());
+
+    // Secrets: with LOG_LEVEL=debug, neither the check's token (asked of the API server) nor
+    // the one presented above appears in the log: no JWT at all does.
+    stack
+        .service
+        .wait_for("a passing check", WAIT, || checks(&stack, "ok") >= 1.0);
+    let log = stack.service.log();
+    assert!(log.contains("DEBUG") || log.contains("debug"), "{log}");
+    assert!(!log.contains("eyJ"), "a JWT in the log:\n{log}");
+}
