@@ -428,3 +428,46 @@ fn the_own_account_cannot_reach_system_jetstream_or_reply_subjects() {
     assert!(log.contains("DEBUG") || log.contains("debug"), "{log}");
     assert!(!log.contains("eyJ"), "a JWT in the log:\n{log}");
 }
+
+#[test]
+fn a_pass_another_replica_answered_does_not_make_a_broken_replica_ready() {
+    // A rollout whose new pods sign with a key nats-server does not trust (a wrong Secret) must
+    // stop at its first new pod (docs/OPERATIONS.md). The old replica is fine and also grants
+    // the service's own ServiceAccount, so every check the new pod's connect lands on it
+    // passes: a pass this replica did not answer says nothing about this replica's keys, and
+    // must not make it ready, any more than a refusal it did not answer makes it unready.
+    let stack = checking().start();
+    let wrong = KeyPair::new_account();
+    let broken = stack.replica();
+    let seed = broken.dir().join("wrong-signing.nk");
+    std::fs::write(&seed, wrong.seed().expect("seed")).expect("write seed");
+    let broken = broken
+        .env("NATS_SIGNING_KEY_FILE", seed.to_str().expect("utf8 path"))
+        .env("SELF_CHECK_INTERVAL", "5s")
+        .env(
+            "SELF_CHECK_SERVICE_ACCOUNT",
+            &format!("{OWN_NS}/{OWN_NAME}"),
+        )
+        .env("SELF_CHECK_READINESS", "true")
+        .spawn();
+    // Several rounds: each check lands on either replica at random.
+    let until = std::time::Instant::now() + Duration::from_secs(25);
+    let mut ready_once = false;
+    while std::time::Instant::now() < until {
+        if broken
+            .get("/readyz")
+            .is_some_and(|(status, _)| status == 200)
+        {
+            ready_once = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = broken.log();
+    assert!(
+        !ready_once,
+        "the replica whose grants nats-server refuses became ready:\n{log}"
+    );
+    // It did find out about itself.
+    assert!(log.contains("this replica granted it"), "{log}");
+}
