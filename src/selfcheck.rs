@@ -110,8 +110,8 @@ impl Probe {
 struct Checked {
     result: &'static str,
     cause: String,
-    /// Whether the outcome says something about this replica's keys and decisions: a pass, or
-    /// a refusal whose cause this replica saw. Only these move readiness.
+    /// Whether the outcome says something about this replica's keys and decisions: a pass or a
+    /// refusal of a check this replica answered (or could not open). Only these move readiness.
     verdict: bool,
 }
 
@@ -208,11 +208,15 @@ impl SelfCheck {
             .map_err(|e| format!("cannot start the self-check thread: {e}"))
     }
 
-    /// Up to [`ATTEMPTS_PER_ROUND`] checks, until one passes or fails with a known cause.
+    /// Up to [`ATTEMPTS_PER_ROUND`] checks, until one this replica answered passes or fails, or
+    /// one fails for a cause outside the service (no token, no server, no answer).
     fn round(&mut self) -> Checked {
         let mut checked = self.check();
         for _ in 1..ATTEMPTS_PER_ROUND {
-            if checked.result != SelfCheckLabels::REFUSED || checked.verdict {
+            let answered_elsewhere = !checked.verdict
+                && (checked.result == SelfCheckLabels::REFUSED
+                    || checked.result == SelfCheckLabels::OK);
+            if !answered_elsewhere {
                 break;
             }
             checked = self.check();
@@ -259,10 +263,17 @@ impl SelfCheck {
         match connected {
             Ok(mut conn) => {
                 conn.close();
+                // A pass another replica answered proves that one's keys, not this one's: a new
+                // pod with keys nats-server refuses must not become ready from an old pod's pass.
+                let here = answered_here.is_some();
                 Checked {
-                    verdict: true,
+                    verdict: here,
                     result: SelfCheckLabels::OK,
-                    cause: format!("connected through {} in {took:.1?}", conn.server()),
+                    cause: format!(
+                        "connected through {} in {took:.1?}{}",
+                        conn.server(),
+                        if here { "" } else { " (another replica answered it)" }
+                    ),
                 }
             }
             Err((server, ConnectError::Refused(words))) => {
@@ -362,9 +373,9 @@ impl SelfCheck {
             .inc();
         let passed = checked.result == SelfCheckLabels::OK;
         self.metrics.self_check_failing.set(i64::from(!passed));
-        // Only a verdict on this replica moves readiness: a token or network failure, a timeout
-        // or a refusal another replica answered (one of an older version, during a rollout)
-        // says nothing about whether nats-server takes this replica's answers.
+        // Only a verdict on this replica moves readiness: a token or network failure, a timeout,
+        // or a pass or refusal another replica answered (one of an older version, during a
+        // rollout) says nothing about whether nats-server takes this replica's answers.
         if checked.verdict {
             self.readiness.set_self_check_passed(passed);
         }
