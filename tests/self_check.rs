@@ -471,3 +471,65 @@ fn a_pass_another_replica_answered_does_not_make_a_broken_replica_ready() {
     // It did find out about itself.
     assert!(log.contains("this replica granted it"), "{log}");
 }
+
+#[test]
+fn a_check_stuck_on_a_silent_server_does_not_hold_shutdown() {
+    // Attack: a server that accepts the check's TCP connection and never says a word holds the
+    // check for its whole handshake (15 s, per server, per attempt). SIGTERM must not wait for
+    // it: the thread is left behind after the short grace for background threads.
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let stack = checking().start();
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let accepted: Arc<Mutex<Vec<(Instant, std::net::TcpStream)>>> = Arc::default();
+    let held = accepted.clone();
+    std::thread::spawn(move || {
+        for s in silent.incoming().flatten() {
+            held.lock().unwrap().push((Instant::now(), s));
+        }
+    });
+    let real = stack.nats.service_url();
+    let port = stack.nats.port.to_string();
+    let quiet = real.replace(&format!(":{port}"), &format!(":{silent_port}"));
+    // Each replica starts its checks at a server picked at random (then always the same one):
+    // start replicas until one whose checks start at a silent one.
+    let mut tries = 0;
+    let mut replica = loop {
+        tries += 1;
+        assert!(tries <= 8, "no replica's check tried a silent server");
+        let before = accepted.lock().unwrap().len();
+        let mut replica = stack
+            .replica()
+            .env("NATS_URL", &format!("{real},{quiet},{quiet}"))
+            .env("SHUTDOWN_TIMEOUT", "2s")
+            .env("SELF_CHECK_INTERVAL", "5s")
+            .env(
+                "SELF_CHECK_SERVICE_ACCOUNT",
+                &format!("{OWN_NS}/{OWN_NAME}"),
+            )
+            .spawn();
+        replica.wait_ready(Duration::from_secs(60));
+        // The first check starts half a second after the callout subscription.
+        std::thread::sleep(Duration::from_secs(2));
+        let log = replica.log();
+        if !log.contains("self-check passed") && accepted.lock().unwrap().len() > before {
+            break replica;
+        }
+        let _ = replica.terminate(Duration::from_secs(15));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    let status = replica.terminate(Duration::from_secs(12));
+    let took = asked.elapsed();
+    assert!(
+        status.is_some(),
+        "still running 12 s after SIGTERM:\n{}",
+        replica.log()
+    );
+    // SHUTDOWN_TIMEOUT (2 s) for in-flight requests, 3 s for background threads, and slack;
+    // well under the 14 s the check still had to wait.
+    assert!(took < Duration::from_secs(9), "{took:?}\n{}", replica.log());
+}
