@@ -290,6 +290,20 @@ fn operator_mode_passes_with_the_sentinel_or_the_servers_default_sentinel() {
         "{}",
         s.service.log()
     );
+    // Neither the sentinel's creds (its JWT, its seed) nor the check's token is logged, at
+    // LOG_LEVEL=debug.
+    let creds = std::fs::read_to_string(s.keys.path("creds/sentinel.creds")).expect("creds");
+    let log = s.service.log();
+    for secret in creds
+        .lines()
+        .filter(|l| l.starts_with("eyJ") || l.starts_with("SU"))
+    {
+        assert!(
+            !log.contains(secret),
+            "the sentinel's creds in the log:\n{log}"
+        );
+    }
+    assert!(!log.contains("eyJ"), "a JWT in the log:\n{log}");
 
     // With the server's default_sentinel, the token alone.
     let s = OperatorStackBuilder::new()
