@@ -294,10 +294,12 @@ fn operator_mode_passes_with_the_sentinel_or_the_servers_default_sentinel() {
     // LOG_LEVEL=debug.
     let creds = std::fs::read_to_string(s.keys.path("creds/sentinel.creds")).expect("creds");
     let log = s.service.log();
-    for secret in creds
+    let secrets: Vec<&str> = creds
         .lines()
         .filter(|l| l.starts_with("eyJ") || l.starts_with("SU"))
-    {
+        .collect();
+    assert_eq!(secrets.len(), 2, "the creds' JWT and seed");
+    for secret in secrets {
         assert!(
             !log.contains(secret),
             "the sentinel's creds in the log:\n{log}"
