@@ -759,6 +759,43 @@ mod tests {
         }
 
         #[test]
+        fn only_the_exact_own_account_gets_the_own_grant() {
+            // Attack: a ServiceAccount whose name is near the service's (case, swapped parts,
+            // a prefix, the parts joined differently) must get the policy's treatment, here
+            // the excluded namespace's refusal, never the own grant that bypasses it.
+            let s = Setup::new();
+            let policy = AdminPolicy::parse("namespaces:\n  exclude: [team-a]\n").unwrap();
+            let token = s.token("u-1", 3600);
+            for (ns, name) in [
+                ("Team-a", "app"),
+                ("team-a", "App"),
+                ("app", "team-a"),
+                ("team-a", "ap"),
+                ("team-a", "app2"),
+                ("team", "a:app"),
+                ("team-a:app", ""),
+                ("team-a", "app "),
+            ] {
+                let a = Authorizer::new(
+                    TokenValidator::new(s.store.clone(), TokenSettings::new(ISSUER, "nats")),
+                    s.accounts.clone(),
+                    Arc::new(PolicyStore::new(policy.clone(), None)),
+                    PermissionCache::new(s.metrics.clone(), 16, InboxMode::Shared),
+                    Duration::from_secs(3600),
+                )
+                .with_own_account(ns, name);
+                let d = a.authorize(
+                    ConnectAttempt {
+                        kind: "Client",
+                        token: Some(&token),
+                    },
+                    NOW,
+                );
+                assert_eq!(reason(&d), "namespace_not_allowed", "own = {ns}/{name}");
+            }
+        }
+
+        #[test]
         fn a_second_connect_with_the_same_token_is_a_hit_and_still_allowed() {
             let s = Setup::new();
             let token = s.token("u-1", 600);

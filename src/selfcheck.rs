@@ -110,8 +110,8 @@ impl Probe {
 struct Checked {
     result: &'static str,
     cause: String,
-    /// Whether the outcome says something about this replica's keys and decisions: a pass, or
-    /// a refusal whose cause this replica saw. Only these move readiness.
+    /// Whether the outcome says something about this replica's keys and decisions: a pass or a
+    /// refusal of a check this replica answered (or could not open). Only these move readiness.
     verdict: bool,
 }
 
@@ -208,11 +208,15 @@ impl SelfCheck {
             .map_err(|e| format!("cannot start the self-check thread: {e}"))
     }
 
-    /// Up to [`ATTEMPTS_PER_ROUND`] checks, until one passes or fails with a known cause.
+    /// Up to [`ATTEMPTS_PER_ROUND`] checks, until one this replica answered passes or fails, or
+    /// one fails for a cause outside the service (no token, no server, no answer).
     fn round(&mut self) -> Checked {
         let mut checked = self.check();
         for _ in 1..ATTEMPTS_PER_ROUND {
-            if checked.result != SelfCheckLabels::REFUSED || checked.verdict {
+            let answered_elsewhere = !checked.verdict
+                && (checked.result == SelfCheckLabels::REFUSED
+                    || checked.result == SelfCheckLabels::OK);
+            if !answered_elsewhere {
                 break;
             }
             checked = self.check();
@@ -259,10 +263,17 @@ impl SelfCheck {
         match connected {
             Ok(mut conn) => {
                 conn.close();
+                // A pass another replica answered proves that one's keys, not this one's: a new
+                // pod with keys nats-server refuses must not become ready from an old pod's pass.
+                let here = answered_here.is_some();
                 Checked {
-                    verdict: true,
+                    verdict: here,
                     result: SelfCheckLabels::OK,
-                    cause: format!("connected through {} in {took:.1?}", conn.server()),
+                    cause: format!(
+                        "connected through {} in {took:.1?}{}",
+                        conn.server(),
+                        if here { "" } else { " (another replica answered it)" }
+                    ),
                 }
             }
             Err((server, ConnectError::Refused(words))) => {
@@ -362,9 +373,9 @@ impl SelfCheck {
             .inc();
         let passed = checked.result == SelfCheckLabels::OK;
         self.metrics.self_check_failing.set(i64::from(!passed));
-        // Only a verdict on this replica moves readiness: a token or network failure, a timeout
-        // or a refusal another replica answered (one of an older version, during a rollout)
-        // says nothing about whether nats-server takes this replica's answers.
+        // Only a verdict on this replica moves readiness: a token or network failure, a timeout,
+        // or a pass or refusal another replica answered (one of an older version, during a
+        // rollout) says nothing about whether nats-server takes this replica's answers.
         if checked.verdict {
             self.readiness.set_self_check_passed(passed);
         }
@@ -388,3 +399,51 @@ impl SelfCheck {
 
 /// The cause given when another replica answered the check (and a reason to try again).
 const ELSEWHERE: &str = "another replica answered it";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(result: &'static str, reason: &'static str) -> Outcome {
+        Outcome {
+            reply: Some(Vec::new()),
+            result,
+            reason,
+        }
+    }
+
+    #[test]
+    fn only_the_watched_name_is_recorded_and_only_until_it_is_taken() {
+        // Attack: clients naming themselves with the check's prefix (any client picks its own
+        // name) must not be taken for the check, however close the name.
+        let probe = Probe::default();
+        let watched = format!("{CLIENT_NAME_PREFIX}00112233aabbccdd");
+        probe.observe(&watched, &outcome("deny", "early"));
+        probe.watch(&watched);
+        for name in [
+            CLIENT_NAME_PREFIX.to_owned(),
+            format!("{CLIENT_NAME_PREFIX}00112233AABBCCDD"),
+            format!("{CLIENT_NAME_PREFIX}00112233aabbccd"),
+            format!("{CLIENT_NAME_PREFIX}00112233aabbccdd "),
+            format!(" {CLIENT_NAME_PREFIX}00112233aabbccdd"),
+            "00112233aabbccdd".to_owned(),
+        ] {
+            probe.observe(&name, &outcome("deny", "token_expired"));
+        }
+        assert_eq!(
+            probe.take(),
+            None,
+            "an answer before watching or to another name"
+        );
+        probe.watch(&watched);
+        probe.observe(&watched, &outcome("allow", "allowed"));
+        assert_eq!(probe.take(), Some(("allow", "allowed")));
+        // A late answer to a check already taken is no answer to the next one.
+        probe.observe(&watched, &outcome("deny", "late"));
+        assert_eq!(probe.take(), None);
+        let next = format!("{CLIENT_NAME_PREFIX}ffffffffffffffff");
+        probe.watch(&next);
+        probe.observe(&watched, &outcome("deny", "late"));
+        assert_eq!(probe.take(), None);
+    }
+}

@@ -290,6 +290,22 @@ fn operator_mode_passes_with_the_sentinel_or_the_servers_default_sentinel() {
         "{}",
         s.service.log()
     );
+    // Neither the sentinel's creds (its JWT, its seed) nor the check's token is logged, at
+    // LOG_LEVEL=debug.
+    let creds = std::fs::read_to_string(s.keys.path("creds/sentinel.creds")).expect("creds");
+    let log = s.service.log();
+    let secrets: Vec<&str> = creds
+        .lines()
+        .filter(|l| l.starts_with("eyJ") || l.starts_with("SU"))
+        .collect();
+    assert_eq!(secrets.len(), 2, "the creds' JWT and seed");
+    for secret in secrets {
+        assert!(
+            !log.contains(secret),
+            "the sentinel's creds in the log:\n{log}"
+        );
+    }
+    assert!(!log.contains("eyJ"), "a JWT in the log:\n{log}");
 
     // With the server's default_sentinel, the token alone.
     let s = OperatorStackBuilder::new()
@@ -352,4 +368,184 @@ fn a_scoped_signing_key_turns_the_self_check_off() {
     let own = s.connect(OWN_NS, OWN_NAME);
     let space = format!("sa.system:serviceaccount:{OWN_NS}:{OWN_NAME}._.x");
     assert!(own.can_publish(&space), "the scope's subjects");
+}
+
+#[test]
+fn the_own_account_cannot_reach_system_jetstream_or_reply_subjects() {
+    // Attack: a pod running as the service's ServiceAccount (or anyone holding its token) uses
+    // the grant for anything nats-server offers every account without an explicit grant: the
+    // system imports every account gets ($SYS.REQ.ACCOUNT.PING.*, $SYS.REQ.USER.INFO), the
+    // JetStream API, request/reply through its own inbox, queue and wildcard subscriptions, and
+    // the response allowance. nats-server checks all of them against pub/sub deny ">".
+    let stack = checking().jetstream().start();
+    let own = connect_token(&stack.url(), &stack.token(OWN_NS, OWN_NAME))
+        .expect("the service's own ServiceAccount connects");
+    for subject in [
+        "$SYS.REQ.USER.INFO",
+        "$SYS.REQ.ACCOUNT.PING.CONNZ",
+        "$SYS.REQ.SERVER.PING",
+        "$SYS.REQ.SERVER.PING.CONNZ",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.CREATE.X",
+        "$KV.bucket.key",
+        "$SYS.REQ.USER.AUTH",
+        "_INBOX.anyone",
+        "_R_.x",
+    ] {
+        assert!(!own.can_publish(subject), "published to {subject}");
+        // A request is a publish with a reply subject: refused just the same, and no answer.
+        assert!(
+            own.nc
+                .request_timeout(subject, b"{}", Duration::from_millis(500))
+                .is_err(),
+            "a request to {subject} was answered"
+        );
+    }
+    for subject in [">", "*", "*.>", "_INBOX.*", "_INBOX.>", "$SYS.>", "$JS.>"] {
+        assert!(!own.can_subscribe(subject), "subscribed to {subject}");
+    }
+    // A queue subscription is checked on the subject as well as on the queue.
+    assert!(
+        !own.can_queue_subscribe("team-a.x", "q"),
+        "queue-subscribed"
+    );
+
+    // The response allowance: a granted client sends it a request; with no subscription it
+    // cannot receive it, so it has no reply subject to answer on. Nor does a message reach it
+    // through a subscription the server refused.
+    let app = connect_token(&stack.url(), &stack.token("team-a", "app")).expect("team-a connects");
+    let sub = own
+        .nc
+        .subscribe("team-a.req")
+        .expect("the client sends SUB");
+    let _ = own.nc.flush();
+    let control = app.nc.subscribe("team-a.req").expect("team-a subscribes");
+    let _ = app.nc.flush();
+    app.nc
+        .publish_request("team-a.req", "_INBOX.app.1", b"ping")
+        .expect("team-a publishes");
+    let _ = app.nc.flush();
+    // The request was sent (a granted subscriber gets it) …
+    assert!(control.next_timeout(Duration::from_secs(2)).is_ok());
+    // … and not to the own account's refused subscription.
+    assert!(
+        sub.next_timeout(Duration::from_secs(1)).is_err(),
+        "a refused subscription received a message"
+    );
+    // It is still connected: nothing above was a way to make the server drop it either.
+    assert!(own.nc.rtt().is_ok());
+
+    // Secrets: with LOG_LEVEL=debug, neither the check's token (asked of the API server) nor
+    // the one presented above appears in the log: no JWT at all does.
+    stack
+        .service
+        .wait_for("a passing check", WAIT, || checks(&stack, "ok") >= 1.0);
+    let log = stack.service.log();
+    assert!(log.contains("DEBUG") || log.contains("debug"), "{log}");
+    assert!(!log.contains("eyJ"), "a JWT in the log:\n{log}");
+}
+
+#[test]
+fn a_pass_another_replica_answered_does_not_make_a_broken_replica_ready() {
+    // A rollout whose new pods sign with a key nats-server does not trust (a wrong Secret) must
+    // stop at its first new pod (docs/OPERATIONS.md). The old replica is fine and also grants
+    // the service's own ServiceAccount, so every check the new pod's connect lands on it
+    // passes: a pass this replica did not answer says nothing about this replica's keys, and
+    // must not make it ready, any more than a refusal it did not answer makes it unready.
+    let stack = checking().start();
+    let wrong = KeyPair::new_account();
+    let broken = stack.replica();
+    let seed = broken.dir().join("wrong-signing.nk");
+    std::fs::write(&seed, wrong.seed().expect("seed")).expect("write seed");
+    let broken = broken
+        .env("NATS_SIGNING_KEY_FILE", seed.to_str().expect("utf8 path"))
+        .env("SELF_CHECK_INTERVAL", "5s")
+        .env(
+            "SELF_CHECK_SERVICE_ACCOUNT",
+            &format!("{OWN_NS}/{OWN_NAME}"),
+        )
+        .env("SELF_CHECK_READINESS", "true")
+        .spawn();
+    // Several rounds: each check lands on either replica at random.
+    let until = std::time::Instant::now() + Duration::from_secs(25);
+    let mut ready_once = false;
+    while std::time::Instant::now() < until {
+        if broken
+            .get("/readyz")
+            .is_some_and(|(status, _)| status == 200)
+        {
+            ready_once = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = broken.log();
+    assert!(
+        !ready_once,
+        "the replica whose grants nats-server refuses became ready:\n{log}"
+    );
+    // It did find out about itself.
+    assert!(log.contains("this replica granted it"), "{log}");
+}
+
+#[test]
+fn a_check_stuck_on_a_silent_server_does_not_hold_shutdown() {
+    // Attack: a server that accepts the check's TCP connection and never says a word holds the
+    // check for its whole handshake (15 s, per server, per attempt). SIGTERM must not wait for
+    // it: the thread is left behind after the short grace for background threads.
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let stack = checking().start();
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let accepted: Arc<Mutex<Vec<(Instant, std::net::TcpStream)>>> = Arc::default();
+    let held = accepted.clone();
+    std::thread::spawn(move || {
+        for s in silent.incoming().flatten() {
+            held.lock().unwrap().push((Instant::now(), s));
+        }
+    });
+    let real = stack.nats.service_url();
+    let port = stack.nats.port.to_string();
+    let quiet = real.replace(&format!(":{port}"), &format!(":{silent_port}"));
+    // Each replica starts its checks at a server picked at random (then always the same one):
+    // start replicas until one whose checks start at a silent one.
+    let mut tries = 0;
+    let mut replica = loop {
+        tries += 1;
+        assert!(tries <= 8, "no replica's check tried a silent server");
+        let before = accepted.lock().unwrap().len();
+        let mut replica = stack
+            .replica()
+            .env("NATS_URL", &format!("{real},{quiet},{quiet}"))
+            .env("SHUTDOWN_TIMEOUT", "2s")
+            .env("SELF_CHECK_INTERVAL", "5s")
+            .env(
+                "SELF_CHECK_SERVICE_ACCOUNT",
+                &format!("{OWN_NS}/{OWN_NAME}"),
+            )
+            .spawn();
+        replica.wait_ready(Duration::from_secs(60));
+        // The first check starts half a second after the callout subscription.
+        std::thread::sleep(Duration::from_secs(2));
+        let log = replica.log();
+        if !log.contains("self-check passed") && accepted.lock().unwrap().len() > before {
+            break replica;
+        }
+        let _ = replica.terminate(Duration::from_secs(15));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    let status = replica.terminate(Duration::from_secs(12));
+    let took = asked.elapsed();
+    assert!(
+        status.is_some(),
+        "still running 12 s after SIGTERM:\n{}",
+        replica.log()
+    );
+    // SHUTDOWN_TIMEOUT (2 s) for in-flight requests, 3 s for background threads, and slack;
+    // well under the 14 s the check still had to wait.
+    assert!(took < Duration::from_secs(9), "{took:?}\n{}", replica.log());
 }

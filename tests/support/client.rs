@@ -87,6 +87,14 @@ impl Client {
         }
     }
 
+    /// Whether a queue subscription to `subject` in `queue` is accepted.
+    pub fn can_queue_subscribe(&self, subject: &str, queue: &str) -> bool {
+        match self.nc.queue_subscribe(subject, queue) {
+            Ok(_sub) => !self.violation("Subscription", subject),
+            Err(_) => false,
+        }
+    }
+
     /// Subscribes to `subject`, publishes to it and reports whether the message came back.
     pub fn round_trip(&self, subject: &str) -> bool {
         let Ok(sub) = self.nc.subscribe(subject) else {
