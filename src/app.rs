@@ -34,7 +34,7 @@ use crate::kube::{file, watch, ApiClient};
 use crate::metrics::Metrics;
 use crate::policy::{InboxMode, PermissionCache, PolicyStore};
 use crate::readiness::Readiness;
-use crate::selfcheck::{SelfCheck, SelfCheckSettings};
+use crate::selfcheck::{SelfCheck, SelfCheckSettings, TokenSource};
 
 /// How long the background threads get to stop once the callout loop has finished.
 const THREAD_STOP_GRACE: Duration = Duration::from_secs(3);
@@ -324,6 +324,13 @@ pub fn serve() -> Result<(), String> {
         "accepting tokens from issuer {issuer:?} for audience {:?}",
         config.audience
     );
+    // The API server's own audience defaults to its issuer: a token for it opens the API.
+    if config.audience == issuer {
+        warn!(
+            "JWT_AUDIENCE {:?} is the issuer: such tokens are also accepted by the API server, and every client (the self-check included) hands one to nats-server; use an audience of its own (nats)",
+            config.audience
+        );
+    }
     let validator = TokenValidator::new(
         store,
         TokenSettings {
@@ -361,7 +368,7 @@ pub fn serve() -> Result<(), String> {
     let self_check = match (&config.self_check, &api) {
         // A scoped key's scope, not the service, decides what its users may do: the check's
         // user would get what the scope grants, so there is no way to grant it nothing.
-        (Some(_), Some(_)) if default_key_is_scoped(&config) => {
+        (Some(_), _) if default_key_is_scoped(&config) => {
             warn!(
                 "SELF_CHECK_INTERVAL is ignored: clients of account {} get user JWTs signed by a scoped key, whose scope would give the check's user its permissions",
                 config.nats_account
@@ -369,8 +376,9 @@ pub fn serve() -> Result<(), String> {
             None
         }
         (Some(own), Some(_)) => Some(own),
+        (Some(own), None) if own.token_file.is_some() => Some(own),
         (Some(_), None) => {
-            warn!("SELF_CHECK_INTERVAL is ignored with SERVICE_ACCOUNTS_PATH: no Kubernetes API to ask for the check's token");
+            warn!("SELF_CHECK_INTERVAL is ignored with SERVICE_ACCOUNTS_PATH and no SELF_CHECK_TOKEN_FILE: no Kubernetes API to ask for the check's token");
             None
         }
         (None, _) => None,
@@ -407,11 +415,16 @@ pub fn serve() -> Result<(), String> {
         queue_size: config.queue_size,
         shutdown_timeout: config.shutdown_timeout,
     };
-    if let (Some(own), Some(probe), Some(client)) = (self_check, probe, &api) {
+    if let (Some(own), Some(probe)) = (self_check, probe) {
         let dialer = service::dialer(&settings)?;
+        let source = match (&own.token_file, &api) {
+            (Some(path), _) => TokenSource::File(path.clone()),
+            (None, Some(client)) => TokenSource::Request(client.clone()),
+            (None, None) => return Err("the self-check has no token source".into()),
+        };
         let check = SelfCheck::new(
             self_check_settings(&config, own),
-            client.clone(),
+            source,
             &dialer,
             probe,
             metrics.clone(),

@@ -157,7 +157,7 @@ pub struct Config {
     /// `HOSTNAME` (the pod's name in a cluster): the Events' `reportingInstance`.
     pub instance: Option<String>,
     /// The self-check, when `SELF_CHECK_INTERVAL` turns it on (ignored with
-    /// `SERVICE_ACCOUNTS_PATH`: no API server to ask for a token).
+    /// `SERVICE_ACCOUNTS_PATH` and no `SELF_CHECK_TOKEN_FILE`: no API server to ask for a token).
     pub self_check: Option<SelfCheckConfig>,
 }
 
@@ -175,6 +175,9 @@ pub struct SelfCheckConfig {
     /// `SELF_CHECK_CREDS_FILE`: the sentinel's creds, for an operator-mode server without
     /// `default_sentinel` (its clients present the sentinel and their token).
     pub sentinel_creds: Option<PathBuf>,
+    /// `SELF_CHECK_TOKEN_FILE`: a token of the service's ServiceAccount that the kubelet keeps
+    /// current (a projected volume); without it the check asks the API server (TokenRequest).
+    pub token_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -232,7 +235,8 @@ fn self_check_config(r: &mut Reader<'_>) -> Option<SelfCheckConfig> {
                 namespace: ns.to_owned(),
                 name: name.to_owned(),
                 gates_readiness,
-                sentinel_creds: self_check_creds(r),
+                sentinel_creds: self_check_file(r, "SELF_CHECK_CREDS_FILE"),
+                token_file: self_check_file(r, "SELF_CHECK_TOKEN_FILE"),
             })
         }
         _ => {
@@ -244,14 +248,12 @@ fn self_check_config(r: &mut Reader<'_>) -> Option<SelfCheckConfig> {
     }
 }
 
-/// `SELF_CHECK_CREDS_FILE`, which must be a file.
-fn self_check_creds(r: &mut Reader<'_>) -> Option<PathBuf> {
-    let path = PathBuf::from(r.get("SELF_CHECK_CREDS_FILE")?);
+/// The file the variable `name` names, which must be one.
+fn self_check_file(r: &mut Reader<'_>, name: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(r.get(name)?);
     if !path.is_file() {
-        r.problems.push(format!(
-            "SELF_CHECK_CREDS_FILE: {} is not a readable file",
-            path.display()
-        ));
+        r.problems
+            .push(format!("{name}: {} is not a readable file", path.display()));
     }
     Some(path)
 }
@@ -839,6 +841,7 @@ mod tests {
                 name: "callout".into(),
                 gates_readiness: true,
                 sentinel_creds: None,
+                token_file: None,
             })
         );
         for (pairs, says) in [

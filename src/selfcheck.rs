@@ -133,10 +133,19 @@ struct TokenRequestSpec<'a> {
     expiration_seconds: u64,
 }
 
+/// Where the check's token comes from.
+pub enum TokenSource {
+    /// A TokenRequest to the API server for the service's own ServiceAccount.
+    Request(Arc<ApiClient>),
+    /// A file the kubelet keeps current (a projected `serviceAccountToken` volume), read at
+    /// every check.
+    File(std::path::PathBuf),
+}
+
 /// Runs the checks on their own thread until `stop` fires.
 pub struct SelfCheck {
     settings: SelfCheckSettings,
-    api: Arc<ApiClient>,
+    source: TokenSource,
     dialer: Dialer,
     probe: Arc<Probe>,
     metrics: Arc<Metrics>,
@@ -150,7 +159,7 @@ impl SelfCheck {
     /// A self-check connecting to the servers of `dialer` (its TLS settings included).
     pub fn new(
         settings: SelfCheckSettings,
-        api: Arc<ApiClient>,
+        source: TokenSource,
         dialer: &Dialer,
         probe: Arc<Probe>,
         metrics: Arc<Metrics>,
@@ -162,7 +171,7 @@ impl SelfCheck {
         SelfCheck {
             dialer: dialer.as_client(Login::None, CLIENT_NAME_PREFIX, HANDSHAKE),
             settings,
-            api,
+            source,
             probe,
             metrics,
             readiness,
@@ -233,8 +242,13 @@ impl SelfCheck {
                     verdict: false,
                     result: SelfCheckLabels::NO_TOKEN,
                     cause: format!(
-                        "no token for {}/{}: {why} (the Role must allow create on serviceaccounts/token for this ServiceAccount)",
-                        self.settings.namespace, self.settings.name
+                        "no token for {}/{}: {why}{}",
+                        self.settings.namespace,
+                        self.settings.name,
+                        match self.source {
+                            TokenSource::Request(_) => " (the Role must allow create on serviceaccounts/token for this ServiceAccount)",
+                            TokenSource::File(_) => " (SELF_CHECK_TOKEN_FILE: a projected serviceAccountToken volume with the audience JWT_AUDIENCE)",
+                        }
                     ),
                 }
             }
@@ -335,8 +349,19 @@ impl SelfCheck {
         }
     }
 
-    /// A token for the service's own ServiceAccount, asked for again when half its life is gone.
+    /// A token for the service's own ServiceAccount: the file's, or one asked for again when
+    /// half its life is gone.
     fn token(&mut self) -> Result<String, String> {
+        let api = match &self.source {
+            TokenSource::Request(api) => api.clone(),
+            TokenSource::File(path) => {
+                return match std::fs::read_to_string(path) {
+                    Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+                    Ok(_) => Err(format!("{} is empty", path.display())),
+                    Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+                }
+            }
+        };
         if let Some((token, at)) = &self.token {
             if at.elapsed() < TOKEN_RENEW_AFTER {
                 return Ok(token.clone());
@@ -354,8 +379,7 @@ impl SelfCheck {
                 expiration_seconds: TOKEN_SECONDS,
             },
         });
-        let answer: TokenRequestAnswer = self
-            .api
+        let answer: TokenRequestAnswer = api
             .post_json(&path, &body, TOKEN_REQUEST_TIMEOUT)
             .map_err(|e| e.to_string())?;
         self.token = Some((answer.status.token.clone(), Instant::now()));

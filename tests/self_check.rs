@@ -549,3 +549,43 @@ fn a_check_stuck_on_a_silent_server_does_not_hold_shutdown() {
     // well under the 14 s the check still had to wait.
     assert!(took < Duration::from_secs(9), "{took:?}\n{}", replica.log());
 }
+
+#[test]
+fn a_token_file_the_kubelet_keeps_is_read_at_every_check_and_no_token_is_requested() {
+    // The chart's default: a projected token in a file, no TokenRequest and no RBAC for it.
+    // Until the kubelet has written a valid one, the check is refused by this very replica's
+    // decision, which says why; the next check reads the file again and passes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    support::stack::write_atomically(&path, "not-yet-a-token");
+    let stack = checking()
+        .env("SELF_CHECK_TOKEN_FILE", path.to_str().unwrap())
+        .start();
+    stack
+        .service
+        .wait_for("a refused check", WAIT, || checks(&stack, "refused") >= 1.0);
+    let log = stack.service.log();
+    assert!(
+        log.contains("this replica denied it (reason=token_"),
+        "{log}"
+    );
+    support::stack::write_atomically(&path, &stack.token(OWN_NS, OWN_NAME));
+    stack
+        .service
+        .wait_for("a passing check", WAIT, || checks(&stack, "ok") >= 1.0);
+    assert_eq!(stack.service.metric("nats_callout_self_check_failing"), 0.0);
+    assert_eq!(stack.api.token_requests(), 0);
+    // A file that disappears is no token, not a verdict on the keys.
+    std::fs::remove_file(&path).unwrap();
+    stack.service.wait_for("a check without a token", WAIT, || {
+        checks(&stack, "no_token") >= 1.0
+    });
+    assert!(
+        stack
+            .service
+            .log()
+            .contains("SELF_CHECK_TOKEN_FILE: a projected serviceAccountToken volume"),
+        "{}",
+        stack.service.log()
+    );
+}

@@ -241,6 +241,9 @@ pub struct Dialer {
     next: usize,
     /// How long a connect may take from the TCP connection to the server's PONG.
     handshake: Duration,
+    /// A client's dialer: a refused login ends the attempt, rather than trying the next server
+    /// (a refusal is what a check wants to know about that server).
+    refusal_ends: bool,
 }
 
 impl Dialer {
@@ -305,13 +308,15 @@ impl Dialer {
             name: name.to_string(),
             next,
             handshake: CONNECT_TIMEOUT,
+            refusal_ends: false,
         })
     }
 
     /// The same servers and TLS settings, logging in as a client with `login` instead of the
     /// service's own login (the logins the URLs carry are dropped too), under `name`, with
     /// `handshake` for each connect: the server answers a client's CONNECT only once the auth
-    /// callout has decided, which may take its whole authorization timeout.
+    /// callout has decided, which may take its whole authorization timeout. It starts at a
+    /// random server, and a refused login ends a connect.
     pub fn as_client(&self, login: Login, name: &str, handshake: Duration) -> Dialer {
         let servers = self
             .servers
@@ -323,13 +328,15 @@ impl Dialer {
                 ..s.clone()
             })
             .collect();
+        let next = fastrand::usize(..self.servers.len().max(1));
         Dialer {
             servers,
             login,
             tls: self.tls.clone(),
             name: name.to_string(),
-            next: self.next,
+            next,
             handshake,
+            refusal_ends: true,
         }
     }
 
@@ -356,6 +363,9 @@ impl Dialer {
                 }
                 // A login file that cannot be used is unusable for every server.
                 Err(e @ ConnectError::Creds { .. }) => return Err((server.to_string(), e)),
+                Err(e @ ConnectError::Refused(_)) if self.refusal_ends => {
+                    return Err((server.to_string(), e))
+                }
                 Err(e) => last = (server.to_string(), e),
             }
         }
@@ -1664,6 +1674,49 @@ mod tests {
             line.push(b[0]);
         }
         String::from_utf8(line).unwrap()
+    }
+
+    #[test]
+    fn a_clients_dialer_drops_the_url_logins_and_stops_at_the_first_refusal() {
+        // Two servers: the first refuses, the second would take anyone. A client's dialer (the
+        // self-check's) reports the first one's refusal rather than trying the second, and sends
+        // its own token, not the URL's password.
+        let accepting = |mut s: TcpStream| {
+            let _ = read_line(&mut s);
+            let _ = s.write_all(b"PONG\r\n");
+        };
+        let refusing = |mut s: TcpStream| {
+            let connect = read_line(&mut s);
+            assert!(!connect.contains("secret-pass"), "{connect}");
+            assert!(
+                connect.contains("\"auth_token\":\"client-token\""),
+                "{connect}"
+            );
+            assert!(connect.contains("\"name\":\"check-1\""), "{connect}");
+            let _ = s.write_all(b"-ERR 'Authorization Violation'\r\n");
+        };
+        let greeting: &'static [u8] = b"INFO {\"max_payload\":1024}\r\n";
+        let (first, t1) = fake_server(greeting, refusing);
+        let (second, t2) = fake_server(greeting, accepting);
+        let service = Dialer::new(
+            &format!("{first},{second}"),
+            Login::None,
+            TlsSettings::default(),
+            "t",
+        )
+        .unwrap();
+        let mut client = service.as_client(
+            Login::Token("client-token".into()),
+            "check-1",
+            Duration::from_secs(5),
+        );
+        client.next = 0;
+        let (server, err) = client.connect().err().expect("refused");
+        t1.join().unwrap();
+        assert!(matches!(&err, ConnectError::Refused(m) if m == "Authorization Violation"));
+        assert_eq!(server, first.replace("u:secret-pass@", ""));
+        // The second server was never dialled: its thread still waits for a connection.
+        assert!(!t2.is_finished());
     }
 
     #[test]

@@ -51,8 +51,7 @@ def test_lint_reports_a_schema_violation():
 def test_default_kinds(render):
     r = render()
     assert r.kinds() == sorted(
-        ["Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-         "PodDisruptionBudget"]
+        ["Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget"]
     )
     # An existing Secret is used: the chart creates none.
     assert r.all("Secret") == []
@@ -177,6 +176,7 @@ def test_env_names_and_values(render):
         "SERVICEACCOUNT_EVENTS",
         "SELF_CHECK_INTERVAL",
         "SELF_CHECK_SERVICE_ACCOUNT",
+        "SELF_CHECK_TOKEN_FILE",
         "LOG_LEVEL",
         "PORT",
         "K8S_IN_CLUSTER",

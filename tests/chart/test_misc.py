@@ -34,14 +34,30 @@ def test_rbac_off(render):
 
 
 TOKEN_RULE = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": [FULLNAME], "verbs": ["create"]}
+CHECK_TOKEN = "/etc/nats-k8s-oidc-callout/self-check-token/token"
 
 
-def test_self_check_on_by_default_with_a_role_for_its_own_token_only(render):
+def test_self_check_on_by_default_with_a_projected_token_and_no_rbac(render):
     r = render()
     env = r.env
     assert env["SELF_CHECK_INTERVAL"]["value"] == "60s"
     assert env["SELF_CHECK_SERVICE_ACCOUNT"]["value"] == f"{NAMESPACE}/{FULLNAME}"
+    assert env["SELF_CHECK_TOKEN_FILE"]["value"] == CHECK_TOKEN
     assert "SELF_CHECK_READINESS" not in env
+    assert r.mount("self-check-token")["mountPath"] == "/etc/nats-k8s-oidc-callout/self-check-token"
+    # The workloads' audience, the shortest lifetime, bound to the pod by the kubelet.
+    sources = r.volume("self-check-token")["projected"]["sources"]
+    assert sources == [{"serviceAccountToken": {"path": "token", "audience": "nats", "expirationSeconds": 600}}]
+    assert r.all("Role") == [] and r.all("RoleBinding") == []
+    # jwt.audience is followed.
+    other = render({"jwt": {"audience": "nats-prod"}}).volume("self-check-token")["projected"]["sources"]
+    assert other[0]["serviceAccountToken"]["audience"] == "nats-prod"
+
+
+def test_self_check_by_token_request_has_a_role_for_its_own_token_only(render):
+    r = render({"selfCheck": {"token": "tokenRequest"}})
+    assert "SELF_CHECK_TOKEN_FILE" not in r.env
+    assert all(v["name"] != "self-check-token" for v in r.pod.get("volumes", []))
     role = r.one("Role")
     # Namespaced, create only, on the chart's own ServiceAccount only: a Role cannot mint tokens
     # for any other ServiceAccount of the namespace.
@@ -56,11 +72,24 @@ def test_self_check_on_by_default_with_a_role_for_its_own_token_only(render):
 
 
 def test_self_check_names_an_existing_service_account_and_gates_readiness_when_asked(render):
-    r = render({"serviceAccount": {"create": False, "name": "callout-sa"}, "selfCheck": {"readiness": True, "interval": "5m"}})
+    r = render({
+        "serviceAccount": {"create": False, "name": "callout-sa"},
+        "selfCheck": {"readiness": True, "interval": "5m", "token": "tokenRequest"},
+    })
     assert r.env["SELF_CHECK_SERVICE_ACCOUNT"]["value"] == f"{NAMESPACE}/callout-sa"
     assert r.env["SELF_CHECK_INTERVAL"]["value"] == "5m"
     assert r.env["SELF_CHECK_READINESS"]["value"] == "true"
     assert r.one("Role")["rules"][0]["resourceNames"] == ["callout-sa"]
+
+
+def test_self_check_off(render):
+    r = render({"selfCheck": {"enabled": False, "token": "tokenRequest"}})
+    assert not any(name.startswith("SELF_CHECK_") for name in r.env)
+    assert r.all("Role") == [] and r.all("RoleBinding") == []
+    assert all(v["name"] != "self-check-token" for v in r.pod.get("volumes", []))
+    # Without rbac.create the notes say what to grant, for the token request only.
+    assert "serviceaccounts/token" in render({"rbac": {"create": False}, "selfCheck": {"token": "tokenRequest"}}).notes
+    assert "serviceaccounts/token" not in render({"rbac": {"create": False}}).notes
 
 
 def test_self_check_presents_the_sentinel_from_a_secret(render):
@@ -74,15 +103,6 @@ def test_self_check_presents_the_sentinel_from_a_secret(render):
     off = render({"selfCheck": {"enabled": False, "sentinelCreds": {"existingSecret": "nats-sentinel"}}})
     assert "SELF_CHECK_CREDS_FILE" not in off.env
     assert all(v["name"] != "self-check-sentinel" for v in off.pod.get("volumes", []))
-
-
-def test_self_check_off(render):
-    r = render({"selfCheck": {"enabled": False}})
-    assert not any(name.startswith("SELF_CHECK_") for name in r.env)
-    assert r.all("Role") == [] and r.all("RoleBinding") == []
-    # Without rbac.create the notes say what to grant.
-    assert "serviceaccounts/token" in render({"rbac": {"create": False}}).notes
-    assert "serviceaccounts/token" not in render({"rbac": {"create": False}, "selfCheck": {"enabled": False}}).notes
 
 
 def test_service_account_not_created(render):
