@@ -650,6 +650,18 @@ mod tests {
                 }
             }
 
+            /// Another authorizer on the same keys and accounts, under `policy`, without the
+            /// verified-token cache.
+            fn with_policy(&self, policy: &AdminPolicy) -> Authorizer {
+                Authorizer::new(
+                    TokenValidator::new(self.store.clone(), TokenSettings::new(ISSUER, "nats")),
+                    self.accounts.clone(),
+                    Arc::new(PolicyStore::new(policy.clone(), None)),
+                    PermissionCache::new(self.metrics.clone(), 16, InboxMode::Shared),
+                    Duration::from_secs(3600),
+                )
+            }
+
             fn token(&self, uid: &str, ttl: u64) -> String {
                 self.signer
                     .mint_at(
@@ -707,13 +719,7 @@ mod tests {
             let s = Setup::new();
             let policy = AdminPolicy::parse("namespaces:\n  exclude: [team-a]\n").unwrap();
             let authorizer = |own: Option<(&str, &str)>| {
-                let a = Authorizer::new(
-                    TokenValidator::new(s.store.clone(), TokenSettings::new(ISSUER, "nats")),
-                    s.accounts.clone(),
-                    Arc::new(PolicyStore::new(policy.clone(), None)),
-                    PermissionCache::new(s.metrics.clone(), 16, InboxMode::Shared),
-                    Duration::from_secs(3600),
-                );
+                let a = s.with_policy(&policy);
                 match own {
                     Some((ns, name)) => a.with_own_account(ns, name),
                     None => a,
@@ -776,14 +782,7 @@ mod tests {
                 ("team-a:app", ""),
                 ("team-a", "app "),
             ] {
-                let a = Authorizer::new(
-                    TokenValidator::new(s.store.clone(), TokenSettings::new(ISSUER, "nats")),
-                    s.accounts.clone(),
-                    Arc::new(PolicyStore::new(policy.clone(), None)),
-                    PermissionCache::new(s.metrics.clone(), 16, InboxMode::Shared),
-                    Duration::from_secs(3600),
-                )
-                .with_own_account(ns, name);
+                let a = s.with_policy(&policy).with_own_account(ns, name);
                 let d = a.authorize(
                     ConnectAttempt {
                         kind: "Client",

@@ -26,6 +26,39 @@ fn checks(stack: &Stack, result: &str) -> f64 {
     ))
 }
 
+/// `config` with the value of its `setting: "…"` line (the callout's issuer or xkey) replaced.
+fn replace_setting(config: &str, setting: &str, value: &str) -> String {
+    let current = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{setting}: \"")))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no {setting} line in:\n{config}"))
+        .to_owned();
+    config.replace(&current, value)
+}
+
+/// Another replica of `stack` checking itself every 5 s, its readiness gated on the check.
+fn checking_replica(stack: &Stack) -> support::service::Service {
+    stack
+        .replica()
+        .env("SELF_CHECK_INTERVAL", "5s")
+        .env(
+            "SELF_CHECK_SERVICE_ACCOUNT",
+            &format!("{OWN_NS}/{OWN_NAME}"),
+        )
+        .env("SELF_CHECK_READINESS", "true")
+        .spawn()
+}
+
+/// The service's first line about a refused check.
+fn refused_line(stack: &Stack) -> String {
+    let log = stack.service.log();
+    log.lines()
+        .find(|l| l.contains("self-check failed (result=refused)"))
+        .unwrap_or_else(|| panic!("no failure line:\n{log}"))
+        .to_owned()
+}
+
 /// A stack whose service checks itself every 5 s, as its own ServiceAccount; the policy
 /// excludes the service's namespace, as the deploy guide's does.
 fn checking() -> StackBuilder {
@@ -90,26 +123,14 @@ fn matching_keys_pass_and_the_own_account_is_granted_nothing() {
 fn a_server_with_another_issuer_fails_the_check_and_names_the_key() {
     let other = KeyPair::new_account().public_key();
     let stack = checking()
-        .nats_config(move |config| {
-            let issuer = config
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("issuer: \""))
-                .and_then(|rest| rest.strip_suffix('"'))
-                .expect("the issuer line")
-                .to_owned();
-            config.replace(&issuer, &other)
-        })
+        .nats_config(move |config| replace_setting(&config, "issuer", &other))
         .start();
     stack
         .service
         .wait_for("a refused check", WAIT, || checks(&stack, "refused") >= 1.0);
     assert_eq!(checks(&stack, "ok"), 0.0);
     assert_eq!(stack.service.metric("nats_callout_self_check_failing"), 1.0);
-    let log = stack.service.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("self-check failed (result=refused)"))
-        .unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    let line = refused_line(&stack);
     // A single replica answers every check, so the cause is pinned on nats-server's keys.
     assert!(
         line.contains("this replica granted it, so nats-server refused the service's answer")
@@ -132,15 +153,7 @@ fn a_server_with_another_issuer_fails_the_check_and_names_the_key() {
     );
 
     // A replica that gates its readiness on the check never becomes ready.
-    let gated = stack
-        .replica()
-        .env("SELF_CHECK_INTERVAL", "5s")
-        .env(
-            "SELF_CHECK_SERVICE_ACCOUNT",
-            &format!("{OWN_NS}/{OWN_NAME}"),
-        )
-        .env("SELF_CHECK_READINESS", "true")
-        .spawn();
+    let gated = checking_replica(&stack);
     gated.wait_for("the gated replica's first check", WAIT, || {
         gated.metric("nats_callout_self_checks_total{result=\"refused\"}") >= 1.0
     });
@@ -154,24 +167,12 @@ fn a_server_sealing_for_another_xkey_fails_the_check_and_names_the_xkey() {
     let other = XKey::new().public_key();
     let stack = checking()
         .xkey()
-        .nats_config(move |config| {
-            let xkey = config
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("xkey: \""))
-                .and_then(|rest| rest.strip_suffix('"'))
-                .expect("the xkey line")
-                .to_owned();
-            config.replace(&xkey, &other)
-        })
+        .nats_config(move |config| replace_setting(&config, "xkey", &other))
         .start();
     stack
         .service
         .wait_for("a refused check", WAIT, || checks(&stack, "refused") >= 1.0);
-    let log = stack.service.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("self-check failed (result=refused)"))
-        .unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    let line = refused_line(&stack);
     let want = stack.keys.xkey.as_ref().expect("an xkey").public_key();
     assert!(
         line.contains("reason=request_cannot_open")
@@ -234,15 +235,7 @@ fn a_refusal_another_replica_answered_does_not_hold_readiness() {
         .account(OWN_NS, OWN_NAME, &[])
         .policy("namespaces:\n  exclude: [nats-auth]\n")
         .start();
-    let gated = stack
-        .replica()
-        .env("SELF_CHECK_INTERVAL", "5s")
-        .env(
-            "SELF_CHECK_SERVICE_ACCOUNT",
-            &format!("{OWN_NS}/{OWN_NAME}"),
-        )
-        .env("SELF_CHECK_READINESS", "true")
-        .spawn();
+    let gated = checking_replica(&stack);
     gated.wait_ready(Duration::from_secs(60));
     assert!(gated.metric("nats_callout_self_checks_total{result=\"ok\"}") >= 1.0);
     // The old replica's refusals, if any landed there, were logged as not this replica's.
@@ -510,8 +503,8 @@ fn a_check_stuck_on_a_silent_server_does_not_hold_shutdown() {
     let real = stack.nats.service_url();
     let port = stack.nats.port.to_string();
     let quiet = real.replace(&format!(":{port}"), &format!(":{silent_port}"));
-    // Each replica starts its checks at a server picked at random (then always the same one):
-    // start replicas until one whose checks start at a silent one.
+    // Each check starts at a server picked at random (two of the three are silent):
+    // start replicas until one whose first check is stuck on a silent one.
     let mut tries = 0;
     let mut replica = loop {
         tries += 1;
