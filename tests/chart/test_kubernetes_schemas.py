@@ -53,6 +53,10 @@ EVERYTHING = {
     "secretEnv": {"A": "b"},
     "secretVolume": {"f.txt": "aGk="},
     "rbac": {"issuerDiscovery": True},
+    # The token-request branch (a Role and its binding) and the sentinel's Secret volume; the
+    # projected token is the minimal render's.
+    "selfCheck": {"token": "tokenRequest", "readiness": True, "interval": "30s",
+                  "sentinelCreds": {"existingSecret": "nats-sentinel"}},
     "podDisruptionBudget": {"minAvailable": "50%"},
     "priorityClassName": "platform-critical",
     "topologySpreadConstraints": [
@@ -124,7 +128,7 @@ def test_the_everything_render_has_every_kind(render):
     assert {
         "ConfigMap", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "NetworkPolicy",
         "Secret", "Deployment", "ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget",
-        "Service", "ServiceAccount",
+        "Service", "ServiceAccount", "Role", "RoleBinding",
     } <= kinds
 
 
