@@ -80,6 +80,8 @@ pub struct Denial {
     pub reason: DenyReason,
     /// `namespace/name` of the service account, when the token was readable.
     pub account: Option<String>,
+    /// The token's `jti`, when the token was verified (see [`Identity::credential_id`]).
+    pub credential_id: Option<String>,
 }
 
 impl Denial {
@@ -97,6 +99,7 @@ impl Denial {
         Denial {
             reason,
             account: identity.map(|i| format!("{}/{}", i.namespace, i.service_account)),
+            credential_id: identity.and_then(|i| i.credential_id.clone()),
         }
     }
 }
@@ -116,6 +119,8 @@ pub struct Allowed {
     pub service_account: String,
     /// The pod the token is bound to, when it is pod-bound (for the log).
     pub pod: Option<String>,
+    /// The token's `jti` (for the log, see [`Identity::credential_id`]).
+    pub credential_id: Option<String>,
     /// Unix time at which the client is disconnected.
     pub expires_at: i64,
     /// The account it is placed in; `None`: the default account.
@@ -149,6 +154,7 @@ impl Decision {
         Decision::Deny(Denial {
             reason: DenyReason::Internal,
             account: None,
+            credential_id: None,
         })
     }
 
@@ -174,6 +180,8 @@ pub struct Admission {
     pub account: Arc<ServiceAccount>,
     /// The pod the token is bound to, when it is pod-bound (for the log).
     pub pod: Option<String>,
+    /// The token's `jti` (for the log).
+    pub credential_id: Option<String>,
     /// Unix time at which the client is disconnected.
     pub expires_at: i64,
 }
@@ -185,6 +193,7 @@ impl Admission {
             namespace: self.account.namespace.to_string(),
             service_account: self.account.name.to_string(),
             pod: self.pod,
+            credential_id: self.credential_id,
             expires_at: self.expires_at,
             account: evaluation.account.clone(),
             permissions: evaluation.permissions.clone(),
@@ -229,6 +238,7 @@ pub fn decide(
     Ok(Admission {
         account: sa,
         pod: identity.pod_name.clone(),
+        credential_id: identity.credential_id.clone(),
         expires_at: token_exp.min(cap),
     })
 }
@@ -288,6 +298,7 @@ impl Authorizer {
                 namespace: admitted.account.namespace.to_string(),
                 service_account: admitted.account.name.to_string(),
                 pod: admitted.pod,
+                credential_id: admitted.credential_id,
                 expires_at: admitted.expires_at,
                 account: None,
                 permissions: Arc::new(Permissions::none()),
@@ -334,6 +345,7 @@ impl Authorizer {
             .map_err(|e| Denial {
                 reason: DenyReason::Token(e),
                 account: claimed_service_account(token).map(|c| format!("{c} (claimed)")),
+                credential_id: None,
             })
     }
 
@@ -428,6 +440,7 @@ mod tests {
             uid: uid.into(),
             expires_at: (NOW + expires_in) as u64,
             pod_name: None,
+            credential_id: None,
         }
     }
 
@@ -572,6 +585,7 @@ mod tests {
             let denial = Denial {
                 reason,
                 account: Some("team-a/app".into()),
+                credential_id: None,
             };
             assert_eq!(denial.to_string(), message, "a denial shows its reason");
         }

@@ -504,3 +504,42 @@ fn no_client_may_publish_an_authorization_request() {
         .log()
         .contains("Publish Violation - Subject \"$SYS.REQ.USER.AUTH\""));
 }
+
+#[test]
+fn each_decision_names_the_tokens_credential_id_as_the_audit_log_does() {
+    // The API server's audit log records a token's use as `credential-id: JTI=<jti>`: the
+    // service's allow and deny lines carry the same text, for the verified tokens.
+    let s = StackBuilder::new()
+        .account("kube-system", "job", &[])
+        .policy("namespaces:\n  exclude: [kube-system]\n")
+        .start();
+    let token = |ns: &str, name: &str, jti: &str| {
+        let uid = s.api.uid_of(ns, name).expect("uid");
+        TokenBuilder::for_sa(ns, name, &uid).jti(jti).sign(&s.key)
+    };
+    connect_token(&s.url(), &token("team-a", "app", "3f6b2c1e-allowed")).expect("allowed");
+    s.assert_denied(
+        &token("kube-system", "job", "3f6b2c1e-denied"),
+        "namespace_not_allowed",
+    );
+    let log = s.service.log();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}:\n{log}"))
+            .to_owned()
+    };
+    assert!(line("allowed team-a/app").ends_with(", credential JTI=3f6b2c1e-allowed"));
+    assert!(line("denied kube-system/job").ends_with(", credential JTI=3f6b2c1e-denied"));
+    // A token that fails verification has no credential id worth logging: its claims are
+    // anyone's words.
+    let forged = TokenBuilder::for_sa("team-a", "app", "u")
+        .jti("forged-jti")
+        .sign(&SigningKey::es256());
+    s.assert_denied(&forged, "token_unknown_key");
+    assert!(
+        !s.service.log().contains("forged-jti"),
+        "{}",
+        s.service.log()
+    );
+}

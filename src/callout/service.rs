@@ -133,6 +133,7 @@ impl CalloutContext {
                 Decision::Deny(Denial {
                     account: Some(format!("{}/{}", a.namespace, a.service_account)),
                     reason: DenyReason::AccountKeyMissing(a.account.unwrap_or_default()),
+                    credential_id: a.credential_id,
                 })
             }
             other => other,
@@ -148,7 +149,7 @@ impl CalloutContext {
                 match seal(keys, req, keys.signer.allow(req, &grant, now)) {
                     Ok(reply) => {
                         info!(
-                            "allowed {}/{}{} (client {} {} on {}), expires in {}s",
+                            "allowed {}/{}{} (client {} {} on {}), expires in {}s{}",
                             allowed.namespace,
                             allowed.service_account,
                             allowed
@@ -159,7 +160,8 @@ impl CalloutContext {
                             req.client.id,
                             printable(&req.client.host, MAX_LOGGED_NAME),
                             printable(&req.server.name, MAX_LOGGED_NAME),
-                            allowed.expires_at - now
+                            allowed.expires_at - now,
+                            credential(allowed.credential_id.as_deref())
                         );
                         Outcome {
                             reply: Some(reply),
@@ -179,18 +181,26 @@ impl CalloutContext {
             Decision::Deny(deny) => {
                 log_denial!(
                     deny.reason(),
-                    "denied {} (client {} {} on {}): {} (reason={})",
+                    "denied {} (client {} {} on {}): {} (reason={}){}",
                     deny.account_label(),
                     req.client.id,
                     printable(&req.client.host, MAX_LOGGED_NAME),
                     printable(&req.server.name, MAX_LOGGED_NAME),
                     deny,
-                    deny.reason()
+                    deny.reason(),
+                    credential(deny.credential_id.as_deref())
                 );
                 denial(keys, req, now, deny.reason())
             }
         }
     }
+}
+
+/// `, credential JTI=<jti>` for a decision's log line, in the form the API server's audit log
+/// gives the token's credential id, so the two can be matched; empty without a `jti`.
+fn credential(jti: Option<&str>) -> String {
+    jti.map(|j| format!(", credential JTI={j}"))
+        .unwrap_or_default()
 }
 
 /// A signed (and, when the request was, sealed) denial of `req`, counted under `reason`.

@@ -74,7 +74,14 @@ pub struct Identity {
     pub expires_at: u64,
     /// The pod the token is bound to, if any.
     pub pod_name: Option<String>,
+    /// The token's `jti`, which the API server's audit log records as its credential id
+    /// (`authentication.kubernetes.io/credential-id: JTI=<jti>`); printable, at most
+    /// [`MAX_CREDENTIAL_ID`] characters. Only for the log.
+    pub credential_id: Option<String>,
 }
+
+/// The longest `jti` kept for the log (a Kubernetes one is a 36-character UUID).
+pub const MAX_CREDENTIAL_ID: usize = 64;
 
 /// Why a token was refused. Variants are named as facts about the token.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -445,6 +452,12 @@ impl TokenValidator {
             uid,
             expires_at,
             pod_name: kubernetes.pod.and_then(|pod| non_empty(pod.name)),
+            credential_id: claims
+                .jti
+                .as_ref()
+                .and_then(serde_json::Value::as_str)
+                .filter(|jti| !jti.is_empty())
+                .map(|jti| crate::identity::printable(jti, MAX_CREDENTIAL_ID)),
         })
     }
 }
@@ -553,6 +566,8 @@ struct RawHeader {
 #[derive(Deserialize)]
 struct RawClaims {
     iss: Option<String>,
+    /// Any JSON: only a string is kept, for the log; nothing is decided on it.
+    jti: Option<serde_json::Value>,
     sub: Option<String>,
     aud: Option<Audience>,
     exp: Option<Expiry>,
@@ -1000,7 +1015,33 @@ mod tests {
                 uid: UID.into(),
                 expires_at: NOW + 3600,
                 pod_name: Some("app-7d9f8c6b5-x2x4q".into()),
+                credential_id: Some("1b2c3d4e-0000-4000-8000-000000000001".into()),
             }
+        );
+    }
+
+    #[test]
+    fn the_jti_is_kept_for_the_log_printable_and_bounded_and_never_decides() {
+        let key = &keys().0;
+        let id = |b: TokenBuilder| {
+            validator()
+                .validate(&b.sign(key), NOW)
+                .unwrap()
+                .credential_id
+        };
+        assert_eq!(id(app().without("jti")), None);
+        assert_eq!(id(app().claim("jti", json!(""))), None);
+        // Not a string: not Kubernetes' form, but no reason to refuse the token.
+        assert_eq!(id(app().claim("jti", json!(42))), None);
+        assert_eq!(
+            id(app().claim("jti", json!("ab\ncd\u{1b}[31m"))).as_deref(),
+            Some("abcd[31m"),
+            "control characters cannot forge log lines"
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(
+            id(app().claim("jti", json!(long))).map(|j| j.len()),
+            Some(MAX_CREDENTIAL_ID)
         );
     }
 
