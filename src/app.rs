@@ -18,6 +18,7 @@ use crossbeam_channel::bounded;
 use log::{debug, error, info, warn};
 
 use crate::authorizer::Authorizer;
+use crate::callout::connection::{Dialer, Login};
 use crate::callout::service::{self, CalloutContext, CalloutSettings};
 use crate::config::{AccountsBackend, Config, JwksLocation, SelfCheckConfig};
 use crate::events::{self, EventRecorder};
@@ -34,6 +35,7 @@ use crate::kube::{file, watch, ApiClient};
 use crate::metrics::Metrics;
 use crate::policy::{InboxMode, PermissionCache, PolicyStore};
 use crate::readiness::Readiness;
+use crate::revoke::Revoker;
 use crate::selfcheck::{SelfCheck, SelfCheckSettings, TokenSource};
 
 /// How long the background threads get to stop once the callout loop has finished.
@@ -227,6 +229,26 @@ pub fn serve() -> Result<(), String> {
 
     let mut threads = Vec::new();
     let cache = Arc::new(ServiceAccountCache::new(metrics.clone()));
+    if let Some(revocation) = &config.revocation {
+        let login = match &revocation.creds {
+            Some(path) => Login::CredsFile(path.clone()),
+            None => Login::None,
+        };
+        let dialer = Dialer::new(
+            &revocation.url,
+            login,
+            config.nats_tls.clone(),
+            "nats-k8s-oidc-callout-revocation",
+        )
+        .map_err(|e| format!("NATS_SYSTEM_URL: {e}"))?;
+        let (tx, rx) = bounded(crate::revoke::QUEUE_CAPACITY);
+        cache.report_changes_to(tx);
+        threads.push(Revoker::new(dialer, metrics.clone()).spawn(rx, stop_rx.clone())?);
+        info!(
+            "live revocation on: connections of a deleted, re-created or re-annotated ServiceAccount are closed through {}",
+            crate::urls::redact_urls(&revocation.url)
+        );
+    }
     let backend = config
         .accounts
         .open()

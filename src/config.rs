@@ -156,9 +156,29 @@ pub struct Config {
     pub serviceaccount_events: bool,
     /// `HOSTNAME` (the pod's name in a cluster): the Events' `reportingInstance`.
     pub instance: Option<String>,
+    /// Live revocation, when `NATS_SYSTEM_URL` is set.
+    pub revocation: Option<RevocationConfig>,
     /// The self-check, when `SELF_CHECK_INTERVAL` turns it on (ignored with
     /// `SERVICE_ACCOUNTS_PATH` and no `SELF_CHECK_TOKEN_FILE`: no API server to ask for a token).
     pub self_check: Option<SelfCheckConfig>,
+}
+
+/// How live revocation reaches nats-server's system account.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RevocationConfig {
+    /// `NATS_SYSTEM_URL`: comma-separated URLs (may embed `user:pass@`) of a system-account user.
+    pub url: String,
+    /// `NATS_SYSTEM_CREDS_FILE`: that user's creds (operator mode).
+    pub creds: Option<PathBuf>,
+}
+
+impl fmt::Debug for RevocationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevocationConfig")
+            .field("url", &redact_urls(&self.url))
+            .field("creds", &self.creds)
+            .finish()
+    }
 }
 
 /// The self-check's settings (`SELF_CHECK_*`).
@@ -192,9 +212,50 @@ impl fmt::Debug for Config {
             .field("inbox_mode", &self.inbox_mode)
             .field("policy_file", &self.policy_file)
             .field("serviceaccount_events", &self.serviceaccount_events)
+            .field("revocation", &self.revocation)
             .field("self_check", &self.self_check)
             .finish_non_exhaustive()
     }
+}
+
+/// Checks every entry of the comma-separated `urls` (the value of `name`) the way the NATS
+/// client parses them: one that does not parse could never connect.
+fn check_nats_urls(r: &mut Reader<'_>, name: &str, urls: &str) {
+    for (i, u) in urls.split(',').enumerate() {
+        match parse_nats_address(u) {
+            Ok((url, _)) if matches!(url.scheme(), "nats" | "tls") => {}
+            Ok((url, _)) => r.problems.push(format!(
+                "{name} entry {} ({}) has the scheme {:?}; use nats:// or tls://",
+                i + 1,
+                redact_url(u),
+                url.scheme()
+            )),
+            Err(e) => r.problems.push(format!(
+                "{name} entry {} is not a valid URL ({e}); a / # or ? in a user name or password ends the host part",
+                i + 1
+            )),
+        }
+    }
+}
+
+/// Reads `NATS_SYSTEM_URL` and `NATS_SYSTEM_CREDS_FILE`.
+fn revocation_config(r: &mut Reader<'_>) -> Option<RevocationConfig> {
+    let creds = self_check_file(r, "NATS_SYSTEM_CREDS_FILE");
+    let Some(url) = r.get("NATS_SYSTEM_URL").map(str::to_owned) else {
+        if creds.is_some() {
+            r.problems
+                .push("NATS_SYSTEM_CREDS_FILE needs NATS_SYSTEM_URL (where to connect)".into());
+        }
+        return None;
+    };
+    let url = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
+    check_nats_urls(r, "NATS_SYSTEM_URL", &url);
+    Some(RevocationConfig { url, creds })
 }
 
 /// Reads `SELF_CHECK_INTERVAL`, `SELF_CHECK_SERVICE_ACCOUNT` and `SELF_CHECK_READINESS`.
@@ -452,21 +513,7 @@ impl Config {
             .collect::<Vec<_>>()
             .join(",");
         // Parsed as the NATS client parses them: one that does not parse could never connect.
-        for (i, u) in nats_url.split(',').enumerate() {
-            match parse_nats_address(u) {
-                Ok((url, _)) if matches!(url.scheme(), "nats" | "tls") => {}
-                Ok((url, _)) => r.problems.push(format!(
-                    "NATS_URL entry {} ({}) has the scheme {:?}; use nats:// or tls://",
-                    i + 1,
-                    redact_url(u),
-                    url.scheme()
-                )),
-                Err(e) => r.problems.push(format!(
-                    "NATS_URL entry {} is not a valid URL ({e}); a / # or ? in a user name or password ends the host part",
-                    i + 1
-                )),
-            }
-        }
+        check_nats_urls(&mut r, "NATS_URL", &nats_url);
         let creds = r
             .get("NATS_USER_CREDS_FILE")
             .or(r.get("NATS_CREDS_FILE"))
@@ -723,6 +770,7 @@ impl Config {
         let serviceaccount_events = r.bool("SERVICEACCOUNT_EVENTS", true);
         let instance = r.get("HOSTNAME").map(str::to_owned);
         let self_check = self_check_config(&mut r);
+        let revocation = revocation_config(&mut r);
 
         match (keys, r.problems.is_empty()) {
             (Some(keys), true) => Ok(Config {
@@ -754,6 +802,7 @@ impl Config {
                 policy,
                 serviceaccount_events,
                 instance,
+                revocation,
                 self_check,
             }),
             _ => Err(r.into_error().to_string()),
@@ -817,6 +866,29 @@ mod tests {
         ];
         pairs.extend_from_slice(extra);
         Config::from_map(&env(&pairs))
+    }
+
+    #[test]
+    fn revocation_is_off_without_a_system_url_and_its_url_is_checked_and_never_printed() {
+        assert_eq!(with(&[]).unwrap().revocation, None);
+        let on = with(&[(
+            "NATS_SYSTEM_URL",
+            " nats://sys:s3cret@nats:4222 , tls://b:4222",
+        )])
+        .unwrap();
+        let revocation = on.revocation.clone().unwrap();
+        assert_eq!(revocation.url, "nats://sys:s3cret@nats:4222,tls://b:4222");
+        assert!(!format!("{on:?}").contains("s3cret"), "{on:?}");
+        let err = with(&[("NATS_SYSTEM_URL", "http://sys:s3cret@nats:4222")]).unwrap_err();
+        assert!(
+            err.contains("NATS_SYSTEM_URL entry 1") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let err = with(&[("NATS_SYSTEM_CREDS_FILE", "/etc/hosts")]).unwrap_err();
+        assert!(
+            err.contains("NATS_SYSTEM_CREDS_FILE needs NATS_SYSTEM_URL"),
+            "{err}"
+        );
     }
 
     #[test]

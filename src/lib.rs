@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod operator;
 pub mod policy;
 pub mod readiness;
+pub mod revoke;
 pub mod selfcheck;
 pub mod urls;
 pub mod verified;

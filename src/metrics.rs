@@ -119,6 +119,13 @@ impl SelfCheckLabels {
     ];
 }
 
+/// Labels of one ServiceAccount change whose live connections were looked for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevocationLabels {
+    /// `deleted`, `recreated` or `annotations_changed`.
+    pub reason: &'static str,
+}
+
 /// Every metric the service exposes on `/metrics`.
 pub struct Metrics {
     registry: Registry,
@@ -163,6 +170,12 @@ pub struct Metrics {
     pub self_checks: Family<SelfCheckLabels, Counter>,
     /// 1 while the last self-check failed, else 0 (also when self-checks are off).
     pub self_check_failing: Gauge,
+    /// ServiceAccount changes whose live connections were looked for, by reason.
+    pub revocations: Family<RevocationLabels, Counter>,
+    /// Live connections closed because their ServiceAccount changed.
+    pub connections_revoked: Counter,
+    /// Changes whose connections could not all be found or closed (or were not queued).
+    pub revocation_failures: Counter,
     /// Warning Events about dropped annotation entries, by result.
     pub events: Family<EventLabels, Counter>,
     /// Looks into the verified-token cache, by result.
@@ -298,6 +311,29 @@ impl Metrics {
             "1 while the last self-check failed, else 0 (also when self-checks are off)",
             self_check_failing.clone(),
         );
+        let revocations = Family::<RevocationLabels, Counter>::default();
+        for reason in crate::revoke::RevokeReason::ALL {
+            let _ = revocations.get_or_create(&RevocationLabels {
+                reason: reason.label(),
+            });
+        }
+        registry.register(
+            "revocations",
+            "ServiceAccount changes whose live connections were looked for (NATS_SYSTEM_URL), by reason",
+            revocations.clone(),
+        );
+        let connections_revoked = Counter::default();
+        registry.register(
+            "connections_revoked",
+            "Live connections closed because their ServiceAccount was deleted, re-created or re-annotated",
+            connections_revoked.clone(),
+        );
+        let revocation_failures = Counter::default();
+        registry.register(
+            "revocation_failures",
+            "ServiceAccount changes whose live connections could not all be found or closed",
+            revocation_failures.clone(),
+        );
         let policy_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -363,6 +399,9 @@ impl Metrics {
             nats_file_reloads,
             self_checks,
             self_check_failing,
+            revocations,
+            connections_revoked,
+            revocation_failures,
             events,
             token_cache,
             token_cache_entries,

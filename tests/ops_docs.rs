@@ -508,6 +508,9 @@ const DASHBOARD_ONLY: &[&str] = &[
     "nats_callout_http_connections_dropped",
     // The self-check's results by kind: the alert watches the failing gauge, the graph says why.
     "nats_callout_self_checks",
+    // Revocations that worked: the alert watches the failures.
+    "nats_callout_revocations",
+    "nats_callout_connections_revoked",
     // A cold verified-token cache costs CPU, not correctness: worth a graph, not a page.
     "nats_callout_token_cache_lookups",
     "nats_callout_token_cache_entries",
@@ -577,6 +580,8 @@ tests:
       # A self-check refused once (a rollout in between), passing again the next minute.
       - series: 'nats_callout_self_check_failing{{instance="a"}}'
         values: '0x20 1 0x39'
+      - series: 'nats_callout_revocation_failures_total{{instance="a"}}'
+        values: '0x60'
     promql_expr_test:
       - expr: ALERTS{{alertstate="firing"}}
         eval_time: 60m
@@ -630,6 +635,8 @@ tests:
         values: '0x30 1x10'
       - series: 'nats_callout_self_check_failing{{instance="b"}}'
         values: '0x10 1x30'
+      - series: 'nats_callout_revocation_failures_total{{instance="b"}}'
+        values: '0x30 1x10'
     promql_expr_test:
       - expr: count by (alertname) (ALERTS{{alertstate="firing"}})
         eval_time: 40m
@@ -653,6 +660,7 @@ tests:
           - {{labels: '{{alertname="NatsCalloutKeyReloadFailing"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutSelfCheckFailing"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutNatsFileRotationFailing"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutRevocationFailing"}}', value: 1}}
       - expr: ALERTS{{alertstate="firing",alertname=~"NatsCalloutDenyRatioHigh|NatsCalloutClusterSideDenials"}}
         eval_time: 40m
         exp_samples:

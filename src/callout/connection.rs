@@ -312,6 +312,12 @@ impl Dialer {
         })
     }
 
+    /// This dialer, giving the server `name` as its client name.
+    pub fn renamed(mut self, name: &str) -> Dialer {
+        self.name = name.to_string();
+        self
+    }
+
     /// The same servers and TLS settings, logging in as a client with `login` instead of the
     /// service's own login (the logins the URLs carry are dropped too), under `name`, with
     /// `handshake` for each connect: the server answers a client's CONNECT only once the auth
@@ -908,6 +914,24 @@ impl Writer {
     }
 }
 
+/// `PUB <subject> [<reply>] <len>` and the payload, as one frame.
+fn pub_frame(subject: &str, reply: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    let reply_len = reply.map_or(0, |r| r.len() + 1);
+    let mut frame = Vec::with_capacity(subject.len() + reply_len + payload.len() + 32);
+    frame.extend_from_slice(b"PUB ");
+    frame.extend_from_slice(subject.as_bytes());
+    if let Some(reply) = reply {
+        frame.push(b' ');
+        frame.extend_from_slice(reply.as_bytes());
+    }
+    frame.push(b' ');
+    frame.extend_from_slice(payload.len().to_string().as_bytes());
+    frame.extend_from_slice(b"\r\n");
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\r\n");
+    frame
+}
+
 /// Writes to the connection from any thread; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -921,15 +945,15 @@ impl Publisher {
     /// connection is down; a write that fails or times out takes the connection down, and the
     /// reader then reconnects.
     pub fn publish(&self, subject: &str, payload: &[u8]) -> io::Result<()> {
-        let mut frame = Vec::with_capacity(subject.len() + payload.len() + 32);
-        frame.extend_from_slice(b"PUB ");
-        frame.extend_from_slice(subject.as_bytes());
-        frame.push(b' ');
-        frame.extend_from_slice(payload.len().to_string().as_bytes());
-        frame.extend_from_slice(b"\r\n");
-        frame.extend_from_slice(payload);
-        frame.extend_from_slice(b"\r\n");
-        self.write_checked(&frame, Some(payload.len()))
+        self.write_checked(&pub_frame(subject, None, payload), Some(payload.len()))
+    }
+
+    /// Publishes `payload` on `subject` with `reply` as the subject answers go to.
+    pub fn request(&self, subject: &str, reply: &str, payload: &[u8]) -> io::Result<()> {
+        self.write_checked(
+            &pub_frame(subject, Some(reply), payload),
+            Some(payload.len()),
+        )
     }
 
     fn write(&self, frame: &[u8]) -> io::Result<()> {
@@ -1051,6 +1075,13 @@ impl Connection {
             .write(format!("SUB {subject} {queue} {SID}\r\n").as_bytes())?;
         self.subscribed = Some((subject.to_string(), queue.to_string()));
         Ok(())
+    }
+
+    /// Subscribes to `subject`, outside any queue group (one subscription per connection; it
+    /// is not renewed by [`Connection::take_over`]).
+    pub fn subscribe(&mut self, subject: &str) -> io::Result<()> {
+        self.publisher
+            .write(format!("SUB {subject} {SID}\r\n").as_bytes())
     }
 
     /// Ends the subscription and returns the requests the server delivered before it took the

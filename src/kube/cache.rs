@@ -19,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use super::{is_valid_namespace, is_valid_object_name, ServiceAccount};
 use super::{ApiClient, KubeError};
 use crate::metrics::Metrics;
+use crate::revoke::{Revocation, RevokeReason};
 
 /// How long a deletion is remembered to stop a concurrent GET from resurrecting the account.
 /// Much longer than any lookup timeout.
@@ -113,6 +114,17 @@ impl Inner {
     }
 }
 
+/// What replacing `held` by `now` (`None`: gone) means for its live connections.
+fn revocation_of(held: &ServiceAccount, now: Option<&ServiceAccount>) -> Option<Revocation> {
+    let reason = match now {
+        None => RevokeReason::Deleted,
+        Some(now) if now.uid != held.uid => RevokeReason::Recreated,
+        Some(now) if !now.same_annotations(held) => RevokeReason::AnnotationsChanged,
+        Some(_) => return None,
+    };
+    Some(Revocation::now(&held.namespace, &held.name, reason))
+}
+
 /// A complete list under construction, page by page, before it replaces a cache's content
 /// ([`ServiceAccountCache::replace_with`]). Only the accounts are held, not the pages.
 #[derive(Default)]
@@ -174,6 +186,8 @@ pub struct ServiceAccountCache {
     inner: RwLock<Inner>,
     synced: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Where changes that must close live connections go, when revocation is on.
+    revocations: std::sync::OnceLock<crossbeam_channel::Sender<Revocation>>,
 }
 
 impl std::fmt::Debug for ServiceAccountCache {
@@ -192,6 +206,33 @@ impl ServiceAccountCache {
             inner: RwLock::new(Inner::default()),
             synced: AtomicBool::new(false),
             metrics,
+            revocations: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// From now on, reports every deletion, re-creation and change of NATS annotations (by the
+    /// watch, or by a list that replaces the content) to `revocations`; a full queue counts a
+    /// failure and logs it.
+    pub fn report_changes_to(&self, revocations: crossbeam_channel::Sender<Revocation>) {
+        let _ = self.revocations.set(revocations);
+    }
+
+    /// Queues `changes` for the revocation thread.
+    fn report(&self, changes: Vec<Revocation>) {
+        let Some(tx) = self.revocations.get() else {
+            return;
+        };
+        for change in changes {
+            if let Err(e) = tx.try_send(change) {
+                let change = e.into_inner();
+                self.metrics.revocation_failures.inc();
+                warn!(
+                    "revocation queue full: the live connections of {}/{} ({}) are not closed",
+                    change.namespace,
+                    change.name,
+                    change.reason.label()
+                );
+            }
         }
     }
 
@@ -234,23 +275,40 @@ impl ServiceAccountCache {
     pub fn replace_with(&self, builder: CacheBuilder) {
         let mut fresh = builder.fresh;
         let len = fresh.len;
-        {
+        let old = {
             let mut inner = self.inner.write();
             fresh.seq = inner.seq + 1;
             fresh.replaced_at = fresh.seq;
-            *inner = fresh;
-        }
+            std::mem::replace(&mut *inner, fresh)
+        };
         self.synced.store(true, Ordering::SeqCst);
         self.set_size_metric(len);
+        if self.revocations.get().is_some() {
+            // What a list replaced: compared outside the lock, against the new content.
+            let inner = self.inner.read();
+            let mut changes = Vec::new();
+            for names in old.by_namespace.values() {
+                for ByName(held) in names {
+                    let now = inner.get(&held.namespace, &held.name);
+                    changes.extend(revocation_of(held, now.map(|sa| &**sa)));
+                }
+            }
+            drop(inner);
+            self.report(changes);
+        }
     }
 
     /// Applies one watch change.
     pub fn apply(&self, change: Change) {
+        let mut revoked = None;
         let len = {
             let mut inner = self.inner.write();
             inner.seq += 1;
             match change {
                 Change::Upsert(sa) => {
+                    if let Some(held) = inner.get(&sa.namespace, &sa.name) {
+                        revoked = revocation_of(held, Some(&sa));
+                    }
                     inner.insert(sa);
                 }
                 Change::Delete(sa) => {
@@ -261,6 +319,7 @@ impl ServiceAccountCache {
                         .is_some_and(|held| held.uid == sa.uid);
                     if same {
                         inner.remove(&sa.namespace, &sa.name);
+                        revoked = revocation_of(&sa, None);
                     }
                     let now = Instant::now();
                     let seq = inner.seq;
@@ -275,6 +334,7 @@ impl ServiceAccountCache {
             inner.len
         };
         self.set_size_metric(len);
+        self.report(revoked.into_iter().collect());
     }
 
     fn write_mark(&self) -> WriteMark {
@@ -619,6 +679,67 @@ mod tests {
         );
         assert_eq!(c.get("a", "y").unwrap().uid, "2b");
         assert_eq!(c.metrics().cache_size.get(), 1);
+    }
+
+    #[test]
+    fn deletions_recreations_and_nats_annotation_changes_are_reported_and_nothing_else() {
+        const PUB_ANNOTATION: &str = "nats.io/allowed-pub-subjects";
+        let c = cache();
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let sa = |name: &str, uid: &str| ServiceAccount::for_test("a", name, uid);
+        let granted = |name: &str, uid: &str, subjects: &str| {
+            sa(name, uid).with_annotation(PUB_ANNOTATION, subjects)
+        };
+        let reported = || -> Vec<(String, &'static str)> {
+            rx.try_iter()
+                .map(|r: Revocation| (format!("{}/{}", r.namespace, r.name), r.reason.label()))
+                .collect()
+        };
+        // Before reporting is on, and for the first list: nothing to revoke.
+        c.replace_all(vec![sa("x", "1")]);
+        c.report_changes_to(tx);
+        c.replace_all(vec![sa("x", "1"), granted("y", "2", "a.b"), sa("z", "3")]);
+        assert_eq!(reported(), vec![]);
+
+        // Watch events: a new account and an unchanged one are nothing; the rest is reported.
+        c.apply(Change::Upsert(sa("new", "4")));
+        c.apply(Change::Upsert(sa("x", "1")));
+        c.apply(Change::Upsert(granted("y", "2", "a.>")));
+        c.apply(Change::Upsert(sa("z", "3b")));
+        c.apply(Change::Delete(sa("x", "1")));
+        // A delete of an older uid than the one held removes nothing and revokes nothing.
+        c.apply(Change::Delete(sa("z", "3")));
+        assert_eq!(
+            reported(),
+            vec![
+                ("a/y".into(), "annotations_changed"),
+                ("a/z".into(), "recreated"),
+                ("a/x".into(), "deleted"),
+            ]
+        );
+
+        // A list after a 410 reports what it changed, against what the cache held.
+        c.replace_all(vec![granted("y", "2", "a.>"), sa("z", "3c")]);
+        let mut after_list = reported();
+        after_list.sort();
+        assert_eq!(
+            after_list,
+            vec![("a/new".into(), "deleted"), ("a/z".into(), "recreated")]
+        );
+    }
+
+    #[test]
+    fn a_full_revocation_queue_counts_a_failure() {
+        let c = cache();
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        c.replace_all(vec![
+            ServiceAccount::for_test("a", "x", "1"),
+            ServiceAccount::for_test("a", "y", "2"),
+        ]);
+        c.report_changes_to(tx);
+        c.apply(Change::Delete(ServiceAccount::for_test("a", "x", "1")));
+        c.apply(Change::Delete(ServiceAccount::for_test("a", "y", "2")));
+        assert_eq!(c.metrics().revocation_failures.get(), 1);
     }
 
     #[test]

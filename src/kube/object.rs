@@ -233,6 +233,14 @@ pub struct ServiceAccount {
 }
 
 impl ServiceAccount {
+    /// Whether `other` carries the same NATS annotations as this account (what its grant is
+    /// made of, besides its namespace and name).
+    pub fn same_annotations(&self, other: &ServiceAccount) -> bool {
+        self.publish == other.publish
+            && self.subscribe == other.subscribe
+            && self.past_limit == other.past_limit
+    }
+
     /// An account `namespace/name` with this uid and resourceVersion and no annotations.
     pub fn new(namespace: &str, name: &str, uid: &str, resource_version: &str) -> ServiceAccount {
         ServiceAccount {

@@ -218,6 +218,7 @@ def test_pdb_without_a_bound(render_error):
         ({"selfCheck": {"readiness": "yes"}}, "/selfCheck/readiness", "want boolean"),
         ({"selfCheck": {"enable": True}}, "/selfCheck", "'enable' not allowed"),
         ({"selfCheck": {"token": "file"}}, "/selfCheck/token", "must be one of"),
+        ({"revocation": {"systemUrl": "nats://sys:pw@nats:4222"}}, "/revocation", "'systemUrl' not allowed"),
         ({"resources": []}, "/resources", "want object"),
         ({"extraEnv": {"A": "b"}}, "/extraEnv", "want array"),
         ({"secretEnv": {"BAD NAME": "x"}}, "/secretEnv", "'BAD NAME' not allowed"),

@@ -55,6 +55,7 @@ EVERYTHING = {
     "rbac": {"issuerDiscovery": True},
     # The token-request branch (a Role and its binding) and the sentinel's Secret volume; the
     # projected token is the minimal render's.
+    "revocation": {"systemUrlSecret": {"existingSecret": "nats-sys-url"}},
     "selfCheck": {"token": "tokenRequest", "readiness": True, "interval": "30s",
                   "sentinelCreds": {"existingSecret": "nats-sentinel"}},
     "podDisruptionBudget": {"minAvailable": "50%"},

@@ -82,6 +82,15 @@ def test_self_check_names_an_existing_service_account_and_gates_readiness_when_a
     assert r.one("Role")["rules"][0]["resourceNames"] == ["callout-sa"]
 
 
+def test_revocation_takes_the_system_url_from_its_secret_only(render):
+    assert "NATS_SYSTEM_URL" not in render().env
+    r = render({"revocation": {"systemUrlSecret": {"existingSecret": "nats-sys-url"}}})
+    assert r.env["NATS_SYSTEM_URL"] == {
+        "name": "NATS_SYSTEM_URL",
+        "valueFrom": {"secretKeyRef": {"name": "nats-sys-url", "key": "url"}},
+    }
+
+
 def test_self_check_off(render):
     r = render({"selfCheck": {"enabled": False, "token": "tokenRequest"}})
     assert not any(name.startswith("SELF_CHECK_") for name in r.env)

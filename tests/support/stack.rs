@@ -100,6 +100,7 @@ pub struct StackBuilder {
     nats_tls: Option<String>,
     service_nats_url: Option<fn(u16) -> String>,
     nats_config: Option<Box<dyn FnOnce(String) -> String>>,
+    revocation: Option<fn(u16) -> String>,
 }
 
 /// The JetStream administrator of the client account (JetStream stacks only): a user that
@@ -124,6 +125,7 @@ impl StackBuilder {
             nats_tls: None,
             service_nats_url: None,
             nats_config: None,
+            revocation: None,
         }
     }
 
@@ -138,6 +140,19 @@ impl StackBuilder {
     /// service's user and password).
     pub fn service_nats_url(mut self, url: fn(u16) -> String) -> Self {
         self.service_nats_url = Some(url);
+        self
+    }
+
+    /// The service closes revoked connections as the server's system-account user
+    /// (`NATS_SYSTEM_URL`).
+    pub fn revocation(self) -> Self {
+        self.revocation_via(system_url)
+    }
+
+    /// The service closes revoked connections as the user of `url` (`NATS_SYSTEM_URL`) for the
+    /// server's port.
+    pub fn revocation_via(mut self, url: fn(u16) -> String) -> Self {
+        self.revocation = Some(url);
         self
     }
 
@@ -278,6 +293,9 @@ impl StackBuilder {
         if let Some(url) = self.service_nats_url {
             b = b.env("NATS_URL", &url(port));
         }
+        if let Some(url) = self.revocation {
+            b = b.env("NATS_SYSTEM_URL", &url(port));
+        }
         for (k, v) in &self.env {
             b = b.env(k, v);
         }
@@ -379,6 +397,11 @@ impl Stack {
         self.api.set_token(&token);
         token
     }
+}
+
+/// The URL of the test servers' system-account user on `port`.
+pub fn system_url(port: u16) -> String {
+    format!("nats://sys:sys-secret@127.0.0.1:{port}")
 }
 
 /// Writes `text` to a temporary file beside `path` and renames it over `path`, as the kubelet's

@@ -1,0 +1,603 @@
+//! Live revocation: when a ServiceAccount is deleted, re-created (a new uid) or its NATS
+//! annotations change, the connections nats-server let in on its earlier decision are closed, so
+//! that they reconnect and get the current one.
+//!
+//! The ServiceAccount cache reports each such change ([`Revocation`]) on a bounded queue. One
+//! thread holds a connection as a system-account user (`NATS_SYSTEM_URL`) and, for each change,
+//! asks every server of the cluster for that account's connections
+//! (`$SYS.REQ.SERVER.PING.CONNZ` filtered by the user name the service gives every user JWT,
+//! `system:serviceaccount:<namespace>:<name>`), then closes each one that started before the
+//! change was seen (`$SYS.REQ.SERVER.<server_id>.KICK`). Nothing is remembered between
+//! decisions: a replica that restarted finds connections granted by any replica. A connection
+//! that started after the change was decided on it already (possibly by a replica whose cache
+//! was a moment behind, which then closes it when it sees the change itself).
+
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{info, warn};
+use serde::Deserialize;
+
+use crate::callout::connection::{Connection, Dialer, Event};
+use crate::metrics::{Metrics, RevocationLabels};
+
+/// Changes waiting for the revocation thread; beyond it, a change is counted as failed.
+pub const QUEUE_CAPACITY: usize = 4096;
+/// How long replies to a cluster-wide request are awaited at most.
+const GATHER_AT_MOST: Duration = Duration::from_secs(2);
+/// A cluster-wide request is complete once no reply came for this long.
+const GATHER_QUIET: Duration = Duration::from_millis(250);
+/// How long one server's answer is awaited.
+const ONE_REPLY: Duration = Duration::from_secs(2);
+/// Connections asked for per CONNZ page (nats-server's default limit).
+const PAGE: usize = 1024;
+/// Pages asked of one server at most for one account.
+const MAX_PAGES: usize = 16;
+/// Changes handled together at most.
+const BATCH_AT_MOST: usize = 4096;
+/// Up to this many accounts in a batch are searched one by one (the servers filter); more are
+/// matched in one search of every connection.
+const FILTERED_AT_MOST: usize = 4;
+/// The client name of the system connection (in nats-server's monitoring).
+const CLIENT_NAME: &str = "nats-k8s-oidc-callout-revocation";
+
+/// Why a ServiceAccount's connections are closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    /// The ServiceAccount was deleted.
+    Deleted,
+    /// It was deleted and created again under the same name (a new uid).
+    Recreated,
+    /// Its NATS annotations changed.
+    AnnotationsChanged,
+}
+
+impl RevokeReason {
+    /// The metric label and log word.
+    pub fn label(self) -> &'static str {
+        match self {
+            RevokeReason::Deleted => "deleted",
+            RevokeReason::Recreated => "recreated",
+            RevokeReason::AnnotationsChanged => "annotations_changed",
+        }
+    }
+
+    /// Every reason, each exposed from the start.
+    pub const ALL: [RevokeReason; 3] = [
+        RevokeReason::Deleted,
+        RevokeReason::Recreated,
+        RevokeReason::AnnotationsChanged,
+    ];
+}
+
+/// One ServiceAccount whose connections must go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Why.
+    pub reason: RevokeReason,
+    /// When the change was seen: connections that started later are left alone.
+    pub seen: jiff::Timestamp,
+}
+
+impl Revocation {
+    /// A revocation of `namespace/name` seen now.
+    pub fn now(namespace: &str, name: &str, reason: RevokeReason) -> Revocation {
+        Revocation {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            reason,
+            seen: jiff::Timestamp::now(),
+        }
+    }
+
+    /// The name nats-server knows the account's users by (the user JWT's `name`).
+    fn user(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+    }
+}
+
+/// One server's CONNZ answer (the fields used).
+#[derive(Deserialize)]
+struct ConnzReply {
+    #[serde(default)]
+    data: Option<Connz>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Connz {
+    server_id: String,
+    #[serde(default)]
+    connections: Option<Vec<ConnInfo>>,
+}
+
+#[derive(Deserialize)]
+struct ConnInfo {
+    cid: u64,
+    #[serde(default)]
+    authorized_user: String,
+    #[serde(default)]
+    start: String,
+}
+
+/// A KICK answer: success has neither `data` nor `error`.
+#[derive(Deserialize)]
+struct KickReply {
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// The revocation thread's state.
+pub struct Revoker {
+    dialer: Dialer,
+    metrics: std::sync::Arc<Metrics>,
+    conn: Option<Connection>,
+    /// The subscription's prefix: each request's reply subject is `<inbox>.<n>`.
+    inbox: String,
+    next_reply: u64,
+    /// When a failed connect may be retried, and whether its failure was logged.
+    retry_at: Option<Instant>,
+}
+
+impl Revoker {
+    /// A revoker connecting with `dialer` (the system-account user's URL, login and TLS).
+    pub fn new(dialer: Dialer, metrics: std::sync::Arc<Metrics>) -> Revoker {
+        Revoker {
+            dialer: dialer.renamed(CLIENT_NAME),
+            metrics,
+            conn: None,
+            inbox: format!(
+                "_INBOX.{:016x}{:016x}",
+                fastrand::u64(..),
+                fastrand::u64(..)
+            ),
+            next_reply: 0,
+            retry_at: None,
+        }
+    }
+
+    /// Runs until `stop` fires, taking revocations from `rx`.
+    pub fn spawn(
+        mut self,
+        rx: Receiver<Revocation>,
+        stop: Receiver<()>,
+    ) -> Result<JoinHandle<()>, String> {
+        std::thread::Builder::new()
+            .name("revocation".into())
+            .spawn(move || loop {
+                if !matches!(stop.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+                    if let Some(conn) = self.conn.as_mut() {
+                        conn.close();
+                    }
+                    return;
+                }
+                self.ensure_connected();
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(first) => {
+                        // Everything queued meanwhile goes in the same search.
+                        let mut batch = vec![first];
+                        batch.extend(rx.try_iter().take(BATCH_AT_MOST));
+                        self.revoke_all(batch);
+                    }
+                    Err(RecvTimeoutError::Timeout) => self.keep_alive(),
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            })
+            .map_err(|e| format!("cannot start the revocation thread: {e}"))
+    }
+
+    /// Connects when not connected (at most every few seconds), subscribing to the inbox.
+    fn ensure_connected(&mut self) {
+        if self.conn.is_some() || self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        match self.dialer.connect() {
+            Ok(mut conn) => match conn.subscribe(&format!("{}.*", self.inbox)) {
+                Ok(()) => {
+                    let server = conn.server();
+                    self.conn = Some(conn);
+                    match self.verify_system_user() {
+                        Ok(()) => {
+                            info!(
+                                "revocation: connected to nats at {server} as a system-account user"
+                            );
+                            self.retry_at = None;
+                        }
+                        Err(why) => {
+                            warn!(
+                                "revocation: the user of NATS_SYSTEM_URL cannot close connections ({why}); it must be a user of nats-server's system account"
+                            );
+                            if let Some(conn) = self.conn.as_mut() {
+                                conn.close();
+                            }
+                            self.conn = None;
+                            self.retry_at = Some(Instant::now() + Duration::from_secs(60));
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!("revocation: cannot subscribe on the system connection: {e}");
+                    self.retry_at = Some(Instant::now() + Duration::from_secs(5));
+                }
+            },
+            Err((server, e)) => {
+                warn!(
+                    "revocation: cannot connect to nats at {server} (NATS_SYSTEM_URL): {e}; live connections are not closed on ServiceAccount changes until it works"
+                );
+                self.retry_at = Some(Instant::now() + Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Makes sure the connection's user may close connections: any account may ask for CONNZ
+    /// (and sees only its own connections), but only the system account's users reach a
+    /// server's KICK, which answers a client id that no connection has (0) with an error.
+    fn verify_system_user(&mut self) -> Result<(), String> {
+        let replies = self.gather(
+            "$SYS.REQ.SERVER.PING.CONNZ",
+            br#"{"limit":1,"user":"nats-k8s-oidc-callout:no-such-user"}"#,
+        )?;
+        let server_id = replies
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<ConnzReply>(r).ok())
+            .find_map(|r| r.data.map(|d| d.server_id))
+            .ok_or("no server answered $SYS.REQ.SERVER.PING.CONNZ")?;
+        if !valid_server_id(&server_id) {
+            return Err(format!("not a server id: {server_id:?}"));
+        }
+        let reply = self.one(
+            &format!("$SYS.REQ.SERVER.{server_id}.KICK"),
+            br#"{"cid":0}"#,
+        )?;
+        match serde_json::from_slice::<KickReply>(&reply) {
+            Ok(KickReply { error: Some(e) }) if e.to_string().contains("no such client") => Ok(()),
+            _ => Err(format!(
+                "server {server_id} did not answer its KICK request as it answers the system account"
+            )),
+        }
+    }
+
+    /// Reads the connection for a moment, so the server's PINGs are answered.
+    fn keep_alive(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            if let Event::Lost(why) = conn.next_event() {
+                warn!("revocation: the system connection was lost: {why}");
+                self.conn = None;
+            }
+        }
+    }
+
+    /// Closes the connections of the ServiceAccounts of `batch` (changes queued together, the
+    /// same account's coalesced), counting and logging what was done per account.
+    fn revoke_all(&mut self, batch: Vec<Revocation>) {
+        let mut targets: HashMap<String, Revocation> = HashMap::new();
+        for revocation in batch {
+            self.metrics
+                .revocations
+                .get_or_create(&RevocationLabels {
+                    reason: revocation.reason.label(),
+                })
+                .inc();
+            // The latest change of an account stands for all: every connection that started
+            // before it goes.
+            targets.insert(revocation.user(), revocation);
+        }
+        let seen: HashMap<String, jiff::Timestamp> =
+            targets.iter().map(|(u, r)| (u.clone(), r.seen)).collect();
+        // A few accounts: one filtered search each. More (a namespace deleted): one search of
+        // every connection, matched here.
+        let found = if targets.len() <= FILTERED_AT_MOST {
+            let mut found = Vec::new();
+            for user in targets.keys() {
+                match self.find(Some(user), &seen) {
+                    Ok(mut f) => found.append(&mut f),
+                    Err(why) => self.failed(&targets[user], &why),
+                }
+            }
+            found
+        } else {
+            match self.find(None, &seen) {
+                Ok(found) => found,
+                Err(why) => {
+                    for revocation in targets.values() {
+                        self.failed(revocation, &why);
+                    }
+                    return;
+                }
+            }
+        };
+        let mut tally: HashMap<&str, (u64, u64)> = HashMap::new();
+        for (user, server_id, cid) in &found {
+            let entry = tally.entry(user.as_str()).or_default();
+            match self.kick(server_id, *cid) {
+                Ok(()) => entry.0 += 1,
+                Err(why) => {
+                    entry.1 += 1;
+                    warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                }
+            }
+        }
+        for (user, (closed, failed)) in tally {
+            let Some(revocation) = targets.get(user) else {
+                continue;
+            };
+            self.metrics.connections_revoked.inc_by(closed);
+            if failed > 0 {
+                self.metrics.revocation_failures.inc();
+            }
+            info!(
+                "revocation: closed {closed} connection(s) of {}/{} ({}){}",
+                revocation.namespace,
+                revocation.name,
+                revocation.reason.label(),
+                if failed > 0 {
+                    format!(", {failed} could not be closed")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+
+    /// Counts and logs a change whose connections could not be looked up.
+    fn failed(&self, revocation: &Revocation, why: &str) {
+        self.metrics.revocation_failures.inc();
+        warn!(
+            "revocation: cannot look up the connections of {}/{} ({}): {why}",
+            revocation.namespace,
+            revocation.name,
+            revocation.reason.label()
+        );
+    }
+
+    /// (user, server id, client id) of every connection of the users of `seen` that started
+    /// before their change was seen, on every server that answers; `user` narrows the search
+    /// to one of them on the servers' side.
+    fn find(
+        &mut self,
+        user: Option<&str>,
+        seen: &HashMap<String, jiff::Timestamp>,
+    ) -> Result<Vec<(String, String, u64)>, String> {
+        let ask = |offset: usize| {
+            let mut q = serde_json::json!({"auth": true, "limit": PAGE, "offset": offset});
+            if let Some(user) = user {
+                q["user"] = serde_json::Value::from(user);
+            }
+            q.to_string()
+        };
+        let replies = self.gather("$SYS.REQ.SERVER.PING.CONNZ", ask(0).as_bytes())?;
+        if replies.is_empty() {
+            return Err("no server answered $SYS.REQ.SERVER.PING.CONNZ".into());
+        }
+        let mut found = Vec::new();
+        let mut pending: Vec<(String, usize)> = Vec::new();
+        for reply in replies {
+            if let Some((server_id, n)) = collect(&reply, seen, &mut found)? {
+                if n >= PAGE {
+                    pending.push((server_id, PAGE));
+                }
+            }
+        }
+        // A server with a full page has more: ask it alone for the next ones.
+        while let Some((server_id, offset)) = pending.pop() {
+            if offset >= PAGE * MAX_PAGES {
+                return Err(format!(
+                    "more than {} connections to search on server {server_id}",
+                    PAGE * MAX_PAGES
+                ));
+            }
+            if !valid_server_id(&server_id) {
+                return Err(format!("not a server id: {server_id:?}"));
+            }
+            let reply = self.one(
+                &format!("$SYS.REQ.SERVER.{server_id}.CONNZ"),
+                ask(offset).as_bytes(),
+            )?;
+            if let Some((_, n)) = collect(&reply, seen, &mut found)? {
+                if n >= PAGE {
+                    pending.push((server_id, offset + PAGE));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Closes one connection.
+    fn kick(&mut self, server_id: &str, cid: u64) -> Result<(), String> {
+        if !valid_server_id(server_id) {
+            return Err(format!("not a server id: {server_id:?}"));
+        }
+        let body = serde_json::json!({ "cid": cid }).to_string();
+        let reply = self.one(
+            &format!("$SYS.REQ.SERVER.{server_id}.KICK"),
+            body.as_bytes(),
+        )?;
+        let answer: KickReply =
+            serde_json::from_slice(&reply).map_err(|e| format!("unreadable answer: {e}"))?;
+        match answer.error {
+            // Gone meanwhile (it disconnected, or another replica closed it): nothing to do.
+            Some(e) if e.to_string().contains("no such client") => Ok(()),
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a request and returns its one answer.
+    fn one(&mut self, subject: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        let mut replies = self.request(subject, body, ONE_REPLY, true)?;
+        replies
+            .pop()
+            .ok_or_else(|| format!("no answer to {subject} within {ONE_REPLY:?}"))
+    }
+
+    /// Sends a request that every server answers and returns the answers that came.
+    fn gather(&mut self, subject: &str, body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        self.request(subject, body, GATHER_AT_MOST, false)
+    }
+
+    /// Publishes `body` on `subject` with a fresh reply subject and reads answers until
+    /// `at_most` has passed, the first one came (`first_only`), or none came for
+    /// [`GATHER_QUIET`] after one did.
+    fn request(
+        &mut self,
+        subject: &str,
+        body: &[u8],
+        at_most: Duration,
+        first_only: bool,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err("no connection as a system-account user (NATS_SYSTEM_URL)".into());
+        };
+        self.next_reply += 1;
+        let reply = format!("{}.{}", self.inbox, self.next_reply);
+        if let Err(e) = conn.publisher().request(subject, &reply, body) {
+            self.conn = None;
+            return Err(format!("cannot send {subject}: {e}"));
+        }
+        let started = Instant::now();
+        let mut last = None::<Instant>;
+        let mut answers = Vec::new();
+        loop {
+            let now = Instant::now();
+            if now.duration_since(started) >= at_most
+                || last.is_some_and(|t| now.duration_since(t) >= GATHER_QUIET)
+            {
+                return Ok(answers);
+            }
+            match conn.next_event() {
+                Event::Message(m) => {
+                    // Only this request's answers: an earlier one's late answers go to an
+                    // earlier reply subject, which the message does not say, so they are told
+                    // apart by the caller's checks (the user name, the answer's shape).
+                    answers.push(m.payload);
+                    if first_only {
+                        return Ok(answers);
+                    }
+                    last = Some(Instant::now());
+                }
+                Event::Idle => {}
+                Event::Lost(why) => {
+                    self.conn = None;
+                    return Err(format!("the system connection was lost: {why}"));
+                }
+            }
+        }
+    }
+}
+
+/// Whether `id` can be a server id (a public nkey): it goes into a subject.
+fn valid_server_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Adds the connections of the users of `seen` that started before their change was seen, in
+/// one CONNZ answer, to `found`; returns the answering server and how many connections the page
+/// held.
+fn collect(
+    reply: &[u8],
+    seen: &HashMap<String, jiff::Timestamp>,
+    found: &mut Vec<(String, String, u64)>,
+) -> Result<Option<(String, usize)>, String> {
+    let Ok(reply) = serde_json::from_slice::<ConnzReply>(reply) else {
+        // Not a CONNZ answer (a late answer to a KICK): not this request's.
+        return Ok(None);
+    };
+    if let Some(e) = reply.error {
+        return Err(format!("CONNZ refused: {e}"));
+    }
+    let Some(data) = reply.data else {
+        return Ok(None);
+    };
+    let connections = data.connections.unwrap_or_default();
+    let n = connections.len();
+    for c in connections {
+        // The server filters by user when asked to; an earlier request's late answer, or a
+        // search of every connection, names others.
+        let Some(changed) = seen.get(&c.authorized_user) else {
+            continue;
+        };
+        // A connection that started after the change was decided on the current state. One
+        // whose start cannot be read is closed: a needless reconnect beats a stale grant.
+        let before = c
+            .start
+            .parse::<jiff::Timestamp>()
+            .map_or(true, |start| start < *changed);
+        if before {
+            found.push((c.authorized_user, data.server_id.clone(), c.cid));
+        }
+    }
+    Ok(Some((data.server_id, n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> jiff::Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_connz_answer_yields_the_changed_users_connections_that_started_before_the_change() {
+        let seen = HashMap::from([
+            (
+                "system:serviceaccount:a:x".to_owned(),
+                at("2026-12-05T10:00:00Z"),
+            ),
+            (
+                "system:serviceaccount:a:y".to_owned(),
+                at("2026-12-05T10:00:00Z"),
+            ),
+        ]);
+        let reply = serde_json::json!({
+            "server": {"id": "NSERVER"},
+            "data": {"server_id": "NSERVER", "connections": [
+                {"cid": 1, "authorized_user": "system:serviceaccount:a:x", "start": "2026-12-05T09:59:59.9Z"},
+                // After the change: decided on the current state.
+                {"cid": 2, "authorized_user": "system:serviceaccount:a:x", "start": "2026-12-05T10:00:00.1Z"},
+                // Another offset, same instant order.
+                {"cid": 3, "authorized_user": "system:serviceaccount:a:y", "start": "2026-12-05T10:59:00+01:00"},
+                // Unchanged account, and one the service never named.
+                {"cid": 4, "authorized_user": "system:serviceaccount:a:z", "start": "2026-12-05T09:00:00Z"},
+                {"cid": 5, "authorized_user": "", "start": "2026-12-05T09:00:00Z"},
+                // A start that does not parse: closed.
+                {"cid": 6, "authorized_user": "system:serviceaccount:a:y", "start": "yesterday"}
+            ]}
+        })
+        .to_string();
+        let mut found = Vec::new();
+        let page = collect(reply.as_bytes(), &seen, &mut found).unwrap();
+        assert_eq!(page, Some(("NSERVER".to_owned(), 6)));
+        let cids: Vec<u64> = found.iter().map(|(_, _, cid)| *cid).collect();
+        assert_eq!(cids, vec![1, 3, 6]);
+        assert!(found.iter().all(|(_, server, _)| server == "NSERVER"));
+
+        // Not a CONNZ answer (a late KICK answer), and a refusal.
+        let mut none = Vec::new();
+        assert_eq!(
+            collect(br#"{"server":{}}"#, &seen, &mut none).unwrap(),
+            None
+        );
+        assert_eq!(collect(b"not json", &seen, &mut none).unwrap(), None);
+        assert!(none.is_empty());
+        let refused = collect(br#"{"error":{"code":403}}"#, &seen, &mut none).unwrap_err();
+        assert!(refused.contains("CONNZ refused"), "{refused}");
+    }
+
+    #[test]
+    fn only_a_server_id_can_go_into_a_subject() {
+        assert!(valid_server_id(
+            "NCLY5JQYBRSFKK3JD3GDNHGC4CJOAKL5J7DSWNDDN3K6UAFVHWO5D6ZV"
+        ));
+        for bad in ["", "a.b", "a *", ">", "x".repeat(65).as_str()] {
+            assert!(!valid_server_id(bad), "{bad:?}");
+        }
+    }
+}

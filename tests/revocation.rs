@@ -1,0 +1,291 @@
+//! Live revocation (`NATS_SYSTEM_URL`) on a real nats-server with the API emulator: a
+//! ServiceAccount deleted, re-created or re-annotated loses its open connections within seconds;
+//! they are refused, or get the new permissions, when they reconnect; other accounts' clients are
+//! untouched; a replica that started after the grant still finds the connection.
+#![allow(deprecated)] // the tests' NATS client is the `nats` sync crate
+
+mod support;
+
+use std::time::Duration;
+
+use support::client::{connect_token, Client};
+use support::nats::{free_port, NatsServer};
+use support::stack::{system_url, Stack, StackBuilder};
+
+/// How long a revoked connection may stay open.
+const BOUND: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(15);
+
+/// team-a/app (may publish `shared.x` by annotation) and team-b/other, with revocation on.
+fn revoking() -> Stack {
+    StackBuilder::new()
+        .account("team-b", "other", &[])
+        .policy("annotations:\n  publish: [\"shared.>\"]\n")
+        .revocation()
+        .start()
+}
+
+fn revoked(s: &Stack) -> f64 {
+    s.service.metric("nats_callout_connections_revoked_total")
+}
+
+fn reason(s: &Stack, reason: &str) -> f64 {
+    s.service.metric(&format!(
+        "nats_callout_revocations_total{{reason=\"{reason}\"}}"
+    ))
+}
+
+fn connect(s: &Stack, ns: &str, name: &str) -> Client {
+    connect_token(&s.url(), &s.token(ns, name))
+        .unwrap_or_else(|e| panic!("{ns}/{name}: {e}\n{}", s.service.log()))
+}
+
+#[test]
+fn a_deleted_account_loses_its_connections_and_is_refused_on_reconnect() {
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let (a1, a2) = (connect(&s, "team-a", "app"), connect(&s, "team-a", "app"));
+    let b = connect(&s, "team-b", "other");
+    let token = s.token("team-a", "app");
+
+    s.api.delete_service_account("team-a", "app");
+    for a in [&a1, &a2] {
+        assert!(
+            a.wait_disconnected(BOUND).is_some(),
+            "still connected after the deletion:\n{}",
+            s.service.log()
+        );
+    }
+    s.service
+        .wait_for("both counted", WAIT, || revoked(&s) >= 2.0);
+    assert_eq!(revoked(&s), 2.0);
+    assert_eq!(reason(&s, "deleted"), 1.0);
+    assert!(
+        s.service
+            .log()
+            .contains("revocation: closed 2 connection(s) of team-a/app (deleted)"),
+        "{}",
+        s.service.log()
+    );
+    // The reconnect is refused; the other namespace's client never noticed.
+    s.assert_denied(&token, "serviceaccount_not_found");
+    assert!(b.round_trip("team-b.still-here"));
+    assert!(b.wait_disconnected(Duration::from_millis(200)).is_none());
+}
+
+#[test]
+fn a_recreated_account_loses_the_old_tokens_connections() {
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let old_token = s.token("team-a", "app");
+    let a = connect(&s, "team-a", "app");
+    s.api.delete_service_account("team-a", "app");
+    s.api.create_service_account("team-a", "app", &[]);
+    assert!(a.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    // Deleted, then created again: whichever the watch delivered, the old uid's token is out.
+    s.assert_denied(&old_token, "serviceaccount_uid_mismatch");
+    // A token of the new account is let in (and not closed by the revocation that came before).
+    let fresh = connect(&s, "team-a", "app");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(fresh.round_trip("team-a.again"), "{}", s.service.log());
+}
+
+#[test]
+fn narrowed_annotations_close_the_connection_and_the_reconnect_gets_the_new_grant() {
+    let s = StackBuilder::new()
+        .account(
+            "team-c",
+            "svc",
+            &[("nats.io/allowed-pub-subjects", "shared.x")],
+        )
+        .policy("annotations:\n  publish: [\"shared.>\"]\n")
+        .revocation()
+        .start();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let c = connect(&s, "team-c", "svc");
+    assert!(c.can_publish("shared.x"));
+    // An unrelated annotation changes nothing: no revocation.
+    s.api.update_annotations(
+        "team-c",
+        "svc",
+        &[
+            ("nats.io/allowed-pub-subjects", "shared.x"),
+            ("owner", "team-c"),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        reason(&s, "annotations_changed"),
+        0.0,
+        "{}",
+        s.service.log()
+    );
+    assert!(c.wait_disconnected(Duration::from_millis(100)).is_none());
+
+    s.api
+        .update_annotations("team-c", "svc", &[("owner", "team-c")]);
+    assert!(c.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    s.service
+        .wait_for("counted", WAIT, || reason(&s, "annotations_changed") >= 1.0);
+    // The client reconnected by itself and now has the narrower grant.
+    s.service.wait_for("the reconnect's grant", WAIT, || {
+        s.service.decisions("allow", "granted") >= 2.0
+    });
+    assert!(!c.can_publish("shared.x"), "{}", s.service.log());
+    assert!(c.round_trip("team-c.own"), "its namespace stays");
+}
+
+#[test]
+fn a_replica_that_never_granted_the_connection_still_closes_it() {
+    // Stateless: the first replica grants; a second one, started afterwards with revocation, is
+    // the only one that closes connections. It finds the client by its user name on the server.
+    let s = StackBuilder::new().account("team-b", "other", &[]).start();
+    let a = connect(&s, "team-a", "app");
+    let b = connect(&s, "team-b", "other");
+    let replica = s
+        .replica()
+        .env("NATS_SYSTEM_URL", &system_url(s.nats.port))
+        .spawn();
+    replica.wait_ready(WAIT);
+    replica.wait_for("the system connection", WAIT, || {
+        replica.log().contains("revocation: connected to nats")
+    });
+    s.api.delete_service_account("team-a", "app");
+    assert!(a.wait_disconnected(BOUND).is_some(), "{}", replica.log());
+    replica.wait_for("counted", WAIT, || {
+        replica.metric("nats_callout_connections_revoked_total") >= 1.0
+    });
+    assert!(b.round_trip("team-b.untouched"));
+    // The first replica has no system connection: it counts nothing.
+    assert_eq!(revoked(&s), 0.0);
+}
+
+#[test]
+fn without_a_system_account_user_the_failure_is_counted_and_says_why() {
+    // A user of an ordinary account: nats-server does not answer its $SYS requests.
+    let s = StackBuilder::new()
+        .revocation_via(|port| format!("nats://callout:callout-secret@127.0.0.1:{port}"))
+        .start();
+    let _a = connect(&s, "team-a", "app");
+    s.api.delete_service_account("team-a", "app");
+    s.service.wait_for("a counted failure", WAIT, || {
+        s.service.metric("nats_callout_revocation_failures_total") >= 1.0
+    });
+    let log = s.service.log();
+    assert!(
+        log.contains("revocation: the user of NATS_SYSTEM_URL cannot close connections")
+            && log.contains("it must be a user of nats-server's system account")
+            && log.contains("cannot look up the connections of team-a/app (deleted)"),
+        "{log}"
+    );
+    assert!(!log.contains("revocation: connected to nats"), "{log}");
+}
+
+#[test]
+fn a_client_on_another_server_of_the_cluster_is_closed_too() {
+    // Two routed servers; the service is connected to the first only. A client of the second
+    // server is authorized through the route, and closed there by the KICK of its own server.
+    let (route_a, route_b) = (free_port(), free_port());
+    let cluster = move |listen: u16, other: u16| {
+        format!(
+            "cluster {{\n  name: \"revocation\"\n  listen: \"127.0.0.1:{listen}\"\n  routes: [ \"nats-route://127.0.0.1:{other}\" ]\n}}\n"
+        )
+    };
+    let s = StackBuilder::new()
+        .account("team-b", "other", &[])
+        .revocation()
+        .nats_config(move |config| config + &cluster(route_a, route_b))
+        .start();
+    let port_b = free_port();
+    let config_b = s
+        .nats
+        .config_text()
+        .replace(
+            &format!("127.0.0.1:{}\"", s.nats.port),
+            &format!("127.0.0.1:{port_b}\""),
+        )
+        .replace(&format!("test-{}", s.nats.port), &format!("test-{port_b}"))
+        .replace(
+            &format!("listen: \"127.0.0.1:{route_a}\""),
+            &format!("listen: \"127.0.0.1:{route_b}\""),
+        )
+        .replace(
+            &format!("nats-route://127.0.0.1:{route_b}"),
+            &format!("nats-route://127.0.0.1:{route_a}"),
+        );
+    let server_b = NatsServer::start_with_config(port_b, config_b);
+    s.service
+        .wait_for("the route between the servers", WAIT, || {
+            server_b.log().contains("Route connection created")
+        });
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    // The route carries the callout's subscription to server B a moment after it is up.
+    let token = s.token("team-a", "app");
+    let mut on_b = None;
+    for _ in 0..50 {
+        if let Ok(c) = connect_token(&server_b.url(), &token) {
+            on_b = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let on_b = on_b.unwrap_or_else(|| panic!("no client on server B:\n{}", server_b.log()));
+    let on_a = connect(&s, "team-a", "app");
+    let other_on_b = connect_token(&server_b.url(), &s.token("team-b", "other")).expect("team-b");
+
+    s.api.delete_service_account("team-a", "app");
+    assert!(
+        on_b.wait_disconnected(BOUND).is_some(),
+        "{}",
+        s.service.log()
+    );
+    assert!(
+        on_a.wait_disconnected(BOUND).is_some(),
+        "{}",
+        s.service.log()
+    );
+    s.service
+        .wait_for("both counted", WAIT, || revoked(&s) >= 2.0);
+    assert!(
+        server_b.log().contains("Kicked"),
+        "server B closed its client"
+    );
+    assert!(other_on_b.round_trip("team-b.on-b"));
+}
+
+#[test]
+fn a_deleted_namespace_closes_the_connections_of_all_its_accounts() {
+    // Many changes at once are searched together: every client of the namespace goes, the
+    // other namespace's stays.
+    let mut b = StackBuilder::new()
+        .account("team-b", "other", &[])
+        .revocation();
+    let names: Vec<String> = (0..6).map(|i| format!("svc-{i}")).collect();
+    for name in &names {
+        b = b.account("team-n", name, &[]);
+    }
+    let s = b.start();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let clients: Vec<Client> = names.iter().map(|n| connect(&s, "team-n", n)).collect();
+    let other = connect(&s, "team-b", "other");
+    for name in &names {
+        s.api.delete_service_account("team-n", name);
+    }
+    for c in &clients {
+        assert!(c.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    }
+    s.service
+        .wait_for("all counted", WAIT, || revoked(&s) >= 6.0);
+    assert_eq!(reason(&s, "deleted"), 6.0);
+    assert!(other.round_trip("team-b.untouched"));
+}
