@@ -7,10 +7,10 @@
 //! asks every server of the cluster for that account's connections
 //! (`$SYS.REQ.SERVER.PING.CONNZ` filtered by the user name the service gives every user JWT,
 //! `system:serviceaccount:<namespace>:<name>`), then closes each one that started before the
-//! change was seen (`$SYS.REQ.SERVER.<server_id>.KICK`). Nothing is remembered between
-//! decisions: a replica that restarted finds connections granted by any replica. A connection
-//! that started after the change was decided on it already (possibly by a replica whose cache
-//! was a moment behind, which then closes it when it sees the change itself).
+//! change was seen, give or take [`CLOCK_MARGIN`] (`$SYS.REQ.SERVER.<server_id>.KICK`). Nothing
+//! is remembered between decisions: a replica that restarted finds connections granted by any
+//! replica. A connection that started after the change was decided on it already (possibly by a
+//! replica whose cache was a moment behind, which then closes it when it sees the change itself).
 
 use std::collections::HashMap;
 use std::thread::JoinHandle;
@@ -35,6 +35,9 @@ const ONE_REPLY: Duration = Duration::from_secs(2);
 const PAGE: usize = 1024;
 /// Pages asked of one server at most for one account.
 const MAX_PAGES: usize = 16;
+/// How far this host's clock may run behind nats-server's without a connection that started
+/// before a change being taken for one that started after it.
+const CLOCK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(2);
 /// Changes handled together at most.
 const BATCH_AT_MOST: usize = 4096;
 /// Up to this many accounts in a batch are searched one by one (the servers filter); more are
@@ -523,12 +526,15 @@ fn collect(
         let Some(changed) = seen.get(&c.authorized_user) else {
             continue;
         };
-        // A connection that started after the change was decided on the current state. One
-        // whose start cannot be read is closed: a needless reconnect beats a stale grant.
-        let before = c
-            .start
-            .parse::<jiff::Timestamp>()
-            .map_or(true, |start| start < *changed);
+        // A connection that started after the change was decided on the current state. The
+        // start is nats-server's clock, the change this host's: within CLOCK_MARGIN after it
+        // still counts as before (a needless reconnect beats a stale grant kept because this
+        // clock runs behind), and so does a start that cannot be read.
+        let before = c.start.parse::<jiff::Timestamp>().map_or(true, |start| {
+            changed
+                .checked_add(CLOCK_MARGIN)
+                .map_or(true, |limit| start < limit)
+        });
         if before {
             found.push((c.authorized_user, data.server_id.clone(), c.cid));
         }
@@ -560,9 +566,11 @@ mod tests {
             "server": {"id": "NSERVER"},
             "data": {"server_id": "NSERVER", "connections": [
                 {"cid": 1, "authorized_user": "system:serviceaccount:a:x", "start": "2026-12-05T09:59:59.9Z"},
-                // After the change: decided on the current state.
-                {"cid": 2, "authorized_user": "system:serviceaccount:a:x", "start": "2026-12-05T10:00:00.1Z"},
-                // Another offset, same instant order.
+                // After the change, beyond the clock margin: decided on the current state.
+                {"cid": 2, "authorized_user": "system:serviceaccount:a:x", "start": "2026-12-05T10:00:02.1Z"},
+                // Within the margin: this host's clock may run behind the server's.
+                {"cid": 7, "authorized_user": "system:serviceaccount:a:x", "start": "2026-12-05T10:00:01.5Z"},
+                // Another offset: 09:59 UTC.
                 {"cid": 3, "authorized_user": "system:serviceaccount:a:y", "start": "2026-12-05T10:59:00+01:00"},
                 // Unchanged account, and one the service never named.
                 {"cid": 4, "authorized_user": "system:serviceaccount:a:z", "start": "2026-12-05T09:00:00Z"},
@@ -574,9 +582,9 @@ mod tests {
         .to_string();
         let mut found = Vec::new();
         let page = collect(reply.as_bytes(), &seen, &mut found).unwrap();
-        assert_eq!(page, Some(("NSERVER".to_owned(), 6)));
+        assert_eq!(page, Some(("NSERVER".to_owned(), 7)));
         let cids: Vec<u64> = found.iter().map(|(_, _, cid)| *cid).collect();
-        assert_eq!(cids, vec![1, 3, 6]);
+        assert_eq!(cids, vec![1, 7, 3, 6]);
         assert!(found.iter().all(|(_, server, _)| server == "NSERVER"));
 
         // Not a CONNZ answer (a late KICK answer), and a refusal.
