@@ -229,6 +229,8 @@ pub fn serve() -> Result<(), String> {
 
     let mut threads = Vec::new();
     let cache = Arc::new(ServiceAccountCache::new(metrics.clone()));
+    // Started once the policy store exists: its replacements are revoked too.
+    let mut revoker = None;
     if let Some(revocation) = &config.revocation {
         let login = match &revocation.creds {
             Some(path) => Login::CredsFile(path.clone()),
@@ -243,9 +245,9 @@ pub fn serve() -> Result<(), String> {
         .map_err(|e| format!("NATS_SYSTEM_URL: {e}"))?;
         let (tx, rx) = bounded(crate::revoke::QUEUE_CAPACITY);
         cache.report_changes_to(tx);
-        threads.push(Revoker::new(dialer, metrics.clone()).spawn(rx, stop_rx.clone())?);
+        revoker = Some((Revoker::new(dialer, metrics.clone()), rx));
         info!(
-            "live revocation on: connections of a deleted, re-created or re-annotated ServiceAccount are closed through {}",
+            "live revocation on: connections of a deleted, re-created or re-annotated ServiceAccount, and those a policy change narrows, are closed through {}",
             crate::urls::redact_urls(&revocation.url)
         );
     }
@@ -366,6 +368,12 @@ pub fn serve() -> Result<(), String> {
         config.policy_file.clone(),
     ));
     threads.extend(policy.spawn_watcher(metrics.clone(), stop_rx.clone()));
+    if let Some((revoker, rx)) = revoker {
+        let (policy_tx, policy_rx) = bounded(16);
+        policy.report_changes_to(policy_tx);
+        let revoker = revoker.with_policy_changes(policy_rx, cache.clone(), config.inbox_mode);
+        threads.push(revoker.spawn(rx, stop_rx.clone())?);
+    }
     log_permission_model(&config);
     let mut permissions = PermissionCache::new(metrics.clone(), 65_536, config.inbox_mode);
     match (&api, config.serviceaccount_events) {

@@ -13,6 +13,7 @@
 //! replica whose cache was a moment behind, which then closes it when it sees the change itself).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,9 @@ use log::{info, warn};
 use serde::Deserialize;
 
 use crate::callout::connection::{Connection, Dialer, Event};
+use crate::kube::cache::ServiceAccountCache;
 use crate::metrics::{Metrics, RevocationLabels};
+use crate::policy::{evaluate, InboxMode, PolicyChange};
 
 /// Changes waiting for the revocation thread; beyond it, a change is counted as failed.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -55,6 +58,8 @@ pub enum RevokeReason {
     Recreated,
     /// Its NATS annotations changed.
     AnnotationsChanged,
+    /// The admin policy changed what it gets.
+    PolicyChanged,
 }
 
 impl RevokeReason {
@@ -64,14 +69,16 @@ impl RevokeReason {
             RevokeReason::Deleted => "deleted",
             RevokeReason::Recreated => "recreated",
             RevokeReason::AnnotationsChanged => "annotations_changed",
+            RevokeReason::PolicyChanged => "policy_changed",
         }
     }
 
     /// Every reason, each exposed from the start.
-    pub const ALL: [RevokeReason; 3] = [
+    pub const ALL: [RevokeReason; 4] = [
         RevokeReason::Deleted,
         RevokeReason::Recreated,
         RevokeReason::AnnotationsChanged,
+        RevokeReason::PolicyChanged,
     ];
 }
 
@@ -140,18 +147,27 @@ struct KickReply {
 /// The revocation thread's state.
 pub struct Revoker {
     dialer: Dialer,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     conn: Option<Connection>,
     /// The subscription's prefix: each request's reply subject is `<inbox>.<n>`.
     inbox: String,
     next_reply: u64,
     /// When a failed connect may be retried, and whether its failure was logged.
     retry_at: Option<Instant>,
+    /// Policy replacements, and what is needed to tell whom they narrowed.
+    policy: Option<PolicyWatch>,
+}
+
+/// What the revoker needs to find the connections a policy change narrowed.
+struct PolicyWatch {
+    changes: Receiver<PolicyChange>,
+    cache: Arc<ServiceAccountCache>,
+    mode: InboxMode,
 }
 
 impl Revoker {
     /// A revoker connecting with `dialer` (the system-account user's URL, login and TLS).
-    pub fn new(dialer: Dialer, metrics: std::sync::Arc<Metrics>) -> Revoker {
+    pub fn new(dialer: Dialer, metrics: Arc<Metrics>) -> Revoker {
         Revoker {
             dialer: dialer.renamed(CLIENT_NAME),
             metrics,
@@ -163,7 +179,25 @@ impl Revoker {
             ),
             next_reply: 0,
             retry_at: None,
+            policy: None,
         }
+    }
+
+    /// Also closes the connections a replaced policy gives less: their account (from `cache`)
+    /// is evaluated under the old and the new policy (with `mode`), and those whose account or
+    /// permissions differ go.
+    pub fn with_policy_changes(
+        mut self,
+        changes: Receiver<PolicyChange>,
+        cache: Arc<ServiceAccountCache>,
+        mode: InboxMode,
+    ) -> Revoker {
+        self.policy = Some(PolicyWatch {
+            changes,
+            cache,
+            mode,
+        });
+        self
     }
 
     /// Runs until `stop` fires, taking revocations from `rx`.
@@ -182,6 +216,23 @@ impl Revoker {
                     return;
                 }
                 self.ensure_connected();
+                let policy_change = self.policy.as_ref().and_then(|p| {
+                    // Several replacements queued: the oldest policy against the newest.
+                    let mut changes = p.changes.try_iter();
+                    let first = changes.next()?;
+                    let last = changes.last();
+                    Some(match last {
+                        Some(last) => PolicyChange {
+                            old: first.old,
+                            new: last.new,
+                            seen: last.seen,
+                        },
+                        None => first,
+                    })
+                });
+                if let Some(change) = policy_change {
+                    self.revoke_for_policy(&change);
+                }
                 match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(first) => {
                         // Everything queued meanwhile goes in the same search.
@@ -299,14 +350,14 @@ impl Revoker {
         let found = if targets.len() <= FILTERED_AT_MOST {
             let mut found = Vec::new();
             for user in targets.keys() {
-                match self.find(Some(user), &seen) {
+                match self.find(Some(user), &|u| seen.get(u).copied()) {
                     Ok(mut f) => found.append(&mut f),
                     Err(why) => self.failed(&targets[user], &why),
                 }
             }
             found
         } else {
-            match self.find(None, &seen) {
+            match self.find(None, &|u| seen.get(u).copied()) {
                 Ok(found) => found,
                 Err(why) => {
                     for revocation in targets.values() {
@@ -349,6 +400,67 @@ impl Revoker {
         }
     }
 
+    /// Closes the connections whose account the new policy places elsewhere, grants other
+    /// permissions, or no longer serves. Accounts the cache does not hold are left to their
+    /// deletion's revocation.
+    fn revoke_for_policy(&mut self, change: &PolicyChange) {
+        let label = RevokeReason::PolicyChanged.label();
+        self.metrics
+            .revocations
+            .get_or_create(&RevocationLabels { reason: label })
+            .inc();
+        let Some(watch) = self.policy.as_ref() else {
+            return;
+        };
+        let (cache, mode) = (watch.cache.clone(), watch.mode);
+        let narrowed = |user: &str| -> Option<jiff::Timestamp> {
+            let (namespace, name) = user
+                .strip_prefix("system:serviceaccount:")?
+                .split_once(':')?;
+            let sa = cache.get(namespace, name)?;
+            let before = evaluate(&sa, &change.old.policy, mode).ok()?;
+            let differs = match evaluate(&sa, &change.new.policy, mode) {
+                Ok(after) => {
+                    after.account != before.account || after.permissions != before.permissions
+                }
+                Err(_) => true,
+            };
+            differs.then_some(change.seen)
+        };
+        let found = match self.find(None, &narrowed) {
+            Ok(found) => found,
+            Err(why) => {
+                self.metrics.revocation_failures.inc();
+                warn!("revocation: cannot look up the connections the new policy changes: {why}");
+                return;
+            }
+        };
+        let (mut closed, mut failed) = (0u64, 0u64);
+        for (user, server_id, cid) in &found {
+            match self.kick(server_id, *cid) {
+                Ok(()) => closed += 1,
+                Err(why) => {
+                    failed += 1;
+                    warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                }
+            }
+        }
+        self.metrics.connections_revoked.inc_by(closed);
+        if failed > 0 {
+            self.metrics.revocation_failures.inc();
+        }
+        info!(
+            "revocation: the policy changed (generation {} to {}): closed {closed} connection(s) whose grant it changes{}",
+            change.old.generation,
+            change.new.generation,
+            if failed > 0 {
+                format!(", {failed} could not be closed")
+            } else {
+                String::new()
+            }
+        );
+    }
+
     /// Counts and logs a change whose connections could not be looked up.
     fn failed(&self, revocation: &Revocation, why: &str) {
         self.metrics.revocation_failures.inc();
@@ -360,13 +472,13 @@ impl Revoker {
         );
     }
 
-    /// (user, server id, client id) of every connection of the users of `seen` that started
-    /// before their change was seen, on every server that answers; `user` narrows the search
-    /// to one of them on the servers' side.
+    /// (user, server id, client id) of every connection whose user `seen` gives a change time
+    /// for and that started before it, on every server that answers; `user` narrows the search
+    /// to one user on the servers' side.
     fn find(
         &mut self,
         user: Option<&str>,
-        seen: &HashMap<String, jiff::Timestamp>,
+        seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
     ) -> Result<Vec<(String, String, u64)>, String> {
         let ask = |offset: usize| {
             let mut q = serde_json::json!({"auth": true, "limit": PAGE, "offset": offset});
@@ -500,12 +612,12 @@ fn valid_server_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
-/// Adds the connections of the users of `seen` that started before their change was seen, in
-/// one CONNZ answer, to `found`; returns the answering server and how many connections the page
+/// Adds the connections whose user `seen` gives a change time for and that started before it,
+/// in one CONNZ answer, to `found`; returns the answering server and how many connections the page
 /// held.
 fn collect(
     reply: &[u8],
-    seen: &HashMap<String, jiff::Timestamp>,
+    seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
     found: &mut Vec<(String, String, u64)>,
 ) -> Result<Option<(String, usize)>, String> {
     let Ok(reply) = serde_json::from_slice::<ConnzReply>(reply) else {
@@ -523,7 +635,7 @@ fn collect(
     for c in connections {
         // The server filters by user when asked to; an earlier request's late answer, or a
         // search of every connection, names others.
-        let Some(changed) = seen.get(&c.authorized_user) else {
+        let Some(changed) = seen(&c.authorized_user) else {
             continue;
         };
         // A connection that started after the change was decided on the current state. The
@@ -581,6 +693,7 @@ mod tests {
         })
         .to_string();
         let mut found = Vec::new();
+        let seen = |u: &str| seen.get(u).copied();
         let page = collect(reply.as_bytes(), &seen, &mut found).unwrap();
         assert_eq!(page, Some(("NSERVER".to_owned(), 7)));
         let cids: Vec<u64> = found.iter().map(|(_, _, cid)| *cid).collect();

@@ -62,13 +62,11 @@ fn a_deleted_account_loses_its_connections_and_is_refused_on_reconnect() {
         .wait_for("both counted", WAIT, || revoked(&s) >= 2.0);
     assert_eq!(revoked(&s), 2.0);
     assert_eq!(reason(&s, "deleted"), 1.0);
-    assert!(
+    s.service.wait_for("the revocation's line", WAIT, || {
         s.service
             .log()
-            .contains("revocation: closed 2 connection(s) of team-a/app (deleted)"),
-        "{}",
-        s.service.log()
-    );
+            .contains("revocation: closed 2 connection(s) of team-a/app (deleted)")
+    });
     // The reconnect is refused; the other namespace's client never noticed.
     s.assert_denied(&token, "serviceaccount_not_found");
     assert!(b.round_trip("team-b.still-here"));
@@ -288,4 +286,60 @@ fn a_deleted_namespace_closes_the_connections_of_all_its_accounts() {
         .wait_for("all counted", WAIT, || revoked(&s) >= 6.0);
     assert_eq!(reason(&s, "deleted"), 6.0);
     assert!(other.round_trip("team-b.untouched"));
+}
+
+#[test]
+fn a_narrower_policy_closes_exactly_the_connections_whose_grant_it_changes() {
+    // team-c/svc may publish shared.x through its annotation while the policy allows shared.>;
+    // team-b/other has no annotation: the policy's annotation patterns change nothing for it.
+    let s = StackBuilder::new()
+        .account("team-b", "other", &[])
+        .account(
+            "team-c",
+            "svc",
+            &[("nats.io/allowed-pub-subjects", "shared.x")],
+        )
+        .policy("annotations:\n  publish: [\"shared.>\"]\n")
+        .revocation()
+        .start();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let narrowed = connect(&s, "team-c", "svc");
+    let unchanged = connect(&s, "team-b", "other");
+    assert!(narrowed.can_publish("shared.x"));
+    s.replace_policy("annotations:\n  publish: []\n");
+    // The policy file is polled every 2 s and read once it stood still for one more poll.
+    let policy_bound = BOUND + Duration::from_secs(6);
+    assert!(
+        narrowed.wait_disconnected(policy_bound).is_some(),
+        "{}",
+        s.service.log()
+    );
+    // The line comes once the server has answered the KICK, after the client saw the close.
+    s.service.wait_for("the revocation's line", WAIT, || {
+        s.service
+            .log()
+            .contains("closed 1 connection(s) whose grant it changes")
+    });
+    assert_eq!(reason(&s, "policy_changed"), 1.0);
+    assert!(unchanged
+        .wait_disconnected(Duration::from_millis(300))
+        .is_none());
+    assert!(unchanged.round_trip("team-b.untouched"));
+    // The client came back by itself with the narrower grant.
+    s.service.wait_for("the reconnect's grant", WAIT, || {
+        s.service.decisions("allow", "granted") >= 3.0
+    });
+    assert!(!narrowed.can_publish("shared.x"), "{}", s.service.log());
+
+    // A policy that no longer serves a namespace closes its connections; the reconnect is refused.
+    let token = s.token("team-b", "other");
+    s.replace_policy("namespaces:\n  exclude: [team-b]\nannotations:\n  publish: []\n");
+    assert!(
+        unchanged.wait_disconnected(policy_bound).is_some(),
+        "{}",
+        s.service.log()
+    );
+    s.assert_denied(&token, "namespace_not_allowed");
 }

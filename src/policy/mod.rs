@@ -26,7 +26,7 @@ pub mod store;
 pub mod subject;
 
 pub use admin::{AdminPolicy, Bounds, Governance, NotServed, Placement, PolicyError};
-pub use store::{LoadedPolicy, PolicyStore};
+pub use store::{LoadedPolicy, PolicyChange, PolicyStore};
 pub use subject::{is_valid_subject, lies_within};
 
 /// Annotation listing extra subjects the account may publish to (comma-separated).

@@ -30,6 +30,19 @@ pub struct LoadedPolicy {
 pub struct PolicyStore {
     current: RwLock<Arc<LoadedPolicy>>,
     file: Option<PathBuf>,
+    /// Where a replaced policy is reported, when revocation is on.
+    changes: std::sync::OnceLock<crossbeam_channel::Sender<PolicyChange>>,
+}
+
+/// A policy replaced by another: the live connections it decided may now get less.
+#[derive(Debug, Clone)]
+pub struct PolicyChange {
+    /// The policy that was in use.
+    pub old: Arc<LoadedPolicy>,
+    /// The one in use now.
+    pub new: Arc<LoadedPolicy>,
+    /// When the change was seen.
+    pub seen: jiff::Timestamp,
 }
 
 impl PolicyStore {
@@ -41,7 +54,15 @@ impl PolicyStore {
                 generation: 1,
             })),
             file,
+            changes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, reports every replacement of the policy to `changes` (a full queue drops
+    /// the report: the next one carries the older policy's decisions too, as they are compared
+    /// with the current state of each connection's account).
+    pub fn report_changes_to(&self, changes: crossbeam_channel::Sender<PolicyChange>) {
+        let _ = self.changes.set(changes);
     }
 
     /// The policy in use now.
@@ -57,10 +78,19 @@ impl PolicyStore {
         let policy = AdminPolicy::load(path)?;
         let mut current = self.current.write();
         if current.policy != policy {
-            *current = Arc::new(LoadedPolicy {
+            let new = Arc::new(LoadedPolicy {
                 policy,
                 generation: current.generation + 1,
             });
+            let old = std::mem::replace(&mut *current, new.clone());
+            drop(current);
+            if let Some(tx) = self.changes.get() {
+                let _ = tx.try_send(PolicyChange {
+                    old,
+                    new,
+                    seen: jiff::Timestamp::now(),
+                });
+            }
         }
         Ok(())
     }
