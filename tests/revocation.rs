@@ -343,3 +343,29 @@ fn a_narrower_policy_closes_exactly_the_connections_whose_grant_it_changes() {
     );
     s.assert_denied(&token, "namespace_not_allowed");
 }
+
+#[test]
+fn operator_mode_closes_connections_through_the_system_accounts_creds() {
+    // The system-account user of `keys operator` (creds/sys.creds) finds and closes the deleted
+    // account's connection; the reconnect is refused.
+    let s = support::operator::OperatorStackBuilder::new()
+        .config("nats-memory-default-sentinel.conf")
+        .account("team-b", "other", &[])
+        .revocation()
+        .start();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let a = s.connect("team-a", "app");
+    let b = s.connect("team-b", "other");
+    let token = s.token("team-a", "app");
+    s.api.delete_service_account("team-a", "app");
+    assert!(a.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    s.service.wait_for("the revocation's line", WAIT, || {
+        s.service
+            .log()
+            .contains("revocation: closed 1 connection(s) of team-a/app (deleted)")
+    });
+    s.assert_denied(&token, "serviceaccount_not_found");
+    assert!(b.wait_disconnected(Duration::from_millis(300)).is_none());
+}

@@ -184,6 +184,7 @@ pub struct OperatorStackBuilder {
     accounts: Vec<AccountSpec>,
     policy: Option<Policy>,
     prepare: Vec<Prepare>,
+    revocation: bool,
 }
 
 impl OperatorStackBuilder {
@@ -197,7 +198,15 @@ impl OperatorStackBuilder {
             accounts: vec![account_spec("team-a", "app", &[])],
             policy: None,
             prepare: Vec::new(),
+            revocation: false,
         }
+    }
+
+    /// The service closes revoked connections as the generated system-account user
+    /// (`NATS_SYSTEM_URL` and `NATS_SYSTEM_CREDS_FILE` = `creds/sys.creds`).
+    pub fn revocation(mut self) -> Self {
+        self.revocation = true;
+        self
     }
 
     /// More arguments to `keys operator` (`--no-xkey`, `--client-account NAME`).
@@ -292,6 +301,12 @@ impl OperatorStackBuilder {
         });
         if let Some(path) = &policy_file {
             b = b.env("POLICY_FILE", path_str(path));
+        }
+        if self.revocation {
+            b = b.env("NATS_SYSTEM_URL", &nats.url()).env(
+                "NATS_SYSTEM_CREDS_FILE",
+                path_str(&keys.path("creds/sys.creds")),
+            );
         }
         for prepare in self.prepare {
             for (k, v) in prepare(&keys) {
