@@ -55,7 +55,8 @@ EVERYTHING = {
     "rbac": {"issuerDiscovery": True},
     # The token-request branch (a Role and its binding) and the sentinel's Secret volume; the
     # projected token is the minimal render's.
-    "revocation": {"systemUrlSecret": {"existingSecret": "nats-sys-url"}},
+    "revocation": {"systemUrlSecret": {"existingSecret": "nats-sys-url"},
+                   "systemCredentials": {"existingSecret": "nats-sys-creds"}},
     "selfCheck": {"token": "tokenRequest", "readiness": True, "interval": "30s",
                   "sentinelCreds": {"existingSecret": "nats-sentinel"}},
     "podDisruptionBudget": {"minAvailable": "50%"},

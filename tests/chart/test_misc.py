@@ -91,6 +91,17 @@ def test_revocation_takes_the_system_url_from_its_secret_only(render):
     }
 
 
+def test_revocation_in_operator_mode_mounts_the_system_users_creds(render_error, render):
+    r = render({"revocation": {"systemUrlSecret": {"existingSecret": "nats-sys-url"},
+                               "systemCredentials": {"existingSecret": "nats-sys-creds"}}})
+    assert r.env["NATS_SYSTEM_CREDS_FILE"]["value"] == "/etc/nats-k8s-oidc-callout/system/sys.creds"
+    assert r.mount("system-creds")["mountPath"] == "/etc/nats-k8s-oidc-callout/system"
+    assert r.volume("system-creds")["secret"]["items"] == [{"key": "sys.creds", "path": "sys.creds"}]
+    assert "NATS_SYSTEM_CREDS_FILE" not in render().env
+    msg = render_error({"revocation": {"systemCredentials": {"existingSecret": "nats-sys-creds"}}})
+    assert "revocation.systemCredentials needs revocation.systemUrlSecret" in msg
+
+
 def test_self_check_off(render):
     r = render({"selfCheck": {"enabled": False, "token": "tokenRequest"}})
     assert not any(name.startswith("SELF_CHECK_") for name in r.env)
