@@ -300,13 +300,14 @@ impl ServiceAccountCache {
 
     /// Applies one watch change.
     pub fn apply(&self, change: Change) {
+        let reporting = self.revocations.get().is_some();
         let mut revoked = None;
         let len = {
             let mut inner = self.inner.write();
             inner.seq += 1;
             match change {
                 Change::Upsert(sa) => {
-                    if let Some(held) = inner.get(&sa.namespace, &sa.name) {
+                    if let Some(held) = inner.get(&sa.namespace, &sa.name).filter(|_| reporting) {
                         revoked = revocation_of(held, Some(&sa));
                     }
                     inner.insert(sa);
@@ -319,7 +320,9 @@ impl ServiceAccountCache {
                         .is_some_and(|held| held.uid == sa.uid);
                     if same {
                         inner.remove(&sa.namespace, &sa.name);
-                        revoked = revocation_of(&sa, None);
+                        if reporting {
+                            revoked = revocation_of(&sa, None);
+                        }
                     }
                     let now = Instant::now();
                     let seq = inner.seq;
