@@ -721,4 +721,77 @@ mod tests {
             assert!(!valid_server_id(bad), "{bad:?}");
         }
     }
+
+    /// A fake nats-server answering CONNZ (after sending `stale` to an earlier reply subject of
+    /// the inbox) and KICK; the kicked client ids go to the returned channel.
+    fn fake_cluster(stale: &'static str, connz: String) -> (u16, crossbeam_channel::Receiver<u64>) {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut w = s.try_clone().unwrap();
+            w.write_all(b"INFO {\"max_payload\":1048576}\r\n").unwrap();
+            let mut lines = BufReader::new(s).lines();
+            let mut inbox = String::new();
+            while let Some(Ok(line)) = lines.next() {
+                let words: Vec<&str> = line.split(' ').collect();
+                let send = |w: &mut std::net::TcpStream, subject: &str, body: &str| {
+                    let _ = write!(w, "MSG {subject} 1 {}\r\n{body}\r\n", body.len());
+                };
+                match words.as_slice() {
+                    ["PING"] => {
+                        let _ = w.write_all(b"PONG\r\n");
+                    }
+                    ["SUB", subject, _] => inbox = subject.trim_end_matches(".*").to_owned(),
+                    ["PUB", subject, reply, _] => {
+                        let body = lines.next().unwrap().unwrap();
+                        if subject.ends_with(".CONNZ") {
+                            send(&mut w, &format!("{inbox}.0"), stale);
+                            send(&mut w, reply, &connz);
+                        } else if subject.ends_with(".KICK") {
+                            let cid: serde_json::Value = serde_json::from_str(&body).unwrap();
+                            let _ = tx.send(cid["cid"].as_u64().unwrap());
+                            send(&mut w, reply, r#"{"server":{"id":"NS1"}}"#);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        (port, rx)
+    }
+
+    fn connected_revoker(port: u16) -> Revoker {
+        let dialer = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            crate::callout::connection::Login::None,
+            Default::default(),
+            "test",
+        )
+        .unwrap();
+        let mut r = Revoker::new(dialer, Arc::new(Metrics::default()));
+        let mut conn = r.dialer.connect().unwrap();
+        conn.subscribe(&format!("{}.*", r.inbox)).unwrap();
+        r.conn = Some(conn);
+        r
+    }
+
+    #[test]
+    fn a_late_answer_to_an_earlier_request_does_not_spoil_the_next_search() {
+        // An earlier KICK answered after its wait (a slow server): its error must not be taken
+        // for a refusal of the CONNZ search that follows, which would drop the revocation.
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 5, "authorized_user": "system:serviceaccount:a:x", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let stale = r#"{"server":{"id":"NS1"},"error":{"code":400,"description":"no such client"}}"#;
+        let (port, kicked) = fake_cluster(stale, connz);
+        let mut r = connected_revoker(port);
+        r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
+        assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(r.metrics.revocation_failures.get(), 0);
+    }
+
 }

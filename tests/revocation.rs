@@ -343,3 +343,55 @@ fn a_narrower_policy_closes_exactly_the_connections_whose_grant_it_changes() {
     );
     s.assert_denied(&token, "namespace_not_allowed");
 }
+
+#[test]
+fn a_user_pass_client_of_a_deleted_account_is_closed_whatever_user_name_it_gave() {
+    // MQTT-style clients present the token as the password of a user name of their choice; the
+    // name must not hide the connection from the revocation's search (nor make it another's).
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let token = s.token("team-a", "app");
+    let plain = support::client::connect_user_pass(&s.url(), "device-1", &token)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.service.log()));
+    let disguised =
+        support::client::connect_user_pass(&s.url(), "system:serviceaccount:team-b:other", &token)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.service.log()));
+    let b = connect(&s, "team-b", "other");
+    s.api.delete_service_account("team-a", "app");
+    for c in [&plain, &disguised] {
+        assert!(
+            c.wait_disconnected(BOUND).is_some(),
+            "a user/pass client kept its grant:\n{}",
+            s.service.log()
+        );
+    }
+    assert!(b.round_trip("team-b.untouched"));
+}
+
+#[test]
+fn a_client_naming_itself_after_another_account_is_not_closed_with_it() {
+    // The user name a client gives is not what nats-server searches by: the user JWT's name is.
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let disguised = support::client::connect_user_pass(
+        &s.url(),
+        "system:serviceaccount:team-b:other",
+        &s.token("team-a", "app"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.service.log()));
+    let b = connect(&s, "team-b", "other");
+    s.api.delete_service_account("team-b", "other");
+    assert!(b.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    s.service
+        .wait_for("counted", WAIT, || revoked(&s) >= 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(revoked(&s), 1.0, "{}", s.service.log());
+    assert!(disguised.round_trip("team-a.untouched"));
+    assert!(disguised
+        .wait_disconnected(Duration::from_millis(100))
+        .is_none());
+}
