@@ -386,8 +386,7 @@ fn a_client_naming_itself_after_another_account_is_not_closed_with_it() {
     let b = connect(&s, "team-b", "other");
     s.api.delete_service_account("team-b", "other");
     assert!(b.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
-    s.service
-        .wait_for("counted", WAIT, || revoked(&s) >= 1.0);
+    s.service.wait_for("counted", WAIT, || revoked(&s) >= 1.0);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(revoked(&s), 1.0, "{}", s.service.log());
     assert!(disguised.round_trip("team-a.untouched"));
