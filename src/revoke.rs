@@ -726,38 +726,61 @@ mod tests {
     /// A fake nats-server answering CONNZ (after sending `stale` to an earlier reply subject of
     /// the inbox) and KICK; the kicked client ids go to the returned channel.
     fn fake_cluster(stale: &'static str, connz: String) -> (u16, crossbeam_channel::Receiver<u64>) {
+        fake_cluster_dropping(0, stale, connz)
+    }
+
+    /// [`fake_cluster`] whose first `dropped` connections are closed at their first CONNZ.
+    fn fake_cluster_dropping(
+        dropped: usize,
+        stale: &'static str,
+        connz: String,
+    ) -> (u16, crossbeam_channel::Receiver<u64>) {
         use std::io::{BufRead, BufReader, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let (tx, rx) = crossbeam_channel::unbounded();
         std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            let mut w = s.try_clone().unwrap();
-            w.write_all(b"INFO {\"max_payload\":1048576}\r\n").unwrap();
-            let mut lines = BufReader::new(s).lines();
-            let mut inbox = String::new();
-            while let Some(Ok(line)) = lines.next() {
-                let words: Vec<&str> = line.split(' ').collect();
-                let send = |w: &mut std::net::TcpStream, subject: &str, body: &str| {
-                    let _ = write!(w, "MSG {subject} 1 {}\r\n{body}\r\n", body.len());
-                };
-                match words.as_slice() {
-                    ["PING"] => {
-                        let _ = w.write_all(b"PONG\r\n");
-                    }
-                    ["SUB", subject, _] => inbox = subject.trim_end_matches(".*").to_owned(),
-                    ["PUB", subject, reply, _] => {
-                        let body = lines.next().unwrap().unwrap();
-                        if subject.ends_with(".CONNZ") {
-                            send(&mut w, &format!("{inbox}.0"), stale);
-                            send(&mut w, reply, &connz);
-                        } else if subject.ends_with(".KICK") {
-                            let cid: serde_json::Value = serde_json::from_str(&body).unwrap();
-                            let _ = tx.send(cid["cid"].as_u64().unwrap());
-                            send(&mut w, reply, r#"{"server":{"id":"NS1"}}"#);
+            for (i, s) in l.incoming().enumerate() {
+                let s = s.unwrap();
+                let mut w = s.try_clone().unwrap();
+                w.write_all(b"INFO {\"max_payload\":1048576}\r\n").unwrap();
+                let mut lines = BufReader::new(s).lines();
+                let mut inbox = String::new();
+                while let Some(Ok(line)) = lines.next() {
+                    let words: Vec<&str> = line.split(' ').collect();
+                    let send = |w: &mut std::net::TcpStream, subject: &str, body: &str| {
+                        let _ = write!(w, "MSG {subject} 1 {}\r\n{body}\r\n", body.len());
+                    };
+                    match words.as_slice() {
+                        ["PING"] => {
+                            let _ = w.write_all(b"PONG\r\n");
                         }
+                        ["SUB", subject, _] => inbox = subject.trim_end_matches(".*").to_owned(),
+                        ["PUB", subject, reply, _] => {
+                            let body = lines.next().unwrap().unwrap();
+                            if subject.ends_with(".CONNZ") && i < dropped {
+                                let _ = w.shutdown(std::net::Shutdown::Both);
+                                break;
+                            } else if subject.ends_with(".CONNZ") {
+                                send(&mut w, &format!("{inbox}.0"), stale);
+                                send(&mut w, reply, &connz);
+                            } else if subject.ends_with(".KICK") {
+                                let cid: serde_json::Value = serde_json::from_str(&body).unwrap();
+                                let cid = cid["cid"].as_u64().unwrap();
+                                if cid == 0 {
+                                    send(
+                                        &mut w,
+                                        reply,
+                                        r#"{"error":{"code":400,"description":"no such client"}}"#,
+                                    );
+                                } else {
+                                    let _ = tx.send(cid);
+                                    send(&mut w, reply, r#"{"server":{"id":"NS1"}}"#);
+                                }
+                            }
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
         });
@@ -790,6 +813,21 @@ mod tests {
         let stale =
             r#"{"server":{"id":"NS1"},"error":{"code":400,"description":"no such client"}}"#;
         let (port, kicked) = fake_cluster(stale, connz);
+        let mut r = connected_revoker(port);
+        r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
+        assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(r.metrics.revocation_failures.get(), 0);
+    }
+
+    #[test]
+    fn a_search_cut_by_a_lost_connection_is_made_again_on_a_new_one() {
+        // The system connection died unnoticed (its server restarted): the change that found it
+        // dead is searched again once reconnected rather than dropped.
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 5, "authorized_user": "system:serviceaccount:a:x", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let (port, kicked) = fake_cluster_dropping(1, "{}", connz);
         let mut r = connected_revoker(port);
         r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
         assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);

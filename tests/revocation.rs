@@ -394,3 +394,79 @@ fn a_client_naming_itself_after_another_account_is_not_closed_with_it() {
         .wait_disconnected(Duration::from_millis(100))
         .is_none());
 }
+
+/// A bare NATS connection presenting `token` (no client library: a thousand of them are cheap).
+fn raw_connect(url: &str, token: &str) -> std::net::TcpStream {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = url.trim_start_matches("nats://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut info = String::new();
+    r.read_line(&mut info).unwrap();
+    assert!(info.starts_with("INFO "), "{info}");
+    let connect = serde_json::json!({"verbose": false, "pedantic": false, "protocol": 1, "auth_token": token});
+    write!(s, "CONNECT {connect}\r\nPING\r\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "PONG\r\n", "refused");
+    s
+}
+
+/// Whether the server closed `s` within `within` (it sends nothing else to an idle client).
+fn closed(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a PING, or an -ERR before the close
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn more_connections_of_one_account_than_a_connz_page_are_all_closed() {
+    // nats-server answers CONNZ 1024 connections at a time: the rest are on later pages.
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let token = s.token("team-a", "app");
+    let mut many: Vec<std::net::TcpStream> =
+        (0..1100).map(|_| raw_connect(&s.url(), &token)).collect();
+    let b = connect(&s, "team-b", "other");
+    s.api.delete_service_account("team-a", "app");
+    s.service
+        .wait_for("all counted", Duration::from_secs(60), || {
+            revoked(&s) >= 1100.0
+        });
+    let open = many
+        .iter_mut()
+        .filter(|c| !closed(&mut (*c).try_clone().unwrap(), Duration::from_millis(50)))
+        .count();
+    assert_eq!(
+        open,
+        0,
+        "{}",
+        s.service
+            .log()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(revoked(&s), 1100.0);
+    assert!(b.round_trip("team-b.untouched"));
+}
