@@ -350,14 +350,14 @@ impl Revoker {
         let found = if targets.len() <= FILTERED_AT_MOST {
             let mut found = Vec::new();
             for user in targets.keys() {
-                match self.find(Some(user), &|u| seen.get(u).copied()) {
+                match self.find_again_if_lost(Some(user), &|u| seen.get(u).copied()) {
                     Ok(mut f) => found.append(&mut f),
                     Err(why) => self.failed(&targets[user], &why),
                 }
             }
             found
         } else {
-            match self.find(None, &|u| seen.get(u).copied()) {
+            match self.find_again_if_lost(None, &|u| seen.get(u).copied()) {
                 Ok(found) => found,
                 Err(why) => {
                     for revocation in targets.values() {
@@ -427,7 +427,7 @@ impl Revoker {
             };
             differs.then_some(change.seen)
         };
-        let found = match self.find(None, &narrowed) {
+        let found = match self.find_again_if_lost(None, &narrowed) {
             Ok(found) => found,
             Err(why) => {
                 self.metrics.revocation_failures.inc();
@@ -470,6 +470,26 @@ impl Revoker {
             revocation.name,
             revocation.reason.label()
         );
+    }
+
+    /// [`Revoker::find`], made once more on a new connection when the system connection was
+    /// found lost meanwhile (a server restart not noticed yet): the change is not dropped for it.
+    fn find_again_if_lost(
+        &mut self,
+        user: Option<&str>,
+        seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
+    ) -> Result<Vec<(String, String, u64)>, String> {
+        let had_connection = self.conn.is_some();
+        match self.find(user, seen) {
+            Err(why) if had_connection && self.conn.is_none() => {
+                self.ensure_connected();
+                if self.conn.is_none() {
+                    return Err(why);
+                }
+                self.find(user, seen)
+            }
+            found => found,
+        }
     }
 
     /// (user, server id, client id) of every connection whose user `seen` gives a change time
