@@ -216,23 +216,7 @@ impl Revoker {
                     return;
                 }
                 self.ensure_connected();
-                let policy_change = self.policy.as_ref().and_then(|p| {
-                    // Several replacements queued: the oldest policy against the newest.
-                    let mut changes = p.changes.try_iter();
-                    let first = changes.next()?;
-                    let last = changes.last();
-                    Some(match last {
-                        Some(last) => PolicyChange {
-                            old: first.old,
-                            new: last.new,
-                            seen: last.seen,
-                        },
-                        None => first,
-                    })
-                });
-                if let Some(change) = policy_change {
-                    self.revoke_for_policy(&change);
-                }
+                self.revoke_queued_policy_changes();
                 match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(first) => {
                         // Everything queued meanwhile goes in the same search.
@@ -397,6 +381,26 @@ impl Revoker {
                     String::new()
                 }
             );
+        }
+    }
+
+    /// Handles the policy replacements queued (several: the oldest policy against the newest).
+    fn revoke_queued_policy_changes(&mut self) {
+        let policy_change = self.policy.as_ref().and_then(|p| {
+            let mut changes = p.changes.try_iter();
+            let first = changes.next()?;
+            let last = changes.last();
+            Some(match last {
+                Some(last) => PolicyChange {
+                    old: first.old,
+                    new: last.new,
+                    seen: last.seen,
+                },
+                None => first,
+            })
+        });
+        if let Some(change) = policy_change {
+            self.revoke_for_policy(&change);
         }
     }
 
@@ -852,5 +856,52 @@ mod tests {
         r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
         assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
         assert_eq!(r.metrics.revocation_failures.get(), 0);
+    }
+
+    #[test]
+    fn a_widening_undone_before_the_revoker_looked_still_closes_what_it_granted() {
+        // Generation 1 gives a/x nothing beyond its namespace, 2 (a mistake) shared.>, 3 undoes
+        // it. Both replacements queued while the revoker was busy: 1 against 3 changes nothing,
+        // but a connection granted under 2 holds shared.> and must go.
+        use crate::policy::{AdminPolicy, LoadedPolicy};
+        let loaded = |generation: u64, yaml: &str| {
+            Arc::new(LoadedPolicy {
+                policy: AdminPolicy::parse(yaml).unwrap(),
+                generation,
+            })
+        };
+        let narrow = "annotations:\n  publish: []\n";
+        let (p1, p2, p3) = (
+            loaded(1, narrow),
+            loaded(2, "annotations:\n  publish: [\"shared.>\"]\n"),
+            loaded(3, narrow),
+        );
+        let cache = Arc::new(ServiceAccountCache::new(Arc::new(Metrics::default())));
+        cache.replace_all(vec![crate::kube::object::ServiceAccount::for_test(
+            "a", "x", "u",
+        )
+        .with_annotation("nats.io/allowed-pub-subjects", "shared.x")]);
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 5, "authorized_user": "system:serviceaccount:a:x", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let (port, kicked) = fake_cluster("{}", connz);
+        let (tx, changes) = crossbeam_channel::unbounded();
+        let mut r = connected_revoker(port).with_policy_changes(changes, cache, InboxMode::Shared);
+        let seen = jiff::Timestamp::now();
+        tx.send(PolicyChange {
+            old: p1,
+            new: p2.clone(),
+            seen,
+        })
+        .unwrap();
+        tx.send(PolicyChange {
+            old: p2,
+            new: p3,
+            seen,
+        })
+        .unwrap();
+        r.revoke_queued_policy_changes();
+        assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
     }
 }

@@ -470,3 +470,35 @@ fn more_connections_of_one_account_than_a_connz_page_are_all_closed() {
     assert_eq!(revoked(&s), 1100.0);
     assert!(b.round_trip("team-b.untouched"));
 }
+
+#[test]
+fn the_system_users_password_is_never_logged() {
+    // At trace, refused (a wrong password) and accepted, through a revocation.
+    let refused = StackBuilder::new()
+        .revocation_via(|port| format!("nats://sys:Wrong-Sys-Pass@127.0.0.1:{port}"))
+        .env("LOG_LEVEL", "trace")
+        .start();
+    let _a = connect(&refused, "team-a", "app");
+    refused.api.delete_service_account("team-a", "app");
+    refused.service.wait_for("a counted failure", WAIT, || {
+        refused
+            .service
+            .metric("nats_callout_revocation_failures_total")
+            >= 1.0
+    });
+    let log = refused.service.log();
+    assert!(log.contains("cannot connect to nats"), "{log}");
+    assert!(!log.contains("Wrong-Sys-Pass"), "{log}");
+
+    let s = StackBuilder::new()
+        .revocation()
+        .env("LOG_LEVEL", "trace")
+        .start();
+    let a = connect(&s, "team-a", "app");
+    s.api.delete_service_account("team-a", "app");
+    assert!(a.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    s.service.wait_for("counted", WAIT, || revoked(&s) >= 1.0);
+    let log = s.service.log();
+    assert!(log.contains("revocation: connected to nats"), "{log}");
+    assert!(!log.contains("sys-secret"), "{log}");
+}
