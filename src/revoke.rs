@@ -384,30 +384,26 @@ impl Revoker {
         }
     }
 
-    /// Handles the policy replacements queued (several: the oldest policy against the newest).
+    /// Handles the policy replacements queued, together: a connection may have been granted
+    /// under any policy of the chain, not only the first.
     fn revoke_queued_policy_changes(&mut self) {
-        let policy_change = self.policy.as_ref().and_then(|p| {
-            let mut changes = p.changes.try_iter();
-            let first = changes.next()?;
-            let last = changes.last();
-            Some(match last {
-                Some(last) => PolicyChange {
-                    old: first.old,
-                    new: last.new,
-                    seen: last.seen,
-                },
-                None => first,
-            })
-        });
-        if let Some(change) = policy_change {
-            self.revoke_for_policy(&change);
+        let changes: Vec<PolicyChange> = match self.policy.as_ref() {
+            Some(p) => p.changes.try_iter().collect(),
+            None => return,
+        };
+        if !changes.is_empty() {
+            self.revoke_for_policy(&changes);
         }
     }
 
-    /// Closes the connections whose account the new policy places elsewhere, grants other
-    /// permissions, or no longer serves. Accounts the cache does not hold are left to their
-    /// deletion's revocation.
-    fn revoke_for_policy(&mut self, change: &PolicyChange) {
+    /// Closes the connections whose account the newest policy of `changes` (consecutive
+    /// replacements) places elsewhere, grants other permissions, or no longer serves, compared
+    /// with any earlier policy of the chain that served it. Accounts the cache does not hold are
+    /// left to their deletion's revocation.
+    fn revoke_for_policy(&mut self, changes: &[PolicyChange]) {
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+            return;
+        };
         let label = RevokeReason::PolicyChanged.label();
         self.metrics
             .revocations
@@ -417,19 +413,25 @@ impl Revoker {
             return;
         };
         let (cache, mode) = (watch.cache.clone(), watch.mode);
+        // Every policy a live connection may have been granted under, then the one in force.
+        let earlier: Vec<&crate::policy::AdminPolicy> = std::iter::once(&first.old.policy)
+            .chain(changes[..changes.len() - 1].iter().map(|c| &c.new.policy))
+            .collect();
+        let (newest, seen) = (&last.new.policy, last.seen);
         let narrowed = |user: &str| -> Option<jiff::Timestamp> {
             let (namespace, name) = user
                 .strip_prefix("system:serviceaccount:")?
                 .split_once(':')?;
             let sa = cache.get(namespace, name)?;
-            let before = evaluate(&sa, &change.old.policy, mode).ok()?;
-            let differs = match evaluate(&sa, &change.new.policy, mode) {
-                Ok(after) => {
-                    after.account != before.account || after.permissions != before.permissions
-                }
-                Err(_) => true,
-            };
-            differs.then_some(change.seen)
+            let after = evaluate(&sa, newest, mode).ok();
+            let differs = earlier.iter().any(|policy| {
+                evaluate(&sa, policy, mode).is_ok_and(|before| {
+                    after.as_ref().is_none_or(|after| {
+                        after.account != before.account || after.permissions != before.permissions
+                    })
+                })
+            });
+            differs.then_some(seen)
         };
         let found = match self.find_again_if_lost(None, &narrowed) {
             Ok(found) => found,
@@ -455,8 +457,8 @@ impl Revoker {
         }
         info!(
             "revocation: the policy changed (generation {} to {}): closed {closed} connection(s) whose grant it changes{}",
-            change.old.generation,
-            change.new.generation,
+            first.old.generation,
+            last.new.generation,
             if failed > 0 {
                 format!(", {failed} could not be closed")
             } else {
