@@ -906,4 +906,44 @@ mod tests {
         r.revoke_queued_policy_changes();
         assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
     }
+
+    #[test]
+    fn a_policy_rewritten_to_the_same_grants_closes_nothing() {
+        use crate::policy::{AdminPolicy, LoadedPolicy};
+        let loaded = |generation: u64, yaml: &str| {
+            Arc::new(LoadedPolicy {
+                policy: AdminPolicy::parse(yaml).unwrap(),
+                generation,
+            })
+        };
+        // The same rules, reordered patterns and a comment: every grant stays.
+        let p1 = loaded(1, "annotations:\n  publish: [\"shared.>\", \"other.>\"]\n");
+        let p2 = loaded(
+            2,
+            "# reviewed\nannotations:\n  publish: [\"other.>\", \"shared.>\"]\n",
+        );
+        let cache = Arc::new(ServiceAccountCache::new(Arc::new(Metrics::default())));
+        cache.replace_all(vec![crate::kube::object::ServiceAccount::for_test(
+            "a", "x", "u",
+        )
+        .with_annotation("nats.io/allowed-pub-subjects", "shared.x")]);
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 5, "authorized_user": "system:serviceaccount:a:x", "start": "2020-01-01T00:00:00Z"},
+            // Not in the cache (granted by a replica that fetched it): left alone.
+            {"cid": 6, "authorized_user": "system:serviceaccount:a:unknown", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let (port, kicked) = fake_cluster("{}", connz);
+        let (tx, changes) = crossbeam_channel::unbounded();
+        let mut r = connected_revoker(port).with_policy_changes(changes, cache, InboxMode::Shared);
+        tx.send(PolicyChange {
+            old: p1,
+            new: p2,
+            seen: jiff::Timestamp::now(),
+        })
+        .unwrap();
+        r.revoke_queued_policy_changes();
+        assert!(kicked.try_iter().next().is_none());
+        assert_eq!(r.metrics.revocation_failures.get(), 0);
+    }
 }
