@@ -551,3 +551,41 @@ fn a_grant_in_flight_when_the_account_is_deleted_does_not_outlive_the_revocation
         open.len()
     );
 }
+
+#[test]
+fn connections_closed_by_the_client_during_the_search_do_not_hide_others() {
+    // CONNZ pages by offset over connections sorted by cid: a client that closes some of its
+    // oldest connections while the revocation reads the first page shifts the next page past
+    // as many of its others, which would keep the deleted account's grant.
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let token = s.token("team-a", "app");
+    let mut many: Vec<std::net::TcpStream> =
+        (0..1300).map(|_| raw_connect(&s.url(), &token)).collect();
+    let rest = many.split_off(300);
+    s.api.delete_service_account("team-a", "app");
+    // The oldest go, one every 2 ms, from the moment of the deletion.
+    for c in many {
+        drop(c);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(BOUND);
+    let open = rest
+        .iter()
+        .filter(|c| !closed(&mut (*c).try_clone().unwrap(), Duration::from_millis(20)))
+        .count();
+    assert_eq!(
+        open,
+        0,
+        "{open} connections of the deleted account still open:\n{}",
+        s.service
+            .log()
+            .lines()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
