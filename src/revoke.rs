@@ -41,6 +41,10 @@ const MAX_PAGES: usize = 16;
 /// How far this host's clock may run behind nats-server's without a connection that started
 /// before a change being taken for one that started after it.
 const CLOCK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(2);
+/// Searches (each followed by its KICKs) for one batch at most: a search that read more than one
+/// page is made again after its KICKs, for connections that the client's own closes shifted past
+/// a page boundary.
+const ROUNDS_AT_MOST: usize = 4;
 /// Changes handled together at most.
 const BATCH_AT_MOST: usize = 4096;
 /// Up to this many accounts in a batch are searched one by one (the servers filter); more are
@@ -125,6 +129,8 @@ struct ConnzReply {
 struct Connz {
     server_id: String,
     #[serde(default)]
+    now: String,
+    #[serde(default)]
     connections: Option<Vec<ConnInfo>>,
 }
 
@@ -156,6 +162,14 @@ pub struct Revoker {
     retry_at: Option<Instant>,
     /// Policy replacements, and what is needed to tell whom they narrowed.
     policy: Option<PolicyWatch>,
+    /// Whether the last search read a server's connections in more than one page.
+    paged: bool,
+    /// Per server, its clock when the last search read its first page.
+    nows: HashMap<String, jiff::Timestamp>,
+    /// Per server, connections that started at or after this are left alone: set for the
+    /// searches made again after a paged one, so that the clients which reconnected after
+    /// its KICKs are not closed again.
+    caps: HashMap<String, jiff::Timestamp>,
 }
 
 /// What the revoker needs to find the connections a policy change narrowed.
@@ -180,6 +194,9 @@ impl Revoker {
             next_reply: 0,
             retry_at: None,
             policy: None,
+            paged: false,
+            nows: HashMap::new(),
+            caps: HashMap::new(),
         }
     }
 
@@ -329,41 +346,70 @@ impl Revoker {
         }
         let seen: HashMap<String, jiff::Timestamp> =
             targets.iter().map(|(u, r)| (u.clone(), r.seen)).collect();
-        // A few accounts: one filtered search each. More (a namespace deleted): one search of
-        // every connection, matched here.
-        let found = if targets.len() <= FILTERED_AT_MOST {
-            let mut found = Vec::new();
-            for user in targets.keys() {
-                match self.find_again_if_lost(Some(user), &|u| seen.get(u).copied()) {
-                    Ok(mut f) => found.append(&mut f),
-                    Err(why) => self.failed(&targets[user], &why),
-                }
-            }
-            found
-        } else {
-            match self.find_again_if_lost(None, &|u| seen.get(u).copied()) {
-                Ok(found) => found,
-                Err(why) => {
-                    for revocation in targets.values() {
-                        self.failed(revocation, &why);
+        let mut tally: HashMap<String, (u64, u64)> = HashMap::new();
+        self.caps.clear();
+        let mut nows = HashMap::new();
+        for round in 0..ROUNDS_AT_MOST {
+            // A few accounts: one filtered search each. More (a namespace deleted): one search
+            // of every connection, matched here.
+            let mut paged = false;
+            let found = if targets.len() <= FILTERED_AT_MOST {
+                let mut found = Vec::new();
+                for user in targets.keys() {
+                    match self.find_again_if_lost(Some(user), &|u| seen.get(u).copied()) {
+                        Ok(mut f) => found.append(&mut f),
+                        Err(why) => self.failed(&targets[user], &why),
                     }
-                    return;
+                    paged |= self.paged;
+                    if round == 0 {
+                        // The earliest first page of each server stands for the round.
+                        for (server, now) in self.nows.drain() {
+                            nows.entry(server).or_insert(now);
+                        }
+                    }
+                }
+                found
+            } else {
+                match self.find_again_if_lost(None, &|u| seen.get(u).copied()) {
+                    Ok(found) => found,
+                    Err(why) => {
+                        for revocation in targets.values() {
+                            self.failed(revocation, &why);
+                        }
+                        break;
+                    }
+                }
+            };
+            paged |= self.paged;
+            if round == 0 {
+                for (server, now) in self.nows.drain() {
+                    nows.entry(server).or_insert(now);
+                }
+                self.caps = std::mem::take(&mut nows);
+            }
+            for (user, server_id, cid) in &found {
+                let entry = tally.entry(user.clone()).or_default();
+                match self.kick(server_id, *cid) {
+                    Ok(()) => entry.0 += 1,
+                    Err(why) => {
+                        entry.1 += 1;
+                        warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                    }
                 }
             }
-        };
-        let mut tally: HashMap<&str, (u64, u64)> = HashMap::new();
-        for (user, server_id, cid) in &found {
-            let entry = tally.entry(user.as_str()).or_default();
-            match self.kick(server_id, *cid) {
-                Ok(()) => entry.0 += 1,
-                Err(why) => {
-                    entry.1 += 1;
-                    warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
-                }
+            // Offsets shift when connections close during a paged search: once the KICKs
+            // thinned them out, the next search finds those it skipped.
+            if !paged || found.is_empty() {
+                break;
+            }
+            if round + 1 == ROUNDS_AT_MOST {
+                self.metrics.revocation_failures.inc();
+                warn!("revocation: connections still found after {ROUNDS_AT_MOST} searches; the rest are not closed");
             }
         }
+        self.caps.clear();
         for (user, (closed, failed)) in tally {
-            let Some(revocation) = targets.get(user) else {
+            let Some(revocation) = targets.get(&user) else {
                 continue;
             };
             self.metrics.connections_revoked.inc_by(closed);
@@ -433,24 +479,44 @@ impl Revoker {
             });
             differs.then_some(seen)
         };
-        let found = match self.find_again_if_lost(None, &narrowed) {
-            Ok(found) => found,
-            Err(why) => {
-                self.metrics.revocation_failures.inc();
-                warn!("revocation: cannot look up the connections the new policy changes: {why}");
-                return;
-            }
-        };
         let (mut closed, mut failed) = (0u64, 0u64);
-        for (user, server_id, cid) in &found {
-            match self.kick(server_id, *cid) {
-                Ok(()) => closed += 1,
+        self.caps.clear();
+        for round in 0..ROUNDS_AT_MOST {
+            let found = match self.find_again_if_lost(None, &narrowed) {
+                Ok(found) => found,
                 Err(why) => {
-                    failed += 1;
-                    warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                    self.metrics.revocation_failures.inc();
+                    warn!(
+                        "revocation: cannot look up the connections the new policy changes: {why}"
+                    );
+                    if round == 0 {
+                        return;
+                    }
+                    break;
+                }
+            };
+            if round == 0 {
+                self.caps = std::mem::take(&mut self.nows);
+            }
+            for (user, server_id, cid) in &found {
+                match self.kick(server_id, *cid) {
+                    Ok(()) => closed += 1,
+                    Err(why) => {
+                        failed += 1;
+                        warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                    }
                 }
             }
+            // As in revoke_all: a paged search may have skipped some.
+            if !self.paged || found.is_empty() {
+                break;
+            }
+            if round + 1 == ROUNDS_AT_MOST {
+                failed += 1;
+                warn!("revocation: connections still found after {ROUNDS_AT_MOST} searches; the rest are not closed");
+            }
         }
+        self.caps.clear();
         self.metrics.connections_revoked.inc_by(closed);
         if failed > 0 {
             self.metrics.revocation_failures.inc();
@@ -513,6 +579,8 @@ impl Revoker {
             }
             q.to_string()
         };
+        self.paged = false;
+        self.nows.clear();
         let replies = self.gather("$SYS.REQ.SERVER.PING.CONNZ", ask(0).as_bytes())?;
         if replies.is_empty() {
             return Err("no server answered $SYS.REQ.SERVER.PING.CONNZ".into());
@@ -520,7 +588,10 @@ impl Revoker {
         let mut found = Vec::new();
         let mut pending: Vec<(String, usize)> = Vec::new();
         for reply in replies {
-            if let Some((server_id, n)) = collect(&reply, seen, &mut found)? {
+            if let Some((server_id, n, now)) = collect(&reply, seen, &self.caps, &mut found)? {
+                if let Some(now) = now {
+                    self.nows.insert(server_id.clone(), now);
+                }
                 if n >= PAGE {
                     pending.push((server_id, PAGE));
                 }
@@ -528,6 +599,7 @@ impl Revoker {
         }
         // A server with a full page has more: ask it alone for the next ones.
         while let Some((server_id, offset)) = pending.pop() {
+            self.paged = true;
             if offset >= PAGE * MAX_PAGES {
                 return Err(format!(
                     "more than {} connections to search on server {server_id}",
@@ -541,7 +613,7 @@ impl Revoker {
                 &format!("$SYS.REQ.SERVER.{server_id}.CONNZ"),
                 ask(offset).as_bytes(),
             )?;
-            if let Some((_, n)) = collect(&reply, seen, &mut found)? {
+            if let Some((_, n, _)) = collect(&reply, seen, &self.caps, &mut found)? {
                 if n >= PAGE {
                     pending.push((server_id, offset + PAGE));
                 }
@@ -645,8 +717,9 @@ fn valid_server_id(id: &str) -> bool {
 fn collect(
     reply: &[u8],
     seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
+    caps: &HashMap<String, jiff::Timestamp>,
     found: &mut Vec<(String, String, u64)>,
-) -> Result<Option<(String, usize)>, String> {
+) -> Result<Option<(String, usize, Option<jiff::Timestamp>)>, String> {
     let Ok(reply) = serde_json::from_slice::<ConnzReply>(reply) else {
         // Not a CONNZ answer (a late answer to a KICK): not this request's.
         return Ok(None);
@@ -659,6 +732,7 @@ fn collect(
     };
     let connections = data.connections.unwrap_or_default();
     let n = connections.len();
+    let cap = caps.get(&data.server_id).copied();
     for c in connections {
         // The server filters by user when asked to; an earlier request's late answer, or a
         // search of every connection, names others.
@@ -669,16 +743,20 @@ fn collect(
         // start is nats-server's clock, the change this host's: within CLOCK_MARGIN after it
         // still counts as before (a needless reconnect beats a stale grant kept because this
         // clock runs behind), and so does a start that cannot be read.
+        // A search made again after a paged one (`cap`: the server's clock at the first) leaves
+        // alone the connections that started since: clients that reconnected after its KICKs.
         let before = c.start.parse::<jiff::Timestamp>().map_or(true, |start| {
             changed
                 .checked_add(CLOCK_MARGIN)
                 .map_or(true, |limit| start < limit)
+                && cap.is_none_or(|cap| start < cap)
         });
         if before {
             found.push((c.authorized_user, data.server_id.clone(), c.cid));
         }
     }
-    Ok(Some((data.server_id, n)))
+    let now = data.now.parse().ok();
+    Ok(Some((data.server_id, n, now)))
 }
 
 #[cfg(test)]
@@ -721,8 +799,8 @@ mod tests {
         .to_string();
         let mut found = Vec::new();
         let seen = |u: &str| seen.get(u).copied();
-        let page = collect(reply.as_bytes(), &seen, &mut found).unwrap();
-        assert_eq!(page, Some(("NSERVER".to_owned(), 7)));
+        let page = collect(reply.as_bytes(), &seen, &HashMap::new(), &mut found).unwrap();
+        assert_eq!(page, Some(("NSERVER".to_owned(), 7, None)));
         let cids: Vec<u64> = found.iter().map(|(_, _, cid)| *cid).collect();
         assert_eq!(cids, vec![1, 7, 3, 6]);
         assert!(found.iter().all(|(_, server, _)| server == "NSERVER"));
@@ -730,12 +808,21 @@ mod tests {
         // Not a CONNZ answer (a late KICK answer), and a refusal.
         let mut none = Vec::new();
         assert_eq!(
-            collect(br#"{"server":{}}"#, &seen, &mut none).unwrap(),
+            collect(br#"{"server":{}}"#, &seen, &HashMap::new(), &mut none).unwrap(),
             None
         );
-        assert_eq!(collect(b"not json", &seen, &mut none).unwrap(), None);
+        assert_eq!(
+            collect(b"not json", &seen, &HashMap::new(), &mut none).unwrap(),
+            None
+        );
         assert!(none.is_empty());
-        let refused = collect(br#"{"error":{"code":403}}"#, &seen, &mut none).unwrap_err();
+        let refused = collect(
+            br#"{"error":{"code":403}}"#,
+            &seen,
+            &HashMap::new(),
+            &mut none,
+        )
+        .unwrap_err();
         assert!(refused.contains("CONNZ refused"), "{refused}");
     }
 
