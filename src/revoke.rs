@@ -41,6 +41,10 @@ const MAX_PAGES: usize = 16;
 /// How far this host's clock may run behind nats-server's without a connection that started
 /// before a change being taken for one that started after it.
 const CLOCK_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(2);
+/// Searches (each followed by its KICKs) for one batch at most: a search that read more than one
+/// page is made again after its KICKs, for connections that the client's own closes shifted past
+/// a page boundary.
+const ROUNDS_AT_MOST: usize = 4;
 /// Changes handled together at most.
 const BATCH_AT_MOST: usize = 4096;
 /// Up to this many accounts in a batch are searched one by one (the servers filter); more are
@@ -125,6 +129,8 @@ struct ConnzReply {
 struct Connz {
     server_id: String,
     #[serde(default)]
+    now: String,
+    #[serde(default)]
     connections: Option<Vec<ConnInfo>>,
 }
 
@@ -156,6 +162,14 @@ pub struct Revoker {
     retry_at: Option<Instant>,
     /// Policy replacements, and what is needed to tell whom they narrowed.
     policy: Option<PolicyWatch>,
+    /// Whether the last search read a server's connections in more than one page.
+    paged: bool,
+    /// Per server, its clock when the last search read its first page.
+    nows: HashMap<String, jiff::Timestamp>,
+    /// Per server, connections that started at or after this are left alone: set for the
+    /// searches made again after a paged one, so that the clients which reconnected after
+    /// its KICKs are not closed again.
+    caps: HashMap<String, jiff::Timestamp>,
 }
 
 /// What the revoker needs to find the connections a policy change narrowed.
@@ -180,10 +194,13 @@ impl Revoker {
             next_reply: 0,
             retry_at: None,
             policy: None,
+            paged: false,
+            nows: HashMap::new(),
+            caps: HashMap::new(),
         }
     }
 
-    /// Also closes the connections a replaced policy gives less: their account (from `cache`)
+    /// Also closes the connections a replaced policy grants otherwise: their account (from `cache`)
     /// is evaluated under the old and the new policy (with `mode`), and those whose account or
     /// permissions differ go.
     pub fn with_policy_changes(
@@ -216,23 +233,7 @@ impl Revoker {
                     return;
                 }
                 self.ensure_connected();
-                let policy_change = self.policy.as_ref().and_then(|p| {
-                    // Several replacements queued: the oldest policy against the newest.
-                    let mut changes = p.changes.try_iter();
-                    let first = changes.next()?;
-                    let last = changes.last();
-                    Some(match last {
-                        Some(last) => PolicyChange {
-                            old: first.old,
-                            new: last.new,
-                            seen: last.seen,
-                        },
-                        None => first,
-                    })
-                });
-                if let Some(change) = policy_change {
-                    self.revoke_for_policy(&change);
-                }
+                self.revoke_queued_policy_changes();
                 match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(first) => {
                         // Everything queued meanwhile goes in the same search.
@@ -345,41 +346,70 @@ impl Revoker {
         }
         let seen: HashMap<String, jiff::Timestamp> =
             targets.iter().map(|(u, r)| (u.clone(), r.seen)).collect();
-        // A few accounts: one filtered search each. More (a namespace deleted): one search of
-        // every connection, matched here.
-        let found = if targets.len() <= FILTERED_AT_MOST {
-            let mut found = Vec::new();
-            for user in targets.keys() {
-                match self.find(Some(user), &|u| seen.get(u).copied()) {
-                    Ok(mut f) => found.append(&mut f),
-                    Err(why) => self.failed(&targets[user], &why),
-                }
-            }
-            found
-        } else {
-            match self.find(None, &|u| seen.get(u).copied()) {
-                Ok(found) => found,
-                Err(why) => {
-                    for revocation in targets.values() {
-                        self.failed(revocation, &why);
+        let mut tally: HashMap<String, (u64, u64)> = HashMap::new();
+        self.caps.clear();
+        let mut nows = HashMap::new();
+        for round in 0..ROUNDS_AT_MOST {
+            // A few accounts: one filtered search each. More (a namespace deleted): one search
+            // of every connection, matched here.
+            let mut paged = false;
+            let found = if targets.len() <= FILTERED_AT_MOST {
+                let mut found = Vec::new();
+                for user in targets.keys() {
+                    match self.find_again_if_lost(Some(user), &|u| seen.get(u).copied()) {
+                        Ok(mut f) => found.append(&mut f),
+                        Err(why) => self.failed(&targets[user], &why),
                     }
-                    return;
+                    paged |= self.paged;
+                    if round == 0 {
+                        // The earliest first page of each server stands for the round.
+                        for (server, now) in self.nows.drain() {
+                            nows.entry(server).or_insert(now);
+                        }
+                    }
+                }
+                found
+            } else {
+                match self.find_again_if_lost(None, &|u| seen.get(u).copied()) {
+                    Ok(found) => found,
+                    Err(why) => {
+                        for revocation in targets.values() {
+                            self.failed(revocation, &why);
+                        }
+                        break;
+                    }
+                }
+            };
+            paged |= self.paged;
+            if round == 0 {
+                for (server, now) in self.nows.drain() {
+                    nows.entry(server).or_insert(now);
+                }
+                self.caps = std::mem::take(&mut nows);
+            }
+            for (user, server_id, cid) in &found {
+                let entry = tally.entry(user.clone()).or_default();
+                match self.kick(server_id, *cid) {
+                    Ok(()) => entry.0 += 1,
+                    Err(why) => {
+                        entry.1 += 1;
+                        warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                    }
                 }
             }
-        };
-        let mut tally: HashMap<&str, (u64, u64)> = HashMap::new();
-        for (user, server_id, cid) in &found {
-            let entry = tally.entry(user.as_str()).or_default();
-            match self.kick(server_id, *cid) {
-                Ok(()) => entry.0 += 1,
-                Err(why) => {
-                    entry.1 += 1;
-                    warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
-                }
+            // Offsets shift when connections close during a paged search: once the KICKs
+            // thinned them out, the next search finds those it skipped.
+            if !paged || found.is_empty() {
+                break;
+            }
+            if round + 1 == ROUNDS_AT_MOST {
+                self.metrics.revocation_failures.inc();
+                warn!("revocation: connections still found after {ROUNDS_AT_MOST} searches; the rest are not closed");
             }
         }
+        self.caps.clear();
         for (user, (closed, failed)) in tally {
-            let Some(revocation) = targets.get(user) else {
+            let Some(revocation) = targets.get(&user) else {
                 continue;
             };
             self.metrics.connections_revoked.inc_by(closed);
@@ -400,10 +430,26 @@ impl Revoker {
         }
     }
 
-    /// Closes the connections whose account the new policy places elsewhere, grants other
-    /// permissions, or no longer serves. Accounts the cache does not hold are left to their
-    /// deletion's revocation.
-    fn revoke_for_policy(&mut self, change: &PolicyChange) {
+    /// Handles the policy replacements queued, together: a connection may have been granted
+    /// under any policy of the chain, not only the first.
+    fn revoke_queued_policy_changes(&mut self) {
+        let changes: Vec<PolicyChange> = match self.policy.as_ref() {
+            Some(p) => p.changes.try_iter().collect(),
+            None => return,
+        };
+        if !changes.is_empty() {
+            self.revoke_for_policy(&changes);
+        }
+    }
+
+    /// Closes the connections whose account the newest policy of `changes` (consecutive
+    /// replacements) places elsewhere, grants other permissions, or no longer serves, compared
+    /// with any earlier policy of the chain that served it. Accounts the cache does not hold are
+    /// left to their deletion's revocation.
+    fn revoke_for_policy(&mut self, changes: &[PolicyChange]) {
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+            return;
+        };
         let label = RevokeReason::PolicyChanged.label();
         self.metrics
             .revocations
@@ -413,46 +459,72 @@ impl Revoker {
             return;
         };
         let (cache, mode) = (watch.cache.clone(), watch.mode);
+        // Every policy a live connection may have been granted under, then the one in force.
+        let earlier: Vec<&crate::policy::AdminPolicy> = std::iter::once(&first.old.policy)
+            .chain(changes[..changes.len() - 1].iter().map(|c| &c.new.policy))
+            .collect();
+        let (newest, seen) = (&last.new.policy, last.seen);
         let narrowed = |user: &str| -> Option<jiff::Timestamp> {
             let (namespace, name) = user
                 .strip_prefix("system:serviceaccount:")?
                 .split_once(':')?;
             let sa = cache.get(namespace, name)?;
-            let before = evaluate(&sa, &change.old.policy, mode).ok()?;
-            let differs = match evaluate(&sa, &change.new.policy, mode) {
-                Ok(after) => {
-                    after.account != before.account || after.permissions != before.permissions
-                }
-                Err(_) => true,
-            };
-            differs.then_some(change.seen)
-        };
-        let found = match self.find(None, &narrowed) {
-            Ok(found) => found,
-            Err(why) => {
-                self.metrics.revocation_failures.inc();
-                warn!("revocation: cannot look up the connections the new policy changes: {why}");
-                return;
-            }
+            let after = evaluate(&sa, newest, mode).ok();
+            let differs = earlier.iter().any(|policy| {
+                evaluate(&sa, policy, mode).is_ok_and(|before| {
+                    after.as_ref().is_none_or(|after| {
+                        after.account != before.account || after.permissions != before.permissions
+                    })
+                })
+            });
+            differs.then_some(seen)
         };
         let (mut closed, mut failed) = (0u64, 0u64);
-        for (user, server_id, cid) in &found {
-            match self.kick(server_id, *cid) {
-                Ok(()) => closed += 1,
+        self.caps.clear();
+        for round in 0..ROUNDS_AT_MOST {
+            let found = match self.find_again_if_lost(None, &narrowed) {
+                Ok(found) => found,
                 Err(why) => {
-                    failed += 1;
-                    warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                    self.metrics.revocation_failures.inc();
+                    warn!(
+                        "revocation: cannot look up the connections the new policy changes: {why}"
+                    );
+                    if round == 0 {
+                        return;
+                    }
+                    break;
+                }
+            };
+            if round == 0 {
+                self.caps = std::mem::take(&mut self.nows);
+            }
+            for (user, server_id, cid) in &found {
+                match self.kick(server_id, *cid) {
+                    Ok(()) => closed += 1,
+                    Err(why) => {
+                        failed += 1;
+                        warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                    }
                 }
             }
+            // As in revoke_all: a paged search may have skipped some.
+            if !self.paged || found.is_empty() {
+                break;
+            }
+            if round + 1 == ROUNDS_AT_MOST {
+                failed += 1;
+                warn!("revocation: connections still found after {ROUNDS_AT_MOST} searches; the rest are not closed");
+            }
         }
+        self.caps.clear();
         self.metrics.connections_revoked.inc_by(closed);
         if failed > 0 {
             self.metrics.revocation_failures.inc();
         }
         info!(
             "revocation: the policy changed (generation {} to {}): closed {closed} connection(s) whose grant it changes{}",
-            change.old.generation,
-            change.new.generation,
+            first.old.generation,
+            last.new.generation,
             if failed > 0 {
                 format!(", {failed} could not be closed")
             } else {
@@ -472,6 +544,26 @@ impl Revoker {
         );
     }
 
+    /// [`Revoker::find`], made once more on a new connection when the system connection was
+    /// found lost meanwhile (a server restart not noticed yet): the change is not dropped for it.
+    fn find_again_if_lost(
+        &mut self,
+        user: Option<&str>,
+        seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
+    ) -> Result<Vec<(String, String, u64)>, String> {
+        let had_connection = self.conn.is_some();
+        match self.find(user, seen) {
+            Err(why) if had_connection && self.conn.is_none() => {
+                self.ensure_connected();
+                if self.conn.is_none() {
+                    return Err(why);
+                }
+                self.find(user, seen)
+            }
+            found => found,
+        }
+    }
+
     /// (user, server id, client id) of every connection whose user `seen` gives a change time
     /// for and that started before it, on every server that answers; `user` narrows the search
     /// to one user on the servers' side.
@@ -487,6 +579,8 @@ impl Revoker {
             }
             q.to_string()
         };
+        self.paged = false;
+        self.nows.clear();
         let replies = self.gather("$SYS.REQ.SERVER.PING.CONNZ", ask(0).as_bytes())?;
         if replies.is_empty() {
             return Err("no server answered $SYS.REQ.SERVER.PING.CONNZ".into());
@@ -494,7 +588,10 @@ impl Revoker {
         let mut found = Vec::new();
         let mut pending: Vec<(String, usize)> = Vec::new();
         for reply in replies {
-            if let Some((server_id, n)) = collect(&reply, seen, &mut found)? {
+            if let Some((server_id, n, now)) = collect(&reply, seen, &self.caps, &mut found)? {
+                if let Some(now) = now {
+                    self.nows.insert(server_id.clone(), now);
+                }
                 if n >= PAGE {
                     pending.push((server_id, PAGE));
                 }
@@ -502,6 +599,7 @@ impl Revoker {
         }
         // A server with a full page has more: ask it alone for the next ones.
         while let Some((server_id, offset)) = pending.pop() {
+            self.paged = true;
             if offset >= PAGE * MAX_PAGES {
                 return Err(format!(
                     "more than {} connections to search on server {server_id}",
@@ -515,7 +613,7 @@ impl Revoker {
                 &format!("$SYS.REQ.SERVER.{server_id}.CONNZ"),
                 ask(offset).as_bytes(),
             )?;
-            if let Some((_, n)) = collect(&reply, seen, &mut found)? {
+            if let Some((_, n, _)) = collect(&reply, seen, &self.caps, &mut found)? {
                 if n >= PAGE {
                     pending.push((server_id, offset + PAGE));
                 }
@@ -587,10 +685,11 @@ impl Revoker {
                 return Ok(answers);
             }
             match conn.next_event() {
+                // An earlier request's late answer (to its own reply subject) is dropped: a
+                // KICK's error taken for a CONNZ refusal would lose a revocation, a CONNZ answer
+                // taken for a KICK's would count a close that did not happen.
+                Event::Message(m) if m.subject != reply => {}
                 Event::Message(m) => {
-                    // Only this request's answers: an earlier one's late answers go to an
-                    // earlier reply subject, which the message does not say, so they are told
-                    // apart by the caller's checks (the user name, the answer's shape).
                     answers.push(m.payload);
                     if first_only {
                         return Ok(answers);
@@ -618,8 +717,9 @@ fn valid_server_id(id: &str) -> bool {
 fn collect(
     reply: &[u8],
     seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
+    caps: &HashMap<String, jiff::Timestamp>,
     found: &mut Vec<(String, String, u64)>,
-) -> Result<Option<(String, usize)>, String> {
+) -> Result<Option<(String, usize, Option<jiff::Timestamp>)>, String> {
     let Ok(reply) = serde_json::from_slice::<ConnzReply>(reply) else {
         // Not a CONNZ answer (a late answer to a KICK): not this request's.
         return Ok(None);
@@ -632,6 +732,7 @@ fn collect(
     };
     let connections = data.connections.unwrap_or_default();
     let n = connections.len();
+    let cap = caps.get(&data.server_id).copied();
     for c in connections {
         // The server filters by user when asked to; an earlier request's late answer, or a
         // search of every connection, names others.
@@ -642,16 +743,20 @@ fn collect(
         // start is nats-server's clock, the change this host's: within CLOCK_MARGIN after it
         // still counts as before (a needless reconnect beats a stale grant kept because this
         // clock runs behind), and so does a start that cannot be read.
+        // A search made again after a paged one (`cap`: the server's clock at the first) leaves
+        // alone the connections that started since: clients that reconnected after its KICKs.
         let before = c.start.parse::<jiff::Timestamp>().map_or(true, |start| {
             changed
                 .checked_add(CLOCK_MARGIN)
                 .map_or(true, |limit| start < limit)
+                && cap.is_none_or(|cap| start < cap)
         });
         if before {
             found.push((c.authorized_user, data.server_id.clone(), c.cid));
         }
     }
-    Ok(Some((data.server_id, n)))
+    let now = data.now.parse().ok();
+    Ok(Some((data.server_id, n, now)))
 }
 
 #[cfg(test)]
@@ -694,8 +799,8 @@ mod tests {
         .to_string();
         let mut found = Vec::new();
         let seen = |u: &str| seen.get(u).copied();
-        let page = collect(reply.as_bytes(), &seen, &mut found).unwrap();
-        assert_eq!(page, Some(("NSERVER".to_owned(), 7)));
+        let page = collect(reply.as_bytes(), &seen, &HashMap::new(), &mut found).unwrap();
+        assert_eq!(page, Some(("NSERVER".to_owned(), 7, None)));
         let cids: Vec<u64> = found.iter().map(|(_, _, cid)| *cid).collect();
         assert_eq!(cids, vec![1, 7, 3, 6]);
         assert!(found.iter().all(|(_, server, _)| server == "NSERVER"));
@@ -703,12 +808,21 @@ mod tests {
         // Not a CONNZ answer (a late KICK answer), and a refusal.
         let mut none = Vec::new();
         assert_eq!(
-            collect(br#"{"server":{}}"#, &seen, &mut none).unwrap(),
+            collect(br#"{"server":{}}"#, &seen, &HashMap::new(), &mut none).unwrap(),
             None
         );
-        assert_eq!(collect(b"not json", &seen, &mut none).unwrap(), None);
+        assert_eq!(
+            collect(b"not json", &seen, &HashMap::new(), &mut none).unwrap(),
+            None
+        );
         assert!(none.is_empty());
-        let refused = collect(br#"{"error":{"code":403}}"#, &seen, &mut none).unwrap_err();
+        let refused = collect(
+            br#"{"error":{"code":403}}"#,
+            &seen,
+            &HashMap::new(),
+            &mut none,
+        )
+        .unwrap_err();
         assert!(refused.contains("CONNZ refused"), "{refused}");
     }
 
@@ -720,5 +834,203 @@ mod tests {
         for bad in ["", "a.b", "a *", ">", "x".repeat(65).as_str()] {
             assert!(!valid_server_id(bad), "{bad:?}");
         }
+    }
+
+    /// A fake nats-server answering CONNZ (after sending `stale` to an earlier reply subject of
+    /// the inbox) and KICK; the kicked client ids go to the returned channel.
+    fn fake_cluster(stale: &'static str, connz: String) -> (u16, crossbeam_channel::Receiver<u64>) {
+        fake_cluster_dropping(0, stale, connz)
+    }
+
+    /// [`fake_cluster`] whose first `dropped` connections are closed at their first CONNZ.
+    fn fake_cluster_dropping(
+        dropped: usize,
+        stale: &'static str,
+        connz: String,
+    ) -> (u16, crossbeam_channel::Receiver<u64>) {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for (i, s) in l.incoming().enumerate() {
+                let s = s.unwrap();
+                let mut w = s.try_clone().unwrap();
+                w.write_all(b"INFO {\"max_payload\":1048576}\r\n").unwrap();
+                let mut lines = BufReader::new(s).lines();
+                let mut inbox = String::new();
+                while let Some(Ok(line)) = lines.next() {
+                    let words: Vec<&str> = line.split(' ').collect();
+                    let send = |w: &mut std::net::TcpStream, subject: &str, body: &str| {
+                        let _ = write!(w, "MSG {subject} 1 {}\r\n{body}\r\n", body.len());
+                    };
+                    match words.as_slice() {
+                        ["PING"] => {
+                            let _ = w.write_all(b"PONG\r\n");
+                        }
+                        ["SUB", subject, _] => inbox = subject.trim_end_matches(".*").to_owned(),
+                        ["PUB", subject, reply, _] => {
+                            let body = lines.next().unwrap().unwrap();
+                            if subject.ends_with(".CONNZ") && i < dropped {
+                                let _ = w.shutdown(std::net::Shutdown::Both);
+                                break;
+                            } else if subject.ends_with(".CONNZ") {
+                                send(&mut w, &format!("{inbox}.0"), stale);
+                                send(&mut w, reply, &connz);
+                            } else if subject.ends_with(".KICK") {
+                                let cid: serde_json::Value = serde_json::from_str(&body).unwrap();
+                                let cid = cid["cid"].as_u64().unwrap();
+                                if cid == 0 {
+                                    send(
+                                        &mut w,
+                                        reply,
+                                        r#"{"error":{"code":400,"description":"no such client"}}"#,
+                                    );
+                                } else {
+                                    let _ = tx.send(cid);
+                                    send(&mut w, reply, r#"{"server":{"id":"NS1"}}"#);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        (port, rx)
+    }
+
+    fn connected_revoker(port: u16) -> Revoker {
+        let dialer = Dialer::new(
+            &format!("nats://127.0.0.1:{port}"),
+            crate::callout::connection::Login::None,
+            Default::default(),
+            "test",
+        )
+        .unwrap();
+        let mut r = Revoker::new(dialer, Arc::new(Metrics::default()));
+        let mut conn = r.dialer.connect().unwrap();
+        conn.subscribe(&format!("{}.*", r.inbox)).unwrap();
+        r.conn = Some(conn);
+        r
+    }
+
+    #[test]
+    fn a_late_answer_to_an_earlier_request_does_not_spoil_the_next_search() {
+        // An earlier KICK answered after its wait (a slow server): its error must not be taken
+        // for a refusal of the CONNZ search that follows, which would drop the revocation.
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 5, "authorized_user": "system:serviceaccount:a:x", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let stale =
+            r#"{"server":{"id":"NS1"},"error":{"code":400,"description":"no such client"}}"#;
+        let (port, kicked) = fake_cluster(stale, connz);
+        let mut r = connected_revoker(port);
+        r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
+        assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(r.metrics.revocation_failures.get(), 0);
+    }
+
+    #[test]
+    fn a_search_cut_by_a_lost_connection_is_made_again_on_a_new_one() {
+        // The system connection died unnoticed (its server restarted): the change that found it
+        // dead is searched again once reconnected rather than dropped.
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 5, "authorized_user": "system:serviceaccount:a:x", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let (port, kicked) = fake_cluster_dropping(1, "{}", connz);
+        let mut r = connected_revoker(port);
+        r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
+        assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(r.metrics.revocation_failures.get(), 0);
+    }
+
+    #[test]
+    fn a_widening_undone_before_the_revoker_looked_still_closes_what_it_granted() {
+        // Generation 1 gives a/x nothing beyond its namespace, 2 (a mistake) shared.>, 3 undoes
+        // it. Both replacements queued while the revoker was busy: 1 against 3 changes nothing,
+        // but a connection granted under 2 holds shared.> and must go.
+        use crate::policy::{AdminPolicy, LoadedPolicy};
+        let loaded = |generation: u64, yaml: &str| {
+            Arc::new(LoadedPolicy {
+                policy: AdminPolicy::parse(yaml).unwrap(),
+                generation,
+            })
+        };
+        let narrow = "annotations:\n  publish: []\n";
+        let (p1, p2, p3) = (
+            loaded(1, narrow),
+            loaded(2, "annotations:\n  publish: [\"shared.>\"]\n"),
+            loaded(3, narrow),
+        );
+        let cache = Arc::new(ServiceAccountCache::new(Arc::new(Metrics::default())));
+        cache.replace_all(vec![crate::kube::object::ServiceAccount::for_test(
+            "a", "x", "u",
+        )
+        .with_annotation("nats.io/allowed-pub-subjects", "shared.x")]);
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 5, "authorized_user": "system:serviceaccount:a:x", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let (port, kicked) = fake_cluster("{}", connz);
+        let (tx, changes) = crossbeam_channel::unbounded();
+        let mut r = connected_revoker(port).with_policy_changes(changes, cache, InboxMode::Shared);
+        let seen = jiff::Timestamp::now();
+        tx.send(PolicyChange {
+            old: p1,
+            new: p2.clone(),
+            seen,
+        })
+        .unwrap();
+        tx.send(PolicyChange {
+            old: p2,
+            new: p3,
+            seen,
+        })
+        .unwrap();
+        r.revoke_queued_policy_changes();
+        assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn a_policy_rewritten_to_the_same_grants_closes_nothing() {
+        use crate::policy::{AdminPolicy, LoadedPolicy};
+        let loaded = |generation: u64, yaml: &str| {
+            Arc::new(LoadedPolicy {
+                policy: AdminPolicy::parse(yaml).unwrap(),
+                generation,
+            })
+        };
+        // The same rules, reordered patterns and a comment: every grant stays.
+        let p1 = loaded(1, "annotations:\n  publish: [\"shared.>\", \"other.>\"]\n");
+        let p2 = loaded(
+            2,
+            "# reviewed\nannotations:\n  publish: [\"other.>\", \"shared.>\"]\n",
+        );
+        let cache = Arc::new(ServiceAccountCache::new(Arc::new(Metrics::default())));
+        cache.replace_all(vec![crate::kube::object::ServiceAccount::for_test(
+            "a", "x", "u",
+        )
+        .with_annotation("nats.io/allowed-pub-subjects", "shared.x")]);
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 5, "authorized_user": "system:serviceaccount:a:x", "start": "2020-01-01T00:00:00Z"},
+            // Not in the cache (granted by a replica that fetched it): left alone.
+            {"cid": 6, "authorized_user": "system:serviceaccount:a:unknown", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let (port, kicked) = fake_cluster("{}", connz);
+        let (tx, changes) = crossbeam_channel::unbounded();
+        let mut r = connected_revoker(port).with_policy_changes(changes, cache, InboxMode::Shared);
+        tx.send(PolicyChange {
+            old: p1,
+            new: p2,
+            seen: jiff::Timestamp::now(),
+        })
+        .unwrap();
+        r.revoke_queued_policy_changes();
+        assert!(kicked.try_iter().next().is_none());
+        assert_eq!(r.metrics.revocation_failures.get(), 0);
     }
 }

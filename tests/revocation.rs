@@ -369,3 +369,249 @@ fn operator_mode_closes_connections_through_the_system_accounts_creds() {
     s.assert_denied(&token, "serviceaccount_not_found");
     assert!(b.wait_disconnected(Duration::from_millis(300)).is_none());
 }
+
+#[test]
+fn a_user_pass_client_of_a_deleted_account_is_closed_whatever_user_name_it_gave() {
+    // MQTT-style clients present the token as the password of a user name of their choice; the
+    // name must not hide the connection from the revocation's search (nor make it another's).
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let token = s.token("team-a", "app");
+    let plain = support::client::connect_user_pass(&s.url(), "device-1", &token)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.service.log()));
+    let disguised =
+        support::client::connect_user_pass(&s.url(), "system:serviceaccount:team-b:other", &token)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.service.log()));
+    let b = connect(&s, "team-b", "other");
+    s.api.delete_service_account("team-a", "app");
+    for c in [&plain, &disguised] {
+        assert!(
+            c.wait_disconnected(BOUND).is_some(),
+            "a user/pass client kept its grant:\n{}",
+            s.service.log()
+        );
+    }
+    assert!(b.round_trip("team-b.untouched"));
+}
+
+#[test]
+fn a_client_naming_itself_after_another_account_is_not_closed_with_it() {
+    // The user name a client gives is not what nats-server searches by: the user JWT's name is.
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let disguised = support::client::connect_user_pass(
+        &s.url(),
+        "system:serviceaccount:team-b:other",
+        &s.token("team-a", "app"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.service.log()));
+    let b = connect(&s, "team-b", "other");
+    s.api.delete_service_account("team-b", "other");
+    assert!(b.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    s.service.wait_for("counted", WAIT, || revoked(&s) >= 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(revoked(&s), 1.0, "{}", s.service.log());
+    assert!(disguised.round_trip("team-a.untouched"));
+    assert!(disguised
+        .wait_disconnected(Duration::from_millis(100))
+        .is_none());
+}
+
+/// A bare NATS connection presenting `token` (no client library: a thousand of them are cheap).
+fn raw_connect(url: &str, token: &str) -> std::net::TcpStream {
+    try_raw_connect(url, token).expect("refused")
+}
+
+/// [`raw_connect`], `None` when refused.
+fn try_raw_connect(url: &str, token: &str) -> Option<std::net::TcpStream> {
+    use std::io::{BufRead, BufReader, Write};
+    let addr = url.trim_start_matches("nats://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut info = String::new();
+    r.read_line(&mut info).unwrap();
+    assert!(info.starts_with("INFO "), "{info}");
+    let connect = serde_json::json!({"verbose": false, "pedantic": false, "protocol": 1, "auth_token": token});
+    write!(s, "CONNECT {connect}\r\nPING\r\n").unwrap();
+    let mut line = String::new();
+    let _ = r.read_line(&mut line);
+    (line == "PONG\r\n").then_some(s)
+}
+
+/// Whether the server closed `s` within `within` (it sends nothing else to an idle client).
+fn closed(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a PING, or an -ERR before the close
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn more_connections_of_one_account_than_a_connz_page_are_all_closed() {
+    // nats-server answers CONNZ 1024 connections at a time: the rest are on later pages.
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let token = s.token("team-a", "app");
+    let mut many: Vec<std::net::TcpStream> =
+        (0..1100).map(|_| raw_connect(&s.url(), &token)).collect();
+    let b = connect(&s, "team-b", "other");
+    s.api.delete_service_account("team-a", "app");
+    s.service
+        .wait_for("all counted", Duration::from_secs(60), || {
+            revoked(&s) >= 1100.0
+        });
+    let open = many
+        .iter_mut()
+        .filter(|c| !closed(&mut (*c).try_clone().unwrap(), Duration::from_millis(50)))
+        .count();
+    assert_eq!(
+        open,
+        0,
+        "{}",
+        s.service
+            .log()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(revoked(&s), 1100.0);
+    assert!(b.round_trip("team-b.untouched"));
+}
+
+#[test]
+fn the_system_users_password_is_never_logged() {
+    // At trace, refused (a wrong password) and accepted, through a revocation.
+    let refused = StackBuilder::new()
+        .revocation_via(|port| format!("nats://sys:Wrong-Sys-Pass@127.0.0.1:{port}"))
+        .env("LOG_LEVEL", "trace")
+        .start();
+    let _a = connect(&refused, "team-a", "app");
+    refused.api.delete_service_account("team-a", "app");
+    refused.service.wait_for("a counted failure", WAIT, || {
+        refused
+            .service
+            .metric("nats_callout_revocation_failures_total")
+            >= 1.0
+    });
+    let log = refused.service.log();
+    assert!(log.contains("cannot connect to nats"), "{log}");
+    assert!(!log.contains("Wrong-Sys-Pass"), "{log}");
+
+    let s = StackBuilder::new()
+        .revocation()
+        .env("LOG_LEVEL", "trace")
+        .start();
+    let a = connect(&s, "team-a", "app");
+    s.api.delete_service_account("team-a", "app");
+    assert!(a.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    s.service.wait_for("counted", WAIT, || revoked(&s) >= 1.0);
+    let log = s.service.log();
+    assert!(log.contains("revocation: connected to nats"), "{log}");
+    assert!(!log.contains("sys-secret"), "{log}");
+}
+
+#[test]
+fn a_grant_in_flight_when_the_account_is_deleted_does_not_outlive_the_revocation() {
+    // Clients connect without pause while the account is deleted: one whose callout answer was
+    // decided just before the deletion and reached nats-server after the revocation's search
+    // would keep the deleted account's grant.
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let token = s.token("team-a", "app");
+    let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, token, open, stop) = (s.url(), token.clone(), open.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Some(c) = try_raw_connect(&url, &token) {
+                        open.lock().unwrap().push(c);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    s.api.delete_service_account("team-a", "app");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    std::thread::sleep(BOUND);
+    let open = open.lock().unwrap();
+    let still = open
+        .iter()
+        .filter(|c| !closed(&mut (*c).try_clone().unwrap(), Duration::from_millis(20)))
+        .count();
+    assert_eq!(
+        still,
+        0,
+        "{still} of {} connections of the deleted account still open",
+        open.len()
+    );
+}
+
+#[test]
+fn connections_closed_by_the_client_during_the_search_do_not_hide_others() {
+    // CONNZ pages by offset over connections sorted by cid: a client that closes some of its
+    // oldest connections while the revocation reads the first page shifts the next page past
+    // as many of its others, which would keep the deleted account's grant.
+    let s = revoking();
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let token = s.token("team-a", "app");
+    let mut many: Vec<std::net::TcpStream> =
+        (0..1300).map(|_| raw_connect(&s.url(), &token)).collect();
+    let rest = many.split_off(300);
+    s.api.delete_service_account("team-a", "app");
+    // The oldest go, one every 2 ms, from the moment of the deletion.
+    for c in many {
+        drop(c);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(BOUND);
+    let open = rest
+        .iter()
+        .filter(|c| !closed(&mut (*c).try_clone().unwrap(), Duration::from_millis(20)))
+        .count();
+    assert_eq!(
+        open,
+        0,
+        "{open} connections of the deleted account still open:\n{}",
+        s.service
+            .log()
+            .lines()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

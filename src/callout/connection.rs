@@ -1011,6 +1011,8 @@ impl Publisher {
 /// A request the server delivered.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Message {
+    /// The subject it was published on.
+    pub subject: String,
     /// Where the answer goes.
     pub reply: Option<String>,
     /// The `Nats-Server-Xkey` header, when the request is sealed.
@@ -1369,6 +1371,7 @@ impl Frames {
                     None
                 };
                 let msg = Message {
+                    subject: args[0].to_string(),
                     reply: reply.map(str::to_string),
                     server_xkey,
                     payload: body[hdr_len..].to_vec(),
@@ -1460,6 +1463,7 @@ mod tests {
         assert_eq!(
             whole[2],
             Frame::Msg(Message {
+                subject: "$SYS.REQ.USER.AUTH".into(),
                 reply: Some("_INBOX.x".into()),
                 server_xkey: None,
                 payload: b"hello".to_vec()
@@ -1468,6 +1472,7 @@ mod tests {
         assert_eq!(
             whole[3],
             Frame::Msg(Message {
+                subject: "s".into(),
                 reply: Some("r".into()),
                 server_xkey: Some("XKEYVALUE".into()),
                 payload: b"hi".to_vec()
