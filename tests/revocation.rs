@@ -35,6 +35,30 @@ fn reason(s: &Stack, reason: &str) -> f64 {
     ))
 }
 
+/// Waits until `service` is connected as a system-account user (and has checked it is one).
+fn wait_revoking(service: &support::service::Service) {
+    service.wait_for("the system connection", WAIT, || {
+        service.log().contains("revocation: connected to nats")
+    });
+}
+
+/// A revoking stack where team-c/svc may publish `shared.x` by annotation, within the policy's
+/// `shared.>`, and team-b/other has no annotation.
+fn annotated() -> Stack {
+    let s = StackBuilder::new()
+        .account("team-b", "other", &[])
+        .account(
+            "team-c",
+            "svc",
+            &[("nats.io/allowed-pub-subjects", "shared.x")],
+        )
+        .policy("annotations:\n  publish: [\"shared.>\"]\n")
+        .revocation()
+        .start();
+    wait_revoking(&s.service);
+    s
+}
+
 fn connect(s: &Stack, ns: &str, name: &str) -> Client {
     connect_token(&s.url(), &s.token(ns, name))
         .unwrap_or_else(|e| panic!("{ns}/{name}: {e}\n{}", s.service.log()))
@@ -43,9 +67,7 @@ fn connect(s: &Stack, ns: &str, name: &str) -> Client {
 #[test]
 fn a_deleted_account_loses_its_connections_and_is_refused_on_reconnect() {
     let s = revoking();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let (a1, a2) = (connect(&s, "team-a", "app"), connect(&s, "team-a", "app"));
     let b = connect(&s, "team-b", "other");
     let token = s.token("team-a", "app");
@@ -76,9 +98,7 @@ fn a_deleted_account_loses_its_connections_and_is_refused_on_reconnect() {
 #[test]
 fn a_recreated_account_loses_the_old_tokens_connections() {
     let s = revoking();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let old_token = s.token("team-a", "app");
     let a = connect(&s, "team-a", "app");
     s.api.delete_service_account("team-a", "app");
@@ -94,18 +114,7 @@ fn a_recreated_account_loses_the_old_tokens_connections() {
 
 #[test]
 fn narrowed_annotations_close_the_connection_and_the_reconnect_gets_the_new_grant() {
-    let s = StackBuilder::new()
-        .account(
-            "team-c",
-            "svc",
-            &[("nats.io/allowed-pub-subjects", "shared.x")],
-        )
-        .policy("annotations:\n  publish: [\"shared.>\"]\n")
-        .revocation()
-        .start();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    let s = annotated();
     let c = connect(&s, "team-c", "svc");
     assert!(c.can_publish("shared.x"));
     // An unrelated annotation changes nothing: no revocation.
@@ -151,9 +160,7 @@ fn a_replica_that_never_granted_the_connection_still_closes_it() {
         .env("NATS_SYSTEM_URL", &system_url(s.nats.port))
         .spawn();
     replica.wait_ready(WAIT);
-    replica.wait_for("the system connection", WAIT, || {
-        replica.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&replica);
     s.api.delete_service_account("team-a", "app");
     assert!(a.wait_disconnected(BOUND).is_some(), "{}", replica.log());
     replica.wait_for("counted", WAIT, || {
@@ -222,9 +229,7 @@ fn a_client_on_another_server_of_the_cluster_is_closed_too() {
         .wait_for("the route between the servers", WAIT, || {
             server_b.log().contains("Route connection created")
         });
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     // The route carries the callout's subscription to server B a moment after it is up.
     let token = s.token("team-a", "app");
     let mut on_b = None;
@@ -271,9 +276,7 @@ fn a_deleted_namespace_closes_the_connections_of_all_its_accounts() {
         b = b.account("team-n", name, &[]);
     }
     let s = b.start();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let clients: Vec<Client> = names.iter().map(|n| connect(&s, "team-n", n)).collect();
     let other = connect(&s, "team-b", "other");
     for name in &names {
@@ -292,19 +295,7 @@ fn a_deleted_namespace_closes_the_connections_of_all_its_accounts() {
 fn a_narrower_policy_closes_exactly_the_connections_whose_grant_it_changes() {
     // team-c/svc may publish shared.x through its annotation while the policy allows shared.>;
     // team-b/other has no annotation: the policy's annotation patterns change nothing for it.
-    let s = StackBuilder::new()
-        .account("team-b", "other", &[])
-        .account(
-            "team-c",
-            "svc",
-            &[("nats.io/allowed-pub-subjects", "shared.x")],
-        )
-        .policy("annotations:\n  publish: [\"shared.>\"]\n")
-        .revocation()
-        .start();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    let s = annotated();
     let narrowed = connect(&s, "team-c", "svc");
     let unchanged = connect(&s, "team-b", "other");
     assert!(narrowed.can_publish("shared.x"));
@@ -353,9 +344,7 @@ fn operator_mode_closes_connections_through_the_system_accounts_creds() {
         .account("team-b", "other", &[])
         .revocation()
         .start();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let a = s.connect("team-a", "app");
     let b = s.connect("team-b", "other");
     let token = s.token("team-a", "app");
@@ -375,9 +364,7 @@ fn a_user_pass_client_of_a_deleted_account_is_closed_whatever_user_name_it_gave(
     // MQTT-style clients present the token as the password of a user name of their choice; the
     // name must not hide the connection from the revocation's search (nor make it another's).
     let s = revoking();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let token = s.token("team-a", "app");
     let plain = support::client::connect_user_pass(&s.url(), "device-1", &token)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.service.log()));
@@ -400,9 +387,7 @@ fn a_user_pass_client_of_a_deleted_account_is_closed_whatever_user_name_it_gave(
 fn a_client_naming_itself_after_another_account_is_not_closed_with_it() {
     // The user name a client gives is not what nats-server searches by: the user JWT's name is.
     let s = revoking();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let disguised = support::client::connect_user_pass(
         &s.url(),
         "system:serviceaccount:team-b:other",
@@ -469,9 +454,7 @@ fn closed(s: &mut std::net::TcpStream, within: Duration) -> bool {
 fn more_connections_of_one_account_than_a_connz_page_are_all_closed() {
     // nats-server answers CONNZ 1024 connections at a time: the rest are on later pages.
     let s = revoking();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let token = s.token("team-a", "app");
     let mut many: Vec<std::net::TcpStream> =
         (0..1100).map(|_| raw_connect(&s.url(), &token)).collect();
@@ -539,9 +522,7 @@ fn a_grant_in_flight_when_the_account_is_deleted_does_not_outlive_the_revocation
     // decided just before the deletion and reached nats-server after the revocation's search
     // would keep the deleted account's grant.
     let s = revoking();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let token = s.token("team-a", "app");
     let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -584,9 +565,7 @@ fn connections_closed_by_the_client_during_the_search_do_not_hide_others() {
     // oldest connections while the revocation reads the first page shifts the next page past
     // as many of its others, which would keep the deleted account's grant.
     let s = revoking();
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     let token = s.token("team-a", "app");
     let mut many: Vec<std::net::TcpStream> =
         (0..1300).map(|_| raw_connect(&s.url(), &token)).collect();
