@@ -162,15 +162,37 @@ pub struct Revoker {
     retry_at: Option<Instant>,
     /// Policy replacements, and what is needed to tell whom they narrowed.
     policy: Option<PolicyWatch>,
-    /// Whether the last search read a server's connections in more than one page.
-    paged: bool,
-    /// Per server, its clock when the last search read its first page.
-    nows: HashMap<String, jiff::Timestamp>,
-    /// Per server, connections that started at or after this are left alone: set for the
-    /// searches made again after a paged one, so that the clients which reconnected after
-    /// its KICKs are not closed again.
-    caps: HashMap<String, jiff::Timestamp>,
 }
+
+/// One connection to close: (user, server id, client id).
+type Found = (String, String, u64);
+
+/// What one search found.
+#[derive(Default)]
+struct Search {
+    /// The connections to close.
+    found: Vec<Found>,
+    /// Whether a server's connections were read in more than one page.
+    paged: bool,
+    /// Per server, its clock when its first page was read.
+    nows: HashMap<String, jiff::Timestamp>,
+}
+
+impl Search {
+    /// Adds `other`'s results; a server's earliest clock stands.
+    fn merge(&mut self, other: Search) {
+        self.found.extend(other.found);
+        self.paged |= other.paged;
+        for (server, now) in other.nows {
+            self.nows.entry(server).or_insert(now);
+        }
+    }
+}
+
+/// Per server, connections that started at or after this are left alone: set for the searches
+/// made again after a paged one, so that the clients which reconnected after its KICKs are not
+/// closed again.
+type Caps = HashMap<String, jiff::Timestamp>;
 
 /// What the revoker needs to find the connections a policy change narrowed.
 struct PolicyWatch {
@@ -194,9 +216,6 @@ impl Revoker {
             next_reply: 0,
             retry_at: None,
             policy: None,
-            paged: false,
-            nows: HashMap::new(),
-            caps: HashMap::new(),
         }
     }
 
@@ -346,69 +365,32 @@ impl Revoker {
         }
         let seen: HashMap<String, jiff::Timestamp> =
             targets.iter().map(|(u, r)| (u.clone(), r.seen)).collect();
-        let mut tally: HashMap<String, (u64, u64)> = HashMap::new();
-        self.caps.clear();
-        let mut nows = HashMap::new();
-        for round in 0..ROUNDS_AT_MOST {
+        let changed_at = |u: &str| seen.get(u).copied();
+        let tally = self.search_and_close(&mut |revoker, caps| {
             // A few accounts: one filtered search each. More (a namespace deleted): one search
             // of every connection, matched here.
-            let mut paged = false;
-            let found = if targets.len() <= FILTERED_AT_MOST {
-                let mut found = Vec::new();
-                for user in targets.keys() {
-                    match self.find_again_if_lost(Some(user), &|u| seen.get(u).copied()) {
-                        Ok(mut f) => found.append(&mut f),
-                        Err(why) => self.failed(&targets[user], &why),
-                    }
-                    paged |= self.paged;
-                    if round == 0 {
-                        // The earliest first page of each server stands for the round.
-                        for (server, now) in self.nows.drain() {
-                            nows.entry(server).or_insert(now);
-                        }
+            if targets.len() <= FILTERED_AT_MOST {
+                let mut all = Search::default();
+                for (user, revocation) in &targets {
+                    match revoker.find_again_if_lost(Some(user), &changed_at, caps) {
+                        Ok(search) => all.merge(search),
+                        Err(why) => revoker.failed(revocation, &why),
                     }
                 }
-                found
+                Some(all)
             } else {
-                match self.find_again_if_lost(None, &|u| seen.get(u).copied()) {
-                    Ok(found) => found,
+                match revoker.find_again_if_lost(None, &changed_at, caps) {
+                    Ok(search) => Some(search),
                     Err(why) => {
                         for revocation in targets.values() {
-                            self.failed(revocation, &why);
+                            revoker.failed(revocation, &why);
                         }
-                        break;
-                    }
-                }
-            };
-            paged |= self.paged;
-            if round == 0 {
-                for (server, now) in self.nows.drain() {
-                    nows.entry(server).or_insert(now);
-                }
-                self.caps = std::mem::take(&mut nows);
-            }
-            for (user, server_id, cid) in &found {
-                let entry = tally.entry(user.clone()).or_default();
-                match self.kick(server_id, *cid) {
-                    Ok(()) => entry.0 += 1,
-                    Err(why) => {
-                        entry.1 += 1;
-                        warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                        None
                     }
                 }
             }
-            // Offsets shift when connections close during a paged search: once the KICKs
-            // thinned them out, the next search finds those it skipped.
-            if !paged || found.is_empty() {
-                break;
-            }
-            if round + 1 == ROUNDS_AT_MOST {
-                self.metrics.revocation_failures.inc();
-                warn!("revocation: connections still found after {ROUNDS_AT_MOST} searches; the rest are not closed");
-            }
-        }
-        self.caps.clear();
-        for (user, (closed, failed)) in tally {
+        });
+        for (user, (closed, failed)) in tally.unwrap_or_default() {
             let Some(revocation) = targets.get(&user) else {
                 continue;
             };
@@ -479,44 +461,22 @@ impl Revoker {
             });
             differs.then_some(seen)
         };
-        let (mut closed, mut failed) = (0u64, 0u64);
-        self.caps.clear();
-        for round in 0..ROUNDS_AT_MOST {
-            let found = match self.find_again_if_lost(None, &narrowed) {
-                Ok(found) => found,
-                Err(why) => {
-                    self.metrics.revocation_failures.inc();
-                    warn!(
-                        "revocation: cannot look up the connections the new policy changes: {why}"
-                    );
-                    if round == 0 {
-                        return;
-                    }
-                    break;
-                }
-            };
-            if round == 0 {
-                self.caps = std::mem::take(&mut self.nows);
+        let tally = self.search_and_close(&mut |revoker, caps| match revoker
+            .find_again_if_lost(None, &narrowed, caps)
+        {
+            Ok(search) => Some(search),
+            Err(why) => {
+                revoker.metrics.revocation_failures.inc();
+                warn!("revocation: cannot look up the connections the new policy changes: {why}");
+                None
             }
-            for (user, server_id, cid) in &found {
-                match self.kick(server_id, *cid) {
-                    Ok(()) => closed += 1,
-                    Err(why) => {
-                        failed += 1;
-                        warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
-                    }
-                }
-            }
-            // As in revoke_all: a paged search may have skipped some.
-            if !self.paged || found.is_empty() {
-                break;
-            }
-            if round + 1 == ROUNDS_AT_MOST {
-                failed += 1;
-                warn!("revocation: connections still found after {ROUNDS_AT_MOST} searches; the rest are not closed");
-            }
-        }
-        self.caps.clear();
+        });
+        let Some(tally) = tally else {
+            return;
+        };
+        let (closed, failed) = tally
+            .values()
+            .fold((0, 0), |(c, f), (closed, failed)| (c + closed, f + failed));
         self.metrics.connections_revoked.inc_by(closed);
         if failed > 0 {
             self.metrics.revocation_failures.inc();
@@ -531,6 +491,46 @@ impl Revoker {
                 String::new()
             }
         );
+    }
+
+    /// Runs `search` and closes what it found; while a search read some server in more than
+    /// one page, again (up to [`ROUNDS_AT_MOST`]): offsets shift when connections close during
+    /// a paged search, so once the KICKs thinned them out the next search finds those it
+    /// skipped. `search` reports its own failures and returns `None` for one that stops the
+    /// rounds. Returns, per user, the connections closed and those that could not be; `None`
+    /// when the first search failed.
+    fn search_and_close(
+        &mut self,
+        search: &mut dyn FnMut(&mut Revoker, &Caps) -> Option<Search>,
+    ) -> Option<HashMap<String, (u64, u64)>> {
+        let mut tally: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut caps = Caps::new();
+        for round in 0..ROUNDS_AT_MOST {
+            let Some(Search { found, paged, nows }) = search(self, &caps) else {
+                return (round > 0).then_some(tally);
+            };
+            if round == 0 {
+                caps = nows;
+            }
+            for (user, server_id, cid) in &found {
+                let entry = tally.entry(user.clone()).or_default();
+                match self.kick(server_id, *cid) {
+                    Ok(()) => entry.0 += 1,
+                    Err(why) => {
+                        entry.1 += 1;
+                        warn!("revocation: cannot close connection {cid} of {user} on server {server_id}: {why}");
+                    }
+                }
+            }
+            if !paged || found.is_empty() {
+                break;
+            }
+            if round + 1 == ROUNDS_AT_MOST {
+                self.metrics.revocation_failures.inc();
+                warn!("revocation: connections still found after {ROUNDS_AT_MOST} searches; the rest are not closed");
+            }
+        }
+        Some(tally)
     }
 
     /// Counts and logs a change whose connections could not be looked up.
@@ -550,15 +550,16 @@ impl Revoker {
         &mut self,
         user: Option<&str>,
         seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
-    ) -> Result<Vec<(String, String, u64)>, String> {
+        caps: &Caps,
+    ) -> Result<Search, String> {
         let had_connection = self.conn.is_some();
-        match self.find(user, seen) {
+        match self.find(user, seen, caps) {
             Err(why) if had_connection && self.conn.is_none() => {
                 self.ensure_connected();
                 if self.conn.is_none() {
                     return Err(why);
                 }
-                self.find(user, seen)
+                self.find(user, seen, caps)
             }
             found => found,
         }
@@ -571,7 +572,8 @@ impl Revoker {
         &mut self,
         user: Option<&str>,
         seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
-    ) -> Result<Vec<(String, String, u64)>, String> {
+        caps: &Caps,
+    ) -> Result<Search, String> {
         let ask = |offset: usize| {
             let mut q = serde_json::json!({"auth": true, "limit": PAGE, "offset": offset});
             if let Some(user) = user {
@@ -579,18 +581,16 @@ impl Revoker {
             }
             q.to_string()
         };
-        self.paged = false;
-        self.nows.clear();
         let replies = self.gather("$SYS.REQ.SERVER.PING.CONNZ", ask(0).as_bytes())?;
         if replies.is_empty() {
             return Err("no server answered $SYS.REQ.SERVER.PING.CONNZ".into());
         }
-        let mut found = Vec::new();
+        let mut search = Search::default();
         let mut pending: Vec<(String, usize)> = Vec::new();
         for reply in replies {
-            if let Some((server_id, n, now)) = collect(&reply, seen, &self.caps, &mut found)? {
+            if let Some((server_id, n, now)) = collect(&reply, seen, caps, &mut search.found)? {
                 if let Some(now) = now {
-                    self.nows.insert(server_id.clone(), now);
+                    search.nows.insert(server_id.clone(), now);
                 }
                 if n >= PAGE {
                     pending.push((server_id, PAGE));
@@ -599,7 +599,7 @@ impl Revoker {
         }
         // A server with a full page has more: ask it alone for the next ones.
         while let Some((server_id, offset)) = pending.pop() {
-            self.paged = true;
+            search.paged = true;
             if offset >= PAGE * MAX_PAGES {
                 return Err(format!(
                     "more than {} connections to search on server {server_id}",
@@ -613,13 +613,13 @@ impl Revoker {
                 &format!("$SYS.REQ.SERVER.{server_id}.CONNZ"),
                 ask(offset).as_bytes(),
             )?;
-            if let Some((_, n, _)) = collect(&reply, seen, &self.caps, &mut found)? {
+            if let Some((_, n, _)) = collect(&reply, seen, caps, &mut search.found)? {
                 if n >= PAGE {
                     pending.push((server_id, offset + PAGE));
                 }
             }
         }
-        Ok(found)
+        Ok(search)
     }
 
     /// Closes one connection.
@@ -717,8 +717,8 @@ fn valid_server_id(id: &str) -> bool {
 fn collect(
     reply: &[u8],
     seen: &dyn Fn(&str) -> Option<jiff::Timestamp>,
-    caps: &HashMap<String, jiff::Timestamp>,
-    found: &mut Vec<(String, String, u64)>,
+    caps: &Caps,
+    found: &mut Vec<Found>,
 ) -> Result<Option<(String, usize, Option<jiff::Timestamp>)>, String> {
     let Ok(reply) = serde_json::from_slice::<ConnzReply>(reply) else {
         // Not a CONNZ answer (a late answer to a KICK): not this request's.
