@@ -27,13 +27,13 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 /// Most names held in the negative cache; beyond it, new misses are not remembered.
 const NEGATIVE_CACHE_CAP: usize = 10_000;
 
-/// One change from a watch event.
+/// One change from a watch event (of a ServiceAccount unless said otherwise).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// The account was added or modified: store it.
-    Upsert(ServiceAccount),
-    /// The account was deleted: drop it (if the cache still holds that same object).
-    Delete(ServiceAccount),
+pub enum Change<T = ServiceAccount> {
+    /// The object was added or modified: store it.
+    Upsert(T),
+    /// The object was deleted: drop it (if the cache still holds that same object).
+    Delete(T),
 }
 
 /// A mark in the cache's write history, taken before a GET so its result can be checked against

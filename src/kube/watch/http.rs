@@ -1,37 +1,43 @@
-//! The watch loop's API calls over HTTP: list pages and watch streams of the cluster-wide
-//! ServiceAccount collection, each watch stream read by its own thread. Both ask for metadata
-//! only (`PartialObjectMetadataList` pages, `PartialObjectMetadata` events): all the service
-//! reads of an object, without its other fields.
+//! The watch loop's API calls over HTTP: list pages and watch streams of a cluster-wide
+//! collection, each watch stream read by its own thread. For ServiceAccounts both ask for
+//! metadata only (`PartialObjectMetadataList` pages, `PartialObjectMetadata` events): all the
+//! service reads of an object, without its other fields.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, warn};
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use url::form_urlencoded;
 
 use super::{
-    EventStream, ListPage, StreamItem, WatchApi, WatchEvent, WatchSettings, COLLECTION_PATH,
+    Collection, EventStream, ListPage, StreamItem, WatchApi, WatchEvent, WatchSettings,
     STREAM_BUFFER, STREAM_POLL,
 };
 use crate::kube::cache::Change;
 use crate::kube::client::{METADATA_ACCEPT, METADATA_LIST_ACCEPT};
-use crate::kube::{ApiClient, ApiStatus, KubeError, LineStream, RawObject};
+use crate::kube::{ApiClient, ApiStatus, KubeError, LineStream};
 
-/// [`WatchApi`] over an [`ApiClient`].
-pub(super) struct ClientApi {
+/// [`WatchApi`] over an [`ApiClient`], for collection `C`.
+pub(super) struct ClientApi<C> {
     client: Arc<ApiClient>,
     settings: WatchSettings,
+    collection: PhantomData<fn() -> C>,
 }
 
-impl ClientApi {
+impl<C: Collection> ClientApi<C> {
     /// The calls of the loop, made through `client`.
-    pub(super) fn new(client: Arc<ApiClient>, settings: WatchSettings) -> ClientApi {
-        ClientApi { client, settings }
+    pub(super) fn new(client: Arc<ApiClient>, settings: WatchSettings) -> ClientApi<C> {
+        ClientApi {
+            client,
+            settings,
+            collection: PhantomData,
+        }
     }
 }
 
@@ -43,21 +49,22 @@ struct ListMeta {
     continue_token: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct RawList {
+#[derive(Debug, Deserialize)]
+#[serde(bound = "R: Deserialize<'de>")]
+struct RawList<R> {
     #[serde(default)]
     metadata: ListMeta,
-    #[serde(default)]
-    items: Option<Vec<RawObject>>,
+    #[serde(default = "Option::default")]
+    items: Option<Vec<R>>,
 }
 
-impl RawList {
-    fn into_page(self) -> ListPage {
+impl<R> RawList<R> {
+    fn into_page<C: Collection<Raw = R>>(self) -> ListPage<C::Object> {
         let mut items = Vec::new();
         for raw in self.items.unwrap_or_default() {
-            match raw.into_service_account(None) {
-                Ok(sa) => items.push(sa),
-                Err(problem) => warn!("skipping a listed ServiceAccount: {}", problem.describe()),
+            match C::decode(raw) {
+                Ok(object) => items.push(object),
+                Err(problem) => warn!("skipping a listed {}: {problem}", C::KIND),
             }
         }
         ListPage {
@@ -71,10 +78,10 @@ impl RawList {
 /// The object of a watch event, read straight into the type its event `type` calls for (no
 /// intermediate `serde_json::Value` when, as the API server writes them, `type` comes first).
 #[derive(Debug)]
-enum EventObject {
+enum EventObject<R> {
     /// ADDED, MODIFIED, DELETED or BOOKMARK: an object (for a bookmark, only its
     /// resourceVersion counts).
-    Object(RawObject),
+    Object(R),
     /// ERROR: a Status, as the server sent it.
     Status(ApiStatus),
     /// Any other type: not read.
@@ -83,23 +90,22 @@ enum EventObject {
 
 /// One watch line: `{"type": ..., "object": ...}`.
 #[derive(Debug)]
-struct RawEvent {
+struct RawEvent<R> {
     kind: String,
-    object: EventObject,
+    object: EventObject<R>,
 }
 
-/// What an event of type `kind` carries.
-#[derive(Clone, Copy)]
-enum ObjectKind {
-    Object,
+/// What an event of type `kind` carries; objects are read as `R`.
+enum ObjectKind<R> {
+    Object(PhantomData<fn() -> R>),
     Status,
     Ignored,
 }
 
-impl ObjectKind {
-    fn of(kind: &str) -> ObjectKind {
+impl<R> ObjectKind<R> {
+    fn of(kind: &str) -> ObjectKind<R> {
         match kind {
-            "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" => ObjectKind::Object,
+            "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" => ObjectKind::Object(PhantomData),
             "ERROR" => ObjectKind::Status,
             _ => ObjectKind::Ignored,
         }
@@ -108,11 +114,11 @@ impl ObjectKind {
 
 /// Reads an event's object as its type calls for: from the stream, or from a value buffered
 /// because it came before `type`.
-impl<'de> DeserializeSeed<'de> for ObjectKind {
-    type Value = EventObject;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EventObject, D::Error> {
+impl<'de, R: Deserialize<'de>> DeserializeSeed<'de> for ObjectKind<R> {
+    type Value = EventObject<R>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EventObject<R>, D::Error> {
         Ok(match self {
-            ObjectKind::Object => EventObject::Object(RawObject::deserialize(d)?),
+            ObjectKind::Object(_) => EventObject::Object(R::deserialize(d)?),
             ObjectKind::Status => EventObject::Status(ApiStatus::deserialize(d)?),
             ObjectKind::Ignored => {
                 IgnoredAny::deserialize(d)?;
@@ -122,25 +128,25 @@ impl<'de> DeserializeSeed<'de> for ObjectKind {
     }
 }
 
-impl<'de> Deserialize<'de> for RawEvent {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawEvent, D::Error> {
-        struct Event;
-        impl<'de> Visitor<'de> for Event {
-            type Value = RawEvent;
+impl<'de, R: DeserializeOwned> Deserialize<'de> for RawEvent<R> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawEvent<R>, D::Error> {
+        struct Event<R>(PhantomData<fn() -> R>);
+        impl<'de, R: DeserializeOwned> Visitor<'de> for Event<R> {
+            type Value = RawEvent<R>;
 
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a watch event")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEvent<R>, A::Error> {
                 let mut kind: Option<String> = None;
-                let mut object: Option<EventObject> = None;
+                let mut object: Option<EventObject<R>> = None;
                 // An object before its type (not how the API server writes events) is buffered.
                 let mut early: Option<serde_json::Value> = None;
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     match &*key {
                         "type" => kind = Some(map.next_value()?),
-                        "object" => match kind.as_deref().map(ObjectKind::of) {
+                        "object" => match kind.as_deref().map(ObjectKind::<R>::of) {
                             Some(of) => object = Some(map.next_value_seed(of)?),
                             None => early = Some(map.next_value()?),
                         },
@@ -153,38 +159,40 @@ impl<'de> Deserialize<'de> for RawEvent {
                 let object = match object {
                     Some(object) => object,
                     // A missing object reads as `null`, which only an unknown type accepts.
-                    None => ObjectKind::of(&kind)
+                    None => ObjectKind::<R>::of(&kind)
                         .deserialize(early.unwrap_or_default())
                         .map_err(de::Error::custom)?,
                 };
                 Ok(RawEvent { kind, object })
             }
         }
-        d.deserialize_map(Event)
+        d.deserialize_map(Event(PhantomData))
     }
 }
 
-/// Decodes one line of a watch stream.
-pub(super) fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
-    let event: RawEvent = serde_json::from_slice(line).map_err(KubeError::Decode)?;
+/// Decodes one line of a watch stream of collection `C`.
+pub(super) fn parse_watch_line<C: Collection>(
+    line: &[u8],
+) -> Result<WatchEvent<C::Object>, KubeError> {
+    let event: RawEvent<C::Raw> = serde_json::from_slice(line).map_err(KubeError::Decode)?;
     match (event.kind.as_str(), event.object) {
         (_, EventObject::Status(status)) => Ok(WatchEvent::Error(status)),
         ("BOOKMARK", EventObject::Object(raw)) => Ok(WatchEvent::Bookmark {
-            resource_version: raw.resource_version().unwrap_or_default().to_owned(),
+            resource_version: C::raw_resource_version(&raw).unwrap_or_default().to_owned(),
         }),
         (kind, EventObject::Object(raw)) => {
-            let resource_version = raw.resource_version().map(str::to_owned);
-            match raw.into_service_account(None) {
-                Ok(sa) => Ok(WatchEvent::Change {
+            let resource_version = C::raw_resource_version(&raw).map(str::to_owned);
+            match C::decode(raw) {
+                Ok(object) => Ok(WatchEvent::Change {
                     change: if kind == "DELETED" {
-                        Change::Delete(sa)
+                        Change::Delete(object)
                     } else {
-                        Change::Upsert(sa)
+                        Change::Upsert(object)
                     },
                     resource_version,
                 }),
                 Err(problem) => {
-                    warn!("skipping a {kind} event: {}", problem.describe());
+                    warn!("skipping a {kind} {} event: {problem}", C::KIND);
                     Ok(WatchEvent::Skipped { resource_version })
                 }
             }
@@ -198,14 +206,17 @@ pub(super) fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, KubeError> {
     }
 }
 
-impl WatchApi for ClientApi {
-    type Stream = ChannelStream;
+impl<C: Collection> WatchApi<C::Object> for ClientApi<C> {
+    type Stream = ChannelStream<C::Object>;
 
     /// A page of at most `page_size` objects; when its answer is larger than the client's body
     /// limit, the same page is asked again with half as many objects, down to one. Objects can
     /// be large (annotations up to 256 KiB, labels, ...): anyone who may create ServiceAccounts
     /// could otherwise make every list fail, and the service never get ready or never relist.
-    fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage, KubeError> {
+    fn list_page(
+        &mut self,
+        continue_token: Option<&str>,
+    ) -> Result<ListPage<C::Object>, KubeError> {
         let mut limit = self.settings.page_size.max(1);
         loop {
             let mut query = form_urlencoded::Serializer::new(String::new());
@@ -213,17 +224,18 @@ impl WatchApi for ClientApi {
             if let Some(token) = continue_token {
                 query.append_pair("continue", token);
             }
-            let path = format!("{COLLECTION_PATH}?{}", query.finish());
-            match self.client.get_json_as::<RawList>(
+            let path = format!("{}?{}", C::PATH, query.finish());
+            let accept = C::METADATA_ONLY.then_some(METADATA_LIST_ACCEPT);
+            match self.client.get_json_as::<RawList<C::Raw>>(
                 &path,
-                Some(METADATA_LIST_ACCEPT),
+                accept,
                 self.settings.list_timeout,
             ) {
-                Ok(list) => return Ok(list.into_page()),
+                Ok(list) => return Ok(list.into_page::<C>()),
                 Err(KubeError::BodyTooLarge { limit: bytes }) if limit > 1 => {
                     limit /= 2;
                     warn!(
-                        "a page of ServiceAccounts is larger than {bytes} bytes: asking again for {limit} at a time"
+                        "a page of {}s is larger than {bytes} bytes: asking again for {limit} at a time", C::KIND
                     );
                 }
                 Err(e) => return Err(e),
@@ -231,18 +243,19 @@ impl WatchApi for ClientApi {
         }
     }
 
-    fn watch(&mut self, resource_version: &str) -> Result<ChannelStream, KubeError> {
+    fn watch(&mut self, resource_version: &str) -> Result<ChannelStream<C::Object>, KubeError> {
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("watch", "1")
             .append_pair("resourceVersion", resource_version)
             .append_pair("allowWatchBookmarks", "true")
             .append_pair("timeoutSeconds", &self.settings.timeout_seconds.to_string())
             .finish();
-        let path = format!("{COLLECTION_PATH}?{query}");
-        let lines =
-            self.client
-                .get_lines_as(&path, Some(METADATA_ACCEPT), self.settings.read_timeout())?;
-        ChannelStream::spawn(lines)
+        let path = format!("{}?{query}", C::PATH);
+        let accept = C::METADATA_ONLY.then_some(METADATA_ACCEPT);
+        let lines = self
+            .client
+            .get_lines_as(&path, accept, self.settings.read_timeout())?;
+        ChannelStream::spawn::<C>(lines)
     }
 
     fn now(&self) -> Instant {
@@ -253,19 +266,21 @@ impl WatchApi for ClientApi {
 /// A watch stream read by its own thread, so the loop can wait on it with a short timeout and
 /// notice stop promptly. The thread ends when the stream ends or the loop drops this value
 /// (at its next line, or at the stream's read timeout at the latest).
-pub(super) struct ChannelStream {
-    items: Receiver<StreamItem>,
+pub(super) struct ChannelStream<T> {
+    items: Receiver<StreamItem<T>>,
 }
 
-impl ChannelStream {
-    fn spawn(mut lines: LineStream) -> Result<ChannelStream, KubeError> {
+impl<T: Send + 'static> ChannelStream<T> {
+    fn spawn<C: Collection<Object = T>>(
+        mut lines: LineStream,
+    ) -> Result<ChannelStream<T>, KubeError> {
         let (tx, rx) = crossbeam_channel::bounded(STREAM_BUFFER);
         std::thread::Builder::new()
             .name("kube-watch-stream".to_owned())
             .spawn(move || loop {
                 let item = match lines.next_line() {
                     Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-                    Ok(Some(line)) => match parse_watch_line(&line) {
+                    Ok(Some(line)) => match parse_watch_line::<C>(&line) {
                         Ok(event) => StreamItem::Event(event),
                         Err(e) => StreamItem::Broken(e),
                     },
@@ -286,8 +301,8 @@ impl ChannelStream {
     }
 }
 
-impl EventStream for ChannelStream {
-    fn next_item(&mut self) -> StreamItem {
+impl<T> EventStream<T> for ChannelStream<T> {
+    fn next_item(&mut self) -> StreamItem<T> {
         match self.items.recv_timeout(STREAM_POLL) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => StreamItem::Idle,
@@ -302,14 +317,14 @@ mod tests {
     use super::*;
     use crate::kube::client::test_client;
     use crate::kube::test_server::{response, start, Request};
-    use crate::kube::{ServiceAccount, ServiceAccountCache};
+    use crate::kube::{RawObject, ServiceAccount, ServiceAccountCache};
     use crate::metrics::Metrics;
     use crate::readiness::Readiness;
     use std::time::Duration;
 
     #[test]
     fn watch_lines_are_decoded_without_kind_or_api_version() {
-        let ev = parse_watch_line(
+        let ev = parse_watch_line::<ServiceAccountCache>(
             br#"{"type":"ADDED","object":{"metadata":{"name":"app","namespace":"ns","uid":"u","resourceVersion":"5","annotations":{"a":"b"}}}}"#,
         )
         .unwrap();
@@ -323,7 +338,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let ev = parse_watch_line(
+        let ev = parse_watch_line::<ServiceAccountCache>(
             br#"{"type":"DELETED","object":{"kind":"ServiceAccount","metadata":{"name":"a","namespace":"n","uid":"u","resourceVersion":"6"}}}"#,
         )
         .unwrap();
@@ -334,14 +349,14 @@ mod tests {
                 ..
             }
         ));
-        let ev = parse_watch_line(
+        let ev = parse_watch_line::<ServiceAccountCache>(
             br#"{"type":"BOOKMARK","object":{"kind":"ServiceAccount","apiVersion":"v1","metadata":{"resourceVersion":"9"}}}"#,
         )
         .unwrap();
         assert!(
             matches!(ev, WatchEvent::Bookmark { ref resource_version } if resource_version == "9")
         );
-        let ev = parse_watch_line(
+        let ev = parse_watch_line::<ServiceAccountCache>(
             br#"{"type":"ERROR","object":{"kind":"Status","status":"Failure","reason":"Expired","code":410,"message":"too old resource version: 1 (2)"}}"#,
         )
         .unwrap();
@@ -352,9 +367,10 @@ mod tests {
                 ..
             })
         ));
-        let ev =
-            parse_watch_line(br#"{"type":"ADDED","object":{"metadata":{"resourceVersion":"3"}}}"#)
-                .unwrap();
+        let ev = parse_watch_line::<ServiceAccountCache>(
+            br#"{"type":"ADDED","object":{"metadata":{"resourceVersion":"3"}}}"#,
+        )
+        .unwrap();
         assert!(matches!(
             ev,
             WatchEvent::Skipped {
@@ -362,11 +378,11 @@ mod tests {
             }
         ));
         assert!(matches!(
-            parse_watch_line(b"{not json"),
+            parse_watch_line::<ServiceAccountCache>(b"{not json"),
             Err(KubeError::Decode(_))
         ));
         // The object before its type (not how the API server writes it) reads the same.
-        let ev = parse_watch_line(
+        let ev = parse_watch_line::<ServiceAccountCache>(
             br#"{"object":{"metadata":{"name":"a","namespace":"n","uid":"u","resourceVersion":"6"}},"type":"MODIFIED"}"#,
         )
         .unwrap();
@@ -375,7 +391,9 @@ mod tests {
             WatchEvent::Change { change: Change::Upsert(ref s), ref resource_version }
                 if &*s.name == "a" && resource_version.as_deref() == Some("6")
         ));
-        let ev = parse_watch_line(br#"{"object":{"code":500},"type":"ERROR"}"#).unwrap();
+        let ev =
+            parse_watch_line::<ServiceAccountCache>(br#"{"object":{"code":500},"type":"ERROR"}"#)
+                .unwrap();
         assert!(matches!(
             ev,
             WatchEvent::Error(ApiStatus {
@@ -390,7 +408,7 @@ mod tests {
             br#"{"type":"SOMETHING"}"#,
         ] {
             assert!(matches!(
-                parse_watch_line(line),
+                parse_watch_line::<ServiceAccountCache>(line),
                 Ok(WatchEvent::Skipped {
                     resource_version: None
                 })
@@ -405,7 +423,10 @@ mod tests {
             br#"[]"#,
         ] {
             assert!(
-                matches!(parse_watch_line(line), Err(KubeError::Decode(_))),
+                matches!(
+                    parse_watch_line::<ServiceAccountCache>(line),
+                    Err(KubeError::Decode(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(line)
             );
@@ -414,19 +435,19 @@ mod tests {
 
     #[test]
     fn list_pages_are_decoded_without_kind() {
-        let list: RawList = serde_json::from_str(
+        let list: RawList<RawObject> = serde_json::from_str(
             r#"{"kind":"ServiceAccountList","apiVersion":"v1",
                 "metadata":{"resourceVersion":"10245","continue":"tok","remainingItemCount":1},
                 "items":[{"metadata":{"name":"a","namespace":"n","uid":"u"}},{"metadata":{}}]}"#,
         )
         .unwrap();
-        let p = list.into_page();
+        let p = list.into_page::<ServiceAccountCache>();
         assert_eq!(p.items, vec![ServiceAccount::for_test("n", "a", "u")]);
         assert_eq!(p.resource_version, "10245");
         assert_eq!(p.continue_token.as_deref(), Some("tok"));
-        let empty: RawList =
+        let empty: RawList<RawObject> =
             serde_json::from_str(r#"{"metadata":{"resourceVersion":"1"},"items":null}"#).unwrap();
-        assert!(empty.into_page().items.is_empty());
+        assert!(empty.into_page::<ServiceAccountCache>().items.is_empty());
     }
 
     /// Continue tokens and resourceVersions are opaque: whatever characters the server puts in
@@ -450,7 +471,7 @@ mod tests {
             )
         }));
         let client = Arc::new(test_client(&base, None));
-        let mut api = ClientApi::new(client, WatchSettings::default());
+        let mut api = ClientApi::<ServiceAccountCache>::new(client, WatchSettings::default());
         let page = api.list_page(Some(ODD)).unwrap();
         assert_eq!(page.continue_token.as_deref(), Some(ODD));
         let _ = api.watch(ODD);
@@ -498,14 +519,15 @@ mod tests {
             None,
             100 * 1024,
         ));
-        let mut api = ClientApi::new(client.clone(), WatchSettings::default());
+        let mut api =
+            ClientApi::<ServiceAccountCache>::new(client.clone(), WatchSettings::default());
         let page = api.list_page(Some("here")).unwrap();
         assert_eq!(*limits.lock(), [500, 250, 125, 62]);
         assert_eq!(page.items.len(), 62);
         assert_eq!(page.continue_token.as_deref(), Some("next"));
         // One object over the limit: the page of one fails as before.
         let tiny = Arc::new(crate::kube::client::test_client_bounded(&base, None, 100));
-        let mut api = ClientApi::new(
+        let mut api = ClientApi::<ServiceAccountCache>::new(
             tiny,
             WatchSettings {
                 page_size: 4,
@@ -546,7 +568,7 @@ mod tests {
             let _ = reader.read_line(&mut rest);
         });
         let client = Arc::new(test_client(&base, None));
-        let mut api = ClientApi::new(client, WatchSettings::default());
+        let mut api = ClientApi::<ServiceAccountCache>::new(client, WatchSettings::default());
         let mut stream = api.watch("7").unwrap();
         let first = (0..20)
             .map(|_| stream.next_item())

@@ -1,4 +1,6 @@
-//! List + watch of every ServiceAccount in the cluster, keeping the [`ServiceAccountCache`] current.
+//! List + watch of a cluster-wide collection (every ServiceAccount, or every Pod for the pod
+//! binding check), keeping its store current. What differs between collections (path, decoding,
+//! the store, metrics) is a [`Collection`]; the loop is the same.
 //!
 //! The loop is a private state machine: `State` holds only what each phase needs and one
 //! `step` function moves it on, returning at most one `Output` for the driver to act on
@@ -14,16 +16,20 @@
 //! - Other errors back off: 800 ms doubling to 30 s with jitter, reset after 2 min without one,
 //!   never less than the server's `Retry-After`.
 
+use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
+use serde::de::DeserializeOwned;
 
 use self::http::ClientApi;
 use super::cache::{CacheBuilder, Change, ServiceAccountCache};
-use super::{stop_requested, wait_or_stop, ApiClient, ApiStatus, KubeError, ServiceAccount};
+use super::{
+    stop_requested, wait_or_stop, ApiClient, ApiStatus, KubeError, RawObject, ServiceAccount,
+};
 use crate::backoff::Backoff;
 pub use crate::backoff::BackoffSettings;
 use crate::metrics::Metrics;
@@ -34,11 +40,9 @@ mod http;
 /// Decodes one line of a watch stream as the watch loop does; whether it was an event (the
 /// fuzz target's entry point).
 pub(crate) fn decode_watch_line(line: &[u8]) -> bool {
-    http::parse_watch_line(line).is_ok()
+    http::parse_watch_line::<ServiceAccountCache>(line).is_ok()
 }
 
-/// The cluster-wide ServiceAccount collection.
-const COLLECTION_PATH: &str = "/api/v1/serviceaccounts";
 /// How long the driver waits for a stream item before it checks for stop.
 const STREAM_POLL: Duration = Duration::from_millis(500);
 /// Events buffered between a watch stream's reader thread and the loop.
@@ -84,13 +88,95 @@ impl WatchSettings {
     }
 }
 
+/// A collection the loop lists and watches: where it is, how its objects are read, the store
+/// they go to, and what the loop reports.
+pub(crate) trait Collection: Send + Sync + 'static {
+    /// An object as the store keeps it.
+    type Object: fmt::Debug + Send + 'static;
+    /// A complete list under construction, before it replaces the store's content.
+    type Builder: Send + 'static;
+    /// An object as read from a list page or a watch event.
+    type Raw: DeserializeOwned + fmt::Debug + Send + 'static;
+    /// The cluster-wide collection's path.
+    const PATH: &'static str;
+    /// The kind, for log lines.
+    const KIND: &'static str;
+    /// Whether lists and watches ask for metadata only (`PartialObjectMetadata`).
+    const METADATA_ONLY: bool;
+
+    /// A raw object's resourceVersion, if it has one.
+    fn raw_resource_version(raw: &Self::Raw) -> Option<&str>;
+    /// Reads a raw object, or says why it cannot be kept.
+    fn decode(raw: Self::Raw) -> Result<Self::Object, &'static str>;
+    /// An empty list.
+    fn new_builder() -> Self::Builder;
+    /// Adds a page's objects to `builder`, sharing what `previous` holds unchanged.
+    fn add(builder: &mut Self::Builder, items: Vec<Self::Object>, previous: Option<&Self>);
+    /// How many objects `builder` holds.
+    fn builder_len(builder: &Self::Builder) -> usize;
+    /// Replaces the store's content with a complete list.
+    fn replace(&self, builder: Self::Builder);
+    /// Applies one watch change.
+    fn apply(&self, change: Change<Self::Object>);
+    /// Called when the store follows the cluster again (listed, or a watch open).
+    fn followed(&self, metrics: &Metrics);
+    /// Called after each complete list.
+    fn listed(&self, metrics: &Metrics, readiness: &Readiness);
+    /// Called when a watch ends and is opened again.
+    fn watch_restarted(&self, metrics: &Metrics);
+}
+
+/// The ServiceAccounts, kept as their metadata.
+impl Collection for ServiceAccountCache {
+    type Object = ServiceAccount;
+    type Builder = CacheBuilder;
+    type Raw = RawObject;
+    const PATH: &'static str = "/api/v1/serviceaccounts";
+    const KIND: &'static str = "ServiceAccount";
+    const METADATA_ONLY: bool = true;
+
+    fn raw_resource_version(raw: &RawObject) -> Option<&str> {
+        raw.resource_version()
+    }
+    fn decode(raw: RawObject) -> Result<ServiceAccount, &'static str> {
+        raw.into_service_account(None).map_err(|p| p.describe())
+    }
+    fn new_builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+    fn add(builder: &mut CacheBuilder, items: Vec<ServiceAccount>, previous: Option<&Self>) {
+        builder.add(items, previous);
+    }
+    fn builder_len(builder: &CacheBuilder) -> usize {
+        builder.len()
+    }
+    fn replace(&self, builder: CacheBuilder) {
+        self.replace_with(builder);
+    }
+    fn apply(&self, change: Change) {
+        ServiceAccountCache::apply(self, change);
+    }
+    fn followed(&self, metrics: &Metrics) {
+        metrics.cache_current.set(crate::unix_now());
+    }
+    fn listed(&self, metrics: &Metrics, readiness: &Readiness) {
+        metrics.cache_relists.inc();
+        // Ready after the first complete list; later relists keep it ready because the
+        // previous content served until this swap.
+        readiness.set_cache_synced(true);
+    }
+    fn watch_restarted(&self, metrics: &Metrics) {
+        metrics.watch_restarts.inc();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The I/O seam
 
 /// One page of a list.
 #[derive(Debug)]
-struct ListPage {
-    items: Vec<ServiceAccount>,
+struct ListPage<T = ServiceAccount> {
+    items: Vec<T>,
     resource_version: String,
     /// Empty or `None` on the last page.
     continue_token: Option<String>,
@@ -98,15 +184,15 @@ struct ListPage {
 
 /// One decoded watch event.
 #[derive(Debug)]
-enum WatchEvent {
+enum WatchEvent<T = ServiceAccount> {
     /// ADDED, MODIFIED or DELETED.
     Change {
-        change: Change,
+        change: Change<T>,
         resource_version: Option<String>,
     },
     /// BOOKMARK: only the resourceVersion moves.
     Bookmark { resource_version: String },
-    /// An event whose object could not be read as a ServiceAccount (skipped).
+    /// An event whose object could not be read (skipped).
     Skipped { resource_version: Option<String> },
     /// ERROR with a Status object.
     Error(ApiStatus),
@@ -114,8 +200,8 @@ enum WatchEvent {
 
 /// What reading a watch stream produced.
 #[derive(Debug)]
-enum StreamItem {
-    Event(WatchEvent),
+enum StreamItem<T = ServiceAccount> {
+    Event(WatchEvent<T>),
     /// Nothing arrived within the poll interval; the stream is still open.
     Idle,
     /// The server ended the stream.
@@ -124,17 +210,17 @@ enum StreamItem {
     Broken(KubeError),
 }
 
-/// An open watch stream.
-trait EventStream {
+/// An open watch stream of objects `T`.
+trait EventStream<T> {
     /// The next item; waits at most a short poll interval.
-    fn next_item(&mut self) -> StreamItem;
+    fn next_item(&mut self) -> StreamItem<T>;
 }
 
-/// The API calls of the loop, and its clock.
-trait WatchApi {
-    type Stream: EventStream;
+/// The API calls of the loop for objects `T`, and its clock.
+trait WatchApi<T> {
+    type Stream: EventStream<T>;
     /// Lists one page, from the start (`None`) or from a continue token.
-    fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage, KubeError>;
+    fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage<T>, KubeError>;
     /// Opens a watch from `resource_version`.
     fn watch(&mut self, resource_version: &str) -> Result<Self::Stream, KubeError>;
     /// The current time.
@@ -145,14 +231,11 @@ trait WatchApi {
 // The state machine
 
 /// Where the loop is. Each variant holds only what that phase needs.
-enum State<S> {
+enum State<S, B = CacheBuilder> {
     /// Nothing listed (start, or after a 410): list from the beginning.
     Empty,
     /// A list is under way: the pages so far, and the token of the next one.
-    InitPage {
-        continue_token: String,
-        objects: CacheBuilder,
-    },
+    InitPage { continue_token: String, objects: B },
     /// Listed (or a watch ended): open a watch from this resourceVersion.
     InitListed { resource_version: String },
     /// A watch is open.
@@ -165,37 +248,45 @@ enum State<S> {
 }
 
 /// Why the loop must wait before its next step.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 enum Failure {
     /// A list page failed; the same page is retried.
-    #[error("listing ServiceAccounts failed: {0}")]
-    List(#[source] KubeError),
+    List(KubeError),
     /// The continue token expired (410); the list starts again.
-    #[error("list continue token expired; listing again")]
     ListExpired,
     /// Opening the watch failed; it is opened again from the same resourceVersion.
-    #[error("opening the ServiceAccount watch failed: {0}")]
-    WatchOpen(#[source] KubeError),
+    WatchOpen(KubeError),
     /// Opening the watch was refused because the resourceVersion is too old (410) or unknown to
     /// the server: relist.
-    #[error("watch resourceVersion no longer valid ({0}); relisting")]
-    ResourceVersionRefused(#[source] KubeError),
+    ResourceVersionRefused(KubeError),
     /// The stream carried an ERROR 410: the resourceVersion is too old; relist.
-    #[error("watch resourceVersion expired; relisting")]
     Expired,
     /// The stream carried an ERROR other than 410; the watch is opened again.
-    #[error("ServiceAccount watch error: {0}")]
     WatchError(ApiStatus),
     /// The watch ended at once with no event; opened again.
-    #[error("ServiceAccount watch ended at once without events")]
     VeryShortWatch,
     /// The stream carried something undecodable; opened again after a pause so a bad event
     /// cannot make the loop spin.
-    #[error("ServiceAccount watch stream: {0}")]
-    WatchUndecodable(#[source] KubeError),
+    WatchUndecodable(KubeError),
 }
 
 impl Failure {
+    /// The log text, for a collection of `kind`.
+    fn describe(&self, kind: &str) -> String {
+        match self {
+            Failure::List(e) => format!("listing {kind}s failed: {e}"),
+            Failure::ListExpired => "list continue token expired; listing again".to_owned(),
+            Failure::WatchOpen(e) => format!("opening the {kind} watch failed: {e}"),
+            Failure::ResourceVersionRefused(e) => {
+                format!("watch resourceVersion no longer valid ({e}); relisting")
+            }
+            Failure::Expired => "watch resourceVersion expired; relisting".to_owned(),
+            Failure::WatchError(status) => format!("{kind} watch error: {status}"),
+            Failure::VeryShortWatch => format!("{kind} watch ended at once without events"),
+            Failure::WatchUndecodable(e) => format!("{kind} watch stream: {e}"),
+        }
+    }
+
     /// The wait the server asked for, if any.
     fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -219,14 +310,14 @@ impl Failure {
 
 /// What a step asks the driver to do.
 #[derive(Debug)]
-enum Output {
+enum Output<T = ServiceAccount, B = CacheBuilder> {
     /// A complete list: replace the cache with it.
     Listed {
-        objects: CacheBuilder,
+        objects: B,
         resource_version: String,
     },
     /// One watch change: apply it.
-    Applied(Change),
+    Applied(Change<T>),
     /// The watch ended after a healthy life; it is opened again at once from the last RV.
     WatchEnded(Option<KubeError>),
     /// Something failed; wait before the next step.
@@ -235,25 +326,31 @@ enum Output {
 
 /// Moves the loop one step as [`step_with`] does, with no previous content to share.
 #[cfg(test)]
-fn step<A: WatchApi>(
+fn step<A: WatchApi<ServiceAccount>>(
     state: State<A::Stream>,
     api: &mut A,
     very_short_watch: Duration,
 ) -> (State<A::Stream>, Option<Output>) {
-    step_with(state, api, very_short_watch, None)
+    step_with::<ServiceAccountCache, A>(state, api, very_short_watch, None)
 }
 
+/// Shorthand for the loop's state and output types of collection `C` read through API `A`.
+type StepResult<C, A> = (
+    State<<A as WatchApi<<C as Collection>::Object>>::Stream, <C as Collection>::Builder>,
+    Option<Output<<C as Collection>::Object, <C as Collection>::Builder>>,
+);
+
 /// Moves the loop one step: at most one request or one stream item, at most one output. A list
-/// page's accounts that `previous` holds unchanged are shared with it.
-fn step_with<A: WatchApi>(
-    state: State<A::Stream>,
+/// page's objects that `previous` holds unchanged are shared with it.
+fn step_with<C: Collection, A: WatchApi<C::Object>>(
+    state: State<A::Stream, C::Builder>,
     api: &mut A,
     very_short_watch: Duration,
-    previous: Option<&ServiceAccountCache>,
-) -> (State<A::Stream>, Option<Output>) {
+    previous: Option<&C>,
+) -> StepResult<C, A> {
     match state {
         State::Empty => match api.list_page(None) {
-            Ok(page) => after_page(CacheBuilder::new(), page, previous),
+            Ok(page) => after_page(C::new_builder(), page, previous),
             Err(e) => (State::Empty, Some(Output::Failed(Failure::List(e)))),
         },
         State::InitPage {
@@ -353,7 +450,7 @@ fn step_with<A: WatchApi>(
                         }
                         cause if events == 0 && lived < very_short_watch => {
                             if let Some(e) = &cause {
-                                debug!("very short ServiceAccount watch broke: {e}");
+                                debug!("very short {} watch broke: {e}", C::KIND);
                             }
                             Output::Failed(Failure::VeryShortWatch)
                         }
@@ -376,12 +473,13 @@ fn step_with<A: WatchApi>(
 }
 
 /// Adds a page to the list under construction; the last page completes it.
-fn after_page<S>(
-    mut objects: CacheBuilder,
-    page: ListPage,
-    previous: Option<&ServiceAccountCache>,
-) -> (State<S>, Option<Output>) {
-    objects.add(page.items, previous);
+#[allow(clippy::type_complexity)]
+fn after_page<S, C: Collection>(
+    mut objects: C::Builder,
+    page: ListPage<C::Object>,
+    previous: Option<&C>,
+) -> (State<S, C::Builder>, Option<Output<C::Object, C::Builder>>) {
+    C::add(&mut objects, page.items, previous);
     match page.continue_token.filter(|t| !t.is_empty()) {
         Some(continue_token) => (
             State::InitPage {
@@ -405,30 +503,31 @@ fn after_page<S>(
 // ---------------------------------------------------------------------------------------------
 // The driver
 
-/// Runs the loop until stop: each step's output goes to the cache, the metrics and readiness.
-fn run<A: WatchApi>(
+/// Runs the loop until stop: each step's output goes to the store, the metrics and readiness.
+fn run<C: Collection, A: WatchApi<C::Object>>(
     api: &mut A,
-    cache: &ServiceAccountCache,
+    store: &C,
     readiness: &Readiness,
     metrics: &Metrics,
     settings: &WatchSettings,
     stop: &Receiver<()>,
 ) {
+    let kind = C::KIND;
     let mut backoff = Backoff::new(settings.backoff.clone());
     let mut state = State::Empty;
-    // When the cache last followed the cluster (start counts: nothing was missed before it).
+    // When the store last followed the cluster (start counts: nothing was missed before it).
     let mut followed = api.now();
     loop {
         if stop_requested(stop) {
-            debug!("ServiceAccount watch stopping");
+            debug!("{kind} watch stopping");
             return;
         }
-        let (next, output) = step_with(state, api, settings.very_short_watch, Some(cache));
+        let (next, output) = step_with(state, api, settings.very_short_watch, Some(store));
         state = next;
         if matches!(state, State::Watching { .. }) || matches!(output, Some(Output::Listed { .. }))
         {
             followed = api.now();
-            metrics.cache_current.set(crate::unix_now());
+            store.followed(metrics);
         }
         match output {
             None => {}
@@ -436,47 +535,45 @@ fn run<A: WatchApi>(
                 objects,
                 resource_version,
             }) => {
-                let count = objects.len();
-                cache.replace_with(objects);
-                metrics.cache_relists.inc();
-                // Ready after the first complete list; later relists keep it ready because the
-                // previous content served until this swap.
-                readiness.set_cache_synced(true);
-                info!("listed {count} ServiceAccounts at resourceVersion {resource_version}");
+                let count = C::builder_len(&objects);
+                store.replace(objects);
+                store.listed(metrics, readiness);
+                info!("listed {count} {kind}s at resourceVersion {resource_version}");
             }
-            Some(Output::Applied(change)) => cache.apply(change),
+            Some(Output::Applied(change)) => store.apply(change),
             Some(Output::WatchEnded(cause)) => {
-                metrics.watch_restarts.inc();
+                store.watch_restarted(metrics);
                 match cause {
-                    Some(e) => info!("ServiceAccount watch broke ({e}); watching again"),
-                    None => debug!("ServiceAccount watch ended; watching again"),
+                    Some(e) => info!("{kind} watch broke ({e}); watching again"),
+                    None => debug!("{kind} watch ended; watching again"),
                 }
             }
             Some(Output::Failed(failure)) => {
                 if failure.ends_watch() {
-                    metrics.watch_restarts.inc();
+                    store.watch_restarted(metrics);
                 }
                 let delay = backoff.delay(api.now(), failure.retry_after(), fastrand::f64());
+                let why = failure.describe(kind);
                 match failure {
                     Failure::ListExpired
                     | Failure::Expired
                     | Failure::ResourceVersionRefused(_) => {
-                        info!("{failure}; next attempt in {delay:?}")
+                        info!("{why}; next attempt in {delay:?}")
                     }
                     _ => {
                         let stale = api.now().saturating_duration_since(followed);
                         if stale >= STALE_AFTER {
                             warn!(
-                                "{failure}; retrying in {delay:?} (the ServiceAccount cache has not followed the cluster for {}s: deletions and annotation changes since are not seen)",
+                                "{why}; retrying in {delay:?} (the {kind} cache has not followed the cluster for {}s: deletions and changes since are not seen)",
                                 stale.as_secs()
                             )
                         } else {
-                            warn!("{failure}; retrying in {delay:?}")
+                            warn!("{why}; retrying in {delay:?}")
                         }
                     }
                 }
                 if wait_or_stop(stop, delay) {
-                    debug!("ServiceAccount watch stopping");
+                    debug!("{kind} watch stopping");
                     return;
                 }
             }
@@ -496,9 +593,22 @@ pub fn spawn_watcher(
     metrics: Arc<Metrics>,
     stop: Receiver<()>,
 ) -> JoinHandle<()> {
+    spawn_collection_watcher(client, cache, settings, readiness, metrics, stop)
+}
+
+/// Starts the thread that lists and watches collection `C` into `store` until `stop` receives a
+/// message or every sender of it is dropped.
+pub(crate) fn spawn_collection_watcher<C: Collection>(
+    client: Arc<ApiClient>,
+    store: Arc<C>,
+    settings: WatchSettings,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    stop: Receiver<()>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut api = ClientApi::new(client, settings.clone());
-        run(&mut api, &cache, &readiness, &metrics, &settings, &stop);
+        let mut api = ClientApi::<C>::new(client, settings.clone());
+        run(&mut api, &*store, &readiness, &metrics, &settings, &stop);
     })
 }
 
@@ -568,7 +678,7 @@ mod tests {
         clock: Arc<Mutex<Instant>>,
     }
 
-    impl EventStream for FakeStream {
+    impl EventStream<ServiceAccount> for FakeStream {
         fn next_item(&mut self) -> StreamItem {
             loop {
                 match self.script.pop_front() {
@@ -620,7 +730,7 @@ mod tests {
         }
     }
 
-    impl WatchApi for FakeApi {
+    impl WatchApi<ServiceAccount> for FakeApi {
         type Stream = FakeStream;
         fn list_page(&mut self, continue_token: Option<&str>) -> Result<ListPage, KubeError> {
             self.list_calls.push(continue_token.map(str::to_owned));
@@ -957,7 +1067,7 @@ mod tests {
             ),
         ];
         for (failure, message) in cases {
-            assert_eq!(failure.to_string(), message, "{failure:?}");
+            assert_eq!(failure.describe("ServiceAccount"), message, "{failure:?}");
         }
     }
 
