@@ -20,7 +20,7 @@ use log::{debug, error, info, warn};
 use crate::authorizer::Authorizer;
 use crate::callout::connection::{Dialer, Login};
 use crate::callout::service::{self, CalloutContext, CalloutSettings};
-use crate::config::{AccountsBackend, Config, JwksLocation, SelfCheckConfig};
+use crate::config::{AccountsBackend, Config, JwksLocation, PodBinding, SelfCheckConfig};
 use crate::events::{self, EventRecorder};
 use crate::http::HttpServer;
 use crate::identity::{
@@ -31,7 +31,7 @@ use crate::keys::KeyStore;
 use crate::kube::cache::{
     ApiDirectory, FileDirectory, LookupSettings, ServiceAccountCache, ServiceAccountDirectory,
 };
-use crate::kube::{file, watch, ApiClient};
+use crate::kube::{file, watch, ApiClient, PodCache};
 use crate::metrics::Metrics;
 use crate::policy::{InboxMode, PermissionCache, PolicyStore};
 use crate::readiness::Readiness;
@@ -229,6 +229,8 @@ pub fn serve() -> Result<(), String> {
 
     let mut threads = Vec::new();
     let cache = Arc::new(ServiceAccountCache::new(metrics.clone()));
+    // `POD_BINDING=watch` (refused at start with a local ServiceAccount file).
+    let pods = (config.binding.pod == PodBinding::Watch).then(|| Arc::new(PodCache::new()));
     // Started once the policy store exists: its replacements are revoked too.
     let mut revoker = None;
     if let Some(revocation) = &config.revocation {
@@ -244,8 +246,13 @@ pub fn serve() -> Result<(), String> {
         )
         .map_err(|e| format!("NATS_SYSTEM_URL: {e}"))?;
         let (tx, rx) = bounded(crate::revoke::QUEUE_CAPACITY);
-        cache.report_changes_to(tx);
-        revoker = Some((Revoker::new(dialer, metrics.clone()), rx));
+        cache.report_changes_to(tx.clone());
+        let mut r = Revoker::new(dialer, metrics.clone());
+        if let Some(pods) = &pods {
+            pods.report_changes_to(tx, metrics.clone());
+            r = r.with_pod_users();
+        }
+        revoker = Some((r, rx));
         info!(
             "live revocation on: connections of a deleted, re-created or re-annotated ServiceAccount, and those a policy change narrows, are closed through {}",
             crate::urls::redact_urls(&revocation.url)
@@ -276,11 +283,26 @@ pub fn serve() -> Result<(), String> {
             threads.push(watch::spawn_watcher(
                 client.clone(),
                 cache.clone(),
-                settings,
+                settings.clone(),
                 readiness.clone(),
                 metrics.clone(),
                 stop_rx.clone(),
             ));
+            if let Some(pods) = &pods {
+                readiness.gate_on_pods();
+                threads.push(watch::spawn_pod_watcher(
+                    client.clone(),
+                    pods.clone(),
+                    settings,
+                    readiness.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                ));
+                info!(
+                    "pod binding check on: a pod-bound token is accepted only while its pod exists; tokens bound to no pod are {}",
+                    if config.binding.non_pod_tokens { "accepted (NON_POD_TOKENS=accept)" } else { "refused" }
+                );
+            }
             let dir = ApiDirectory::new(
                 cache.clone(),
                 client.clone(),
@@ -420,7 +442,11 @@ pub fn serve() -> Result<(), String> {
         permissions,
         config.max_lifetime,
     )
-    .with_verified_tokens(config.token_cache_size, metrics.clone());
+    .with_verified_tokens(config.token_cache_size, metrics.clone())
+    .with_pod_binding(pods, config.binding.non_pod_tokens);
+    if !config.binding.non_pod_tokens && config.binding.pod == PodBinding::Off {
+        info!("NON_POD_TOKENS=refuse: tokens bound to no pod are refused");
+    }
     if let Some(own) = self_check {
         authorizer = authorizer.with_own_account(&own.namespace, &own.name);
     }

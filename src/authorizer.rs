@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::identity::token::MAX_TOKEN_BYTES;
 use crate::identity::{claimed_service_account, Identity, TokenError, TokenValidator};
 use crate::kube::cache::{Lookup, ServiceAccountDirectory};
-use crate::kube::{is_valid_namespace, is_valid_object_name, ServiceAccount};
+use crate::kube::{is_valid_namespace, is_valid_object_name, PodCache, PodCheck, ServiceAccount};
 use crate::metrics::Metrics;
 use crate::policy::{Evaluation, NotServed, PermissionCache, Permissions, PolicyStore};
 use crate::verified::{TokenKey, VerifiedTokens};
@@ -47,6 +47,24 @@ pub enum DenyReason {
     /// The admin policy does not serve the token's namespace.
     #[error("namespace is not served by the policy: {0}")]
     NamespaceNotAllowed(NotServed),
+    /// `POD_BINDING=watch`: no pod of the token's pod name exists (deleted).
+    #[error("the token's pod does not exist (deleted?)")]
+    PodNotFound,
+    /// `POD_BINDING=watch`: a pod of that name exists but is another one (re-created).
+    #[error("the token's pod was replaced by another of the same name")]
+    PodUidMismatch,
+    /// `POD_BINDING=watch`: the pod runs as another ServiceAccount than the token names.
+    #[error("the token's pod runs as another serviceaccount")]
+    PodServiceAccountMismatch,
+    /// `POD_BINDING=watch`: the pod's deletion began more than the API server's grace ago.
+    #[error("the token's pod is being deleted")]
+    PodDeleted,
+    /// `POD_BINDING=watch`: the pods are not listed yet.
+    #[error("pods not listed yet")]
+    PodLookupFailed,
+    /// `NON_POD_TOKENS=refuse`: the token is bound to no pod (a node, a Secret, or nothing).
+    #[error("the token is not bound to a pod (NON_POD_TOKENS=refuse)")]
+    NotPodBound,
     /// Operator mode: the client's account (named by the policy) has no signing key here.
     #[error("no signing key for account {0} (NATS_ACCOUNT_SIGNING_KEYS_DIR)")]
     AccountKeyMissing(String),
@@ -67,6 +85,12 @@ impl DenyReason {
             DenyReason::ServiceAccountUidMismatch => "serviceaccount_uid_mismatch",
             DenyReason::InvalidAccountName => "serviceaccount_invalid_name",
             DenyReason::NamespaceNotAllowed(_) => "namespace_not_allowed",
+            DenyReason::PodNotFound => "pod_not_found",
+            DenyReason::PodUidMismatch => "pod_uid_mismatch",
+            DenyReason::PodServiceAccountMismatch => "pod_serviceaccount_mismatch",
+            DenyReason::PodDeleted => "pod_deleted",
+            DenyReason::PodLookupFailed => "pod_lookup_failed",
+            DenyReason::NotPodBound => "token_not_pod_bound",
             DenyReason::AccountKeyMissing(_) => "account_key_missing",
             DenyReason::Internal => "internal_error",
         }
@@ -119,6 +143,9 @@ pub struct Allowed {
     pub service_account: String,
     /// The pod the token is bound to, when it is pod-bound (for the log).
     pub pod: Option<String>,
+    /// The pod's uid, when the pod binding check confirmed the pod: the user name then names
+    /// the pod, so its connections can be found when it is deleted.
+    pub checked_pod_uid: Option<String>,
     /// The token's `jti` (for the log, see [`Identity::credential_id`]).
     pub credential_id: Option<String>,
     /// Unix time at which the client is disconnected.
@@ -130,12 +157,14 @@ pub struct Allowed {
 }
 
 impl Allowed {
-    /// The user name in the user JWT: `system:serviceaccount:<ns>:<sa>`.
+    /// The user name in the user JWT: `system:serviceaccount:<ns>:<sa>`, and
+    /// `:pod:<pod>:<uid>` after it for a pod the pod binding check confirmed.
     pub fn user_name(&self) -> String {
-        format!(
-            "system:serviceaccount:{}:{}",
-            self.namespace, self.service_account
-        )
+        let pod = match (&self.pod, &self.checked_pod_uid) {
+            (Some(pod), Some(uid)) => Some((pod.as_str(), uid.as_str())),
+            _ => None,
+        };
+        crate::revoke::user_name(&self.namespace, &self.service_account, pod)
     }
 }
 
@@ -193,6 +222,7 @@ impl Admission {
             namespace: self.account.namespace.to_string(),
             service_account: self.account.name.to_string(),
             pod: self.pod,
+            checked_pod_uid: None,
             credential_id: self.credential_id,
             expires_at: self.expires_at,
             account: evaluation.account.clone(),
@@ -253,6 +283,10 @@ pub struct Authorizer {
     verified: Option<VerifiedTokens>,
     /// The service's own ServiceAccount (`namespace`, `name`) when self-checks are on.
     own_account: Option<(String, String)>,
+    /// The pods, when a pod-bound token's pod is checked (`POD_BINDING=watch`).
+    pods: Option<Arc<PodCache>>,
+    /// Whether tokens bound to no pod are accepted (`NON_POD_TOKENS`).
+    non_pod_tokens: bool,
 }
 
 /// How long the self-check's connection may stay: it closes at once, this only bounds a leak.
@@ -275,6 +309,46 @@ impl Authorizer {
             max_lifetime,
             verified: None,
             own_account: None,
+            pods: None,
+            non_pod_tokens: true,
+        }
+    }
+
+    /// Checks the pod of each pod-bound token in `pods` (when given), and accepts tokens bound
+    /// to no pod only when `non_pod_tokens`.
+    pub fn with_pod_binding(mut self, pods: Option<Arc<PodCache>>, non_pod_tokens: bool) -> Self {
+        self.pods = pods;
+        self.non_pod_tokens = non_pod_tokens;
+        self
+    }
+
+    /// The pod binding rules for `identity` at `now`: `Ok(Some(uid))` for a pod the check
+    /// confirmed, `Ok(None)` when nothing was checked.
+    fn pod_binding(&self, identity: &Identity, now: i64) -> Result<Option<String>, DenyReason> {
+        let (Some(pod), Some(uid)) = (&identity.pod_name, &identity.pod_uid) else {
+            return if self.non_pod_tokens {
+                Ok(None)
+            } else {
+                Err(DenyReason::NotPodBound)
+            };
+        };
+        let Some(pods) = &self.pods else {
+            return Ok(None);
+        };
+        let check = pods.check(
+            &identity.namespace,
+            pod,
+            uid,
+            &identity.service_account,
+            now,
+        );
+        match check {
+            PodCheck::Live => Ok(Some(uid.clone())),
+            PodCheck::NotFound => Err(DenyReason::PodNotFound),
+            PodCheck::UidMismatch => Err(DenyReason::PodUidMismatch),
+            PodCheck::ServiceAccountMismatch => Err(DenyReason::PodServiceAccountMismatch),
+            PodCheck::Deleted => Err(DenyReason::PodDeleted),
+            PodCheck::NotSynced => Err(DenyReason::PodLookupFailed),
         }
     }
 
@@ -298,6 +372,7 @@ impl Authorizer {
                 namespace: admitted.account.namespace.to_string(),
                 service_account: admitted.account.name.to_string(),
                 pod: admitted.pod,
+                checked_pod_uid: None,
                 credential_id: admitted.credential_id,
                 expires_at: admitted.expires_at,
                 account: None,
@@ -384,6 +459,11 @@ impl Authorizer {
         }) {
             return self.own_account_decision(&identity, now);
         }
+        // The token's pod (or its lack of one), before anything is looked up for it.
+        let checked_pod_uid = match self.pod_binding(&identity, now) {
+            Ok(uid) => uid,
+            Err(reason) => return Decision::deny(reason, Some(&identity)),
+        };
         // One policy version for the whole decision. A namespace it does not serve is refused
         // before anything is looked up for it.
         let policy = self.policy.current();
@@ -417,7 +497,9 @@ impl Authorizer {
                 if let (None, Some(key), Some(cache)) = (&cached, key, &self.verified) {
                     cache.insert(key, &identity, &admitted.account, now_secs, generation);
                 }
-                Decision::Allow(admitted.into_allowed(&evaluation))
+                let mut allowed = admitted.into_allowed(&evaluation);
+                allowed.checked_pod_uid = checked_pod_uid;
+                Decision::Allow(allowed)
             }
             Err(not_served) => {
                 Decision::deny(DenyReason::NamespaceNotAllowed(not_served), Some(&identity))
@@ -440,6 +522,7 @@ mod tests {
             uid: uid.into(),
             expires_at: (NOW + expires_in) as u64,
             pod_name: None,
+            pod_uid: None,
             credential_id: None,
         }
     }
@@ -475,6 +558,15 @@ mod tests {
         match run(&identity("u1", 600), found("team-a", "app", "u1"), 3600) {
             Decision::Allow(a) => {
                 assert_eq!(a.user_name(), "system:serviceaccount:team-a:app");
+                let checked = Allowed {
+                    pod: Some("app-1".into()),
+                    checked_pod_uid: Some("p-1".into()),
+                    ..a.clone()
+                };
+                assert_eq!(
+                    checked.user_name(),
+                    "system:serviceaccount:team-a:app:pod:app-1:p-1"
+                );
                 assert_eq!(a.permissions.pub_allow, vec!["team-a.>"]);
                 assert_eq!(a.expires_at, NOW + 600, "the token's exp when it is sooner");
             }
@@ -577,6 +669,11 @@ mod tests {
             (
                 DenyReason::NamespaceNotAllowed(NotServed::Excluded("kube-*".into())),
                 "namespace is not served by the policy: namespaces.exclude pattern \"kube-*\" matches it",
+            ),
+            (DenyReason::PodNotFound, "the token's pod does not exist (deleted?)"),
+            (
+                DenyReason::NotPodBound,
+                "the token is not bound to a pod (NON_POD_TOKENS=refuse)",
             ),
             (DenyReason::Internal, "internal error"),
         ];
@@ -921,6 +1018,66 @@ mod tests {
                 assert!(s.held() <= 8);
             }
             assert_eq!(s.held(), 8);
+        }
+
+        #[test]
+        fn the_pod_binding_rules_refuse_a_gone_pod_and_name_a_confirmed_one() {
+            use crate::kube::pods::Pod;
+            use crate::kube::watch::Collection;
+            use crate::kube::Uid;
+            let s = Setup::new();
+            let pods = Arc::new(PodCache::new());
+            let mut listed = PodCache::new_builder();
+            let pod = |name: &str, uid: &str| Pod {
+                namespace: "team-a".into(),
+                name: name.into(),
+                uid: Uid::new(uid),
+                service_account: "app".into(),
+                deletion: None,
+            };
+            PodCache::add(&mut listed, vec![pod("app-1", "p-1")], None);
+            let identity = |pod: Option<(&str, &str)>| Identity {
+                namespace: "team-a".into(),
+                service_account: "app".into(),
+                uid: "u-1".into(),
+                expires_at: NOW as u64 + 600,
+                pod_name: pod.map(|p| p.0.to_owned()),
+                pod_uid: pod.map(|p| p.1.to_owned()),
+                credential_id: None,
+            };
+            let watching = s
+                .with_policy(&AdminPolicy::unrestricted())
+                .with_pod_binding(Some(pods.clone()), false);
+            let check = |a: &Authorizer, pod| a.pod_binding(&identity(pod), NOW);
+            // Before the first list nothing is decided on a guess.
+            assert_eq!(
+                check(&watching, Some(("app-1", "p-1"))),
+                Err(DenyReason::PodLookupFailed)
+            );
+            pods.replace(listed);
+            assert_eq!(
+                check(&watching, Some(("app-1", "p-1"))),
+                Ok(Some("p-1".to_owned()))
+            );
+            assert_eq!(
+                check(&watching, Some(("app-2", "p-1"))),
+                Err(DenyReason::PodNotFound)
+            );
+            assert_eq!(
+                check(&watching, Some(("app-1", "p-2"))),
+                Err(DenyReason::PodUidMismatch)
+            );
+            assert_eq!(check(&watching, None), Err(DenyReason::NotPodBound));
+            // Off: a pod-bound token is not checked, and one bound to no pod is accepted.
+            let off = s.with_policy(&AdminPolicy::unrestricted());
+            assert_eq!(check(&off, Some(("gone", "p-9"))), Ok(None));
+            assert_eq!(check(&off, None), Ok(None));
+            // Refusing tokens bound to no pod does not need the pods.
+            let strict = s
+                .with_policy(&AdminPolicy::unrestricted())
+                .with_pod_binding(None, false);
+            assert_eq!(check(&strict, None), Err(DenyReason::NotPodBound));
+            assert_eq!(check(&strict, Some(("any", "p-9"))), Ok(None));
         }
     }
 }

@@ -161,6 +161,68 @@ pub struct Config {
     /// The self-check, when `SELF_CHECK_INTERVAL` turns it on (ignored with
     /// `SERVICE_ACCOUNTS_PATH` and no `SELF_CHECK_TOKEN_FILE`: no API server to ask for a token).
     pub self_check: Option<SelfCheckConfig>,
+    /// `POD_BINDING` / `NON_POD_TOKENS`: what is required of a token's bound object.
+    pub binding: BindingConfig,
+}
+
+/// `POD_BINDING`: whether a pod-bound token's pod is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodBinding {
+    /// `off` (the default): a token is checked on its own, as before.
+    Off,
+    /// `watch`: the pods are listed and watched; a token whose pod is gone (or another pod
+    /// now) is refused, and a deleted pod's connections are closed when revocation is on.
+    Watch,
+}
+
+/// What is required of the object a token is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingConfig {
+    /// `POD_BINDING`.
+    pub pod: PodBinding,
+    /// `NON_POD_TOKENS` (`accept` or `refuse`): whether a token bound to no pod (bound to a
+    /// node or a Secret only, or to nothing, as `kubectl create token` makes them) is
+    /// accepted. Default: `refuse` with `POD_BINDING=watch` (such a token would not die with any
+    /// pod), `accept` otherwise.
+    pub non_pod_tokens: bool,
+}
+
+/// Reads `POD_BINDING` and `NON_POD_TOKENS`.
+fn binding_config(r: &mut Reader<'_>, accounts: &AccountsSource) -> BindingConfig {
+    let pod = match r.get("POD_BINDING").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("off") => PodBinding::Off,
+        Some("watch") => PodBinding::Watch,
+        Some(other) => {
+            r.problems
+                .push(format!("POD_BINDING={other:?} is not one of off, watch"));
+            PodBinding::Off
+        }
+    };
+    if pod == PodBinding::Watch && matches!(accounts, AccountsSource::File(_)) {
+        r.problems.push(
+            "POD_BINDING=watch needs the Kubernetes API (SERVICE_ACCOUNTS_PATH has no pods)".into(),
+        );
+    }
+    let default = pod == PodBinding::Off;
+    let non_pod_tokens = match r
+        .get("NON_POD_TOKENS")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None => default,
+        Some("accept") => true,
+        Some("refuse") => false,
+        Some(other) => {
+            r.problems.push(format!(
+                "NON_POD_TOKENS={other:?} is not one of accept, refuse"
+            ));
+            default
+        }
+    };
+    BindingConfig {
+        pod,
+        non_pod_tokens,
+    }
 }
 
 /// How live revocation reaches nats-server's system account.
@@ -214,6 +276,7 @@ impl fmt::Debug for Config {
             .field("serviceaccount_events", &self.serviceaccount_events)
             .field("revocation", &self.revocation)
             .field("self_check", &self.self_check)
+            .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
 }
@@ -771,6 +834,7 @@ impl Config {
         let instance = r.get("HOSTNAME").map(str::to_owned);
         let self_check = self_check_config(&mut r);
         let revocation = revocation_config(&mut r);
+        let binding = binding_config(&mut r, &accounts);
 
         match (keys, r.problems.is_empty()) {
             (Some(keys), true) => Ok(Config {
@@ -804,6 +868,7 @@ impl Config {
                 instance,
                 revocation,
                 self_check,
+                binding,
             }),
             _ => Err(r.into_error().to_string()),
         }
@@ -866,6 +931,44 @@ mod tests {
         ];
         pairs.extend_from_slice(extra);
         Config::from_map(&env(&pairs))
+    }
+
+    #[test]
+    fn pod_binding_is_off_by_default_and_refuses_tokens_bound_to_no_pod_when_on() {
+        let off = with(&[]).unwrap().binding;
+        assert_eq!((off.pod, off.non_pod_tokens), (PodBinding::Off, true));
+        let on = with(&[("POD_BINDING", "watch")]).unwrap().binding;
+        assert_eq!((on.pod, on.non_pod_tokens), (PodBinding::Watch, false));
+        let lenient = with(&[("POD_BINDING", "Watch"), ("NON_POD_TOKENS", "accept")]).unwrap();
+        assert!(lenient.binding.non_pod_tokens);
+        let strict = with(&[("NON_POD_TOKENS", "refuse")]).unwrap().binding;
+        assert_eq!(
+            (strict.pod, strict.non_pod_tokens),
+            (PodBinding::Off, false)
+        );
+        let err = with(&[("POD_BINDING", "tokenreview"), ("NON_POD_TOKENS", "maybe")])
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("POD_BINDING=\"tokenreview\" is not one of off, watch"),
+            "{err}"
+        );
+        assert!(
+            err.contains("NON_POD_TOKENS=\"maybe\" is not one of accept, refuse"),
+            "{err}"
+        );
+        let err = with(&[
+            ("POD_BINDING", "watch"),
+            ("SERVICE_ACCOUNTS_PATH", "/x"),
+            ("JWKS_PATH", "/y"),
+            ("JWT_ISSUER", "https://i"),
+        ])
+        .err()
+        .unwrap();
+        assert!(
+            err.contains("POD_BINDING=watch needs the Kubernetes API"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -148,6 +148,11 @@ pub struct Metrics {
     pub cache_current: Gauge,
     /// On-demand GETs of a single ServiceAccount after a cache miss.
     pub cache_miss_lookups: Counter,
+    /// Pods held for the pod binding check.
+    pub pods: Gauge,
+    /// Unix time (s) at which the pod cache last followed the cluster (0: never, or the check
+    /// is off).
+    pub pod_cache_current: Gauge,
     /// Successful JWKS loads.
     pub jwks_refreshes: Counter,
     /// Failed JWKS loads (the last good key set stays in use).
@@ -242,6 +247,18 @@ impl Metrics {
             "cache_current_timestamp_seconds",
             "Unix time at which the ServiceAccount cache last followed the cluster (a watch open or a list just completed)",
             cache_current.clone(),
+        );
+        let pods = Gauge::default();
+        registry.register(
+            "pods",
+            "Pods held for the pod binding check (POD_BINDING=watch)",
+            pods.clone(),
+        );
+        let pod_cache_current = Gauge::default();
+        registry.register(
+            "pod_cache_current_timestamp_seconds",
+            "Unix time at which the pod cache last followed the cluster (0 when the pod binding check is off)",
+            pod_cache_current.clone(),
         );
         let cache_miss_lookups = Counter::default();
         registry.register(
@@ -387,6 +404,8 @@ impl Metrics {
             cache_relists,
             watch_restarts,
             cache_current,
+            pods,
+            pod_cache_current,
             cache_miss_lookups,
             jwks_refreshes,
             jwks_refresh_failures,

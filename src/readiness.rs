@@ -9,6 +9,9 @@ pub struct Readiness {
     subscribed: AtomicBool,
     jwks_loaded: AtomicBool,
     cache_synced: AtomicBool,
+    /// Whether decisions wait for a complete list of pods (`POD_BINDING=watch`).
+    pods_gate: AtomicBool,
+    pods_synced: AtomicBool,
     shutting_down: AtomicBool,
     /// Whether a failing self-check makes the service unready (`SELF_CHECK_READINESS`).
     self_check_gates: AtomicBool,
@@ -32,6 +35,18 @@ impl Readiness {
     pub fn set_cache_synced(&self, v: bool) {
         self.cache_synced.store(v, Ordering::SeqCst);
     }
+    /// Makes decisions (and `/readyz`) wait for a complete list of pods.
+    pub fn gate_on_pods(&self) {
+        self.pods_gate.store(true, Ordering::SeqCst);
+    }
+    /// Records whether the pod cache has completed a full list.
+    pub fn set_pods_synced(&self, v: bool) {
+        self.pods_synced.store(v, Ordering::SeqCst);
+    }
+    /// Whether the pods are listed, or not needed.
+    fn pods_ready(&self) -> bool {
+        !self.pods_gate.load(Ordering::SeqCst) || self.pods_synced.load(Ordering::SeqCst)
+    }
     /// Records that shutdown has begun: the service stops being ready.
     pub fn set_shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
@@ -48,9 +63,12 @@ impl Readiness {
     pub fn subscribed(&self) -> bool {
         self.subscribed.load(Ordering::SeqCst)
     }
-    /// Whether the service has what it needs to decide: a key set and a synced cache.
+    /// Whether the service has what it needs to decide: a key set and a synced cache (and the
+    /// pods, when the pod binding check is on).
     pub fn can_decide(&self) -> bool {
-        self.jwks_loaded.load(Ordering::SeqCst) && self.cache_synced.load(Ordering::SeqCst)
+        self.jwks_loaded.load(Ordering::SeqCst)
+            && self.cache_synced.load(Ordering::SeqCst)
+            && self.pods_ready()
     }
     /// Whether the NATS connection is up.
     pub fn nats_connected(&self) -> bool {
@@ -77,6 +95,9 @@ impl Readiness {
         }
         if !self.cache_synced.load(Ordering::SeqCst) {
             out.push("cache_synced");
+        }
+        if !self.pods_ready() {
+            out.push("pods_synced");
         }
         if self.self_check_gates.load(Ordering::SeqCst)
             && !self.self_check_passed.load(Ordering::SeqCst)

@@ -64,6 +64,8 @@ pub enum RevokeReason {
     AnnotationsChanged,
     /// The admin policy changed what it gets.
     PolicyChanged,
+    /// The pod its token is bound to was deleted (`POD_BINDING=watch`).
+    PodDeleted,
 }
 
 impl RevokeReason {
@@ -74,25 +76,71 @@ impl RevokeReason {
             RevokeReason::Recreated => "recreated",
             RevokeReason::AnnotationsChanged => "annotations_changed",
             RevokeReason::PolicyChanged => "policy_changed",
+            RevokeReason::PodDeleted => "pod_deleted",
         }
     }
 
     /// Every reason, each exposed from the start.
-    pub const ALL: [RevokeReason; 4] = [
+    pub const ALL: [RevokeReason; 5] = [
         RevokeReason::Deleted,
         RevokeReason::Recreated,
         RevokeReason::AnnotationsChanged,
         RevokeReason::PolicyChanged,
+        RevokeReason::PodDeleted,
     ];
 }
 
-/// One ServiceAccount whose connections must go.
+/// The prefix of every user name the service gives.
+const USER_PREFIX: &str = "system:serviceaccount:";
+/// What separates a ServiceAccount's user name from the pod part, when there is one.
+const POD_PART: &str = ":pod:";
+
+/// The user name of a user JWT (the user nats-server reports its connection as, and finds it
+/// by): `system:serviceaccount:<namespace>:<name>`, followed by `:pod:<pod>:<pod uid>` for a
+/// client whose pod the pod binding check confirmed, so that the pod's connections can be
+/// found when it is deleted. None of the parts can hold a `:` (Kubernetes names and uids).
+pub fn user_name(namespace: &str, service_account: &str, pod: Option<(&str, &str)>) -> String {
+    match pod {
+        None => format!("{USER_PREFIX}{namespace}:{service_account}"),
+        Some((pod, uid)) => {
+            format!("{USER_PREFIX}{namespace}:{service_account}{POD_PART}{pod}:{uid}")
+        }
+    }
+}
+
+/// The ServiceAccount's user name within `user` (which may name a pod too).
+fn account_user(user: &str) -> &str {
+    match user.find(POD_PART) {
+        Some(at) => &user[..at],
+        None => user,
+    }
+}
+
+/// The namespace and ServiceAccount a user name names.
+fn account_of(user: &str) -> Option<(&str, &str)> {
+    account_user(user)
+        .strip_prefix(USER_PREFIX)?
+        .split_once(':')
+}
+
+/// A pod whose connections must go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+}
+
+/// One ServiceAccount (or one pod of it) whose connections must go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
     /// Its namespace.
     pub namespace: String,
-    /// Its name.
+    /// The ServiceAccount's name.
     pub name: String,
+    /// The pod, when only that pod's connections go.
+    pub pod: Option<PodRef>,
     /// Why.
     pub reason: RevokeReason,
     /// When the change was seen: connections that started later are left alone.
@@ -105,14 +153,36 @@ impl Revocation {
         Revocation {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
+            pod: None,
             reason,
             seen: jiff::Timestamp::now(),
         }
     }
 
-    /// The name nats-server knows the account's users by (the user JWT's `name`).
+    /// A revocation of the connections of pod `pod` (uid `uid`) of ServiceAccount
+    /// `namespace/service_account`, which was deleted, seen now.
+    pub fn pod(namespace: &str, service_account: &str, pod: &str, uid: &str) -> Revocation {
+        Revocation {
+            pod: Some(PodRef {
+                name: pod.to_owned(),
+                uid: uid.to_owned(),
+            }),
+            ..Revocation::now(namespace, service_account, RevokeReason::PodDeleted)
+        }
+    }
+
+    /// The name nats-server knows the users by (the user JWT's `name`).
     fn user(&self) -> String {
-        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+        let pod = self.pod.as_ref().map(|p| (p.name.as_str(), p.uid.as_str()));
+        user_name(&self.namespace, &self.name, pod)
+    }
+
+    /// What the log calls it.
+    fn label(&self) -> String {
+        match &self.pod {
+            None => format!("{}/{}", self.namespace, self.name),
+            Some(pod) => format!("pod {}/{} of {}", self.namespace, pod.name, self.name),
+        }
     }
 }
 
@@ -162,6 +232,8 @@ pub struct Revoker {
     retry_at: Option<Instant>,
     /// Policy replacements, and what is needed to tell whom they narrowed.
     policy: Option<PolicyWatch>,
+    /// Whether user names may name pods (`POD_BINDING=watch`).
+    pod_users: bool,
 }
 
 /// One connection to close: (user, server id, client id).
@@ -216,7 +288,15 @@ impl Revoker {
             next_reply: 0,
             retry_at: None,
             policy: None,
+            pod_users: false,
         }
+    }
+
+    /// Also finds the connections of users named by pod ([`user_name`]): a ServiceAccount's
+    /// change then searches every connection, since nats-server filters by exact name only.
+    pub fn with_pod_users(mut self) -> Revoker {
+        self.pod_users = true;
+        self
     }
 
     /// Also closes the connections a replaced policy grants otherwise: their account (from `cache`)
@@ -365,11 +445,20 @@ impl Revoker {
         }
         let seen: HashMap<String, jiff::Timestamp> =
             targets.iter().map(|(u, r)| (u.clone(), r.seen)).collect();
-        let changed_at = |u: &str| seen.get(u).copied();
+        // A connection's user names its pod, or only its ServiceAccount: a change of the
+        // ServiceAccount reaches both.
+        let changed_at = |u: &str| {
+            let own = seen.get(u).copied();
+            let account = seen.get(account_user(u)).copied();
+            own.max(account)
+        };
+        // nats-server finds users by their exact name: a ServiceAccount's change must also reach
+        // its pods' users when pods are named, which only a search of every connection does.
+        let exact = !self.pod_users || targets.values().all(|r| r.pod.is_some());
         let tally = self.search_and_close(&mut |revoker, caps| {
             // A few accounts: one filtered search each. More (a namespace deleted): one search
             // of every connection, matched here.
-            if targets.len() <= FILTERED_AT_MOST {
+            if exact && targets.len() <= FILTERED_AT_MOST {
                 let mut all = Search::default();
                 for (user, revocation) in &targets {
                     match revoker.find_again_if_lost(Some(user), &changed_at, caps) {
@@ -390,8 +479,20 @@ impl Revoker {
                 }
             }
         });
+        // Per change: a pod's users count for their ServiceAccount's change when only it changed.
+        let mut per_target: HashMap<&str, (u64, u64)> = HashMap::new();
         for (user, (closed, failed)) in tally.unwrap_or_default() {
-            let Some(revocation) = targets.get(&user) else {
+            let key = [user.as_str(), account_user(&user)]
+                .into_iter()
+                .find_map(|u| targets.get_key_value(u).map(|(k, _)| k.as_str()));
+            if let Some(key) = key {
+                let entry = per_target.entry(key).or_default();
+                entry.0 += closed;
+                entry.1 += failed;
+            }
+        }
+        for (key, (closed, failed)) in per_target {
+            let Some(revocation) = targets.get(key) else {
                 continue;
             };
             self.metrics.connections_revoked.inc_by(closed);
@@ -399,9 +500,8 @@ impl Revoker {
                 self.metrics.revocation_failures.inc();
             }
             info!(
-                "revocation: closed {closed} connection(s) of {}/{} ({}){}",
-                revocation.namespace,
-                revocation.name,
+                "revocation: closed {closed} connection(s) of {} ({}){}",
+                revocation.label(),
                 revocation.reason.label(),
                 if failed > 0 {
                     format!(", {failed} could not be closed")
@@ -447,9 +547,7 @@ impl Revoker {
             .collect();
         let (newest, seen) = (&last.new.policy, last.seen);
         let narrowed = |user: &str| -> Option<jiff::Timestamp> {
-            let (namespace, name) = user
-                .strip_prefix("system:serviceaccount:")?
-                .split_once(':')?;
+            let (namespace, name) = account_of(user)?;
             let sa = cache.get(namespace, name)?;
             let after = evaluate(&sa, newest, mode).ok();
             let differs = earlier.iter().any(|policy| {
@@ -537,9 +635,8 @@ impl Revoker {
     fn failed(&self, revocation: &Revocation, why: &str) {
         self.metrics.revocation_failures.inc();
         warn!(
-            "revocation: cannot look up the connections of {}/{} ({}): {why}",
-            revocation.namespace,
-            revocation.name,
+            "revocation: cannot look up the connections of {} ({}): {why}",
+            revocation.label(),
             revocation.reason.label()
         );
     }
@@ -762,6 +859,21 @@ fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_name_names_its_account_with_or_without_a_pod() {
+        let plain = user_name("team-a", "app", None);
+        let pod = user_name("team-a", "app", Some(("app-1", "p-1")));
+        assert_eq!(plain, "system:serviceaccount:team-a:app");
+        assert_eq!(pod, "system:serviceaccount:team-a:app:pod:app-1:p-1");
+        assert_eq!(account_user(&pod), plain);
+        assert_eq!(account_of(&pod), Some(("team-a", "app")));
+        assert_eq!(account_of(&plain), Some(("team-a", "app")));
+        assert_eq!(account_of("bob"), None);
+        let r = Revocation::pod("team-a", "app", "app-1", "p-1");
+        assert_eq!((r.user(), r.reason), (pod, RevokeReason::PodDeleted));
+        assert_eq!(r.label(), "pod team-a/app-1 of app");
+    }
 
     fn at(text: &str) -> jiff::Timestamp {
         text.parse().unwrap()

@@ -236,6 +236,7 @@ mod tests {
             uid: "u-1".into(),
             expires_at: NOW + expires_in,
             pod_name: None,
+            pod_uid: None,
             credential_id: None,
         }
     }

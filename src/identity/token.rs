@@ -74,6 +74,8 @@ pub struct Identity {
     pub expires_at: u64,
     /// The pod the token is bound to, if any.
     pub pod_name: Option<String>,
+    /// That pod's uid (set exactly when `pod_name` is).
+    pub pod_uid: Option<String>,
     /// The token's `jti`, which the API server's audit log records as its credential id
     /// (`authentication.kubernetes.io/credential-id: JTI=<jti>`); printable, at most
     /// [`MAX_CREDENTIAL_ID`] characters. Only for the log.
@@ -446,12 +448,17 @@ impl TokenValidator {
         if !subject_matches(claims.sub.as_deref(), &namespace, &name) {
             return Err(TokenError::SubjectMismatch);
         }
+        // A pod binding counts only with both the pod's name and uid.
+        let pod = kubernetes
+            .pod
+            .and_then(|pod| Some((non_empty(pod.name)?, non_empty(pod.uid)?)));
         Ok(Identity {
             namespace,
             service_account: name,
             uid,
             expires_at,
-            pod_name: kubernetes.pod.and_then(|pod| non_empty(pod.name)),
+            pod_name: pod.as_ref().map(|(name, _)| name.clone()),
+            pod_uid: pod.map(|(_, uid)| uid),
             credential_id: claims
                 .jti
                 .as_ref()
@@ -1015,6 +1022,7 @@ mod tests {
                 uid: UID.into(),
                 expires_at: NOW + 3600,
                 pod_name: Some("app-7d9f8c6b5-x2x4q".into()),
+                pod_uid: Some("bbbbbbbb-0000-4000-8000-000000000003".into()),
                 credential_id: Some("1b2c3d4e-0000-4000-8000-000000000001".into()),
             }
         );

@@ -7,7 +7,8 @@
 //! - [`object`]: the ServiceAccount as kept, read from API objects;
 //! - [`watch`] keeps the [`cache`] current with a paginated list followed by a watch;
 //! - [`file`](mod@file) fills the same cache from a local file, for development without a cluster;
-//! - [`cache`] answers lookups, with a rate-limited GET on a miss when backed by the API.
+//! - [`cache`] answers lookups, with a rate-limited GET on a miss when backed by the API;
+//! - [`pods`] keeps the pods the pod binding check reads, through the same list + watch.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub(crate) mod credential;
 pub mod error;
 pub mod file;
 pub mod object;
+pub mod pods;
 #[cfg(test)]
 pub(crate) mod test_server;
 pub mod watch;
@@ -34,7 +36,8 @@ pub use error::{ApiStatus, ConfigError, KubeError};
 pub use file::{load_file, spawn_file_source, FileError};
 pub(crate) use object::RawObject;
 pub use object::{is_valid_namespace, is_valid_object_name, ResourceVersion, ServiceAccount, Uid};
-pub use watch::{spawn_watcher, BackoffSettings, WatchSettings};
+pub use pods::{PodCache, PodCheck};
+pub use watch::{spawn_pod_watcher, spawn_watcher, BackoffSettings, WatchSettings};
 
 /// Whether stop was requested: a message arrived or every sender is gone.
 pub(crate) fn stop_requested(stop: &Receiver<()>) -> bool {

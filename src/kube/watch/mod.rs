@@ -596,9 +596,22 @@ pub fn spawn_watcher(
     spawn_collection_watcher(client, cache, settings, readiness, metrics, stop)
 }
 
+/// Starts the thread that lists and watches pods into `pods` until `stop` fires, for the pod
+/// binding check. Readiness `pods_synced` is set after the first complete list.
+pub fn spawn_pod_watcher(
+    client: Arc<ApiClient>,
+    pods: Arc<super::PodCache>,
+    settings: WatchSettings,
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    stop: Receiver<()>,
+) -> JoinHandle<()> {
+    spawn_collection_watcher(client, pods, settings, readiness, metrics, stop)
+}
+
 /// Starts the thread that lists and watches collection `C` into `store` until `stop` receives a
 /// message or every sender of it is dropped.
-pub(crate) fn spawn_collection_watcher<C: Collection>(
+fn spawn_collection_watcher<C: Collection>(
     client: Arc<ApiClient>,
     store: Arc<C>,
     settings: WatchSettings,

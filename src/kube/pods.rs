@@ -1,0 +1,490 @@
+//! The pod binding check (`POD_BINDING=watch`): the pods of the cluster, kept current by the
+//! same list + watch as the ServiceAccounts, so that a token bound to a pod that is gone is
+//! refused and the connections granted to it are closed when the pod goes.
+//!
+//! Only what the check needs is kept of a pod: its name, uid, ServiceAccount and when its
+//! deletion began (about 100 bytes, whatever the object holds). The whole object is read from
+//! the API rather than its metadata only, because the pod's ServiceAccount (`spec`) is part of
+//! the NATS user name its connections are found by when it is deleted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use log::warn;
+use parking_lot::RwLock;
+use serde::Deserialize;
+
+use super::cache::Change;
+use super::watch::Collection;
+use super::{is_valid_namespace, is_valid_object_name, Uid};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::revoke::Revocation;
+
+/// How long after its `deletionTimestamp` a pod's tokens are still accepted: the API server's own
+/// grace for tokens of a pod being deleted.
+pub const DELETION_GRACE_SECS: i64 = 60;
+
+/// A pod as kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    /// Its namespace.
+    pub namespace: Box<str>,
+    /// Its name.
+    pub name: Box<str>,
+    /// Its uid.
+    pub uid: Uid,
+    /// `spec.serviceAccountName`.
+    pub service_account: Box<str>,
+    /// `metadata.deletionTimestamp` (unix seconds): when its graceful deletion ends.
+    pub deletion: Option<i64>,
+}
+
+/// What the pod cache says of a token's pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodCheck {
+    /// The pod exists with the token's uid and ServiceAccount.
+    Live,
+    /// No pod of that name in the namespace.
+    NotFound,
+    /// A pod of that name exists but is another one (deleted and created again).
+    UidMismatch,
+    /// The pod runs as another ServiceAccount than the token's.
+    ServiceAccountMismatch,
+    /// The pod's deletion began more than [`DELETION_GRACE_SECS`] ago.
+    Deleted,
+    /// No complete list of pods yet.
+    NotSynced,
+}
+
+/// A pod as read from the API: only the fields kept.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawPod {
+    #[serde(default)]
+    metadata: RawPodMeta,
+    #[serde(default)]
+    spec: Option<RawPodSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawPodMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: Option<String>,
+    #[serde(default, rename = "deletionTimestamp")]
+    deletion_timestamp: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawPodSpec {
+    #[serde(default, rename = "serviceAccountName")]
+    service_account_name: Option<String>,
+}
+
+impl RawPod {
+    /// The pod as kept, or why it cannot be.
+    fn into_pod(self) -> Result<Pod, &'static str> {
+        let meta = self.metadata;
+        let name = meta
+            .name
+            .filter(|n| is_valid_object_name(n))
+            .ok_or("metadata.name is missing or not a valid name")?;
+        let namespace = meta
+            .namespace
+            .filter(|n| is_valid_namespace(n))
+            .ok_or("metadata.namespace is missing or not a valid name")?;
+        let uid = meta
+            .uid
+            .filter(|u| !u.is_empty())
+            .ok_or("metadata.uid is missing")?;
+        // A pod without one runs as `default`, which the API server fills in on creation.
+        let service_account = self
+            .spec
+            .and_then(|s| s.service_account_name)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".to_owned());
+        let deletion = match meta.deletion_timestamp {
+            None => None,
+            Some(text) => Some(
+                text.parse::<jiff::Timestamp>()
+                    .map_err(|_| "metadata.deletionTimestamp is not a timestamp")?
+                    .as_second(),
+            ),
+        };
+        Ok(Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: Uid::new(&uid),
+            service_account: service_account.into(),
+            deletion,
+        })
+    }
+}
+
+/// namespace → name → pod.
+type Pods = HashMap<Box<str>, HashMap<Box<str>, Pod>>;
+
+/// A complete list of pods under construction.
+#[derive(Debug, Default)]
+pub struct PodsBuilder {
+    pods: Pods,
+    len: usize,
+}
+
+/// The pods of the cluster, by namespace and name.
+#[derive(Default)]
+pub struct PodCache {
+    inner: RwLock<(Pods, usize)>,
+    synced: AtomicBool,
+    /// Where deletions that must close live connections go, when revocation is on.
+    revocations: OnceLock<crossbeam_channel::Sender<Revocation>>,
+    metrics: OnceLock<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for PodCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodCache")
+            .field("len", &self.len())
+            .field("synced", &self.is_synced())
+            .finish()
+    }
+}
+
+impl PodCache {
+    /// An empty, not yet synced cache.
+    pub fn new() -> PodCache {
+        PodCache::default()
+    }
+
+    /// From now on, reports every pod that is gone (deleted, or replaced by another of the same
+    /// name) to `revocations`; a full queue counts a failure in `metrics` and logs it.
+    pub fn report_changes_to(
+        &self,
+        revocations: crossbeam_channel::Sender<Revocation>,
+        metrics: Arc<Metrics>,
+    ) {
+        let _ = self.revocations.set(revocations);
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// Number of pods held.
+    pub fn len(&self) -> usize {
+        self.inner.read().1
+    }
+
+    /// Whether no pod is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether a complete list has been loaded at least once.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    /// Checks the pod a token is bound to: `namespace/name` with `uid`, running as
+    /// `service_account`, not deleted for longer than the grace at unix time `now`.
+    pub fn check(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        service_account: &str,
+        now: i64,
+    ) -> PodCheck {
+        if !self.is_synced() {
+            return PodCheck::NotSynced;
+        }
+        let inner = self.inner.read();
+        let Some(pod) = inner.0.get(namespace).and_then(|pods| pods.get(name)) else {
+            return PodCheck::NotFound;
+        };
+        if !pod.uid.is(uid) {
+            PodCheck::UidMismatch
+        } else if *pod.service_account != *service_account {
+            PodCheck::ServiceAccountMismatch
+        } else if pod
+            .deletion
+            .is_some_and(|at| at.saturating_add(DELETION_GRACE_SECS) < now)
+        {
+            PodCheck::Deleted
+        } else {
+            PodCheck::Live
+        }
+    }
+
+    /// Queues the revocation of `pod`'s connections.
+    fn report(&self, gone: Vec<Pod>) {
+        let Some(tx) = self.revocations.get() else {
+            return;
+        };
+        for pod in gone {
+            let revocation = Revocation::pod(
+                &pod.namespace,
+                &pod.service_account,
+                &pod.name,
+                &pod.uid.to_string(),
+            );
+            if tx.try_send(revocation).is_err() {
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.revocation_failures.inc();
+                }
+                warn!(
+                    "revocation queue full: the live connections of pod {}/{} are not closed",
+                    pod.namespace, pod.name
+                );
+            }
+        }
+    }
+}
+
+impl Collection for PodCache {
+    type Object = Pod;
+    type Builder = PodsBuilder;
+    type Raw = RawPod;
+    const PATH: &'static str = "/api/v1/pods";
+    const KIND: &'static str = "Pod";
+    const METADATA_ONLY: bool = false;
+
+    fn raw_resource_version(raw: &RawPod) -> Option<&str> {
+        raw.metadata.resource_version.as_deref()
+    }
+    fn decode(raw: RawPod) -> Result<Pod, &'static str> {
+        raw.into_pod()
+    }
+    fn new_builder() -> PodsBuilder {
+        PodsBuilder::default()
+    }
+    fn add(builder: &mut PodsBuilder, items: Vec<Pod>, _previous: Option<&Self>) {
+        for pod in items {
+            let namespace = builder.pods.entry(pod.namespace.clone()).or_default();
+            if namespace.insert(pod.name.clone(), pod).is_none() {
+                builder.len += 1;
+            }
+        }
+    }
+    fn builder_len(builder: &PodsBuilder) -> usize {
+        builder.len
+    }
+    fn replace(&self, builder: PodsBuilder) {
+        let old = std::mem::replace(&mut *self.inner.write(), (builder.pods, builder.len));
+        self.synced.store(true, Ordering::SeqCst);
+        if self.revocations.get().is_some() {
+            // Pods the new list no longer has (or has as another pod): missed deletions.
+            let inner = self.inner.read();
+            let gone: Vec<Pod> = old
+                .0
+                .into_values()
+                .flat_map(HashMap::into_values)
+                .filter(|pod| {
+                    inner
+                        .0
+                        .get(&pod.namespace)
+                        .and_then(|pods| pods.get(&pod.name))
+                        .is_none_or(|now| now.uid != pod.uid)
+                })
+                .collect();
+            drop(inner);
+            self.report(gone);
+        }
+    }
+    fn apply(&self, change: Change<Pod>) {
+        let gone = {
+            let mut inner = self.inner.write();
+            let (pods, len) = &mut *inner;
+            match change {
+                Change::Upsert(pod) => {
+                    let namespace = pods.entry(pod.namespace.clone()).or_default();
+                    match namespace.insert(pod.name.clone(), pod) {
+                        None => {
+                            *len += 1;
+                            None
+                        }
+                        Some(old) => {
+                            let replaced = namespace
+                                .get(&old.name)
+                                .is_some_and(|new| new.uid != old.uid);
+                            replaced.then_some(old)
+                        }
+                    }
+                }
+                Change::Delete(pod) => {
+                    let held = pods.get_mut(&pod.namespace);
+                    // Only that same pod goes: a delete of an older one leaves a newer alone.
+                    let same = held
+                        .as_ref()
+                        .and_then(|names| names.get(&pod.name))
+                        .is_some_and(|p| p.uid == pod.uid);
+                    match held {
+                        Some(names) if same => {
+                            let removed = names.remove(&pod.name);
+                            if names.is_empty() {
+                                pods.remove(&pod.namespace);
+                            }
+                            *len -= 1;
+                            removed
+                        }
+                        _ => None,
+                    }
+                }
+            }
+        };
+        self.report(gone.into_iter().collect());
+    }
+    fn followed(&self, metrics: &Metrics) {
+        metrics
+            .pods
+            .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
+        metrics.pod_cache_current.set(crate::unix_now());
+    }
+    fn listed(&self, metrics: &Metrics, readiness: &Readiness) {
+        metrics
+            .pods
+            .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
+        readiness.set_pods_synced(true);
+    }
+    fn watch_restarted(&self, _metrics: &Metrics) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::revoke::RevokeReason;
+
+    const UID_A: &str = "0b6c1c7e-4a39-4d5e-9b7a-2f4c8e1d3a01";
+    const UID_B: &str = "0b6c1c7e-4a39-4d5e-9b7a-2f4c8e1d3a02";
+
+    fn pod(name: &str, uid: &str) -> Pod {
+        Pod {
+            namespace: "team-a".into(),
+            name: name.into(),
+            uid: Uid::new(uid),
+            service_account: "app".into(),
+            deletion: None,
+        }
+    }
+
+    fn listed(pods: Vec<Pod>) -> PodCache {
+        let cache = PodCache::new();
+        let mut builder = PodCache::new_builder();
+        PodCache::add(&mut builder, pods, None);
+        cache.replace(builder);
+        cache
+    }
+
+    fn reporting(cache: &PodCache) -> crossbeam_channel::Receiver<Revocation> {
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        cache.report_changes_to(tx, Arc::new(Metrics::new()));
+        rx
+    }
+
+    #[test]
+    fn a_pod_is_read_from_the_whole_object_keeping_only_what_the_check_needs() {
+        let raw: RawPod = serde_json::from_str(&format!(
+            r#"{{"kind":"Pod","metadata":{{"name":"app-1","namespace":"team-a","uid":"{UID_A}",
+            "resourceVersion":"7","labels":{{"a":"b"}},"deletionTimestamp":"2026-12-05T10:00:00Z"}},
+            "spec":{{"serviceAccountName":"app","containers":[{{"name":"c","env":[{{"name":"K","value":"secret"}}]}}]}},
+            "status":{{"phase":"Running"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(PodCache::raw_resource_version(&raw), Some("7"));
+        let pod = PodCache::decode(raw).unwrap();
+        assert_eq!(&*pod.service_account, "app");
+        assert_eq!(pod.deletion, Some(1_796_464_800));
+        assert!(pod.uid.is(UID_A));
+    }
+
+    #[test]
+    fn a_pod_without_a_service_account_runs_as_default_and_one_without_uid_is_skipped() {
+        let raw: RawPod = serde_json::from_str(&format!(
+            r#"{{"metadata":{{"name":"p","namespace":"n","uid":"{UID_A}"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(&*PodCache::decode(raw).unwrap().service_account, "default");
+        for bad in [
+            r#"{"metadata":{"name":"p","namespace":"n"}}"#,
+            r#"{"metadata":{"name":"P*","namespace":"n","uid":"u"}}"#,
+            r#"{"metadata":{"name":"p","uid":"u"}}"#,
+            r#"{"metadata":{"name":"p","namespace":"n","uid":"u","deletionTimestamp":"soon"}}"#,
+        ] {
+            let raw: RawPod = serde_json::from_str(bad).unwrap();
+            assert!(PodCache::decode(raw).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_check_names_what_differs() {
+        let mut terminating = pod("old", UID_B);
+        terminating.deletion = Some(1_000);
+        let cache = listed(vec![pod("app-1", UID_A), terminating]);
+        let check = |name, uid, sa, now| cache.check("team-a", name, uid, sa, now);
+        assert_eq!(check("app-1", UID_A, "app", 0), PodCheck::Live);
+        assert_eq!(check("app-2", UID_A, "app", 0), PodCheck::NotFound);
+        assert_eq!(check("app-1", UID_B, "app", 0), PodCheck::UidMismatch);
+        assert_eq!(
+            check("app-1", UID_A, "other", 0),
+            PodCheck::ServiceAccountMismatch
+        );
+        // Within the API server's grace after the deletion timestamp, then refused.
+        assert_eq!(check("old", UID_B, "app", 1_060), PodCheck::Live);
+        assert_eq!(check("old", UID_B, "app", 1_061), PodCheck::Deleted);
+        assert_eq!(
+            PodCache::new().check("team-a", "app-1", UID_A, "app", 0),
+            PodCheck::NotSynced
+        );
+    }
+
+    #[test]
+    fn deletions_and_replacements_are_reported_and_other_changes_are_not() {
+        let cache = listed(vec![pod("a", UID_A), pod("b", UID_A)]);
+        let rx = reporting(&cache);
+        // A status update of the same pod: nothing to close.
+        cache.apply(Change::Upsert(pod("a", UID_A)));
+        // A delete of an older pod of the same name leaves the current one.
+        cache.apply(Change::Delete(pod("a", UID_B)));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(cache.len(), 2);
+        // The same name, another pod: the old one's connections go.
+        cache.apply(Change::Upsert(pod("a", UID_B)));
+        let r = rx.try_recv().unwrap();
+        assert_eq!(
+            (r.namespace.as_str(), r.name.as_str(), r.reason),
+            ("team-a", "app", RevokeReason::PodDeleted)
+        );
+        assert_eq!(r.pod.as_ref().map(|p| p.uid.as_str()), Some(UID_A));
+        cache.apply(Change::Delete(pod("b", UID_A)));
+        assert_eq!(rx.try_recv().unwrap().pod.unwrap().name, "b");
+        assert_eq!(cache.len(), 1);
+        assert_eq!(
+            cache.check("team-a", "b", UID_A, "app", 0),
+            PodCheck::NotFound
+        );
+    }
+
+    #[test]
+    fn a_relist_reports_the_pods_it_no_longer_has() {
+        let cache = listed(vec![
+            pod("kept", UID_A),
+            pod("gone", UID_A),
+            pod("new", UID_A),
+        ]);
+        let rx = reporting(&cache);
+        let mut builder = PodCache::new_builder();
+        PodCache::add(
+            &mut builder,
+            vec![pod("kept", UID_A), pod("new", UID_B), pod("added", UID_A)],
+            Some(&cache),
+        );
+        cache.replace(builder);
+        let mut gone: Vec<String> = rx.try_iter().map(|r| r.pod.unwrap().name).collect();
+        gone.sort();
+        assert_eq!(gone, ["gone", "new"]);
+        assert_eq!(cache.len(), 3);
+    }
+}
