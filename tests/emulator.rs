@@ -663,7 +663,7 @@ fn single_get_returns_the_typed_object_or_not_found() {
     let missing = get(&emu, "/api/v1/namespaces/team-a/serviceaccounts/nope");
     assert_status(&missing, 404, "NotFound");
     assert_eq!(emu.get_requests(), 2);
-    let elsewhere = get(&emu, "/api/v1/pods");
+    let elsewhere = get(&emu, "/api/v1/configmaps");
     assert_status(&elsewhere, 404, "NotFound");
 }
 

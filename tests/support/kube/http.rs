@@ -318,6 +318,7 @@ fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
+/// Writes one JSON answer; returns the length of its body in bytes.
 pub(super) fn write_json(
     stream: &mut Conn,
     status: u16,
@@ -325,7 +326,7 @@ pub(super) fn write_json(
     headers: &[(String, String)],
     content_type: &str,
     keep_alive: bool,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let mut payload = serde_json::to_vec(body).map_err(io::Error::other)?;
     payload.push(b'\n');
     let mut head = format!(
@@ -343,7 +344,8 @@ pub(super) fn write_json(
     let mut out = head.into_bytes();
     out.extend_from_slice(&payload);
     stream.write_all(&out)?;
-    stream.flush()
+    stream.flush()?;
+    Ok(payload.len() as u64)
 }
 
 /// Go's `strconv.ParseBool` truthy values.
