@@ -515,8 +515,8 @@ impl KubeEmulator {
         self.lock().seed(pods);
     }
 
-    /// Response body bytes served so far to requests of `kind` (a watch's events counted as
-    /// they are sent, without the chunk framing; failures' Status bodies included).
+    /// Response body bytes served so far to requests of `kind`, each answer counted just before
+    /// it is written (a watch's events without the chunk framing; Status bodies included).
     pub fn bytes_served(&self, kind: RequestKind) -> u64 {
         self.lock().counters.bytes.get(&kind).copied().unwrap_or(0)
     }

@@ -336,8 +336,16 @@ pub(super) fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::
             content_type,
             headers,
         } => {
-            let bytes = write_json(stream, status, &body, &headers, content_type, keep_alive)?;
-            shared.state.lock().count_bytes(kind, bytes);
+            let count = |bytes| shared.state.lock().count_bytes(kind, bytes);
+            write_json(
+                stream,
+                status,
+                &body,
+                &headers,
+                content_type,
+                keep_alive,
+                count,
+            )?;
             Ok(keep_alive)
         }
         Reply::Watch(plan) => run_watch(shared, stream, *plan, kind, keep_alive),

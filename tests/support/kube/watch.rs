@@ -253,7 +253,7 @@ enum WatchStep {
 }
 
 /// Streams one watch; returns whether the connection may serve another request. The events'
-/// bytes are counted for `kind` as they are sent.
+/// bytes are counted for `kind` just before they are sent.
 pub(super) fn run_watch(
     shared: &Shared,
     stream: &mut Conn,
@@ -262,11 +262,12 @@ pub(super) fn run_watch(
     keep_alive: bool,
 ) -> io::Result<bool> {
     let send = |stream: &mut Conn, lines: &[String]| -> io::Result<()> {
-        let bytes = write_lines(stream, lines)?;
+        // Each line and its newline: the body as the client decodes it.
+        let bytes: usize = lines.iter().map(|line| line.len() + 1).sum();
         if bytes > 0 {
-            shared.state.lock().count_bytes(kind, bytes);
+            shared.state.lock().count_bytes(kind, bytes as u64);
         }
-        Ok(())
+        write_lines(stream, lines)
     };
     let mut head = String::from(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
@@ -401,21 +402,18 @@ impl<'a> WatchFollower<'a> {
     }
 }
 
-/// Sends events, one chunk each; returns the body bytes sent (each line and its newline).
-fn write_lines(stream: &mut Conn, lines: &[String]) -> io::Result<u64> {
+/// Sends events, one chunk each.
+fn write_lines(stream: &mut Conn, lines: &[String]) -> io::Result<()> {
     if lines.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let mut buf = Vec::new();
-    let mut body = 0;
     for line in lines {
-        body += line.len() as u64 + 1;
         // One event per chunk, newline-terminated, as the apiserver frames them.
         buf.extend_from_slice(format!("{:x}\r\n", line.len() + 1).as_bytes());
         buf.extend_from_slice(line.as_bytes());
         buf.extend_from_slice(b"\n\r\n");
     }
     stream.write_all(&buf)?;
-    stream.flush()?;
-    Ok(body)
+    stream.flush()
 }
