@@ -697,16 +697,20 @@ fn watch_replays_history_after_the_resource_version() {
     assert!(recorded[0].authorization_present);
 }
 
-#[test]
-fn watch_older_than_the_window_gets_an_in_stream_410() {
+/// Creates object `ns/name` of the kind a test exercises.
+type Create = fn(&KubeEmulator, &str);
+
+/// Watches of `collection` (e.g. `/api/v1/pods`) from a resourceVersion older than the history
+/// window get an in-stream 410, or a plain one when so set; exact lists past a compaction too.
+fn assert_too_old_versions_get_410(collection: &str, create: Create) {
     let emu = KubeEmulatorBuilder::new().history_window(2).build();
     let from = emu.resource_version();
     for name in ["a", "b", "c"] {
-        emu.create_service_account("ns", name, &[]);
+        create(&emu, name);
     }
     let mut watch = Watch::open(
         &emu,
-        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={from}"),
+        &format!("{collection}?watch=1&resourceVersion={from}"),
     );
     let events = watch.rest();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -721,22 +725,32 @@ fn watch_older_than_the_window_gets_an_in_stream_410() {
         "{message}"
     );
 
-    // Still inside the window: replayed.
+    // Still inside the window: replayed, and listed as it was.
     let inside: u64 = from.parse::<u64>().expect("rv") + 1;
     let mut ok = Watch::open(
         &emu,
-        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={inside}&timeoutSeconds=1"),
+        &format!("{collection}?watch=1&resourceVersion={inside}&timeoutSeconds=1"),
     );
     assert_eq!(names(&ok.rest()), ["ADDED b", "ADDED c"]);
+    let exact = format!("{collection}?resourceVersion={inside}&resourceVersionMatch=Exact");
+    assert_eq!(item_names(&get(&emu, &exact).body), ["a"]);
 
     // After compaction even the newest old version is gone; and the plain-HTTP variant.
     emu.compact_history();
+    assert_status(&get(&emu, &exact), 410, "Expired");
     emu.set_expired_watch_as_http(true);
     let plain = get(
         &emu,
-        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={inside}"),
+        &format!("{collection}?watch=1&resourceVersion={inside}"),
     );
     assert_status(&plain, 410, "Expired");
+}
+
+#[test]
+fn watch_older_than_the_window_gets_an_in_stream_410() {
+    assert_too_old_versions_get_410("/api/v1/serviceaccounts", |emu, name| {
+        emu.create_service_account("ns", name, &[]);
+    });
 }
 
 #[test]
@@ -2243,24 +2257,23 @@ fn pods_are_full_deployment_pods_or_their_metadata_only() {
         && i.get("spec").is_none()
         && i["metadata"]["ownerReferences"].is_array()));
     // The API server's 406s name the pod types.
-    let not_a_list = get_accept(
-        &emu,
-        "/api/v1/namespaces/team-a/pods/web-7d9f8b6c5d-x2k4p",
-        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
-    );
-    assert_status(&not_a_list, 406, "NotAcceptable");
-    assert!(not_a_list.body["message"]
-        .as_str()
-        .is_some_and(|m| m.ends_with("(*core.Pod)")));
-    let a_list = get_accept(
-        &emu,
-        "/api/v1/pods",
-        "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
-    );
-    assert_status(&a_list, 406, "NotAcceptable");
-    assert!(a_list.body["message"]
-        .as_str()
-        .is_some_and(|m| m.ends_with("(*core.PodList)")));
+    for (path, accept, type_name) in [
+        (
+            "/api/v1/namespaces/team-a/pods/web-7d9f8b6c5d-x2k4p",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            "(*core.Pod)",
+        ),
+        (
+            "/api/v1/pods",
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            "(*core.PodList)",
+        ),
+    ] {
+        let refused = get_accept(&emu, path, accept);
+        assert_status(&refused, 406, "NotAcceptable");
+        let message = refused.body["message"].as_str().expect("message");
+        assert!(message.ends_with(type_name), "{message}");
+    }
 }
 
 #[test]
@@ -2341,45 +2354,9 @@ fn pod_and_service_account_watches_each_see_only_their_kind() {
 
 #[test]
 fn pod_watches_and_exact_lists_older_than_the_history_get_410() {
-    let emu = KubeEmulatorBuilder::new().history_window(2).build();
-    let from = emu.resource_version();
-    for name in ["a", "b", "c"] {
+    assert_too_old_versions_get_410("/api/v1/pods", |emu, name| {
         emu.create_pod("ns", name, "sa");
-    }
-    let mut watch = Watch::open(
-        &emu,
-        &format!("/api/v1/pods?watch=1&resourceVersion={from}"),
-    );
-    let events = watch.rest();
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["type"], "ERROR");
-    assert_eq!(events[0]["object"]["code"], 410);
-    assert_eq!(events[0]["object"]["reason"], "Expired");
-
-    let inside: u64 = from.parse::<u64>().expect("rv") + 1;
-    let mut ok = Watch::open(
-        &emu,
-        &format!("/api/v1/pods?watch=1&resourceVersion={inside}&timeoutSeconds=1"),
-    );
-    assert_eq!(names(&ok.rest()), ["ADDED b", "ADDED c"]);
-    let past = get(
-        &emu,
-        &format!("/api/v1/pods?resourceVersion={inside}&resourceVersionMatch=Exact"),
-    );
-    assert_eq!(item_names(&past.body), ["a"]);
-
-    emu.compact_history();
-    let gone = get(
-        &emu,
-        &format!("/api/v1/pods?resourceVersion={inside}&resourceVersionMatch=Exact"),
-    );
-    assert_status(&gone, 410, "Expired");
-    emu.set_expired_watch_as_http(true);
-    let plain = get(
-        &emu,
-        &format!("/api/v1/pods?watch=1&resourceVersion={inside}"),
-    );
-    assert_status(&plain, 410, "Expired");
+    });
 }
 
 #[test]
