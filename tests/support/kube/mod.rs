@@ -448,7 +448,8 @@ impl KubeEmulator {
         node: &str,
     ) -> String {
         let created = state::rfc3339_now();
-        let template = pods::PodTemplate::new(namespace, name, &created);
+        let shape = pods::PodShape::new(&created);
+        let template = pods::PodTemplate::new(namespace, name, &shape);
         let pod = template.pod(namespace, name, service_account, node, &created);
         self.write(|st| st.create(pod))
     }
@@ -495,17 +496,19 @@ impl KubeEmulator {
     /// `per_namespace` to a namespace (`team-00000`, ...; names `pod-0000000`, ...), pod `i`
     /// running as ServiceAccount `sa-{i:07}` (the account [`Self::seed_realistic_service_accounts`]
     /// seeds with the same numbers) on one of 100 nodes (`node-1` to `node-100`). Each is a full
-    /// Deployment pod as [`Self::create_pod`] makes; the parts the pods of a namespace share
-    /// (labels, managed fields, containers, volumes) are held once.
+    /// Deployment pod as [`Self::create_pod`] makes; the bulk of the JSON (spec, managed fields)
+    /// is held once for all, the owner and labels once a namespace, so a million pods stay
+    /// affordable here (under 1 KiB each).
     pub fn seed_realistic_pods(&self, count: usize, per_namespace: usize) {
         let per_namespace = per_namespace.max(1);
         let created = state::rfc3339_now();
+        let shape = pods::PodShape::new(&created);
         let mut shared: Option<(String, Arc<pods::PodTemplate>)> = None;
         let pods = (0..count).map(|i| {
             let namespace = format!("team-{:05}", i / per_namespace);
             let name = format!("pod-{i:07}");
             if shared.as_ref().is_none_or(|(ns, _)| *ns != namespace) {
-                let template = pods::PodTemplate::new(&namespace, &name, &created);
+                let template = pods::PodTemplate::new(&namespace, &name, &shape);
                 shared = Some((namespace.clone(), template));
             }
             let template = &shared.as_ref().expect("just set").1;

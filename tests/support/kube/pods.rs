@@ -2,8 +2,9 @@
 //! pod on a real cluster (about 6 KiB of JSON: owner reference to its ReplicaSet,
 //! `generateName`, labels, managed fields; two containers with env, ports, resources and probes;
 //! volumes with the `kube-api-access-xxxxx` projected token volume; a Running status with
-//! conditions, IPs and container statuses). What the pods of one ReplicaSet share (everything
-//! but the name, uid, service account, node and IP) is held once in a [`PodTemplate`].
+//! conditions, IPs and container statuses). What all pods share (spec, managed fields) is held
+//! once in a [`PodShape`], what the pods of one ReplicaSet share (owner, labels) in a
+//! [`PodTemplate`]; a pod itself holds its name, uid, service account, node and IP.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,17 @@ const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Characters of generated name suffixes, as the API server picks them (no vowels, no look-alikes).
 const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
+/// What pods of any namespace share: the bulk of their JSON.
+#[derive(Debug)]
+pub(super) struct PodShape {
+    /// The spec without what differs between pods (service account, node, token volume).
+    spec: Map<String, Value>,
+    /// Name, image and image ID of each container, for `status.containerStatuses`.
+    images: Vec<(String, String, String)>,
+    annotations: Arc<BTreeMap<String, String>>,
+    managed_fields: Arc<Value>,
+}
+
 /// What the pods of one ReplicaSet share.
 #[derive(Debug)]
 pub(super) struct PodTemplate {
@@ -24,24 +36,21 @@ pub(super) struct PodTemplate {
     generate_name: Option<String>,
     /// `metadata.ownerReferences`: the ReplicaSet.
     owner_references: Value,
-    /// The spec without what differs between pods (service account, node, token volume).
-    spec: Map<String, Value>,
-    /// Name, image and image ID of each container, for `status.containerStatuses`.
-    images: Vec<(String, String, String)>,
-    pub(super) labels: Arc<BTreeMap<String, String>>,
-    pub(super) annotations: Arc<BTreeMap<String, String>>,
-    pub(super) managed_fields: Arc<Value>,
+    labels: Arc<BTreeMap<String, String>>,
+    shape: Arc<PodShape>,
 }
 
-/// What a pod holds beyond the common metadata.
+/// What a pod holds beyond the common metadata (small fixed-size parts where it can: a million
+/// seeded pods each hold this).
 #[derive(Clone, Debug)]
 pub(super) struct PodBody {
     template: Arc<PodTemplate>,
     service_account: String,
     node: String,
-    pod_ip: String,
-    /// The name of its `kube-api-access-xxxxx` volume.
-    access_volume: String,
+    /// Its address in the pod network `10.244.0.0/16`.
+    pod_ip: u16,
+    /// The random part of its `kube-api-access-xxxxx` volume's name.
+    access_suffix: [u8; 5],
 }
 
 /// The `generateName` a pod called `name` was created with: everything up to its last `-`.
@@ -49,11 +58,9 @@ pub(super) fn generate_name_of(name: &str) -> Option<&str> {
     name.rfind('-').map(|i| &name[..=i])
 }
 
-/// A random suffix of `len` characters from the API server's alphabet.
-fn random_suffix(len: usize) -> String {
-    (0..len)
-        .map(|_| char::from(SUFFIX_ALPHABET[fastrand::usize(..SUFFIX_ALPHABET.len())]))
-        .collect()
+/// A random name suffix of five characters from the API server's alphabet.
+fn random_suffix() -> [u8; 5] {
+    std::array::from_fn(|_| SUFFIX_ALPHABET[fastrand::usize(..SUFFIX_ALPHABET.len())])
 }
 
 /// A stable 10-character hash of `text` in the suffix alphabet (for `pod-template-hash`).
@@ -96,8 +103,8 @@ fn http_probe(path: &str, period: u64) -> Value {
     })
 }
 
-/// The application container of a workload in `namespace`.
-fn app_container(namespace: &str, image: &str) -> Value {
+/// The application container of a workload.
+fn app_container(image: &str) -> Value {
     json!({
         "name": "app",
         "image": image,
@@ -105,8 +112,8 @@ fn app_container(namespace: &str, image: &str) -> Value {
         "args": ["--config=/etc/workload/config.yaml", "--log-format=json"],
         "env": [
             { "name": "NATS_URL", "value": "tls://nats.nats.svc.cluster.local:4222" },
-            { "name": "NATS_SUBJECT_PREFIX", "value": namespace },
             { "name": "LOG_LEVEL", "value": "info" },
+            field_env("NATS_SUBJECT_PREFIX", "metadata.namespace"),
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
             field_env("POD_IP", "status.podIP"),
@@ -222,20 +229,14 @@ fn pod_managed_fields(created: &str) -> Value {
     ])
 }
 
-impl PodTemplate {
-    /// The shared parts of the pods named `generate_name…` in `namespace` (their ReplicaSet is
-    /// `generate_name` without the trailing `-`, or `name` when there is none).
-    pub(super) fn new(namespace: &str, name: &str, created: &str) -> Arc<PodTemplate> {
-        let generate_name = generate_name_of(name).map(str::to_owned);
-        let replica_set = generate_name
-            .as_deref()
-            .map_or(name, |g| g.trim_end_matches('-'));
-        let hash = template_hash(&format!("{namespace}/{replica_set}"));
-        let image = format!("registry.example.com/{namespace}/workload:1.4.2");
+impl PodShape {
+    /// The shared bulk of pods created at `created` (the time of their managed fields).
+    pub(super) fn new(created: &str) -> Arc<PodShape> {
+        let image = "registry.example.com/platform/workload:1.4.2".to_string();
         let sidecar = "cr.fluentbit.io/fluent/fluent-bit:3.2.4".to_string();
         let digest = |image: &str| format!("{image}@sha256:{}", template_hash(image).repeat(6));
         let spec = json!({
-            "containers": [app_container(namespace, &image), sidecar_container(&sidecar)],
+            "containers": [app_container(&image), sidecar_container(&sidecar)],
             "volumes": [
                 { "name": "config", "configMap": { "name": "workload-config", "defaultMode": 420 } },
                 { "name": "tmp", "emptyDir": { "sizeLimit": "64Mi" } },
@@ -264,6 +265,31 @@ impl PodTemplate {
             Value::Object(spec) => spec,
             _ => Map::new(),
         };
+        let annotations = to_map(&[
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/port", "9090"),
+        ]);
+        Arc::new(PodShape {
+            images: vec![
+                ("app".into(), image.clone(), digest(&image)),
+                ("log-shipper".into(), sidecar.clone(), digest(&sidecar)),
+            ],
+            spec,
+            annotations: Arc::new(annotations),
+            managed_fields: Arc::new(pod_managed_fields(created)),
+        })
+    }
+}
+
+impl PodTemplate {
+    /// The shared parts of the pods named `generate_name…` in `namespace` (their ReplicaSet is
+    /// `generate_name` without the trailing `-`, or `name` when there is none).
+    pub(super) fn new(namespace: &str, name: &str, shape: &Arc<PodShape>) -> Arc<PodTemplate> {
+        let generate_name = generate_name_of(name).map(str::to_owned);
+        let replica_set = generate_name
+            .as_deref()
+            .map_or(name, |g| g.trim_end_matches('-'));
+        let hash = template_hash(&format!("{namespace}/{replica_set}"));
         let owner_references = json!([{
             "apiVersion": "apps/v1",
             "kind": "ReplicaSet",
@@ -277,21 +303,11 @@ impl PodTemplate {
             ("app.kubernetes.io/part-of", namespace),
             ("pod-template-hash", &hash),
         ]);
-        let annotations = to_map(&[
-            ("prometheus.io/scrape", "true"),
-            ("prometheus.io/port", "9090"),
-        ]);
         Arc::new(PodTemplate {
-            images: vec![
-                ("app".into(), image.clone(), digest(&image)),
-                ("log-shipper".into(), sidecar.clone(), digest(&sidecar)),
-            ],
             generate_name,
             owner_references,
-            spec,
             labels: Arc::new(labels),
-            annotations: Arc::new(annotations),
-            managed_fields: Arc::new(pod_managed_fields(created)),
+            shape: Arc::clone(shape),
         })
     }
 
@@ -304,7 +320,6 @@ impl PodTemplate {
         node: &str,
         created: &str,
     ) -> StoredObject {
-        let ip = fastrand::u32(..);
         StoredObject {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -312,21 +327,33 @@ impl PodTemplate {
             resource_version: 0,
             created: created.to_string(),
             labels: Arc::clone(&self.labels),
-            annotations: Arc::clone(&self.annotations),
-            managed_fields: Some(Arc::clone(&self.managed_fields)),
+            annotations: Arc::clone(&self.shape.annotations),
+            managed_fields: Some(Arc::clone(&self.shape.managed_fields)),
             deletion: None,
             body: Body::Pod(Box::new(PodBody {
                 template: Arc::clone(self),
                 service_account: service_account.to_string(),
                 node: node.to_string(),
-                pod_ip: format!("10.244.{}.{}", (ip >> 8) % 256, ip % 254 + 1),
-                access_volume: format!("kube-api-access-{}", random_suffix(5)),
+                pod_ip: fastrand::u16(1..),
+                access_suffix: random_suffix(),
             })),
         }
     }
 }
 
 impl PodBody {
+    /// The name of its projected token volume.
+    fn access_volume(&self) -> String {
+        let suffix: String = self.access_suffix.iter().map(|b| char::from(*b)).collect();
+        format!("kube-api-access-{suffix}")
+    }
+
+    /// Its IP address.
+    fn pod_ip(&self) -> String {
+        let [high, low] = self.pod_ip.to_be_bytes();
+        format!("10.244.{high}.{}", low.max(1))
+    }
+
     /// Adds the metadata only pods have: `generateName` and the owner reference.
     pub(super) fn add_metadata(&self, meta: &mut Map<String, Value>) {
         if let Some(g) = &self.template.generate_name {
@@ -340,8 +367,9 @@ impl PodBody {
 
     /// The pod's `spec`.
     pub(super) fn spec(&self) -> Value {
-        let mut spec = self.template.spec.clone();
-        let mount = json!({ "name": self.access_volume, "readOnly": true,
+        let mut spec = self.template.shape.spec.clone();
+        let access_volume = self.access_volume();
+        let mount = json!({ "name": access_volume, "readOnly": true,
                             "mountPath": TOKEN_MOUNT_PATH });
         if let Some(Value::Array(containers)) = spec.get_mut("containers") {
             for container in containers {
@@ -352,7 +380,7 @@ impl PodBody {
         }
         if let Some(Value::Array(volumes)) = spec.get_mut("volumes") {
             volumes.push(json!({
-                "name": self.access_volume,
+                "name": access_volume,
                 "projected": {
                     "defaultMode": 420,
                     "sources": [
@@ -380,6 +408,7 @@ impl PodBody {
         let hex: String = uid.chars().filter(|c| *c != '-').collect();
         let statuses: Vec<Value> = self
             .template
+            .shape
             .images
             .iter()
             .enumerate()
@@ -397,7 +426,7 @@ impl PodBody {
                 })
             })
             .collect();
-        let host_ip = node_ip(&self.node);
+        let (host_ip, pod_ip) = (node_ip(&self.node), self.pod_ip());
         json!({
             "phase": "Running",
             "conditions": [
@@ -409,8 +438,8 @@ impl PodBody {
             ],
             "hostIP": host_ip,
             "hostIPs": [{ "ip": host_ip }],
-            "podIP": self.pod_ip,
-            "podIPs": [{ "ip": self.pod_ip }],
+            "podIP": pod_ip,
+            "podIPs": [{ "ip": pod_ip }],
             "startTime": created,
             "containerStatuses": statuses,
             "qosClass": "Burstable",
