@@ -1,5 +1,5 @@
 //! Pods as the store holds and writes them: a full `v1 Pod` the size and shape of a Deployment's
-//! pod on a real cluster (about 6 KiB of JSON: owner reference to its ReplicaSet,
+//! pod on a real cluster (about 7 KiB of JSON: owner reference to its ReplicaSet,
 //! `generateName`, labels, managed fields; two containers with env, ports, resources and probes;
 //! volumes with the `kube-api-access-xxxxx` projected token volume; a Running status with
 //! conditions, IPs and container statuses). What all pods share (spec, managed fields) is held
