@@ -663,7 +663,7 @@ fn single_get_returns_the_typed_object_or_not_found() {
     let missing = get(&emu, "/api/v1/namespaces/team-a/serviceaccounts/nope");
     assert_status(&missing, 404, "NotFound");
     assert_eq!(emu.get_requests(), 2);
-    let elsewhere = get(&emu, "/api/v1/pods");
+    let elsewhere = get(&emu, "/api/v1/configmaps");
     assert_status(&elsewhere, 404, "NotFound");
 }
 
@@ -697,16 +697,20 @@ fn watch_replays_history_after_the_resource_version() {
     assert!(recorded[0].authorization_present);
 }
 
-#[test]
-fn watch_older_than_the_window_gets_an_in_stream_410() {
+/// Creates object `ns/name` of the kind a test exercises.
+type Create = fn(&KubeEmulator, &str);
+
+/// Watches of `collection` (e.g. `/api/v1/pods`) from a resourceVersion older than the history
+/// window get an in-stream 410, or a plain one when so set; exact lists past a compaction too.
+fn assert_too_old_versions_get_410(collection: &str, create: Create) {
     let emu = KubeEmulatorBuilder::new().history_window(2).build();
     let from = emu.resource_version();
     for name in ["a", "b", "c"] {
-        emu.create_service_account("ns", name, &[]);
+        create(&emu, name);
     }
     let mut watch = Watch::open(
         &emu,
-        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={from}"),
+        &format!("{collection}?watch=1&resourceVersion={from}"),
     );
     let events = watch.rest();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -721,22 +725,32 @@ fn watch_older_than_the_window_gets_an_in_stream_410() {
         "{message}"
     );
 
-    // Still inside the window: replayed.
+    // Still inside the window: replayed, and listed as it was.
     let inside: u64 = from.parse::<u64>().expect("rv") + 1;
     let mut ok = Watch::open(
         &emu,
-        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={inside}&timeoutSeconds=1"),
+        &format!("{collection}?watch=1&resourceVersion={inside}&timeoutSeconds=1"),
     );
     assert_eq!(names(&ok.rest()), ["ADDED b", "ADDED c"]);
+    let exact = format!("{collection}?resourceVersion={inside}&resourceVersionMatch=Exact");
+    assert_eq!(item_names(&get(&emu, &exact).body), ["a"]);
 
     // After compaction even the newest old version is gone; and the plain-HTTP variant.
     emu.compact_history();
+    assert_status(&get(&emu, &exact), 410, "Expired");
     emu.set_expired_watch_as_http(true);
     let plain = get(
         &emu,
-        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={inside}"),
+        &format!("{collection}?watch=1&resourceVersion={inside}"),
     );
     assert_status(&plain, 410, "Expired");
+}
+
+#[test]
+fn watch_older_than_the_window_gets_an_in_stream_410() {
+    assert_too_old_versions_get_410("/api/v1/serviceaccounts", |emu, name| {
+        emu.create_service_account("ns", name, &[]);
+    });
 }
 
 #[test]
@@ -2067,4 +2081,401 @@ fn creating_events_can_be_forbidden_as_without_the_rbac_rule() {
         .collect();
     assert_eq!(statuses, [403, 401, 201]);
     assert_eq!(emu.events().len(), 1);
+}
+
+// Pods: the same collection machinery as ServiceAccounts, one resourceVersion sequence for both.
+
+/// GET `path` with the emulator's token and this `Accept` header; the status and the raw body.
+fn get_raw(emu: &KubeEmulator, path: &str, accept: &str) -> (u16, String) {
+    let mut resp = agent_for(emu)
+        .get(format!("{}{path}", emu.url()))
+        .header("Authorization", format!("Bearer {}", emu.token()))
+        .header("Accept", accept)
+        .call()
+        .expect("request reaches the emulator");
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().expect("a body"))
+}
+
+/// The resourceVersion of a watch event's object, as a number.
+fn event_rv(event: &Value) -> u64 {
+    event["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .expect("a numeric resourceVersion")
+}
+
+#[test]
+fn pods_list_page_by_page_at_the_resource_version_they_share_with_service_accounts() {
+    let emu = KubeEmulator::start();
+    let before: u64 = emu.resource_version().parse().expect("rv");
+    for name in ["a", "b", "c"] {
+        emu.create_pod("team-a", &format!("web-{name}"), "web");
+        emu.create_service_account("team-a", name, &[]);
+    }
+    // One sequence for both kinds: six writes, six versions.
+    assert_eq!(emu.resource_version(), (before + 6).to_string());
+
+    let first = get(&emu, "/api/v1/pods?limit=2");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body["kind"], "PodList");
+    assert_eq!(first.body["apiVersion"], "v1");
+    assert_eq!(item_names(&first.body), ["web-a", "web-b"]);
+    assert_eq!(first.body["metadata"]["remainingItemCount"], 1);
+    assert_eq!(
+        first.body["metadata"]["resourceVersion"],
+        emu.resource_version().as_str()
+    );
+    let item = &first.body["items"][0];
+    assert!(item.get("kind").is_none() && item.get("apiVersion").is_none());
+
+    // Writes of either kind between pages are not seen.
+    emu.create_pod("team-a", "web-bb", "web");
+    emu.delete_pod("team-a", "web-c");
+    emu.create_service_account("team-a", "d", &[]);
+    let token = first.body["metadata"]["continue"]
+        .as_str()
+        .expect("continue");
+    let second = get(&emu, &format!("/api/v1/pods?limit=2&continue={token}"));
+    assert_eq!(item_names(&second.body), ["web-c"]);
+    assert_eq!(
+        second.body["metadata"]["resourceVersion"],
+        first.body["metadata"]["resourceVersion"]
+    );
+    assert!(second.body["metadata"].get("continue").is_none());
+
+    // A pod list's continue token does not continue a ServiceAccount list, and it expires.
+    let again = get(&emu, "/api/v1/pods?limit=1");
+    let token = again.body["metadata"]["continue"]
+        .as_str()
+        .expect("continue");
+    let crossed = get(&emu, &format!("/api/v1/serviceaccounts?continue={token}"));
+    assert_status(&crossed, 410, "Expired");
+    emu.expire_continue_tokens();
+    let expired = get(&emu, &format!("/api/v1/pods?limit=1&continue={token}"));
+    assert_status(&expired, 410, "Expired");
+
+    // Each kind lists only its own objects, and is counted as its own kind.
+    let accounts = get(&emu, "/api/v1/serviceaccounts");
+    assert_eq!(item_names(&accounts.body), ["a", "b", "c", "d"]);
+    let pods = get(&emu, "/api/v1/pods?resourceVersion=0&limit=1");
+    assert_eq!(item_names(&pods.body), ["web-a", "web-b", "web-bb"]);
+    assert_eq!(emu.requests_counted(RequestKind::PodList), 5);
+    assert_eq!(emu.list_requests(), 2, "ServiceAccount lists only");
+    assert_eq!(emu.requests_of(RequestKind::PodList).len(), 5);
+}
+
+#[test]
+fn pods_are_full_deployment_pods_or_their_metadata_only() {
+    let emu = KubeEmulator::start();
+    let uid = emu.create_pod("team-a", "web-7d9f8b6c5d-x2k4p", "web");
+    emu.create_pod_on_node("team-a", "web-7d9f8b6c5d-q8m2n", "web", "node-7");
+    assert_eq!(
+        emu.pod_uid("team-a", "web-7d9f8b6c5d-x2k4p").as_deref(),
+        Some(uid.as_str())
+    );
+    assert_eq!(emu.pod_uid("team-a", "nope"), None);
+
+    let (status, raw) = get_raw(
+        &emu,
+        "/api/v1/namespaces/team-a/pods/web-7d9f8b6c5d-x2k4p",
+        "application/json",
+    );
+    assert_eq!(status, 200);
+    // About the size of a real Deployment's pod.
+    assert!((4096..=8192).contains(&raw.len()), "{} bytes", raw.len());
+    let pod: Value = serde_json::from_str(&raw).expect("JSON");
+    assert_eq!(pod["kind"], "Pod");
+    assert_eq!(pod["apiVersion"], "v1");
+    assert_eq!(
+        Some(&pod),
+        emu.pod("team-a", "web-7d9f8b6c5d-x2k4p").as_ref()
+    );
+    let meta = &pod["metadata"];
+    assert_eq!(meta["uid"], uid.as_str());
+    assert_eq!(meta["generateName"], "web-7d9f8b6c5d-");
+    assert_eq!(meta["ownerReferences"][0]["kind"], "ReplicaSet");
+    assert_eq!(meta["ownerReferences"][0]["name"], "web-7d9f8b6c5d");
+    assert_eq!(meta["ownerReferences"][0]["controller"], true);
+    assert!(meta["labels"]["pod-template-hash"].is_string());
+    assert!(meta["managedFields"]
+        .as_array()
+        .is_some_and(|m| m.len() == 2));
+    assert!(meta.get("deletionTimestamp").is_none());
+    let spec = &pod["spec"];
+    assert_eq!(spec["serviceAccountName"], "web");
+    assert_eq!(spec["nodeName"], "node-1");
+    let containers = spec["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 2);
+    for field in [
+        "env",
+        "ports",
+        "resources",
+        "livenessProbe",
+        "readinessProbe",
+    ] {
+        assert!(!containers[0][field].is_null(), "containers[0].{field}");
+    }
+    let access = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["projected"].is_object())
+        .expect("the projected token volume");
+    let access_name = access["name"].as_str().expect("name");
+    assert!(access_name.starts_with("kube-api-access-") && access_name.len() == 21);
+    assert_eq!(
+        access["projected"]["sources"][0]["serviceAccountToken"]["path"],
+        "token"
+    );
+    assert!(containers.iter().all(|c| c["volumeMounts"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["name"] == access_name))));
+    let status = &pod["status"];
+    assert_eq!(status["phase"], "Running");
+    assert!(status["podIP"].is_string());
+    assert_eq!(status["conditions"].as_array().map(Vec::len), Some(5));
+    assert_eq!(status["containerStatuses"][0]["ready"], true);
+    let other = emu.pod("team-a", "web-7d9f8b6c5d-q8m2n").expect("pod");
+    assert_eq!(other["spec"]["nodeName"], "node-7");
+
+    // Metadata only: one object, and a list.
+    let one = get_accept(
+        &emu,
+        "/api/v1/namespaces/team-a/pods/web-7d9f8b6c5d-x2k4p",
+        METADATA,
+    );
+    assert_eq!(one.body["kind"], "PartialObjectMetadata");
+    assert_eq!(one.body["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(one.body["metadata"], pod["metadata"]);
+    assert!(one.body.get("spec").is_none() && one.body.get("status").is_none());
+    let list = get_accept(&emu, "/api/v1/pods", METADATA_LIST);
+    assert_eq!(list.body["kind"], "PartialObjectMetadataList");
+    let items = list.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i["kind"] == "PartialObjectMetadata"
+        && i.get("spec").is_none()
+        && i["metadata"]["ownerReferences"].is_array()));
+    // The API server's 406s name the pod types.
+    for (path, accept, type_name) in [
+        (
+            "/api/v1/namespaces/team-a/pods/web-7d9f8b6c5d-x2k4p",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+            "(*core.Pod)",
+        ),
+        (
+            "/api/v1/pods",
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            "(*core.PodList)",
+        ),
+    ] {
+        let refused = get_accept(&emu, path, accept);
+        assert_status(&refused, 406, "NotAcceptable");
+        let message = refused.body["message"].as_str().expect("message");
+        assert!(message.ends_with(type_name), "{message}");
+    }
+}
+
+#[test]
+fn pod_and_service_account_watches_each_see_only_their_kind() {
+    let emu = KubeEmulator::start();
+    emu.create_pod("team-a", "web-1", "web");
+    let listed = get(&emu, "/api/v1/pods");
+    let from = listed.body["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    let mut pods = Watch::open(
+        &emu,
+        &format!(
+            "/api/v1/pods?watch=1&resourceVersion={from}&allowWatchBookmarks=true\
+             &timeoutSeconds=2"
+        ),
+    );
+    assert!(emu.wait_for_open_watches(1, Duration::from_secs(2)));
+    emu.create_pod("team-a", "web-2", "web");
+    emu.create_service_account("team-a", "web", &[]);
+    emu.terminate_pod("team-a", "web-2", 30);
+    emu.update_annotations("team-a", "web", &[("k", "v")]);
+    emu.delete_pod("team-a", "web-2");
+    emu.delete_service_account("team-a", "web");
+
+    let events = pods.rest();
+    let (bookmarks, changes): (Vec<Value>, Vec<Value>) =
+        events.into_iter().partition(|e| e["type"] == "BOOKMARK");
+    assert_eq!(
+        names(&changes),
+        ["ADDED web-2", "MODIFIED web-2", "DELETED web-2"]
+    );
+    assert!(changes.iter().all(|e| e["object"]["kind"] == "Pod"));
+    let terminating = &changes[1]["object"]["metadata"];
+    assert_eq!(terminating["deletionGracePeriodSeconds"], 30);
+    assert!(terminating["deletionTimestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(
+        changes[2]["object"]["metadata"]["deletionTimestamp"], terminating["deletionTimestamp"],
+        "the last state"
+    );
+    assert!(!bookmarks.is_empty(), "a bookmark before the deadline");
+    assert!(bookmarks.iter().all(|b| b["object"]["kind"] == "Pod"));
+
+    // The ServiceAccount watch from the same version sees the other half.
+    let mut accounts = Watch::open(
+        &emu,
+        &format!("/api/v1/serviceaccounts?watch=1&resourceVersion={from}&timeoutSeconds=1"),
+    );
+    let seen = accounts.rest();
+    assert_eq!(names(&seen), ["ADDED web", "MODIFIED web", "DELETED web"]);
+    // One sequence: the two kinds' versions interleave.
+    let mut versions: Vec<u64> = changes.iter().chain(&seen).map(event_rv).collect();
+    versions.sort_unstable();
+    let first: u64 = from.parse().expect("rv");
+    assert_eq!(versions, ((first + 1)..=(first + 6)).collect::<Vec<_>>());
+
+    // A metadata watch of pods: metadata-only objects, with the deletion metadata.
+    let mut meta = Watch::open_accept(
+        &emu,
+        &format!("/api/v1/pods?watch=1&resourceVersion={from}&timeoutSeconds=1"),
+        METADATA,
+    );
+    let meta_events = meta.rest();
+    assert_eq!(names(&meta_events), names(&changes));
+    assert!(meta_events.iter().all(
+        |e| e["object"]["kind"] == "PartialObjectMetadata" && e["object"].get("spec").is_none()
+    ));
+    assert_eq!(
+        meta_events[1]["object"]["metadata"]["deletionGracePeriodSeconds"],
+        30
+    );
+    assert_eq!(emu.requests_counted(RequestKind::PodWatch), 2);
+    assert_eq!(emu.watch_requests(), 1, "ServiceAccount watches only");
+}
+
+#[test]
+fn pod_watches_and_exact_lists_older_than_the_history_get_410() {
+    assert_too_old_versions_get_410("/api/v1/pods", |emu, name| {
+        emu.create_pod("ns", name, "sa");
+    });
+}
+
+#[test]
+fn a_namespace_path_scopes_pods_and_a_missing_pod_is_404() {
+    let emu = KubeEmulator::start();
+    let from = emu.resource_version();
+    emu.create_pod("team-a", "web-1", "web");
+    emu.create_pod("team-b", "web-1", "web");
+    emu.create_pod("team-a", "db-1", "db");
+    emu.create_service_account("team-a", "web", &[]);
+
+    let ns = get(&emu, "/api/v1/namespaces/team-a/pods");
+    assert_eq!(ns.body["kind"], "PodList");
+    assert_eq!(item_names(&ns.body), ["db-1", "web-1"]);
+    let mut watch = Watch::open(
+        &emu,
+        &format!("/api/v1/namespaces/team-b/pods?watch=1&resourceVersion={from}&timeoutSeconds=1"),
+    );
+    assert_eq!(names(&watch.rest()), ["ADDED web-1"]);
+
+    let found = get(&emu, "/api/v1/namespaces/team-b/pods/web-1");
+    assert_eq!(found.status, 200);
+    assert_eq!(found.body["metadata"]["namespace"], "team-b");
+    let missing = get(&emu, "/api/v1/namespaces/team-b/pods/db-1");
+    assert_status(&missing, 404, "NotFound");
+    assert_eq!(missing.body["message"], "pods \"db-1\" not found");
+    assert_eq!(
+        missing.body["details"],
+        serde_json::json!({ "name": "db-1", "kind": "pods" })
+    );
+    // Shaped as the ServiceAccount one.
+    let account = get(&emu, "/api/v1/namespaces/team-b/serviceaccounts/db-1");
+    assert_eq!(account.body["details"]["kind"], "serviceaccounts");
+    assert_eq!(
+        missing
+            .body
+            .as_object()
+            .map(|o| o.keys().collect::<Vec<_>>()),
+        account
+            .body
+            .as_object()
+            .map(|o| o.keys().collect::<Vec<_>>())
+    );
+    assert_eq!(emu.requests_counted(RequestKind::PodGet), 2);
+    assert_eq!(emu.get_requests(), 1, "ServiceAccount GETs only");
+}
+
+#[test]
+fn pod_requests_need_credentials_and_are_refused_naming_pods() {
+    let emu = KubeEmulatorBuilder::new().token("good").build();
+    emu.create_pod("team-a", "web-1", "web");
+    assert_status(&get_with(&emu, "/api/v1/pods", None), 401, "Unauthorized");
+    assert_status(
+        &get_with(&emu, "/api/v1/namespaces/team-a/pods/web-1", Some("bad")),
+        401,
+        "Unauthorized",
+    );
+    emu.set_oidc_anonymous(true);
+    let cluster = get_with(&emu, "/api/v1/pods?watch=1", None);
+    assert_status(&cluster, 403, "Forbidden");
+    assert_eq!(
+        cluster.body["message"],
+        "pods is forbidden: User \"system:anonymous\" cannot watch resource \"pods\" in API \
+         group \"\" at the cluster scope"
+    );
+    let ns = get_with(&emu, "/api/v1/namespaces/team-a/pods", None);
+    assert_eq!(
+        ns.body["message"],
+        "pods is forbidden: User \"system:anonymous\" cannot list resource \"pods\" in API \
+         group \"\" in the namespace \"team-a\""
+    );
+    assert_eq!(get_with(&emu, "/api/v1/pods", Some("good")).status, 200);
+    // Faults can single pod requests out.
+    emu.fail_next_of(RequestKind::PodList, 1, 503, None);
+    assert_eq!(
+        get_with(&emu, "/api/v1/serviceaccounts", Some("good")).status,
+        200
+    );
+    assert_status(
+        &get_with(&emu, "/api/v1/pods", Some("good")),
+        503,
+        "ServiceUnavailable",
+    );
+}
+
+#[test]
+fn bytes_served_are_counted_per_kind_for_full_and_metadata_pods() {
+    let emu = KubeEmulator::start();
+    emu.seed_realistic_pods(40, 10);
+    let pod = emu.pod("team-00001", "pod-0000013").expect("seeded");
+    assert_eq!(pod["spec"]["serviceAccountName"], "sa-0000013");
+    assert_eq!(pod["metadata"]["generateName"], "pod-");
+    assert!(emu.pod_uid("team-00003", "pod-0000039").is_some());
+    assert!(emu.pod_uid("team-00003", "pod-0000040").is_none());
+
+    let (status, full) = get_raw(&emu, "/api/v1/pods", "application/json");
+    assert_eq!(status, 200);
+    // The body and its closing newline.
+    assert_eq!(emu.bytes_served(RequestKind::PodList), full.len() as u64);
+    let (_, meta) = get_raw(&emu, "/api/v1/pods", METADATA_LIST);
+    let meta_bytes = emu.bytes_served(RequestKind::PodList) - full.len() as u64;
+    assert_eq!(meta_bytes, meta.len() as u64);
+    let (full_per_pod, meta_per_pod) = (full.len() / 40, meta.len() / 40);
+    assert!(full_per_pod > 4096, "{full_per_pod} bytes a pod");
+    assert!(
+        meta_per_pod * 2 < full_per_pod,
+        "{meta_per_pod} bytes a pod"
+    );
+
+    let mut watch = Watch::open(
+        &emu,
+        "/api/v1/namespaces/team-00000/pods?watch=1&resourceVersion=0&timeoutSeconds=1",
+    );
+    let events = watch.rest();
+    assert_eq!(events.len(), 10);
+    let lines: u64 = events.iter().map(|e| e.to_string().len() as u64 + 1).sum();
+    assert_eq!(emu.bytes_served(RequestKind::PodWatch), lines);
+    // Other kinds are counted apart.
+    assert_eq!(emu.bytes_served(RequestKind::List), 0);
+    let (_, accounts) = get_raw(&emu, "/api/v1/serviceaccounts", "application/json");
+    assert_eq!(emu.bytes_served(RequestKind::List), accounts.len() as u64);
 }

@@ -116,7 +116,8 @@ fn serve_connection(shared: &Shared, stream: TcpStream) {
             Ok(None) => break,
             Err(RequestError::Malformed(msg)) => {
                 let body = status_body(400, "BadRequest", &msg, None);
-                let _ = write_json(reader.get_mut(), 400, &body, &[], "application/json", false);
+                let conn = reader.get_mut();
+                let _ = write_json(conn, 400, &body, &[], "application/json", false, |_| {});
                 break;
             }
             Err(RequestError::Io) => break,
@@ -318,6 +319,8 @@ fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
+/// Writes one JSON answer. `sending` is told the length of its body in bytes before it is written
+/// (so that a client that has read it finds it counted).
 pub(super) fn write_json(
     stream: &mut Conn,
     status: u16,
@@ -325,9 +328,11 @@ pub(super) fn write_json(
     headers: &[(String, String)],
     content_type: &str,
     keep_alive: bool,
+    sending: impl FnOnce(u64),
 ) -> io::Result<()> {
     let mut payload = serde_json::to_vec(body).map_err(io::Error::other)?;
     payload.push(b'\n');
+    sending(payload.len() as u64);
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         reason_phrase(status),

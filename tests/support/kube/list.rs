@@ -1,7 +1,7 @@
-//! ServiceAccount lists: pages with `limit`/`continue` at one collection resourceVersion, the
-//! resourceVersion / resourceVersionMatch semantics of the api-concepts table, 410 for expired
-//! continue tokens and compacted history, 504 for a resourceVersion the store never reaches, and
-//! the 400/422 answers to options the API server refuses.
+//! ServiceAccount and Pod lists: pages with `limit`/`continue` at one collection
+//! resourceVersion, the resourceVersion / resourceVersionMatch semantics of the api-concepts
+//! table, 410 for expired continue tokens and compacted history, 504 for a resourceVersion the
+//! store never reaches, and the 400/422 answers to options the API server refuses.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::http::Request;
 use super::routing::{status_body, Reply};
-use super::state::{IssuedContinue, Representation, Shared, State, CONTINUE_TOKEN_TTL};
+use super::state::{IssuedContinue, Representation, Resource, Shared, State, CONTINUE_TOKEN_TTL};
 
 /// How long a request for a future resourceVersion waits before answering 504.
 const TOO_LARGE_RV_WAIT: Duration = Duration::from_secs(1);
@@ -39,11 +39,12 @@ fn decode_continue(token: &str) -> Option<(u64, (String, String))> {
     ))
 }
 
-/// A ServiceAccount list, all namespaces or one.
+/// A list of `resource`, all namespaces or one.
 pub(super) fn list(
     shared: &Shared,
     st: &mut MutexGuard<'_, State>,
     req: &Request,
+    resource: Resource,
     namespace: Option<&str>,
     repr: Representation,
 ) -> Reply {
@@ -73,10 +74,11 @@ pub(super) fn list(
                 "continue key is not valid: incorrect encoded start resourceVersion",
             );
         };
+        // A token of another kind's list is not one this list issued.
         let issued = st
             .continues
             .get(token)
-            .filter(|c| c.issued.elapsed() < CONTINUE_TOKEN_TTL)
+            .filter(|c| c.resource == resource && c.issued.elapsed() < CONTINUE_TOKEN_TTL)
             .map(|c| c.remaining);
         let Some(remaining) = issued else {
             return Reply::status(
@@ -87,6 +89,7 @@ pub(super) fn list(
             );
         };
         let page = Page {
+            resource,
             namespace,
             rv,
             after: Some(start),
@@ -111,7 +114,7 @@ pub(super) fn list(
         );
     }
     if rv_param.is_empty() {
-        return list_current(st, namespace, limit, repr);
+        return list_current(st, resource, namespace, limit, repr);
     }
     let Ok(requested) = rv_param.parse::<u64>() else {
         return invalid_rv(rv_param);
@@ -124,20 +127,21 @@ pub(super) fn list(
             );
         }
         // Served from the watch cache: the whole list, limit ignored.
-        return list_current(st, namespace, None, repr);
+        return list_current(st, resource, namespace, None, repr);
     }
     if !wait_for_rv(shared, st, requested) {
         return too_large_rv(st, requested);
     }
     let exact = rv_match == "Exact" || (rv_match.is_empty() && limit.is_some());
     if !exact {
-        return list_current(st, namespace, limit, repr);
+        return list_current(st, resource, namespace, limit, repr);
     }
     if st.too_old(requested) {
         let message = st.too_old_message(rv_param);
         return Reply::status(410, "Expired", &message);
     }
     let page = Page {
+        resource,
         namespace,
         rv: requested,
         after: None,
@@ -150,11 +154,13 @@ pub(super) fn list(
 /// A list of the current state.
 fn list_current(
     st: &mut State,
+    resource: Resource,
     namespace: Option<&str>,
     limit: Option<usize>,
     repr: Representation,
 ) -> Reply {
     let page = Page {
+        resource,
         namespace,
         rv: st.rv,
         after: None,
@@ -166,6 +172,8 @@ fn list_current(
 
 /// Which page of a list to answer.
 struct Page<'a> {
+    /// The kind of object listed.
+    resource: Resource,
     /// The namespace listed, or none for all.
     namespace: Option<&'a str>,
     /// The list's resourceVersion (a continued list keeps its first page's).
@@ -180,24 +188,28 @@ struct Page<'a> {
 /// One page of a list, with a continue token when more items remain. A list that asked for
 /// one object's metadata gets the 406 of the API server, whose transform runs after the list.
 fn list_page(st: &mut State, page: Page<'_>, repr: Representation) -> Reply {
-    if let Representation::Metadata { .. } = repr {
-        return Reply::status(
-            406,
-            "NotAcceptable",
-            "you requested PartialObjectMetadata, but the requested object is a list \
-             (*core.ServiceAccountList)",
-        );
-    }
     let Page {
+        resource,
         namespace,
         rv,
         after,
         limit,
         remaining,
     } = page;
+    let list_kind = format!("{}List", resource.kind());
+    if let Representation::Metadata { .. } = repr {
+        return Reply::status(
+            406,
+            "NotAcceptable",
+            &format!(
+                "you requested PartialObjectMetadata, but the requested object is a list \
+                 (*core.{list_kind})"
+            ),
+        );
+    }
     let limit = limit.unwrap_or(usize::MAX);
     let (items, last, total) = {
-        let mut objects = st.objects_after(rv, after.as_ref(), namespace);
+        let mut objects = st.objects_after(resource, rv, after.as_ref(), namespace);
         let page: Vec<_> = objects.by_ref().take(limit).collect();
         let items: Vec<Value> = page.iter().map(|a| a.render(repr, false)).collect();
         let last = page.last().map(|a| a.key());
@@ -216,6 +228,7 @@ fn list_page(st: &mut State, page: Page<'_>, repr: Representation) -> Reply {
         st.continues.insert(
             token.clone(),
             IssuedContinue {
+                resource,
                 rv,
                 issued: Instant::now(),
                 remaining,
@@ -225,7 +238,7 @@ fn list_page(st: &mut State, page: Page<'_>, repr: Representation) -> Reply {
         meta.insert("remainingItemCount".into(), json!(remaining));
     }
     let (kind, api_version) = match repr {
-        Representation::Full => ("ServiceAccountList", "v1"),
+        Representation::Full => (list_kind.as_str(), "v1"),
         _ => ("PartialObjectMetadataList", repr.meta_api_version()),
     };
     // The metadata list is built by appending to a nil slice: no items is `null`.

@@ -1,9 +1,11 @@
-//! A Kubernetes API server emulator for ServiceAccounts and OIDC discovery, faithful to the
+//! A Kubernetes API server emulator for ServiceAccounts, Pods and OIDC discovery, faithful to the
 //! behaviours in kubernetes-facts.md §4 and §7 that the service relies on: paginated lists with
-//! continue tokens, a global resourceVersion, chunked watch streams with history replay, 410
-//! expiry, bookmarks, bearer-token checks, the OIDC discovery endpoints, the TokenRequest
-//! subresource (`kubectl create token`), Events (created, validated and kept for the test to
-//! read; `create` can be refused as by RBAC), and fault injection driven by the test.
+//! continue tokens, a global resourceVersion shared by both kinds (one change log, as etcd's one
+//! revision), chunked watch streams with history replay, 410 expiry, bookmarks, graceful pod
+//! deletion (`deletionTimestamp` first, then DELETED), bearer-token checks, the OIDC discovery
+//! endpoints, the TokenRequest subresource (`kubectl create token`), Events (created, validated
+//! and kept for the test to read; `create` can be refused as by RBAC), and fault injection
+//! driven by the test.
 //!
 //! Not emulated, because the service never asks for them: label and field selectors (answered 400
 //! BadRequest saying so, rather than ignored) and streaming lists (`sendInitialEvents`, answered
@@ -23,15 +25,16 @@
 //! One request's path through the files: [`http`] accepts the connection ([`tls`] does the
 //! handshake) and parses the request; [`routing`] routes it, applies injected faults and
 //! authentication, and records it; then [`list`], [`watch`], [`discovery`], [`token_request`] or
-//! [`events`] answers it from the store in [`state`]. This file is the test's side: the builder and the
-//! handle. It is a little over 600 lines because it is the emulator's whole public surface, one
-//! short documented method per setting, switch, write or counter.
+//! [`events`] answers it from the store in [`state`] (pods are written by [`pods`]). This file is
+//! the test's side: the builder and the handle. It is about 800 lines because it is the
+//! emulator's whole public surface, one short documented method per setting, switch, write or
+//! counter.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde_json::{json, Value};
@@ -42,6 +45,7 @@ mod discovery;
 mod events;
 mod http;
 mod list;
+mod pods;
 mod routing;
 mod state;
 pub mod tls;
@@ -49,7 +53,7 @@ mod token_request;
 mod watch;
 
 pub use routing::{Fault, RecordedRequest, RequestKind};
-use state::{to_map, Shared, State};
+use state::{to_map, Deletion, Resource, Shared, State, StoredObject};
 pub use tls::{TlsMaterial, TlsOptions};
 
 /// How many events a new watch can replay (the watch cache's default capacity is 100).
@@ -357,7 +361,9 @@ impl KubeEmulator {
         annotations: &[(&str, &str)],
         labels: &[(&str, &str)],
     ) -> String {
-        self.write(|st| st.create(namespace, name, to_map(annotations), to_map(labels)))
+        let account =
+            StoredObject::service_account(namespace, name, to_map(annotations), to_map(labels));
+        self.write(|st| st.create(account))
     }
 
     /// Seeds `count` realistic ServiceAccounts at once (one resourceVersion, no watch events),
@@ -376,7 +382,7 @@ impl KubeEmulator {
                 shared = Some((namespace.clone(), state::Realistic::new(&namespace)));
             }
             let realistic = &shared.as_ref().expect("just set").1;
-            state::StoredAccount {
+            StoredObject {
                 name: format!("sa-{i:07}"),
                 namespace,
                 uid: state::fast_uuid(),
@@ -385,6 +391,8 @@ impl KubeEmulator {
                 labels: realistic.labels.clone(),
                 annotations: realistic.annotations.clone(),
                 managed_fields: Some(realistic.managed_fields.clone()),
+                deletion: None,
+                body: state::Body::ServiceAccount,
             }
         });
         self.lock().seed(accounts);
@@ -399,30 +407,140 @@ impl KubeEmulator {
         annotations: &[(&str, &str)],
     ) -> String {
         let annotations = to_map(annotations);
-        self.write(|st| st.modify(namespace, name, |a| a.annotations = Arc::new(annotations)))
-            .to_string()
+        self.write(|st| {
+            st.modify(Resource::ServiceAccounts, namespace, name, |a| {
+                a.annotations = Arc::new(annotations)
+            })
+        })
+        .to_string()
     }
 
     /// Deletes `namespace/name` (a DELETED event carrying its last state); returns the
     /// resourceVersion of the deletion. Panics if it does not exist.
     pub fn delete_service_account(&self, namespace: &str, name: &str) -> String {
-        self.write(|st| st.delete(namespace, name)).to_string()
+        self.write(|st| st.delete(Resource::ServiceAccounts, namespace, name))
+            .to_string()
     }
 
     /// The object as a single GET would return it, if it exists.
     pub fn service_account(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.lock()
-            .objects
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(|a| a.to_json(true))
+        self.object_json(Resource::ServiceAccounts, namespace, name)
     }
 
     /// The uid of `namespace/name`, if it exists.
     pub fn uid_of(&self, namespace: &str, name: &str) -> Option<String> {
+        self.object_uid(Resource::ServiceAccounts, namespace, name)
+    }
+
+    /// Creates pod `namespace/name` running as `service_account` on `node-1`; returns its uid.
+    pub fn create_pod(&self, namespace: &str, name: &str, service_account: &str) -> String {
+        self.create_pod_on_node(namespace, name, service_account, "node-1")
+    }
+
+    /// Creates pod `namespace/name` running as `service_account` on `node`; returns its uid.
+    /// It is a Deployment's pod: owned by the ReplicaSet its name's `generateName` (all up to
+    /// the last `-`) names, Running and Ready. Panics if it already exists (a test bug).
+    pub fn create_pod_on_node(
+        &self,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+        node: &str,
+    ) -> String {
+        let created = state::rfc3339_now();
+        let shape = pods::PodShape::new(&created);
+        let template = pods::PodTemplate::new(namespace, name, &shape);
+        let pod = template.pod(namespace, name, service_account, node, &created);
+        self.write(|st| st.create(pod))
+    }
+
+    /// Deletes pod `namespace/name` at once (a DELETED event carrying its last state, with the
+    /// deletionTimestamp of a graceful deletion begun before); returns the deletion's
+    /// resourceVersion. Panics if it does not exist.
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> String {
+        self.write(|st| st.delete(Resource::Pods, namespace, name))
+            .to_string()
+    }
+
+    /// Begins a graceful deletion of pod `namespace/name`, as `kubectl delete` does: sets
+    /// `deletionTimestamp` (now + `grace_seconds`) and `deletionGracePeriodSeconds` (a MODIFIED
+    /// event); the pod stays until [`KubeEmulator::delete_pod`] finishes it, as the kubelet
+    /// would. Returns the new resourceVersion. Panics if it does not exist.
+    pub fn terminate_pod(&self, namespace: &str, name: &str, grace_seconds: u64) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let deletion = Deletion {
+            timestamp: state::rfc3339(now + grace_seconds),
+            grace_seconds,
+        };
+        self.write(|st| {
+            st.modify(Resource::Pods, namespace, name, |p| {
+                p.deletion = Some(deletion)
+            })
+        })
+        .to_string()
+    }
+
+    /// The uid of pod `namespace/name`, if it exists.
+    pub fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        self.object_uid(Resource::Pods, namespace, name)
+    }
+
+    /// Pod `namespace/name` as a single GET would return it, if it exists.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.object_json(Resource::Pods, namespace, name)
+    }
+
+    /// Seeds `count` realistic Pods at once (one resourceVersion, no watch events),
+    /// `per_namespace` to a namespace (`team-00000`, ...; names `pod-0000000`, ...), pod `i`
+    /// running as ServiceAccount `sa-{i:07}` (the account [`Self::seed_realistic_service_accounts`]
+    /// seeds with the same numbers) on one of 100 nodes (`node-1` to `node-100`). Each is a full
+    /// Deployment pod as [`Self::create_pod`] makes; the bulk of the JSON (spec, managed fields)
+    /// is held once for all, the owner and labels once a namespace, so a million pods stay
+    /// affordable here (under 1 KiB each).
+    pub fn seed_realistic_pods(&self, count: usize, per_namespace: usize) {
+        let per_namespace = per_namespace.max(1);
+        let created = state::rfc3339_now();
+        let shape = pods::PodShape::new(&created);
+        let mut shared: Option<(String, Arc<pods::PodTemplate>)> = None;
+        let pods = (0..count).map(|i| {
+            let namespace = format!("team-{:05}", i / per_namespace);
+            let name = format!("pod-{i:07}");
+            if shared.as_ref().is_none_or(|(ns, _)| *ns != namespace) {
+                let template = pods::PodTemplate::new(&namespace, &name, &shape);
+                shared = Some((namespace.clone(), template));
+            }
+            let template = &shared.as_ref().expect("just set").1;
+            let node = format!("node-{}", i % 100 + 1);
+            template.pod(&namespace, &name, &format!("sa-{i:07}"), &node, &created)
+        });
+        self.lock().seed(pods);
+    }
+
+    /// Response body bytes served so far to requests of `kind`, each answer counted just before
+    /// it is written (a watch's events without the chunk framing; Status bodies included).
+    pub fn bytes_served(&self, kind: RequestKind) -> u64 {
+        self.lock().counters.bytes.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Number of requests of `kind` received (including failed and refused ones).
+    pub fn requests_counted(&self, kind: RequestKind) -> u64 {
+        self.lock().counters.of(kind)
+    }
+
+    /// An object as a single GET would return it, if it exists.
+    fn object_json(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
         self.lock()
-            .objects
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(|a| a.uid.clone())
+            .object(resource, namespace, name)
+            .map(|o| o.to_json(true))
+    }
+
+    /// The uid of an object, if it exists.
+    fn object_uid(&self, resource: Resource, namespace: &str, name: &str) -> Option<String> {
+        self.lock()
+            .object(resource, namespace, name)
+            .map(|o| o.uid.clone())
     }
 
     /// The current global resourceVersion.
@@ -544,7 +662,7 @@ impl KubeEmulator {
 
     /// Number of TokenRequests received (any method, including refused ones).
     pub fn token_requests(&self) -> u64 {
-        self.lock().counters.token
+        self.requests_counted(RequestKind::TokenRequest)
     }
 
     /// Whether the service may create Events; `false` answers them 403 Forbidden, as an API
@@ -571,32 +689,32 @@ impl KubeEmulator {
 
     /// Number of requests on an Events collection (any method, including refused ones).
     pub fn event_requests(&self) -> u64 {
-        self.lock().counters.events
+        self.requests_counted(RequestKind::Events)
     }
 
     /// Number of ServiceAccount list requests received (including failed ones).
     pub fn list_requests(&self) -> u64 {
-        self.lock().counters.list
+        self.requests_counted(RequestKind::List)
     }
 
     /// Number of ServiceAccount watch requests received (including failed ones).
     pub fn watch_requests(&self) -> u64 {
-        self.lock().counters.watch
+        self.requests_counted(RequestKind::Watch)
     }
 
     /// Number of single ServiceAccount GETs received.
     pub fn get_requests(&self) -> u64 {
-        self.lock().counters.get
+        self.requests_counted(RequestKind::Get)
     }
 
     /// Number of `/openid/v1/jwks` requests received.
     pub fn jwks_requests(&self) -> u64 {
-        self.lock().counters.jwks
+        self.requests_counted(RequestKind::Jwks)
     }
 
     /// Number of `/.well-known/openid-configuration` requests received.
     pub fn discovery_requests(&self) -> u64 {
-        self.lock().counters.discovery
+        self.requests_counted(RequestKind::Discovery)
     }
 
     /// Number of requests received, of any kind.

@@ -12,7 +12,7 @@ use super::discovery::{discovery, jwks};
 use super::events;
 use super::http::{parse_bool, parse_query, write_json, Request};
 use super::list::list;
-use super::state::{Representation, Shared, State};
+use super::state::{Representation, Resource, Shared, State};
 use super::tls::Conn;
 use super::token_request;
 use super::watch::{run_watch, start_watch, WatchPlan};
@@ -23,7 +23,7 @@ const MAX_RECORDED_REQUESTS: usize = 100_000;
 const SERVICE_USER: &str = "system:serviceaccount:nats:nats-k8s-oidc-callout";
 
 /// What a request was, as the emulator routed it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RequestKind {
     /// A ServiceAccount list (cluster-wide or in one namespace).
     List,
@@ -31,6 +31,12 @@ pub enum RequestKind {
     Watch,
     /// A single ServiceAccount GET.
     Get,
+    /// A Pod list (cluster-wide or in one namespace).
+    PodList,
+    /// A Pod watch.
+    PodWatch,
+    /// A single Pod GET.
+    PodGet,
     /// `/.well-known/openid-configuration`.
     Discovery,
     /// `/openid/v1/jwks`.
@@ -41,6 +47,41 @@ pub enum RequestKind {
     Events,
     /// Anything else (answered 404 or 405).
     Other,
+}
+
+/// What is done to a collection or one of its objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    List,
+    Watch,
+    Get,
+}
+
+impl RequestKind {
+    /// The kind of a `verb` on `resource`.
+    fn of(resource: Resource, verb: Verb) -> RequestKind {
+        match (resource, verb) {
+            (Resource::ServiceAccounts, Verb::List) => RequestKind::List,
+            (Resource::ServiceAccounts, Verb::Watch) => RequestKind::Watch,
+            (Resource::ServiceAccounts, Verb::Get) => RequestKind::Get,
+            (Resource::Pods, Verb::List) => RequestKind::PodList,
+            (Resource::Pods, Verb::Watch) => RequestKind::PodWatch,
+            (Resource::Pods, Verb::Get) => RequestKind::PodGet,
+        }
+    }
+
+    /// The resource RBAC checks this request against, if it is one of the store's.
+    fn resource(self) -> Option<Resource> {
+        match self {
+            RequestKind::List | RequestKind::Watch | RequestKind::Get => {
+                Some(Resource::ServiceAccounts)
+            }
+            RequestKind::PodList | RequestKind::PodWatch | RequestKind::PodGet => {
+                Some(Resource::Pods)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One request as the emulator saw it. The token itself is never stored.
@@ -139,9 +180,11 @@ impl Fault {
 /// What a path names.
 enum Route {
     Collection {
+        resource: Resource,
         namespace: Option<String>,
     },
     Item {
+        resource: Resource,
         namespace: String,
         name: String,
     },
@@ -168,21 +211,35 @@ fn route(path: &str) -> Route {
         [".well-known", "openid-configuration"] => Route::Discovery,
         ["openid", "v1", "jwks"] => Route::Jwks,
         ["version"] => Route::Version,
-        ["api", "v1", "serviceaccounts"] => Route::Collection { namespace: None },
-        ["api", "v1", "namespaces", ns, "serviceaccounts"] if !ns.is_empty() => Route::Collection {
-            namespace: Some(ns.to_string()),
+        ["api", "v1", plural] => match Resource::from_plural(plural) {
+            Some(resource) => Route::Collection {
+                resource,
+                namespace: None,
+            },
+            None => Route::Unknown,
         },
-        ["api", "v1", "namespaces", ns, "serviceaccounts", name]
-            if !ns.is_empty() && !name.is_empty() =>
-        {
-            Route::Item {
-                namespace: ns.to_string(),
-                name: name.to_string(),
+        ["api", "v1", "namespaces", ns, plural] if !ns.is_empty() => {
+            match Resource::from_plural(plural) {
+                Some(resource) => Route::Collection {
+                    resource,
+                    namespace: Some(ns.to_string()),
+                },
+                None if *plural == "events" => Route::Events {
+                    namespace: ns.to_string(),
+                },
+                None => Route::Unknown,
             }
         }
-        ["api", "v1", "namespaces", ns, "events"] if !ns.is_empty() => Route::Events {
-            namespace: ns.to_string(),
-        },
+        ["api", "v1", "namespaces", ns, plural, name] if !ns.is_empty() && !name.is_empty() => {
+            match Resource::from_plural(plural) {
+                Some(resource) => Route::Item {
+                    resource,
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                },
+                None => Route::Unknown,
+            }
+        }
         ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"]
             if !ns.is_empty() && !name.is_empty() =>
         {
@@ -239,9 +296,11 @@ impl Reply {
 pub(super) fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::Result<bool> {
     let route = route(&req.path);
     let kind = match &route {
-        Route::Collection { .. } if parse_bool(req.param("watch")) => RequestKind::Watch,
-        Route::Collection { .. } => RequestKind::List,
-        Route::Item { .. } => RequestKind::Get,
+        Route::Collection { resource, .. } if parse_bool(req.param("watch")) => {
+            RequestKind::of(*resource, Verb::Watch)
+        }
+        Route::Collection { resource, .. } => RequestKind::of(*resource, Verb::List),
+        Route::Item { resource, .. } => RequestKind::of(*resource, Verb::Get),
         Route::Discovery => RequestKind::Discovery,
         Route::Jwks => RequestKind::Jwks,
         Route::TokenRequest { .. } => RequestKind::TokenRequest,
@@ -277,10 +336,19 @@ pub(super) fn respond(shared: &Shared, req: &Request, stream: &mut Conn) -> io::
             content_type,
             headers,
         } => {
-            write_json(stream, status, &body, &headers, content_type, keep_alive)?;
+            let count = |bytes| shared.state.lock().count_bytes(kind, bytes);
+            write_json(
+                stream,
+                status,
+                &body,
+                &headers,
+                content_type,
+                keep_alive,
+                count,
+            )?;
             Ok(keep_alive)
         }
-        Reply::Watch(plan) => run_watch(shared, stream, *plan, keep_alive),
+        Reply::Watch(plan) => run_watch(shared, stream, *plan, kind, keep_alive),
     }
 }
 
@@ -310,16 +378,7 @@ fn decide(
     kind: RequestKind,
 ) -> Reply {
     st.counters.total += 1;
-    match kind {
-        RequestKind::List => st.counters.list += 1,
-        RequestKind::Watch => st.counters.watch += 1,
-        RequestKind::Get => st.counters.get += 1,
-        RequestKind::Discovery => st.counters.discovery += 1,
-        RequestKind::Jwks => st.counters.jwks += 1,
-        RequestKind::TokenRequest => st.counters.token += 1,
-        RequestKind::Events => st.counters.events += 1,
-        RequestKind::Other => {}
-    }
+    *st.counters.requests.entry(kind).or_default() += 1;
     let target = req.target();
     if let Some(fault) = st.faults.iter_mut().find(|f| f.matches(kind, &target)) {
         fault.times -= 1;
@@ -365,14 +424,21 @@ fn decide(
         _ => Representation::Full,
     };
     match route {
-        Route::Collection { namespace } => match refuse_selectors(req) {
+        Route::Collection {
+            resource,
+            namespace,
+        } => match refuse_selectors(req) {
             Some(refused) => refused,
-            None if kind == RequestKind::Watch => {
-                start_watch(shared, st, req, namespace.as_deref(), repr)
+            None if kind == RequestKind::of(*resource, Verb::Watch) => {
+                start_watch(shared, st, req, *resource, namespace.as_deref(), repr)
             }
-            None => list(shared, st, req, namespace.as_deref(), repr),
+            None => list(shared, st, req, *resource, namespace.as_deref(), repr),
         },
-        Route::Item { namespace, name } => get_one(st, namespace, name, repr),
+        Route::Item {
+            resource,
+            namespace,
+            name,
+        } => get_one(st, *resource, namespace, name, repr),
         Route::Discovery => discovery(shared, st),
         Route::Jwks => jwks(st),
         Route::Version => Reply::json(
@@ -453,8 +519,8 @@ fn not_found_path() -> Reply {
 /// The RBAC denial message the API server gives `user` for this request.
 fn forbidden_message(user: &str, kind: RequestKind, path: &str) -> String {
     let verb = match kind {
-        RequestKind::List => "list",
-        RequestKind::Watch => "watch",
+        RequestKind::List | RequestKind::PodList => "list",
+        RequestKind::Watch | RequestKind::PodWatch => "watch",
         RequestKind::TokenRequest | RequestKind::Events => "create",
         _ => "get",
     };
@@ -482,9 +548,13 @@ fn forbidden_message(user: &str, kind: RequestKind, path: &str) -> String {
                      resource \"serviceaccounts/token\" in API group \"\" {scope}"
                 );
             }
+            let resource = kind
+                .resource()
+                .unwrap_or(Resource::ServiceAccounts)
+                .plural();
             format!(
-                "serviceaccounts is forbidden: User \"{user}\" cannot {verb} resource \
-                 \"serviceaccounts\" in API group \"\" {scope}"
+                "{resource} is forbidden: User \"{user}\" cannot {verb} resource \
+                 \"{resource}\" in API group \"\" {scope}"
             )
         }
     }
@@ -548,27 +618,37 @@ fn refuse_selectors(req: &Request) -> Option<Reply> {
     ))
 }
 
-/// A single ServiceAccount GET. A metadata *list* of one object is the API server's 406, which
-/// its transform gives after the object was read (a missing one is still 404).
-fn get_one(st: &State, namespace: &str, name: &str, repr: Representation) -> Reply {
-    match st.objects.get(&(namespace.to_string(), name.to_string())) {
+/// A single ServiceAccount or Pod GET. A metadata *list* of one object is the API server's 406,
+/// which its transform gives after the object was read (a missing one is still 404).
+fn get_one(
+    st: &State,
+    resource: Resource,
+    namespace: &str,
+    name: &str,
+    repr: Representation,
+) -> Reply {
+    match st.object(resource, namespace, name) {
         Some(_) if matches!(repr, Representation::MetadataList { .. }) => Reply::status(
             406,
             "NotAcceptable",
-            "you requested PartialObjectMetadataList, but the requested object is not a list \
-             (*core.ServiceAccount)",
+            &format!(
+                "you requested PartialObjectMetadataList, but the requested object is not a \
+                 list (*core.{})",
+                resource.kind()
+            ),
         ),
-        Some(account) => Reply::json(200, account.render(repr, true)),
-        None => service_account_not_found(name),
+        Some(object) => Reply::json(200, object.render(repr, true)),
+        None => not_found(resource, name),
     }
 }
 
 /// The representation an `Accept` header asks for, as the API server negotiates it for a
-/// ServiceAccount list, watch or GET: the media ranges in order of their `q` (0 refuses one),
-/// the first acceptable one wins. JSON (`application/json`, `application/*`, `*/*`) is served
-/// as the object itself, or with `as=PartialObjectMetadata` / `as=PartialObjectMetadataList`
-/// and `g=meta.k8s.io`, `v=v1` or `v1beta1` as metadata; a conversion the API server does not
-/// offer (another `as`, `g` or `v`) makes the range unacceptable. YAML, protobuf and
+/// ServiceAccount or Pod list, watch or GET: the media ranges in order of their `q` (0 refuses
+/// one), the first acceptable one wins. JSON (`application/json`, `application/*`, `*/*`) is
+/// served as the object itself, or with `as=PartialObjectMetadata` /
+/// `as=PartialObjectMetadataList` and `g=meta.k8s.io`, `v=v1` or `v1beta1` as metadata; a
+/// conversion the API server does not offer (another `as`, `g` or `v`) makes the range
+/// unacceptable. YAML, protobuf and
 /// `as=Table` are not emulated: they are passed over as if not offered. No header is JSON;
 /// nothing acceptable is the API server's 406.
 pub(super) fn negotiate(accept: Option<&str>) -> Result<Representation, Reply> {
@@ -625,15 +705,16 @@ pub(super) fn negotiate(accept: Option<&str>) -> Result<Representation, Reply> {
         })
 }
 
-/// The API server's 404 for a ServiceAccount that does not exist (GET, TokenRequest).
-pub(super) fn service_account_not_found(name: &str) -> Reply {
+/// The API server's 404 for an object of `resource` that does not exist (GET, TokenRequest).
+pub(super) fn not_found(resource: Resource, name: &str) -> Reply {
+    let plural = resource.plural();
     Reply::json(
         404,
         status_body(
             404,
             "NotFound",
-            &format!("serviceaccounts \"{name}\" not found"),
-            Some(json!({ "name": name, "kind": "serviceaccounts" })),
+            &format!("{plural} \"{name}\" not found"),
+            Some(json!({ "name": name, "kind": plural })),
         ),
     )
 }

@@ -1,6 +1,7 @@
-//! The emulator's shared state, behind one mutex: the ServiceAccount store and its change log
-//! (the watch history that watches replay and exact-resourceVersion lists read the past from),
-//! issued continue tokens, the switches a test flips, the counters and the request log.
+//! The emulator's shared state, behind one mutex: the object stores (ServiceAccounts and Pods)
+//! and their one change log under one resourceVersion sequence, as etcd's global revision (the
+//! watch history that watches replay and exact-resourceVersion lists read the past from), issued
+//! continue tokens, the switches a test flips, the counters and the request log.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Shutdown;
@@ -14,7 +15,8 @@ use serde_json::{json, Map, Value};
 
 use super::super::tokens::{random_uuid, SigningKey};
 use super::http::Connections;
-use super::routing::{Fault, RecordedRequest};
+use super::pods::PodBody;
+use super::routing::{Fault, RecordedRequest, RequestKind};
 
 /// The resourceVersion of an empty emulator; the first write gets the next one.
 const FIRST_RESOURCE_VERSION: u64 = 1000;
@@ -50,22 +52,86 @@ impl Shared {
 /// Requests and connections received, by kind (failed and refused ones included).
 #[derive(Default)]
 pub(super) struct Counters {
-    pub(super) list: u64,
-    pub(super) watch: u64,
-    pub(super) get: u64,
-    pub(super) discovery: u64,
-    pub(super) jwks: u64,
-    pub(super) token: u64,
-    pub(super) events: u64,
+    /// Requests by how they were routed.
+    pub(super) requests: HashMap<RequestKind, u64>,
+    /// Response body bytes written, by the kind of request answered (a watch's events as its
+    /// client decodes them: the JSON lines with their newlines, without the chunk framing).
+    pub(super) bytes: HashMap<RequestKind, u64>,
     pub(super) total: u64,
     pub(super) connections: u64,
     pub(super) tls_handshake_failures: u64,
 }
 
-/// One ServiceAccount as stored. Labels, annotations and managed fields are shared (`Arc`), so
-/// a bulk-seeded store of a million objects holds them once.
+impl Counters {
+    /// The number of requests of `kind` received.
+    pub(super) fn of(&self, kind: RequestKind) -> u64 {
+        self.requests.get(&kind).copied().unwrap_or(0)
+    }
+}
+
+/// The kinds of object the store holds: each has its own collection paths, and all share one
+/// resourceVersion sequence and change log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Resource {
+    ServiceAccounts,
+    Pods,
+}
+
+impl Resource {
+    /// Every kind, in the order of [`State::stores`].
+    const ALL: [Resource; 2] = [Resource::ServiceAccounts, Resource::Pods];
+
+    /// The resource name: the collection's path segment, and what RBAC messages name.
+    pub(super) fn plural(self) -> &'static str {
+        match self {
+            Resource::ServiceAccounts => "serviceaccounts",
+            Resource::Pods => "pods",
+        }
+    }
+
+    /// The object's `kind`.
+    pub(super) fn kind(self) -> &'static str {
+        match self {
+            Resource::ServiceAccounts => "ServiceAccount",
+            Resource::Pods => "Pod",
+        }
+    }
+
+    /// The resource a collection path segment names, if the emulator serves it.
+    pub(super) fn from_plural(segment: &str) -> Option<Resource> {
+        Resource::ALL.into_iter().find(|r| r.plural() == segment)
+    }
+
+    /// The position of this kind's store in [`State::stores`].
+    fn index(self) -> usize {
+        match self {
+            Resource::ServiceAccounts => 0,
+            Resource::Pods => 1,
+        }
+    }
+}
+
+/// A graceful deletion in progress: `metadata.deletionTimestamp` and
+/// `metadata.deletionGracePeriodSeconds`.
 #[derive(Clone, Debug)]
-pub(super) struct StoredAccount {
+pub(super) struct Deletion {
+    pub(super) timestamp: String,
+    pub(super) grace_seconds: u64,
+}
+
+/// What a stored object is besides its metadata.
+#[derive(Clone, Debug)]
+pub(super) enum Body {
+    /// A ServiceAccount: metadata only.
+    ServiceAccount,
+    /// A Pod: its spec and status, and the metadata only pods have.
+    Pod(Box<PodBody>),
+}
+
+/// One object as stored. Labels, annotations, managed fields (and a pod's spec) are shared
+/// (`Arc`), so a bulk-seeded store of a million objects holds them once.
+#[derive(Clone, Debug)]
+pub(super) struct StoredObject {
     pub(super) namespace: String,
     pub(super) name: String,
     pub(super) uid: String,
@@ -75,6 +141,9 @@ pub(super) struct StoredAccount {
     pub(super) annotations: Arc<BTreeMap<String, String>>,
     /// `metadata.managedFields`, as the API server keeps them (none for objects a test creates).
     pub(super) managed_fields: Option<Arc<Value>>,
+    /// Set once a graceful deletion has begun.
+    pub(super) deletion: Option<Deletion>,
+    pub(super) body: Body,
 }
 
 /// How an object is written in an answer, as the client's `Accept` asked.
@@ -99,7 +168,36 @@ impl Representation {
     }
 }
 
-impl StoredAccount {
+impl StoredObject {
+    /// A new ServiceAccount, not yet stored: a fresh uid, created now.
+    pub(super) fn service_account(
+        namespace: &str,
+        name: &str,
+        annotations: BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
+    ) -> StoredObject {
+        StoredObject {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: random_uuid(),
+            resource_version: 0,
+            created: rfc3339_now(),
+            labels: Arc::new(labels),
+            annotations: Arc::new(annotations),
+            managed_fields: None,
+            deletion: None,
+            body: Body::ServiceAccount,
+        }
+    }
+
+    /// Which kind of object this is.
+    pub(super) fn resource(&self) -> Resource {
+        match self.body {
+            Body::ServiceAccount => Resource::ServiceAccounts,
+            Body::Pod(_) => Resource::Pods,
+        }
+    }
+
     /// The object in `repr`: a full list item (`with_type` false) leaves out `kind` and
     /// `apiVersion`, as the apiserver does; metadata items always carry theirs.
     pub(super) fn render(&self, repr: Representation, with_type: bool) -> Value {
@@ -119,10 +217,14 @@ impl StoredAccount {
     pub(super) fn to_json(&self, with_type: bool) -> Value {
         let mut obj = Map::new();
         if with_type {
-            obj.insert("kind".into(), json!("ServiceAccount"));
+            obj.insert("kind".into(), json!(self.resource().kind()));
             obj.insert("apiVersion".into(), json!("v1"));
         }
         obj.insert("metadata".into(), self.metadata());
+        if let Body::Pod(pod) = &self.body {
+            obj.insert("spec".into(), pod.spec());
+            obj.insert("status".into(), pod.status(&self.uid, &self.created));
+        }
         Value::Object(obj)
     }
 
@@ -137,6 +239,16 @@ impl StoredAccount {
             json!(self.resource_version.to_string()),
         );
         meta.insert("creationTimestamp".into(), json!(self.created));
+        if let Some(deletion) = &self.deletion {
+            meta.insert("deletionTimestamp".into(), json!(deletion.timestamp));
+            meta.insert(
+                "deletionGracePeriodSeconds".into(),
+                json!(deletion.grace_seconds),
+            );
+        }
+        if let Body::Pod(pod) = &self.body {
+            pod.add_metadata(&mut meta);
+        }
         if !self.labels.is_empty() {
             meta.insert("labels".into(), json!(*self.labels));
         }
@@ -185,13 +297,15 @@ pub(super) struct Change {
     pub(super) rv: u64,
     pub(super) kind: ChangeKind,
     /// The new state; for a deletion the last state, with the deletion's resourceVersion.
-    pub(super) object: StoredAccount,
+    pub(super) object: StoredObject,
     /// The state before the write (none for a creation).
-    pub(super) previous: Option<StoredAccount>,
+    pub(super) previous: Option<StoredObject>,
 }
 
 /// A continue token handed out, remembered so that it can expire.
 pub(super) struct IssuedContinue {
+    /// The kind of object listed: a token only continues a list of its own kind.
+    pub(super) resource: Resource,
     pub(super) rv: u64,
     pub(super) issued: Instant,
     /// How many items of the list follow the page that handed it out.
@@ -202,7 +316,8 @@ pub(super) struct IssuedContinue {
 pub(super) struct State {
     /// The global resourceVersion: that of the latest write.
     pub(super) rv: u64,
-    pub(super) objects: BTreeMap<(String, String), StoredAccount>,
+    /// One store per [`Resource`] (in the order of `Resource::ALL`), keyed by namespace and name.
+    pub(super) stores: [BTreeMap<(String, String), StoredObject>; 2],
     /// Every change newer than what the oldest user (window, open watch, continue token) needs.
     pub(super) log: VecDeque<Change>,
     /// Oldest resourceVersion a watch may start from; older ones are "too old".
@@ -243,7 +358,7 @@ impl State {
     pub(super) fn empty() -> Self {
         State {
             rv: FIRST_RESOURCE_VERSION,
-            objects: BTreeMap::new(),
+            stores: [BTreeMap::new(), BTreeMap::new()],
             log: VecDeque::new(),
             horizon: FIRST_RESOURCE_VERSION,
             history_window: 0,
@@ -270,73 +385,82 @@ impl State {
         }
     }
 
-    /// Stores a new `namespace/name` (an ADDED event); returns its fresh uid. Panics if it
-    /// already exists (a test bug).
-    pub(super) fn create(
-        &mut self,
+    /// The store of one kind of object.
+    pub(super) fn store(&self, resource: Resource) -> &BTreeMap<(String, String), StoredObject> {
+        &self.stores[resource.index()]
+    }
+
+    /// The object `namespace/name` of `resource`, if it exists.
+    pub(super) fn object(
+        &self,
+        resource: Resource,
         namespace: &str,
         name: &str,
-        annotations: BTreeMap<String, String>,
-        labels: BTreeMap<String, String>,
-    ) -> String {
-        let key = (namespace.to_string(), name.to_string());
+    ) -> Option<&StoredObject> {
+        self.store(resource)
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Stores a new object (an ADDED event); returns its uid. Panics if it already exists (a
+    /// test bug).
+    pub(super) fn create(&mut self, mut object: StoredObject) -> String {
+        let resource = object.resource();
+        let key = object.key();
         assert!(
-            !self.objects.contains_key(&key),
-            "serviceaccount {namespace}/{name} already exists"
+            !self.store(resource).contains_key(&key),
+            "{} {}/{} already exists",
+            resource.plural(),
+            key.0,
+            key.1
         );
         self.rv += 1;
-        let account = StoredAccount {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            uid: random_uuid(),
-            resource_version: self.rv,
-            created: rfc3339_now(),
-            labels: Arc::new(labels),
-            annotations: Arc::new(annotations),
-            managed_fields: None,
-        };
-        let uid = account.uid.clone();
-        self.objects.insert(key, account.clone());
-        self.record_change(ChangeKind::Added, account, None);
+        object.resource_version = self.rv;
+        let uid = object.uid.clone();
+        self.stores[resource.index()].insert(key, object.clone());
+        self.record_change(ChangeKind::Added, object, None);
         uid
     }
 
-    /// Edits `namespace/name` (a MODIFIED event); returns the new resourceVersion. Panics if it
-    /// does not exist.
+    /// Edits `namespace/name` of `resource` (a MODIFIED event); returns the new
+    /// resourceVersion. Panics if it does not exist.
     pub(super) fn modify(
         &mut self,
+        resource: Resource,
         namespace: &str,
         name: &str,
-        edit: impl FnOnce(&mut StoredAccount),
+        edit: impl FnOnce(&mut StoredObject),
     ) -> u64 {
         let key = (namespace.to_string(), name.to_string());
-        let previous = self
-            .objects
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| panic!("serviceaccount {namespace}/{name} does not exist"));
+        let previous =
+            self.store(resource).get(&key).cloned().unwrap_or_else(|| {
+                panic!("{} {namespace}/{name} does not exist", resource.plural())
+            });
         self.rv += 1;
-        let mut account = previous.clone();
-        edit(&mut account);
-        account.resource_version = self.rv;
-        self.objects.insert(key, account.clone());
-        self.record_change(ChangeKind::Modified, account, Some(previous));
+        let mut object = previous.clone();
+        edit(&mut object);
+        object.resource_version = self.rv;
+        self.stores[resource.index()].insert(key, object.clone());
+        self.record_change(ChangeKind::Modified, object, Some(previous));
         self.rv
     }
 
-    /// Deletes `namespace/name` (a DELETED event carrying its last state); returns the
-    /// resourceVersion of the deletion. Panics if it does not exist.
-    pub(super) fn delete(&mut self, namespace: &str, name: &str) -> u64 {
+    /// Deletes `namespace/name` of `resource` (a DELETED event carrying its last state); returns
+    /// the resourceVersion of the deletion. Panics if it does not exist.
+    pub(super) fn delete(&mut self, resource: Resource, namespace: &str, name: &str) -> u64 {
         let key = (namespace.to_string(), name.to_string());
-        let previous = self
-            .objects
+        let previous = self.stores[resource.index()]
             .remove(&key)
-            .unwrap_or_else(|| panic!("serviceaccount {namespace}/{name} does not exist"));
+            .unwrap_or_else(|| panic!("{} {namespace}/{name} does not exist", resource.plural()));
         self.rv += 1;
         let mut last = previous.clone();
         last.resource_version = self.rv;
         self.record_change(ChangeKind::Deleted, last, Some(previous));
         self.rv
+    }
+
+    /// Adds `bytes` of response body to what requests of `kind` were served.
+    pub(super) fn count_bytes(&mut self, kind: RequestKind, bytes: u64) {
+        *self.counters.bytes.entry(kind).or_default() += bytes;
     }
 
     /// Forgets all history: every resourceVersion older than now becomes too old.
@@ -349,8 +473,8 @@ impl State {
     fn record_change(
         &mut self,
         kind: ChangeKind,
-        object: StoredAccount,
-        previous: Option<StoredAccount>,
+        object: StoredObject,
+        previous: Option<StoredObject>,
     ) {
         self.log.push_back(Change {
             rv: self.rv,
@@ -388,16 +512,17 @@ impl State {
         }
     }
 
-    /// The objects as they were at `rv` (which must not be older than what the log covers), in
-    /// key order, those after the key `after` only, and of `namespace` only if one is given.
-    /// Reads the store in place: only the changes newer than `rv` are laid over it, so a page of
-    /// a list of a million objects costs its own length, not the store's.
+    /// The objects of `resource` as they were at `rv` (which must not be older than what the log
+    /// covers), in key order, those after the key `after` only, and of `namespace` only if one is
+    /// given. Reads the store in place: only the changes newer than `rv` are laid over it, so a
+    /// page of a list of a million objects costs its own length, not the store's.
     pub(super) fn objects_after<'a>(
         &'a self,
+        resource: Resource,
         rv: u64,
         after: Option<&(String, String)>,
         namespace: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a StoredAccount> + 'a {
+    ) -> impl Iterator<Item = &'a StoredObject> + 'a {
         let ns_start = namespace.map(|ns| (ns.to_string(), String::new()));
         let lower = match (after, ns_start) {
             (Some(after), Some(start)) if start > *after => Bound::Included(start),
@@ -407,15 +532,19 @@ impl State {
         };
         // key -> the object at `rv` (none: it did not exist then). Walking back from the newest
         // change, the oldest change after `rv` writes last: its previous state is the one at `rv`.
-        let mut overlay: BTreeMap<(String, String), Option<&'a StoredAccount>> = BTreeMap::new();
-        for change in self.log.iter().rev().take_while(|c| c.rv > rv) {
+        let mut overlay: BTreeMap<(String, String), Option<&'a StoredObject>> = BTreeMap::new();
+        let newer = self.log.iter().rev().take_while(|c| c.rv > rv);
+        for change in newer.filter(|c| c.object.resource() == resource) {
             overlay.insert(change.object.key(), change.previous.as_ref());
         }
-        let overlay: Vec<((String, String), Option<&'a StoredAccount>)> = overlay
+        let overlay: Vec<((String, String), Option<&'a StoredObject>)> = overlay
             .range((lower.clone(), Bound::Unbounded))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let mut current = self.objects.range((lower, Bound::Unbounded)).peekable();
+        let mut current = self
+            .store(resource)
+            .range((lower, Bound::Unbounded))
+            .peekable();
         let mut past = overlay.into_iter().peekable();
         std::iter::from_fn(move || loop {
             let order = match (current.peek(), past.peek()) {
@@ -442,17 +571,18 @@ impl State {
         .take_while(move |a| a.in_scope(namespace))
     }
 
-    /// Stores `accounts` at once at one new resourceVersion, with no change log entries and no
+    /// Stores `objects` at once at one new resourceVersion, with no change log entries and no
     /// wake-up (a store that existed before any watch): for seeding 100,000s of objects.
     /// Panics on an object that already exists (a test bug).
-    pub(super) fn seed(&mut self, accounts: impl IntoIterator<Item = StoredAccount>) {
+    pub(super) fn seed(&mut self, objects: impl IntoIterator<Item = StoredObject>) {
         self.rv += 1;
-        for mut account in accounts {
-            account.resource_version = self.rv;
-            let key = account.key();
+        for mut object in objects {
+            object.resource_version = self.rv;
+            let (resource, key) = (object.resource(), object.key());
             assert!(
-                self.objects.insert(key, account).is_none(),
-                "a seeded serviceaccount already exists"
+                self.stores[resource.index()].insert(key, object).is_none(),
+                "a seeded object of {} already exists",
+                resource.plural()
             );
         }
         // No watch can replay what happened before the seed.

@@ -13,19 +13,17 @@
 //! envelope around a `runtime.Unknown`); only the fields a TokenRequest uses are decoded. The
 //! answer is always JSON, which every client accepts.
 //!
-//! The emulator stores no Pods, Secrets or Nodes: a `boundObjectRef` of those kinds is taken at
-//! its word (its `uid`, or a fresh one when it has none), so the "not found", "different
-//! serviceaccount" and uid-conflict answers of a real server do not occur, and a pod-bound token
-//! carries no `node` claim.
+//! A `boundObjectRef` (Pod, Secret or Node) is taken at its word (its `uid`, or a fresh one when
+//! it has none): the emulator stores no Secrets or Nodes, and does not look a bound Pod up in its
+//! pod store either, so the "not found", "different serviceaccount" and uid-conflict answers of a
+//! real server do not occur, and a pod-bound token carries no `node` claim.
 
 use serde_json::{json, Value};
 
 use super::super::tokens::{now_unix, random_uuid, SigningKey, TokenBuilder};
 use super::http::Request;
-use super::routing::{
-    expect_kind, json_object_body, service_account_not_found, status_body, undecodable, Reply,
-};
-use super::state::{rfc3339, Shared, State};
+use super::routing::{expect_kind, json_object_body, not_found, status_body, undecodable, Reply};
+use super::state::{rfc3339, Resource, Shared, State};
 
 /// `expirationSeconds` when the request leaves it unset (`SetDefaults_TokenRequestSpec`).
 const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
@@ -84,8 +82,8 @@ pub(super) fn create(
             );
         }
     }
-    let Some(account) = st.objects.get(&(namespace.to_string(), name.to_string())) else {
-        return service_account_not_found(name);
+    let Some(account) = st.object(Resource::ServiceAccounts, namespace, name) else {
+        return not_found(Resource::ServiceAccounts, name);
     };
     let spec = &body["spec"];
     let mut audiences: Vec<String> = spec["audiences"]

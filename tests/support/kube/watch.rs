@@ -1,7 +1,8 @@
-//! ServiceAccount watches: the chunked stream of JSON events, replay of the history after a
-//! resourceVersion (or synthetic ADDED events from "" and "0"), the in-stream or plain 410 for a
-//! resourceVersion older than the window, periodic and pre-deadline bookmarks, `timeoutSeconds`,
-//! and the test's switches that hang or cut open streams.
+//! ServiceAccount and Pod watches: the chunked stream of JSON events (each watch sees its own
+//! kind only), replay of the history after a resourceVersion (or synthetic ADDED events from ""
+//! and "0"), the in-stream or plain 410 for a resourceVersion older than the window, periodic
+//! and pre-deadline bookmarks, `timeoutSeconds`, and the test's switches that hang or cut open
+//! streams.
 
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
@@ -12,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::http::{parse_bool, Request};
 use super::list::{invalid_list_options_all, invalid_rv, too_large_rv, wait_for_rv};
-use super::routing::{status_body, Reply};
-use super::state::{Change, Representation, Shared, State, StoredAccount};
+use super::routing::{status_body, Reply, RequestKind};
+use super::state::{Change, Representation, Resource, Shared, State, StoredObject};
 use super::tls::Conn;
 
 /// The cache sends a bookmark this long before a watch's deadline.
@@ -30,6 +31,8 @@ pub(super) struct WatchPlan {
     /// Registered in `watch_cursors` under this id while following.
     id: u64,
     cursor: u64,
+    /// The kind of object watched.
+    resource: Resource,
     /// The namespace watched, or none for all.
     namespace: Option<String>,
     bookmarks: bool,
@@ -44,14 +47,14 @@ fn event_line(kind: &str, object: &Value) -> String {
     json!({ "type": kind, "object": object }).to_string()
 }
 
-/// A BOOKMARK event at `rv`.
-fn bookmark_line(rv: u64, repr: Representation) -> String {
+/// A BOOKMARK event at `rv` on a watch of `resource`.
+fn bookmark_line(rv: u64, resource: Resource, repr: Representation) -> String {
     // A typed bookmark: metadata carries only the resourceVersion (and the zero
     // creationTimestamp Go serializes as null).
     let meta = json!({ "resourceVersion": rv.to_string(), "creationTimestamp": null });
     let (kind, api_version) = match repr {
         Representation::Metadata { .. } => ("PartialObjectMetadata", repr.meta_api_version()),
-        _ => ("ServiceAccount", "v1"),
+        _ => (resource.kind(), "v1"),
     };
     event_line(
         "BOOKMARK",
@@ -62,17 +65,23 @@ fn bookmark_line(rv: u64, repr: Representation) -> String {
 /// An event's object in `repr`. A watch that asked for a metadata *list* gets the objects
 /// untransformed: the API server's watch encoder logs the failed transform of each object and
 /// writes it as it is (read from the apiserver source, not checked against a live server).
-fn watch_object(account: &StoredAccount, repr: Representation) -> Value {
+fn watch_object(object: &StoredObject, repr: Representation) -> Value {
     match repr {
-        Representation::Metadata { .. } => account.render(repr, true),
-        _ => account.to_json(true),
+        Representation::Metadata { .. } => object.render(repr, true),
+        _ => object.to_json(true),
     }
 }
 
-/// A change as a watch of `namespace` sees it, if it sees it at all. A deletion carries the
-/// object's last state at the deletion's resourceVersion.
-fn view_change(change: &Change, namespace: Option<&str>, repr: Representation) -> Option<String> {
-    change.object.in_scope(namespace).then(|| {
+/// A change as a watch of `resource` in `namespace` sees it, if it sees it at all. A deletion
+/// carries the object's last state at the deletion's resourceVersion.
+fn view_change(
+    change: &Change,
+    resource: Resource,
+    namespace: Option<&str>,
+    repr: Representation,
+) -> Option<String> {
+    let seen = change.object.resource() == resource && change.object.in_scope(namespace);
+    seen.then(|| {
         event_line(
             change.kind.event_type(),
             &watch_object(&change.object, repr),
@@ -81,8 +90,13 @@ fn view_change(change: &Change, namespace: Option<&str>, repr: Representation) -
 }
 
 /// The current objects as ADDED events, for a watch from resourceVersion "" or "0".
-fn synthetic_added(st: &State, namespace: Option<&str>, repr: Representation) -> Vec<String> {
-    st.objects_after(st.rv, None, namespace)
+fn synthetic_added(
+    st: &State,
+    resource: Resource,
+    namespace: Option<&str>,
+    repr: Representation,
+) -> Vec<String> {
+    st.objects_after(resource, st.rv, None, namespace)
         .map(|a| event_line("ADDED", &watch_object(a, repr)))
         .collect()
 }
@@ -126,11 +140,12 @@ fn refuse_streaming_list(req: &Request) -> Option<Reply> {
     (!errors.is_empty()).then(|| invalid_list_options_all(&errors))
 }
 
-/// Accepts (or refuses) a ServiceAccount watch, all namespaces or one.
+/// Accepts (or refuses) a watch of `resource`, all namespaces or one.
 pub(super) fn start_watch(
     shared: &Shared,
     st: &mut MutexGuard<'_, State>,
     req: &Request,
+    resource: Resource,
     namespace: Option<&str>,
     repr: Representation,
 ) -> Reply {
@@ -166,7 +181,7 @@ pub(super) fn start_watch(
     }
 
     let initial = match requested {
-        None | Some(0) => synthetic_added(st, namespace, repr),
+        None | Some(0) => synthetic_added(st, resource, namespace, repr),
         Some(rv) if st.too_old(rv) => {
             let message = st.too_old_message(rv_param);
             if st.expired_watch_as_http {
@@ -178,6 +193,7 @@ pub(super) fn start_watch(
                 end_after_initial: true,
                 id: 0,
                 cursor: st.rv,
+                resource,
                 namespace: namespace.map(String::from),
                 bookmarks: false,
                 deadline: Instant::now(),
@@ -189,7 +205,7 @@ pub(super) fn start_watch(
             .log
             .iter()
             .filter(|c| c.rv > rv)
-            .filter_map(|c| view_change(c, namespace, repr))
+            .filter_map(|c| view_change(c, resource, namespace, repr))
             .collect(),
     };
     let id = st.next_watch_id;
@@ -201,6 +217,7 @@ pub(super) fn start_watch(
         end_after_initial: false,
         id,
         cursor,
+        resource,
         namespace: namespace.map(String::from),
         bookmarks,
         deadline: Instant::now() + timeout,
@@ -235,13 +252,23 @@ enum WatchStep {
     Idle,
 }
 
-/// Streams one watch; returns whether the connection may serve another request.
+/// Streams one watch; returns whether the connection may serve another request. The events'
+/// bytes are counted for `kind` just before they are sent.
 pub(super) fn run_watch(
     shared: &Shared,
     stream: &mut Conn,
     plan: WatchPlan,
+    kind: RequestKind,
     keep_alive: bool,
 ) -> io::Result<bool> {
+    let send = |stream: &mut Conn, lines: &[String]| -> io::Result<()> {
+        // Each line and its newline: the body as the client decodes it.
+        let bytes: usize = lines.iter().map(|line| line.len() + 1).sum();
+        if bytes > 0 {
+            shared.state.lock().count_bytes(kind, bytes as u64);
+        }
+        write_lines(stream, lines)
+    };
     let mut head = String::from(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
          Cache-Control: no-cache, private\r\nTransfer-Encoding: chunked\r\n",
@@ -252,7 +279,7 @@ pub(super) fn run_watch(
     head.push_str("\r\n");
     if plan.end_after_initial {
         stream.write_all(head.as_bytes())?;
-        write_lines(stream, &plan.initial)?;
+        send(stream, &plan.initial)?;
         stream.write_all(b"0\r\n\r\n")?;
         return Ok(keep_alive);
     }
@@ -270,9 +297,9 @@ pub(super) fn run_watch(
                 stream.abort();
                 return Ok(false);
             }
-            WatchStep::Send(lines) => write_lines(stream, &lines)?,
+            WatchStep::Send(lines) => send(stream, &lines)?,
             WatchStep::End(lines) => {
-                write_lines(stream, &lines)?;
+                send(stream, &lines)?;
                 stream.write_all(b"0\r\n\r\n")?;
                 return Ok(keep_alive);
             }
@@ -333,7 +360,10 @@ impl<'a> WatchFollower<'a> {
             st.log
                 .iter()
                 .filter(|c| c.rv > self.cursor)
-                .filter_map(|c| view_change(c, self.plan.namespace.as_deref(), self.plan.repr)),
+                .filter_map(|c| {
+                    let plan = &self.plan;
+                    view_change(c, plan.resource, plan.namespace.as_deref(), plan.repr)
+                }),
         );
         self.cursor = st.rv;
         st.watch_cursors.insert(self.plan.id, self.cursor);
@@ -342,7 +372,11 @@ impl<'a> WatchFollower<'a> {
         }
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
         if due(self.next_bookmark) || due(self.pre_deadline_bookmark) {
-            lines.push(bookmark_line(self.cursor, self.plan.repr));
+            lines.push(bookmark_line(
+                self.cursor,
+                self.plan.resource,
+                self.plan.repr,
+            ));
             if due(self.pre_deadline_bookmark) {
                 self.pre_deadline_bookmark = None;
             }
