@@ -1,0 +1,253 @@
+//! The pod binding check (`POD_BINDING=watch`) on a real nats-server with the API emulator's
+//! pods: a pod-bound token works while its pod lives; a deleted pod's connections close within
+//! seconds and its token is refused, while its sibling pods' connections stay; a pod replaced
+//! under its name refuses the old token; tokens bound to no pod follow `NON_POD_TOKENS`; a
+//! ServiceAccount's own changes still reach connections named by pod; a replica started after
+//! the grant still finds them; readiness waits for the pod list.
+#![allow(deprecated)] // the tests' NATS client is the `nats` sync crate
+
+mod support;
+
+use std::time::Duration;
+
+use support::client::{connect_token, Client};
+use support::kube::RequestKind;
+use support::stack::{system_url, Stack, StackBuilder};
+use support::tokens::TokenBuilder;
+
+/// How long a revoked connection may stay open.
+const BOUND: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(15);
+
+/// team-a/app and team-b/other, the pod binding check on, revocation on, two pods of team-a/app
+/// and one of team-b/other.
+fn binding() -> Stack {
+    let s = StackBuilder::new()
+        .account("team-b", "other", &[])
+        .env("POD_BINDING", "watch")
+        .revocation()
+        .start();
+    s.api.create_pod("team-a", "app-1", "app");
+    s.api.create_pod("team-a", "app-2", "app");
+    s.api.create_pod("team-b", "other-1", "other");
+    wait_pods(&s.service, 3);
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    s
+}
+
+/// Waits until `service` holds `n` pods.
+fn wait_pods(service: &support::service::Service, n: usize) {
+    service.wait_for(&format!("{n} pods cached"), WAIT, || {
+        service.metric("nats_callout_pods") == n as f64
+    });
+}
+
+/// A token of `ns/sa` bound to pod `pod` as the kubelet would get it (the pod's current uid;
+/// `gone` when there is no such pod).
+fn pod_token(s: &Stack, ns: &str, sa: &str, pod: &str) -> String {
+    let sa_uid = s.api.uid_of(ns, sa).expect("the ServiceAccount exists");
+    let pod_uid = s.api.pod_uid(ns, pod).unwrap_or_else(|| "gone".into());
+    TokenBuilder::for_sa(ns, sa, &sa_uid)
+        .pod(pod, &pod_uid)
+        .sign(&s.key)
+}
+
+fn connect(s: &Stack, token: &str) -> Client {
+    connect_token(&s.url(), token).unwrap_or_else(|e| panic!("{e}\n{}", s.service.log()))
+}
+
+fn reason(s: &Stack, reason: &str) -> f64 {
+    s.service.metric(&format!(
+        "nats_callout_revocations_total{{reason=\"{reason}\"}}"
+    ))
+}
+
+#[test]
+fn a_deleted_pods_connections_close_and_its_token_is_refused_while_its_siblings_stay() {
+    let s = binding();
+    let (t1, t2) = (
+        pod_token(&s, "team-a", "app", "app-1"),
+        pod_token(&s, "team-a", "app", "app-2"),
+    );
+    let (a1, a1b) = (connect(&s, &t1), connect(&s, &t1));
+    let a2 = connect(&s, &t2);
+    let b = connect(&s, &pod_token(&s, "team-b", "other", "other-1"));
+    assert!(a1.round_trip("team-a.before"));
+
+    s.api.delete_pod("team-a", "app-1");
+    for c in [&a1, &a1b] {
+        assert!(
+            c.wait_disconnected(BOUND).is_some(),
+            "still connected after its pod's deletion:\n{}",
+            s.service.log()
+        );
+    }
+    s.service.wait_for("the revocation's line", WAIT, || {
+        s.service
+            .log()
+            .contains("revocation: closed 2 connection(s) of pod team-a/app-1 of app (pod_deleted)")
+    });
+    assert_eq!(reason(&s, "pod_deleted"), 1.0);
+    // The pod's token is refused from now on; the sibling pod of the same ServiceAccount and the
+    // other namespace's pod were never touched.
+    s.assert_denied(&t1, "pod_not_found");
+    for c in [&a2, &b] {
+        assert!(c.wait_disconnected(Duration::from_millis(200)).is_none());
+    }
+    assert!(a2.round_trip("team-a.sibling"));
+    assert!(b.round_trip("team-b.other"));
+}
+
+#[test]
+fn a_pod_replaced_under_its_name_refuses_the_old_token_and_admits_the_new_one() {
+    // A StatefulSet's pod: deleted and created again under the same name, with a new uid.
+    let s = binding();
+    let old = pod_token(&s, "team-a", "app", "app-1");
+    let c = connect(&s, &old);
+    s.api.delete_pod("team-a", "app-1");
+    s.api.create_pod("team-a", "app-1", "app");
+    assert!(c.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    wait_pods(&s.service, 3);
+    s.assert_denied(&old, "pod_uid_mismatch");
+    let fresh = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(fresh.round_trip("team-a.again"), "{}", s.service.log());
+}
+
+#[test]
+fn tokens_bound_to_no_pod_are_refused_unless_allowed_and_a_pod_must_run_as_the_token_says() {
+    let s = binding();
+    let sa_uid = s.api.uid_of("team-a", "app").expect("uid");
+    // `kubectl create token`: bound to nothing; a node-bound token.
+    let unbound = s.token("team-a", "app");
+    let node_bound = TokenBuilder::for_sa("team-a", "app", &sa_uid)
+        .node("node-1", "11111111-0000-4000-8000-000000000001")
+        .sign(&s.key);
+    s.assert_denied(&unbound, "token_not_pod_bound");
+    s.assert_denied(&node_bound, "token_not_pod_bound");
+    // A pod of team-b's ServiceAccount named in a team-a token: never issued by the API server.
+    s.api.create_pod("team-a", "borrowed", "other");
+    wait_pods(&s.service, 4);
+    s.assert_denied(
+        &pod_token(&s, "team-a", "app", "borrowed"),
+        "pod_serviceaccount_mismatch",
+    );
+    // A pod that never existed.
+    s.assert_denied(&pod_token(&s, "team-a", "app", "app-9"), "pod_not_found");
+
+    let lenient = StackBuilder::new()
+        .env("POD_BINDING", "watch")
+        .env("NON_POD_TOKENS", "accept")
+        .start();
+    let c = connect(&lenient, &lenient.token("team-a", "app"));
+    assert!(c.round_trip("team-a.unbound"));
+}
+
+#[test]
+fn a_service_accounts_deletion_still_closes_its_connections_named_by_pod() {
+    // nats-server finds users by exact name: the ServiceAccount's change must reach users named
+    // `…:app:pod:<pod>:<uid>` and the plain name alike.
+    let s = StackBuilder::new()
+        .account("team-b", "other", &[])
+        .env("POD_BINDING", "watch")
+        .env("NON_POD_TOKENS", "accept")
+        .revocation()
+        .start();
+    s.api.create_pod("team-a", "app-1", "app");
+    s.api.create_pod("team-b", "other-1", "other");
+    wait_pods(&s.service, 2);
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let by_pod = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
+    let plain = connect(&s, &s.token("team-a", "app"));
+    let other = connect(&s, &pod_token(&s, "team-b", "other", "other-1"));
+    s.api.delete_service_account("team-a", "app");
+    for c in [&by_pod, &plain] {
+        assert!(c.wait_disconnected(BOUND).is_some(), "{}", s.service.log());
+    }
+    s.service.wait_for("one line for the account", WAIT, || {
+        s.service
+            .log()
+            .contains("revocation: closed 2 connection(s) of team-a/app (deleted)")
+    });
+    assert!(other
+        .wait_disconnected(Duration::from_millis(200))
+        .is_none());
+    assert!(other.round_trip("team-b.untouched"));
+}
+
+#[test]
+fn a_policy_change_reaches_connections_named_by_pod() {
+    let s = StackBuilder::new()
+        .account("team-b", "other", &[])
+        .env("POD_BINDING", "watch")
+        .policy("annotations:\n  publish: []\n")
+        .revocation()
+        .start();
+    s.api.create_pod("team-a", "app-1", "app");
+    s.api.create_pod("team-b", "other-1", "other");
+    wait_pods(&s.service, 2);
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let a = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
+    let b = connect(&s, &pod_token(&s, "team-b", "other", "other-1"));
+    s.replace_policy("namespaces:\n  exclude: [team-a]\nannotations:\n  publish: []\n");
+    assert!(a.wait_disconnected(WAIT).is_some(), "{}", s.service.log());
+    assert!(b.wait_disconnected(Duration::from_millis(200)).is_none());
+    assert!(b.round_trip("team-b.still-served"));
+}
+
+#[test]
+fn a_replica_started_after_the_grant_closes_the_deleted_pods_connection() {
+    // The granting replica has no system connection (it closes nothing); a replica started
+    // afterwards finds the connection by its user name alone.
+    let s = StackBuilder::new().env("POD_BINDING", "watch").start();
+    s.api.create_pod("team-a", "app-1", "app");
+    s.api.create_pod("team-a", "app-2", "app");
+    wait_pods(&s.service, 2);
+    let gone = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
+    let stays = connect(&s, &pod_token(&s, "team-a", "app", "app-2"));
+    let replica = s
+        .replica()
+        .env("POD_BINDING", "watch")
+        .env("NATS_SYSTEM_URL", &system_url(s.nats.port))
+        .spawn();
+    replica.wait_ready(WAIT);
+    replica.wait_for("the system connection", WAIT, || {
+        replica.log().contains("revocation: connected to nats")
+    });
+    wait_pods(&replica, 2);
+    s.api.delete_pod("team-a", "app-1");
+    assert!(gone.wait_disconnected(BOUND).is_some(), "{}", replica.log());
+    assert!(stays
+        .wait_disconnected(Duration::from_millis(200))
+        .is_none());
+    assert!(stays.round_trip("team-a.stays"));
+    assert_eq!(
+        s.service
+            .metric("nats_callout_revocations_total{reason=\"pod_deleted\"}"),
+        0.0,
+        "the granting replica has no system connection"
+    );
+}
+
+#[test]
+fn readiness_waits_for_the_pod_list_and_says_so() {
+    let s = StackBuilder::new().start();
+    s.api.create_pod("team-a", "app-1", "app");
+    s.api.fail_next_of(RequestKind::PodList, 1_000, 500, None);
+    let replica = s.replica().env("POD_BINDING", "watch").spawn();
+    replica.wait_for("a failed pod list", WAIT, || {
+        replica.log().contains("listing Pods failed")
+    });
+    let (status, body) = replica.get("/readyz").expect("GET /readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("pods_synced"), "{body}");
+    s.api.clear_faults();
+    replica.wait_ready(Duration::from_secs(60));
+    wait_pods(&replica, 1);
+}
