@@ -514,6 +514,8 @@ const DASHBOARD_ONLY: &[&str] = &[
     // A cold verified-token cache costs CPU, not correctness: worth a graph, not a page.
     "nats_callout_token_cache_lookups",
     "nats_callout_token_cache_entries",
+    // How many pods the pod binding check holds: the alert watches whether it follows the cluster.
+    "nats_callout_pods",
 ];
 
 /// A `promtool test rules` file: the problems OPERATIONS.md names make their alert fire, and a
@@ -564,6 +566,11 @@ tests:
         values: '0+60x60'
       # A replica reading ServiceAccounts from a file: never "current", never stale.
       - series: 'nats_callout_cache_current_timestamp_seconds{{instance="file"}}'
+        values: '0x60'
+      # The pod cache following the cluster, and a replica with the pod binding check off (0).
+      - series: 'nats_callout_pod_cache_current_timestamp_seconds{{instance="a"}}'
+        values: '0+60x60'
+      - series: 'nats_callout_pod_cache_current_timestamp_seconds{{instance="off"}}'
         values: '0x60'
       - series: 'nats_callout_dropped_annotation_entries_total{{instance="a",direction="pub",cause="invalid"}}'
         values: '0x60'
@@ -623,6 +630,8 @@ tests:
         values: '0+1x40'
       - series: 'nats_callout_cache_current_timestamp_seconds{{instance="b"}}'
         values: '0+60x10 600x30'
+      - series: 'nats_callout_pod_cache_current_timestamp_seconds{{instance="b"}}'
+        values: '0+60x10 600x30'
       - series: 'nats_callout_dropped_annotation_entries_total{{instance="b",direction="sub",cause="reserved"}}'
         values: '0+1x40'
       - series: 'nats_callout_policy_reloads_total{{instance="b",result="failure"}}'
@@ -653,6 +662,7 @@ tests:
           - {{labels: '{{alertname="NatsCalloutNoKeySet"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutWatchRestartStorm"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutCacheStale"}}', value: 1}}
+          - {{labels: '{{alertname="NatsCalloutPodCacheStale"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutRelistStorm"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutDroppedAnnotationEntries"}}', value: 1}}
           - {{labels: '{{alertname="NatsCalloutPolicyReloadFailing"}}', value: 1}}
@@ -680,6 +690,26 @@ tests:
         eval_time: 10m
         exp_samples:
           - {{labels: '{{alertname="NatsCalloutNatsFlapping"}}', value: 1}}
+  # The pod cache stuck at 5m on "d" (its pod watch failing): stale from 10m on, firing 5 minutes
+  # later. "off" runs without the pod binding check, its gauge 0: never stale. Neither touches
+  # the ServiceAccount cache's alert.
+  - interval: 1m
+    input_series:
+      - series: 'nats_callout_pod_cache_current_timestamp_seconds{{instance="d"}}'
+        values: '0+60x5 300x25'
+      - series: 'nats_callout_pod_cache_current_timestamp_seconds{{instance="off"}}'
+        values: '0x30'
+    promql_expr_test:
+      - expr: ALERTS{{alertname=~"NatsCallout(Pod)?CacheStale"}}
+        eval_time: 14m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="NatsCalloutPodCacheStale",alertstate="pending",instance="d",severity="warning"}}'
+            value: 1
+      - expr: ALERTS{{alertname=~"NatsCallout(Pod)?CacheStale"}}
+        eval_time: 30m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="NatsCalloutPodCacheStale",alertstate="firing",instance="d",severity="warning"}}'
+            value: 1
   # The Deployment deleted: kube-state-metrics has no series for it any more, and no replica is
   # scraped; the alerts must not go silent with the series.
   - interval: 1m

@@ -219,6 +219,11 @@ def test_pdb_without_a_bound(render_error):
         ({"selfCheck": {"enable": True}}, "/selfCheck", "'enable' not allowed"),
         ({"selfCheck": {"token": "file"}}, "/selfCheck/token", "must be one of"),
         ({"revocation": {"systemUrl": "nats://sys:pw@nats:4222"}}, "/revocation", "'systemUrl' not allowed"),
+        ({"podBinding": {"mode": "tokenreview"}}, "/podBinding/mode", "must be one of"),
+        # A bare `off` in a values file is YAML's boolean false, not the mode.
+        ({"podBinding": {"mode": False}}, "/podBinding/mode", "want string"),
+        ({"podBinding": {"nonPodTokens": "maybe"}}, "/podBinding/nonPodTokens", "must be one of"),
+        ({"podBinding": {"enabled": True}}, "/podBinding", "'enabled' not allowed"),
         ({"resources": []}, "/resources", "want object"),
         ({"extraEnv": {"A": "b"}}, "/extraEnv", "want array"),
         ({"secretEnv": {"BAD NAME": "x"}}, "/secretEnv", "'BAD NAME' not allowed"),
@@ -242,7 +247,7 @@ def test_http_address_is_an_ip_address(render_error, address):
     assert "httpAddress" in render_error({"httpAddress": address})
 
 
-@pytest.mark.parametrize("name", ["NATS_URL", "LOG_LEVEL", "NATS_CREDS_FILE", "TOKEN_CACHE_SIZE"])
+@pytest.mark.parametrize("name", ["NATS_URL", "LOG_LEVEL", "NATS_CREDS_FILE", "TOKEN_CACHE_SIZE", "POD_BINDING", "NON_POD_TOKENS"])
 def test_extra_env_cannot_set_what_the_chart_sets(render_error, name):
     msg = render_error({"extraEnv": [{"name": "RUST_LOG", "value": "info"}, {"name": name, "value": "x"}]})
     assert f"extraEnv[1] sets {name}, which the chart sets from its values" in msg, msg

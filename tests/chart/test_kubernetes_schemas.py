@@ -59,6 +59,8 @@ EVERYTHING = {
                    "systemCredentials": {"existingSecret": "nats-sys-creds"}},
     "selfCheck": {"token": "tokenRequest", "readiness": True, "interval": "30s",
                   "sentinelCreds": {"existingSecret": "nats-sentinel"}},
+    # The pods rule of the ClusterRole, and both variables (for the extraEnv drift check).
+    "podBinding": {"mode": "watch", "nonPodTokens": "accept"},
     "podDisruptionBudget": {"minAvailable": "50%"},
     "priorityClassName": "platform-critical",
     "topologySpreadConstraints": [

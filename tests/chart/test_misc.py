@@ -33,6 +33,46 @@ def test_rbac_off(render):
     assert "create on events" not in render({"rbac": {"create": False}, "events": {"enabled": False}}).notes
 
 
+# The pod binding check: list + watch of every pod, nothing else (no get, no other resource).
+PODS_RULE = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}
+
+
+def test_pod_binding_off_by_default_with_no_pod_access(render):
+    for r in (render(), render({"podBinding": {"mode": "off", "nonPodTokens": ""}})):
+        assert "POD_BINDING" not in r.env and "NON_POD_TOKENS" not in r.env
+        assert r.one("ClusterRole")["rules"] == [SA_RULE, EVENTS_RULE]
+        assert not any("pods" in rule.get("resources", []) for rule in r.one("ClusterRole")["rules"])
+
+
+def test_pod_binding_watch_sets_the_mode_and_grants_list_and_watch_on_pods(render):
+    r = render({"podBinding": {"mode": "watch"}})
+    assert r.env["POD_BINDING"] == {"name": "POD_BINDING", "value": "watch"}
+    # The service's own default (refuse with watch) stands unless asked otherwise.
+    assert "NON_POD_TOKENS" not in r.env
+    assert r.one("ClusterRole")["rules"] == [SA_RULE, EVENTS_RULE, PODS_RULE]
+    everything = render({"podBinding": {"mode": "watch"}, "events": {"enabled": False}, "rbac": {"issuerDiscovery": True}})
+    assert everything.one("ClusterRole")["rules"] == [SA_RULE, PODS_RULE, DISCOVERY_RULE]
+    # No namespaced Role gets pods either.
+    assert all("pods" not in rule.get("resources", []) for role in r.all("Role") for rule in role["rules"])
+
+
+def test_non_pod_tokens_is_passed_when_set(render):
+    assert render({"podBinding": {"nonPodTokens": "accept"}}).env["NON_POD_TOKENS"] == {"name": "NON_POD_TOKENS", "value": "accept"}
+    r = render({"podBinding": {"mode": "watch", "nonPodTokens": "accept"}})
+    assert r.env["NON_POD_TOKENS"]["value"] == "accept" and r.env["POD_BINDING"]["value"] == "watch"
+    r = render({"podBinding": {"nonPodTokens": "refuse"}})
+    assert r.env["NON_POD_TOKENS"]["value"] == "refuse" and "POD_BINDING" not in r.env
+    # Refusing tokens bound to no pod needs no pod access.
+    assert r.one("ClusterRole")["rules"] == [SA_RULE, EVENTS_RULE]
+
+
+def test_pod_binding_without_rbac_says_what_to_grant(render):
+    r = render({"rbac": {"create": False}, "podBinding": {"mode": "watch"}})
+    assert r.all("ClusterRole") == []
+    assert "list/watch on pods" in r.notes
+    assert "list/watch on pods" not in render({"rbac": {"create": False}}).notes
+
+
 TOKEN_RULE = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "resourceNames": [FULLNAME], "verbs": ["create"]}
 CHECK_TOKEN = "/etc/nats-k8s-oidc-callout/self-check-token/token"
 
