@@ -21,7 +21,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::kube::DEFAULT_ISSUER;
+use support::kube::{RequestKind, DEFAULT_ISSUER};
 use support::nats::{free_port, server_config, CalloutKeys, NatsServer, CLIENT_ACCOUNT};
 use support::service::proc_status;
 use support::service::{Service, ServiceBuilder};
@@ -177,4 +177,101 @@ fn memory_and_time_to_ready_at_cluster_scale() {
             m.relist_hwm_kb as f64 / 1024.0,
         );
     }
+}
+
+/// Resident memory of a service started on `api` with `env`, once it holds `accounts`
+/// ServiceAccounts and (with the pod binding check) `pods` pods: (VmRSS KiB, time to ready).
+fn service_rss(
+    api: &support::kube::KubeEmulator,
+    env: &[(&str, &str)],
+    accounts: usize,
+    pods: usize,
+) -> (u64, Duration, Service, NatsServer) {
+    let keys = CalloutKeys::new(false);
+    let port = free_port();
+    let nats = NatsServer::start_with_config(port, server_config(port, &keys, 2));
+    let mut builder = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
+        .env("JWT_ISSUER", DEFAULT_ISSUER)
+        .kube_api(&api.url(), &api.token())
+        .env("LOG_LEVEL", "info");
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    let started = Instant::now();
+    let service = builder.spawn();
+    let ready = wait_ready(&service).duration_since(started);
+    service.wait_for("every account and pod held", READY_WITHIN, || {
+        service.metric("nats_callout_serviceaccounts") as usize == accounts
+            && service.metric("nats_callout_pods") as usize == pods
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = service.pid().expect("the service runs");
+    (proc_status(pid, "VmRSS:"), ready, service, nats)
+}
+
+#[test]
+#[ignore = "a measurement: cargo test --release --test scale pod_binding -- --ignored --nocapture"]
+fn pod_binding_memory_and_api_cost() {
+    // `SCALE_PODS` pods (default 100 000), as many ServiceAccounts, 100 to a namespace.
+    let n: usize = std::env::var("SCALE_PODS")
+        .map(|v| v.trim().parse().expect("SCALE_PODS is a number"))
+        .unwrap_or(100_000);
+    let key = SigningKey::rs256();
+    let api = start_cluster(&key, &[]);
+    api.seed_realistic_service_accounts(n, PER_NAMESPACE);
+    api.seed_realistic_pods(n, PER_NAMESPACE);
+    let sample = api.pod("team-00000", "pod-0000000").expect("a seeded pod");
+    let full = serde_json::to_vec(&sample).expect("json").len();
+    let metadata = serde_json::to_vec(&sample["metadata"]).expect("json").len();
+
+    let (off_kb, off_ready, off, _off_nats) = service_rss(&api, &[], n, 0);
+    drop(off);
+    let (lists, bytes) = (
+        api.requests_counted(RequestKind::PodList),
+        api.bytes_served(RequestKind::PodList),
+    );
+    let (on_kb, on_ready, on, _on_nats) = service_rss(&api, &[("POD_BINDING", "watch")], n, n);
+    let list_requests = api.requests_counted(RequestKind::PodList) - lists;
+    let list_bytes = api.bytes_served(RequestKind::PodList) - bytes;
+
+    // Watch traffic: one MODIFIED event per pod whose deletion begins.
+    let events = 1000.min(n);
+    let watched = api.bytes_served(RequestKind::PodWatch);
+    for i in 0..events {
+        api.terminate_pod(
+            &format!("team-{:05}", i / PER_NAMESPACE),
+            &format!("pod-{i:07}"),
+            30,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let per_event = (api.bytes_served(RequestKind::PodWatch) - watched) as f64 / events as f64;
+    let pid = on.pid().expect("running");
+
+    println!("pods: {n} (and as many ServiceAccounts), 100 to a namespace");
+    println!(
+        "one pod: {full} B of JSON, of which {metadata} B metadata (what a metadata-only watch would carry)"
+    );
+    println!(
+        "POD_BINDING=off:   VmRSS {:.1} MiB, ready in {:.2} s",
+        off_kb as f64 / 1024.0,
+        off_ready.as_secs_f64()
+    );
+    println!(
+        "POD_BINDING=watch: VmRSS {:.1} MiB, ready in {:.2} s; VmHWM {:.1} MiB",
+        on_kb as f64 / 1024.0,
+        on_ready.as_secs_f64(),
+        proc_status(pid, "VmHWM:") as f64 / 1024.0
+    );
+    println!(
+        "memory per pod: {:.0} B ((RSS on - RSS off) / pods)",
+        (on_kb.saturating_sub(off_kb) * 1024) as f64 / n as f64
+    );
+    println!(
+        "API cost of the list: {list_requests} requests, {:.1} MiB, {:.0} B per pod",
+        list_bytes as f64 / (1024.0 * 1024.0),
+        list_bytes as f64 / n as f64
+    );
+    println!("API cost of the watch: {per_event:.0} B per pod event ({events} events)");
+    assert_eq!(on.metric("nats_callout_pods") as usize, n);
 }
