@@ -2,12 +2,12 @@
 //! same list + watch as the ServiceAccounts, so that a token bound to a pod that is gone is
 //! refused and the connections granted to it are closed when the pod goes.
 //!
-//! Only what the check needs is kept of a pod: its name, uid, ServiceAccount and when its
-//! deletion began (about 100 bytes, whatever the object holds). The whole object is read from
+//! Only what the check needs is kept of a pod: its name, uid, ServiceAccount (one allocation per
+//! distinct name) and when its deletion began, whatever the object holds. The whole object is read from
 //! the API rather than its metadata only, because the pod's ServiceAccount (`spec`) is part of
 //! the NATS user name its connections are found by when it is deleted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -127,20 +127,100 @@ impl RawPod {
     }
 }
 
-/// namespace → name → pod.
-type Pods = HashMap<Box<str>, HashMap<Box<str>, Pod>>;
+/// A pod as held: its namespace and name are the keys it is found by.
+#[derive(Debug)]
+struct Held {
+    uid: Uid,
+    /// Shared by every pod of the cache that runs as an account of that name.
+    service_account: Arc<str>,
+    deletion: Option<i64>,
+}
+
+/// Pods by namespace and name, each string held once.
+#[derive(Debug, Default)]
+struct Store {
+    by_namespace: HashMap<Box<str>, HashMap<Box<str>, Held>>,
+    len: usize,
+    /// The ServiceAccount names the pods run as, each allocated once.
+    accounts: HashSet<Arc<str>>,
+}
+
+impl Store {
+    fn get(&self, namespace: &str, name: &str) -> Option<&Held> {
+        self.by_namespace.get(namespace)?.get(name)
+    }
+
+    /// Stores `pod`; returns the pod it replaced under that name, if any.
+    fn insert(&mut self, pod: Pod) -> Option<Pod> {
+        let service_account = match self.accounts.get(&*pod.service_account) {
+            Some(held) => held.clone(),
+            None => {
+                let name: Arc<str> = pod.service_account.into();
+                self.accounts.insert(name.clone());
+                name
+            }
+        };
+        let held = Held {
+            uid: pod.uid,
+            service_account,
+            deletion: pod.deletion,
+        };
+        let names = self.by_namespace.entry(pod.namespace.clone()).or_default();
+        match names.insert(pod.name.clone(), held) {
+            None => {
+                self.len += 1;
+                None
+            }
+            Some(old) => Some(old.into_pod(pod.namespace, pod.name)),
+        }
+    }
+
+    /// Removes `namespace/name` if it is the pod of `uid`.
+    fn remove_if(&mut self, namespace: &str, name: &str, uid: &Uid) -> Option<Pod> {
+        let names = self.by_namespace.get_mut(namespace)?;
+        if names.get(name).is_none_or(|held| held.uid != *uid) {
+            return None;
+        }
+        let (name, held) = names.remove_entry(name)?;
+        if names.is_empty() {
+            self.by_namespace.remove(namespace);
+        }
+        self.len -= 1;
+        Some(held.into_pod(namespace.into(), name))
+    }
+
+    /// Every pod, taken out.
+    fn into_pods(self) -> impl Iterator<Item = Pod> {
+        self.by_namespace.into_iter().flat_map(|(namespace, names)| {
+            names
+                .into_iter()
+                .map(move |(name, held)| held.into_pod(namespace.clone(), name))
+        })
+    }
+}
+
+impl Held {
+    fn into_pod(self, namespace: Box<str>, name: Box<str>) -> Pod {
+        Pod {
+            namespace,
+            name,
+            uid: self.uid,
+            service_account: self.service_account.as_ref().into(),
+            deletion: self.deletion,
+        }
+    }
+}
 
 /// A complete list of pods under construction.
 #[derive(Debug, Default)]
 pub struct PodsBuilder {
-    pods: Pods,
-    len: usize,
+    store: Store,
 }
 
 /// The pods of the cluster, by namespace and name.
 #[derive(Default)]
 pub struct PodCache {
-    inner: RwLock<(Pods, usize)>,
+    inner: RwLock<Store>,
     synced: AtomicBool,
     /// Where deletions that must close live connections go, when revocation is on.
     revocations: OnceLock<crossbeam_channel::Sender<Revocation>>,
@@ -175,7 +255,7 @@ impl PodCache {
 
     /// Number of pods held.
     pub fn len(&self) -> usize {
-        self.inner.read().1
+        self.inner.read().len
     }
 
     /// Whether no pod is held.
@@ -202,7 +282,7 @@ impl PodCache {
             return PodCheck::NotSynced;
         }
         let inner = self.inner.read();
-        let Some(pod) = inner.0.get(namespace).and_then(|pods| pods.get(name)) else {
+        let Some(pod) = inner.get(namespace, name) else {
             return PodCheck::NotFound;
         };
         if !pod.uid.is(uid) {
@@ -220,7 +300,7 @@ impl PodCache {
     }
 
     /// Queues the revocation of `pod`'s connections.
-    fn report(&self, gone: Vec<Pod>) {
+    fn report(&self, gone: impl IntoIterator<Item = Pod>) {
         let Some(tx) = self.revocations.get() else {
             return;
         };
@@ -263,30 +343,23 @@ impl Collection for PodCache {
     }
     fn add(builder: &mut PodsBuilder, items: Vec<Pod>, _previous: Option<&Self>) {
         for pod in items {
-            let namespace = builder.pods.entry(pod.namespace.clone()).or_default();
-            if namespace.insert(pod.name.clone(), pod).is_none() {
-                builder.len += 1;
-            }
+            builder.store.insert(pod);
         }
     }
     fn builder_len(builder: &PodsBuilder) -> usize {
-        builder.len
+        builder.store.len
     }
     fn replace(&self, builder: PodsBuilder) {
-        let old = std::mem::replace(&mut *self.inner.write(), (builder.pods, builder.len));
+        let old = std::mem::replace(&mut *self.inner.write(), builder.store);
         self.synced.store(true, Ordering::SeqCst);
         if self.revocations.get().is_some() {
             // Pods the new list no longer has (or has as another pod): missed deletions.
             let inner = self.inner.read();
             let gone: Vec<Pod> = old
-                .0
-                .into_values()
-                .flat_map(HashMap::into_values)
+                .into_pods()
                 .filter(|pod| {
                     inner
-                        .0
-                        .get(&pod.namespace)
-                        .and_then(|pods| pods.get(&pod.name))
+                        .get(&pod.namespace, &pod.name)
                         .is_none_or(|now| now.uid != pod.uid)
                 })
                 .collect();
@@ -297,56 +370,24 @@ impl Collection for PodCache {
     fn apply(&self, change: Change<Pod>) {
         let gone = {
             let mut inner = self.inner.write();
-            let (pods, len) = &mut *inner;
             match change {
                 Change::Upsert(pod) => {
-                    let namespace = pods.entry(pod.namespace.clone()).or_default();
-                    match namespace.insert(pod.name.clone(), pod) {
-                        None => {
-                            *len += 1;
-                            None
-                        }
-                        Some(old) => {
-                            let replaced = namespace
-                                .get(&old.name)
-                                .is_some_and(|new| new.uid != old.uid);
-                            replaced.then_some(old)
-                        }
-                    }
+                    let uid = pod.uid.clone();
+                    // The same name, another uid: the old pod is gone.
+                    inner.insert(pod).filter(|old| old.uid != uid)
                 }
-                Change::Delete(pod) => {
-                    let held = pods.get_mut(&pod.namespace);
-                    // Only that same pod goes: a delete of an older one leaves a newer alone.
-                    let same = held
-                        .as_ref()
-                        .and_then(|names| names.get(&pod.name))
-                        .is_some_and(|p| p.uid == pod.uid);
-                    match held {
-                        Some(names) if same => {
-                            let removed = names.remove(&pod.name);
-                            if names.is_empty() {
-                                pods.remove(&pod.namespace);
-                            }
-                            *len -= 1;
-                            removed
-                        }
-                        _ => None,
-                    }
-                }
+                // Only that same pod goes: a delete of an older one leaves a newer alone.
+                Change::Delete(pod) => inner.remove_if(&pod.namespace, &pod.name, &pod.uid),
             }
         };
-        self.report(gone.into_iter().collect());
+        self.report(gone);
     }
     fn followed(&self, metrics: &Metrics) {
-        metrics
-            .pods
-            .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
+        metrics.pods.set(i64::try_from(self.len()).unwrap_or(i64::MAX));
         metrics.pod_cache_current.set(crate::unix_now());
     }
     fn listed(&self, metrics: &Metrics, readiness: &Readiness) {
-        metrics
-            .pods
-            .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
+        metrics.pods.set(i64::try_from(self.len()).unwrap_or(i64::MAX));
         readiness.set_pods_synced(true);
     }
     fn watch_restarted(&self, _metrics: &Metrics) {}
