@@ -2,7 +2,7 @@
 //! pods: a pod-bound token works while its pod lives; a deleted pod's connections close within
 //! seconds and its token is refused, while its sibling pods' connections stay; a pod replaced
 //! under its name refuses the old token; tokens bound to no pod follow `NON_POD_TOKENS`; a
-//! ServiceAccount's own changes still reach connections named by pod; a replica started after
+//! ServiceAccount's own changes still reach connections named by pod; a replica restarted after
 //! the grant still finds them; readiness waits for the pod list.
 #![allow(deprecated)] // the tests' NATS client is the `nats` sync crate
 
@@ -202,15 +202,13 @@ fn a_policy_change_reaches_connections_named_by_pod() {
 }
 
 #[test]
-fn a_replica_started_after_the_grant_closes_the_deleted_pods_connection() {
-    // The granting replica has no system connection (it closes nothing); a replica started
-    // afterwards finds the connection by its user name alone.
-    let s = StackBuilder::new().env("POD_BINDING", "watch").start();
-    s.api.create_pod("team-a", "app-1", "app");
-    s.api.create_pod("team-a", "app-2", "app");
-    wait_pods(&s.service, 2);
+fn a_replica_restarted_after_the_grant_closes_the_deleted_pods_connection() {
+    // Nothing is remembered between decisions: the granting replica stops (its clients stay
+    // connected to nats-server), another starts, and it finds the connection by its user name.
+    let mut s = binding();
     let gone = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
     let stays = connect(&s, &pod_token(&s, "team-a", "app", "app-2"));
+    s.service.terminate(WAIT);
     let replica = s
         .replica()
         .env("POD_BINDING", "watch")
@@ -220,19 +218,17 @@ fn a_replica_started_after_the_grant_closes_the_deleted_pods_connection() {
     replica.wait_for("the system connection", WAIT, || {
         replica.log().contains("revocation: connected to nats")
     });
-    wait_pods(&replica, 2);
+    wait_pods(&replica, 3);
+    assert!(stays.round_trip("team-a.across-the-restart"));
     s.api.delete_pod("team-a", "app-1");
     assert!(gone.wait_disconnected(BOUND).is_some(), "{}", replica.log());
     assert!(stays
         .wait_disconnected(Duration::from_millis(200))
         .is_none());
     assert!(stays.round_trip("team-a.stays"));
-    assert_eq!(
-        s.service
-            .metric("nats_callout_revocations_total{reason=\"pod_deleted\"}"),
-        0.0,
-        "the granting replica has no system connection"
-    );
+    replica.wait_for("counted", WAIT, || {
+        replica.metric("nats_callout_revocations_total{reason=\"pod_deleted\"}") == 1.0
+    });
 }
 
 #[test]

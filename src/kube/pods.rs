@@ -191,11 +191,13 @@ impl Store {
 
     /// Every pod, taken out.
     fn into_pods(self) -> impl Iterator<Item = Pod> {
-        self.by_namespace.into_iter().flat_map(|(namespace, names)| {
-            names
-                .into_iter()
-                .map(move |(name, held)| held.into_pod(namespace.clone(), name))
-        })
+        self.by_namespace
+            .into_iter()
+            .flat_map(|(namespace, names)| {
+                names
+                    .into_iter()
+                    .map(move |(name, held)| held.into_pod(namespace.clone(), name))
+            })
     }
 }
 
@@ -383,11 +385,15 @@ impl Collection for PodCache {
         self.report(gone);
     }
     fn followed(&self, metrics: &Metrics) {
-        metrics.pods.set(i64::try_from(self.len()).unwrap_or(i64::MAX));
+        metrics
+            .pods
+            .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
         metrics.pod_cache_current.set(crate::unix_now());
     }
     fn listed(&self, metrics: &Metrics, readiness: &Readiness) {
-        metrics.pods.set(i64::try_from(self.len()).unwrap_or(i64::MAX));
+        metrics
+            .pods
+            .set(i64::try_from(self.len()).unwrap_or(i64::MAX));
         readiness.set_pods_synced(true);
     }
     fn watch_restarted(&self, _metrics: &Metrics) {}
