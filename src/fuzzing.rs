@@ -119,7 +119,7 @@ pub fn kubeconfig(data: &[u8]) {
     }
 }
 
-/// One line of a ServiceAccount watch stream.
+/// One line of a ServiceAccount or Pod watch stream.
 pub fn watch_line(data: &[u8]) {
     let _ = crate::kube::watch::decode_watch_line(data);
 }

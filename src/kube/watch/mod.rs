@@ -37,10 +37,12 @@ use crate::readiness::Readiness;
 
 mod http;
 
-/// Decodes one line of a watch stream as the watch loop does; whether it was an event (the
-/// fuzz target's entry point).
+/// Decodes one line of a watch stream as the watch loop does, as a ServiceAccount event and as a
+/// Pod event; whether either was an event (the fuzz target's entry point).
 pub(crate) fn decode_watch_line(line: &[u8]) -> bool {
-    http::parse_watch_line::<ServiceAccountCache>(line).is_ok()
+    let account = http::parse_watch_line::<ServiceAccountCache>(line).is_ok();
+    let pod = http::parse_watch_line::<super::PodCache>(line).is_ok();
+    account || pod
 }
 
 /// How long the driver waits for a stream item before it checks for stop.
