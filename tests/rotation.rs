@@ -238,9 +238,11 @@ fn a_failing_connect_with_changed_files_does_not_hold_up_the_current_connection(
     let (refused, slowest) = clients.join().unwrap();
     assert_eq!(refused, 0, "{}", s.service.log());
     // The reader went on reading while the new connection was tried (its own authorization
-    // request included): no client waited for the connect timeout or nats-server's.
+    // request included): no client waited for the connect timeout (3 s) or nats-server's auth
+    // timeout (2 s). 1.5 s leaves room for a loaded machine (1.003 s was seen) and still tells
+    // a held-up reader apart.
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_millis(1500),
         "a client waited {slowest:?}"
     );
 }
