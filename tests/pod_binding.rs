@@ -19,22 +19,36 @@ use support::tokens::TokenBuilder;
 const BOUND: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(15);
 
-/// team-a/app and team-b/other, the pod binding check on, revocation on, two pods of team-a/app
-/// and one of team-b/other.
-fn binding() -> Stack {
-    let s = StackBuilder::new()
+/// Starts `builder` with the pod binding check and revocation on, creates `pods`
+/// (namespace, name, ServiceAccount) and waits until the service holds them and its system
+/// connection is up.
+fn start_with_pods(builder: StackBuilder, pods: &[(&str, &str, &str)]) -> Stack {
+    let s = builder
         .account("team-b", "other", &[])
         .env("POD_BINDING", "watch")
         .revocation()
         .start();
-    s.api.create_pod("team-a", "app-1", "app");
-    s.api.create_pod("team-a", "app-2", "app");
-    s.api.create_pod("team-b", "other-1", "other");
-    wait_pods(&s.service, 3);
+    for (ns, name, sa) in pods {
+        s.api.create_pod(ns, name, sa);
+    }
+    wait_pods(&s.service, pods.len());
     s.service.wait_for("the system connection", WAIT, || {
         s.service.log().contains("revocation: connected to nats")
     });
     s
+}
+
+/// team-a/app and team-b/other, the pod binding check on, revocation on, two pods of team-a/app
+/// and one of team-b/other.
+fn binding() -> Stack {
+    start_with_pods(
+        StackBuilder::new(),
+        &[
+            ("team-a", "app-1", "app"),
+            ("team-a", "app-2", "app"),
+            ("team-b", "other-1", "other"),
+        ],
+    )
 }
 
 /// Waits until `service` holds `n` pods.
@@ -149,18 +163,10 @@ fn tokens_bound_to_no_pod_are_refused_unless_allowed_and_a_pod_must_run_as_the_t
 fn a_service_accounts_deletion_still_closes_its_connections_named_by_pod() {
     // nats-server finds users by exact name: the ServiceAccount's change must reach users named
     // `…:app:pod:<pod>:<uid>` and the plain name alike.
-    let s = StackBuilder::new()
-        .account("team-b", "other", &[])
-        .env("POD_BINDING", "watch")
-        .env("NON_POD_TOKENS", "accept")
-        .revocation()
-        .start();
-    s.api.create_pod("team-a", "app-1", "app");
-    s.api.create_pod("team-b", "other-1", "other");
-    wait_pods(&s.service, 2);
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    let s = start_with_pods(
+        StackBuilder::new().env("NON_POD_TOKENS", "accept"),
+        &[("team-a", "app-1", "app"), ("team-b", "other-1", "other")],
+    );
     let by_pod = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
     let plain = connect(&s, &s.token("team-a", "app"));
     let other = connect(&s, &pod_token(&s, "team-b", "other", "other-1"));
@@ -181,18 +187,10 @@ fn a_service_accounts_deletion_still_closes_its_connections_named_by_pod() {
 
 #[test]
 fn a_policy_change_reaches_connections_named_by_pod() {
-    let s = StackBuilder::new()
-        .account("team-b", "other", &[])
-        .env("POD_BINDING", "watch")
-        .policy("annotations:\n  publish: []\n")
-        .revocation()
-        .start();
-    s.api.create_pod("team-a", "app-1", "app");
-    s.api.create_pod("team-b", "other-1", "other");
-    wait_pods(&s.service, 2);
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    let s = start_with_pods(
+        StackBuilder::new().policy("annotations:\n  publish: []\n"),
+        &[("team-a", "app-1", "app"), ("team-b", "other-1", "other")],
+    );
     let a = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
     let b = connect(&s, &pod_token(&s, "team-b", "other", "other-1"));
     s.replace_policy("namespaces:\n  exclude: [team-a]\nannotations:\n  publish: []\n");

@@ -56,13 +56,7 @@ fn measure(accounts: usize) -> Measurement {
         "seeded {accounts} in {:.1} s",
         seeding.elapsed().as_secs_f64()
     );
-    let keys = CalloutKeys::new(false);
-    let port = free_port();
-    let nats = NatsServer::start_with_config(port, server_config(port, &keys, 2));
-    let mut builder = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
-        .env("JWT_ISSUER", DEFAULT_ISSUER)
-        .kube_api(&api.url(), &api.token())
-        .env("LOG_LEVEL", "info");
+    let (mut builder, _nats) = service_on(&api);
     if let Ok(extra) = std::env::var("SCALE_ENV") {
         for pair in extra.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair
@@ -115,6 +109,18 @@ fn measure(accounts: usize) -> Measurement {
         "the cache holds every account"
     );
     m
+}
+
+/// A nats-server of its own and a builder of the service on it and on `api`.
+fn service_on(api: &support::kube::KubeEmulator) -> (ServiceBuilder, NatsServer) {
+    let keys = CalloutKeys::new(false);
+    let port = free_port();
+    let nats = NatsServer::start_with_config(port, server_config(port, &keys, 2));
+    let builder = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
+        .env("JWT_ISSUER", DEFAULT_ISSUER)
+        .kube_api(&api.url(), &api.token())
+        .env("LOG_LEVEL", "info");
+    (builder, nats)
 }
 
 /// Polls `/readyz` until it answers 200; when it did.
@@ -187,13 +193,7 @@ fn service_rss(
     accounts: usize,
     pods: usize,
 ) -> (u64, Duration, Service, NatsServer) {
-    let keys = CalloutKeys::new(false);
-    let port = free_port();
-    let nats = NatsServer::start_with_config(port, server_config(port, &keys, 2));
-    let mut builder = ServiceBuilder::new(&keys, &nats.service_url(), CLIENT_ACCOUNT)
-        .env("JWT_ISSUER", DEFAULT_ISSUER)
-        .kube_api(&api.url(), &api.token())
-        .env("LOG_LEVEL", "info");
+    let (mut builder, nats) = service_on(api);
     for (k, v) in env {
         builder = builder.env(k, v);
     }
