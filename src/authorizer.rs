@@ -102,7 +102,8 @@ impl DenyReason {
 pub struct Denial {
     /// Why.
     pub reason: DenyReason,
-    /// `namespace/name` of the service account, when the token was readable.
+    /// `namespace/name` of the service account (and ` pod <pod>` for a pod-bound token), when
+    /// the token was readable.
     pub account: Option<String>,
     /// The token's `jti`, when the token was verified (see [`Identity::credential_id`]).
     pub credential_id: Option<String>,
@@ -122,7 +123,11 @@ impl Denial {
     fn new(reason: DenyReason, identity: Option<&Identity>) -> Denial {
         Denial {
             reason,
-            account: identity.map(|i| format!("{}/{}", i.namespace, i.service_account)),
+            // The pod too, as the allow line names it: the pod binding's denials are about it.
+            account: identity.map(|i| match &i.pod_name {
+                Some(pod) => format!("{}/{} pod {pod}", i.namespace, i.service_account),
+                None => format!("{}/{}", i.namespace, i.service_account),
+            }),
             credential_id: identity.and_then(|i| i.credential_id.clone()),
         }
     }

@@ -107,6 +107,13 @@ fn a_deleted_pods_connections_close_and_its_token_is_refused_while_its_siblings_
     // The pod's token is refused from now on; the sibling pod of the same ServiceAccount and the
     // other namespace's pod were never touched.
     s.assert_denied(&t1, "pod_not_found");
+    assert!(
+        s.service
+            .log()
+            .contains("denied team-a/app pod app-1 (client"),
+        "the denial names the pod:\n{}",
+        s.service.log()
+    );
     for c in [&a2, &b] {
         assert!(c.wait_disconnected(Duration::from_millis(200)).is_none());
     }
