@@ -108,11 +108,22 @@ pub fn user_name(namespace: &str, service_account: &str, pod: Option<(&str, &str
     }
 }
 
-/// The ServiceAccount's user name within `user` (which may name a pod too).
+/// The ServiceAccount's user name within `user` (which may name a pod too). The pod part is
+/// looked for after the namespace and the ServiceAccount, not anywhere: either may be named
+/// `pod` (`system:serviceaccount:pod:app`, `system:serviceaccount:team-a:pod:pod:p-1:<uid>`),
+/// and the first `:pod:` of such a name is not the pod part.
 fn account_user(user: &str) -> &str {
-    match user.find(POD_PART) {
-        Some(at) => &user[..at],
-        None => user,
+    let Some(rest) = user.strip_prefix(USER_PREFIX) else {
+        return user;
+    };
+    let Some((namespace, after)) = rest.split_once(':') else {
+        return user;
+    };
+    match after.find(':') {
+        Some(at) if after[at..].starts_with(POD_PART) => {
+            &user[..USER_PREFIX.len() + namespace.len() + 1 + at]
+        }
+        _ => user,
     }
 }
 
@@ -121,6 +132,7 @@ fn account_of(user: &str) -> Option<(&str, &str)> {
     account_user(user)
         .strip_prefix(USER_PREFIX)?
         .split_once(':')
+        .filter(|(_, name)| !name.contains(':'))
 }
 
 /// A pod whose connections must go.
@@ -870,9 +882,25 @@ mod tests {
         assert_eq!(account_of(&pod), Some(("team-a", "app")));
         assert_eq!(account_of(&plain), Some(("team-a", "app")));
         assert_eq!(account_of("bob"), None);
+        assert_eq!(account_of("system:serviceaccount:a:b:c"), None);
         let r = Revocation::pod("team-a", "app", "app-1", "p-1");
         assert_eq!((r.user(), r.reason), (pod, RevokeReason::PodDeleted));
         assert_eq!(r.label(), "pod team-a/app-1 of app");
+    }
+
+    #[test]
+    fn a_namespace_or_service_account_named_pod_is_not_taken_for_the_pod_part() {
+        // Both are valid names: the first `:pod:` of the user name is then theirs.
+        for (namespace, name) in [("pod", "app"), ("team-a", "pod"), ("pod", "pod")] {
+            let plain = user_name(namespace, name, None);
+            for pod in ["pod", "app-1"] {
+                let by_pod = user_name(namespace, name, Some((pod, "p-1")));
+                assert_eq!(account_user(&by_pod), plain, "{by_pod}");
+                assert_eq!(account_of(&by_pod), Some((namespace, name)), "{by_pod}");
+            }
+            assert_eq!(account_user(&plain), plain);
+            assert_eq!(account_of(&plain), Some((namespace, name)), "{plain}");
+        }
     }
 
     fn at(text: &str) -> jiff::Timestamp {

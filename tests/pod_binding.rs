@@ -252,3 +252,46 @@ fn readiness_waits_for_the_pod_list_and_says_so() {
     replica.wait_ready(Duration::from_secs(60));
     wait_pods(&replica, 1);
 }
+
+#[test]
+fn a_service_account_or_namespace_named_pod_is_not_taken_for_the_pod_part_of_a_user_name() {
+    // Both are valid names, and an editor may choose the first: the user names
+    // `system:serviceaccount:team-a:pod:pod:p-1:<uid>` and `system:serviceaccount:pod:app:pod:…`
+    // hold a `:pod:` before the pod part. Read as the pod part, their account was
+    // `system:serviceaccount:team-a` and `system:serviceaccount`: the account's deletion and a
+    // policy change did not reach them.
+    let s = StackBuilder::new()
+        .account("team-a", "pod", &[])
+        .account("pod", "app", &[])
+        .env("POD_BINDING", "watch")
+        .policy("annotations:\n  publish: []\n")
+        .revocation()
+        .start();
+    s.api.create_pod("team-a", "p-1", "pod");
+    s.api.create_pod("pod", "app-1", "app");
+    s.api.create_pod("team-a", "app-1", "app");
+    wait_pods(&s.service, 3);
+    s.service.wait_for("the system connection", WAIT, || {
+        s.service.log().contains("revocation: connected to nats")
+    });
+    let sa_named_pod = connect(&s, &pod_token(&s, "team-a", "pod", "p-1"));
+    let ns_named_pod = connect(&s, &pod_token(&s, "pod", "app", "app-1"));
+    let bystander = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
+
+    s.api.delete_service_account("team-a", "pod");
+    assert!(
+        sa_named_pod.wait_disconnected(BOUND).is_some(),
+        "the deleted ServiceAccount `pod`'s connection stayed:\n{}",
+        s.service.log()
+    );
+    s.replace_policy("namespaces:\n  exclude: [pod]\nannotations:\n  publish: []\n");
+    assert!(
+        ns_named_pod.wait_disconnected(WAIT).is_some(),
+        "the connection of namespace `pod`, no longer served, stayed:\n{}",
+        s.service.log()
+    );
+    assert!(bystander
+        .wait_disconnected(Duration::from_millis(200))
+        .is_none());
+    assert!(bystander.round_trip("team-a.untouched"));
+}
