@@ -249,8 +249,8 @@ pub fn serve() -> Result<(), String> {
         cache.report_changes_to(tx.clone());
         let mut r = Revoker::new(dialer, metrics.clone());
         if let Some(pods) = &pods {
-            pods.report_changes_to(tx, metrics.clone());
-            r = r.with_pod_users();
+            pods.report_changes_to(tx);
+            r = r.with_pod_users(pods.clone());
         }
         revoker = Some((r, rx));
         info!(

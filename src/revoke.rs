@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::callout::connection::{Connection, Dialer, Event};
 use crate::kube::cache::ServiceAccountCache;
+use crate::kube::PodCache;
 use crate::metrics::{Metrics, RevocationLabels};
 use crate::policy::{evaluate, InboxMode, PolicyChange};
 
@@ -125,6 +126,16 @@ fn account_user(user: &str) -> &str {
         }
         _ => user,
     }
+}
+
+/// The namespace, ServiceAccount, pod and pod uid a pod's user name names.
+fn pod_of(user: &str) -> Option<(&str, &str, &str, &str)> {
+    let account = account_user(user);
+    let (namespace, name) = account_of(account)?;
+    let (pod, uid) = user[account.len()..]
+        .strip_prefix(POD_PART)?
+        .split_once(':')?;
+    Some((namespace, name, pod, uid))
 }
 
 /// The namespace and ServiceAccount a user name names.
@@ -246,6 +257,8 @@ pub struct Revoker {
     policy: Option<PolicyWatch>,
     /// Whether user names may name pods (`POD_BINDING=watch`).
     pod_users: bool,
+    /// The pods, for the searches of every connection the pod cache asks for.
+    pods: Option<Arc<PodCache>>,
 }
 
 /// One connection to close: (user, server id, client id).
@@ -301,13 +314,17 @@ impl Revoker {
             retry_at: None,
             policy: None,
             pod_users: false,
+            pods: None,
         }
     }
 
     /// Also finds the connections of users named by pod ([`user_name`]): a ServiceAccount's
     /// change then searches every connection, since nats-server filters by exact name only.
-    pub fn with_pod_users(mut self) -> Revoker {
+    /// When `pods` asks for it ([`PodCache::take_sweep`]), every connection is searched for
+    /// those of pods it no longer holds.
+    pub fn with_pod_users(mut self, pods: Arc<PodCache>) -> Revoker {
         self.pod_users = true;
+        self.pods = Some(pods);
         self
     }
 
@@ -345,6 +362,7 @@ impl Revoker {
                 }
                 self.ensure_connected();
                 self.revoke_queued_policy_changes();
+                self.sweep_pods();
                 match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(first) => {
                         // Everything queued meanwhile goes in the same search.
@@ -522,6 +540,61 @@ impl Revoker {
                 }
             );
         }
+    }
+
+    /// When the pod cache asks for it (deletions the full queue did not take, or its first
+    /// list), closes every connection of a pod the cache no longer holds, or holds as deleted,
+    /// that started before the request. Made again later when the search fails.
+    fn sweep_pods(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        let Some(pods) = self.pods.clone() else {
+            return;
+        };
+        let Some(requested) = pods.take_sweep() else {
+            return;
+        };
+        // Not a change of its own: its closes count, the pods' deletions were counted or lost.
+        let now = crate::unix_now();
+        let gone = |user: &str| {
+            let (namespace, name, pod, uid) = pod_of(user)?;
+            pods.is_gone(namespace, pod, uid, name, now)
+                .then_some(requested)
+        };
+        let mut failed_search = false;
+        let tally = self.search_and_close(&mut |revoker, caps| {
+            match revoker.find_again_if_lost(None, &gone, caps) {
+                Ok(search) => Some(search),
+                Err(why) => {
+                    failed_search = true;
+                    revoker.metrics.revocation_failures.inc();
+                    warn!("revocation: cannot look up the connections of deleted pods: {why}; trying again");
+                    None
+                }
+            }
+        });
+        if failed_search {
+            pods.sweep_again(requested);
+        }
+        let Some(tally) = tally else {
+            return;
+        };
+        let (closed, failed) = tally
+            .values()
+            .fold((0, 0), |(c, f), (closed, failed)| (c + closed, f + failed));
+        self.metrics.connections_revoked.inc_by(closed);
+        if failed > 0 {
+            self.metrics.revocation_failures.inc();
+        }
+        info!(
+            "revocation: closed {closed} connection(s) of pods deleted unseen or unqueued (pod_deleted){}",
+            if failed > 0 {
+                format!(", {failed} could not be closed")
+            } else {
+                String::new()
+            }
+        );
     }
 
     /// Handles the policy replacements queued, together: a connection may have been granted
@@ -1132,6 +1205,60 @@ mod tests {
         .unwrap();
         r.revoke_queued_policy_changes();
         assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn a_sweep_closes_the_connections_of_the_pods_the_cache_no_longer_holds() {
+        // What the pod cache asks for when its queue was full or at its first list: every
+        // connection is searched, and those of pods it does not hold (or holds as another pod,
+        // or as deleted past the grace) go; live pods' and plain users' stay.
+        use crate::kube::pods::Pod;
+        use crate::kube::watch::Collection;
+        const LIVE: &str = "0b6c1c7e-4a39-4d5e-9b7a-2f4c8e1d3a01";
+        const OTHER: &str = "0b6c1c7e-4a39-4d5e-9b7a-2f4c8e1d3a02";
+        let pods = Arc::new(PodCache::new());
+        let pod = |namespace: &str, name: &str, sa: &str, deletion| Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: crate::kube::Uid::new(LIVE),
+            service_account: sa.into(),
+            deletion,
+        };
+        let mut listed = PodCache::new_builder();
+        PodCache::add(
+            &mut listed,
+            vec![
+                pod("a", "live", "x", None),
+                pod("a", "replaced", "x", None),
+                pod("a", "stuck", "x", Some(1_000)),
+                pod("pod", "pod", "pod", None),
+            ],
+            None,
+        );
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        pods.report_changes_to(tx);
+        pods.replace(listed);
+        let user = |ns, sa, p, uid| user_name(ns, sa, Some((p, uid)));
+        let connz = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 1, "authorized_user": user("a", "x", "live", LIVE), "start": "2020-01-01T00:00:00Z"},
+            {"cid": 2, "authorized_user": user("a", "x", "gone", LIVE), "start": "2020-01-01T00:00:00Z"},
+            {"cid": 3, "authorized_user": user("a", "x", "replaced", OTHER), "start": "2020-01-01T00:00:00Z"},
+            {"cid": 4, "authorized_user": user("a", "x", "stuck", LIVE), "start": "2020-01-01T00:00:00Z"},
+            {"cid": 5, "authorized_user": user("pod", "pod", "pod", LIVE), "start": "2020-01-01T00:00:00Z"},
+            {"cid": 6, "authorized_user": user_name("a", "x", None), "start": "2020-01-01T00:00:00Z"},
+            {"cid": 7, "authorized_user": "bob", "start": "2020-01-01T00:00:00Z"}
+        ]}})
+        .to_string();
+        let (port, kicked) = fake_cluster("{}", connz);
+        let mut r = connected_revoker(port).with_pod_users(pods.clone());
+        r.sweep_pods();
+        let mut closed: Vec<u64> = kicked.try_iter().collect();
+        closed.sort();
+        assert_eq!(closed, vec![2, 3, 4]);
+        assert_eq!(r.metrics.revocation_failures.get(), 0);
+        // Asked once: the next turn of the loop searches nothing.
+        r.sweep_pods();
+        assert!(kicked.try_iter().next().is_none());
     }
 
     #[test]

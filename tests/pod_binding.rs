@@ -295,3 +295,40 @@ fn a_service_account_or_namespace_named_pod_is_not_taken_for_the_pod_part_of_a_u
         .is_none());
     assert!(bystander.round_trip("team-a.untouched"));
 }
+
+#[test]
+fn a_pod_deleted_while_no_replica_watched_has_its_connections_closed_by_the_next_replica() {
+    // A single replica without a system connection (or restarting, or upgraded) while the pod
+    // goes: no replica that closes connections sees the deletion. The next one to list the pods
+    // searches every connection for those of pods it does not hold, once.
+    let s = StackBuilder::new().env("POD_BINDING", "watch").start();
+    s.api.create_pod("team-a", "app-1", "app");
+    s.api.create_pod("team-a", "app-2", "app");
+    wait_pods(&s.service, 2);
+    let gone = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
+    let stays = connect(&s, &pod_token(&s, "team-a", "app", "app-2"));
+    s.api.delete_pod("team-a", "app-1");
+    wait_pods(&s.service, 1);
+    assert!(gone.wait_disconnected(Duration::from_millis(500)).is_none());
+
+    let replica = s
+        .replica()
+        .env("POD_BINDING", "watch")
+        .env("NATS_SYSTEM_URL", &system_url(s.nats.port))
+        .spawn();
+    replica.wait_ready(WAIT);
+    assert!(
+        gone.wait_disconnected(BOUND + BOUND).is_some(),
+        "the deleted pod's connection stayed:\n{}",
+        replica.log()
+    );
+    replica.wait_for("the sweep's line", WAIT, || {
+        replica.log().contains(
+            "revocation: closed 1 connection(s) of pods deleted unseen or unqueued (pod_deleted)",
+        )
+    });
+    assert!(stays
+        .wait_disconnected(Duration::from_millis(200))
+        .is_none());
+    assert!(stays.round_trip("team-a.stays"));
+}

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use log::warn;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 
 use super::cache::Change;
@@ -226,7 +226,9 @@ pub struct PodCache {
     synced: AtomicBool,
     /// Where deletions that must close live connections go, when revocation is on.
     revocations: OnceLock<crossbeam_channel::Sender<Revocation>>,
-    metrics: OnceLock<Arc<Metrics>>,
+    /// When the connections of every pod the cache no longer holds must be looked for: a
+    /// deletion the full queue could not take, or the first list (deletions no replica watched).
+    sweep: Mutex<Option<jiff::Timestamp>>,
 }
 
 impl std::fmt::Debug for PodCache {
@@ -245,14 +247,10 @@ impl PodCache {
     }
 
     /// From now on, reports every pod that is gone (deleted, or replaced by another of the same
-    /// name) to `revocations`; a full queue counts a failure in `metrics` and logs it.
-    pub fn report_changes_to(
-        &self,
-        revocations: crossbeam_channel::Sender<Revocation>,
-        metrics: Arc<Metrics>,
-    ) {
+    /// name) to `revocations`; what a full queue cannot take, and the pods deleted before the
+    /// first list, are left to a search of every connection ([`PodCache::take_sweep`]).
+    pub fn report_changes_to(&self, revocations: crossbeam_channel::Sender<Revocation>) {
         let _ = self.revocations.set(revocations);
-        let _ = self.metrics.set(metrics);
     }
 
     /// Number of pods held.
@@ -301,6 +299,43 @@ impl PodCache {
         }
     }
 
+    /// Asks the revoker for a search of every connection, closing those of pods the cache no
+    /// longer holds (see [`PodCache::take_sweep`]); the earliest request stands.
+    fn request_sweep(&self) {
+        self.sweep.lock().get_or_insert_with(jiff::Timestamp::now);
+    }
+
+    /// The pending request for a search of every connection, if any (taken: a failed search
+    /// asks again with [`PodCache::sweep_again`]): connections of pods the cache no longer holds,
+    /// or holds as deleted, that started before it go. Nothing of them was queued (the queue
+    /// was full), or no replica watched when they went (before this one's first list).
+    pub fn take_sweep(&self) -> Option<jiff::Timestamp> {
+        self.sweep.lock().take()
+    }
+
+    /// Puts back a sweep that could not be made.
+    pub fn sweep_again(&self, requested: jiff::Timestamp) {
+        let mut sweep = self.sweep.lock();
+        *sweep = Some(sweep.map_or(requested, |later| later.min(requested)));
+    }
+
+    /// Whether the connection of a token bound to pod `namespace/name` (`uid`, running as
+    /// `service_account`) must go at unix time `now`: the cache holds no such pod, or holds it
+    /// as deleted. Never before the first list.
+    pub fn is_gone(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        service_account: &str,
+        now: i64,
+    ) -> bool {
+        !matches!(
+            self.check(namespace, name, uid, service_account, now),
+            PodCheck::Live | PodCheck::NotSynced
+        )
+    }
+
     /// Queues the revocation of `pod`'s connections.
     fn report(&self, gone: impl IntoIterator<Item = Pod>) {
         let Some(tx) = self.revocations.get() else {
@@ -314,13 +349,17 @@ impl PodCache {
                 &pod.uid.to_string(),
             );
             if tx.try_send(revocation).is_err() {
-                if let Some(metrics) = self.metrics.get() {
-                    metrics.revocation_failures.inc();
+                // Dropped, the deletion would be forgotten: a burst of deletions (a namespace,
+                // a node drain, an editor's own pods deleted at once) would keep other pods'
+                // connections open. The search of every connection finds them all.
+                let first = self.sweep.lock().is_none();
+                self.request_sweep();
+                if first {
+                    warn!(
+                        "revocation queue full: the live connections of pod {}/{} and of the pods deleted after it are closed by a search of every connection once the queue drains",
+                        pod.namespace, pod.name
+                    );
                 }
-                warn!(
-                    "revocation queue full: the live connections of pod {}/{} are not closed",
-                    pod.namespace, pod.name
-                );
             }
         }
     }
@@ -353,7 +392,12 @@ impl Collection for PodCache {
     }
     fn replace(&self, builder: PodsBuilder) {
         let old = std::mem::replace(&mut *self.inner.write(), builder.store);
-        self.synced.store(true, Ordering::SeqCst);
+        let first = !self.synced.swap(true, Ordering::SeqCst);
+        if first && self.revocations.get().is_some() {
+            // Pods deleted while no replica watched (this one restarting alone, say) left
+            // connections that no event will name.
+            self.request_sweep();
+        }
         if self.revocations.get().is_some() {
             // Pods the new list no longer has (or has as another pod): missed deletions.
             let inner = self.inner.read();
@@ -427,7 +471,7 @@ mod tests {
 
     fn reporting(cache: &PodCache) -> crossbeam_channel::Receiver<Revocation> {
         let (tx, rx) = crossbeam_channel::bounded(16);
-        cache.report_changes_to(tx, Arc::new(Metrics::new()));
+        cache.report_changes_to(tx);
         rx
     }
 
@@ -512,6 +556,51 @@ mod tests {
             cache.check("team-a", "b", UID_A, "app", 0),
             PodCheck::NotFound
         );
+    }
+
+    #[test]
+    fn a_deletion_the_full_queue_cannot_take_and_the_first_list_ask_for_a_sweep() {
+        // A burst of deletions beyond the queue (a namespace, a node drain, an editor deleting
+        // many pods of their own at once): the deletions past it used to be dropped, their
+        // pods' connections (and those of any other namespace's pod deleted meanwhile) kept.
+        let cache = listed(vec![pod("a", UID_A), pod("b", UID_A), pod("c", UID_A)]);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        cache.report_changes_to(tx);
+        assert_eq!(cache.take_sweep(), None);
+        cache.apply(Change::Delete(pod("a", UID_A)));
+        assert_eq!(cache.take_sweep(), None, "queued");
+        let before = jiff::Timestamp::now();
+        cache.apply(Change::Delete(pod("b", UID_A)));
+        cache.apply(Change::Delete(pod("c", UID_A)));
+        let requested = cache.take_sweep().expect("the full queue asks for a sweep");
+        assert!(requested >= before);
+        assert_eq!(cache.take_sweep(), None, "taken");
+        assert_eq!(rx.try_iter().count(), 1);
+        // A failed sweep is asked again, from the earliest request.
+        cache.sweep_again(requested);
+        cache.request_sweep();
+        assert_eq!(cache.take_sweep(), Some(requested));
+        // What the sweep closes: a pod the cache does not hold, holds as another, or as deleted.
+        assert!(cache.is_gone("team-a", "a", UID_A, "app", 0));
+        assert!(!PodCache::new().is_gone("team-a", "a", UID_A, "app", 0));
+
+        // The first list with revocation on: the pods deleted while no replica watched.
+        let cache = PodCache::new();
+        let _rx = reporting(&cache);
+        let mut builder = PodCache::new_builder();
+        PodCache::add(&mut builder, vec![pod("kept", UID_A)], None);
+        cache.replace(builder);
+        assert!(cache.take_sweep().is_some(), "the first list");
+        let mut builder = PodCache::new_builder();
+        PodCache::add(&mut builder, vec![pod("kept", UID_A)], Some(&cache));
+        cache.replace(builder);
+        assert_eq!(
+            cache.take_sweep(),
+            None,
+            "a relist names what it no longer has"
+        );
+        assert!(!cache.is_gone("team-a", "kept", UID_A, "app", 0));
+        assert!(cache.is_gone("team-a", "kept", UID_B, "app", 0));
     }
 
     #[test]
