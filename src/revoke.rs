@@ -51,6 +51,11 @@ const BATCH_AT_MOST: usize = 4096;
 /// Up to this many accounts in a batch are searched one by one (the servers filter); more are
 /// matched in one search of every connection.
 const FILTERED_AT_MOST: usize = 4;
+/// How long after a pod's deletion its connections are searched for once more. A grant decided
+/// just before the deletion was seen reaches nats-server, which only then names the connection
+/// by its user, up to its authorization timeout after it asked (the `timeout: 5` of the block
+/// `keys` prints): the first search, a moment after the deletion, can miss it.
+const IN_FLIGHT_AT_MOST: Duration = Duration::from_secs(6);
 /// The client name of the system connection (in nats-server's monitoring).
 const CLIENT_NAME: &str = "nats-k8s-oidc-callout-revocation";
 
@@ -259,6 +264,10 @@ pub struct Revoker {
     pod_users: bool,
     /// The pods, for the searches of every connection the pod cache asks for.
     pods: Option<Arc<PodCache>>,
+    /// Pod deletions searched for once more when their time comes (see [`IN_FLIGHT_AT_MOST`]).
+    again: Vec<(Instant, Vec<Revocation>)>,
+    /// [`IN_FLIGHT_AT_MOST`], shorter in tests.
+    in_flight: Duration,
 }
 
 /// One connection to close: (user, server id, client id).
@@ -315,6 +324,8 @@ impl Revoker {
             policy: None,
             pod_users: false,
             pods: None,
+            again: Vec::new(),
+            in_flight: IN_FLIGHT_AT_MOST,
         }
     }
 
@@ -363,6 +374,7 @@ impl Revoker {
                 self.ensure_connected();
                 self.revoke_queued_policy_changes();
                 self.sweep_pods();
+                self.revoke_again_when_due();
                 match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(first) => {
                         // Everything queued meanwhile goes in the same search.
@@ -459,16 +471,44 @@ impl Revoker {
     }
 
     /// Closes the connections of the ServiceAccounts of `batch` (changes queued together, the
-    /// same account's coalesced), counting and logging what was done per account.
+    /// same account's coalesced), counting and logging what was done per account. Its pod
+    /// deletions are searched for once more [`IN_FLIGHT_AT_MOST`] later.
     fn revoke_all(&mut self, batch: Vec<Revocation>) {
+        let pods: Vec<Revocation> = batch.iter().filter(|r| r.pod.is_some()).cloned().collect();
+        self.revoke(batch, false);
+        if !pods.is_empty() {
+            self.again.push((Instant::now() + self.in_flight, pods));
+        }
+    }
+
+    /// Searches once more for the connections of the pod deletions whose time came: grants in
+    /// flight at the first search. Only what it closes is counted and logged.
+    fn revoke_again_when_due(&mut self) {
+        let now = Instant::now();
+        if !self.again.iter().any(|(at, _)| *at <= now) {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.again)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.again = later;
+        let batch: Vec<Revocation> = due.into_iter().flat_map(|(_, batch)| batch).collect();
+        self.revoke(batch, true);
+    }
+
+    /// [`Revoker::revoke_all`]'s work; `again`: a second search, counted only by what it
+    /// closes.
+    fn revoke(&mut self, batch: Vec<Revocation>, again: bool) {
         let mut targets: HashMap<String, Revocation> = HashMap::new();
         for revocation in batch {
-            self.metrics
-                .revocations
-                .get_or_create(&RevocationLabels {
-                    reason: revocation.reason.label(),
-                })
-                .inc();
+            if !again {
+                self.metrics
+                    .revocations
+                    .get_or_create(&RevocationLabels {
+                        reason: revocation.reason.label(),
+                    })
+                    .inc();
+            }
             // The latest change of an account stands for all: every connection that started
             // before it goes.
             targets.insert(revocation.user(), revocation);
@@ -525,14 +565,18 @@ impl Revoker {
             let Some(revocation) = targets.get(key) else {
                 continue;
             };
+            if again && closed == 0 && failed == 0 {
+                continue;
+            }
             self.metrics.connections_revoked.inc_by(closed);
             if failed > 0 {
                 self.metrics.revocation_failures.inc();
             }
             info!(
-                "revocation: closed {closed} connection(s) of {} ({}){}",
+                "revocation: closed {closed} connection(s) of {} ({}){}{}",
                 revocation.label(),
                 revocation.reason.label(),
+                if again { ", granted as it went" } else { "" },
                 if failed > 0 {
                     format!(", {failed} could not be closed")
                 } else {
@@ -1061,7 +1105,18 @@ mod tests {
         stale: &'static str,
         connz: String,
     ) -> (u16, crossbeam_channel::Receiver<u64>) {
+        fake_cluster_answering(dropped, stale, vec![connz])
+    }
+
+    /// [`fake_cluster_dropping`] answering its n-th CONNZ (from 0, on any connection) with
+    /// `answers[n]`, the last one from then on.
+    fn fake_cluster_answering(
+        dropped: usize,
+        stale: &'static str,
+        answers: Vec<String>,
+    ) -> (u16, crossbeam_channel::Receiver<u64>) {
         use std::io::{BufRead, BufReader, Write};
+        let asked = std::sync::atomic::AtomicUsize::new(0);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -1088,8 +1143,10 @@ mod tests {
                                 let _ = w.shutdown(std::net::Shutdown::Both);
                                 break;
                             } else if subject.ends_with(".CONNZ") {
+                                let n = asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let connz = &answers[n.min(answers.len() - 1)];
                                 send(&mut w, &format!("{inbox}.0"), stale);
-                                send(&mut w, reply, &connz);
+                                send(&mut w, reply, connz);
                             } else if subject.ends_with(".KICK") {
                                 let cid: serde_json::Value = serde_json::from_str(&body).unwrap();
                                 let cid = cid["cid"].as_u64().unwrap();
@@ -1259,6 +1316,38 @@ mod tests {
         // Asked once: the next turn of the loop searches nothing.
         r.sweep_pods();
         assert!(kicked.try_iter().next().is_none());
+    }
+
+    #[test]
+    fn a_pod_grant_in_flight_when_the_deletion_was_seen_is_closed_by_a_second_search() {
+        // The pod check passed just before the deletion reached the cache; nats-server names the
+        // connection by its user only once the answer arrives, after the first search: a stolen
+        // token connecting again and again would keep one such connection past the deletion.
+        let user = user_name("a", "x", Some(("p-1", "u-1")));
+        let empty = serde_json::json!({"data": {"server_id": "NS1", "connections": []}});
+        let registered = serde_json::json!({"data": {"server_id": "NS1", "connections": [
+            {"cid": 9, "authorized_user": user, "start": "2020-01-01T00:00:00Z"}
+        ]}});
+        let (port, kicked) =
+            fake_cluster_answering(0, "{}", vec![empty.to_string(), registered.to_string()]);
+        let mut r = connected_revoker(port);
+        r.in_flight = Duration::ZERO;
+        r.revoke_all(vec![Revocation::pod("a", "x", "p-1", "u-1")]);
+        assert!(kicked.try_iter().next().is_none(), "not registered yet");
+        r.revoke_again_when_due();
+        assert_eq!(kicked.try_iter().collect::<Vec<_>>(), vec![9]);
+        assert!(r.again.is_empty());
+        let counted = r
+            .metrics
+            .revocations
+            .get_or_create(&RevocationLabels {
+                reason: RevokeReason::PodDeleted.label(),
+            })
+            .get();
+        assert_eq!(counted, 1, "one deletion, searched twice");
+        // A ServiceAccount's change is not searched again.
+        r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
+        assert!(r.again.is_empty());
     }
 
     #[test]
