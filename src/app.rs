@@ -302,6 +302,12 @@ pub fn serve() -> Result<(), String> {
                     "pod binding check on: a pod-bound token is accepted only while its pod exists; tokens bound to no pod are {}",
                     if config.binding.non_pod_tokens { "accepted (NON_POD_TOKENS=accept)" } else { "refused" }
                 );
+                if config.revocation.is_none() {
+                    // Half of what the check is for: the connections a deleted pod has stay.
+                    warn!(
+                        "POD_BINDING=watch without live revocation (NATS_SYSTEM_URL): a deleted pod's token is refused from then on, but the connections it has stay open until their user JWT expires (USER_JWT_MAX_LIFETIME)"
+                    );
+                }
             }
             let dir = ApiDirectory::new(
                 cache.clone(),

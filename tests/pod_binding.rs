@@ -332,3 +332,25 @@ fn a_pod_deleted_while_no_replica_watched_has_its_connections_closed_by_the_next
         .is_none());
     assert!(stays.round_trip("team-a.stays"));
 }
+
+#[test]
+fn the_pod_binding_check_without_live_revocation_says_what_it_leaves_open() {
+    // Without a system connection a deleted pod's connections are never closed: its token is
+    // refused from then on, and that is all. Said at start rather than found out.
+    let s = StackBuilder::new().env("POD_BINDING", "watch").start();
+    assert!(
+        s.service.log().contains(
+            "POD_BINDING=watch without live revocation (NATS_SYSTEM_URL): a deleted pod's token is refused from then on, but the connections it has stay open"
+        ),
+        "{}",
+        s.service.log()
+    );
+    let revoking = StackBuilder::new()
+        .env("POD_BINDING", "watch")
+        .revocation()
+        .start();
+    assert!(!revoking
+        .service
+        .log()
+        .contains("POD_BINDING=watch without live revocation"));
+}
