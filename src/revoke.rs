@@ -375,6 +375,7 @@ impl Revoker {
                 self.revoke_queued_policy_changes();
                 self.sweep_pods();
                 self.revoke_again_when_due();
+                self.revoke_overdue_pods();
                 match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(first) => {
                         // Everything queued meanwhile goes in the same search.
@@ -478,6 +479,17 @@ impl Revoker {
         self.revoke(batch, false);
         if !pods.is_empty() {
             self.again.push((Instant::now() + self.in_flight, pods));
+        }
+    }
+
+    /// Closes the connections of the pods stuck terminating past their deletion's grace.
+    fn revoke_overdue_pods(&mut self) {
+        let Some(pods) = self.pods.clone() else {
+            return;
+        };
+        let overdue = pods.overdue(crate::unix_now());
+        if !overdue.is_empty() {
+            self.revoke_all(overdue);
         }
     }
 

@@ -213,6 +213,9 @@ impl Held {
     }
 }
 
+/// A pod's namespace and name.
+type PodKey = (Box<str>, Box<str>);
+
 /// A complete list of pods under construction.
 #[derive(Debug, Default)]
 pub struct PodsBuilder {
@@ -229,6 +232,9 @@ pub struct PodCache {
     /// When the connections of every pod the cache no longer holds must be looked for: a
     /// deletion the full queue could not take, or the first list (deletions no replica watched).
     sweep: Mutex<Option<jiff::Timestamp>>,
+    /// Pods whose deletion began, when revocation is on: uid and the unix time their grace
+    /// ends, after which their connections go if the pod is still there (stuck terminating).
+    terminating: Mutex<HashMap<PodKey, (Uid, i64)>>,
 }
 
 impl std::fmt::Debug for PodCache {
@@ -336,6 +342,64 @@ impl PodCache {
         )
     }
 
+    /// Remembers the pods of `pods` (namespace, name, uid, deletion) whose deletion began, when
+    /// revocation is on.
+    fn note_terminating<'a>(
+        &self,
+        pods: impl Iterator<Item = (&'a str, &'a str, &'a Uid, Option<i64>)>,
+    ) {
+        if self.revocations.get().is_none() {
+            return;
+        }
+        let mut terminating = self.terminating.lock();
+        for (namespace, name, uid, deletion) in pods {
+            if let Some(at) = deletion {
+                terminating.insert(
+                    (namespace.into(), name.into()),
+                    (uid.clone(), at.saturating_add(DELETION_GRACE_SECS)),
+                );
+            }
+        }
+    }
+
+    /// The revocations of the pods still held at unix time `now` though their deletion's grace
+    /// ended: a pod stuck terminating (a finalizer, a node that stopped answering) is no longer
+    /// accepted, and its connections must not stay either. Each is given once.
+    pub fn overdue(&self, now: i64) -> Vec<Revocation> {
+        let due: Vec<(PodKey, Uid)> = {
+            let mut terminating = self.terminating.lock();
+            if terminating.values().all(|(_, ends)| *ends >= now) {
+                return Vec::new();
+            }
+            let due = terminating
+                .iter()
+                .filter(|(_, (_, ends))| *ends < now)
+                .map(|(key, (uid, _))| (key.clone(), uid.clone()))
+                .collect::<Vec<_>>();
+            for (key, _) in &due {
+                terminating.remove(key);
+            }
+            due
+        };
+        let inner = self.inner.read();
+        due.into_iter()
+            .filter_map(|((namespace, name), uid)| {
+                let pod = inner.get(&namespace, &name)?;
+                let past = pod
+                    .deletion
+                    .is_some_and(|at| at.saturating_add(DELETION_GRACE_SECS) < now);
+                (pod.uid == uid && past).then(|| {
+                    Revocation::pod(
+                        &namespace,
+                        &pod.service_account,
+                        &name,
+                        &pod.uid.to_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Queues the revocation of `pod`'s connections.
     fn report(&self, gone: impl IntoIterator<Item = Pod>) {
         let Some(tx) = self.revocations.get() else {
@@ -401,6 +465,11 @@ impl Collection for PodCache {
         if self.revocations.get().is_some() {
             // Pods the new list no longer has (or has as another pod): missed deletions.
             let inner = self.inner.read();
+            self.note_terminating(inner.by_namespace.iter().flat_map(|(namespace, names)| {
+                names.iter().map(|(name, held)| {
+                    (&**namespace, &**name, &held.uid, held.deletion)
+                })
+            }));
             let gone: Vec<Pod> = old
                 .into_pods()
                 .filter(|pod| {
@@ -418,6 +487,12 @@ impl Collection for PodCache {
             let mut inner = self.inner.write();
             match change {
                 Change::Upsert(pod) => {
+                    self.note_terminating(std::iter::once((
+                        &*pod.namespace,
+                        &*pod.name,
+                        &pod.uid,
+                        pod.deletion,
+                    )));
                     let uid = pod.uid.clone();
                     // The same name, another uid: the old pod is gone.
                     inner.insert(pod).filter(|old| old.uid != uid)
@@ -601,6 +676,47 @@ mod tests {
         );
         assert!(!cache.is_gone("team-a", "kept", UID_A, "app", 0));
         assert!(cache.is_gone("team-a", "kept", UID_B, "app", 0));
+    }
+
+    #[test]
+    fn a_pod_stuck_terminating_past_its_grace_is_revoked_once() {
+        // A finalizer, or a node that stopped answering: the pod stays with its
+        // deletionTimestamp, its token is refused 60 s after it, and its connections used to
+        // stay until the object went, which may be never.
+        let cache = listed(vec![pod("stuck", UID_A), pod("quick", UID_A)]);
+        let _rx = reporting(&cache);
+        let terminating = |name, at| {
+            let mut p = pod(name, UID_A);
+            p.deletion = Some(at);
+            p
+        };
+        cache.apply(Change::Upsert(terminating("stuck", 1_000)));
+        cache.apply(Change::Upsert(terminating("quick", 1_000)));
+        // The usual end: the object goes within the grace (its deletion is revoked as ever).
+        cache.apply(Change::Delete(pod("quick", UID_A)));
+        assert!(cache.overdue(1_060).is_empty(), "within the grace");
+        let due = cache.overdue(1_061);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].pod.as_ref().map(|p| p.name.as_str()), Some("stuck"));
+        assert_eq!(due[0].reason, RevokeReason::PodDeleted);
+        assert!(cache.overdue(2_000).is_empty(), "once");
+
+        // One found terminating by a relist, and one replaced meanwhile by another pod.
+        let mut builder = PodCache::new_builder();
+        PodCache::add(
+            &mut builder,
+            vec![terminating("listed", 1_000), terminating("stuck", 1_000)],
+            Some(&cache),
+        );
+        cache.replace(builder);
+        cache.apply(Change::Upsert(pod("stuck", UID_B)));
+        let due = cache.overdue(1_061);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].pod.as_ref().map(|p| p.name.as_str()), Some("listed"));
+        // Without revocation nothing is kept.
+        let quiet = listed(vec![]);
+        quiet.apply(Change::Upsert(terminating("x", 1_000)));
+        assert!(quiet.terminating.lock().is_empty());
     }
 
     #[test]
