@@ -773,10 +773,19 @@ impl Revoker {
     }
 
     /// Counts and logs a change whose connections could not be looked up.
+    /// A pod's deletion is not lost for it: the pod cache no longer holds the pod, so a search
+    /// of every connection once connected again finds its connections.
     fn failed(&self, revocation: &Revocation, why: &str) {
         self.metrics.revocation_failures.inc();
+        let retried = match (&revocation.pod, &self.pods) {
+            (Some(_), Some(pods)) => {
+                pods.sweep_again(revocation.seen);
+                "; a search of every connection follows once connected"
+            }
+            _ => "",
+        };
         warn!(
-            "revocation: cannot look up the connections of {} ({}): {why}",
+            "revocation: cannot look up the connections of {} ({}): {why}{retried}",
             revocation.label(),
             revocation.reason.label()
         );
@@ -1360,6 +1369,29 @@ mod tests {
         // A ServiceAccount's change is not searched again.
         r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
         assert!(r.again.is_empty());
+    }
+
+    #[test]
+    fn a_pod_deletion_that_cannot_be_searched_for_is_left_to_a_sweep() {
+        // No system connection (nats-server restarting, say): a pod's deletion used to be counted
+        // as failed and forgotten, its connections on the other servers kept.
+        let pods = Arc::new(PodCache::new());
+        let dialer = Dialer::new(
+            "nats://127.0.0.1:1",
+            crate::callout::connection::Login::None,
+            Default::default(),
+            "test",
+        )
+        .unwrap();
+        let mut r = Revoker::new(dialer, Arc::new(Metrics::default())).with_pod_users(pods.clone());
+        let deletion = Revocation::pod("a", "x", "p-1", "u-1");
+        let seen = deletion.seen;
+        r.revoke_all(vec![deletion]);
+        assert_eq!(r.metrics.revocation_failures.get(), 1);
+        assert_eq!(pods.take_sweep(), Some(seen));
+        // A ServiceAccount's change has no such fallback.
+        r.revoke_all(vec![Revocation::now("a", "x", RevokeReason::Deleted)]);
+        assert_eq!(pods.take_sweep(), None);
     }
 
     #[test]
