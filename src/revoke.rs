@@ -618,19 +618,28 @@ impl Revoker {
             pods.is_gone(namespace, pod, uid, name, now)
                 .then_some(requested)
         };
-        let mut failed_search = false;
+        let mut retry = false;
         let tally = self.search_and_close(&mut |revoker, caps| {
             match revoker.find_again_if_lost(None, &gone, caps) {
                 Ok(search) => Some(search),
                 Err(why) => {
-                    failed_search = true;
                     revoker.metrics.revocation_failures.inc();
-                    warn!("revocation: cannot look up the connections of deleted pods: {why}; trying again");
+                    // Made again once connected; another failure (too many connections, a
+                    // refusal) would only fail again, every turn.
+                    retry = revoker.conn.is_none();
+                    warn!(
+                        "revocation: cannot look up the connections of deleted pods: {why}{}",
+                        if retry {
+                            "; trying again once connected"
+                        } else {
+                            ""
+                        }
+                    );
                     None
                 }
             }
         });
-        if failed_search {
+        if retry {
             pods.sweep_again(requested);
         }
         let Some(tally) = tally else {
@@ -773,12 +782,12 @@ impl Revoker {
     }
 
     /// Counts and logs a change whose connections could not be looked up.
-    /// A pod's deletion is not lost for it: the pod cache no longer holds the pod, so a search
-    /// of every connection once connected again finds its connections.
+    /// A pod's deletion is not lost for a lost connection: the pod cache no longer holds the
+    /// pod, so a search of every connection once connected again finds its connections.
     fn failed(&self, revocation: &Revocation, why: &str) {
         self.metrics.revocation_failures.inc();
         let retried = match (&revocation.pod, &self.pods) {
-            (Some(_), Some(pods)) => {
+            (Some(_), Some(pods)) if self.conn.is_none() => {
                 pods.sweep_again(revocation.seen);
                 "; a search of every connection follows once connected"
             }

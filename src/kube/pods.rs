@@ -466,9 +466,9 @@ impl Collection for PodCache {
             // Pods the new list no longer has (or has as another pod): missed deletions.
             let inner = self.inner.read();
             self.note_terminating(inner.by_namespace.iter().flat_map(|(namespace, names)| {
-                names.iter().map(|(name, held)| {
-                    (&**namespace, &**name, &held.uid, held.deletion)
-                })
+                names
+                    .iter()
+                    .map(|(name, held)| (&**namespace, &**name, &held.uid, held.deletion))
             }));
             let gone: Vec<Pod> = old
                 .into_pods()
