@@ -260,20 +260,17 @@ fn a_service_account_or_namespace_named_pod_is_not_taken_for_the_pod_part_of_a_u
     // hold a `:pod:` before the pod part. Read as the pod part, their account was
     // `system:serviceaccount:team-a` and `system:serviceaccount`: the account's deletion and a
     // policy change did not reach them.
-    let s = StackBuilder::new()
-        .account("team-a", "pod", &[])
-        .account("pod", "app", &[])
-        .env("POD_BINDING", "watch")
-        .policy("annotations:\n  publish: []\n")
-        .revocation()
-        .start();
-    s.api.create_pod("team-a", "p-1", "pod");
-    s.api.create_pod("pod", "app-1", "app");
-    s.api.create_pod("team-a", "app-1", "app");
-    wait_pods(&s.service, 3);
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    let s = start_with_pods(
+        StackBuilder::new()
+            .account("team-a", "pod", &[])
+            .account("pod", "app", &[])
+            .policy("annotations:\n  publish: []\n"),
+        &[
+            ("team-a", "p-1", "pod"),
+            ("pod", "app-1", "app"),
+            ("team-a", "app-1", "app"),
+        ],
+    );
     let sa_named_pod = connect(&s, &pod_token(&s, "team-a", "pod", "p-1"));
     let ns_named_pod = connect(&s, &pod_token(&s, "pod", "app", "app-1"));
     let bystander = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
