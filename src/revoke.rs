@@ -260,8 +260,6 @@ pub struct Revoker {
     retry_at: Option<Instant>,
     /// Policy replacements, and what is needed to tell whom they narrowed.
     policy: Option<PolicyWatch>,
-    /// Whether user names may name pods (`POD_BINDING=watch`).
-    pod_users: bool,
     /// The pods, for the searches of every connection the pod cache asks for.
     pods: Option<Arc<PodCache>>,
     /// Pod deletions searched for once more when their time comes (see [`IN_FLIGHT_AT_MOST`]).
@@ -322,7 +320,6 @@ impl Revoker {
             next_reply: 0,
             retry_at: None,
             policy: None,
-            pod_users: false,
             pods: None,
             again: Vec::new(),
             in_flight: IN_FLIGHT_AT_MOST,
@@ -334,7 +331,6 @@ impl Revoker {
     /// When `pods` asks for it ([`PodCache::take_sweep`]), every connection is searched for
     /// those of pods it no longer holds.
     pub fn with_pod_users(mut self, pods: Arc<PodCache>) -> Revoker {
-        self.pod_users = true;
         self.pods = Some(pods);
         self
     }
@@ -536,7 +532,7 @@ impl Revoker {
         };
         // nats-server finds users by their exact name: a ServiceAccount's change must also reach
         // its pods' users when pods are named, which only a search of every connection does.
-        let exact = !self.pod_users || targets.values().all(|r| r.pod.is_some());
+        let exact = self.pods.is_none() || targets.values().all(|r| r.pod.is_some());
         let tally = self.search_and_close(&mut |revoker, caps| {
             // A few accounts: one filtered search each. More (a namespace deleted): one search
             // of every connection, matched here.
@@ -580,20 +576,12 @@ impl Revoker {
             if again && closed == 0 && failed == 0 {
                 continue;
             }
-            self.metrics.connections_revoked.inc_by(closed);
-            if failed > 0 {
-                self.metrics.revocation_failures.inc();
-            }
+            let not_closed = self.count(closed, failed);
             info!(
-                "revocation: closed {closed} connection(s) of {} ({}){}{}",
+                "revocation: closed {closed} connection(s) of {} ({}){}{not_closed}",
                 revocation.label(),
                 revocation.reason.label(),
                 if again { ", granted as it went" } else { "" },
-                if failed > 0 {
-                    format!(", {failed} could not be closed")
-                } else {
-                    String::new()
-                }
             );
         }
     }
@@ -645,20 +633,10 @@ impl Revoker {
         let Some(tally) = tally else {
             return;
         };
-        let (closed, failed) = tally
-            .values()
-            .fold((0, 0), |(c, f), (closed, failed)| (c + closed, f + failed));
-        self.metrics.connections_revoked.inc_by(closed);
-        if failed > 0 {
-            self.metrics.revocation_failures.inc();
-        }
+        let (closed, failed) = totals(&tally);
+        let not_closed = self.count(closed, failed);
         info!(
-            "revocation: closed {closed} connection(s) of pods deleted unseen or unqueued (pod_deleted){}",
-            if failed > 0 {
-                format!(", {failed} could not be closed")
-            } else {
-                String::new()
-            }
+            "revocation: closed {closed} connection(s) of pods deleted unseen or unqueued (pod_deleted){not_closed}"
         );
     }
 
@@ -722,22 +700,12 @@ impl Revoker {
         let Some(tally) = tally else {
             return;
         };
-        let (closed, failed) = tally
-            .values()
-            .fold((0, 0), |(c, f), (closed, failed)| (c + closed, f + failed));
-        self.metrics.connections_revoked.inc_by(closed);
-        if failed > 0 {
-            self.metrics.revocation_failures.inc();
-        }
+        let (closed, failed) = totals(&tally);
+        let not_closed = self.count(closed, failed);
         info!(
-            "revocation: the policy changed (generation {} to {}): closed {closed} connection(s) whose grant it changes{}",
+            "revocation: the policy changed (generation {} to {}): closed {closed} connection(s) whose grant it changes{not_closed}",
             first.old.generation,
             last.new.generation,
-            if failed > 0 {
-                format!(", {failed} could not be closed")
-            } else {
-                String::new()
-            }
         );
     }
 
@@ -779,6 +747,17 @@ impl Revoker {
             }
         }
         Some(tally)
+    }
+
+    /// Counts `closed` connections, and one failure when `failed` could not be closed; the end
+    /// of the log line that says so (empty when all were).
+    fn count(&self, closed: u64, failed: u64) -> String {
+        self.metrics.connections_revoked.inc_by(closed);
+        if failed == 0 {
+            return String::new();
+        }
+        self.metrics.revocation_failures.inc();
+        format!(", {failed} could not be closed")
     }
 
     /// Counts and logs a change whose connections could not be looked up.
@@ -960,6 +939,13 @@ impl Revoker {
             }
         }
     }
+}
+
+/// The connections closed and those that could not be, over every user of a tally.
+fn totals(tally: &HashMap<String, (u64, u64)>) -> (u64, u64) {
+    tally
+        .values()
+        .fold((0, 0), |(c, f), (closed, failed)| (c + closed, f + failed))
 }
 
 /// Whether `id` can be a server id (a public nkey): it goes into a subject.

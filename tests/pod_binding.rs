@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use support::client::{connect_token, Client};
 use support::kube::RequestKind;
-use support::stack::{system_url, Stack, StackBuilder};
+use support::service::Service;
+use support::stack::{system_url, wait_revoking, Stack, StackBuilder};
 use support::tokens::TokenBuilder;
 
 /// How long a revoked connection may stay open.
@@ -32,10 +33,27 @@ fn start_with_pods(builder: StackBuilder, pods: &[(&str, &str, &str)]) -> Stack 
         s.api.create_pod(ns, name, sa);
     }
     wait_pods(&s.service, pods.len());
-    s.service.wait_for("the system connection", WAIT, || {
-        s.service.log().contains("revocation: connected to nats")
-    });
+    wait_revoking(&s.service);
     s
+}
+
+/// Another replica of `s` with the pod binding check and revocation on, ready and connected as
+/// a system-account user.
+fn revoking_replica(s: &Stack) -> Service {
+    let replica = s
+        .replica()
+        .env("POD_BINDING", "watch")
+        .env("NATS_SYSTEM_URL", &system_url(s.nats.port))
+        .spawn();
+    replica.wait_ready(WAIT);
+    wait_revoking(&replica);
+    replica
+}
+
+/// Asserts that `c` is still connected and can still use its namespace (`subject`).
+fn assert_untouched(c: &Client, subject: &str) {
+    assert!(c.wait_disconnected(Duration::from_millis(200)).is_none());
+    assert!(c.round_trip(subject), "{subject}");
 }
 
 /// team-a/app and team-b/other, the pod binding check on, revocation on, two pods of team-a/app
@@ -52,7 +70,7 @@ fn binding() -> Stack {
 }
 
 /// Waits until `service` holds `n` pods.
-fn wait_pods(service: &support::service::Service, n: usize) {
+fn wait_pods(service: &Service, n: usize) {
     service.wait_for(&format!("{n} pods cached"), WAIT, || {
         service.metric("nats_callout_pods") == n as f64
     });
@@ -114,11 +132,8 @@ fn a_deleted_pods_connections_close_and_its_token_is_refused_while_its_siblings_
         "the denial names the pod:\n{}",
         s.service.log()
     );
-    for c in [&a2, &b] {
-        assert!(c.wait_disconnected(Duration::from_millis(200)).is_none());
-    }
-    assert!(a2.round_trip("team-a.sibling"));
-    assert!(b.round_trip("team-b.other"));
+    assert_untouched(&a2, "team-a.sibling");
+    assert_untouched(&b, "team-b.other");
 }
 
 #[test]
@@ -186,10 +201,7 @@ fn a_service_accounts_deletion_still_closes_its_connections_named_by_pod() {
             .log()
             .contains("revocation: closed 2 connection(s) of team-a/app (deleted)")
     });
-    assert!(other
-        .wait_disconnected(Duration::from_millis(200))
-        .is_none());
-    assert!(other.round_trip("team-b.untouched"));
+    assert_untouched(&other, "team-b.untouched");
 }
 
 #[test]
@@ -202,8 +214,7 @@ fn a_policy_change_reaches_connections_named_by_pod() {
     let b = connect(&s, &pod_token(&s, "team-b", "other", "other-1"));
     s.replace_policy("namespaces:\n  exclude: [team-a]\nannotations:\n  publish: []\n");
     assert!(a.wait_disconnected(WAIT).is_some(), "{}", s.service.log());
-    assert!(b.wait_disconnected(Duration::from_millis(200)).is_none());
-    assert!(b.round_trip("team-b.still-served"));
+    assert_untouched(&b, "team-b.still-served");
 }
 
 #[test]
@@ -214,23 +225,12 @@ fn a_replica_restarted_after_the_grant_closes_the_deleted_pods_connection() {
     let gone = connect(&s, &pod_token(&s, "team-a", "app", "app-1"));
     let stays = connect(&s, &pod_token(&s, "team-a", "app", "app-2"));
     s.service.terminate(WAIT);
-    let replica = s
-        .replica()
-        .env("POD_BINDING", "watch")
-        .env("NATS_SYSTEM_URL", &system_url(s.nats.port))
-        .spawn();
-    replica.wait_ready(WAIT);
-    replica.wait_for("the system connection", WAIT, || {
-        replica.log().contains("revocation: connected to nats")
-    });
+    let replica = revoking_replica(&s);
     wait_pods(&replica, 3);
     assert!(stays.round_trip("team-a.across-the-restart"));
     s.api.delete_pod("team-a", "app-1");
     assert!(gone.wait_disconnected(BOUND).is_some(), "{}", replica.log());
-    assert!(stays
-        .wait_disconnected(Duration::from_millis(200))
-        .is_none());
-    assert!(stays.round_trip("team-a.stays"));
+    assert_untouched(&stays, "team-a.stays");
     replica.wait_for("counted", WAIT, || {
         replica.metric("nats_callout_revocations_total{reason=\"pod_deleted\"}") == 1.0
     });
@@ -287,10 +287,7 @@ fn a_service_account_or_namespace_named_pod_is_not_taken_for_the_pod_part_of_a_u
         "the connection of namespace `pod`, no longer served, stayed:\n{}",
         s.service.log()
     );
-    assert!(bystander
-        .wait_disconnected(Duration::from_millis(200))
-        .is_none());
-    assert!(bystander.round_trip("team-a.untouched"));
+    assert_untouched(&bystander, "team-a.untouched");
 }
 
 #[test]
@@ -308,12 +305,7 @@ fn a_pod_deleted_while_no_replica_watched_has_its_connections_closed_by_the_next
     wait_pods(&s.service, 1);
     assert!(gone.wait_disconnected(Duration::from_millis(500)).is_none());
 
-    let replica = s
-        .replica()
-        .env("POD_BINDING", "watch")
-        .env("NATS_SYSTEM_URL", &system_url(s.nats.port))
-        .spawn();
-    replica.wait_ready(WAIT);
+    let replica = revoking_replica(&s);
     assert!(
         gone.wait_disconnected(BOUND + BOUND).is_some(),
         "the deleted pod's connection stayed:\n{}",
@@ -324,10 +316,7 @@ fn a_pod_deleted_while_no_replica_watched_has_its_connections_closed_by_the_next
             "revocation: closed 1 connection(s) of pods deleted unseen or unqueued (pod_deleted)",
         )
     });
-    assert!(stays
-        .wait_disconnected(Duration::from_millis(200))
-        .is_none());
-    assert!(stays.round_trip("team-a.stays"));
+    assert_untouched(&stays, "team-a.stays");
 }
 
 #[test]

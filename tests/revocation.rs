@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::client::{connect_token, Client};
 use support::nats::{free_port, NatsServer};
-use support::stack::{system_url, Stack, StackBuilder};
+use support::stack::{system_url, wait_revoking, Stack, StackBuilder};
 
 /// How long a revoked connection may stay open.
 const BOUND: Duration = Duration::from_secs(5);
@@ -33,13 +33,6 @@ fn reason(s: &Stack, reason: &str) -> f64 {
     s.service.metric(&format!(
         "nats_callout_revocations_total{{reason=\"{reason}\"}}"
     ))
-}
-
-/// Waits until `service` is connected as a system-account user (and has checked it is one).
-fn wait_revoking(service: &support::service::Service) {
-    service.wait_for("the system connection", WAIT, || {
-        service.log().contains("revocation: connected to nats")
-    });
 }
 
 /// A revoking stack where team-c/svc may publish `shared.x` by annotation, within the policy's

@@ -202,6 +202,12 @@ impl Store {
 }
 
 impl Held {
+    /// Whether its deletion's grace ended before unix time `now`.
+    fn deleted_by(&self, now: i64) -> bool {
+        self.deletion
+            .is_some_and(|at| at.saturating_add(DELETION_GRACE_SECS) < now)
+    }
+
     fn into_pod(self, namespace: Box<str>, name: Box<str>) -> Pod {
         Pod {
             namespace,
@@ -295,10 +301,7 @@ impl PodCache {
             PodCheck::UidMismatch
         } else if *pod.service_account != *service_account {
             PodCheck::ServiceAccountMismatch
-        } else if pod
-            .deletion
-            .is_some_and(|at| at.saturating_add(DELETION_GRACE_SECS) < now)
-        {
+        } else if pod.deleted_by(now) {
             PodCheck::Deleted
         } else {
             PodCheck::Live
@@ -385,10 +388,7 @@ impl PodCache {
         due.into_iter()
             .filter_map(|((namespace, name), uid)| {
                 let pod = inner.get(&namespace, &name)?;
-                let past = pod
-                    .deletion
-                    .is_some_and(|at| at.saturating_add(DELETION_GRACE_SECS) < now);
-                (pod.uid == uid && past).then(|| {
+                (pod.uid == uid && pod.deleted_by(now)).then(|| {
                     Revocation::pod(
                         &namespace,
                         &pod.service_account,

@@ -399,6 +399,13 @@ impl Stack {
     }
 }
 
+/// Waits until `service` is connected as a system-account user (and has checked it is one).
+pub fn wait_revoking(service: &Service) {
+    service.wait_for("the system connection", Duration::from_secs(15), || {
+        service.log().contains("revocation: connected to nats")
+    });
+}
+
 /// The URL of the test servers' system-account user on `port`.
 pub fn system_url(port: u16) -> String {
     format!("nats://sys:sys-secret@127.0.0.1:{port}")
